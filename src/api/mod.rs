@@ -1,0 +1,448 @@
+//! The REST API (axum). Each handler decodes, calls the service, encodes: no rule lives here.
+//! `ServiceError` is mapped to an HTTP response once, in `ApiError`; every error body is
+//! `{"error": {"code": ..., "message": ...}}`.
+
+use crate::auth::Caller;
+use crate::domain::Role;
+use crate::service::{Service, ServiceError, SubmitRequest};
+use crate::store::AuditFilter;
+use axum::Router;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use std::time::Duration;
+
+/// The largest request body accepted.
+pub const BODY_LIMIT: usize = 1024 * 1024;
+
+pub fn router(service: Service) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/api/v1/migrations", post(submit).get(list_migrations))
+        .route("/api/v1/migrations/{id}", get(get_migration))
+        .route("/api/v1/deployments/{id}", get(get_deployment))
+        .route("/api/v1/deployments/{id}/approvals", post(approve))
+        .route("/api/v1/deployments/{id}/reject", post(reject))
+        .route("/api/v1/deployments/{id}/cancel", post(cancel))
+        .route("/api/v1/deployments/{id}/retry", post(retry))
+        .route("/api/v1/deployments/{id}/rollback", post(rollback))
+        .route("/api/v1/environments", get(environments))
+        .route("/api/v1/environments/{env}", get(environment))
+        .route("/api/v1/environments/{env}/lock", post(lock).delete(unlock))
+        .route("/api/v1/environments/{env}/migrate", post(migrate))
+        .route("/api/v1/audit", get(audit))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(service)
+}
+
+/// An HTTP error with a machine-readable code and a message naming what was wrong.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        let (status, code) = match &e {
+            ServiceError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            ServiceError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ServiceError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ServiceError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+            ServiceError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ServiceError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ServiceError::Unexpected(inner) => {
+                tracing::error!(error = ?inner, "unexpected error");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
+        };
+        let message = match &e {
+            ServiceError::Unexpected(_) => {
+                "internal error; the daemon's log has the details".into()
+            }
+            other => other.to_string(),
+        };
+        ApiError::new(status, code, message)
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        let status = rejection.status();
+        let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            format!("request body is larger than {BODY_LIMIT} bytes (1 MiB)")
+        } else {
+            rejection.body_text()
+        };
+        let code = match status {
+            StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+            StatusCode::BAD_REQUEST => "malformed_json",
+            _ => "invalid",
+        };
+        ApiError::new(status, code, message)
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            rejection.body_text(),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = axum::Json(serde_json::json!({
+            "error": {"code": self.code, "message": self.message}
+        }));
+        let mut response = (self.status, body).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}
+
+/// JSON body whose errors come back as `ApiError`.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct Json<T>(pub T);
+
+impl<T: serde::Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+/// Query string whose errors come back as `ApiError`.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct Query<T>(pub T);
+
+/// The authenticated caller, from `Authorization: Bearer <token>`.
+pub struct Authenticated(pub Caller);
+
+impl FromRequestParts<Service> for Authenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, service: &Service) -> Result<Self, ApiError> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            });
+        Ok(Authenticated(service.authenticate(token)?))
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(service): State<Service>) -> Result<&'static str, ApiError> {
+    service.store.ping().await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            e.to_string(),
+        )
+    })?;
+    Ok("ready")
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint; the API lives under /api/v1",
+    )
+}
+
+async fn submit(
+    State(service): State<Service>,
+    Authenticated(caller): Authenticated,
+    Json(request): Json<SubmitRequest>,
+) -> Result<(StatusCode, Json<crate::service::MigrationView>), ApiError> {
+    let view = service.submit(&caller, request).await?;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    #[serde(default = "default_limit")]
+    limit: i64,
+    before_seq: Option<i64>,
+}
+
+fn default_limit() -> i64 {
+    100
+}
+
+async fn list_migrations(
+    State(service): State<Service>,
+    Authenticated(_): Authenticated,
+    Query(query): Query<ListQuery>,
+) -> ApiResult<Vec<crate::service::MigrationSummary>> {
+    Ok(Json(
+        service
+            .list_migrations(query.limit, query.before_seq)
+            .await?,
+    ))
+}
+
+async fn get_migration(
+    State(service): State<Service>,
+    Authenticated(_): Authenticated,
+    Path(id): Path<String>,
+) -> ApiResult<crate::service::MigrationView> {
+    Ok(Json(service.migration(&id).await?))
+}
+
+async fn get_deployment(
+    State(service): State<Service>,
+    Authenticated(_): Authenticated,
+    Path(id): Path<String>,
+) -> ApiResult<crate::service::DeploymentView> {
+    Ok(Json(service.deployment(&id).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApproveBody {
+    role: Role,
+    #[serde(default)]
+    comment: String,
+}
+
+async fn approve(
+    State(service): State<Service>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+    Json(body): Json<ApproveBody>,
+) -> ApiResult<crate::service::DeploymentView> {
+    Ok(Json(
+        service
+            .approve(&caller, &id, body.role, &body.comment)
+            .await?,
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommentBody {
+    #[serde(default)]
+    comment: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ReasonBody {
+    #[serde(default)]
+    reason: String,
+}
+
+async fn reject(
+    State(service): State<Service>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+    Json(body): Json<CommentBody>,
+) -> ApiResult<crate::service::DeploymentView> {
+    Ok(Json(service.reject(&caller, &id, &body.comment).await?))
+}
+
+/// A body that may be absent: `{}` and no body at all mean the same.
+async fn optional_reason(body: axum::body::Bytes) -> Result<ReasonBody, ApiError> {
+    if body.iter().all(|b| b.is_ascii_whitespace()) {
+        return Ok(ReasonBody::default());
+    }
+    serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            format!("request body: {e}"),
+        )
+    })
+}
+
+async fn cancel(
+    State(service): State<Service>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<crate::service::DeploymentView> {
+    let body = optional_reason(body).await?;
+    Ok(Json(service.cancel(&caller, &id, &body.reason).await?))
+}
+
+async fn retry(
+    State(service): State<Service>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+) -> ApiResult<crate::service::DeploymentView> {
+    Ok(Json(service.retry(&caller, &id).await?))
+}
+
+async fn rollback(
+    State(service): State<Service>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<crate::service::DeploymentView> {
+    let body = optional_reason(body).await?;
+    Ok(Json(service.rollback(&caller, &id, &body.reason).await?))
+}
+
+async fn environments(
+    State(service): State<Service>,
+    Authenticated(_): Authenticated,
+) -> ApiResult<Vec<crate::service::EnvironmentStatus>> {
+    Ok(Json(service.environments().await?))
+}
+
+async fn environment(
+    State(service): State<Service>,
+    Authenticated(_): Authenticated,
+    Path(env): Path<String>,
+) -> ApiResult<crate::service::EnvironmentStatus> {
+    Ok(Json(service.environment_status(&env).await?))
+}
+
+async fn lock(
+    State(service): State<Service>,
+    Authenticated(caller): Authenticated,
+    Path(env): Path<String>,
+    Json(body): Json<ReasonBody>,
+) -> ApiResult<crate::service::EnvironmentStatus> {
+    Ok(Json(
+        service
+            .lock_environment(&caller, &env, &body.reason)
+            .await?,
+    ))
+}
+
+async fn unlock(
+    State(service): State<Service>,
+    Authenticated(caller): Authenticated,
+    Path(env): Path<String>,
+) -> ApiResult<crate::service::EnvironmentStatus> {
+    Ok(Json(service.unlock_environment(&caller, &env).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MigrateQuery {
+    #[serde(default)]
+    wait: bool,
+    #[serde(default = "default_wait")]
+    timeout_seconds: u64,
+}
+
+fn default_wait() -> u64 {
+    600
+}
+
+#[derive(serde::Serialize)]
+struct MigrateResponse {
+    #[serde(flatten)]
+    result: crate::service::MigrateResult,
+    /// With `wait=true`: whether everything queued finished before the timeout.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    settled: Option<bool>,
+    /// With `wait=true`: the environment once settled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<crate::service::EnvironmentStatus>,
+}
+
+async fn migrate(
+    State(service): State<Service>,
+    Authenticated(caller): Authenticated,
+    Path(env): Path<String>,
+    Query(query): Query<MigrateQuery>,
+) -> Result<(StatusCode, Json<MigrateResponse>), ApiError> {
+    let result = service.migrate(&caller, &env).await?;
+    if !query.wait {
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(MigrateResponse {
+                result,
+                settled: None,
+                status: None,
+            }),
+        ));
+    }
+    let timeout = Duration::from_secs(query.timeout_seconds.clamp(1, 3600));
+    let settled = service.wait_settled(&result.queued, timeout).await?;
+    let status = service.environment_status(&env).await?;
+    Ok((
+        StatusCode::OK,
+        Json(MigrateResponse {
+            result,
+            settled: Some(settled),
+            status: Some(status),
+        }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    environment: Option<String>,
+    migration_id: Option<String>,
+    actor: Option<String>,
+    after_id: Option<i64>,
+    #[serde(default = "default_audit_limit")]
+    limit: i64,
+}
+
+fn default_audit_limit() -> i64 {
+    500
+}
+
+async fn audit(
+    State(service): State<Service>,
+    Authenticated(_): Authenticated,
+    Query(query): Query<AuditQuery>,
+) -> ApiResult<Vec<crate::service::AuditView>> {
+    Ok(Json(
+        service
+            .audit_trail(AuditFilter {
+                environment: query.environment,
+                migration_id: query.migration_id,
+                actor: query.actor,
+                after_id: query.after_id,
+                limit: query.limit.clamp(1, 5000),
+            })
+            .await?,
+    ))
+}

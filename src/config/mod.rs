@@ -1,0 +1,842 @@
+//! Loads and validates the daemon's configuration once at start: sluice.yml (layered with
+//! `SLUICE__...` environment variables), environments.yml (with `${VAR}` and `${VAR:-default}`
+//! interpolation), approval_matrix.yml and users.yml. Everything is checked here, so the rest of
+//! the program only ever sees typed, valid values. Errors name the file, the key and what is
+//! allowed. This module never opens a database or a socket.
+
+use crate::domain::{ApprovalPolicy, EnvironmentName, Risk, Role, UserName};
+use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn err(file: &Path, message: impl fmt::Display) -> ConfigError {
+    ConfigError(format!("{}: {message}", file.display()))
+}
+
+/// A value that must not appear in logs: its Debug prints `[redacted]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// The daemon's own settings (sluice.yml, then `SLUICE__SECTION__KEY` variables).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    #[serde(default)]
+    pub server: ServerSettings,
+    #[serde(default)]
+    pub store: StoreSettings,
+    #[serde(default)]
+    pub worker: WorkerSettings,
+    #[serde(default)]
+    pub scheduler: SchedulerSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    #[serde(default = "default_rest_addr")]
+    pub rest_addr: String,
+    /// Reserved for the gRPC API; accepted so that one settings file serves both.
+    #[serde(default = "default_grpc_addr")]
+    pub grpc_addr: String,
+    /// Seconds in-flight requests and running migrations get to finish on shutdown.
+    #[serde(default = "default_grace")]
+    pub shutdown_grace_seconds: u64,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            rest_addr: default_rest_addr(),
+            grpc_addr: default_grpc_addr(),
+            shutdown_grace_seconds: default_grace(),
+        }
+    }
+}
+
+fn default_rest_addr() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_grpc_addr() -> String {
+    "127.0.0.1:50051".into()
+}
+fn default_grace() -> u64 {
+    30
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSettings {
+    /// `sqlite://path` (default `sqlite://data/sluice.db`) or `postgres://...`.
+    #[serde(default = "default_store_url")]
+    pub url: String,
+    #[serde(default = "default_pool")]
+    pub max_connections: u32,
+}
+
+impl fmt::Debug for StoreSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreSettings")
+            .field("url", &redact_url(&self.url))
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        StoreSettings {
+            url: default_store_url(),
+            max_connections: default_pool(),
+        }
+    }
+}
+
+fn default_store_url() -> String {
+    "sqlite://data/sluice.db".into()
+}
+fn default_pool() -> u32 {
+    8
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// How often an idle worker looks for work it was not told about (milliseconds).
+    #[serde(default = "default_poll")]
+    pub poll_interval_ms: u64,
+    /// At most this many finished deployments are recorded in the state store in one commit.
+    #[serde(default = "default_batch")]
+    pub record_batch_size: usize,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        WorkerSettings {
+            poll_interval_ms: default_poll(),
+            record_batch_size: default_batch(),
+        }
+    }
+}
+
+fn default_poll() -> u64 {
+    1000
+}
+fn default_batch() -> usize {
+    200
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerSettings {
+    /// How often deadlines are checked (seconds).
+    #[serde(default = "default_tick")]
+    pub tick_seconds: u64,
+}
+
+impl Default for SchedulerSettings {
+    fn default() -> Self {
+        SchedulerSettings {
+            tick_seconds: default_tick(),
+        }
+    }
+}
+
+fn default_tick() -> u64 {
+    30
+}
+
+/// Strips the password from a database URL for logs and status.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &url[scheme_end + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// One target environment, validated.
+#[derive(Debug, Clone)]
+pub struct EnvironmentConfig {
+    pub name: EnvironmentName,
+    pub url: Secret,
+    pub auto_approve: bool,
+    pub auto_apply: bool,
+    pub allow_self_approval: bool,
+    pub backup_required: bool,
+    pub lock_timeout_seconds: u64,
+    pub statement_timeout_seconds: u64,
+}
+
+impl EnvironmentConfig {
+    pub fn display_url(&self) -> String {
+        redact_url(self.url.expose())
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnvironmentsFile {
+    promotion_order: Vec<String>,
+    environments: BTreeMap<String, EnvironmentEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnvironmentEntry {
+    database: DatabaseEntry,
+    #[serde(default)]
+    migration: MigrationEntry,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DatabaseEntry {
+    url: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MigrationEntry {
+    #[serde(default)]
+    auto_approve: bool,
+    #[serde(default = "yes")]
+    auto_apply: bool,
+    #[serde(default)]
+    allow_self_approval: bool,
+    #[serde(default)]
+    backup_required: bool,
+    /// Statement timeout in seconds (the seed's `timeout`).
+    #[serde(default = "default_statement_timeout")]
+    timeout: u64,
+    #[serde(default = "default_lock_timeout")]
+    lock_timeout: u64,
+}
+
+impl Default for MigrationEntry {
+    fn default() -> Self {
+        MigrationEntry {
+            auto_approve: false,
+            auto_apply: true,
+            allow_self_approval: false,
+            backup_required: false,
+            timeout: default_statement_timeout(),
+            lock_timeout: default_lock_timeout(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_statement_timeout() -> u64 {
+    300
+}
+fn default_lock_timeout() -> u64 {
+    10
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyEntry {
+    required_approvals: u32,
+    required_roles: Vec<Role>,
+    #[serde(default)]
+    timeout_hours: Option<u32>,
+    #[serde(default)]
+    emergency_override: bool,
+}
+
+/// The approval matrix: environment x effective risk -> policy.
+#[derive(Debug, Clone)]
+pub struct ApprovalMatrix {
+    policies: BTreeMap<(EnvironmentName, Risk), ApprovalPolicy>,
+}
+
+impl ApprovalMatrix {
+    pub fn policy(&self, environment: &EnvironmentName, risk: Risk) -> &ApprovalPolicy {
+        // Validation guarantees an entry for every configured environment and risk.
+        &self.policies[&(environment.clone(), risk)]
+    }
+}
+
+/// A user of the API, from users.yml.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub name: UserName,
+    pub roles: Vec<Role>,
+    pub token_sha256: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsersFile {
+    #[serde(default)]
+    users: Vec<UserEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserEntry {
+    name: String,
+    roles: Vec<Role>,
+    token_sha256: String,
+}
+
+/// Everything the daemon needs, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub config_dir: PathBuf,
+    pub settings: Settings,
+    /// In promotion order.
+    pub environments: Vec<EnvironmentConfig>,
+    pub matrix: ApprovalMatrix,
+    pub users: Vec<User>,
+}
+
+impl Config {
+    pub fn environment(&self, name: &EnvironmentName) -> Option<&EnvironmentConfig> {
+        self.environments.iter().find(|e| &e.name == name)
+    }
+
+    pub fn environment_names(&self) -> String {
+        self.environments
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The environment before `name` in the promotion order.
+    pub fn previous_environment(&self, name: &EnvironmentName) -> Option<&EnvironmentConfig> {
+        let index = self.environments.iter().position(|e| &e.name == name)?;
+        index.checked_sub(1).map(|i| &self.environments[i])
+    }
+
+    /// Loads every file from `dir`, with `SLUICE__...` variables from `env` layered on top of
+    /// sluice.yml and `${VAR}` in environments.yml resolved from `env` too.
+    pub fn load(dir: &Path) -> Result<Config, ConfigError> {
+        Self::load_with_env(dir, &|name| std::env::var(name).ok())
+    }
+
+    pub fn load_with_env(
+        dir: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        if !dir.is_dir() {
+            return Err(ConfigError(format!(
+                "configuration directory {} does not exist (pass --config-dir)",
+                dir.display()
+            )));
+        }
+        let settings = load_settings(&dir.join("sluice.yml"))?;
+        let environments = load_environments(&dir.join("environments.yml"), env)?;
+        let matrix = load_matrix(&dir.join("approval_matrix.yml"), &environments)?;
+        let users = load_users(&dir.join("users.yml"))?;
+        Ok(Config {
+            config_dir: dir.to_owned(),
+            settings,
+            environments,
+            matrix,
+            users,
+        })
+    }
+}
+
+fn load_settings(path: &Path) -> Result<Settings, ConfigError> {
+    if path.exists() {
+        // Parse the file alone first so that a typo'd key is reported with the file's name.
+        let text = read(path)?;
+        let _: Settings = parse_yaml(path, &text)?;
+    }
+    let built = config::Config::builder()
+        .add_source(
+            config::File::from(path)
+                .format(config::FileFormat::Yaml)
+                .required(false),
+        )
+        .add_source(
+            config::Environment::with_prefix("SLUICE")
+                .prefix_separator("__")
+                .separator("__"),
+        )
+        .build()
+        .map_err(|e| err(path, e))?;
+    built.try_deserialize::<Settings>().map_err(|e| {
+        err(
+            path,
+            format!("{e} (after applying SLUICE__* environment variables)"),
+        )
+    })
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| err(path, format!("cannot read: {e}")))
+}
+
+fn parse_yaml<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigError> {
+    let deserializer = serde_norway::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let at = e.path().to_string();
+        if at == "." {
+            err(path, e.into_inner())
+        } else {
+            err(path, format!("{at}: {}", e.into_inner()))
+        }
+    })
+}
+
+/// Replaces `${VAR}` and `${VAR:-default}` in every string of the document.
+fn interpolate(
+    path: &Path,
+    at: &str,
+    value: &mut serde_norway::Value,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    match value {
+        serde_norway::Value::String(s) => {
+            let expanded = shellexpand::env_with_context(s.as_str(), |name: &str| {
+                env(name).map(Some).ok_or("not set")
+            })
+            .map_err(|e| {
+                err(
+                    path,
+                    format!(
+                        "{at}: environment variable {} is not set (write ${{{}:-default}} to give a default)",
+                        e.var_name, e.var_name
+                    ),
+                )
+            })?;
+            *s = expanded.into_owned();
+        }
+        serde_norway::Value::Mapping(map) => {
+            for (key, child) in map.iter_mut() {
+                let key = key.as_str().unwrap_or("?");
+                let child_at = if at.is_empty() {
+                    key.to_owned()
+                } else {
+                    format!("{at}.{key}")
+                };
+                interpolate(path, &child_at, child, env)?;
+            }
+        }
+        serde_norway::Value::Sequence(items) => {
+            for (i, child) in items.iter_mut().enumerate() {
+                interpolate(path, &format!("{at}[{i}]"), child, env)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn load_environments(
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<EnvironmentConfig>, ConfigError> {
+    let text = read(path)?;
+    let mut document: serde_norway::Value =
+        serde_norway::from_str(&text).map_err(|e| err(path, e))?;
+    interpolate(path, "", &mut document, env)?;
+    let file: EnvironmentsFile = serde_path_to_error::deserialize(document)
+        .map_err(|e| err(path, format!("{}: {}", e.path(), e.inner())))?;
+    let known: BTreeSet<&String> = file.environments.keys().collect();
+    let mut seen = BTreeSet::new();
+    let mut environments = Vec::new();
+    for (i, name) in file.promotion_order.iter().enumerate() {
+        let entry = file.environments.get(name).ok_or_else(|| {
+            err(
+                path,
+                format!(
+                    "promotion_order[{i}]: unknown environment \"{name}\" (defined: {})",
+                    known
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        })?;
+        if !seen.insert(name) {
+            return Err(err(
+                path,
+                format!("promotion_order[{i}]: \"{name}\" is listed twice"),
+            ));
+        }
+        let parsed: EnvironmentName = name
+            .parse()
+            .map_err(|e| err(path, format!("promotion_order[{i}]: {e}")))?;
+        let url = entry.database.url.trim().to_owned();
+        if !(url.starts_with("postgres://")
+            || url.starts_with("postgresql://")
+            || url.starts_with("sqlite:"))
+        {
+            return Err(err(
+                path,
+                format!(
+                    "environments.{name}.database.url: unsupported database URL \"{}\" (use postgres://... or sqlite://path)",
+                    redact_url(&url)
+                ),
+            ));
+        }
+        if entry.migration.lock_timeout == 0 || entry.migration.timeout == 0 {
+            return Err(err(
+                path,
+                format!(
+                    "environments.{name}.migration: timeout and lock_timeout must be at least 1 second"
+                ),
+            ));
+        }
+        environments.push(EnvironmentConfig {
+            name: parsed,
+            url: Secret::new(url),
+            auto_approve: entry.migration.auto_approve,
+            auto_apply: entry.migration.auto_apply,
+            allow_self_approval: entry.migration.allow_self_approval,
+            backup_required: entry.migration.backup_required,
+            lock_timeout_seconds: entry.migration.lock_timeout,
+            statement_timeout_seconds: entry.migration.timeout,
+        });
+    }
+    if let Some(missing) = known.iter().find(|name| !seen.contains(**name)) {
+        return Err(err(
+            path,
+            format!("environments.{missing}: not listed in promotion_order"),
+        ));
+    }
+    if environments.is_empty() {
+        return Err(err(
+            path,
+            "promotion_order: at least one environment is needed",
+        ));
+    }
+    Ok(environments)
+}
+
+fn load_matrix(
+    path: &Path,
+    environments: &[EnvironmentConfig],
+) -> Result<ApprovalMatrix, ConfigError> {
+    let text = read(path)?;
+    let file: BTreeMap<String, BTreeMap<String, PolicyEntry>> = parse_yaml(path, &text)?;
+    let mut policies = BTreeMap::new();
+    for (env_name, by_risk) in &file {
+        let Some(environment) = environments.iter().find(|e| e.name.as_str() == env_name) else {
+            return Err(err(
+                path,
+                format!(
+                    "{env_name}: unknown environment (environments.yml defines: {})",
+                    environments
+                        .iter()
+                        .map(|e| e.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        };
+        for (risk_key, entry) in by_risk {
+            let at = format!("{env_name}.{risk_key}");
+            let risks: Vec<Risk> = if risk_key.eq_ignore_ascii_case("any") {
+                Risk::ALL.to_vec()
+            } else {
+                vec![risk_key.parse().map_err(|_| {
+                    err(
+                        path,
+                        format!("{at}: unknown risk level \"{risk_key}\" (known: ANY, LOW, MEDIUM, HIGH)"),
+                    )
+                })?]
+            };
+            if entry.required_roles.is_empty() {
+                return Err(err(
+                    path,
+                    format!("{at}.required_roles: at least one role is needed"),
+                ));
+            }
+            if (entry.required_approvals as usize) < entry.required_roles.len() {
+                return Err(err(
+                    path,
+                    format!(
+                        "{at}.required_approvals: {} is fewer than the {} required_roles, each of which needs its own approver",
+                        entry.required_approvals,
+                        entry.required_roles.len()
+                    ),
+                ));
+            }
+            let policy = ApprovalPolicy {
+                required_roles: entry.required_roles.clone(),
+                required_approvals: entry.required_approvals,
+                timeout_hours: entry.timeout_hours,
+                emergency_override: entry.emergency_override,
+            };
+            for risk in risks {
+                // A specific risk level wins over ANY, whatever order the file lists them in.
+                let specific = !risk_key.eq_ignore_ascii_case("any");
+                let key = (environment.name.clone(), risk);
+                if specific || !policies.contains_key(&key) {
+                    policies.insert(key, policy.clone());
+                }
+            }
+        }
+    }
+    for environment in environments {
+        for risk in Risk::ALL {
+            if !policies.contains_key(&(environment.name.clone(), risk)) {
+                return Err(err(
+                    path,
+                    format!(
+                        "{}: no policy for risk {} (add {}.{} or {}.ANY)",
+                        environment.name,
+                        risk.as_str().to_uppercase(),
+                        environment.name,
+                        risk.as_str().to_uppercase(),
+                        environment.name
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(ApprovalMatrix { policies })
+}
+
+fn load_users(path: &Path) -> Result<Vec<User>, ConfigError> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let text = read(path)?;
+    let file: UsersFile = parse_yaml(path, &text)?;
+    let mut names = BTreeSet::new();
+    let mut hashes = BTreeSet::new();
+    let mut users = Vec::new();
+    for (i, entry) in file.users.into_iter().enumerate() {
+        let at = format!("users[{i}]");
+        let name: UserName = entry
+            .name
+            .parse()
+            .map_err(|e| err(path, format!("{at}.name: {e}")))?;
+        if !names.insert(name.clone()) {
+            return Err(err(
+                path,
+                format!("{at}.name: user \"{name}\" is listed twice"),
+            ));
+        }
+        let hash = entry.token_sha256.to_ascii_lowercase();
+        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(err(
+                path,
+                format!(
+                    "{at}.token_sha256: expected 64 hex characters (the SHA-256 of the token; `sluice token new` prints one)"
+                ),
+            ));
+        }
+        if !hashes.insert(hash.clone()) {
+            return Err(err(
+                path,
+                format!("{at}.token_sha256: the same token hash is given to two users"),
+            ));
+        }
+        if entry.roles.is_empty() {
+            return Err(err(
+                path,
+                format!("{at}.roles: at least one role is needed"),
+            ));
+        }
+        users.push(User {
+            name,
+            roles: entry.roles,
+            token_sha256: hash,
+        });
+    }
+    Ok(users)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+
+    fn shipped_config_dir() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config")
+    }
+
+    fn copy_shipped(dir: &Path) {
+        for file in [
+            "sluice.yml",
+            "environments.yml",
+            "approval_matrix.yml",
+            "users.yml",
+        ] {
+            std::fs::copy(shipped_config_dir().join(file), dir.join(file)).unwrap();
+        }
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("sluice-config-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn shipped_configuration_loads_with_the_seed_matrix() {
+        let config = Config::load_with_env(&shipped_config_dir(), &|_| None).unwrap();
+        let names: Vec<&str> = config
+            .environments
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect();
+        assert_eq!(names, ["development", "staging", "production"]);
+        assert_eq!(
+            config.environments[0].url.expose(),
+            "sqlite://data/development.db"
+        );
+        let production: EnvironmentName = "production".parse().unwrap();
+        let high = config.matrix.policy(&production, Risk::High);
+        assert_eq!(
+            high.required_roles,
+            [Role::DataOpsLead, Role::Dba, Role::TechLead, Role::Cto]
+        );
+        assert!(high.emergency_override);
+        assert!(high.timeout_hours.is_some());
+        let staging: EnvironmentName = "staging".parse().unwrap();
+        assert_eq!(
+            config.matrix.policy(&staging, Risk::Low).required_approvals,
+            2
+        );
+        assert!(config.users.is_empty(), "no default users or tokens ship");
+    }
+
+    #[test]
+    fn environment_urls_are_interpolated() {
+        let config = Config::load_with_env(&shipped_config_dir(), &|name| {
+            (name == "PROD_DB_URL").then(|| "postgres://u:pw@db/prod".to_owned())
+        })
+        .unwrap();
+        assert_eq!(
+            config.environments[2].url.expose(),
+            "postgres://u:pw@db/prod"
+        );
+        assert_eq!(
+            config.environments[2].display_url(),
+            "postgres://u:***@db/prod"
+        );
+        assert_eq!(format!("{:?}", config.environments[2].url), "[redacted]");
+    }
+
+    #[test]
+    fn unknown_role_in_matrix_names_file_key_and_allowed_values() {
+        let dir = temp_dir("role");
+        copy_shipped(&dir);
+        let matrix = std::fs::read_to_string(dir.join("approval_matrix.yml"))
+            .unwrap()
+            .replace("      - cto", "      - cfo");
+        write(&dir, "approval_matrix.yml", &matrix);
+        let e = Config::load_with_env(&dir, &|_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("approval_matrix.yml"), "{e}");
+        assert!(e.contains("production.HIGH.required_roles[3]"), "{e}");
+        assert!(e.contains("cfo") && e.contains("data_ops_lead"), "{e}");
+    }
+
+    #[test]
+    fn typo_in_environment_key_is_named() {
+        let dir = temp_dir("typo");
+        copy_shipped(&dir);
+        let envs = std::fs::read_to_string(dir.join("environments.yml"))
+            .unwrap()
+            .replacen("auto_approve", "auto_aprove", 1);
+        write(&dir, "environments.yml", &envs);
+        let e = Config::load_with_env(&dir, &|_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("environments.yml"), "{e}");
+        assert!(e.contains("auto_aprove"), "{e}");
+        assert!(e.contains("environments.development.migration"), "{e}");
+    }
+
+    #[test]
+    fn unset_variable_without_default_is_named() {
+        let dir = temp_dir("unset");
+        copy_shipped(&dir);
+        let envs = std::fs::read_to_string(dir.join("environments.yml"))
+            .unwrap()
+            .replace(
+                "${PROD_DB_URL:-sqlite://data/production.db}",
+                "${PROD_DB_URL}",
+            );
+        write(&dir, "environments.yml", &envs);
+        let e = Config::load_with_env(&dir, &|_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(
+                "environments.production.database.url: environment variable PROD_DB_URL is not set"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn users_file_is_validated() {
+        let dir = temp_dir("users");
+        copy_shipped(&dir);
+        write(
+            &dir,
+            "users.yml",
+            "users:\n  - name: alice\n    roles: [developer, cfo]\n    token_sha256: \"00\"\n",
+        );
+        let e = Config::load_with_env(&dir, &|_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("users.yml") && e.contains("users[0].roles[1]"),
+            "{e}"
+        );
+        write(
+            &dir,
+            "users.yml",
+            "users:\n  - name: alice\n    roles: [developer]\n    token_sha256: \"00\"\n",
+        );
+        let e = Config::load_with_env(&dir, &|_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("users[0].token_sha256: expected 64 hex"), "{e}");
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact_url("postgres://a:b@h:5432/d"),
+            "postgres://a:***@h:5432/d"
+        );
+        assert_eq!(redact_url("sqlite://data/x.db"), "sqlite://data/x.db");
+    }
+}

@@ -1,0 +1,276 @@
+//! The pure core: identifiers, roles, risk, the deployment state machine and approval policy
+//! evaluation. Nothing here reads a clock, touches a database or the network, or awaits: every
+//! function takes what it needs (including `now`) and returns a value, so the rules can be tested
+//! exhaustively without any I/O.
+
+mod ids;
+mod policy;
+mod state;
+
+pub use ids::{EnvironmentName, MigrationId, UserName, slugify};
+pub use policy::{ApprovalPolicy, ApprovalRecord, ApprovalRequest, PolicyProgress, check_approval};
+pub use state::{DeploymentEvent, DeploymentState, InvalidTransition};
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// An error the domain reports when a request breaks one of its rules. Each variant carries
+/// enough to tell the caller exactly what was wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DomainError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Forbidden(String),
+}
+
+/// The roles of the approval matrix and of the operator permissions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Developer,
+    DataOps,
+    DataOpsLead,
+    Dba,
+    TechLead,
+    Cto,
+    Admin,
+}
+
+impl Role {
+    pub const ALL: [Role; 7] = [
+        Role::Developer,
+        Role::DataOps,
+        Role::DataOpsLead,
+        Role::Dba,
+        Role::TechLead,
+        Role::Cto,
+        Role::Admin,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Developer => "developer",
+            Role::DataOps => "data_ops",
+            Role::DataOpsLead => "data_ops_lead",
+            Role::Dba => "dba",
+            Role::TechLead => "tech_lead",
+            Role::Cto => "cto",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// Roles that may operate an environment: lock, unlock, migrate, roll back, retry, cancel.
+    pub fn is_operator(self) -> bool {
+        matches!(
+            self,
+            Role::DataOps | Role::DataOpsLead | Role::Dba | Role::Admin
+        )
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = DomainError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| {
+                DomainError::Invalid(format!(
+                    "unknown role \"{s}\" (known: {})",
+                    Role::ALL.map(|r| r.as_str()).join(", ")
+                ))
+            })
+    }
+}
+
+/// Declared or analysed risk of a migration. Ordered: low < medium < high.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Risk {
+    Low,
+    Medium,
+    High,
+}
+
+impl Risk {
+    pub const ALL: [Risk; 3] = [Risk::Low, Risk::Medium, Risk::High];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Risk::Low => "low",
+            Risk::Medium => "medium",
+            Risk::High => "high",
+        }
+    }
+}
+
+impl FromStr for Risk {
+    type Err = DomainError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "low" => Ok(Risk::Low),
+            "medium" => Ok(Risk::Medium),
+            "high" => Ok(Risk::High),
+            _ => Err(DomainError::Invalid(format!(
+                "unknown risk \"{s}\" (known: low, medium, high)"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for Risk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What sort of change a migration is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrationKind {
+    SchemaChange,
+    DataMigration,
+    Hotfix,
+}
+
+impl MigrationKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MigrationKind::SchemaChange => "schema_change",
+            MigrationKind::DataMigration => "data_migration",
+            MigrationKind::Hotfix => "hotfix",
+        }
+    }
+}
+
+impl FromStr for MigrationKind {
+    type Err = DomainError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "schema_change" => Ok(MigrationKind::SchemaChange),
+            "data_migration" => Ok(MigrationKind::DataMigration),
+            "hotfix" => Ok(MigrationKind::Hotfix),
+            _ => Err(DomainError::Invalid(format!(
+                "unknown kind \"{s}\" (known: schema_change, data_migration, hotfix)"
+            ))),
+        }
+    }
+}
+
+/// The id of a deployment: one migration in one environment.
+pub fn deployment_id(migration: &MigrationId, environment: &EnvironmentName) -> String {
+    format!("{migration}@{environment}")
+}
+
+/// Splits a deployment id back into its migration and environment.
+pub fn parse_deployment_id(id: &str) -> Result<(MigrationId, EnvironmentName), DomainError> {
+    let (migration, environment) = id.rsplit_once('@').ok_or_else(|| {
+        DomainError::Invalid(format!(
+            "deployment id \"{id}\" is not of the form <migration_id>@<environment>"
+        ))
+    })?;
+    Ok((migration.parse()?, environment.parse()?))
+}
+
+/// SHA-256 of the up script followed by the down script, hex encoded: what approvals bind to.
+pub fn checksum(up_sql: &str, down_sql: Option<&str>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(up_sql.as_bytes());
+    hasher.update([0u8]);
+    if let Some(down) = down_sql {
+        hasher.update(down.as_bytes());
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// Why a deployment may not start yet, given the facts the worker gathered. Returns `None` when
+/// it may start. Pure: the caller supplies every fact.
+pub fn start_blocker(facts: &StartFacts<'_>) -> Option<String> {
+    if let Some(earlier) = facts.earlier_unfinished {
+        return Some(format!(
+            "waits for {} ({}) which comes first in this environment",
+            earlier.0, earlier.1
+        ));
+    }
+    if let Some((dependency, state)) = facts.unapplied_dependency {
+        return Some(format!(
+            "depends on {dependency}, which is {state} in this environment"
+        ));
+    }
+    if !facts.emergency
+        && let Some((previous_env, state)) = facts.previous_environment
+        && state != Some(DeploymentState::Applied)
+    {
+        let state = state.map_or("absent", |s| s.as_str());
+        return Some(format!(
+            "must be applied in {previous_env} first (it is {state} there)"
+        ));
+    }
+    None
+}
+
+/// The facts that decide whether a queued deployment may start.
+pub struct StartFacts<'a> {
+    /// The first migration with a lower id in this environment that is not finished, if any.
+    pub earlier_unfinished: Option<(&'a str, DeploymentState)>,
+    /// A dependency whose deployment in this environment is not applied, if any.
+    pub unapplied_dependency: Option<(&'a str, DeploymentState)>,
+    /// The previous environment in the promotion order and this migration's state there.
+    pub previous_environment: Option<(&'a str, Option<DeploymentState>)>,
+    /// An emergency override skips the promotion-order rule.
+    pub emergency: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksum_changes_with_either_script() {
+        let a = checksum("create table t (id int);", Some("drop table t;"));
+        let b = checksum("create table t (id int);", None);
+        let c = checksum("create table t (id bigint);", Some("drop table t;"));
+        assert_ne!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(a.len(), 64);
+    }
+
+    #[test]
+    fn deployment_ids_round_trip() {
+        let m: MigrationId = "001_20261125_101500_add_user_preferences".parse().unwrap();
+        let e: EnvironmentName = "staging".parse().unwrap();
+        let id = deployment_id(&m, &e);
+        assert_eq!(id, "001_20261125_101500_add_user_preferences@staging");
+        assert_eq!(parse_deployment_id(&id).unwrap(), (m, e));
+        assert!(parse_deployment_id("nope").is_err());
+    }
+
+    #[test]
+    fn promotion_order_blocks_until_previous_environment_applied() {
+        let facts = StartFacts {
+            earlier_unfinished: None,
+            unapplied_dependency: None,
+            previous_environment: Some(("staging", Some(DeploymentState::AwaitingApproval))),
+            emergency: false,
+        };
+        assert_eq!(
+            start_blocker(&facts).unwrap(),
+            "must be applied in staging first (it is awaiting_approval there)"
+        );
+        let emergency = StartFacts {
+            emergency: true,
+            ..facts
+        };
+        assert_eq!(start_blocker(&emergency), None);
+    }
+}

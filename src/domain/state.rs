@@ -1,0 +1,276 @@
+//! The deployment lifecycle as a pure transition function.
+//!
+//! ```text
+//! awaiting_approval --approve (policy satisfied)--> approved --> queued --> running --> applied
+//!         |  \--reject--> rejected                                   \--> failed --retry--> queued
+//!         |--deadline passes--> expired                                        \--rollback--> rolled_back
+//!         \--cancel--> cancelled            applied --rollback--> rolling_back --> rolled_back
+//! emergency override: awaiting_approval --force + reason--> approved (flag emergency; review owed)
+//! ```
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeploymentState {
+    AwaitingApproval,
+    Approved,
+    Queued,
+    Running,
+    Applied,
+    Failed,
+    RollingBack,
+    RolledBack,
+    Rejected,
+    Expired,
+    Cancelled,
+}
+
+/// Something that happens to a deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeploymentEvent {
+    /// The approvals collected so far satisfy the policy.
+    PolicySatisfied,
+    /// An emergency override approves without the full set of approvals.
+    EmergencyOverride,
+    Reject,
+    /// The approval deadline passed.
+    Expire,
+    Cancel,
+    /// Approved deployments are released to the worker (automatically or by `migrate`).
+    Release,
+    /// The worker starts applying it.
+    Start,
+    Succeed,
+    Fail,
+    Retry,
+    RequestRollback,
+    RollbackSucceeded,
+    RollbackFailed,
+    /// A worker found a deployment marked running whose outcome the target does not show
+    /// (the daemon stopped mid-apply): it goes back to the queue.
+    Requeue,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot {event} a deployment that is {state}")]
+pub struct InvalidTransition {
+    pub state: &'static str,
+    pub event: &'static str,
+}
+
+impl DeploymentEvent {
+    pub fn verb(self) -> &'static str {
+        match self {
+            DeploymentEvent::PolicySatisfied => "approve",
+            DeploymentEvent::EmergencyOverride => "force",
+            DeploymentEvent::Reject => "reject",
+            DeploymentEvent::Expire => "expire",
+            DeploymentEvent::Cancel => "cancel",
+            DeploymentEvent::Release => "release",
+            DeploymentEvent::Start => "start",
+            DeploymentEvent::Succeed => "complete",
+            DeploymentEvent::Fail => "fail",
+            DeploymentEvent::Retry => "retry",
+            DeploymentEvent::RequestRollback => "roll back",
+            DeploymentEvent::RollbackSucceeded => "complete the rollback of",
+            DeploymentEvent::RollbackFailed => "fail the rollback of",
+            DeploymentEvent::Requeue => "requeue",
+        }
+    }
+}
+
+impl DeploymentState {
+    pub const ALL: [DeploymentState; 11] = [
+        DeploymentState::AwaitingApproval,
+        DeploymentState::Approved,
+        DeploymentState::Queued,
+        DeploymentState::Running,
+        DeploymentState::Applied,
+        DeploymentState::Failed,
+        DeploymentState::RollingBack,
+        DeploymentState::RolledBack,
+        DeploymentState::Rejected,
+        DeploymentState::Expired,
+        DeploymentState::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeploymentState::AwaitingApproval => "awaiting_approval",
+            DeploymentState::Approved => "approved",
+            DeploymentState::Queued => "queued",
+            DeploymentState::Running => "running",
+            DeploymentState::Applied => "applied",
+            DeploymentState::Failed => "failed",
+            DeploymentState::RollingBack => "rolling_back",
+            DeploymentState::RolledBack => "rolled_back",
+            DeploymentState::Rejected => "rejected",
+            DeploymentState::Expired => "expired",
+            DeploymentState::Cancelled => "cancelled",
+        }
+    }
+
+    /// A terminal state absorbs every event.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            DeploymentState::RolledBack
+                | DeploymentState::Rejected
+                | DeploymentState::Expired
+                | DeploymentState::Cancelled
+        )
+    }
+
+    /// Whether a later migration in the same environment must wait for this one. Applied and
+    /// terminal deployments are out of the way; everything else holds the queue in id order.
+    pub fn holds_queue(self) -> bool {
+        !(self.is_terminal() || self == DeploymentState::Applied)
+    }
+
+    /// The transition function. Every rule about which event may happen in which state is here.
+    pub fn on(self, event: DeploymentEvent) -> Result<DeploymentState, InvalidTransition> {
+        use DeploymentEvent as E;
+        use DeploymentState as S;
+        let next = match (self, event) {
+            (S::AwaitingApproval, E::PolicySatisfied | E::EmergencyOverride) => S::Approved,
+            (S::AwaitingApproval, E::Reject) => S::Rejected,
+            (S::AwaitingApproval, E::Expire) => S::Expired,
+            (S::AwaitingApproval | S::Approved | S::Queued | S::Failed, E::Cancel) => S::Cancelled,
+            (S::Approved, E::Reject) => S::Rejected,
+            (S::Approved, E::Release) => S::Queued,
+            (S::Queued, E::Start) => S::Running,
+            (S::Running, E::Succeed) => S::Applied,
+            (S::Running, E::Fail) => S::Failed,
+            (S::Running, E::Requeue) => S::Queued,
+            (S::Failed, E::Retry) => S::Queued,
+            (S::Applied | S::Failed, E::RequestRollback) => S::RollingBack,
+            (S::RollingBack, E::RollbackSucceeded) => S::RolledBack,
+            (S::RollingBack, E::RollbackFailed) => S::Failed,
+            (S::RollingBack, E::Requeue) => S::RollingBack,
+            (state, event) => {
+                return Err(InvalidTransition {
+                    state: state.as_str(),
+                    event: event.verb(),
+                });
+            }
+        };
+        Ok(next)
+    }
+}
+
+impl fmt::Display for DeploymentState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for DeploymentState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        DeploymentState::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| format!("unknown deployment state \"{s}\""))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use DeploymentEvent as E;
+    use DeploymentState as S;
+
+    const EVENTS: [DeploymentEvent; 14] = [
+        E::PolicySatisfied,
+        E::EmergencyOverride,
+        E::Reject,
+        E::Expire,
+        E::Cancel,
+        E::Release,
+        E::Start,
+        E::Succeed,
+        E::Fail,
+        E::Retry,
+        E::RequestRollback,
+        E::RollbackSucceeded,
+        E::RollbackFailed,
+        E::Requeue,
+    ];
+
+    #[test]
+    fn happy_path_and_rollback() {
+        let mut s = S::AwaitingApproval;
+        for e in [
+            E::PolicySatisfied,
+            E::Release,
+            E::Start,
+            E::Succeed,
+            E::RequestRollback,
+            E::RollbackSucceeded,
+        ] {
+            s = s.on(e).unwrap();
+        }
+        assert_eq!(s, S::RolledBack);
+    }
+
+    #[test]
+    fn failure_halts_until_retry() {
+        let s = S::Queued.on(E::Start).unwrap().on(E::Fail).unwrap();
+        assert_eq!(s, S::Failed);
+        assert!(s.holds_queue());
+        assert!(s.on(E::Start).is_err());
+        assert_eq!(s.on(E::Retry).unwrap(), S::Queued);
+        assert_eq!(s.on(E::Cancel).unwrap(), S::Cancelled);
+    }
+
+    #[test]
+    fn error_message_names_state_and_event() {
+        let err = S::Applied.on(E::Cancel).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot cancel a deployment that is applied"
+        );
+    }
+
+    proptest::proptest! {
+        /// A terminal state absorbs every event: whatever happens afterwards, it stays put.
+        #[test]
+        fn terminal_states_absorb_every_event(
+            events in proptest::collection::vec(0usize..EVENTS.len(), 0..40)
+        ) {
+            let mut state = S::AwaitingApproval;
+            let mut reached_terminal: Option<S> = None;
+            for index in events {
+                if let Ok(next) = state.on(EVENTS[index]) {
+                    state = next;
+                }
+                if let Some(terminal) = reached_terminal {
+                    proptest::prop_assert_eq!(state, terminal);
+                } else if state.is_terminal() {
+                    reached_terminal = Some(state);
+                }
+            }
+        }
+
+        /// Nothing reaches `applied` without passing through `running`, and nothing runs without
+        /// having been approved (normally or by an emergency override).
+        #[test]
+        fn applied_only_after_approval_and_running(
+            events in proptest::collection::vec(0usize..EVENTS.len(), 0..40)
+        ) {
+            let mut state = S::AwaitingApproval;
+            let mut approved = false;
+            let mut ran = false;
+            for index in events {
+                let Ok(next) = state.on(EVENTS[index]) else { continue };
+                if next == S::Approved { approved = true; }
+                if next == S::Running { proptest::prop_assert!(approved); ran = true; }
+                if next == S::Applied { proptest::prop_assert!(ran); }
+                state = next;
+            }
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! Runs the background work under one supervisor: a worker per environment and the scheduler
+//! (approval deadlines). Everything stops on one cancellation token, with a grace period for the
+//! migration in flight. Workers expose `run_once`, which tests call directly.
+
+pub mod worker;
+
+pub use worker::{Outcome, Worker};
+
+use crate::service::Service;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub struct Engine {
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+}
+
+impl Engine {
+    /// Starts one worker per environment and the scheduler.
+    pub fn start(service: Service, cancel: CancellationToken) -> Engine {
+        let tracker = TaskTracker::new();
+        for environment in service.config.environments.clone() {
+            let worker = Worker::new(service.clone(), environment, cancel.clone());
+            let notify = service.signals.notifier(worker.environment().name.as_str());
+            let poll =
+                Duration::from_millis(service.config.settings.worker.poll_interval_ms.max(10));
+            let cancel = cancel.clone();
+            tracker.spawn(async move {
+                let mut backoff = poll;
+                loop {
+                    let outcome = worker.run_once().await;
+                    let wait = match &outcome {
+                        Ok(Outcome::Worked { .. }) => Duration::ZERO,
+                        Ok(Outcome::TargetUnavailable(_)) | Err(_) => {
+                            backoff = (backoff * 2).min(Duration::from_secs(60));
+                            backoff
+                        }
+                        Ok(_) => poll,
+                    };
+                    if !matches!(outcome, Ok(Outcome::TargetUnavailable(_)) | Err(_)) {
+                        backoff = poll;
+                    }
+                    if let Err(e) = &outcome {
+                        tracing::error!(environment = %worker.environment().name, error = %e, "worker round failed");
+                    }
+                    if wait.is_zero() {
+                        if cancel.is_cancelled() {
+                            break;
+                        }
+                        continue;
+                    }
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = notify.notified() => {}
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            });
+        }
+        let tick = Duration::from_secs(service.config.settings.scheduler.tick_seconds.max(1));
+        let scheduler_cancel = cancel.clone();
+        tracker.spawn(async move {
+            loop {
+                match service.expire_overdue().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(
+                        expired = n,
+                        "expired deployments past their approval deadline"
+                    ),
+                    Err(e) => tracing::error!(error = %e, "scheduler round failed"),
+                }
+                tokio::select! {
+                    _ = scheduler_cancel.cancelled() => break,
+                    _ = tokio::time::sleep(tick) => {}
+                }
+            }
+        });
+        tracker.close();
+        Engine { tracker, cancel }
+    }
+
+    /// An engine with no tasks, for tests that drive workers with `run_once`.
+    pub fn start_nothing() -> Engine {
+        let tracker = TaskTracker::new();
+        tracker.close();
+        Engine {
+            tracker,
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    /// Asks every task to stop and waits up to `grace` for the work in flight.
+    pub async fn shutdown(self, grace: Duration) {
+        self.cancel.cancel();
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("background work did not stop within the grace period");
+        }
+    }
+}

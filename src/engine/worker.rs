@@ -1,0 +1,594 @@
+//! One worker per environment: applies released deployments in id order and runs requested
+//! rollbacks, against the target through `target`, recording outcomes in the state store.
+//!
+//! Bookkeeping is designed so the state store is never on the critical path of a migration:
+//! the worker claims a whole run of eligible deployments in one store commit, then applies them
+//! one after another while a recorder task writes each outcome (state, log, audit) behind it,
+//! grouping whatever has piled up into one commit. The target's history table, written in the
+//! migration's own transaction, is the truth: if the daemon dies before an outcome reaches the
+//! store, the next run reconciles from it.
+
+use crate::config::EnvironmentConfig;
+use crate::domain::{self, DeploymentEvent, DeploymentState, StartFacts};
+use crate::service::{Service, ServiceError, check_script, millis};
+use crate::store::{AuditRow, DeploymentRow, LogRow, MigrationRow};
+use crate::target::{self, RunReport, Script, TargetSettings};
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// What one `run_once` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing was released to this environment.
+    Idle,
+    /// The environment is locked: nothing new starts.
+    Locked,
+    /// Released work exists but cannot start yet (the reason is in environment status).
+    Blocked,
+    /// The target could not be reached or another runner holds it.
+    TargetUnavailable(String),
+    Worked {
+        applied: usize,
+        rolled_back: usize,
+        failed: Option<String>,
+    },
+}
+
+/// A deployment's outcome on its way to the state store.
+struct Record {
+    deployment: DeploymentRow,
+    logs: Vec<LogRow>,
+    audits: Vec<AuditRow>,
+}
+
+pub struct Worker {
+    service: Service,
+    environment: EnvironmentConfig,
+    owner: String,
+    cancel: CancellationToken,
+}
+
+impl Worker {
+    pub fn new(
+        service: Service,
+        environment: EnvironmentConfig,
+        cancel: CancellationToken,
+    ) -> Worker {
+        let mut random = [0u8; 4];
+        let _ = getrandom::fill(&mut random);
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "sluice".into());
+        let owner = format!("{host}-{}-{}", std::process::id(), hex::encode(random));
+        Worker {
+            service,
+            environment,
+            owner,
+            cancel,
+        }
+    }
+
+    pub fn environment(&self) -> &EnvironmentConfig {
+        &self.environment
+    }
+
+    fn now(&self) -> i64 {
+        millis(self.service.clock.now())
+    }
+
+    fn audit(&self, d: &DeploymentRow, action: &str, detail: serde_json::Value) -> AuditRow {
+        AuditRow {
+            id: 0,
+            at: self.now(),
+            actor: "sluice".into(),
+            action: action.into(),
+            environment: Some(d.environment.clone()),
+            migration_id: Some(d.migration_id.clone()),
+            deployment_id: Some(d.id.clone()),
+            detail: detail.to_string(),
+        }
+    }
+
+    fn settings(&self) -> TargetSettings {
+        TargetSettings {
+            url: self.environment.url.expose().to_owned(),
+            lock_timeout: Duration::from_secs(self.environment.lock_timeout_seconds),
+            statement_timeout: Duration::from_secs(self.environment.statement_timeout_seconds),
+        }
+    }
+
+    async fn locked(&self) -> Result<bool, ServiceError> {
+        let store = &self.service.store;
+        let mut conn = store.conn().await?;
+        Ok(store
+            .lock(&mut conn, self.environment.name.as_str())
+            .await?
+            .is_some())
+    }
+
+    /// Does one round of work: reconcile, roll back what was asked, apply what may start.
+    pub async fn run_once(&self) -> Result<Outcome, ServiceError> {
+        let store = &self.service.store;
+        let env_name = self.environment.name.as_str();
+        if self.locked().await? {
+            return Ok(Outcome::Locked);
+        }
+        let open = {
+            let mut conn = store.conn().await?;
+            store
+                .deployments_in_states(
+                    &mut conn,
+                    env_name,
+                    &[
+                        DeploymentState::AwaitingApproval,
+                        DeploymentState::Approved,
+                        DeploymentState::Queued,
+                        DeploymentState::Running,
+                        DeploymentState::Failed,
+                        DeploymentState::RollingBack,
+                    ],
+                )
+                .await?
+        };
+        let has_work = open.iter().any(|d| {
+            matches!(
+                d.state,
+                DeploymentState::Queued | DeploymentState::Running | DeploymentState::RollingBack
+            )
+        });
+        if !has_work {
+            return Ok(Outcome::Idle);
+        }
+        let mut session = match target::open(&self.settings(), &self.owner).await {
+            Ok(session) => session,
+            Err(e) => {
+                tracing::warn!(environment = env_name, error = %e, "target unavailable");
+                return Ok(Outcome::TargetUnavailable(e.to_string()));
+            }
+        };
+        let result = self.work(&mut session, open).await;
+        session.close().await;
+        result
+    }
+
+    async fn work(
+        &self,
+        session: &mut target::TargetSession,
+        mut open: Vec<DeploymentRow>,
+    ) -> Result<Outcome, ServiceError> {
+        let store = &self.service.store;
+        let history = match session.history().await {
+            Ok(h) => h,
+            Err(e) => return Ok(Outcome::TargetUnavailable(e.to_string())),
+        };
+        let ids: Vec<String> = open.iter().map(|d| d.migration_id.clone()).collect();
+        let migrations: HashMap<String, MigrationRow> = {
+            let mut conn = store.conn().await?;
+            store
+                .migrations_by_ids(&mut conn, &ids)
+                .await?
+                .into_iter()
+                .map(|m| (m.id.clone(), m))
+                .collect()
+        };
+
+        // Reconcile what the store believes with what the target records.
+        let mut reconciled = Vec::new();
+        for d in open.iter_mut() {
+            let Some(m) = migrations.get(&d.migration_id) else {
+                continue;
+            };
+            let entry = history.get(&d.migration_id);
+            let applied_here = entry.is_some_and(|e| e.success && e.checksum == m.checksum);
+            match d.state {
+                DeploymentState::Running | DeploymentState::Queued if applied_here => {
+                    if d.state == DeploymentState::Queued {
+                        d.state = d.state.on(DeploymentEvent::Start)?;
+                    }
+                    d.state = d.state.on(DeploymentEvent::Succeed)?;
+                    d.finished_at = Some(self.now());
+                    d.updated_at = self.now();
+                    let audit = self.audit(
+                        d,
+                        "applied",
+                        serde_json::json!({"reconciled": "the target's sluice_schema_history records it as applied"}),
+                    );
+                    reconciled.push((d.clone(), audit));
+                }
+                DeploymentState::Running => {
+                    d.state = d.state.on(DeploymentEvent::Requeue)?;
+                    d.updated_at = self.now();
+                    let audit = self.audit(
+                        d,
+                        "requeued",
+                        serde_json::json!({"reason": "was running when the daemon stopped; the target does not record it"}),
+                    );
+                    reconciled.push((d.clone(), audit));
+                }
+                DeploymentState::Queued
+                    if entry.is_some_and(|e| e.success && e.checksum != m.checksum) =>
+                {
+                    d.state = d
+                        .state
+                        .on(DeploymentEvent::Start)?
+                        .on(DeploymentEvent::Fail)?;
+                    d.error = Some(format!(
+                        "the target already records {} as applied with another checksum ({}); it was changed after being applied there",
+                        d.migration_id,
+                        entry.map(|e| e.checksum.as_str()).unwrap_or("")
+                    ));
+                    d.last_action = Some("apply".into());
+                    d.updated_at = self.now();
+                    let audit = self.audit(d, "failed", serde_json::json!({"error": d.error}));
+                    reconciled.push((d.clone(), audit));
+                }
+                _ => {}
+            }
+        }
+        if !reconciled.is_empty() {
+            let mut tx = store.begin().await?;
+            for (d, audit) in &reconciled {
+                store.update_deployment(&mut tx, d).await?;
+                store.insert_audit(&mut tx, audit).await?;
+            }
+            tx.commit().await?;
+        }
+
+        let (sender, receiver) = mpsc::channel::<Record>(1024);
+        let recorder = tokio::spawn(record_outcomes(self.service.clone(), receiver));
+        let result = self
+            .rollbacks_then_applies(session, &mut open, &migrations, &history, &sender)
+            .await;
+        drop(sender);
+        let recorded = recorder
+            .await
+            .map_err(|e| ServiceError::Unexpected(anyhow::anyhow!("recorder task: {e}")))?;
+        recorded?;
+        result
+    }
+
+    async fn rollbacks_then_applies(
+        &self,
+        session: &mut target::TargetSession,
+        open: &mut [DeploymentRow],
+        migrations: &HashMap<String, MigrationRow>,
+        history: &HashMap<String, target::HistoryEntry>,
+        sender: &mpsc::Sender<Record>,
+    ) -> Result<Outcome, ServiceError> {
+        let mut rolled_back = 0;
+        // Rollbacks, newest first.
+        for d in open.iter_mut().rev() {
+            if d.state != DeploymentState::RollingBack {
+                continue;
+            }
+            let Some(m) = migrations.get(&d.migration_id) else {
+                continue;
+            };
+            let applied = history.get(&d.migration_id).is_some_and(|e| e.success);
+            let run_down = applied || d.transactional == Some(false);
+            d.started_at = Some(self.now());
+            let mut logs = Vec::new();
+            let outcome: Result<Option<RunReport>, String> = if run_down {
+                match m
+                    .down_sql
+                    .as_deref()
+                    .map(|sql| check_script("down_sql", sql))
+                {
+                    Some(Ok(statements)) => {
+                        let script = Script {
+                            migration_id: &m.id,
+                            checksum: &m.checksum,
+                            applied_by: &self.owner,
+                            statements: &statements,
+                        };
+                        session
+                            .rollback(&script)
+                            .await
+                            .map(Some)
+                            .map_err(|e| e.to_string())
+                    }
+                    Some(Err(e)) => Err(e.to_string()),
+                    None => Err(format!("migration {} has no down_sql", m.id)),
+                }
+            } else {
+                logs.push(self.log(
+                    d,
+                    "nothing of the failed attempt is applied; no rollback script needed",
+                ));
+                session
+                    .forget(&m.id)
+                    .await
+                    .map(|_| None)
+                    .map_err(|e| e.to_string())
+            };
+            let error = match outcome {
+                Ok(Some(report)) => {
+                    logs.extend(report.log.iter().map(|l| self.log_line(d, l)));
+                    d.execution_ms = Some(report.execution_ms);
+                    report.error
+                }
+                Ok(None) => None,
+                Err(e) => Some(e),
+            };
+            d.finished_at = Some(self.now());
+            d.updated_at = self.now();
+            d.last_action = Some("rollback".into());
+            let audit = match &error {
+                None => {
+                    d.state = d.state.on(DeploymentEvent::RollbackSucceeded)?;
+                    d.error = None;
+                    rolled_back += 1;
+                    self.audit(d, "rolled_back", serde_json::json!({}))
+                }
+                Some(message) => {
+                    d.state = d.state.on(DeploymentEvent::RollbackFailed)?;
+                    d.error = Some(format!("rollback failed: {message}"));
+                    self.audit(d, "rollback_failed", serde_json::json!({"error": message}))
+                }
+            };
+            send(sender, d.clone(), logs, vec![audit]).await?;
+        }
+
+        // Applies: the longest run of queued deployments, in id order, that may start now.
+        let env_name = self.environment.name.as_str();
+        let previous = self
+            .service
+            .config
+            .previous_environment(&self.environment.name);
+        let store = &self.service.store;
+        let queued_ids: Vec<String> = open
+            .iter()
+            .filter(|d| d.state == DeploymentState::Queued)
+            .map(|d| d.migration_id.clone())
+            .collect();
+        if queued_ids.is_empty() {
+            return Ok(Outcome::Worked {
+                applied: 0,
+                rolled_back,
+                failed: None,
+            });
+        }
+        let (previous_states, dependency_states) = {
+            let mut conn = store.conn().await?;
+            let previous_states: HashMap<String, DeploymentState> = match previous {
+                Some(p) => store
+                    .states_in_environment(&mut conn, p.name.as_str(), &queued_ids)
+                    .await?
+                    .into_iter()
+                    .collect(),
+                None => HashMap::new(),
+            };
+            let dependencies: Vec<String> = queued_ids
+                .iter()
+                .filter_map(|id| migrations.get(id))
+                .flat_map(|m| m.depends_on.iter().cloned())
+                .collect::<HashSet<_>>()
+                .into_iter()
+                .collect();
+            let dependency_states: HashMap<String, DeploymentState> = store
+                .states_in_environment(&mut conn, env_name, &dependencies)
+                .await?
+                .into_iter()
+                .collect();
+            (previous_states, dependency_states)
+        };
+        let mut batch: Vec<usize> = Vec::new();
+        let mut in_batch: HashSet<&str> = HashSet::new();
+        for (index, d) in open.iter().enumerate() {
+            if !d.state.holds_queue() {
+                continue;
+            }
+            if d.state != DeploymentState::Queued {
+                break; // awaiting approval, approved, failed: everything after waits
+            }
+            let Some(m) = migrations.get(&d.migration_id) else {
+                break;
+            };
+            let unapplied = m.depends_on.iter().find_map(|dep| {
+                if in_batch.contains(dep.as_str()) {
+                    return None;
+                }
+                match dependency_states.get(dep) {
+                    Some(DeploymentState::Applied) => None,
+                    Some(state) => Some((dep.as_str(), *state)),
+                    None => Some((dep.as_str(), DeploymentState::Cancelled)),
+                }
+            });
+            let blocker = domain::start_blocker(&StartFacts {
+                earlier_unfinished: None,
+                unapplied_dependency: unapplied,
+                previous_environment: previous.map(|p| {
+                    (
+                        p.name.as_str(),
+                        previous_states.get(&d.migration_id).copied(),
+                    )
+                }),
+                emergency: d.emergency_reason.is_some(),
+            });
+            if blocker.is_some() {
+                break;
+            }
+            in_batch.insert(d.migration_id.as_str());
+            batch.push(index);
+        }
+        if batch.is_empty() {
+            return Ok(if rolled_back > 0 {
+                Outcome::Worked {
+                    applied: 0,
+                    rolled_back,
+                    failed: None,
+                }
+            } else {
+                Outcome::Blocked
+            });
+        }
+
+        // Claim the run in one commit: from here on no one else may cancel these.
+        let claimed_at = self.now();
+        let mut claimed = Vec::new();
+        {
+            let mut tx = store.begin().await?;
+            for &index in &batch {
+                let d = &mut open[index];
+                if !store.claim(&mut tx, &d.id, claimed_at).await? {
+                    break; // changed since we read it (cancelled): the run stops before it
+                }
+                d.state = d.state.on(DeploymentEvent::Start)?;
+                d.updated_at = claimed_at;
+                claimed.push(index);
+            }
+            tx.commit().await?;
+        }
+
+        let mut applied = 0;
+        let mut failed = None;
+        let mut stop_reason: Option<&str> = None;
+        for (position, &index) in claimed.iter().enumerate() {
+            if stop_reason.is_none() {
+                if self.cancel.is_cancelled() {
+                    stop_reason = Some("the daemon is shutting down");
+                } else if failed.is_some() {
+                    stop_reason = Some("an earlier deployment failed");
+                } else if self.locked().await? {
+                    stop_reason = Some("the environment was locked");
+                }
+            }
+            let d = &mut open[index];
+            if let Some(reason) = stop_reason {
+                d.state = d.state.on(DeploymentEvent::Requeue)?;
+                d.updated_at = self.now();
+                let audit = self.audit(d, "requeued", serde_json::json!({"reason": reason}));
+                send(sender, d.clone(), Vec::new(), vec![audit]).await?;
+                continue;
+            }
+            let m = &migrations[&d.migration_id];
+            d.started_at = Some(self.now());
+            let statements = match check_script("up_sql", &m.up_sql) {
+                Ok(s) => s,
+                Err(e) => {
+                    d.state = d.state.on(DeploymentEvent::Fail)?;
+                    d.error = Some(e.to_string());
+                    d.last_action = Some("apply".into());
+                    d.finished_at = Some(self.now());
+                    failed = Some(d.id.clone());
+                    let audit = self.audit(d, "failed", serde_json::json!({"error": d.error}));
+                    send(sender, d.clone(), Vec::new(), vec![audit]).await?;
+                    continue;
+                }
+            };
+            let script = Script {
+                migration_id: &m.id,
+                checksum: &m.checksum,
+                applied_by: &self.owner,
+                statements: &statements,
+            };
+            let report = match session.apply(&script).await {
+                Ok(report) => report,
+                Err(e) => {
+                    // The connection broke: whether the commit happened is unknown, so the
+                    // deployment goes back to the queue and the next run reconciles it from
+                    // the history table.
+                    tracing::warn!(deployment = %d.id, error = %e, "target error while applying");
+                    d.state = d.state.on(DeploymentEvent::Requeue)?;
+                    d.updated_at = self.now();
+                    let audit =
+                        self.audit(d, "requeued", serde_json::json!({"reason": e.to_string()}));
+                    send(sender, d.clone(), Vec::new(), vec![audit]).await?;
+                    stop_reason = Some("the target connection failed");
+                    if position + 1 == claimed.len() {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let logs: Vec<LogRow> = report.log.iter().map(|l| self.log_line(d, l)).collect();
+            d.execution_ms = Some(report.execution_ms);
+            d.transactional = Some(report.transactional);
+            d.finished_at = Some(self.now());
+            d.updated_at = self.now();
+            d.last_action = Some("apply".into());
+            let audit = match &report.error {
+                None => {
+                    d.state = d.state.on(DeploymentEvent::Succeed)?;
+                    d.error = None;
+                    applied += 1;
+                    self.audit(
+                        d,
+                        "applied",
+                        serde_json::json!({"execution_ms": report.execution_ms, "transactional": report.transactional}),
+                    )
+                }
+                Some(message) => {
+                    d.state = d.state.on(DeploymentEvent::Fail)?;
+                    d.error = Some(message.clone());
+                    failed = Some(d.id.clone());
+                    self.audit(d, "failed", serde_json::json!({"error": message}))
+                }
+            };
+            send(sender, d.clone(), logs, vec![audit]).await?;
+        }
+        Ok(Outcome::Worked {
+            applied,
+            rolled_back,
+            failed,
+        })
+    }
+
+    fn log(&self, d: &DeploymentRow, message: &str) -> LogRow {
+        LogRow {
+            deployment_id: d.id.clone(),
+            at: self.now(),
+            level: "info".into(),
+            message: message.into(),
+        }
+    }
+
+    fn log_line(&self, d: &DeploymentRow, line: &target::LogLine) -> LogRow {
+        LogRow {
+            deployment_id: d.id.clone(),
+            at: self.now(),
+            level: line.level.clone(),
+            message: line.message.clone(),
+        }
+    }
+}
+
+async fn send(
+    sender: &mpsc::Sender<Record>,
+    deployment: DeploymentRow,
+    logs: Vec<LogRow>,
+    audits: Vec<AuditRow>,
+) -> Result<(), ServiceError> {
+    sender
+        .send(Record {
+            deployment,
+            logs,
+            audits,
+        })
+        .await
+        .map_err(|_| ServiceError::Unexpected(anyhow::anyhow!("the outcome recorder stopped")))
+}
+
+/// Writes outcomes to the state store, as many per commit as have piled up.
+async fn record_outcomes(
+    service: Service,
+    mut receiver: mpsc::Receiver<Record>,
+) -> Result<(), ServiceError> {
+    let store = &service.store;
+    let batch_size = service.config.settings.worker.record_batch_size.max(1);
+    let mut pending = Vec::with_capacity(batch_size);
+    while receiver.recv_many(&mut pending, batch_size).await > 0 {
+        let mut tx = store.begin().await?;
+        for record in pending.drain(..) {
+            store.update_deployment(&mut tx, &record.deployment).await?;
+            for log in &record.logs {
+                store.append_log(&mut tx, log).await?;
+            }
+            for audit in &record.audits {
+                store.insert_audit(&mut tx, audit).await?;
+            }
+        }
+        tx.commit().await?;
+    }
+    Ok(())
+}

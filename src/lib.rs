@@ -1,0 +1,112 @@
+//! Sluice: a database-migration control plane. One daemon holds the migration queue and the
+//! approval state machine, runs a worker per environment, and serves the REST API.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod domain;
+pub mod engine;
+pub mod lint;
+pub mod service;
+pub mod store;
+pub mod target;
+
+use config::Config;
+use service::{Clock, Service};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// A started daemon: its bound address, its service (for tests that drive workers directly)
+/// and the handle that stops it.
+pub struct Running {
+    pub rest_addr: SocketAddr,
+    pub service: Service,
+    cancel: CancellationToken,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    engine: engine::Engine,
+    grace: Duration,
+}
+
+/// Options for `start` that tests change.
+pub struct StartOptions {
+    pub clock: Arc<dyn Clock>,
+    /// Run the workers and scheduler in the background (tests may prefer to call `run_once`).
+    pub background_workers: bool,
+}
+
+impl Default for StartOptions {
+    fn default() -> Self {
+        StartOptions {
+            clock: Arc::new(service::SystemClock),
+            background_workers: true,
+        }
+    }
+}
+
+/// Opens the store, binds the REST listener, and starts serving and working. Binding happens
+/// before this returns, so a client may connect as soon as it has the address.
+pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Running> {
+    let store = store::Store::connect(
+        &config.settings.store.url,
+        config.settings.store.max_connections,
+    )
+    .await
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "cannot open the state store {}: {e}",
+            config::redact_url(&config.settings.store.url)
+        )
+    })?;
+    let listener = tokio::net::TcpListener::bind(&config.settings.server.rest_addr)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on {} (server.rest_addr / SLUICE__SERVER__REST_ADDR): {e}",
+                config.settings.server.rest_addr
+            )
+        })?;
+    let rest_addr = listener.local_addr()?;
+    let grace = Duration::from_secs(config.settings.server.shutdown_grace_seconds);
+    let service = Service::new(Arc::new(config), store, options.clock);
+    let cancel = CancellationToken::new();
+    let engine = if options.background_workers {
+        engine::Engine::start(service.clone(), cancel.child_token())
+    } else {
+        engine::Engine::start_nothing()
+    };
+    let app = api::router(service.clone());
+    let shutdown = cancel.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+    });
+    tracing::info!(%rest_addr, "sluice is serving");
+    Ok(Running {
+        rest_addr,
+        service,
+        cancel,
+        server,
+        engine,
+        grace,
+    })
+}
+
+impl Running {
+    /// Stops accepting requests, lets the work in flight finish within the grace period, and
+    /// closes the store.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        self.engine.shutdown(self.grace).await;
+        let _ = tokio::time::timeout(self.grace, self.server).await;
+        self.service.store.close().await;
+    }
+
+    /// Resolves when the daemon has been asked to stop.
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+}

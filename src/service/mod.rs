@@ -1,0 +1,1197 @@
+//! The one use-case layer. Every operation of the REST API (and later gRPC and the CLI) is a
+//! method here: it checks who is calling, asks the domain for the transition, and persists the
+//! new state together with its audit record in one store transaction. Handlers only translate
+//! to and from these methods; no rule lives in a handler.
+
+mod views;
+
+pub use views::*;
+
+use crate::auth::Caller;
+use crate::config::{Config, EnvironmentConfig};
+use crate::domain::{
+    self, ApprovalRecord, DeploymentEvent, DeploymentState, DomainError, EnvironmentName,
+    MigrationId, MigrationKind, Risk, Role, StartFacts, check_approval,
+};
+use crate::lint;
+use crate::store::{
+    ApprovalRow, AuditFilter, AuditRow, DeploymentRow, LockRow, MigrationRow, Store, StoreError, Tx,
+};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
+
+/// The single error type of the service layer, mapped once per API.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(e: StoreError) -> Self {
+        ServiceError::Unexpected(anyhow::Error::new(e))
+    }
+}
+
+impl From<sqlx::Error> for ServiceError {
+    fn from(e: sqlx::Error) -> Self {
+        ServiceError::Unexpected(anyhow::Error::new(e))
+    }
+}
+
+impl From<DomainError> for ServiceError {
+    fn from(e: DomainError) -> Self {
+        match e {
+            DomainError::Invalid(m) => ServiceError::Invalid(m),
+            DomainError::Conflict(m) => ServiceError::Conflict(m),
+            DomainError::Forbidden(m) => ServiceError::Forbidden(m),
+        }
+    }
+}
+
+impl From<domain::InvalidTransition> for ServiceError {
+    fn from(e: domain::InvalidTransition) -> Self {
+        ServiceError::Conflict(e.to_string())
+    }
+}
+
+pub type Result<T, E = ServiceError> = std::result::Result<T, E>;
+
+/// Where the time comes from. Tests inject a clock they move by hand.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// A clock that only moves when told to.
+pub struct ManualClock(Mutex<DateTime<Utc>>);
+
+impl ManualClock {
+    pub fn new(start: DateTime<Utc>) -> ManualClock {
+        ManualClock(Mutex::new(start))
+    }
+    pub fn advance(&self, by: chrono::Duration) {
+        let mut now = self.0.lock().expect("clock lock");
+        *now += by;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> DateTime<Utc> {
+        *self.0.lock().expect("clock lock")
+    }
+}
+
+/// Wakes an environment's worker when work is queued for it.
+#[derive(Default)]
+pub struct WorkerSignals {
+    notifiers: HashMap<String, Arc<Notify>>,
+}
+
+impl WorkerSignals {
+    pub fn new(config: &Config) -> WorkerSignals {
+        WorkerSignals {
+            notifiers: config
+                .environments
+                .iter()
+                .map(|e| (e.name.to_string(), Arc::new(Notify::new())))
+                .collect(),
+        }
+    }
+
+    pub fn notifier(&self, environment: &str) -> Arc<Notify> {
+        self.notifiers
+            .get(environment)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(Notify::new()))
+    }
+
+    pub fn wake(&self, environment: &str) {
+        if let Some(n) = self.notifiers.get(environment) {
+            n.notify_one();
+        }
+    }
+}
+
+/// A submission, as the REST API receives it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRequest {
+    pub kind: MigrationKind,
+    pub description: String,
+    pub risk: Risk,
+    pub ticket: String,
+    pub estimated_duration: String,
+    pub up_sql: String,
+    #[serde(default)]
+    pub down_sql: Option<String>,
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+}
+
+#[derive(Clone)]
+pub struct Service {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub clock: Arc<dyn Clock>,
+    pub signals: Arc<WorkerSignals>,
+}
+
+pub fn millis(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn audit(
+    at: i64,
+    actor: &str,
+    action: &str,
+    deployment: Option<&DeploymentRow>,
+    migration_id: Option<&str>,
+    detail: serde_json::Value,
+) -> AuditRow {
+    AuditRow {
+        id: 0,
+        at,
+        actor: actor.to_owned(),
+        action: action.to_owned(),
+        environment: deployment.map(|d| d.environment.clone()),
+        migration_id: migration_id
+            .map(str::to_owned)
+            .or_else(|| deployment.map(|d| d.migration_id.clone())),
+        deployment_id: deployment.map(|d| d.id.clone()),
+        detail: detail.to_string(),
+    }
+}
+
+/// States a deployment leaves the queue in, for status.
+const OPEN_STATES: [DeploymentState; 6] = [
+    DeploymentState::AwaitingApproval,
+    DeploymentState::Approved,
+    DeploymentState::Queued,
+    DeploymentState::Running,
+    DeploymentState::Failed,
+    DeploymentState::RollingBack,
+];
+
+fn validate_duration(value: &str) -> Result<()> {
+    // 30s, 5m, 2h, 1h30m: one or more <number><unit> groups.
+    let mut rest = value.trim();
+    let ok = !rest.is_empty()
+        && loop {
+            let digits = rest.bytes().take_while(|b| b.is_ascii_digit()).count();
+            if digits == 0 {
+                break false;
+            }
+            rest = &rest[digits..];
+            match rest.chars().next() {
+                Some('s' | 'm' | 'h' | 'd') => rest = &rest[1..],
+                _ => break false,
+            }
+            if rest.is_empty() {
+                break true;
+            }
+        };
+    if ok {
+        Ok(())
+    } else {
+        Err(ServiceError::Invalid(format!(
+            "estimated_duration: \"{value}\" is not a duration like 30s, 5m, 2h or 1h30m"
+        )))
+    }
+}
+
+/// Splits and checks a script; `field` names it in errors.
+pub fn check_script(field: &str, sql: &str) -> Result<Vec<lint::Statement>> {
+    let statements =
+        lint::split_statements(sql).map_err(|e| ServiceError::Invalid(format!("{field}: {e}")))?;
+    if statements.is_empty() {
+        return Err(ServiceError::Invalid(format!(
+            "{field}: the script has no SQL statement"
+        )));
+    }
+    if let Some(s) = statements
+        .iter()
+        .find(|s| s.is_forbidden_transaction_control())
+    {
+        return Err(ServiceError::Invalid(format!(
+            "{field}: line {}: \"{}\" is not allowed in a migration; Sluice runs each script in its own transaction",
+            s.line, s.text
+        )));
+    }
+    Ok(statements)
+}
+
+impl Service {
+    pub fn new(config: Arc<Config>, store: Store, clock: Arc<dyn Clock>) -> Service {
+        let signals = Arc::new(WorkerSignals::new(&config));
+        Service {
+            config,
+            store,
+            clock,
+            signals,
+        }
+    }
+
+    fn now(&self) -> i64 {
+        millis(self.clock.now())
+    }
+
+    pub fn authenticate(&self, token: Option<&str>) -> Result<Caller> {
+        let token = token.ok_or_else(|| {
+            ServiceError::Unauthenticated(
+                "missing bearer token: send Authorization: Bearer <token>".into(),
+            )
+        })?;
+        crate::auth::authenticate(&self.config.users, token).ok_or_else(|| {
+            ServiceError::Unauthenticated("unknown token: it matches no user in users.yml".into())
+        })
+    }
+
+    pub fn environment(&self, name: &str) -> Result<&EnvironmentConfig> {
+        let parsed: Option<EnvironmentName> = name.parse().ok();
+        parsed
+            .and_then(|n| self.config.environment(&n))
+            .ok_or_else(|| {
+                ServiceError::NotFound(format!(
+                    "unknown environment \"{name}\" (known: {})",
+                    self.config.environment_names()
+                ))
+            })
+    }
+
+    fn require_operator(&self, caller: &Caller, env: &EnvironmentConfig, what: &str) -> Result<()> {
+        // In an environment without approvals (development), developers operate it themselves.
+        let developer_here = env.auto_approve && caller.holds(Role::Developer);
+        if caller.is_operator() || developer_here {
+            Ok(())
+        } else {
+            Err(ServiceError::Forbidden(format!(
+                "{} may not {what} in {}: that needs one of the roles data_ops, data_ops_lead, dba, admin{}",
+                caller.name,
+                env.name,
+                if env.auto_approve { ", developer" } else { "" }
+            )))
+        }
+    }
+
+    fn policy_for(&self, d: &DeploymentRow) -> Result<&domain::ApprovalPolicy> {
+        let env = self.environment(&d.environment)?;
+        let risk: Risk = d.effective_risk.parse()?;
+        Ok(self.config.matrix.policy(&env.name, risk))
+    }
+
+    // ----- submission -----
+
+    pub async fn submit(&self, caller: &Caller, request: SubmitRequest) -> Result<MigrationView> {
+        let description = request.description.trim();
+        if description.is_empty() || description.len() > 500 {
+            return Err(ServiceError::Invalid(
+                "description: must be 1 to 500 characters".into(),
+            ));
+        }
+        if request.ticket.trim().is_empty() {
+            return Err(ServiceError::Invalid(
+                "ticket: must name the ticket this change belongs to (e.g. PROJ-123)".into(),
+            ));
+        }
+        validate_duration(&request.estimated_duration)?;
+        let statements = check_script("up_sql", &request.up_sql)?;
+        if let Some(down) = &request.down_sql {
+            check_script("down_sql", down)?;
+        }
+        let findings = lint::analyse(&statements);
+        let effective = lint::effective_risk(request.risk, &findings);
+        let now = self.clock.now();
+        let at = millis(now);
+        let checksum = domain::checksum(&request.up_sql, request.down_sql.as_deref());
+
+        let mut tx = self.store.begin().await?;
+        let mut dependencies = Vec::new();
+        for (i, dependency) in request.depends_on.iter().enumerate() {
+            let id: MigrationId = dependency
+                .parse()
+                .map_err(|e: DomainError| ServiceError::Invalid(format!("depends_on[{i}]: {e}")))?;
+            if self.store.migration(&mut tx, id.as_str()).await?.is_none() {
+                return Err(ServiceError::Invalid(format!(
+                    "depends_on[{i}]: no migration \"{id}\" exists"
+                )));
+            }
+            dependencies.push(id.to_string());
+        }
+        let seq = self.store.next_migration_seq(&mut tx).await?;
+        let id = MigrationId::compose(seq, &now.format("%Y%m%d_%H%M%S").to_string(), description);
+        let migration = MigrationRow {
+            id: id.to_string(),
+            seq,
+            kind: request.kind.as_str().into(),
+            description: description.into(),
+            declared_risk: request.risk.as_str().into(),
+            effective_risk: effective.as_str().into(),
+            findings: serde_json::to_string(&findings).unwrap_or_else(|_| "[]".into()),
+            author: caller.name.to_string(),
+            ticket: request.ticket.trim().into(),
+            estimated_duration: request.estimated_duration.trim().into(),
+            up_sql: request.up_sql,
+            down_sql: request.down_sql,
+            depends_on: dependencies,
+            checksum: checksum.clone(),
+            submitted_at: at,
+            updated_at: at,
+        };
+        self.store.insert_migration(&mut tx, &migration).await?;
+        self.store
+            .insert_audit(
+                &mut tx,
+                &audit(
+                    at,
+                    caller.name.as_str(),
+                    "submitted",
+                    None,
+                    Some(&migration.id),
+                    serde_json::json!({
+                        "checksum": checksum,
+                        "declared_risk": migration.declared_risk,
+                        "effective_risk": migration.effective_risk,
+                        "findings": findings,
+                    }),
+                ),
+            )
+            .await?;
+        let mut wake = Vec::new();
+        for env in &self.config.environments {
+            let policy = self.config.matrix.policy(&env.name, effective);
+            let mut deployment = DeploymentRow {
+                id: domain::deployment_id(&id, &env.name),
+                migration_id: migration.id.clone(),
+                seq,
+                environment: env.name.to_string(),
+                state: DeploymentState::AwaitingApproval,
+                effective_risk: effective.as_str().into(),
+                emergency_reason: None,
+                deadline_at: policy.timeout_hours.map(|h| at + i64::from(h) * 3_600_000),
+                error: None,
+                last_action: None,
+                started_at: None,
+                finished_at: None,
+                execution_ms: None,
+                transactional: None,
+                created_at: at,
+                updated_at: at,
+            };
+            self.store.insert_deployment(&mut tx, &deployment).await?;
+            if env.auto_approve {
+                self.advance_approved(&mut tx, &mut deployment, env, at, "sluice", "auto_approved")
+                    .await?;
+                if deployment.state == DeploymentState::Queued {
+                    wake.push(env.name.to_string());
+                }
+            }
+        }
+        tx.commit().await?;
+        for env in wake {
+            self.signals.wake(&env);
+        }
+        self.migration(&id.to_string()).await
+    }
+
+    /// Moves a deployment whose policy is satisfied to approved, and on to queued where the
+    /// environment applies automatically. Audits both steps.
+    async fn advance_approved(
+        &self,
+        tx: &mut Tx,
+        deployment: &mut DeploymentRow,
+        env: &EnvironmentConfig,
+        at: i64,
+        actor: &str,
+        action: &str,
+    ) -> Result<()> {
+        deployment.state = deployment.state.on(DeploymentEvent::PolicySatisfied)?;
+        deployment.deadline_at = None;
+        deployment.updated_at = at;
+        self.store
+            .insert_audit(
+                tx,
+                &audit(
+                    at,
+                    actor,
+                    action,
+                    Some(deployment),
+                    None,
+                    serde_json::json!({}),
+                ),
+            )
+            .await?;
+        if env.auto_apply {
+            deployment.state = deployment.state.on(DeploymentEvent::Release)?;
+            self.store
+                .insert_audit(
+                    tx,
+                    &audit(
+                        at,
+                        "sluice",
+                        "queued",
+                        Some(deployment),
+                        None,
+                        serde_json::json!({"reason": "auto_apply"}),
+                    ),
+                )
+                .await?;
+        }
+        self.store.update_deployment(tx, deployment).await?;
+        Ok(())
+    }
+
+    // ----- approvals -----
+
+    async fn load_for_change(
+        &self,
+        tx: &mut Tx,
+        deployment_id: &str,
+    ) -> Result<(DeploymentRow, MigrationRow)> {
+        domain::parse_deployment_id(deployment_id)?;
+        let deployment = self
+            .store
+            .deployment(tx, deployment_id, true)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("no deployment \"{deployment_id}\"")))?;
+        let migration = self
+            .store
+            .migration(tx, &deployment.migration_id)
+            .await?
+            .ok_or_else(|| {
+                ServiceError::Unexpected(anyhow::anyhow!(
+                    "deployment {deployment_id} has no migration"
+                ))
+            })?;
+        Ok((deployment, migration))
+    }
+
+    pub async fn approve(
+        &self,
+        caller: &Caller,
+        deployment_id: &str,
+        role: Role,
+        comment: &str,
+    ) -> Result<DeploymentView> {
+        let at = self.now();
+        let mut tx = self.store.begin().await?;
+        let (mut deployment, migration) = self.load_for_change(&mut tx, deployment_id).await?;
+        if deployment.state != DeploymentState::AwaitingApproval {
+            return Err(ServiceError::Conflict(format!(
+                "deployment {deployment_id} is {}; approvals are taken only while it is awaiting_approval",
+                deployment.state
+            )));
+        }
+        let env = self.environment(&deployment.environment)?;
+        let policy = self.policy_for(&deployment)?;
+        let approvals = self.store.approvals(&mut tx, deployment_id).await?;
+        let records = approval_records(&approvals)?;
+        let author = migration
+            .author
+            .parse()
+            .map_err(|e: DomainError| ServiceError::Unexpected(anyhow::anyhow!(e)))?;
+        let request = domain::ApprovalRequest {
+            approver: &caller.name,
+            approver_roles: &caller.roles,
+            role,
+            author: &author,
+            allow_self_approval: env.allow_self_approval,
+            environment: env.name.as_str(),
+            checksum: &migration.checksum,
+        };
+        let progress = check_approval(policy, &records, &request)?;
+        self.store
+            .insert_approval(
+                &mut tx,
+                &ApprovalRow {
+                    deployment_id: deployment.id.clone(),
+                    approver: caller.name.to_string(),
+                    role: role.to_string(),
+                    comment: comment.to_owned(),
+                    checksum: migration.checksum.clone(),
+                    approved_at: at,
+                },
+            )
+            .await?;
+        self.store
+            .insert_audit(
+                &mut tx,
+                &audit(
+                    at,
+                    caller.name.as_str(),
+                    "approval_recorded",
+                    Some(&deployment),
+                    None,
+                    serde_json::json!({"role": role, "comment": comment, "checksum": migration.checksum}),
+                ),
+            )
+            .await?;
+        if progress.satisfied {
+            self.advance_approved(
+                &mut tx,
+                &mut deployment,
+                env,
+                at,
+                caller.name.as_str(),
+                "approved",
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        if deployment.state == DeploymentState::Queued {
+            self.signals.wake(&deployment.environment);
+        }
+        self.deployment(deployment_id).await
+    }
+
+    /// Applies a simple caller-driven transition with its audit entry.
+    async fn transition(
+        &self,
+        caller: &Caller,
+        deployment_id: &str,
+        event: DeploymentEvent,
+        action: &str,
+        detail: serde_json::Value,
+        authorize: impl FnOnce(&DeploymentRow, &MigrationRow) -> Result<()>,
+    ) -> Result<DeploymentView> {
+        let at = self.now();
+        let mut tx = self.store.begin().await?;
+        let (mut deployment, migration) = self.load_for_change(&mut tx, deployment_id).await?;
+        authorize(&deployment, &migration)?;
+        deployment.state = deployment.state.on(event)?;
+        deployment.updated_at = at;
+        if event == DeploymentEvent::Retry {
+            deployment.error = None;
+        }
+        self.store.update_deployment(&mut tx, &deployment).await?;
+        self.store
+            .insert_audit(
+                &mut tx,
+                &audit(
+                    at,
+                    caller.name.as_str(),
+                    action,
+                    Some(&deployment),
+                    None,
+                    detail,
+                ),
+            )
+            .await?;
+        tx.commit().await?;
+        self.signals.wake(&deployment.environment);
+        self.deployment(deployment_id).await
+    }
+
+    pub async fn reject(
+        &self,
+        caller: &Caller,
+        deployment_id: &str,
+        comment: &str,
+    ) -> Result<DeploymentView> {
+        if comment.trim().is_empty() {
+            return Err(ServiceError::Invalid(
+                "comment: say why the deployment is rejected".into(),
+            ));
+        }
+        self.transition(
+            caller,
+            deployment_id,
+            DeploymentEvent::Reject,
+            "rejected",
+            serde_json::json!({"comment": comment}),
+            |d, _| {
+                let policy = self.policy_for(d)?;
+                let allowed = policy.allowed_roles();
+                if caller.roles.iter().any(|r| allowed.contains(r) || r.is_operator()) {
+                    Ok(())
+                } else {
+                    Err(ServiceError::Forbidden(format!(
+                        "{} may not reject in {}: that needs one of the approving roles ({}) or an operator role",
+                        caller.name,
+                        d.environment,
+                        allowed.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")
+                    )))
+                }
+            },
+        )
+        .await
+    }
+
+    pub async fn cancel(
+        &self,
+        caller: &Caller,
+        deployment_id: &str,
+        reason: &str,
+    ) -> Result<DeploymentView> {
+        self.transition(
+            caller,
+            deployment_id,
+            DeploymentEvent::Cancel,
+            "cancelled",
+            serde_json::json!({"reason": reason}),
+            |d, m| {
+                if m.author == caller.name.as_str() {
+                    return Ok(());
+                }
+                self.require_operator(caller, self.environment(&d.environment)?, "cancel")
+            },
+        )
+        .await
+    }
+
+    pub async fn retry(&self, caller: &Caller, deployment_id: &str) -> Result<DeploymentView> {
+        self.transition(
+            caller,
+            deployment_id,
+            DeploymentEvent::Retry,
+            "retried",
+            serde_json::json!({}),
+            |d, _| {
+                if d.last_action.as_deref() == Some("rollback") {
+                    return Err(ServiceError::Conflict(format!(
+                        "deployment {deployment_id} failed while rolling back; request the rollback again instead"
+                    )));
+                }
+                self.require_operator(caller, self.environment(&d.environment)?, "retry")
+            },
+        )
+        .await
+    }
+
+    pub async fn rollback(
+        &self,
+        caller: &Caller,
+        deployment_id: &str,
+        reason: &str,
+    ) -> Result<DeploymentView> {
+        let at = self.now();
+        let mut tx = self.store.begin().await?;
+        let (mut deployment, migration) = self.load_for_change(&mut tx, deployment_id).await?;
+        let env = self.environment(&deployment.environment)?;
+        self.require_operator(caller, env, "roll back")?;
+        let needs_down =
+            deployment.state == DeploymentState::Applied || deployment.transactional == Some(false);
+        if needs_down && migration.down_sql.is_none() {
+            return Err(ServiceError::Conflict(format!(
+                "migration {} has no down_sql (rollback script); nothing can undo it",
+                migration.id
+            )));
+        }
+        if deployment.state == DeploymentState::Applied {
+            // Do not pull a migration out from under one that depends on it.
+            let later = self
+                .store
+                .deployments_in_states(
+                    &mut tx,
+                    &deployment.environment,
+                    &[DeploymentState::Applied, DeploymentState::Running],
+                )
+                .await?;
+            let later_ids: Vec<String> = later
+                .iter()
+                .filter(|d| d.seq > deployment.seq)
+                .map(|d| d.migration_id.clone())
+                .collect();
+            for dependent in self.store.migrations_by_ids(&mut tx, &later_ids).await? {
+                if dependent.depends_on.contains(&migration.id) {
+                    return Err(ServiceError::Conflict(format!(
+                        "{} depends on {} and is applied in {}; roll it back first",
+                        dependent.id, migration.id, deployment.environment
+                    )));
+                }
+            }
+        }
+        let from = deployment.state;
+        deployment.state = deployment.state.on(DeploymentEvent::RequestRollback)?;
+        deployment.updated_at = at;
+        deployment.error = None;
+        self.store.update_deployment(&mut tx, &deployment).await?;
+        self.store
+            .insert_audit(
+                &mut tx,
+                &audit(
+                    at,
+                    caller.name.as_str(),
+                    "rollback_requested",
+                    Some(&deployment),
+                    None,
+                    serde_json::json!({"reason": reason, "from": from}),
+                ),
+            )
+            .await?;
+        tx.commit().await?;
+        self.signals.wake(&deployment.environment);
+        self.deployment(deployment_id).await
+    }
+
+    // ----- environments -----
+
+    pub async fn lock_environment(
+        &self,
+        caller: &Caller,
+        environment: &str,
+        reason: &str,
+    ) -> Result<EnvironmentStatus> {
+        let env = self.environment(environment)?;
+        self.require_operator(caller, env, "lock")?;
+        if reason.trim().is_empty() {
+            return Err(ServiceError::Invalid(
+                "reason: say why the environment is locked".into(),
+            ));
+        }
+        let at = self.now();
+        let mut tx = self.store.begin().await?;
+        if let Some(lock) = self.store.lock(&mut tx, env.name.as_str()).await? {
+            return Err(ServiceError::Conflict(format!(
+                "{} is already locked by {} since {}: {}",
+                env.name,
+                lock.locked_by,
+                format_millis(lock.locked_at),
+                lock.reason
+            )));
+        }
+        self.store
+            .insert_lock(
+                &mut tx,
+                &LockRow {
+                    environment: env.name.to_string(),
+                    locked_by: caller.name.to_string(),
+                    reason: reason.trim().into(),
+                    locked_at: at,
+                },
+            )
+            .await?;
+        let mut entry = audit(
+            at,
+            caller.name.as_str(),
+            "environment_locked",
+            None,
+            None,
+            serde_json::json!({"reason": reason.trim()}),
+        );
+        entry.environment = Some(env.name.to_string());
+        self.store.insert_audit(&mut tx, &entry).await?;
+        tx.commit().await?;
+        self.environment_status(environment).await
+    }
+
+    pub async fn unlock_environment(
+        &self,
+        caller: &Caller,
+        environment: &str,
+    ) -> Result<EnvironmentStatus> {
+        let env = self.environment(environment)?;
+        self.require_operator(caller, env, "unlock")?;
+        let at = self.now();
+        let mut tx = self.store.begin().await?;
+        let Some(lock) = self.store.lock(&mut tx, env.name.as_str()).await? else {
+            return Err(ServiceError::Conflict(format!(
+                "{} is not locked",
+                env.name
+            )));
+        };
+        self.store.delete_lock(&mut tx, env.name.as_str()).await?;
+        let mut entry = audit(
+            at,
+            caller.name.as_str(),
+            "environment_unlocked",
+            None,
+            None,
+            serde_json::json!({"locked_by": lock.locked_by, "reason": lock.reason}),
+        );
+        entry.environment = Some(env.name.to_string());
+        self.store.insert_audit(&mut tx, &entry).await?;
+        tx.commit().await?;
+        self.signals.wake(env.name.as_str());
+        self.environment_status(environment).await
+    }
+
+    /// Releases every approved deployment of the environment to its worker (the seed's
+    /// `migrate <environment>`). Returns the ids released.
+    pub async fn migrate(&self, caller: &Caller, environment: &str) -> Result<MigrateResult> {
+        let env = self.environment(environment)?;
+        self.require_operator(caller, env, "migrate")?;
+        let at = self.now();
+        let mut tx = self.store.begin().await?;
+        if let Some(lock) = self.store.lock(&mut tx, env.name.as_str()).await? {
+            return Err(ServiceError::Conflict(format!(
+                "{} is locked by {} since {}: {}",
+                env.name,
+                lock.locked_by,
+                format_millis(lock.locked_at),
+                lock.reason
+            )));
+        }
+        let approved = self
+            .store
+            .deployments_in_states(&mut tx, env.name.as_str(), &[DeploymentState::Approved])
+            .await?;
+        let mut released = Vec::new();
+        for mut deployment in approved {
+            deployment.state = deployment.state.on(DeploymentEvent::Release)?;
+            deployment.updated_at = at;
+            self.store.update_deployment(&mut tx, &deployment).await?;
+            self.store
+                .insert_audit(
+                    &mut tx,
+                    &audit(
+                        at,
+                        caller.name.as_str(),
+                        "queued",
+                        Some(&deployment),
+                        None,
+                        serde_json::json!({"reason": "migrate"}),
+                    ),
+                )
+                .await?;
+            released.push(deployment.id);
+        }
+        let queued = self
+            .store
+            .deployments_in_states(
+                &mut tx,
+                env.name.as_str(),
+                &[DeploymentState::Queued, DeploymentState::Running],
+            )
+            .await?;
+        tx.commit().await?;
+        self.signals.wake(env.name.as_str());
+        Ok(MigrateResult {
+            environment: env.name.to_string(),
+            released,
+            queued: queued.into_iter().map(|d| d.id).collect(),
+        })
+    }
+
+    /// Waits until none of the given deployments is queued, running or rolling back, or the
+    /// timeout passes. Returns whether they settled.
+    pub async fn wait_settled(&self, ids: &[String], timeout: std::time::Duration) -> Result<bool> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut pending: Vec<String> = ids.to_vec();
+        loop {
+            let mut conn = self.store.conn().await?;
+            let mut still = Vec::new();
+            for id in &pending {
+                if let Some(d) = self.store.deployment(&mut conn, id, false).await?
+                    && matches!(
+                        d.state,
+                        DeploymentState::Queued
+                            | DeploymentState::Running
+                            | DeploymentState::RollingBack
+                    )
+                {
+                    still.push(id.clone());
+                }
+            }
+            drop(conn);
+            if still.is_empty() {
+                return Ok(true);
+            }
+            pending = still;
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    // ----- reads -----
+
+    pub async fn migration(&self, id: &str) -> Result<MigrationView> {
+        let parsed: MigrationId = id.parse()?;
+        let mut conn = self.store.conn().await?;
+        let migration = self
+            .store
+            .migration(&mut conn, parsed.as_str())
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("no migration \"{id}\"")))?;
+        let deployments = self
+            .store
+            .deployments_of_migration(&mut conn, &migration.id)
+            .await?;
+        let mut views = Vec::new();
+        // Report deployments in promotion order.
+        for env in &self.config.environments {
+            if let Some(d) = deployments
+                .iter()
+                .find(|d| d.environment == env.name.as_str())
+            {
+                let approvals = self.store.approvals(&mut conn, &d.id).await?;
+                views.push(self.deployment_view(d, &migration, &approvals)?);
+            }
+        }
+        Ok(MigrationView::new(migration, views))
+    }
+
+    pub async fn list_migrations(
+        &self,
+        limit: i64,
+        before: Option<i64>,
+    ) -> Result<Vec<MigrationSummary>> {
+        let mut conn = self.store.conn().await?;
+        let rows = self
+            .store
+            .list_migrations(&mut conn, limit.clamp(1, 500), before)
+            .await?;
+        let mut out = Vec::new();
+        for m in rows {
+            let deployments = self
+                .store
+                .deployments_of_migration(&mut conn, &m.id)
+                .await?;
+            let states: BTreeMap<String, DeploymentState> = deployments
+                .into_iter()
+                .map(|d| (d.environment, d.state))
+                .collect();
+            out.push(MigrationSummary::new(m, states));
+        }
+        Ok(out)
+    }
+
+    pub async fn deployment(&self, id: &str) -> Result<DeploymentView> {
+        domain::parse_deployment_id(id)?;
+        let mut conn = self.store.conn().await?;
+        let d = self
+            .store
+            .deployment(&mut conn, id, false)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("no deployment \"{id}\"")))?;
+        let migration = self
+            .store
+            .migration(&mut conn, &d.migration_id)
+            .await?
+            .ok_or_else(|| {
+                ServiceError::NotFound(format!("no migration \"{}\"", d.migration_id))
+            })?;
+        let approvals = self.store.approvals(&mut conn, id).await?;
+        let mut view = self.deployment_view(&d, &migration, &approvals)?;
+        view.log = Some(
+            self.store
+                .logs(&mut conn, id)
+                .await?
+                .into_iter()
+                .map(LogView::from)
+                .collect(),
+        );
+        Ok(view)
+    }
+
+    fn deployment_view(
+        &self,
+        d: &DeploymentRow,
+        migration: &MigrationRow,
+        approvals: &[ApprovalRow],
+    ) -> Result<DeploymentView> {
+        let policy = self.policy_for(d)?;
+        let records = approval_records(approvals)?;
+        let progress = policy.progress(&records, &migration.checksum);
+        Ok(DeploymentView::new(
+            d, migration, approvals, policy, &progress,
+        ))
+    }
+
+    pub async fn environments(&self) -> Result<Vec<EnvironmentStatus>> {
+        let mut out = Vec::new();
+        for env in &self.config.environments {
+            out.push(self.environment_status(env.name.as_str()).await?);
+        }
+        Ok(out)
+    }
+
+    pub async fn environment_status(&self, environment: &str) -> Result<EnvironmentStatus> {
+        let env = self.environment(environment)?;
+        let mut conn = self.store.conn().await?;
+        let lock = self.store.lock(&mut conn, env.name.as_str()).await?;
+        let open = self
+            .store
+            .deployments_in_states(&mut conn, env.name.as_str(), &OPEN_STATES)
+            .await?;
+        let ids: Vec<String> = open.iter().map(|d| d.migration_id.clone()).collect();
+        let migrations: HashMap<String, MigrationRow> = self
+            .store
+            .migrations_by_ids(&mut conn, &ids)
+            .await?
+            .into_iter()
+            .map(|m| (m.id.clone(), m))
+            .collect();
+        let previous_states: HashMap<String, DeploymentState> =
+            match self.config.previous_environment(&env.name) {
+                Some(prev) => self
+                    .store
+                    .states_in_environment(&mut conn, prev.name.as_str(), &ids)
+                    .await?
+                    .into_iter()
+                    .collect(),
+                None => HashMap::new(),
+            };
+        let mut queue = Vec::new();
+        let mut earlier: Option<(String, DeploymentState)> = None;
+        for d in &open {
+            let Some(m) = migrations.get(&d.migration_id) else {
+                continue;
+            };
+            let approvals = self.store.approvals(&mut conn, &d.id).await?;
+            let mut view = self.deployment_view(d, m, &approvals)?;
+            if matches!(d.state, DeploymentState::Queued | DeploymentState::Approved) {
+                let dependency_states = self
+                    .store
+                    .states_in_environment(&mut conn, env.name.as_str(), &m.depends_on)
+                    .await?;
+                let unapplied = dependency_states
+                    .iter()
+                    .find(|(_, s)| *s != DeploymentState::Applied)
+                    .map(|(id, s)| (id.as_str(), *s));
+                let prev_name = self.config.previous_environment(&env.name);
+                view.blocked_by = domain::start_blocker(&StartFacts {
+                    earlier_unfinished: earlier.as_ref().map(|(id, s)| (id.as_str(), *s)),
+                    unapplied_dependency: unapplied,
+                    previous_environment: prev_name.map(|p| {
+                        (
+                            p.name.as_str(),
+                            previous_states.get(&d.migration_id).copied(),
+                        )
+                    }),
+                    emergency: d.emergency_reason.is_some(),
+                });
+                if view.blocked_by.is_none() && d.state == DeploymentState::Approved {
+                    view.blocked_by = Some(format!(
+                        "approved; waits for `migrate {}` (auto_apply is off)",
+                        env.name
+                    ));
+                }
+            }
+            if earlier.is_none() && d.state.holds_queue() {
+                earlier = Some((d.migration_id.clone(), d.state));
+            }
+            queue.push(view);
+        }
+        let last = self
+            .store
+            .last_applied(&mut conn, env.name.as_str(), 1)
+            .await?;
+        let last_applied = match last.first() {
+            Some(d) => {
+                let m = self.store.migration(&mut conn, &d.migration_id).await?;
+                match m {
+                    Some(m) => {
+                        let approvals = self.store.approvals(&mut conn, &d.id).await?;
+                        Some(self.deployment_view(d, &m, &approvals)?)
+                    }
+                    None => None,
+                }
+            }
+            None => None,
+        };
+        Ok(EnvironmentStatus::new(env, lock, queue, last_applied))
+    }
+
+    pub async fn audit_trail(&self, filter: AuditFilter) -> Result<Vec<AuditView>> {
+        if let Some(env) = &filter.environment {
+            self.environment(env)?;
+        }
+        let mut conn = self.store.conn().await?;
+        let rows = self.store.audit(&mut conn, &filter).await?;
+        Ok(rows.into_iter().map(AuditView::from).collect())
+    }
+
+    // ----- scheduler -----
+
+    /// Expires every deployment whose approval deadline has passed. Returns how many.
+    pub async fn expire_overdue(&self) -> Result<usize> {
+        let at = self.now();
+        let mut tx = self.store.begin().await?;
+        let overdue = self.store.overdue(&mut tx, at).await?;
+        let count = overdue.len();
+        for mut d in overdue {
+            d.state = d.state.on(DeploymentEvent::Expire)?;
+            d.updated_at = at;
+            self.store.update_deployment(&mut tx, &d).await?;
+            self.store
+                .insert_audit(
+                    &mut tx,
+                    &audit(
+                        at,
+                        "sluice",
+                        "expired",
+                        Some(&d),
+                        None,
+                        serde_json::json!({"deadline_at": d.deadline_at.map(format_millis)}),
+                    ),
+                )
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(count)
+    }
+}
+
+fn approval_records(approvals: &[ApprovalRow]) -> Result<Vec<ApprovalRecord>> {
+    approvals
+        .iter()
+        .map(|a| {
+            Ok(ApprovalRecord {
+                approver: a
+                    .approver
+                    .parse()
+                    .map_err(|e: DomainError| ServiceError::Unexpected(anyhow::anyhow!(e)))?,
+                role: a
+                    .role
+                    .parse()
+                    .map_err(|e: DomainError| ServiceError::Unexpected(anyhow::anyhow!(e)))?,
+                checksum: a.checksum.clone(),
+            })
+        })
+        .collect()
+}
+
+pub fn format_millis(ms: i64) -> String {
+    DateTime::<Utc>::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| ms.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        for ok in ["5m", "30s", "2h", "1h30m", "1d"] {
+            assert!(validate_duration(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "5", "m", "5 minutes", "-1m"] {
+            assert!(validate_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn scripts_with_rollback_statements_are_refused_with_their_line() {
+        let e = check_script("up_sql", "CREATE TABLE t (id int);\nROLLBACK;")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("up_sql: line 2:"), "{e}");
+        assert!(check_script("down_sql", "-- nothing\n").is_err());
+    }
+}

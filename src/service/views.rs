@@ -1,0 +1,277 @@
+//! What the service returns: plain serialisable views, shared by every API.
+
+use super::format_millis;
+use crate::config::EnvironmentConfig;
+use crate::domain::{ApprovalPolicy, DeploymentState, PolicyProgress, Role};
+use crate::store::{ApprovalRow, AuditRow, DeploymentRow, LockRow, LogRow, MigrationRow};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ApprovalView {
+    pub approver: String,
+    pub role: String,
+    pub comment: String,
+    pub approved_at: String,
+    /// False when the migration changed after this approval: it no longer counts.
+    pub current: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LogView {
+    pub at: String,
+    pub level: String,
+    pub message: String,
+}
+
+impl From<LogRow> for LogView {
+    fn from(row: LogRow) -> Self {
+        LogView {
+            at: format_millis(row.at),
+            level: row.level,
+            message: row.message,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DeploymentView {
+    pub id: String,
+    pub migration_id: String,
+    pub environment: String,
+    pub state: DeploymentState,
+    pub effective_risk: String,
+    pub required_roles: Vec<Role>,
+    pub required_approvals: u32,
+    pub approvals: Vec<ApprovalView>,
+    /// Roles still to sign, one entry per missing approval (empty once approved).
+    pub missing_roles: Vec<Role>,
+    pub additional_approvals_needed: u32,
+    pub deadline_at: Option<String>,
+    pub emergency_reason: Option<String>,
+    /// The database's error, with the statement and line, when the deployment failed.
+    pub error: Option<String>,
+    /// Why a queued or approved deployment does not start yet (environment status only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocked_by: Option<String>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub execution_ms: Option<i64>,
+    pub transactional: Option<bool>,
+    pub updated_at: String,
+    /// Server notices and Sluice's notes, in order (single-deployment view only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log: Option<Vec<LogView>>,
+}
+
+impl DeploymentView {
+    pub fn new(
+        d: &DeploymentRow,
+        migration: &MigrationRow,
+        approvals: &[ApprovalRow],
+        policy: &ApprovalPolicy,
+        progress: &PolicyProgress,
+    ) -> DeploymentView {
+        let awaiting = d.state == DeploymentState::AwaitingApproval;
+        DeploymentView {
+            id: d.id.clone(),
+            migration_id: d.migration_id.clone(),
+            environment: d.environment.clone(),
+            state: d.state,
+            effective_risk: d.effective_risk.clone(),
+            required_roles: policy.required_roles.clone(),
+            required_approvals: policy.required_approvals,
+            approvals: approvals
+                .iter()
+                .map(|a| ApprovalView {
+                    approver: a.approver.clone(),
+                    role: a.role.clone(),
+                    comment: a.comment.clone(),
+                    approved_at: format_millis(a.approved_at),
+                    current: a.checksum == migration.checksum,
+                })
+                .collect(),
+            missing_roles: if awaiting {
+                progress.missing_roles.clone()
+            } else {
+                Vec::new()
+            },
+            additional_approvals_needed: if awaiting {
+                progress.additional_approvals_needed
+            } else {
+                0
+            },
+            deadline_at: d.deadline_at.map(format_millis),
+            emergency_reason: d.emergency_reason.clone(),
+            error: d.error.clone(),
+            blocked_by: None,
+            started_at: d.started_at.map(format_millis),
+            finished_at: d.finished_at.map(format_millis),
+            execution_ms: d.execution_ms,
+            transactional: d.transactional,
+            updated_at: format_millis(d.updated_at),
+            log: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MigrationView {
+    pub id: String,
+    pub kind: String,
+    pub description: String,
+    pub declared_risk: String,
+    pub effective_risk: String,
+    pub findings: serde_json::Value,
+    pub author: String,
+    pub ticket: String,
+    pub estimated_duration: String,
+    pub checksum: String,
+    pub depends_on: Vec<String>,
+    pub submitted_at: String,
+    pub up_sql: String,
+    pub down_sql: Option<String>,
+    /// One per environment, in promotion order.
+    pub deployments: Vec<DeploymentView>,
+}
+
+impl MigrationView {
+    pub fn new(m: MigrationRow, deployments: Vec<DeploymentView>) -> MigrationView {
+        MigrationView {
+            findings: serde_json::from_str(&m.findings).unwrap_or(serde_json::Value::Null),
+            id: m.id,
+            kind: m.kind,
+            description: m.description,
+            declared_risk: m.declared_risk,
+            effective_risk: m.effective_risk,
+            author: m.author,
+            ticket: m.ticket,
+            estimated_duration: m.estimated_duration,
+            checksum: m.checksum,
+            depends_on: m.depends_on,
+            submitted_at: format_millis(m.submitted_at),
+            up_sql: m.up_sql,
+            down_sql: m.down_sql,
+            deployments,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MigrationSummary {
+    pub id: String,
+    pub kind: String,
+    pub description: String,
+    pub effective_risk: String,
+    pub author: String,
+    pub ticket: String,
+    pub submitted_at: String,
+    /// Deployment state per environment.
+    pub states: BTreeMap<String, DeploymentState>,
+}
+
+impl MigrationSummary {
+    pub fn new(m: MigrationRow, states: BTreeMap<String, DeploymentState>) -> MigrationSummary {
+        MigrationSummary {
+            id: m.id,
+            kind: m.kind,
+            description: m.description,
+            effective_risk: m.effective_risk,
+            author: m.author,
+            ticket: m.ticket,
+            submitted_at: format_millis(m.submitted_at),
+            states,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LockView {
+    pub locked_by: String,
+    pub reason: String,
+    pub locked_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EnvironmentStatus {
+    pub name: String,
+    pub database: String,
+    pub auto_approve: bool,
+    pub auto_apply: bool,
+    pub lock: Option<LockView>,
+    /// The failed deployment that halts this environment's queue, if any.
+    pub halted_by: Option<String>,
+    /// Every deployment not yet applied or finished, in id order.
+    pub queue: Vec<DeploymentView>,
+    /// The deployments awaiting approval, with the roles still missing.
+    pub pending_approvals: Vec<DeploymentView>,
+    pub last_applied: Option<DeploymentView>,
+}
+
+impl EnvironmentStatus {
+    pub fn new(
+        env: &EnvironmentConfig,
+        lock: Option<LockRow>,
+        queue: Vec<DeploymentView>,
+        last_applied: Option<DeploymentView>,
+    ) -> EnvironmentStatus {
+        EnvironmentStatus {
+            name: env.name.to_string(),
+            database: env.display_url(),
+            auto_approve: env.auto_approve,
+            auto_apply: env.auto_apply,
+            lock: lock.map(|l| LockView {
+                locked_by: l.locked_by,
+                reason: l.reason,
+                locked_at: format_millis(l.locked_at),
+            }),
+            halted_by: queue
+                .iter()
+                .find(|d| d.state == DeploymentState::Failed)
+                .map(|d| d.id.clone()),
+            pending_approvals: queue
+                .iter()
+                .filter(|d| d.state == DeploymentState::AwaitingApproval)
+                .cloned()
+                .collect(),
+            queue,
+            last_applied,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AuditView {
+    pub id: i64,
+    pub at: String,
+    pub actor: String,
+    pub action: String,
+    pub environment: Option<String>,
+    pub migration_id: Option<String>,
+    pub deployment_id: Option<String>,
+    pub detail: serde_json::Value,
+}
+
+impl From<AuditRow> for AuditView {
+    fn from(row: AuditRow) -> Self {
+        AuditView {
+            id: row.id,
+            at: format_millis(row.at),
+            actor: row.actor,
+            action: row.action,
+            environment: row.environment,
+            migration_id: row.migration_id,
+            deployment_id: row.deployment_id,
+            detail: serde_json::from_str(&row.detail).unwrap_or(serde_json::Value::Null),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MigrateResult {
+    pub environment: String,
+    /// Deployments this call released from approved to queued.
+    pub released: Vec<String>,
+    /// Everything now queued or running in the environment.
+    pub queued: Vec<String>,
+}

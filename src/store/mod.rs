@@ -1,0 +1,760 @@
+//! The state store: migrations, deployments, approvals, locks, logs and the audit trail, on
+//! SQLite (embedded default) or PostgreSQL (several replicas), through sqlx's `Any` driver so
+//! that one set of queries serves both. Owns the store's schema (migrations/ at the repository
+//! root) and every query against it; no other module writes SQL for the state store. Holds no
+//! rules: it stores what the service decided.
+
+use crate::domain::DeploymentState;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Connection, Row};
+use std::str::FromStr;
+
+pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state store: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("state store holds an unreadable value: {0}")]
+    Corrupt(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Embedded schema migrations of the store, per backend, in order.
+const SQLITE_SCHEMA: &[(i64, &str)] = &[(1, include_str!("../../migrations/sqlite/0001_init.sql"))];
+const POSTGRES_SCHEMA: &[(i64, &str)] =
+    &[(1, include_str!("../../migrations/postgres/0001_init.sql"))];
+
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MigrationRow {
+    pub id: String,
+    pub seq: i64,
+    pub kind: String,
+    pub description: String,
+    pub declared_risk: String,
+    pub effective_risk: String,
+    pub findings: String,
+    pub author: String,
+    pub ticket: String,
+    pub estimated_duration: String,
+    pub up_sql: String,
+    pub down_sql: Option<String>,
+    pub depends_on: Vec<String>,
+    pub checksum: String,
+    pub submitted_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeploymentRow {
+    pub id: String,
+    pub migration_id: String,
+    pub seq: i64,
+    pub environment: String,
+    pub state: DeploymentState,
+    pub effective_risk: String,
+    pub emergency_reason: Option<String>,
+    pub deadline_at: Option<i64>,
+    pub error: Option<String>,
+    pub last_action: Option<String>,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub execution_ms: Option<i64>,
+    pub transactional: Option<bool>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApprovalRow {
+    pub deployment_id: String,
+    pub approver: String,
+    pub role: String,
+    pub comment: String,
+    pub checksum: String,
+    pub approved_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LockRow {
+    pub environment: String,
+    pub locked_by: String,
+    pub reason: String,
+    pub locked_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditRow {
+    pub id: i64,
+    pub at: i64,
+    pub actor: String,
+    pub action: String,
+    pub environment: Option<String>,
+    pub migration_id: Option<String>,
+    pub deployment_id: Option<String>,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogRow {
+    pub deployment_id: String,
+    pub at: i64,
+    pub level: String,
+    pub message: String,
+}
+
+/// Filters for the audit trail.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub environment: Option<String>,
+    pub migration_id: Option<String>,
+    pub actor: Option<String>,
+    pub after_id: Option<i64>,
+    pub limit: i64,
+}
+
+const MIGRATION_COLUMNS: &str = "id, seq, kind, description, declared_risk, effective_risk, findings, author, ticket, estimated_duration, up_sql, down_sql, depends_on, checksum, submitted_at, updated_at";
+const DEPLOYMENT_COLUMNS: &str = "id, migration_id, seq, environment, state, effective_risk, emergency_reason, deadline_at, error, last_action, started_at, finished_at, execution_ms, transactional, created_at, updated_at";
+
+fn migration_from_row(row: &AnyRow) -> Result<MigrationRow, StoreError> {
+    let depends_on: String = row.try_get("depends_on")?;
+    Ok(MigrationRow {
+        id: row.try_get("id")?,
+        seq: row.try_get("seq")?,
+        kind: row.try_get("kind")?,
+        description: row.try_get("description")?,
+        declared_risk: row.try_get("declared_risk")?,
+        effective_risk: row.try_get("effective_risk")?,
+        findings: row.try_get("findings")?,
+        author: row.try_get("author")?,
+        ticket: row.try_get("ticket")?,
+        estimated_duration: row.try_get("estimated_duration")?,
+        up_sql: row.try_get("up_sql")?,
+        down_sql: row.try_get("down_sql")?,
+        depends_on: serde_json::from_str(&depends_on)
+            .map_err(|e| StoreError::Corrupt(format!("migrations.depends_on: {e}")))?,
+        checksum: row.try_get("checksum")?,
+        submitted_at: row.try_get("submitted_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn deployment_from_row(row: &AnyRow) -> Result<DeploymentRow, StoreError> {
+    let state: String = row.try_get("state")?;
+    let transactional: Option<i64> = row.try_get("transactional")?;
+    Ok(DeploymentRow {
+        id: row.try_get("id")?,
+        migration_id: row.try_get("migration_id")?,
+        seq: row.try_get("seq")?,
+        environment: row.try_get("environment")?,
+        state: DeploymentState::from_str(&state).map_err(StoreError::Corrupt)?,
+        effective_risk: row.try_get("effective_risk")?,
+        emergency_reason: row.try_get("emergency_reason")?,
+        deadline_at: row.try_get("deadline_at")?,
+        error: row.try_get("error")?,
+        last_action: row.try_get("last_action")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+        execution_ms: row.try_get("execution_ms")?,
+        transactional: transactional.map(|t| t != 0),
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn approval_from_row(row: &AnyRow) -> Result<ApprovalRow, StoreError> {
+    Ok(ApprovalRow {
+        deployment_id: row.try_get("deployment_id")?,
+        approver: row.try_get("approver")?,
+        role: row.try_get("role")?,
+        comment: row.try_get("comment")?,
+        checksum: row.try_get("checksum")?,
+        approved_at: row.try_get("approved_at")?,
+    })
+}
+
+impl Store {
+    /// Connects and brings the schema up to date. `sqlite://path` files (and their folder) are
+    /// created when missing.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            Backend::Postgres
+        };
+        let mut url = url.to_owned();
+        if backend == Backend::Sqlite {
+            prepare_sqlite_path(&url)?;
+            if !url.contains("mode=") {
+                url.push_str(if url.contains('?') {
+                    "&mode=rwc"
+                } else {
+                    "?mode=rwc"
+                });
+            }
+        }
+        let options = AnyConnectOptions::from_str(&url)?;
+        // SQLite allows one writer at a time; one connection avoids SQLITE_BUSY on lock
+        // upgrades and costs little for an embedded store.
+        let connections = if backend == Backend::Sqlite {
+            1
+        } else {
+            max_connections.max(1)
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(connections)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        sqlx::raw_sql("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;")
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        let store = Store { pool, backend };
+        store.apply_schema().await?;
+        Ok(store)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    async fn apply_schema(&self) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        if self.backend == Backend::Postgres {
+            // Several replicas may start at once: one applies the schema, the others wait.
+            sqlx::query("SELECT pg_advisory_lock(7426010001)")
+                .execute(&mut *conn)
+                .await?;
+        }
+        let result = self.apply_schema_locked(&mut conn).await;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_unlock(7426010001)")
+                .execute(&mut *conn)
+                .await?;
+        }
+        result
+    }
+
+    async fn apply_schema_locked(&self, conn: &mut AnyConnection) -> Result<(), StoreError> {
+        sqlx::raw_sql(
+            "CREATE TABLE IF NOT EXISTS sluice_store_schema (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+        )
+        .execute(&mut *conn)
+        .await?;
+        let current: Option<i64> = sqlx::query("SELECT MAX(version) AS v FROM sluice_store_schema")
+            .fetch_one(&mut *conn)
+            .await?
+            .try_get("v")?;
+        let current = current.unwrap_or(0);
+        let steps = match self.backend {
+            Backend::Sqlite => SQLITE_SCHEMA,
+            Backend::Postgres => POSTGRES_SCHEMA,
+        };
+        for (version, sql) in steps.iter().filter(|(v, _)| *v > current) {
+            let mut tx = conn.begin().await?;
+            sqlx::raw_sql(*sql).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO sluice_store_schema (version, applied_at) VALUES ($1, $2)")
+                .bind(*version)
+                .bind(chrono::Utc::now().timestamp_millis())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
+    pub async fn begin(&self) -> Result<Tx, StoreError> {
+        Ok(self.pool.begin().await?)
+    }
+
+    /// Checks that the store answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    fn for_update(&self) -> &'static str {
+        match self.backend {
+            Backend::Postgres => " FOR UPDATE",
+            Backend::Sqlite => "",
+        }
+    }
+
+    pub async fn next_migration_seq(&self, tx: &mut Tx) -> Result<i64, StoreError> {
+        let row = sqlx::query(
+            "UPDATE counters SET value = value + 1 WHERE name = 'migration_seq' RETURNING value",
+        )
+        .fetch_one(&mut **tx)
+        .await?;
+        Ok(row.try_get("value")?)
+    }
+
+    pub async fn insert_migration(&self, tx: &mut Tx, m: &MigrationRow) -> Result<(), StoreError> {
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO migrations ({MIGRATION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+        )))
+        .bind(&m.id)
+        .bind(m.seq)
+        .bind(&m.kind)
+        .bind(&m.description)
+        .bind(&m.declared_risk)
+        .bind(&m.effective_risk)
+        .bind(&m.findings)
+        .bind(&m.author)
+        .bind(&m.ticket)
+        .bind(&m.estimated_duration)
+        .bind(&m.up_sql)
+        .bind(&m.down_sql)
+        .bind(serde_json::to_string(&m.depends_on).unwrap_or_else(|_| "[]".into()))
+        .bind(&m.checksum)
+        .bind(m.submitted_at)
+        .bind(m.updated_at)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn migration(
+        &self,
+        conn: &mut AnyConnection,
+        id: &str,
+    ) -> Result<Option<MigrationRow>, StoreError> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {MIGRATION_COLUMNS} FROM migrations WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(conn)
+        .await?;
+        row.as_ref().map(migration_from_row).transpose()
+    }
+
+    /// Migrations by id, for the worker (one query for a whole queue).
+    pub async fn migrations_by_ids(
+        &self,
+        conn: &mut AnyConnection,
+        ids: &[String],
+    ) -> Result<Vec<MigrationRow>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT {MIGRATION_COLUMNS} FROM migrations WHERE id IN ({}) ORDER BY seq",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(id);
+            }
+            for row in query.fetch_all(&mut *conn).await? {
+                out.push(migration_from_row(&row)?);
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn list_migrations(
+        &self,
+        conn: &mut AnyConnection,
+        limit: i64,
+        before_seq: Option<i64>,
+    ) -> Result<Vec<MigrationRow>, StoreError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {MIGRATION_COLUMNS} FROM migrations WHERE seq < $1 ORDER BY seq DESC LIMIT $2"
+        )))
+        .bind(before_seq.unwrap_or(i64::MAX))
+        .bind(limit)
+        .fetch_all(conn)
+        .await?;
+        rows.iter().map(migration_from_row).collect()
+    }
+
+    pub async fn insert_deployment(
+        &self,
+        tx: &mut Tx,
+        d: &DeploymentRow,
+    ) -> Result<(), StoreError> {
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO deployments ({DEPLOYMENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+        )))
+        .bind(&d.id)
+        .bind(&d.migration_id)
+        .bind(d.seq)
+        .bind(&d.environment)
+        .bind(d.state.as_str())
+        .bind(&d.effective_risk)
+        .bind(&d.emergency_reason)
+        .bind(d.deadline_at)
+        .bind(&d.error)
+        .bind(&d.last_action)
+        .bind(d.started_at)
+        .bind(d.finished_at)
+        .bind(d.execution_ms)
+        .bind(d.transactional.map(i64::from))
+        .bind(d.created_at)
+        .bind(d.updated_at)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Writes every mutable field of a deployment.
+    pub async fn update_deployment(
+        &self,
+        conn: &mut AnyConnection,
+        d: &DeploymentRow,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE deployments SET state = $2, emergency_reason = $3, deadline_at = $4, error = $5, last_action = $6, started_at = $7, finished_at = $8, execution_ms = $9, transactional = $10, updated_at = $11 WHERE id = $1",
+        )
+        .bind(&d.id)
+        .bind(d.state.as_str())
+        .bind(&d.emergency_reason)
+        .bind(d.deadline_at)
+        .bind(&d.error)
+        .bind(&d.last_action)
+        .bind(d.started_at)
+        .bind(d.finished_at)
+        .bind(d.execution_ms)
+        .bind(d.transactional.map(i64::from))
+        .bind(d.updated_at)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    /// Marks a queued deployment running for the worker; false if it is no longer queued.
+    pub async fn claim(&self, tx: &mut Tx, id: &str, at: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE deployments SET state = 'running', updated_at = $2 WHERE id = $1 AND state = 'queued'",
+        )
+        .bind(id)
+        .bind(at)
+        .execute(&mut **tx)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// One deployment; inside a transaction on PostgreSQL the row is locked until commit, so
+    /// concurrent approvals of one deployment are judged one after the other.
+    pub async fn deployment(
+        &self,
+        conn: &mut AnyConnection,
+        id: &str,
+        lock: bool,
+    ) -> Result<Option<DeploymentRow>, StoreError> {
+        let lock = if lock { self.for_update() } else { "" };
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE id = $1{lock}"
+        )))
+        .bind(id)
+        .fetch_optional(conn)
+        .await?;
+        row.as_ref().map(deployment_from_row).transpose()
+    }
+
+    pub async fn deployments_of_migration(
+        &self,
+        conn: &mut AnyConnection,
+        migration_id: &str,
+    ) -> Result<Vec<DeploymentRow>, StoreError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE migration_id = $1"
+        )))
+        .bind(migration_id)
+        .fetch_all(conn)
+        .await?;
+        rows.iter().map(deployment_from_row).collect()
+    }
+
+    /// Deployments of an environment in the given states, in id order.
+    pub async fn deployments_in_states(
+        &self,
+        conn: &mut AnyConnection,
+        environment: &str,
+        states: &[DeploymentState],
+    ) -> Result<Vec<DeploymentRow>, StoreError> {
+        let placeholders: Vec<String> = (0..states.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!(
+            "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE environment = $1 AND state IN ({}) ORDER BY seq",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(environment);
+        for state in states {
+            query = query.bind(state.as_str());
+        }
+        let rows = query.fetch_all(conn).await?;
+        rows.iter().map(deployment_from_row).collect()
+    }
+
+    /// The states of the given migrations' deployments in one environment.
+    pub async fn states_in_environment(
+        &self,
+        conn: &mut AnyConnection,
+        environment: &str,
+        migration_ids: &[String],
+    ) -> Result<Vec<(String, DeploymentState)>, StoreError> {
+        let mut out = Vec::new();
+        for chunk in migration_ids.chunks(500) {
+            let placeholders: Vec<String> =
+                (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let sql = format!(
+                "SELECT migration_id, state FROM deployments WHERE environment = $1 AND migration_id IN ({})",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql)).bind(environment);
+            for id in chunk {
+                query = query.bind(id);
+            }
+            for row in query.fetch_all(&mut *conn).await? {
+                let state: String = row.try_get("state")?;
+                out.push((
+                    row.try_get("migration_id")?,
+                    DeploymentState::from_str(&state).map_err(StoreError::Corrupt)?,
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The last deployments applied in an environment, newest first.
+    pub async fn last_applied(
+        &self,
+        conn: &mut AnyConnection,
+        environment: &str,
+        limit: i64,
+    ) -> Result<Vec<DeploymentRow>, StoreError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE environment = $1 AND state = 'applied' ORDER BY seq DESC LIMIT $2"
+        )))
+        .bind(environment)
+        .bind(limit)
+        .fetch_all(conn)
+        .await?;
+        rows.iter().map(deployment_from_row).collect()
+    }
+
+    /// Deployments still awaiting approval whose deadline is at or before `now`.
+    pub async fn overdue(
+        &self,
+        conn: &mut AnyConnection,
+        now: i64,
+    ) -> Result<Vec<DeploymentRow>, StoreError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE state = 'awaiting_approval' AND deadline_at IS NOT NULL AND deadline_at <= $1 ORDER BY seq"
+        )))
+        .bind(now)
+        .fetch_all(conn)
+        .await?;
+        rows.iter().map(deployment_from_row).collect()
+    }
+
+    pub async fn approvals(
+        &self,
+        conn: &mut AnyConnection,
+        deployment_id: &str,
+    ) -> Result<Vec<ApprovalRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT deployment_id, approver, role, comment, checksum, approved_at FROM approvals WHERE deployment_id = $1 ORDER BY approved_at, approver",
+        )
+        .bind(deployment_id)
+        .fetch_all(conn)
+        .await?;
+        rows.iter().map(approval_from_row).collect()
+    }
+
+    pub async fn insert_approval(&self, tx: &mut Tx, a: &ApprovalRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO approvals (deployment_id, approver, role, comment, checksum, approved_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&a.deployment_id)
+        .bind(&a.approver)
+        .bind(&a.role)
+        .bind(&a.comment)
+        .bind(&a.checksum)
+        .bind(a.approved_at)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn lock(
+        &self,
+        conn: &mut AnyConnection,
+        environment: &str,
+    ) -> Result<Option<LockRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT environment, locked_by, reason, locked_at FROM environment_locks WHERE environment = $1",
+        )
+        .bind(environment)
+        .fetch_optional(conn)
+        .await?;
+        row.map(|row| {
+            Ok(LockRow {
+                environment: row.try_get("environment")?,
+                locked_by: row.try_get("locked_by")?,
+                reason: row.try_get("reason")?,
+                locked_at: row.try_get("locked_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    pub async fn insert_lock(&self, tx: &mut Tx, lock: &LockRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO environment_locks (environment, locked_by, reason, locked_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&lock.environment)
+        .bind(&lock.locked_by)
+        .bind(&lock.reason)
+        .bind(lock.locked_at)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn delete_lock(&self, tx: &mut Tx, environment: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM environment_locks WHERE environment = $1")
+            .bind(environment)
+            .execute(&mut **tx)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub async fn insert_audit(
+        &self,
+        conn: &mut AnyConnection,
+        entry: &AuditRow,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO audit_log (at, actor, action, environment, migration_id, deployment_id, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(entry.at)
+        .bind(&entry.actor)
+        .bind(&entry.action)
+        .bind(&entry.environment)
+        .bind(&entry.migration_id)
+        .bind(&entry.deployment_id)
+        .bind(&entry.detail)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn audit(
+        &self,
+        conn: &mut AnyConnection,
+        filter: &AuditFilter,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, at, actor, action, environment, migration_id, deployment_id, detail FROM audit_log \
+             WHERE ($1 IS NULL OR environment = $1) AND ($2 IS NULL OR migration_id = $2) AND ($3 IS NULL OR actor = $3) AND id > $4 \
+             ORDER BY id LIMIT $5",
+        )
+        .bind(&filter.environment)
+        .bind(&filter.migration_id)
+        .bind(&filter.actor)
+        .bind(filter.after_id.unwrap_or(0))
+        .bind(filter.limit)
+        .fetch_all(conn)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(AuditRow {
+                    id: row.try_get("id")?,
+                    at: row.try_get("at")?,
+                    actor: row.try_get("actor")?,
+                    action: row.try_get("action")?,
+                    environment: row.try_get("environment")?,
+                    migration_id: row.try_get("migration_id")?,
+                    deployment_id: row.try_get("deployment_id")?,
+                    detail: row.try_get("detail")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn append_log(
+        &self,
+        conn: &mut AnyConnection,
+        log: &LogRow,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO deployment_log (deployment_id, at, level, message) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&log.deployment_id)
+        .bind(log.at)
+        .bind(&log.level)
+        .bind(&log.message)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn logs(
+        &self,
+        conn: &mut AnyConnection,
+        deployment_id: &str,
+    ) -> Result<Vec<LogRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT deployment_id, at, level, message FROM deployment_log WHERE deployment_id = $1 ORDER BY id",
+        )
+        .bind(deployment_id)
+        .fetch_all(conn)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(LogRow {
+                    deployment_id: row.try_get("deployment_id")?,
+                    at: row.try_get("at")?,
+                    level: row.try_get("level")?,
+                    message: row.try_get("message")?,
+                })
+            })
+            .collect()
+    }
+
+    /// A connection for reads outside a transaction.
+    pub async fn conn(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>, StoreError> {
+        Ok(self.pool.acquire().await?)
+    }
+}
+
+fn prepare_sqlite_path(url: &str) -> Result<(), StoreError> {
+    let path = url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:");
+    let path = path.split('?').next().unwrap_or("");
+    if path.is_empty() || path == ":memory:" {
+        return Ok(());
+    }
+    if let Some(parent) = std::path::Path::new(path).parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent).map_err(|e| {
+            StoreError::Corrupt(format!("cannot create folder {}: {e}", parent.display()))
+        })?;
+    }
+    Ok(())
+}

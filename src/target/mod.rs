@@ -1,0 +1,168 @@
+//! Talks to the databases being migrated. Applies a script (inside one transaction where the
+//! engine allows it, with lock_timeout and statement_timeout set), keeps the history table
+//! `sluice_schema_history` in the same transaction as the script, takes a lock so that two
+//! runners never apply to one database, and reports the database's own error with the statement
+//! and line. Knows nothing of approvals or the state store.
+
+mod postgres;
+mod sqlite;
+
+use crate::lint::Statement;
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// How to reach a target and what limits to set there.
+#[derive(Clone)]
+pub struct TargetSettings {
+    pub url: String,
+    pub lock_timeout: Duration,
+    pub statement_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("cannot connect to target {url}: {message}")]
+    Connect { url: String, message: String },
+    #[error(
+        "another runner holds the migration lock on {url}; nothing was applied (it is released when that runner finishes)"
+    )]
+    Busy { url: String },
+    #[error("target {url}: {message}")]
+    Database { url: String, message: String },
+}
+
+/// One script to run, already split.
+pub struct Script<'a> {
+    pub migration_id: &'a str,
+    pub checksum: &'a str,
+    pub applied_by: &'a str,
+    pub statements: &'a [Statement],
+}
+
+impl Script<'_> {
+    /// A script runs in one transaction unless one of its statements refuses to.
+    pub fn transactional(&self) -> bool {
+        !self.statements.iter().any(|s| s.requires_no_transaction())
+    }
+}
+
+/// A line of a deployment's log: a server notice, or Sluice's own note.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    pub level: String,
+    pub message: String,
+}
+
+impl LogLine {
+    pub fn info(message: impl Into<String>) -> LogLine {
+        LogLine {
+            level: "info".into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The result of running a script.
+#[derive(Debug)]
+pub struct RunReport {
+    pub execution_ms: i64,
+    pub transactional: bool,
+    pub log: Vec<LogLine>,
+    /// `None` on success; otherwise what went wrong, naming the statement and line.
+    pub error: Option<String>,
+}
+
+/// What the history table says about one migration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryEntry {
+    pub checksum: String,
+    pub success: bool,
+}
+
+/// An open, locked connection to one target.
+pub enum TargetSession {
+    Postgres(postgres::PgSession),
+    Sqlite(sqlite::SqliteSession),
+}
+
+/// Opens a session: connects, takes the runner lock, sets the timeouts and makes sure the
+/// history table exists.
+pub async fn open(settings: &TargetSettings, owner: &str) -> Result<TargetSession, TargetError> {
+    if settings.url.starts_with("sqlite:") {
+        Ok(TargetSession::Sqlite(
+            sqlite::SqliteSession::open(settings, owner).await?,
+        ))
+    } else {
+        Ok(TargetSession::Postgres(
+            postgres::PgSession::open(settings).await?,
+        ))
+    }
+}
+
+impl TargetSession {
+    pub async fn history(&mut self) -> Result<HashMap<String, HistoryEntry>, TargetError> {
+        match self {
+            TargetSession::Postgres(s) => s.history().await,
+            TargetSession::Sqlite(s) => s.history().await,
+        }
+    }
+
+    /// Applies a script and records it in the history table: in the script's own transaction
+    /// when it is transactional, so that it is either applied and recorded or neither.
+    pub async fn apply(&mut self, script: &Script<'_>) -> Result<RunReport, TargetError> {
+        match self {
+            TargetSession::Postgres(s) => s.apply(script).await,
+            TargetSession::Sqlite(s) => s.apply(script).await,
+        }
+    }
+
+    /// Runs a rollback script and removes the migration from the history table, together.
+    pub async fn rollback(&mut self, script: &Script<'_>) -> Result<RunReport, TargetError> {
+        match self {
+            TargetSession::Postgres(s) => s.rollback(script).await,
+            TargetSession::Sqlite(s) => s.rollback(script).await,
+        }
+    }
+
+    /// Removes the record of a failed attempt (nothing of it is applied).
+    pub async fn forget(&mut self, migration_id: &str) -> Result<(), TargetError> {
+        match self {
+            TargetSession::Postgres(s) => s.forget(migration_id).await,
+            TargetSession::Sqlite(s) => s.forget(migration_id).await,
+        }
+    }
+
+    pub async fn close(self) {
+        match self {
+            TargetSession::Postgres(s) => s.close().await,
+            TargetSession::Sqlite(s) => s.close().await,
+        }
+    }
+}
+
+/// Explains a failure at statement `index` (0-based among all statements of the script).
+fn describe_failure(statement: &Statement, index: usize, line: usize, message: &str) -> String {
+    let mut excerpt: String = statement.text.chars().take(200).collect();
+    if excerpt.len() < statement.text.len() {
+        excerpt.push_str("...");
+    }
+    format!(
+        "statement {} (line {line}): {message}\n  in: {excerpt}",
+        index + 1
+    )
+}
+
+/// Notes for the log about BEGIN/COMMIT statements Sluice leaves out.
+fn wrapper_notes(script: &Script<'_>) -> Vec<LogLine> {
+    script
+        .statements
+        .iter()
+        .filter(|s| s.is_transaction_wrapper())
+        .map(|s| {
+            LogLine::info(format!(
+                "line {}: skipped \"{}\": Sluice runs the script in its own transaction",
+                s.line, s.text
+            ))
+        })
+        .collect()
+}

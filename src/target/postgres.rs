@@ -1,0 +1,328 @@
+//! PostgreSQL targets, through tokio-postgres: the simple query protocol runs each statement as
+//! written (DO blocks included), and the connection hands us every NOTICE the server raises.
+
+use super::{
+    HistoryEntry, LogLine, RunReport, Script, TargetError, TargetSettings, describe_failure,
+    wrapper_notes,
+};
+use crate::config::redact_url;
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::time::Instant;
+use tokio::sync::mpsc;
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+
+/// The advisory lock key all Sluice runners take on a PostgreSQL target.
+const RUNNER_LOCK_KEY: i64 = 7_426_010_002;
+
+const HISTORY_DDL: &str = "CREATE TABLE IF NOT EXISTS sluice_schema_history (
+    migration_id TEXT PRIMARY KEY,
+    checksum TEXT NOT NULL,
+    applied_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    applied_by TEXT NOT NULL,
+    execution_ms BIGINT NOT NULL,
+    success BOOLEAN NOT NULL,
+    transactional BOOLEAN NOT NULL,
+    error TEXT
+)";
+
+const RECORD: &str = "INSERT INTO sluice_schema_history (migration_id, checksum, applied_at, applied_by, execution_ms, success, transactional, error) \
+     VALUES ($1, $2, now(), $3, $4, $5, $6, $7) \
+     ON CONFLICT (migration_id) DO UPDATE SET checksum = EXCLUDED.checksum, applied_at = EXCLUDED.applied_at, \
+     applied_by = EXCLUDED.applied_by, execution_ms = EXCLUDED.execution_ms, success = EXCLUDED.success, \
+     transactional = EXCLUDED.transactional, error = EXCLUDED.error";
+
+pub struct PgSession {
+    client: Client,
+    notices: mpsc::UnboundedReceiver<LogLine>,
+    connection: tokio::task::JoinHandle<()>,
+    url: String,
+}
+
+impl PgSession {
+    pub async fn open(settings: &TargetSettings) -> Result<PgSession, TargetError> {
+        let url = redact_url(&settings.url);
+        let (client, mut connection) = tokio_postgres::connect(&settings.url, NoTls)
+            .await
+            .map_err(|e| TargetError::Connect {
+                url: url.clone(),
+                message: pg_message(&e),
+            })?;
+        let (notice_tx, notices) = mpsc::unbounded_channel();
+        let connection = tokio::spawn(async move {
+            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(message) = messages.next().await {
+                match message {
+                    Ok(AsyncMessage::Notice(notice)) => {
+                        let _ = notice_tx.send(LogLine {
+                            level: notice.severity().to_ascii_lowercase(),
+                            message: notice.message().to_owned(),
+                        });
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "target connection ended");
+                        break;
+                    }
+                }
+            }
+        });
+        let session = PgSession {
+            client,
+            notices,
+            connection,
+            url,
+        };
+        let locked: bool = session
+            .client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&RUNNER_LOCK_KEY])
+            .await
+            .map_err(|e| session.error(e))?
+            .get(0);
+        if !locked {
+            return Err(TargetError::Busy { url: session.url });
+        }
+        session
+            .client
+            .batch_execute(&format!(
+                "SET application_name = 'sluice'; SET lock_timeout = '{}ms'; SET statement_timeout = '{}ms'; {HISTORY_DDL}",
+                settings.lock_timeout.as_millis(),
+                settings.statement_timeout.as_millis()
+            ))
+            .await
+            .map_err(|e| session.error(e))?;
+        Ok(session)
+    }
+
+    fn error(&self, e: tokio_postgres::Error) -> TargetError {
+        TargetError::Database {
+            url: self.url.clone(),
+            message: pg_message(&e),
+        }
+    }
+
+    pub async fn history(&mut self) -> Result<HashMap<String, HistoryEntry>, TargetError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT migration_id, checksum, success FROM sluice_schema_history",
+                &[],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                (
+                    row.get::<_, String>(0),
+                    HistoryEntry {
+                        checksum: row.get(1),
+                        success: row.get(2),
+                    },
+                )
+            })
+            .collect())
+    }
+
+    fn drain_notices(&mut self, log: &mut Vec<LogLine>) {
+        while let Ok(line) = self.notices.try_recv() {
+            log.push(line);
+        }
+    }
+
+    /// Runs the statements; returns the failure description if one fails.
+    async fn run_statements(
+        &mut self,
+        script: &Script<'_>,
+        log: &mut Vec<LogLine>,
+    ) -> Option<String> {
+        for (index, statement) in script.statements.iter().enumerate() {
+            if statement.is_transaction_wrapper() {
+                continue;
+            }
+            let result = self.client.batch_execute(&statement.text).await;
+            self.drain_notices(log);
+            if let Err(e) = result {
+                let line = error_line(statement, &e);
+                return Some(describe_failure(statement, index, line, &pg_message(&e)));
+            }
+        }
+        None
+    }
+
+    async fn record(
+        &self,
+        script: &Script<'_>,
+        execution_ms: i64,
+        success: bool,
+        transactional: bool,
+        error: Option<&str>,
+    ) -> Result<(), TargetError> {
+        self.client
+            .execute(
+                RECORD,
+                &[
+                    &script.migration_id,
+                    &script.checksum,
+                    &script.applied_by,
+                    &execution_ms,
+                    &success,
+                    &transactional,
+                    &error,
+                ],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    pub async fn apply(&mut self, script: &Script<'_>) -> Result<RunReport, TargetError> {
+        let transactional = script.transactional();
+        let mut log = wrapper_notes(script);
+        let started = Instant::now();
+        if transactional {
+            self.client
+                .batch_execute("BEGIN")
+                .await
+                .map_err(|e| self.error(e))?;
+        }
+        let failure = self.run_statements(script, &mut log).await;
+        let execution_ms = started.elapsed().as_millis() as i64;
+        match &failure {
+            None => {
+                self.record(script, execution_ms, true, transactional, None)
+                    .await?;
+                if transactional {
+                    self.client
+                        .batch_execute("COMMIT")
+                        .await
+                        .map_err(|e| self.error(e))?;
+                }
+            }
+            Some(message) => {
+                if transactional {
+                    self.client
+                        .batch_execute("ROLLBACK")
+                        .await
+                        .map_err(|e| self.error(e))?;
+                }
+                let note = if transactional {
+                    "rolled back: nothing of it is applied".to_owned()
+                } else {
+                    "not transactional: statements before the failing one stay applied".to_owned()
+                };
+                log.push(LogLine::info(note));
+                self.record(script, execution_ms, false, transactional, Some(message))
+                    .await?;
+            }
+        }
+        self.drain_notices(&mut log);
+        Ok(RunReport {
+            execution_ms,
+            transactional,
+            log,
+            error: failure,
+        })
+    }
+
+    pub async fn rollback(&mut self, script: &Script<'_>) -> Result<RunReport, TargetError> {
+        let transactional = script.transactional();
+        let mut log = wrapper_notes(script);
+        let started = Instant::now();
+        if transactional {
+            self.client
+                .batch_execute("BEGIN")
+                .await
+                .map_err(|e| self.error(e))?;
+        }
+        let failure = self.run_statements(script, &mut log).await;
+        let execution_ms = started.elapsed().as_millis() as i64;
+        if failure.is_none() {
+            self.client
+                .execute(
+                    "DELETE FROM sluice_schema_history WHERE migration_id = $1",
+                    &[&script.migration_id],
+                )
+                .await
+                .map_err(|e| self.error(e))?;
+        }
+        if transactional {
+            let end = if failure.is_none() {
+                "COMMIT"
+            } else {
+                "ROLLBACK"
+            };
+            self.client
+                .batch_execute(end)
+                .await
+                .map_err(|e| self.error(e))?;
+        }
+        self.drain_notices(&mut log);
+        Ok(RunReport {
+            execution_ms,
+            transactional,
+            log,
+            error: failure,
+        })
+    }
+
+    pub async fn forget(&mut self, migration_id: &str) -> Result<(), TargetError> {
+        self.client
+            .execute(
+                "DELETE FROM sluice_schema_history WHERE migration_id = $1 AND NOT success",
+                &[&migration_id],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    pub async fn close(self) {
+        let _ = self
+            .client
+            .execute("SELECT pg_advisory_unlock($1)", &[&RUNNER_LOCK_KEY])
+            .await;
+        drop(self.client);
+        let _ = self.connection.await;
+    }
+}
+
+/// The server's message with its SQLSTATE, detail and hint.
+fn pg_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut message = format!(
+                "{}: {} (SQLSTATE {})",
+                db.severity(),
+                db.message(),
+                db.code().code()
+            );
+            if let Some(detail) = db.detail() {
+                message.push_str(&format!("; detail: {detail}"));
+            }
+            if let Some(hint) = db.hint() {
+                message.push_str(&format!("; hint: {hint}"));
+            }
+            if let Some(context) = db.where_() {
+                message.push_str(&format!("; where: {context}"));
+            }
+            message
+        }
+        None => e.to_string(),
+    }
+}
+
+/// The script line of the error's position, when the server gives one.
+fn error_line(statement: &crate::lint::Statement, e: &tokio_postgres::Error) -> usize {
+    let position = e.as_db_error().and_then(|db| match db.position() {
+        Some(tokio_postgres::error::ErrorPosition::Original(p)) => Some(*p as usize),
+        _ => None,
+    });
+    match position {
+        Some(p) if p > 0 => {
+            let before: String = statement.text.chars().take(p - 1).collect();
+            statement.line + before.matches('\n').count()
+        }
+        _ => statement.line,
+    }
+}

@@ -1,0 +1,278 @@
+//! SQLite targets, through sqlx. SQLite has no advisory locks: a one-row lease table stands in,
+//! refreshed in every migration's transaction and released at the end; `BEGIN IMMEDIATE` takes
+//! the write lock up front so that a script never fails half-way on a lock upgrade.
+//! SQLite has no statement timeout; the lock timeout becomes its busy timeout.
+
+use super::{
+    HistoryEntry, LogLine, RunReport, Script, TargetError, TargetSettings, describe_failure,
+    wrapper_notes,
+};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use sqlx::{AssertSqlSafe, ConnectOptions, Row};
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Instant;
+
+/// How long a runner's lease lasts without being refreshed (milliseconds).
+const LEASE_MS: i64 = 5 * 60 * 1000;
+
+const SETUP: &str = "CREATE TABLE IF NOT EXISTS sluice_schema_history (
+    migration_id TEXT PRIMARY KEY,
+    checksum TEXT NOT NULL,
+    applied_at TEXT NOT NULL,
+    applied_by TEXT NOT NULL,
+    execution_ms INTEGER NOT NULL,
+    success INTEGER NOT NULL,
+    transactional INTEGER NOT NULL,
+    error TEXT
+);
+CREATE TABLE IF NOT EXISTS sluice_runner_lock (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    owner TEXT NOT NULL,
+    expires_at INTEGER NOT NULL
+);";
+
+const RECORD: &str = "INSERT INTO sluice_schema_history (migration_id, checksum, applied_at, applied_by, execution_ms, success, transactional, error) \
+     VALUES ($1, $2, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), $3, $4, $5, $6, $7) \
+     ON CONFLICT (migration_id) DO UPDATE SET checksum = excluded.checksum, applied_at = excluded.applied_at, \
+     applied_by = excluded.applied_by, execution_ms = excluded.execution_ms, success = excluded.success, \
+     transactional = excluded.transactional, error = excluded.error";
+
+pub struct SqliteSession {
+    conn: SqliteConnection,
+    url: String,
+    owner: String,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl SqliteSession {
+    pub async fn open(
+        settings: &TargetSettings,
+        owner: &str,
+    ) -> Result<SqliteSession, TargetError> {
+        let url = settings.url.clone();
+        let connect_error = |e: sqlx::Error| TargetError::Connect {
+            url: url.clone(),
+            message: e.to_string(),
+        };
+        let path = url
+            .trim_start_matches("sqlite://")
+            .trim_start_matches("sqlite:");
+        if let Some(parent) = std::path::Path::new(path.split('?').next().unwrap_or(""))
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(parent).map_err(|e| TargetError::Connect {
+                url: url.clone(),
+                message: format!("cannot create folder {}: {e}", parent.display()),
+            })?;
+        }
+        let options = SqliteConnectOptions::from_str(&url)
+            .map_err(connect_error)?
+            .create_if_missing(true)
+            .busy_timeout(settings.lock_timeout);
+        let conn = options.connect().await.map_err(connect_error)?;
+        let mut session = SqliteSession {
+            conn,
+            url,
+            owner: owner.to_owned(),
+        };
+        sqlx::raw_sql(SETUP)
+            .execute(&mut session.conn)
+            .await
+            .map_err(|e| session.error(e))?;
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO sluice_runner_lock (id, owner, expires_at) VALUES (1, $1, $2) \
+             ON CONFLICT (id) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at \
+             WHERE sluice_runner_lock.expires_at < $3 OR sluice_runner_lock.owner = $1",
+        )
+        .bind(&session.owner)
+        .bind(now + LEASE_MS)
+        .bind(now)
+        .execute(&mut session.conn)
+        .await
+        .map_err(|e| session.error(e))?;
+        let holder: String = sqlx::query("SELECT owner FROM sluice_runner_lock WHERE id = 1")
+            .fetch_one(&mut session.conn)
+            .await
+            .map_err(|e| session.error(e))?
+            .get(0);
+        if holder != session.owner {
+            return Err(TargetError::Busy { url: session.url });
+        }
+        Ok(session)
+    }
+
+    fn error(&self, e: sqlx::Error) -> TargetError {
+        TargetError::Database {
+            url: self.url.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    pub async fn history(&mut self) -> Result<HashMap<String, HistoryEntry>, TargetError> {
+        let rows = sqlx::query("SELECT migration_id, checksum, success FROM sluice_schema_history")
+            .fetch_all(&mut self.conn)
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                (
+                    row.get::<String, _>(0),
+                    HistoryEntry {
+                        checksum: row.get(1),
+                        success: row.get::<i64, _>(2) != 0,
+                    },
+                )
+            })
+            .collect())
+    }
+
+    async fn run_statements(&mut self, script: &Script<'_>) -> Option<String> {
+        for (index, statement) in script.statements.iter().enumerate() {
+            if statement.is_transaction_wrapper() {
+                continue;
+            }
+            if let Err(e) = sqlx::raw_sql(AssertSqlSafe(statement.text.clone()))
+                .execute(&mut self.conn)
+                .await
+            {
+                let message = match &e {
+                    sqlx::Error::Database(db) => db.message().to_owned(),
+                    other => other.to_string(),
+                };
+                return Some(describe_failure(statement, index, statement.line, &message));
+            }
+        }
+        None
+    }
+
+    async fn exec(&mut self, sql: &'static str) -> Result<(), TargetError> {
+        sqlx::raw_sql(sql)
+            .execute(&mut self.conn)
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    async fn record(
+        &mut self,
+        script: &Script<'_>,
+        execution_ms: i64,
+        success: bool,
+        transactional: bool,
+        error: Option<&str>,
+    ) -> Result<(), TargetError> {
+        sqlx::query(RECORD)
+            .bind(script.migration_id)
+            .bind(script.checksum)
+            .bind(script.applied_by)
+            .bind(execution_ms)
+            .bind(i64::from(success))
+            .bind(i64::from(transactional))
+            .bind(error)
+            .execute(&mut self.conn)
+            .await
+            .map_err(|e| self.error(e))?;
+        sqlx::query("UPDATE sluice_runner_lock SET expires_at = $1 WHERE owner = $2")
+            .bind(now_ms() + LEASE_MS)
+            .bind(&self.owner)
+            .execute(&mut self.conn)
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    pub async fn apply(&mut self, script: &Script<'_>) -> Result<RunReport, TargetError> {
+        let transactional = script.transactional();
+        let mut log = wrapper_notes(script);
+        let started = Instant::now();
+        if transactional {
+            self.exec("BEGIN IMMEDIATE").await?;
+        }
+        let failure = self.run_statements(script).await;
+        let execution_ms = started.elapsed().as_millis() as i64;
+        match &failure {
+            None => {
+                self.record(script, execution_ms, true, transactional, None)
+                    .await?;
+                if transactional {
+                    self.exec("COMMIT").await?;
+                }
+            }
+            Some(message) => {
+                if transactional {
+                    self.exec("ROLLBACK").await?;
+                    log.push(LogLine::info("rolled back: nothing of it is applied"));
+                } else {
+                    log.push(LogLine::info(
+                        "not transactional: statements before the failing one stay applied",
+                    ));
+                }
+                self.record(script, execution_ms, false, transactional, Some(message))
+                    .await?;
+            }
+        }
+        Ok(RunReport {
+            execution_ms,
+            transactional,
+            log,
+            error: failure,
+        })
+    }
+
+    pub async fn rollback(&mut self, script: &Script<'_>) -> Result<RunReport, TargetError> {
+        let transactional = script.transactional();
+        let log = wrapper_notes(script);
+        let started = Instant::now();
+        if transactional {
+            self.exec("BEGIN IMMEDIATE").await?;
+        }
+        let failure = self.run_statements(script).await;
+        let execution_ms = started.elapsed().as_millis() as i64;
+        if failure.is_none() {
+            sqlx::query(AssertSqlSafe(
+                "DELETE FROM sluice_schema_history WHERE migration_id = $1".to_owned(),
+            ))
+            .bind(script.migration_id)
+            .execute(&mut self.conn)
+            .await
+            .map_err(|e| self.error(e))?;
+        }
+        if transactional {
+            self.exec(if failure.is_none() {
+                "COMMIT"
+            } else {
+                "ROLLBACK"
+            })
+            .await?;
+        }
+        Ok(RunReport {
+            execution_ms,
+            transactional,
+            log,
+            error: failure,
+        })
+    }
+
+    pub async fn forget(&mut self, migration_id: &str) -> Result<(), TargetError> {
+        sqlx::query("DELETE FROM sluice_schema_history WHERE migration_id = $1 AND success = 0")
+            .bind(migration_id)
+            .execute(&mut self.conn)
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    pub async fn close(mut self) {
+        let _ = sqlx::query("DELETE FROM sluice_runner_lock WHERE owner = $1")
+            .bind(&self.owner)
+            .execute(&mut self.conn)
+            .await;
+    }
+}

@@ -1,0 +1,429 @@
+//! Starts the real daemon on port 0 against real databases: a fresh PostgreSQL database per
+//! test for the state store and one per target environment (or SQLite files in a fresh folder),
+//! all dropped when the test ends. PostgreSQL is found at SLUICE_TEST_PG_URL (default
+//! postgres://postgres@127.0.0.1:5432/postgres); when it is not reachable the test fails with
+//! a message saying so.
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use sluice::config::Config;
+use sluice::engine::{Outcome, Worker};
+use sluice::service::{Clock, ManualClock};
+use sluice::{Running, StartOptions};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio_postgres::NoTls;
+use tokio_util::sync::CancellationToken;
+
+pub fn admin_url() -> String {
+    std::env::var("SLUICE_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn with_database(url: &str, name: &str) -> String {
+    let (base, _) = url.rsplit_once('/').expect("database URL has a path");
+    format!("{base}/{name}")
+}
+
+fn random_suffix() -> String {
+    let mut bytes = [0u8; 6];
+    getrandom::fill(&mut bytes).expect("random bytes");
+    hex::encode(bytes)
+}
+
+pub async fn admin_client() -> tokio_postgres::Client {
+    let url = admin_url();
+    let (client, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap_or_else(|e| {
+        panic!(
+            "PostgreSQL is not reachable at {url} ({e}); start it (pg_ctlcluster 15 main start) or set SLUICE_TEST_PG_URL"
+        )
+    });
+    tokio::spawn(connection);
+    client
+}
+
+/// A PostgreSQL database that exists for one test.
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDatabase {
+    pub async fn create(label: &str) -> TestDatabase {
+        let name = format!("sluice_test_{label}_{}", random_suffix());
+        admin_client()
+            .await
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap_or_else(|e| panic!("cannot create test database {name}: {e}"));
+        TestDatabase {
+            url: with_database(&admin_url(), &name),
+            name,
+        }
+    }
+
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(&self.url, NoTls)
+            .await
+            .expect("connect to test database");
+        tokio::spawn(connection);
+        client
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs outside async context: use a runtime of its own on a plain thread.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                if let Ok((client, connection)) = tokio_postgres::connect(&admin_url(), NoTls).await
+                {
+                    tokio::spawn(connection);
+                    let _ = client
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Every user the tests use, with the roles of the seed's organisation.
+pub const USERS: &[(&str, &[&str])] = &[
+    ("dev", &["developer"]),
+    ("dev2", &["developer"]),
+    ("ops1", &["data_ops"]),
+    ("ops2", &["data_ops"]),
+    ("lead", &["data_ops_lead"]),
+    ("dba", &["dba"]),
+    ("tech", &["tech_lead"]),
+    ("cto", &["cto"]),
+    ("admin", &["admin"]),
+];
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+pub struct AppOptions {
+    pub backend: Backend,
+    pub background_workers: bool,
+    pub manual_clock: bool,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        AppOptions {
+            backend: Backend::Postgres,
+            background_workers: true,
+            manual_clock: false,
+        }
+    }
+}
+
+pub struct TestApp {
+    pub running: Option<Running>,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub tokens: HashMap<String, String>,
+    pub targets: HashMap<String, TestDatabase>,
+    pub sqlite_dir: Option<PathBuf>,
+    pub clock: Option<Arc<ManualClock>>,
+    pub config: Config,
+    _store: Option<TestDatabase>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(AppOptions::default()).await
+}
+
+pub async fn spawn_app_with(options: AppOptions) -> TestApp {
+    let _ = rustls_free_logging();
+    let dir = std::env::temp_dir().join(format!("sluice-it-{}", random_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config");
+    for file in ["sluice.yml", "environments.yml", "approval_matrix.yml"] {
+        std::fs::copy(shipped.join(file), dir.join(file)).unwrap();
+    }
+    let mut tokens = HashMap::new();
+    let mut users_yml = String::from("users:\n");
+    for (name, roles) in USERS {
+        let token = sluice::auth::new_token().unwrap();
+        users_yml.push_str(&format!(
+            "  - name: {name}\n    roles: [{}]\n    token_sha256: \"{}\"\n",
+            roles.join(", "),
+            sluice::auth::token_sha256(&token)
+        ));
+        tokens.insert(name.to_string(), token);
+    }
+    std::fs::write(dir.join("users.yml"), users_yml).unwrap();
+
+    let mut env: HashMap<String, String> = HashMap::new();
+    let mut targets = HashMap::new();
+    let mut store_db = None;
+    let mut sqlite_dir = None;
+    env.insert("SLUICE__SERVER__REST_ADDR".into(), "127.0.0.1:0".into());
+    match options.backend {
+        Backend::Postgres => {
+            let store = TestDatabase::create("store").await;
+            env.insert("SLUICE__STORE__URL".into(), store.url.clone());
+            store_db = Some(store);
+            for (environment, var) in [
+                ("development", "DEV_DB_URL"),
+                ("staging", "STAGING_DB_URL"),
+                ("production", "PROD_DB_URL"),
+            ] {
+                let db = TestDatabase::create(&environment[..4]).await;
+                env.insert(var.into(), db.url.clone());
+                targets.insert(environment.to_string(), db);
+            }
+        }
+        Backend::Sqlite => {
+            let data = dir.join("data");
+            env.insert(
+                "SLUICE__STORE__URL".into(),
+                format!("sqlite://{}", data.join("sluice.db").display()),
+            );
+            for (environment, var) in [
+                ("development", "DEV_DB_URL"),
+                ("staging", "STAGING_DB_URL"),
+                ("production", "PROD_DB_URL"),
+            ] {
+                env.insert(
+                    var.into(),
+                    format!(
+                        "sqlite://{}",
+                        data.join(format!("{environment}.db")).display()
+                    ),
+                );
+            }
+            sqlite_dir = Some(data);
+        }
+    }
+    env.insert("SLUICE__WORKER__POLL_INTERVAL_MS".into(), "200".into());
+    let config = load_config(&dir, &env);
+    let clock = options
+        .manual_clock
+        .then(|| Arc::new(ManualClock::new(chrono::Utc::now())));
+    let start_options = StartOptions {
+        clock: match &clock {
+            Some(c) => c.clone() as Arc<dyn Clock>,
+            None => Arc::new(sluice::service::SystemClock),
+        },
+        background_workers: options.background_workers,
+    };
+    let running = sluice::start(config.clone(), start_options)
+        .await
+        .expect("daemon starts");
+    TestApp {
+        base: format!("http://{}", running.rest_addr),
+        running: Some(running),
+        http: reqwest::Client::new(),
+        tokens,
+        targets,
+        sqlite_dir,
+        clock,
+        config,
+        _store: store_db,
+    }
+}
+
+fn rustls_free_logging() -> Option<()> {
+    // Tests log through the daemon's own tracing when RUST_LOG is set.
+    if std::env::var("RUST_LOG").is_ok() {
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .try_init();
+    }
+    Some(())
+}
+
+/// Loads the configuration the way the daemon does, with `env` standing in for the process
+/// environment (tests run in parallel and must not share variables).
+pub fn load_config(dir: &Path, env: &HashMap<String, String>) -> Config {
+    let env = env.clone();
+    let lookup = move |name: &str| env.get(name).cloned();
+    // SLUICE__ variables are layered by the `config` crate from the real environment; apply
+    // the test's ones by hand on top of the loaded settings.
+    let mut config = Config::load_with_env(dir, &lookup).expect("test configuration loads");
+    if let Some(url) = lookup("SLUICE__STORE__URL") {
+        config.settings.store.url = url;
+    }
+    if let Some(addr) = lookup("SLUICE__SERVER__REST_ADDR") {
+        config.settings.server.rest_addr = addr;
+    }
+    if let Some(poll) = lookup("SLUICE__WORKER__POLL_INTERVAL_MS") {
+        config.settings.worker.poll_interval_ms = poll.parse().unwrap();
+    }
+    config.settings.server.shutdown_grace_seconds = 5;
+    config
+}
+
+impl TestApp {
+    pub fn token(&self, user: &str) -> &str {
+        self.tokens
+            .get(user)
+            .unwrap_or_else(|| panic!("no test user {user}"))
+    }
+
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        user: Option<&str>,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(user) = user {
+            request = request.bearer_auth(self.token(user));
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request reaches the daemon");
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, value)
+    }
+
+    pub async fn get(&self, user: &str, path: &str) -> (StatusCode, Value) {
+        self.request(reqwest::Method::GET, Some(user), path, None)
+            .await
+    }
+
+    pub async fn post(&self, user: &str, path: &str, body: Value) -> (StatusCode, Value) {
+        self.request(reqwest::Method::POST, Some(user), path, Some(body))
+            .await
+    }
+
+    pub async fn delete(&self, user: &str, path: &str) -> (StatusCode, Value) {
+        self.request(reqwest::Method::DELETE, Some(user), path, None)
+            .await
+    }
+
+    /// Submits a migration as `user` and returns its id.
+    pub async fn submit(&self, user: &str, body: Value) -> String {
+        let (status, value) = self.post(user, "/api/v1/migrations", body).await;
+        assert_eq!(status, StatusCode::CREATED, "submit failed: {value}");
+        value["id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn approve(&self, user: &str, deployment: &str, role: &str) -> Value {
+        let (status, value) = self
+            .post(
+                user,
+                &format!("/api/v1/deployments/{deployment}/approvals"),
+                serde_json::json!({"role": role, "comment": format!("ok from {user}")}),
+            )
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "approval by {user} as {role} failed: {value}"
+        );
+        value
+    }
+
+    pub async fn deployment(&self, id: &str) -> Value {
+        let (status, value) = self
+            .get("admin", &format!("/api/v1/deployments/{id}"))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{value}");
+        value
+    }
+
+    /// Waits (polling the API, bounded) until the deployment reaches one of `states`.
+    pub async fn wait_for_state(&self, id: &str, states: &[&str]) -> Value {
+        for _ in 0..600 {
+            let d = self.deployment(id).await;
+            if states.contains(&d["state"].as_str().unwrap_or("")) {
+                return d;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!(
+            "deployment {id} never reached {states:?}; last: {}",
+            self.deployment(id).await
+        );
+    }
+
+    pub fn service(&self) -> &sluice::service::Service {
+        &self.running.as_ref().unwrap().service
+    }
+
+    /// Runs one round of an environment's worker (for tests started without background
+    /// workers).
+    pub async fn run_worker(&self, environment: &str) -> Outcome {
+        let env = self
+            .config
+            .environments
+            .iter()
+            .find(|e| e.name.as_str() == environment)
+            .unwrap()
+            .clone();
+        Worker::new(self.service().clone(), env, CancellationToken::new())
+            .run_once()
+            .await
+            .expect("worker round")
+    }
+
+    /// Whether a table exists in an environment's target database.
+    pub async fn table_exists(&self, environment: &str, table: &str) -> bool {
+        match &self.sqlite_dir {
+            None => {
+                let client = self.targets[environment].client().await;
+                client
+                    .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+                    .await
+                    .unwrap()
+                    .get(0)
+            }
+            Some(dir) => {
+                use sqlx::{ConnectOptions, Row};
+                let file = dir.join(format!("{environment}.db"));
+                if !file.exists() {
+                    return false;
+                }
+                let options = sqlx::sqlite::SqliteConnectOptions::new().filename(file);
+                let mut conn = options.connect().await.unwrap();
+                let row = sqlx::query(
+                    "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = $1",
+                )
+                .bind(table)
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+                row.get::<i64, _>(0) == 1
+            }
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(running) = self.running.take() {
+            running.stop().await;
+        }
+    }
+}
+
+pub fn migration(description: &str, risk: &str, up: &str, down: Option<&str>) -> Value {
+    serde_json::json!({
+        "kind": "schema_change",
+        "description": description,
+        "risk": risk,
+        "ticket": "PROJ-123",
+        "estimated_duration": "5m",
+        "up_sql": up,
+        "down_sql": down,
+    })
+}

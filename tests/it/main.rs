@@ -1,0 +1,9 @@
+//! The integration tests: one crate, one module per capability, all against the real daemon
+//! started on port 0 with real databases (see `harness`).
+
+mod api_errors;
+mod harness;
+mod rules;
+mod story;
+mod tidy;
+mod worker;

@@ -1,0 +1,250 @@
+//! Rules that hold whatever the caller does: identity, roles, who may approve, checksum binding,
+//! deadlines, locks.
+
+use crate::harness::{AppOptions, migration, spawn_app, spawn_app_with};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+#[tokio::test]
+async fn tokens_and_roles_are_enforced() {
+    let app = spawn_app().await;
+    let (status, body) = app
+        .request(Method::GET, None, "/api/v1/environments", None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("bearer token")
+    );
+
+    let response = app
+        .http
+        .get(format!("{}/api/v1/environments", app.base))
+        .bearer_auth("slc_not_a_real_token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+
+    let id = app
+        .submit(
+            "dev",
+            migration("create t", "low", "CREATE TABLE t (id int);", None),
+        )
+        .await;
+    let staging = format!("{id}@staging");
+    // A role the user does not hold.
+    let (status, body) = app
+        .post(
+            "ops1",
+            &format!("/api/v1/deployments/{staging}/approvals"),
+            json!({"role": "dba", "comment": "x"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(
+        body["error"]["message"],
+        "ops1 does not hold the role dba (holds: data_ops)"
+    );
+    // A developer may not operate staging.
+    let (status, body) = app
+        .post(
+            "dev",
+            "/api/v1/environments/staging/lock",
+            json!({"reason": "mine"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn approval_rules() {
+    let app = spawn_app().await;
+    let id = app
+        .submit(
+            "dev",
+            migration("create t", "medium", "CREATE TABLE t (id int);", None),
+        )
+        .await;
+    let staging = format!("{id}@staging");
+    let production = format!("{id}@production");
+
+    // The author cannot approve outside development, even holding the role: make "dev" the
+    // author and have nobody else... here the author only holds developer, which staging does
+    // not need; the check on the role comes first.
+    let (status, _) = app
+        .post(
+            "dev",
+            &format!("/api/v1/deployments/{staging}/approvals"),
+            json!({"role": "developer", "comment": ""}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    // One person fills at most one role.
+    app.approve("ops1", &staging, "data_ops").await;
+    let (status, body) = app
+        .post(
+            "ops1",
+            &format!("/api/v1/deployments/{staging}/approvals"),
+            json!({"role": "data_ops", "comment": "again"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+
+    // A role the policy does not need (production MEDIUM needs no cto).
+    let (status, body) = app
+        .post(
+            "cto",
+            &format!("/api/v1/deployments/{production}/approvals"),
+            json!({"role": "cto", "comment": ""}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("needs: data_ops_lead, dba, tech_lead"),
+        "{body}"
+    );
+
+    // Rejection ends the deployment; further approvals conflict.
+    let (status, body) = app
+        .post(
+            "tech",
+            &format!("/api/v1/deployments/{production}/reject"),
+            json!({"comment": "needs a backfill plan"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["state"], "rejected");
+    let (status, body) = app
+        .post(
+            "lead",
+            &format!("/api/v1/deployments/{production}/approvals"),
+            json!({"role": "data_ops_lead", "comment": ""}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn author_cannot_approve_own_migration_outside_development() {
+    let app = spawn_app().await;
+    // ops1 writes a migration and tries to approve it in staging with a role they hold.
+    let id = app
+        .submit(
+            "ops1",
+            migration("ops change", "low", "CREATE TABLE t2 (id int);", None),
+        )
+        .await;
+    let (status, body) = app
+        .post(
+            "ops1",
+            &format!("/api/v1/deployments/{id}@staging/approvals"),
+            json!({"role": "data_ops", "comment": "mine"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("author")
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn deadline_expires_deployments_awaiting_approval() {
+    let app = spawn_app_with(AppOptions {
+        background_workers: false,
+        manual_clock: true,
+        ..AppOptions::default()
+    })
+    .await;
+    let id = app
+        .submit(
+            "dev",
+            migration("risky", "high", "CREATE TABLE t3 (id int);", None),
+        )
+        .await;
+    let production = format!("{id}@production");
+    let d = app.deployment(&production).await;
+    assert!(d["deadline_at"].is_string(), "{d}");
+    let clock = app.clock.clone().unwrap();
+    clock.advance(chrono::Duration::hours(23));
+    assert_eq!(app.service().expire_overdue().await.unwrap(), 0);
+    clock.advance(chrono::Duration::hours(2));
+    // Production HIGH (24h) expires; staging (72h) does not yet.
+    assert_eq!(app.service().expire_overdue().await.unwrap(), 1);
+    assert_eq!(app.deployment(&production).await["state"], "expired");
+    assert_eq!(
+        app.deployment(&format!("{id}@staging")).await["state"],
+        "awaiting_approval"
+    );
+    let (status, _) = app
+        .post(
+            "lead",
+            &format!("/api/v1/deployments/{production}/approvals"),
+            json!({"role": "data_ops_lead", "comment": "late"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn locked_environment_starts_nothing_and_status_says_who_and_why() {
+    let app = spawn_app_with(AppOptions {
+        background_workers: false,
+        ..AppOptions::default()
+    })
+    .await;
+    let (status, body) = app
+        .post(
+            "dev",
+            "/api/v1/environments/development/lock",
+            json!({"reason": "schema freeze for release 4.2"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["lock"]["locked_by"], "dev");
+    assert_eq!(body["lock"]["reason"], "schema freeze for release 4.2");
+    let id = app
+        .submit(
+            "dev",
+            migration("locked out", "low", "CREATE TABLE t4 (id int);", None),
+        )
+        .await;
+    assert_eq!(
+        app.run_worker("development").await,
+        sluice::engine::Outcome::Locked
+    );
+    let (status, _) = app
+        .post(
+            "dev",
+            "/api/v1/environments/development/lock",
+            json!({"reason": "again"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(!app.table_exists("development", "t4").await);
+    let (status, body) = app
+        .delete("dev", "/api/v1/environments/development/lock")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["lock"].is_null());
+    app.run_worker("development").await;
+    assert_eq!(
+        app.deployment(&format!("{id}@development")).await["state"],
+        "applied"
+    );
+    assert!(app.table_exists("development", "t4").await);
+    app.stop().await;
+}

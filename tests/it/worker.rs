@@ -1,0 +1,348 @@
+//! The per-environment worker against real PostgreSQL targets: history in the same transaction,
+//! failures halt the queue with the database's message and line, notices reach the log,
+//! non-transactional statements, the runner lock, promotion order and id order.
+
+use crate::harness::{AppOptions, migration, spawn_app_with};
+use reqwest::StatusCode;
+use serde_json::json;
+use sluice::engine::Outcome;
+
+async fn manual_app() -> crate::harness::TestApp {
+    spawn_app_with(AppOptions {
+        background_workers: false,
+        ..AppOptions::default()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn failure_halts_the_queue_until_cancelled_and_names_statement_and_line() {
+    let app = manual_app().await;
+    let bad = app
+        .submit(
+            "dev",
+            migration(
+                "broken",
+                "low",
+                "CREATE TABLE ok_table (id int);\n\nINSERT INTO ok_table\n  SELECT * FROM missing_table;",
+                None,
+            ),
+        )
+        .await;
+    let good = app
+        .submit(
+            "dev",
+            migration("fine", "low", "CREATE TABLE later_table (id int);", None),
+        )
+        .await;
+    let outcome = app.run_worker("development").await;
+    assert_eq!(
+        outcome,
+        Outcome::Worked {
+            applied: 0,
+            rolled_back: 0,
+            failed: Some(format!("{bad}@development"))
+        }
+    );
+    let failed = app.deployment(&format!("{bad}@development")).await;
+    assert_eq!(failed["state"], "failed");
+    let error = failed["error"].as_str().unwrap();
+    assert!(error.starts_with("statement 2 (line 4): ERROR: relation \"missing_table\" does not exist (SQLSTATE 42P01)"), "{error}");
+    // Transactional: the first statement was rolled back with it, and the history says so.
+    assert!(!app.table_exists("development", "ok_table").await);
+    let target = app.targets["development"].client().await;
+    let row = target
+        .query_one(
+            "SELECT success, transactional FROM sluice_schema_history WHERE migration_id = $1",
+            &[&bad],
+        )
+        .await
+        .unwrap();
+    assert!(!row.get::<_, bool>(0));
+    assert!(row.get::<_, bool>(1));
+
+    // The later migration waits behind the failure; status says why.
+    assert_eq!(app.run_worker("development").await, Outcome::Blocked);
+    assert_eq!(
+        app.deployment(&format!("{good}@development")).await["state"],
+        "queued"
+    );
+    let (_, status) = app.get("dev", "/api/v1/environments/development").await;
+    assert_eq!(status["halted_by"], format!("{bad}@development"));
+
+    // Skipping the failed one (cancel) lets the queue move on.
+    let (code, body) = app
+        .post(
+            "dev",
+            &format!("/api/v1/deployments/{bad}@development/cancel"),
+            json!({"reason": "superseded"}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    app.run_worker("development").await;
+    assert_eq!(
+        app.deployment(&format!("{good}@development")).await["state"],
+        "applied"
+    );
+    assert!(app.table_exists("development", "later_table").await);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn retry_applies_once_the_cause_is_fixed() {
+    let app = manual_app().await;
+    let id = app
+        .submit(
+            "dev",
+            migration(
+                "needs table",
+                "low",
+                "INSERT INTO prerequisite VALUES (1);",
+                None,
+            ),
+        )
+        .await;
+    app.run_worker("development").await;
+    let deployment = format!("{id}@development");
+    assert_eq!(app.deployment(&deployment).await["state"], "failed");
+    app.targets["development"]
+        .client()
+        .await
+        .batch_execute("CREATE TABLE prerequisite (id int)")
+        .await
+        .unwrap();
+    let (code, body) = app
+        .post(
+            "dev",
+            &format!("/api/v1/deployments/{deployment}/retry"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(body["state"], "queued");
+    assert!(body["error"].is_null());
+    app.run_worker("development").await;
+    let d = app.deployment(&deployment).await;
+    assert_eq!(d["state"], "applied", "{d}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn notices_of_the_seed_batch_loop_reach_the_log_in_order() {
+    let app = manual_app().await;
+    let script = r#"CREATE TABLE legacy_table (old_column1 int, old_column2 text);
+INSERT INTO legacy_table SELECT g, 'v' || g FROM generate_series(1, 30) g;
+CREATE TABLE new_table (column1 int, column2 text);
+-- Bulk operations with progress tracking; a ';' in a comment
+DO $$
+DECLARE
+    batch_size INTEGER := 10;
+    processed INTEGER := 0;
+    total INTEGER;
+BEGIN
+    SELECT COUNT(*) INTO total FROM legacy_table;
+    WHILE processed < total LOOP
+        INSERT INTO new_table (column1, column2)
+        SELECT old_column1, old_column2 FROM legacy_table
+        ORDER BY old_column1 LIMIT batch_size OFFSET processed;
+        processed := processed + batch_size;
+        RAISE NOTICE 'Processed % of % records', processed, total;
+    END LOOP;
+END $$;
+"#;
+    let mut body = migration(
+        "batch copy",
+        "low",
+        script,
+        Some("DROP TABLE new_table; DROP TABLE legacy_table;"),
+    );
+    body["kind"] = json!("data_migration");
+    let id = app.submit("dev", body).await;
+    app.run_worker("development").await;
+    let d = app.deployment(&format!("{id}@development")).await;
+    assert_eq!(d["state"], "applied", "{d}");
+    let notices: Vec<&str> = d["log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["level"] == "notice")
+        .map(|l| l["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        notices,
+        [
+            "Processed 10 of 30 records",
+            "Processed 20 of 30 records",
+            "Processed 30 of 30 records"
+        ]
+    );
+    let copied: i64 = app.targets["development"]
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM new_table", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(copied, 30);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_index_runs_outside_a_transaction_and_is_recorded_so() {
+    let app = manual_app().await;
+    let first = app
+        .submit(
+            "dev",
+            migration(
+                "table",
+                "low",
+                "BEGIN;\nCREATE TABLE big (id int, v text);\nCOMMIT;",
+                None,
+            ),
+        )
+        .await;
+    let second = app
+        .submit(
+            "dev",
+            migration(
+                "index",
+                "low",
+                "CREATE INDEX CONCURRENTLY big_v ON big (v);",
+                Some("DROP INDEX CONCURRENTLY big_v;"),
+            ),
+        )
+        .await;
+    app.run_worker("development").await;
+    let d1 = app.deployment(&format!("{first}@development")).await;
+    assert_eq!(d1["state"], "applied", "{d1}");
+    assert_eq!(d1["transactional"], true);
+    assert!(
+        d1["log"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["message"].as_str().unwrap().contains("skipped \"BEGIN\"")),
+        "{d1}"
+    );
+    let d2 = app.deployment(&format!("{second}@development")).await;
+    assert_eq!(d2["state"], "applied", "{d2}");
+    assert_eq!(d2["transactional"], false);
+    let recorded: bool = app.targets["development"]
+        .client()
+        .await
+        .query_one(
+            "SELECT transactional FROM sluice_schema_history WHERE migration_id = $1 AND success",
+            &[&second],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!recorded);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_second_runner_is_kept_out_by_the_advisory_lock() {
+    let app = manual_app().await;
+    let id = app
+        .submit(
+            "dev",
+            migration("locked target", "low", "CREATE TABLE t5 (id int);", None),
+        )
+        .await;
+    let other_runner = app.targets["development"].client().await;
+    other_runner
+        .query_one("SELECT pg_advisory_lock(7426010002)", &[])
+        .await
+        .unwrap();
+    match app.run_worker("development").await {
+        Outcome::TargetUnavailable(message) => {
+            assert!(
+                message.contains("another runner holds the migration lock"),
+                "{message}"
+            )
+        }
+        other => panic!("expected the target to be busy, got {other:?}"),
+    }
+    assert_eq!(
+        app.deployment(&format!("{id}@development")).await["state"],
+        "queued"
+    );
+    other_runner
+        .query_one("SELECT pg_advisory_unlock(7426010002)", &[])
+        .await
+        .unwrap();
+    app.run_worker("development").await;
+    assert_eq!(
+        app.deployment(&format!("{id}@development")).await["state"],
+        "applied"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn promotion_order_and_dependencies_hold_the_queue() {
+    let app = manual_app().await;
+    let base = app
+        .submit(
+            "dev",
+            migration(
+                "base",
+                "low",
+                "CREATE TABLE base (id int PRIMARY KEY);",
+                Some("DROP TABLE base;"),
+            ),
+        )
+        .await;
+    let mut child = migration(
+        "child",
+        "low",
+        "CREATE TABLE child (base_id int REFERENCES base (id));",
+        None,
+    );
+    child["depends_on"] = json!([base]);
+    let child = app.submit("dev", child).await;
+    // Staging approvals arrive before development has applied anything.
+    for id in [&base, &child] {
+        app.approve("ops1", &format!("{id}@staging"), "data_ops")
+            .await;
+        app.approve("ops2", &format!("{id}@staging"), "data_ops")
+            .await;
+    }
+    assert_eq!(app.run_worker("staging").await, Outcome::Blocked);
+    let (_, status) = app.get("ops1", "/api/v1/environments/staging").await;
+    assert_eq!(
+        status["queue"][0]["blocked_by"],
+        "must be applied in development first (it is queued there)"
+    );
+    app.run_worker("development").await;
+    assert!(app.table_exists("development", "child").await);
+    let outcome = app.run_worker("staging").await;
+    assert_eq!(
+        outcome,
+        Outcome::Worked {
+            applied: 2,
+            rolled_back: 0,
+            failed: None
+        }
+    );
+    assert!(app.table_exists("staging", "child").await);
+
+    // Rolling back the base while its dependent is applied is refused.
+    let (code, body) = app
+        .post(
+            "ops1",
+            &format!("/api/v1/deployments/{base}@staging/rollback"),
+            json!({"reason": "x"}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{child} depends on {base}")),
+        "{body}"
+    );
+    app.stop().await;
+}
