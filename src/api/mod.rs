@@ -24,13 +24,17 @@ pub fn router(service: Service) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/api/v1/migrations", post(submit).get(list_migrations))
-        .route("/api/v1/migrations/{id}", get(get_migration))
+        .route("/api/v1/migrations/{id}", get(get_migration).put(amend))
         .route("/api/v1/deployments/{id}", get(get_deployment))
         .route("/api/v1/deployments/{id}/approvals", post(approve))
         .route("/api/v1/deployments/{id}/reject", post(reject))
         .route("/api/v1/deployments/{id}/cancel", post(cancel))
         .route("/api/v1/deployments/{id}/retry", post(retry))
         .route("/api/v1/deployments/{id}/rollback", post(rollback))
+        .route(
+            "/api/v1/deployments/{id}/override",
+            post(emergency_override),
+        )
         .route("/api/v1/environments", get(environments))
         .route("/api/v1/environments/{env}", get(environment))
         .route("/api/v1/environments/{env}/lock", post(lock).delete(unlock))
@@ -229,6 +233,28 @@ async fn get_migration(
     Ok(Json(service.migration(&id).await?))
 }
 
+async fn amend(
+    State(service): State<Service>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+    Json(request): Json<crate::service::AmendRequest>,
+) -> ApiResult<crate::service::MigrationView> {
+    Ok(Json(service.amend(&caller, &id, request).await?))
+}
+
+async fn emergency_override(
+    State(service): State<Service>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+    Json(body): Json<ReasonBody>,
+) -> ApiResult<crate::service::DeploymentView> {
+    Ok(Json(
+        service
+            .emergency_override(&caller, &id, &body.reason)
+            .await?,
+    ))
+}
+
 async fn get_deployment(
     State(service): State<Service>,
     Authenticated(_): Authenticated,
@@ -402,7 +428,9 @@ async fn migrate(
         ));
     }
     let timeout = Duration::from_secs(query.timeout_seconds.clamp(1, 3600));
-    let settled = service.wait_settled(&result.queued, timeout).await?;
+    let settled = service
+        .wait_settled(&result.environment, &result.queued, timeout)
+        .await?;
     let status = service.environment_status(&env).await?;
     Ok((
         StatusCode::OK,

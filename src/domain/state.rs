@@ -49,6 +49,8 @@ pub enum DeploymentEvent {
     RequestRollback,
     RollbackSucceeded,
     RollbackFailed,
+    /// The migration's scripts changed: every approval is void and approval starts again.
+    Amend,
     /// A worker found a deployment marked running whose outcome the target does not show
     /// (the daemon stopped mid-apply): it goes back to the queue.
     Requeue,
@@ -78,6 +80,7 @@ impl DeploymentEvent {
             DeploymentEvent::RollbackSucceeded => "complete the rollback of",
             DeploymentEvent::RollbackFailed => "fail the rollback of",
             DeploymentEvent::Requeue => "requeue",
+            DeploymentEvent::Amend => "amend",
         }
     }
 }
@@ -150,6 +153,9 @@ impl DeploymentState {
             (S::RollingBack, E::RollbackSucceeded) => S::RolledBack,
             (S::RollingBack, E::RollbackFailed) => S::Failed,
             (S::RollingBack, E::Requeue) => S::RollingBack,
+            (S::AwaitingApproval | S::Approved | S::Queued | S::Failed, E::Amend) => {
+                S::AwaitingApproval
+            }
             (state, event) => {
                 return Err(InvalidTransition {
                     state: state.as_str(),
@@ -183,7 +189,8 @@ mod tests {
     use DeploymentEvent as E;
     use DeploymentState as S;
 
-    const EVENTS: [DeploymentEvent; 14] = [
+    const EVENTS: [DeploymentEvent; 15] = [
+        E::Amend,
         E::PolicySatisfied,
         E::EmergencyOverride,
         E::Reject,

@@ -151,6 +151,17 @@ pub struct SubmitRequest {
     pub depends_on: Vec<String>,
 }
 
+/// New scripts for a migration that has not touched any target yet.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmendRequest {
+    pub up_sql: String,
+    #[serde(default)]
+    pub down_sql: Option<String>,
+    #[serde(default)]
+    pub reason: String,
+}
+
 #[derive(Clone)]
 pub struct Service {
     pub config: Arc<Config>,
@@ -427,7 +438,12 @@ impl Service {
         actor: &str,
         action: &str,
     ) -> Result<()> {
-        deployment.state = deployment.state.on(DeploymentEvent::PolicySatisfied)?;
+        let event = if deployment.emergency_reason.is_some() {
+            DeploymentEvent::EmergencyOverride
+        } else {
+            DeploymentEvent::PolicySatisfied
+        };
+        deployment.state = deployment.state.on(event)?;
         deployment.deadline_at = None;
         deployment.updated_at = at;
         self.store
@@ -564,6 +580,181 @@ impl Service {
             self.signals.wake(&deployment.environment);
         }
         self.deployment(deployment_id).await
+    }
+
+    /// Approves a deployment without the full set of approvals, for an emergency. Allowed only
+    /// where the approval matrix says `emergency_override: true`, only to a data_ops_lead or an
+    /// admin, and only with a reason; the audit trail records that a review is owed.
+    pub async fn emergency_override(
+        &self,
+        caller: &Caller,
+        deployment_id: &str,
+        reason: &str,
+    ) -> Result<DeploymentView> {
+        if !(caller.holds(Role::DataOpsLead) || caller.holds(Role::Admin)) {
+            return Err(ServiceError::Forbidden(format!(
+                "{} may not force a deployment: an emergency override needs the role data_ops_lead or admin",
+                caller.name
+            )));
+        }
+        if reason.trim().is_empty() {
+            return Err(ServiceError::Invalid(
+                "reason: an emergency override needs a reason".into(),
+            ));
+        }
+        let at = self.now();
+        let mut tx = self.store.begin().await?;
+        let (mut deployment, migration) = self.load_for_change(&mut tx, deployment_id).await?;
+        let env = self.environment(&deployment.environment)?;
+        let policy = self.policy_for(&deployment)?;
+        if !policy.emergency_override {
+            return Err(ServiceError::Forbidden(format!(
+                "the approval matrix does not allow an emergency override in {} for {} risk",
+                deployment.environment, deployment.effective_risk
+            )));
+        }
+        if deployment.state != DeploymentState::AwaitingApproval {
+            return Err(ServiceError::Conflict(format!(
+                "deployment {deployment_id} is {}; only a deployment awaiting approval can be forced",
+                deployment.state
+            )));
+        }
+        let approvals = self.store.approvals(&mut tx, deployment_id).await?;
+        let progress = policy.progress(&approval_records(&approvals)?, &migration.checksum);
+        deployment.emergency_reason = Some(reason.trim().to_owned());
+        self.store
+            .insert_audit(
+                &mut tx,
+                &audit(
+                    at,
+                    caller.name.as_str(),
+                    "emergency_override",
+                    Some(&deployment),
+                    None,
+                    serde_json::json!({
+                        "reason": reason.trim(),
+                        "missing_roles": progress.missing_roles,
+                        "review_owed": true,
+                    }),
+                ),
+            )
+            .await?;
+        self.advance_approved(
+            &mut tx,
+            &mut deployment,
+            env,
+            at,
+            caller.name.as_str(),
+            "approved",
+        )
+        .await?;
+        tx.commit().await?;
+        self.signals.wake(&deployment.environment);
+        self.deployment(deployment_id).await
+    }
+
+    /// Replaces a migration's scripts before it has touched any target. The checksum changes,
+    /// so every approval is void and each open deployment goes back to awaiting approval.
+    pub async fn amend(
+        &self,
+        caller: &Caller,
+        migration_id: &str,
+        request: AmendRequest,
+    ) -> Result<MigrationView> {
+        let parsed: MigrationId = migration_id.parse()?;
+        let statements = check_script("up_sql", &request.up_sql)?;
+        if let Some(down) = &request.down_sql {
+            check_script("down_sql", down)?;
+        }
+        let at = self.now();
+        let mut tx = self.store.begin().await?;
+        let mut migration = self
+            .store
+            .migration(&mut tx, parsed.as_str())
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("no migration \"{migration_id}\"")))?;
+        if migration.author != caller.name.as_str() && !caller.is_operator() {
+            return Err(ServiceError::Forbidden(format!(
+                "{} may not amend {}: only its author ({}) or an operator may",
+                caller.name, migration.id, migration.author
+            )));
+        }
+        let checksum = domain::checksum(&request.up_sql, request.down_sql.as_deref());
+        if checksum == migration.checksum {
+            return Err(ServiceError::Conflict(
+                "the scripts are unchanged; nothing to amend".into(),
+            ));
+        }
+        let deployments = self
+            .store
+            .deployments_of_migration(&mut tx, &migration.id)
+            .await?;
+        if let Some(d) = deployments.iter().find(|d| {
+            matches!(
+                d.state,
+                DeploymentState::Running | DeploymentState::Applied | DeploymentState::RollingBack
+            ) || (d.state == DeploymentState::Failed && d.transactional == Some(false))
+        }) {
+            return Err(ServiceError::Conflict(format!(
+                "{} is {} in {}: a migration that has touched a target cannot be changed; submit a new one",
+                migration.id, d.state, d.environment
+            )));
+        }
+        let declared: Risk = migration.declared_risk.parse()?;
+        let findings = lint::analyse(&statements);
+        let effective = lint::effective_risk(declared, &findings);
+        let old_checksum = std::mem::replace(&mut migration.checksum, checksum.clone());
+        migration.up_sql = request.up_sql;
+        migration.down_sql = request.down_sql;
+        migration.findings = serde_json::to_string(&findings).unwrap_or_else(|_| "[]".into());
+        migration.effective_risk = effective.as_str().into();
+        migration.updated_at = at;
+        self.store
+            .update_migration_scripts(&mut tx, &migration)
+            .await?;
+        self.store
+            .insert_audit(
+                &mut tx,
+                &audit(
+                    at,
+                    caller.name.as_str(),
+                    "amended",
+                    None,
+                    Some(&migration.id),
+                    serde_json::json!({
+                        "old_checksum": old_checksum,
+                        "checksum": checksum,
+                        "effective_risk": effective,
+                        "reason": request.reason,
+                    }),
+                ),
+            )
+            .await?;
+        let mut wake = Vec::new();
+        for mut d in deployments {
+            if d.state.on(DeploymentEvent::Amend).is_err() {
+                continue; // finished deployments (rejected, cancelled, ...) stay as they are
+            }
+            let env = self.environment(&d.environment)?;
+            let policy = self.config.matrix.policy(&env.name, effective);
+            d.state = d.state.on(DeploymentEvent::Amend)?;
+            d.effective_risk = effective.as_str().into();
+            d.emergency_reason = None;
+            d.error = None;
+            d.deadline_at = policy.timeout_hours.map(|h| at + i64::from(h) * 3_600_000);
+            d.updated_at = at;
+            self.store.update_deployment(&mut tx, &d).await?;
+            if env.auto_approve {
+                self.advance_approved(&mut tx, &mut d, env, at, "sluice", "auto_approved")
+                    .await?;
+                wake.push(d.environment.clone());
+            }
+        }
+        tx.commit().await?;
+        for env in wake {
+            self.signals.wake(&env);
+        }
+        self.migration(&migration.id).await
     }
 
     /// Applies a simple caller-driven transition with its audit entry.
@@ -885,35 +1076,39 @@ impl Service {
         })
     }
 
-    /// Waits until none of the given deployments is queued, running or rolling back, or the
-    /// timeout passes. Returns whether they settled.
-    pub async fn wait_settled(&self, ids: &[String], timeout: std::time::Duration) -> Result<bool> {
+    /// Waits until none of the given deployments of `environment` is queued, running or rolling
+    /// back, or the timeout passes. Returns whether they settled. One query per poll, however
+    /// many deployments are waited for.
+    pub async fn wait_settled(
+        &self,
+        environment: &str,
+        ids: &[String],
+        timeout: std::time::Duration,
+    ) -> Result<bool> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut pending: Vec<String> = ids.to_vec();
+        let wanted: std::collections::HashSet<&String> = ids.iter().collect();
         loop {
-            let mut conn = self.store.conn().await?;
-            let mut still = Vec::new();
-            for id in &pending {
-                if let Some(d) = self.store.deployment(&mut conn, id, false).await?
-                    && matches!(
-                        d.state,
-                        DeploymentState::Queued
-                            | DeploymentState::Running
-                            | DeploymentState::RollingBack
+            let busy = {
+                let mut conn = self.store.conn().await?;
+                self.store
+                    .deployments_in_states(
+                        &mut conn,
+                        environment,
+                        &[
+                            DeploymentState::Queued,
+                            DeploymentState::Running,
+                            DeploymentState::RollingBack,
+                        ],
                     )
-                {
-                    still.push(id.clone());
-                }
-            }
-            drop(conn);
-            if still.is_empty() {
+                    .await?
+            };
+            if !busy.iter().any(|d| wanted.contains(&d.id)) {
                 return Ok(true);
             }
-            pending = still;
             if tokio::time::Instant::now() >= deadline {
                 return Ok(false);
             }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
 

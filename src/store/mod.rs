@@ -336,6 +336,26 @@ impl Store {
         Ok(())
     }
 
+    pub async fn update_migration_scripts(
+        &self,
+        tx: &mut Tx,
+        m: &MigrationRow,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE migrations SET up_sql = $2, down_sql = $3, checksum = $4, findings = $5, effective_risk = $6, updated_at = $7 WHERE id = $1",
+        )
+        .bind(&m.id)
+        .bind(&m.up_sql)
+        .bind(&m.down_sql)
+        .bind(&m.checksum)
+        .bind(&m.findings)
+        .bind(&m.effective_risk)
+        .bind(m.updated_at)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
     pub async fn migration(
         &self,
         conn: &mut AnyConnection,
@@ -426,7 +446,7 @@ impl Store {
         d: &DeploymentRow,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE deployments SET state = $2, emergency_reason = $3, deadline_at = $4, error = $5, last_action = $6, started_at = $7, finished_at = $8, execution_ms = $9, transactional = $10, updated_at = $11 WHERE id = $1",
+            "UPDATE deployments SET state = $2, emergency_reason = $3, deadline_at = $4, error = $5, last_action = $6, started_at = $7, finished_at = $8, execution_ms = $9, transactional = $10, updated_at = $11, effective_risk = $12 WHERE id = $1",
         )
         .bind(&d.id)
         .bind(d.state.as_str())
@@ -439,6 +459,7 @@ impl Store {
         .bind(d.execution_ms)
         .bind(d.transactional.map(i64::from))
         .bind(d.updated_at)
+        .bind(&d.effective_risk)
         .execute(conn)
         .await?;
         Ok(())

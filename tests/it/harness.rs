@@ -54,7 +54,7 @@ impl TestDatabase {
         let name = format!("sluice_test_{label}_{}", random_suffix());
         admin_client()
             .await
-            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .batch_execute(&format!("CREATE DATABASE {name} STRATEGY FILE_COPY"))
             .await
             .unwrap_or_else(|e| panic!("cannot create test database {name}: {e}"));
         TestDatabase {
@@ -174,15 +174,20 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     env.insert("SLUICE__SERVER__REST_ADDR".into(), "127.0.0.1:0".into());
     match options.backend {
         Backend::Postgres => {
-            let store = TestDatabase::create("store").await;
+            // Creating databases is the slow part of a test: do all four at once.
+            let (store, dev, staging, production) = tokio::join!(
+                TestDatabase::create("store"),
+                TestDatabase::create("dev"),
+                TestDatabase::create("stag"),
+                TestDatabase::create("prod"),
+            );
             env.insert("SLUICE__STORE__URL".into(), store.url.clone());
             store_db = Some(store);
-            for (environment, var) in [
-                ("development", "DEV_DB_URL"),
-                ("staging", "STAGING_DB_URL"),
-                ("production", "PROD_DB_URL"),
+            for (environment, var, db) in [
+                ("development", "DEV_DB_URL", dev),
+                ("staging", "STAGING_DB_URL", staging),
+                ("production", "PROD_DB_URL", production),
             ] {
-                let db = TestDatabase::create(&environment[..4]).await;
                 env.insert(var.into(), db.url.clone());
                 targets.insert(environment.to_string(), db);
             }

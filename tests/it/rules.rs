@@ -248,3 +248,116 @@ async fn locked_environment_starts_nothing_and_status_says_who_and_why() {
     assert!(app.table_exists("development", "t4").await);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn changing_a_script_voids_every_approval() {
+    let app = spawn_app_with(AppOptions {
+        background_workers: false,
+        ..AppOptions::default()
+    })
+    .await;
+    let id = app
+        .submit(
+            "dev",
+            migration("amend me", "low", "CREATE TABLE t6 (id int);", None),
+        )
+        .await;
+    let staging = format!("{id}@staging");
+    app.approve("ops1", &staging, "data_ops").await;
+    // Development has not run yet (no background worker): the migration may still change.
+    let (status, body) = app
+        .request(
+            Method::PUT,
+            Some("dev"),
+            &format!("/api/v1/migrations/{id}"),
+            Some(json!({"up_sql": "CREATE TABLE t6 (id bigint);", "reason": "wider id"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let d = app.deployment(&staging).await;
+    assert_eq!(d["state"], "awaiting_approval");
+    assert_eq!(d["approvals"][0]["current"], false, "{d}");
+    // The old approval no longer counts: one more approval is not enough.
+    let after = app.approve("ops2", &staging, "data_ops").await;
+    assert_eq!(after["state"], "awaiting_approval", "{after}");
+    assert_eq!(after["additional_approvals_needed"], 1);
+    // ops1 may approve again, for the new checksum.
+    let approved = app.approve("ops1", &staging, "data_ops").await;
+    assert_eq!(approved["state"], "queued", "{approved}");
+
+    // Once applied somewhere, the scripts are frozen.
+    app.run_worker("development").await;
+    let (status, body) = app
+        .request(
+            Method::PUT,
+            Some("dev"),
+            &format!("/api/v1/migrations/{id}"),
+            Some(json!({"up_sql": "CREATE TABLE t6 (id text);"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn emergency_override_is_reasoned_restricted_and_audited() {
+    let app = spawn_app_with(AppOptions {
+        background_workers: false,
+        ..AppOptions::default()
+    })
+    .await;
+    let id = app
+        .submit(
+            "dev",
+            migration("hotfix", "high", "CREATE TABLE t7 (id int);", None),
+        )
+        .await;
+    let production = format!("{id}@production");
+    let path = format!("/api/v1/deployments/{production}/override");
+    let (status, _) = app.post("dba", &path, json!({"reason": "outage"})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = app.post("lead", &path, json!({"reason": " "})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    // Staging's policy has no emergency override.
+    let (status, body) = app
+        .post(
+            "lead",
+            &format!("/api/v1/deployments/{id}@staging/override"),
+            json!({"reason": "outage"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+
+    let (status, body) = app
+        .post("lead", &path, json!({"reason": "Critical security fix"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["state"], "approved");
+    assert_eq!(body["emergency_reason"], "Critical security fix");
+    // It skips the promotion order: production applies before staging.
+    let (status, body) = app
+        .post("lead", "/api/v1/environments/production/migrate", json!({}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    app.run_worker("production").await;
+    assert_eq!(app.deployment(&production).await["state"], "applied");
+    assert!(app.table_exists("production", "t7").await);
+    let (_, audit) = app
+        .get(
+            "admin",
+            &format!("/api/v1/audit?migration_id={id}&actor=lead"),
+        )
+        .await;
+    let entry = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["action"] == "emergency_override")
+        .expect("override audited");
+    assert_eq!(entry["detail"]["review_owed"], true);
+    assert_eq!(
+        entry["detail"]["missing_roles"],
+        json!(["data_ops_lead", "dba", "tech_lead", "cto"])
+    );
+    app.stop().await;
+}
