@@ -94,6 +94,7 @@ fn run_server(config_dir: PathBuf) -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,sqlx=warn,tower_http=info".into()),
         )
+        .with_writer(std::io::stderr)
         .init();
     let config = sluice::config::Config::load(&config_dir)?;
     if config.users.is_empty() {

@@ -203,7 +203,15 @@ pub struct Finding {
 /// Finds operations that destroy data or take long exclusive locks.
 pub fn analyse(statements: &[Statement]) -> Vec<Finding> {
     let mut findings = Vec::new();
+    // Tables the script itself creates: locking them hurts no one.
+    let mut created: Vec<String> = Vec::new();
     for statement in statements {
+        if statement.starts_with(&["CREATE", "TABLE"]) {
+            if let Some(name) = word_after(&statement.text, &["TABLE", "EXISTS"]) {
+                created.push(name);
+            }
+            continue;
+        }
         let k = &statement.keywords;
         let has = |w: &str| k.iter().any(|x| x == w);
         let (risk, message) = if statement.starts_with(&["DROP", "TABLE"])
@@ -224,6 +232,7 @@ pub fn analyse(statements: &[Statement]) -> Vec<Finding> {
         } else if (statement.starts_with(&["CREATE", "INDEX"])
             || statement.starts_with(&["CREATE", "UNIQUE", "INDEX"]))
             && !has("CONCURRENTLY")
+            && !word_after(&statement.text, &["ON"]).is_some_and(|t| created.contains(&t))
         {
             (
                 Risk::Medium,
@@ -239,6 +248,22 @@ pub fn analyse(statements: &[Statement]) -> Vec<Finding> {
         });
     }
     findings
+}
+
+/// The identifier after the last of `markers` found among the statement's words, lower-cased
+/// and without quotes or schema-qualification differences kept (`public.t` stays `public.t`).
+fn word_after(text: &str, markers: &[&str]) -> Option<String> {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let position = words
+        .iter()
+        .rposition(|w| markers.iter().any(|m| w.eq_ignore_ascii_case(m)))?;
+    let word = words.get(position + 1)?;
+    let name: String = word
+        .chars()
+        .take_while(|c| *c != '(')
+        .filter(|c| *c != '"')
+        .collect();
+    (!name.is_empty()).then(|| name.to_ascii_lowercase())
 }
 
 /// The higher of the declared risk and the risk the findings show.
@@ -346,5 +371,16 @@ END $$;
         assert_eq!(findings[1].line, 2);
         assert_eq!(effective_risk(Risk::Low, &findings), Risk::High);
         assert_eq!(effective_risk(Risk::Medium, &[]), Risk::Medium);
+    }
+
+    #[test]
+    fn indexing_a_table_the_script_creates_is_not_a_finding() {
+        let statements = split_statements(
+            "CREATE TABLE IF NOT EXISTS prefs (id int);\nCREATE INDEX prefs_id ON prefs (id);\nCREATE INDEX other_id ON other(id);",
+        )
+        .unwrap();
+        let findings = analyse(&statements);
+        assert_eq!(findings.len(), 1, "{findings:?}");
+        assert_eq!(findings[0].line, 3);
     }
 }

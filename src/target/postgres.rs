@@ -91,6 +91,9 @@ impl PgSession {
             ))
             .await
             .map_err(|e| session.error(e))?;
+        let mut session = session;
+        // Notices of the setup ("already exists, skipping") belong to no deployment.
+        session.drain_notices(&mut Vec::new());
         Ok(session)
     }
 

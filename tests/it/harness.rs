@@ -118,6 +118,8 @@ pub struct AppOptions {
     pub backend: Backend,
     pub background_workers: bool,
     pub manual_clock: bool,
+    /// Edits the shipped environments.yml before the daemon reads it.
+    pub edit_environments: Option<fn(String) -> String>,
 }
 
 impl Default for AppOptions {
@@ -126,6 +128,7 @@ impl Default for AppOptions {
             backend: Backend::Postgres,
             background_workers: true,
             manual_clock: false,
+            edit_environments: None,
         }
     }
 }
@@ -139,7 +142,7 @@ pub struct TestApp {
     pub sqlite_dir: Option<PathBuf>,
     pub clock: Option<Arc<ManualClock>>,
     pub config: Config,
-    _store: Option<TestDatabase>,
+    pub store: Option<TestDatabase>,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -166,6 +169,10 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         tokens.insert(name.to_string(), token);
     }
     std::fs::write(dir.join("users.yml"), users_yml).unwrap();
+    if let Some(edit) = options.edit_environments {
+        let text = std::fs::read_to_string(dir.join("environments.yml")).unwrap();
+        std::fs::write(dir.join("environments.yml"), edit(text)).unwrap();
+    }
 
     let mut env: HashMap<String, String> = HashMap::new();
     let mut targets = HashMap::new();
@@ -238,7 +245,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         sqlite_dir,
         clock,
         config,
-        _store: store_db,
+        store: store_db,
     }
 }
 

@@ -2,6 +2,7 @@
 //! started on port 0 with real databases (see `harness`).
 
 mod api_errors;
+mod binary;
 mod harness;
 mod rules;
 mod story;

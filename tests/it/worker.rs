@@ -346,3 +346,136 @@ async fn promotion_order_and_dependencies_hold_the_queue() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn statement_and_lock_timeouts_come_from_the_environment() {
+    let app = spawn_app_with(AppOptions {
+        background_workers: false,
+        edit_environments: Some(|text| {
+            text.replacen("timeout: 300 ", "timeout: 2 ", 1).replacen(
+                "lock_timeout: 10 ",
+                "lock_timeout: 1 ",
+                1,
+            )
+        }),
+        ..AppOptions::default()
+    })
+    .await;
+    let slow = app
+        .submit("dev", migration("slow", "low", "SELECT pg_sleep(5);", None))
+        .await;
+    app.run_worker("development").await;
+    let d = app.deployment(&format!("{slow}@development")).await;
+    assert_eq!(d["state"], "failed");
+    assert!(
+        d["error"].as_str().unwrap().contains("statement timeout"),
+        "{d}"
+    );
+    let (code, _) = app
+        .post(
+            "dev",
+            &format!("/api/v1/deployments/{slow}@development/cancel"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK);
+
+    // Someone holds a lock on the table the migration must alter.
+    let holder = app.targets["development"].client().await;
+    holder
+        .batch_execute("CREATE TABLE busy (id int)")
+        .await
+        .unwrap();
+    holder
+        .batch_execute("BEGIN; LOCK TABLE busy IN ACCESS EXCLUSIVE MODE;")
+        .await
+        .unwrap();
+    let blocked = app
+        .submit(
+            "dev",
+            migration(
+                "alter busy",
+                "low",
+                "ALTER TABLE busy ADD COLUMN v text;",
+                None,
+            ),
+        )
+        .await;
+    app.run_worker("development").await;
+    let d = app.deployment(&format!("{blocked}@development")).await;
+    assert_eq!(d["state"], "failed");
+    assert!(d["error"].as_str().unwrap().contains("lock timeout"), "{d}");
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_crash_mid_apply_is_reconciled_from_the_target_history() {
+    let app = manual_app().await;
+    let done = app
+        .submit(
+            "dev",
+            migration("done", "low", "CREATE TABLE done_table (id int);", None),
+        )
+        .await;
+    let pending = app
+        .submit(
+            "dev",
+            migration(
+                "pending",
+                "low",
+                "CREATE TABLE pending_table (id int);",
+                None,
+            ),
+        )
+        .await;
+    app.run_worker("development").await;
+    // Pretend the daemon died: the store still says running for an applied migration (the
+    // outcome never reached it) and for one the target never saw.
+    let store = app.store.as_ref().unwrap().client().await;
+    store
+        .execute(
+            "UPDATE deployments SET state = 'running' WHERE environment = 'development'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let target = app.targets["development"].client().await;
+    target
+        .batch_execute(&format!(
+            "DROP TABLE pending_table; DELETE FROM sluice_schema_history WHERE migration_id = '{pending}'"
+        ))
+        .await
+        .unwrap();
+    let outcome = app.run_worker("development").await;
+    // The applied one is not run again (it would fail: the table exists); the other is.
+    assert_eq!(
+        outcome,
+        Outcome::Worked {
+            applied: 1,
+            rolled_back: 0,
+            failed: None
+        }
+    );
+    assert_eq!(
+        app.deployment(&format!("{done}@development")).await["state"],
+        "applied"
+    );
+    assert_eq!(
+        app.deployment(&format!("{pending}@development")).await["state"],
+        "applied"
+    );
+    assert!(app.table_exists("development", "pending_table").await);
+    let (_, audit) = app
+        .get("admin", &format!("/api/v1/audit?migration_id={done}"))
+        .await;
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["detail"]["reconciled"].is_string()),
+        "{audit}"
+    );
+    app.stop().await;
+}
