@@ -18,6 +18,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+/// How long a worker trusts its last look at the environment lock while applying a run.
+const LOCK_CHECK_INTERVAL: Duration = Duration::from_millis(200);
+
 /// What one `run_once` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -443,14 +446,32 @@ impl Worker {
         let mut applied = 0;
         let mut failed = None;
         let mut stop_reason: Option<&str> = None;
+        // The lock is read from the store at most every LOCK_CHECK_INTERVAL (another replica
+        // may have set it), and at once when this daemon locked the environment.
+        let generation = self
+            .service
+            .signals
+            .lock_generation(self.environment.name.as_str());
+        let mut seen_generation = generation.load(std::sync::atomic::Ordering::SeqCst);
+        let mut last_lock_check = std::time::Instant::now();
         for (position, &index) in claimed.iter().enumerate() {
             if stop_reason.is_none() {
                 if self.cancel.is_cancelled() {
                     stop_reason = Some("the daemon is shutting down");
                 } else if failed.is_some() {
                     stop_reason = Some("an earlier deployment failed");
-                } else if self.locked().await? {
-                    stop_reason = Some("the environment was locked");
+                } else {
+                    let current = generation.load(std::sync::atomic::Ordering::SeqCst);
+                    if (current != seen_generation
+                        || last_lock_check.elapsed() >= LOCK_CHECK_INTERVAL)
+                        && {
+                            seen_generation = current;
+                            last_lock_check = std::time::Instant::now();
+                            self.locked().await?
+                        }
+                    {
+                        stop_reason = Some("the environment was locked");
+                    }
                 }
             }
             let d = &mut open[index];

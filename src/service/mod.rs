@@ -108,6 +108,9 @@ impl Clock for ManualClock {
 #[derive(Default)]
 pub struct WorkerSignals {
     notifiers: HashMap<String, Arc<Notify>>,
+    /// Bumped whenever an environment is locked through this daemon, so that its worker checks
+    /// the lock before its next migration rather than at its next periodic check.
+    lock_generations: HashMap<String, Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl WorkerSignals {
@@ -118,7 +121,19 @@ impl WorkerSignals {
                 .iter()
                 .map(|e| (e.name.to_string(), Arc::new(Notify::new())))
                 .collect(),
+            lock_generations: config
+                .environments
+                .iter()
+                .map(|e| (e.name.to_string(), Arc::default()))
+                .collect(),
         }
+    }
+
+    pub fn lock_generation(&self, environment: &str) -> Arc<std::sync::atomic::AtomicU64> {
+        self.lock_generations
+            .get(environment)
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub fn notifier(&self, environment: &str) -> Arc<Notify> {
@@ -985,6 +1000,9 @@ impl Service {
         entry.environment = Some(env.name.to_string());
         self.store.insert_audit(&mut tx, &entry).await?;
         tx.commit().await?;
+        self.signals
+            .lock_generation(env.name.as_str())
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.environment_status(environment).await
     }
 

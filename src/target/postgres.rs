@@ -34,6 +34,7 @@ const RECORD: &str = "INSERT INTO sluice_schema_history (migration_id, checksum,
 
 pub struct PgSession {
     client: Client,
+    record: tokio_postgres::Statement,
     notices: mpsc::UnboundedReceiver<LogLine>,
     connection: tokio::task::JoinHandle<()>,
     url: String,
@@ -67,8 +68,17 @@ impl PgSession {
                 }
             }
         });
+        // Prepared once the history table surely exists (below); a placeholder until then.
+        let placeholder = client
+            .prepare("SELECT 1")
+            .await
+            .map_err(|e| TargetError::Connect {
+                url: url.clone(),
+                message: pg_message(&e),
+            })?;
         let session = PgSession {
             client,
+            record: placeholder,
             notices,
             connection,
             url,
@@ -92,6 +102,11 @@ impl PgSession {
             .await
             .map_err(|e| session.error(e))?;
         let mut session = session;
+        session.record = session
+            .client
+            .prepare(RECORD)
+            .await
+            .map_err(|e| session.error(e))?;
         // Notices of the setup ("already exists, skipping") belong to no deployment.
         session.drain_notices(&mut Vec::new());
         Ok(session)
@@ -133,24 +148,49 @@ impl PgSession {
         }
     }
 
-    /// Runs the statements; returns the failure description if one fails.
+    /// Runs the statements, opening a transaction first when `begin` is set (sent together
+    /// with the first statement, to save a round trip); returns the failure description if one
+    /// fails.
     async fn run_statements(
         &mut self,
         script: &Script<'_>,
         log: &mut Vec<LogLine>,
-    ) -> Option<String> {
+        begin: bool,
+    ) -> Result<Option<String>, TargetError> {
+        let mut pending_begin = begin;
         for (index, statement) in script.statements.iter().enumerate() {
             if statement.is_transaction_wrapper() {
                 continue;
             }
-            let result = self.client.batch_execute(&statement.text).await;
+            let result = if pending_begin {
+                pending_begin = false;
+                let (began, result) = tokio::join!(
+                    self.client.batch_execute("BEGIN"),
+                    self.client.batch_execute(&statement.text)
+                );
+                began.map_err(|e| self.error(e))?;
+                result
+            } else {
+                self.client.batch_execute(&statement.text).await
+            };
             self.drain_notices(log);
             if let Err(e) = result {
                 let line = error_line(statement, &e);
-                return Some(describe_failure(statement, index, line, &pg_message(&e)));
+                return Ok(Some(describe_failure(
+                    statement,
+                    index,
+                    line,
+                    &pg_message(&e),
+                )));
             }
         }
-        None
+        if pending_begin {
+            self.client
+                .batch_execute("BEGIN")
+                .await
+                .map_err(|e| self.error(e))?;
+        }
+        Ok(None)
     }
 
     async fn record(
@@ -163,7 +203,7 @@ impl PgSession {
     ) -> Result<(), TargetError> {
         self.client
             .execute(
-                RECORD,
+                &self.record,
                 &[
                     &script.migration_id,
                     &script.checksum,
@@ -183,24 +223,20 @@ impl PgSession {
         let transactional = script.transactional();
         let mut log = wrapper_notes(script);
         let started = Instant::now();
-        if transactional {
-            self.client
-                .batch_execute("BEGIN")
-                .await
-                .map_err(|e| self.error(e))?;
-        }
-        let failure = self.run_statements(script, &mut log).await;
+        let failure = self.run_statements(script, &mut log, transactional).await?;
         let execution_ms = started.elapsed().as_millis() as i64;
         match &failure {
+            None if transactional => {
+                // The history row and the commit travel together: one round trip.
+                let (recorded, committed) = tokio::join!(
+                    self.record(script, execution_ms, true, true, None),
+                    self.client.batch_execute("COMMIT")
+                );
+                recorded?;
+                committed.map_err(|e| self.error(e))?;
+            }
             None => {
-                self.record(script, execution_ms, true, transactional, None)
-                    .await?;
-                if transactional {
-                    self.client
-                        .batch_execute("COMMIT")
-                        .await
-                        .map_err(|e| self.error(e))?;
-                }
+                self.record(script, execution_ms, true, false, None).await?;
             }
             Some(message) => {
                 if transactional {
@@ -232,13 +268,7 @@ impl PgSession {
         let transactional = script.transactional();
         let mut log = wrapper_notes(script);
         let started = Instant::now();
-        if transactional {
-            self.client
-                .batch_execute("BEGIN")
-                .await
-                .map_err(|e| self.error(e))?;
-        }
-        let failure = self.run_statements(script, &mut log).await;
+        let failure = self.run_statements(script, &mut log, transactional).await?;
         let execution_ms = started.elapsed().as_millis() as i64;
         if failure.is_none() {
             self.client
