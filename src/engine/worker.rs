@@ -142,15 +142,24 @@ impl Worker {
         if !has_work {
             return Ok(Outcome::Idle);
         }
+        let signals = &self.service.signals;
         let mut session = match target::open(&self.settings(), &self.owner).await {
             Ok(session) => session,
             Err(e) => {
                 tracing::warn!(environment = env_name, error = %e, "target unavailable");
+                signals.report_target(env_name, Some(e.to_string()), self.now());
                 return Ok(Outcome::TargetUnavailable(e.to_string()));
             }
         };
         let result = self.work(&mut session, open).await;
         session.close().await;
+        match &result {
+            Ok(Outcome::TargetUnavailable(message)) => {
+                signals.report_target(env_name, Some(message.clone()), self.now())
+            }
+            Ok(_) => signals.report_target(env_name, None, self.now()),
+            Err(_) => {}
+        }
         result
     }
 

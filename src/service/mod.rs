@@ -111,6 +111,9 @@ pub struct WorkerSignals {
     /// Bumped whenever an environment is locked through this daemon, so that its worker checks
     /// the lock before its next migration rather than at its next periodic check.
     lock_generations: HashMap<String, Arc<std::sync::atomic::AtomicU64>>,
+    /// The last error each worker met reaching its target, and since when (cleared once it
+    /// reaches it again), for environment status.
+    target_errors: Mutex<HashMap<String, (String, i64)>>,
 }
 
 impl WorkerSignals {
@@ -126,7 +129,33 @@ impl WorkerSignals {
                 .iter()
                 .map(|e| (e.name.to_string(), Arc::default()))
                 .collect(),
+            target_errors: Mutex::default(),
         }
+    }
+
+    /// Records whether the worker of `environment` reached its target.
+    pub fn report_target(&self, environment: &str, error: Option<String>, at: i64) {
+        let mut errors = self.target_errors.lock().expect("target errors lock");
+        match error {
+            Some(message) => {
+                let since = errors
+                    .get(environment)
+                    .filter(|(previous, _)| previous == &message)
+                    .map_or(at, |(_, since)| *since);
+                errors.insert(environment.to_owned(), (message, since));
+            }
+            None => {
+                errors.remove(environment);
+            }
+        }
+    }
+
+    pub fn target_error(&self, environment: &str) -> Option<(String, i64)> {
+        self.target_errors
+            .lock()
+            .expect("target errors lock")
+            .get(environment)
+            .cloned()
     }
 
     pub fn lock_generation(&self, environment: &str) -> Arc<std::sync::atomic::AtomicU64> {
@@ -1317,7 +1346,12 @@ impl Service {
             }
             None => None,
         };
-        Ok(EnvironmentStatus::new(env, lock, queue, last_applied))
+        let mut status = EnvironmentStatus::new(env, lock, queue, last_applied);
+        if let Some((message, since)) = self.signals.target_error(env.name.as_str()) {
+            status.target_error = Some(message);
+            status.target_error_since = Some(format_millis(since));
+        }
+        Ok(status)
     }
 
     pub async fn audit_trail(&self, filter: AuditFilter) -> Result<Vec<AuditView>> {

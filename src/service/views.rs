@@ -206,6 +206,9 @@ pub struct EnvironmentStatus {
     /// The deployments awaiting approval, with the roles still missing.
     pub pending_approvals: Vec<DeploymentView>,
     pub last_applied: Option<DeploymentView>,
+    /// Why the worker could not reach the target on its last try (it keeps retrying).
+    pub target_error: Option<String>,
+    pub target_error_since: Option<String>,
 }
 
 impl EnvironmentStatus {
@@ -236,6 +239,8 @@ impl EnvironmentStatus {
                 .collect(),
             queue,
             last_applied,
+            target_error: None,
+            target_error_since: None,
         }
     }
 }

@@ -268,6 +268,15 @@ async fn a_second_runner_is_kept_out_by_the_advisory_lock() {
         app.deployment(&format!("{id}@development")).await["state"],
         "queued"
     );
+    let (_, status) = app.get("dev", "/api/v1/environments/development").await;
+    assert!(
+        status["target_error"]
+            .as_str()
+            .unwrap()
+            .contains("another runner holds the migration lock"),
+        "{status}"
+    );
+    assert!(status["target_error_since"].is_string());
     other_runner
         .query_one("SELECT pg_advisory_unlock(7426010002)", &[])
         .await
@@ -277,7 +286,35 @@ async fn a_second_runner_is_kept_out_by_the_advisory_lock() {
         app.deployment(&format!("{id}@development")).await["state"],
         "applied"
     );
+    let (_, status) = app.get("dev", "/api/v1/environments/development").await;
+    assert!(status["target_error"].is_null(), "{status}");
     app.stop().await;
+}
+
+#[tokio::test]
+async fn sqlite_targets_admit_one_runner_at_a_time() {
+    use sluice::target::{TargetError, TargetSettings, open};
+    use std::time::Duration;
+    let dir = std::env::temp_dir().join(format!("sluice-lease-{}", std::process::id()));
+    let settings = TargetSettings {
+        url: format!("sqlite://{}", dir.join("target.db").display()),
+        lock_timeout: Duration::from_secs(1),
+        statement_timeout: Duration::from_secs(1),
+    };
+    let first = open(&settings, "runner-a")
+        .await
+        .expect("first runner gets the lease");
+    match open(&settings, "runner-b").await {
+        Err(TargetError::Busy { .. }) => {}
+        Err(other) => panic!("expected Busy, got {other}"),
+        Ok(_) => panic!("a second runner got into a held SQLite target"),
+    }
+    first.close().await;
+    let second = open(&settings, "runner-b")
+        .await
+        .expect("lease released on close");
+    second.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
