@@ -277,6 +277,44 @@ fn validate_duration(value: &str) -> Result<()> {
     }
 }
 
+/// What Sluice knows of a migration's scripts once it has read them.
+struct ReadScripts {
+    findings: Vec<lint::Finding>,
+    effective_risk: Risk,
+    checksum: String,
+}
+
+/// Checks both scripts and analyses the up script against the declared risk.
+fn read_scripts(up_sql: &str, down_sql: Option<&str>, declared: Risk) -> Result<ReadScripts> {
+    let statements = check_script("up_sql", up_sql)?;
+    if let Some(down) = down_sql {
+        check_script("down_sql", down)?;
+    }
+    let findings = lint::analyse(&statements);
+    Ok(ReadScripts {
+        effective_risk: lint::effective_risk(declared, &findings),
+        findings,
+        checksum: domain::checksum(up_sql, down_sql),
+    })
+}
+
+/// When a deployment created (or reset) at `at` expires if still awaiting approval.
+fn approval_deadline(policy: &domain::ApprovalPolicy, at: i64) -> Option<i64> {
+    policy
+        .timeout_hours
+        .map(|hours| at + i64::from(hours) * 3_600_000)
+}
+
+fn locked_error(env: &EnvironmentConfig, lock: &LockRow, prefix: &str) -> ServiceError {
+    ServiceError::Conflict(format!(
+        "{} is {prefix}locked by {} since {}: {}",
+        env.name,
+        lock.locked_by,
+        format_millis(lock.locked_at),
+        lock.reason
+    ))
+}
+
 /// Splits and checks a script; `field` names it in errors.
 pub fn check_script(field: &str, sql: &str) -> Result<Vec<lint::Statement>> {
     let statements =
@@ -372,15 +410,13 @@ impl Service {
             ));
         }
         validate_duration(&request.estimated_duration)?;
-        let statements = check_script("up_sql", &request.up_sql)?;
-        if let Some(down) = &request.down_sql {
-            check_script("down_sql", down)?;
-        }
-        let findings = lint::analyse(&statements);
-        let effective = lint::effective_risk(request.risk, &findings);
+        let ReadScripts {
+            findings,
+            effective_risk: effective,
+            checksum,
+        } = read_scripts(&request.up_sql, request.down_sql.as_deref(), request.risk)?;
         let now = self.clock.now();
         let at = millis(now);
-        let checksum = domain::checksum(&request.up_sql, request.down_sql.as_deref());
 
         let mut tx = self.store.begin().await?;
         let mut dependencies = Vec::new();
@@ -445,7 +481,7 @@ impl Service {
                 state: DeploymentState::AwaitingApproval,
                 effective_risk: effective.as_str().into(),
                 emergency_reason: None,
-                deadline_at: policy.timeout_hours.map(|h| at + i64::from(h) * 3_600_000),
+                deadline_at: approval_deadline(policy, at),
                 error: None,
                 last_action: None,
                 started_at: None,
@@ -706,10 +742,6 @@ impl Service {
         request: AmendRequest,
     ) -> Result<MigrationView> {
         let parsed: MigrationId = migration_id.parse()?;
-        let statements = check_script("up_sql", &request.up_sql)?;
-        if let Some(down) = &request.down_sql {
-            check_script("down_sql", down)?;
-        }
         let at = self.now();
         let mut tx = self.store.begin().await?;
         let mut migration = self
@@ -723,7 +755,12 @@ impl Service {
                 caller.name, migration.id, migration.author
             )));
         }
-        let checksum = domain::checksum(&request.up_sql, request.down_sql.as_deref());
+        let declared: Risk = migration.declared_risk.parse()?;
+        let ReadScripts {
+            findings,
+            effective_risk: effective,
+            checksum,
+        } = read_scripts(&request.up_sql, request.down_sql.as_deref(), declared)?;
         if checksum == migration.checksum {
             return Err(ServiceError::Conflict(
                 "the scripts are unchanged; nothing to amend".into(),
@@ -744,9 +781,6 @@ impl Service {
                 migration.id, d.state, d.environment
             )));
         }
-        let declared: Risk = migration.declared_risk.parse()?;
-        let findings = lint::analyse(&statements);
-        let effective = lint::effective_risk(declared, &findings);
         let old_checksum = std::mem::replace(&mut migration.checksum, checksum.clone());
         migration.up_sql = request.up_sql;
         migration.down_sql = request.down_sql;
@@ -785,7 +819,7 @@ impl Service {
             d.effective_risk = effective.as_str().into();
             d.emergency_reason = None;
             d.error = None;
-            d.deadline_at = policy.timeout_hours.map(|h| at + i64::from(h) * 3_600_000);
+            d.deadline_at = approval_deadline(policy, at);
             d.updated_at = at;
             self.store.update_deployment(&mut tx, &d).await?;
             if env.auto_approve {
@@ -999,13 +1033,7 @@ impl Service {
         let at = self.now();
         let mut tx = self.store.begin().await?;
         if let Some(lock) = self.store.lock(&mut tx, env.name.as_str()).await? {
-            return Err(ServiceError::Conflict(format!(
-                "{} is already locked by {} since {}: {}",
-                env.name,
-                lock.locked_by,
-                format_millis(lock.locked_at),
-                lock.reason
-            )));
+            return Err(locked_error(env, &lock, "already "));
         }
         self.store
             .insert_lock(
@@ -1074,13 +1102,7 @@ impl Service {
         let at = self.now();
         let mut tx = self.store.begin().await?;
         if let Some(lock) = self.store.lock(&mut tx, env.name.as_str()).await? {
-            return Err(ServiceError::Conflict(format!(
-                "{} is locked by {} since {}: {}",
-                env.name,
-                lock.locked_by,
-                format_millis(lock.locked_at),
-                lock.reason
-            )));
+            return Err(locked_error(env, &lock, ""));
         }
         let approved = self
             .store
