@@ -23,9 +23,11 @@ use tokio_util::sync::CancellationToken;
 /// and the handle that stops it.
 pub struct Running {
     pub rest_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
     pub service: Service,
     cancel: CancellationToken,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
+    grpc: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     engine: engine::Engine,
     grace: Duration,
 }
@@ -69,6 +71,15 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
             )
         })?;
     let rest_addr = listener.local_addr()?;
+    let grpc_listener = tokio::net::TcpListener::bind(&config.settings.server.grpc_addr)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on {} (server.grpc_addr / SLUICE__SERVER__GRPC_ADDR): {e}",
+                config.settings.server.grpc_addr
+            )
+        })?;
+    let grpc_addr = grpc_listener.local_addr()?;
     let grace = Duration::from_secs(config.settings.server.shutdown_grace_seconds);
     let service = Service::new(Arc::new(config), store, options.clock);
     let cancel = CancellationToken::new();
@@ -84,9 +95,29 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await
     });
-    tracing::info!(%rest_addr, "sluice is serving");
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<api::grpc::pb::sluice_server::SluiceServer<api::grpc::GrpcApi>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(api::grpc::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let grpc_shutdown = cancel.clone();
+    let grpc = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(api::grpc::GrpcApi::server(service.clone()))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+                async move { grpc_shutdown.cancelled().await },
+            ),
+    );
+    tracing::info!(%rest_addr, %grpc_addr, "sluice is serving");
     Ok(Running {
         rest_addr,
+        grpc_addr,
+        grpc,
         service,
         cancel,
         server,
@@ -102,6 +133,7 @@ impl Running {
         self.cancel.cancel();
         self.engine.shutdown(self.grace).await;
         let _ = tokio::time::timeout(self.grace, self.server).await;
+        let _ = tokio::time::timeout(self.grace, self.grpc).await;
         self.service.store.close().await;
     }
 

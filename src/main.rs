@@ -106,7 +106,10 @@ fn run_server(config_dir: PathBuf) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let running = sluice::start(config, sluice::StartOptions::default()).await?;
-        println!("sluice listening on http://{}", running.rest_addr);
+        println!(
+            "sluice listening on http://{} (REST) and http://{} (gRPC)",
+            running.rest_addr, running.grpc_addr
+        );
         shutdown_signal().await;
         tracing::info!("shutting down");
         running.stop().await;

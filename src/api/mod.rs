@@ -1,6 +1,8 @@
 //! The REST API (axum). Each handler decodes, calls the service, encodes: no rule lives here.
 //! `ServiceError` is mapped to an HTTP response once, in `ApiError`; every error body is
-//! `{"error": {"code": ..., "message": ...}}`.
+//! `{"error": {"code": ..., "message": ...}}`. The gRPC API is in `grpc`.
+
+pub mod grpc;
 
 use crate::auth::Caller;
 use crate::domain::Role;

@@ -10,7 +10,7 @@
 
 use crate::config::EnvironmentConfig;
 use crate::domain::{self, DeploymentEvent, DeploymentState, StartFacts};
-use crate::service::{Service, ServiceError, check_script, millis};
+use crate::service::{LogView, Service, ServiceError, check_script, format_millis, millis};
 use crate::store::{AuditRow, DeploymentRow, LogRow, MigrationRow};
 use crate::target::{self, RunReport, Script, TargetSettings};
 use std::collections::{HashMap, HashSet};
@@ -77,6 +77,13 @@ impl Worker {
 
     fn now(&self) -> i64 {
         millis(self.service.clock.now())
+    }
+
+    fn publish(&self, d: &DeploymentRow) {
+        self.service
+            .signals
+            .events
+            .state(d, format_millis(d.updated_at));
     }
 
     fn audit(&self, d: &DeploymentRow, action: &str, detail: serde_json::Value) -> AuditRow {
@@ -244,6 +251,9 @@ impl Worker {
                 store.insert_audit(&mut tx, audit).await?;
             }
             tx.commit().await?;
+            for (d, _) in &reconciled {
+                self.publish(d);
+            }
         }
 
         let (sender, receiver) = mpsc::channel::<Record>(1024);
@@ -287,11 +297,13 @@ impl Worker {
                     .map(|sql| check_script("down_sql", sql))
                 {
                     Some(Ok(statements)) => {
+                        let observer = self.observer(d);
                         let script = Script {
                             migration_id: &m.id,
                             checksum: &m.checksum,
                             applied_by: &self.owner,
                             statements: &statements,
+                            observer: Some(&observer),
                         };
                         session
                             .rollback(&script)
@@ -451,6 +463,9 @@ impl Worker {
             }
             tx.commit().await?;
         }
+        for &index in &claimed {
+            self.publish(&open[index]);
+        }
 
         let mut applied = 0;
         let mut failed = None;
@@ -506,11 +521,13 @@ impl Worker {
                     continue;
                 }
             };
+            let observer = self.observer(d);
             let script = Script {
                 migration_id: &m.id,
                 checksum: &m.checksum,
                 applied_by: &self.owner,
                 statements: &statements,
+                observer: Some(&observer),
             };
             let report = match session.apply(&script).await {
                 Ok(report) => report,
@@ -564,6 +581,23 @@ impl Worker {
         })
     }
 
+    /// Passes each log line to watchers as the target produces it.
+    fn observer(&self, d: &DeploymentRow) -> impl Fn(&target::LogLine) + Send + Sync + use<> {
+        let events = self.service.signals.events.clone();
+        let clock = self.service.clock.clone();
+        let deployment = d.clone();
+        move |line: &target::LogLine| {
+            events.log(
+                &deployment,
+                LogView {
+                    at: format_millis(millis(clock.now())),
+                    level: line.level.clone(),
+                    message: line.message.clone(),
+                },
+            )
+        }
+    }
+
     fn log(&self, d: &DeploymentRow, message: &str) -> LogRow {
         LogRow {
             deployment_id: d.id.clone(),
@@ -609,6 +643,7 @@ async fn record_outcomes(
     let mut pending = Vec::with_capacity(batch_size);
     while receiver.recv_many(&mut pending, batch_size).await > 0 {
         let mut tx = store.begin().await?;
+        let mut committed = Vec::with_capacity(pending.len());
         for record in pending.drain(..) {
             store.update_deployment(&mut tx, &record.deployment).await?;
             for log in &record.logs {
@@ -617,8 +652,16 @@ async fn record_outcomes(
             for audit in &record.audits {
                 store.insert_audit(&mut tx, audit).await?;
             }
+            committed.push(record);
         }
         tx.commit().await?;
+        for record in &committed {
+            service.signals.events.state(
+                &record.deployment,
+                format_millis(record.deployment.updated_at),
+            );
+        }
+        committed.clear();
     }
     Ok(())
 }

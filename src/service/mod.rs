@@ -3,8 +3,10 @@
 //! new state together with its audit record in one store transaction. Handlers only translate
 //! to and from these methods; no rule lives in a handler.
 
+pub mod events;
 mod views;
 
+pub use events::{EventBus, EventKind};
 pub use views::*;
 
 use crate::auth::Caller;
@@ -114,6 +116,8 @@ pub struct WorkerSignals {
     /// The last error each worker met reaching its target, and since when (cleared once it
     /// reaches it again), for environment status.
     target_errors: Mutex<HashMap<String, (String, i64)>>,
+    /// Every deployment state change and log line, for watchers.
+    pub events: EventBus,
 }
 
 impl WorkerSignals {
@@ -130,6 +134,7 @@ impl WorkerSignals {
                 .map(|e| (e.name.to_string(), Arc::default()))
                 .collect(),
             target_errors: Mutex::default(),
+            events: EventBus::default(),
         }
     }
 
@@ -351,6 +356,13 @@ impl Service {
         millis(self.clock.now())
     }
 
+    /// Tells watchers about committed state changes.
+    fn publish<'a>(&self, deployments: impl IntoIterator<Item = &'a DeploymentRow>) {
+        for d in deployments {
+            self.signals.events.state(d, format_millis(d.updated_at));
+        }
+    }
+
     pub fn authenticate(&self, token: Option<&str>) -> Result<Caller> {
         let token = token.ok_or_else(|| {
             ServiceError::Unauthenticated(
@@ -471,6 +483,7 @@ impl Service {
             )
             .await?;
         let mut wake = Vec::new();
+        let mut created = Vec::new();
         for env in &self.config.environments {
             let policy = self.config.matrix.policy(&env.name, effective);
             let mut deployment = DeploymentRow {
@@ -499,8 +512,10 @@ impl Service {
                     wake.push(env.name.to_string());
                 }
             }
+            created.push(deployment);
         }
         tx.commit().await?;
+        self.publish(&created);
         for env in wake {
             self.signals.wake(&env);
         }
@@ -656,6 +671,9 @@ impl Service {
             .await?;
         }
         tx.commit().await?;
+        if progress.satisfied {
+            self.publish([&deployment]);
+        }
         if deployment.state == DeploymentState::Queued {
             self.signals.wake(&deployment.environment);
         }
@@ -729,6 +747,7 @@ impl Service {
         )
         .await?;
         tx.commit().await?;
+        self.publish([&deployment]);
         self.signals.wake(&deployment.environment);
         self.deployment(deployment_id).await
     }
@@ -809,6 +828,7 @@ impl Service {
             )
             .await?;
         let mut wake = Vec::new();
+        let mut changed = Vec::new();
         for mut d in deployments {
             if d.state.on(DeploymentEvent::Amend).is_err() {
                 continue; // finished deployments (rejected, cancelled, ...) stay as they are
@@ -827,8 +847,10 @@ impl Service {
                     .await?;
                 wake.push(d.environment.clone());
             }
+            changed.push(d);
         }
         tx.commit().await?;
+        self.publish(&changed);
         for env in wake {
             self.signals.wake(&env);
         }
@@ -869,6 +891,7 @@ impl Service {
             )
             .await?;
         tx.commit().await?;
+        self.publish([&deployment]);
         self.signals.wake(&deployment.environment);
         self.deployment(deployment_id).await
     }
@@ -1011,6 +1034,7 @@ impl Service {
             )
             .await?;
         tx.commit().await?;
+        self.publish([&deployment]);
         self.signals.wake(&deployment.environment);
         self.deployment(deployment_id).await
     }
@@ -1126,7 +1150,7 @@ impl Service {
                     ),
                 )
                 .await?;
-            released.push(deployment.id);
+            released.push(deployment);
         }
         let queued = self
             .store
@@ -1137,10 +1161,11 @@ impl Service {
             )
             .await?;
         tx.commit().await?;
+        self.publish(&released);
         self.signals.wake(env.name.as_str());
         Ok(MigrateResult {
             environment: env.name.to_string(),
-            released,
+            released: released.into_iter().map(|d| d.id).collect(),
             queued: queued.into_iter().map(|d| d.id).collect(),
         })
     }
@@ -1393,6 +1418,7 @@ impl Service {
         let mut tx = self.store.begin().await?;
         let overdue = self.store.overdue(&mut tx, at).await?;
         let count = overdue.len();
+        let mut expired = Vec::with_capacity(count);
         for mut d in overdue {
             d.state = d.state.on(DeploymentEvent::Expire)?;
             d.updated_at = at;
@@ -1410,8 +1436,10 @@ impl Service {
                     ),
                 )
                 .await?;
+            expired.push(d);
         }
         tx.commit().await?;
+        self.publish(&expired);
         Ok(count)
     }
 }

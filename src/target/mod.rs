@@ -31,15 +31,27 @@ pub enum TargetError {
     Database { url: String, message: String },
 }
 
+/// Called with each log line as it is produced (server notices as the server sends them).
+pub type LogObserver<'a> = &'a (dyn Fn(&LogLine) + Send + Sync);
+
 /// One script to run, already split.
 pub struct Script<'a> {
     pub migration_id: &'a str,
     pub checksum: &'a str,
     pub applied_by: &'a str,
     pub statements: &'a [Statement],
+    pub observer: Option<LogObserver<'a>>,
 }
 
 impl Script<'_> {
+    /// Adds a line to the log and tells the observer at once.
+    fn emit(&self, log: &mut Vec<LogLine>, line: LogLine) {
+        if let Some(observe) = self.observer {
+            observe(&line);
+        }
+        log.push(line);
+    }
+
     /// A script runs in one transaction unless one of its statements refuses to.
     pub fn transactional(&self) -> bool {
         !self.statements.iter().any(|s| s.requires_no_transaction())
@@ -154,15 +166,19 @@ fn describe_failure(statement: &Statement, index: usize, line: usize, message: &
 
 /// Notes for the log about BEGIN/COMMIT statements Sluice leaves out.
 fn wrapper_notes(script: &Script<'_>) -> Vec<LogLine> {
-    script
+    let mut log = Vec::new();
+    for statement in script
         .statements
         .iter()
         .filter(|s| s.is_transaction_wrapper())
-        .map(|s| {
+    {
+        script.emit(
+            &mut log,
             LogLine::info(format!(
                 "line {}: skipped \"{}\": Sluice runs the script in its own transaction",
-                s.line, s.text
-            ))
-        })
-        .collect()
+                statement.line, statement.text
+            )),
+        );
+    }
+    log
 }

@@ -108,7 +108,7 @@ impl PgSession {
             .await
             .map_err(|e| session.error(e))?;
         // Notices of the setup ("already exists, skipping") belong to no deployment.
-        session.drain_notices(&mut Vec::new());
+        while session.notices.try_recv().is_ok() {}
         Ok(session)
     }
 
@@ -142,9 +142,9 @@ impl PgSession {
             .collect())
     }
 
-    fn drain_notices(&mut self, log: &mut Vec<LogLine>) {
+    fn drain_notices(&mut self, script: &Script<'_>, log: &mut Vec<LogLine>) {
         while let Ok(line) = self.notices.try_recv() {
-            log.push(line);
+            script.emit(log, line);
         }
     }
 
@@ -162,18 +162,32 @@ impl PgSession {
             if statement.is_transaction_wrapper() {
                 continue;
             }
-            let result = if pending_begin {
-                pending_begin = false;
-                let (began, result) = tokio::join!(
-                    self.client.batch_execute("BEGIN"),
-                    self.client.batch_execute(&statement.text)
-                );
-                began.map_err(|e| self.error(e))?;
-                result
-            } else {
-                self.client.batch_execute(&statement.text).await
+            let begin_now = std::mem::take(&mut pending_begin);
+            let (began, result) = {
+                // Notices are passed on as the server sends them, while the statement runs.
+                let client = &self.client;
+                let notices = &mut self.notices;
+                let run = async {
+                    if begin_now {
+                        tokio::join!(
+                            client.batch_execute("BEGIN"),
+                            client.batch_execute(&statement.text)
+                        )
+                    } else {
+                        (Ok(()), client.batch_execute(&statement.text).await)
+                    }
+                };
+                tokio::pin!(run);
+                loop {
+                    tokio::select! {
+                        biased;
+                        Some(line) = notices.recv() => script.emit(log, line),
+                        done = &mut run => break done,
+                    }
+                }
             };
-            self.drain_notices(log);
+            began.map_err(|e| self.error(e))?;
+            self.drain_notices(script, log);
             if let Err(e) = result {
                 let line = error_line(statement, &e);
                 return Ok(Some(describe_failure(
@@ -250,12 +264,12 @@ impl PgSession {
                 } else {
                     "not transactional: statements before the failing one stay applied".to_owned()
                 };
-                log.push(LogLine::info(note));
+                script.emit(&mut log, LogLine::info(note));
                 self.record(script, execution_ms, false, transactional, Some(message))
                     .await?;
             }
         }
-        self.drain_notices(&mut log);
+        self.drain_notices(script, &mut log);
         Ok(RunReport {
             execution_ms,
             transactional,
@@ -290,7 +304,7 @@ impl PgSession {
                 .await
                 .map_err(|e| self.error(e))?;
         }
-        self.drain_notices(&mut log);
+        self.drain_notices(script, &mut log);
         Ok(RunReport {
             execution_ms,
             transactional,

@@ -208,11 +208,17 @@ impl SqliteSession {
             Some(message) => {
                 if transactional {
                     self.exec("ROLLBACK").await?;
-                    log.push(LogLine::info("rolled back: nothing of it is applied"));
+                    script.emit(
+                        &mut log,
+                        LogLine::info("rolled back: nothing of it is applied"),
+                    );
                 } else {
-                    log.push(LogLine::info(
-                        "not transactional: statements before the failing one stay applied",
-                    ));
+                    script.emit(
+                        &mut log,
+                        LogLine::info(
+                            "not transactional: statements before the failing one stay applied",
+                        ),
+                    );
                 }
                 self.record(script, execution_ms, false, transactional, Some(message))
                     .await?;

@@ -24,6 +24,7 @@ async fn server_reads_sluice_variables_and_environment_urls() {
         .arg(shipped_config())
         .current_dir(&data)
         .env("SLUICE__SERVER__REST_ADDR", "127.0.0.1:0")
+        .env("SLUICE__SERVER__GRPC_ADDR", "127.0.0.1:0")
         .env("SLUICE__STORE__URL", &store.url)
         .env("PROD_DB_URL", &prod.url)
         .env_remove("DEV_DB_URL")
@@ -43,6 +44,7 @@ async fn server_reads_sluice_variables_and_environment_urls() {
     let addr = line
         .trim()
         .strip_prefix("sluice listening on ")
+        .and_then(|rest| rest.split(' ').next())
         .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
         .to_owned();
     let health = reqwest::get(format!("{addr}/healthz")).await.unwrap();

@@ -6,6 +6,7 @@
 
 use reqwest::StatusCode;
 use serde_json::Value;
+use sluice::api::grpc::pb::sluice_client::SluiceClient;
 use sluice::config::Config;
 use sluice::engine::{Outcome, Worker};
 use sluice::service::{Clock, ManualClock};
@@ -179,6 +180,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     let mut store_db = None;
     let mut sqlite_dir = None;
     env.insert("SLUICE__SERVER__REST_ADDR".into(), "127.0.0.1:0".into());
+    env.insert("SLUICE__SERVER__GRPC_ADDR".into(), "127.0.0.1:0".into());
     match options.backend {
         Backend::Postgres => {
             // Creating databases is the slow part of a test: do all four at once.
@@ -274,6 +276,9 @@ pub fn load_config(dir: &Path, env: &HashMap<String, String>) -> Config {
     if let Some(addr) = lookup("SLUICE__SERVER__REST_ADDR") {
         config.settings.server.rest_addr = addr;
     }
+    if let Some(addr) = lookup("SLUICE__SERVER__GRPC_ADDR") {
+        config.settings.server.grpc_addr = addr;
+    }
     if let Some(poll) = lookup("SLUICE__WORKER__POLL_INTERVAL_MS") {
         config.settings.worker.poll_interval_ms = poll.parse().unwrap();
     }
@@ -368,6 +373,24 @@ impl TestApp {
             "deployment {id} never reached {states:?}; last: {}",
             self.deployment(id).await
         );
+    }
+
+    /// A gRPC client of the daemon.
+    pub async fn grpc(&self) -> SluiceClient<tonic::transport::Channel> {
+        let addr = self.running.as_ref().unwrap().grpc_addr;
+        SluiceClient::connect(format!("http://{addr}"))
+            .await
+            .expect("gRPC connects")
+    }
+
+    /// A gRPC request carrying `user`'s token.
+    pub fn grpc_request<T>(&self, user: &str, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", self.token(user)).parse().unwrap(),
+        );
+        request
     }
 
     pub fn service(&self) -> &sluice::service::Service {

@@ -3,6 +3,7 @@
 
 mod api_errors;
 mod binary;
+mod grpc;
 mod harness;
 mod rules;
 mod story;

@@ -1,0 +1,615 @@
+//! The gRPC API (tonic): the same service calls as REST, another encoding. Each handler
+//! authenticates from the `authorization` metadata, calls the service, converts the view.
+//! `ServiceError` is mapped to a `Status` once, here.
+
+use crate::auth::Caller;
+use crate::domain::{DeploymentState, Role};
+use crate::service::{
+    self, AuditView, DeploymentView, EnvironmentStatus, EventKind, MigrationSummary, MigrationView,
+    Service, ServiceError,
+};
+use crate::store::AuditFilter;
+use std::pin::Pin;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+pub mod pb {
+    tonic::include_proto!("sluice.v1");
+}
+
+/// The descriptor set server reflection serves.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/sluice_descriptor.bin"));
+
+/// The largest request message accepted (the same limit as REST bodies).
+pub const MESSAGE_LIMIT: usize = super::BODY_LIMIT;
+
+impl From<ServiceError> for Status {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::Unauthenticated(m) => Status::unauthenticated(m),
+            ServiceError::Forbidden(m) => Status::permission_denied(m),
+            ServiceError::NotFound(m) => Status::not_found(m),
+            ServiceError::Invalid(m) => Status::invalid_argument(m),
+            ServiceError::Conflict(m) => Status::failed_precondition(m),
+            ServiceError::Unavailable(m) => Status::unavailable(m),
+            ServiceError::Unexpected(inner) => {
+                tracing::error!(error = ?inner, "unexpected error");
+                Status::internal("internal error; the daemon's log has the details")
+            }
+        }
+    }
+}
+
+pub struct GrpcApi {
+    service: Service,
+}
+
+impl GrpcApi {
+    pub fn new(service: Service) -> GrpcApi {
+        GrpcApi { service }
+    }
+
+    pub fn server(service: Service) -> pb::sluice_server::SluiceServer<GrpcApi> {
+        pb::sluice_server::SluiceServer::new(GrpcApi::new(service))
+            .max_decoding_message_size(MESSAGE_LIMIT)
+    }
+
+    fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        let token = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            });
+        Ok(self.service.authenticate(token)?)
+    }
+}
+
+fn invalid(field: &str, e: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("{field}: {e}"))
+}
+
+fn parse_enum<T: serde::de::DeserializeOwned>(field: &str, value: &str) -> Result<T, Status> {
+    serde_json::from_value(serde_json::Value::String(value.to_owned())).map_err(|e| {
+        // serde's message names the allowed values ("expected one of ...").
+        invalid(field, e)
+    })
+}
+
+fn opt(value: Option<String>) -> String {
+    value.unwrap_or_default()
+}
+
+fn deployment(v: DeploymentView) -> pb::Deployment {
+    pb::Deployment {
+        id: v.id,
+        migration_id: v.migration_id,
+        environment: v.environment,
+        state: v.state.as_str().into(),
+        effective_risk: v.effective_risk,
+        required_roles: v.required_roles.iter().map(|r| r.to_string()).collect(),
+        required_approvals: v.required_approvals,
+        approvals: v
+            .approvals
+            .into_iter()
+            .map(|a| pb::Approval {
+                approver: a.approver,
+                role: a.role,
+                comment: a.comment,
+                approved_at: a.approved_at,
+                current: a.current,
+            })
+            .collect(),
+        missing_roles: v.missing_roles.iter().map(|r| r.to_string()).collect(),
+        additional_approvals_needed: v.additional_approvals_needed,
+        deadline_at: opt(v.deadline_at),
+        emergency_reason: opt(v.emergency_reason),
+        error: opt(v.error),
+        blocked_by: opt(v.blocked_by),
+        started_at: opt(v.started_at),
+        finished_at: opt(v.finished_at),
+        execution_ms: v.execution_ms,
+        transactional: v.transactional,
+        updated_at: v.updated_at,
+        log: v
+            .log
+            .unwrap_or_default()
+            .into_iter()
+            .map(|l| pb::LogLine {
+                at: l.at,
+                level: l.level,
+                message: l.message,
+            })
+            .collect(),
+    }
+}
+
+fn migration(v: MigrationView) -> pb::Migration {
+    let findings = v
+        .findings
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|f| pb::Finding {
+                    line: f["line"].as_i64().unwrap_or(0),
+                    risk: f["risk"].as_str().unwrap_or("").into(),
+                    message: f["message"].as_str().unwrap_or("").into(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    pb::Migration {
+        id: v.id,
+        kind: v.kind,
+        description: v.description,
+        declared_risk: v.declared_risk,
+        effective_risk: v.effective_risk,
+        findings,
+        author: v.author,
+        ticket: v.ticket,
+        estimated_duration: v.estimated_duration,
+        checksum: v.checksum,
+        depends_on: v.depends_on,
+        submitted_at: v.submitted_at,
+        up_sql: v.up_sql,
+        down_sql: v.down_sql,
+        deployments: v.deployments.into_iter().map(deployment).collect(),
+    }
+}
+
+fn summary(v: MigrationSummary) -> pb::MigrationSummary {
+    pb::MigrationSummary {
+        id: v.id,
+        kind: v.kind,
+        description: v.description,
+        effective_risk: v.effective_risk,
+        author: v.author,
+        ticket: v.ticket,
+        submitted_at: v.submitted_at,
+        states: v
+            .states
+            .into_iter()
+            .map(|(env, state)| (env, state.as_str().to_owned()))
+            .collect(),
+    }
+}
+
+fn environment(v: EnvironmentStatus) -> pb::EnvironmentStatus {
+    pb::EnvironmentStatus {
+        name: v.name,
+        database: v.database,
+        auto_approve: v.auto_approve,
+        auto_apply: v.auto_apply,
+        lock: v.lock.map(|l| pb::Lock {
+            locked_by: l.locked_by,
+            reason: l.reason,
+            locked_at: l.locked_at,
+        }),
+        halted_by: opt(v.halted_by),
+        queue: v.queue.into_iter().map(deployment).collect(),
+        pending_approvals: v.pending_approvals.into_iter().map(deployment).collect(),
+        last_applied: v.last_applied.map(deployment),
+        target_error: opt(v.target_error),
+        target_error_since: opt(v.target_error_since),
+    }
+}
+
+fn audit_entry(v: AuditView) -> pb::AuditEntry {
+    pb::AuditEntry {
+        id: v.id,
+        at: v.at,
+        actor: v.actor,
+        action: v.action,
+        environment: opt(v.environment),
+        migration_id: opt(v.migration_id),
+        deployment_id: opt(v.deployment_id),
+        detail_json: v.detail.to_string(),
+    }
+}
+
+fn event(e: service::events::DeploymentEvent) -> pb::DeploymentEvent {
+    let (kind, error) = match e.kind {
+        EventKind::State { state, error } => (
+            pb::deployment_event::Event::State(state.as_str().into()),
+            opt(error),
+        ),
+        EventKind::Log(line) => (
+            pb::deployment_event::Event::Log(pb::LogLine {
+                at: line.at,
+                level: line.level,
+                message: line.message,
+            }),
+            String::new(),
+        ),
+    };
+    pb::DeploymentEvent {
+        deployment_id: e.deployment_id,
+        migration_id: e.migration_id,
+        environment: e.environment,
+        at: e.at,
+        event: Some(kind),
+        error,
+    }
+}
+
+fn missed(count: u64, deployment_id: &str) -> pb::DeploymentEvent {
+    pb::DeploymentEvent {
+        deployment_id: deployment_id.into(),
+        event: Some(pb::deployment_event::Event::Missed(count)),
+        ..Default::default()
+    }
+}
+
+/// States a deployment may rest in for a long time: a deployment watch ends on them.
+fn rests(state: DeploymentState) -> bool {
+    matches!(
+        state,
+        DeploymentState::Applied
+            | DeploymentState::Failed
+            | DeploymentState::RolledBack
+            | DeploymentState::Rejected
+            | DeploymentState::Expired
+            | DeploymentState::Cancelled
+    )
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::DeploymentEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::sluice_server::Sluice for GrpcApi {
+    async fn submit_migration(
+        &self,
+        request: Request<pb::SubmitMigrationRequest>,
+    ) -> Result<Response<pb::Migration>, Status> {
+        let caller = self.caller(&request)?;
+        let r = request.into_inner();
+        let submit = service::SubmitRequest {
+            kind: parse_enum("kind", &r.kind)?,
+            description: r.description,
+            risk: parse_enum("risk", &r.risk)?,
+            ticket: r.ticket,
+            estimated_duration: r.estimated_duration,
+            up_sql: r.up_sql,
+            down_sql: r.down_sql,
+            depends_on: r.depends_on,
+        };
+        let view = self.service.submit(&caller, submit).await?;
+        Ok(Response::new(migration(view)))
+    }
+
+    async fn amend_migration(
+        &self,
+        request: Request<pb::AmendMigrationRequest>,
+    ) -> Result<Response<pb::Migration>, Status> {
+        let caller = self.caller(&request)?;
+        let r = request.into_inner();
+        let view = self
+            .service
+            .amend(
+                &caller,
+                &r.migration_id,
+                service::AmendRequest {
+                    up_sql: r.up_sql,
+                    down_sql: r.down_sql,
+                    reason: r.reason,
+                },
+            )
+            .await?;
+        Ok(Response::new(migration(view)))
+    }
+
+    async fn list_migrations(
+        &self,
+        request: Request<pb::ListMigrationsRequest>,
+    ) -> Result<Response<pb::ListMigrationsResponse>, Status> {
+        self.caller(&request)?;
+        let r = request.into_inner();
+        let limit = if r.limit <= 0 { 100 } else { r.limit };
+        let list = self.service.list_migrations(limit, r.before_seq).await?;
+        Ok(Response::new(pb::ListMigrationsResponse {
+            migrations: list.into_iter().map(summary).collect(),
+        }))
+    }
+
+    async fn get_migration(
+        &self,
+        request: Request<pb::GetMigrationRequest>,
+    ) -> Result<Response<pb::Migration>, Status> {
+        self.caller(&request)?;
+        let view = self.service.migration(&request.into_inner().id).await?;
+        Ok(Response::new(migration(view)))
+    }
+
+    async fn get_deployment(
+        &self,
+        request: Request<pb::GetDeploymentRequest>,
+    ) -> Result<Response<pb::Deployment>, Status> {
+        self.caller(&request)?;
+        let view = self.service.deployment(&request.into_inner().id).await?;
+        Ok(Response::new(deployment(view)))
+    }
+
+    async fn approve(
+        &self,
+        request: Request<pb::ApproveRequest>,
+    ) -> Result<Response<pb::Deployment>, Status> {
+        let caller = self.caller(&request)?;
+        let r = request.into_inner();
+        let role: Role = parse_enum("role", &r.role)?;
+        let view = self
+            .service
+            .approve(&caller, &r.deployment_id, role, &r.comment)
+            .await?;
+        Ok(Response::new(deployment(view)))
+    }
+
+    async fn reject(
+        &self,
+        request: Request<pb::RejectRequest>,
+    ) -> Result<Response<pb::Deployment>, Status> {
+        let caller = self.caller(&request)?;
+        let r = request.into_inner();
+        let view = self
+            .service
+            .reject(&caller, &r.deployment_id, &r.comment)
+            .await?;
+        Ok(Response::new(deployment(view)))
+    }
+
+    async fn cancel(
+        &self,
+        request: Request<pb::DeploymentActionRequest>,
+    ) -> Result<Response<pb::Deployment>, Status> {
+        let caller = self.caller(&request)?;
+        let r = request.into_inner();
+        let view = self
+            .service
+            .cancel(&caller, &r.deployment_id, &r.reason)
+            .await?;
+        Ok(Response::new(deployment(view)))
+    }
+
+    async fn retry(
+        &self,
+        request: Request<pb::DeploymentActionRequest>,
+    ) -> Result<Response<pb::Deployment>, Status> {
+        let caller = self.caller(&request)?;
+        let r = request.into_inner();
+        let view = self.service.retry(&caller, &r.deployment_id).await?;
+        Ok(Response::new(deployment(view)))
+    }
+
+    async fn rollback(
+        &self,
+        request: Request<pb::DeploymentActionRequest>,
+    ) -> Result<Response<pb::Deployment>, Status> {
+        let caller = self.caller(&request)?;
+        let r = request.into_inner();
+        let view = self
+            .service
+            .rollback(&caller, &r.deployment_id, &r.reason)
+            .await?;
+        Ok(Response::new(deployment(view)))
+    }
+
+    async fn emergency_override(
+        &self,
+        request: Request<pb::DeploymentActionRequest>,
+    ) -> Result<Response<pb::Deployment>, Status> {
+        let caller = self.caller(&request)?;
+        let r = request.into_inner();
+        let view = self
+            .service
+            .emergency_override(&caller, &r.deployment_id, &r.reason)
+            .await?;
+        Ok(Response::new(deployment(view)))
+    }
+
+    async fn lock_environment(
+        &self,
+        request: Request<pb::LockEnvironmentRequest>,
+    ) -> Result<Response<pb::EnvironmentStatus>, Status> {
+        let caller = self.caller(&request)?;
+        let r = request.into_inner();
+        let view = self
+            .service
+            .lock_environment(&caller, &r.environment, &r.reason)
+            .await?;
+        Ok(Response::new(environment(view)))
+    }
+
+    async fn unlock_environment(
+        &self,
+        request: Request<pb::UnlockEnvironmentRequest>,
+    ) -> Result<Response<pb::EnvironmentStatus>, Status> {
+        let caller = self.caller(&request)?;
+        let r = request.into_inner();
+        let view = self
+            .service
+            .unlock_environment(&caller, &r.environment)
+            .await?;
+        Ok(Response::new(environment(view)))
+    }
+
+    async fn migrate_environment(
+        &self,
+        request: Request<pb::MigrateEnvironmentRequest>,
+    ) -> Result<Response<pb::MigrateEnvironmentResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let r = request.into_inner();
+        let result = self.service.migrate(&caller, &r.environment).await?;
+        Ok(Response::new(pb::MigrateEnvironmentResponse {
+            environment: result.environment,
+            released: result.released,
+            queued: result.queued,
+        }))
+    }
+
+    async fn list_environments(
+        &self,
+        request: Request<pb::ListEnvironmentsRequest>,
+    ) -> Result<Response<pb::ListEnvironmentsResponse>, Status> {
+        self.caller(&request)?;
+        let list = self.service.environments().await?;
+        Ok(Response::new(pb::ListEnvironmentsResponse {
+            environments: list.into_iter().map(environment).collect(),
+        }))
+    }
+
+    async fn get_environment_status(
+        &self,
+        request: Request<pb::GetEnvironmentStatusRequest>,
+    ) -> Result<Response<pb::EnvironmentStatus>, Status> {
+        self.caller(&request)?;
+        let view = self
+            .service
+            .environment_status(&request.into_inner().environment)
+            .await?;
+        Ok(Response::new(environment(view)))
+    }
+
+    async fn list_audit(
+        &self,
+        request: Request<pb::ListAuditRequest>,
+    ) -> Result<Response<pb::ListAuditResponse>, Status> {
+        self.caller(&request)?;
+        let r = request.into_inner();
+        let entries = self
+            .service
+            .audit_trail(AuditFilter {
+                environment: r.environment,
+                migration_id: r.migration_id,
+                actor: r.actor,
+                after_id: r.after_id,
+                limit: if r.limit <= 0 { 500 } else { r.limit.min(5000) },
+            })
+            .await?;
+        Ok(Response::new(pb::ListAuditResponse {
+            entries: entries.into_iter().map(audit_entry).collect(),
+        }))
+    }
+
+    async fn who_am_i(
+        &self,
+        request: Request<pb::WhoAmIRequest>,
+    ) -> Result<Response<pb::WhoAmIResponse>, Status> {
+        let caller = self.caller(&request)?;
+        Ok(Response::new(pb::WhoAmIResponse {
+            name: caller.name.to_string(),
+            roles: caller.roles.iter().map(|r| r.to_string()).collect(),
+        }))
+    }
+
+    async fn ping(
+        &self,
+        request: Request<pb::PingRequest>,
+    ) -> Result<Response<pb::PingResponse>, Status> {
+        self.caller(&request)?;
+        Ok(Response::new(pb::PingResponse {}))
+    }
+
+    type WatchDeploymentStream = EventStream;
+
+    async fn watch_deployment(
+        &self,
+        request: Request<pb::WatchDeploymentRequest>,
+    ) -> Result<Response<Self::WatchDeploymentStream>, Status> {
+        self.caller(&request)?;
+        let r = request.into_inner();
+        // Subscribe before reading the current state, so that nothing falls between the two.
+        let mut events = self.service.signals.events.subscribe();
+        let current = self.service.deployment(&r.deployment_id).await?;
+        let id = current.id.clone();
+        let first = pb::DeploymentEvent {
+            deployment_id: current.id.clone(),
+            migration_id: current.migration_id.clone(),
+            environment: current.environment.clone(),
+            at: current.updated_at.clone(),
+            event: Some(pb::deployment_event::Event::State(
+                current.state.as_str().into(),
+            )),
+            error: current.error.clone().unwrap_or_default(),
+        };
+        let done_already = rests(current.state) && !r.follow_resting;
+        let stream = async_stream(move |sender| async move {
+            if sender.send(Ok(first)).await.is_err() || done_already {
+                return;
+            }
+            loop {
+                let received = tokio::select! {
+                    _ = sender.closed() => return,
+                    received = events.recv() => received,
+                };
+                match received {
+                    Ok(e) if e.deployment_id == id => {
+                        let resting = matches!(
+                            &e.kind,
+                            EventKind::State { state, .. } if rests(*state)
+                        );
+                        if sender.send(Ok(event(e))).await.is_err() || resting {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        if sender.send(Ok(missed(n, &id))).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+
+    type WatchEnvironmentStream = EventStream;
+
+    async fn watch_environment(
+        &self,
+        request: Request<pb::WatchEnvironmentRequest>,
+    ) -> Result<Response<Self::WatchEnvironmentStream>, Status> {
+        self.caller(&request)?;
+        let r = request.into_inner();
+        let env = self.service.environment(&r.environment)?.name.to_string();
+        let mut events = self.service.signals.events.subscribe();
+        let stream = async_stream(move |sender| async move {
+            loop {
+                let received = tokio::select! {
+                    _ = sender.closed() => return,
+                    received = events.recv() => received,
+                };
+                match received {
+                    Ok(e) if e.environment == env => {
+                        if sender.send(Ok(event(e))).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        if sender.send(Ok(missed(n, ""))).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+}
+
+/// A stream fed by a task; the task stops when the client goes away (its sends fail).
+fn async_stream<F, Fut>(produce: F) -> EventStream
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<pb::DeploymentEvent, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (sender, receiver) = tokio::sync::mpsc::channel(256);
+    tokio::spawn(produce(sender));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))
+}

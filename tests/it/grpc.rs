@@ -1,0 +1,382 @@
+//! The gRPC API: the same behaviour as REST (a parity test runs one story through each),
+//! the same errors as the right status codes, health and reflection, and the watch stream.
+
+use crate::harness::{AppOptions, TestApp, migration, spawn_app, spawn_app_with};
+use serde_json::{Value, json};
+use sluice::api::grpc::pb;
+use tokio_stream::StreamExt;
+use tonic::Code;
+
+const UP: &str = "CREATE TABLE parity (id int);";
+const DOWN: &str = "DROP TABLE parity;";
+
+async fn story_over_rest(app: &TestApp) -> String {
+    let id = app
+        .submit("dev", migration("parity story", "medium", UP, Some(DOWN)))
+        .await;
+    app.wait_for_state(&format!("{id}@development"), &["applied"])
+        .await;
+    app.approve("ops1", &format!("{id}@staging"), "data_ops")
+        .await;
+    app.approve("ops2", &format!("{id}@staging"), "data_ops")
+        .await;
+    app.wait_for_state(&format!("{id}@staging"), &["applied"])
+        .await;
+    for (user, role) in [
+        ("lead", "data_ops_lead"),
+        ("dba", "dba"),
+        ("tech", "tech_lead"),
+    ] {
+        app.approve(user, &format!("{id}@production"), role).await;
+    }
+    let (status, body) = app
+        .post(
+            "lead",
+            "/api/v1/environments/production/migrate?wait=true",
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    app.post(
+        "dba",
+        &format!("/api/v1/deployments/{id}@production/rollback"),
+        json!({"reason": "parity"}),
+    )
+    .await;
+    app.wait_for_state(&format!("{id}@production"), &["rolled_back"])
+        .await;
+    id
+}
+
+async fn story_over_grpc(app: &TestApp) -> String {
+    let mut client = app.grpc().await;
+    let submitted = client
+        .submit_migration(app.grpc_request(
+            "dev",
+            pb::SubmitMigrationRequest {
+                kind: "schema_change".into(),
+                description: "parity story".into(),
+                risk: "medium".into(),
+                ticket: "PROJ-123".into(),
+                estimated_duration: "5m".into(),
+                up_sql: UP.into(),
+                down_sql: Some(DOWN.into()),
+                depends_on: vec![],
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let id = submitted.id;
+    // Watch development until it rests, instead of polling.
+    let mut watch = client
+        .watch_deployment(app.grpc_request(
+            "dev",
+            pb::WatchDeploymentRequest {
+                deployment_id: format!("{id}@development"),
+                follow_resting: false,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = String::new();
+    while let Some(event) = watch.next().await {
+        if let Some(pb::deployment_event::Event::State(state)) = event.unwrap().event {
+            last = state;
+        }
+    }
+    assert_eq!(last, "applied");
+    for user in ["ops1", "ops2"] {
+        client
+            .approve(app.grpc_request(
+                user,
+                pb::ApproveRequest {
+                    deployment_id: format!("{id}@staging"),
+                    role: "data_ops".into(),
+                    comment: format!("ok from {user}"),
+                },
+            ))
+            .await
+            .unwrap();
+    }
+    app.wait_for_state(&format!("{id}@staging"), &["applied"])
+        .await;
+    for (user, role) in [
+        ("lead", "data_ops_lead"),
+        ("dba", "dba"),
+        ("tech", "tech_lead"),
+    ] {
+        client
+            .approve(app.grpc_request(
+                user,
+                pb::ApproveRequest {
+                    deployment_id: format!("{id}@production"),
+                    role: role.into(),
+                    comment: format!("ok from {user}"),
+                },
+            ))
+            .await
+            .unwrap();
+    }
+    let migrated = client
+        .migrate_environment(app.grpc_request(
+            "lead",
+            pb::MigrateEnvironmentRequest {
+                environment: "production".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(migrated.released, [format!("{id}@production")]);
+    app.wait_for_state(&format!("{id}@production"), &["applied"])
+        .await;
+    client
+        .rollback(app.grpc_request(
+            "dba",
+            pb::DeploymentActionRequest {
+                deployment_id: format!("{id}@production"),
+                reason: "parity".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    app.wait_for_state(&format!("{id}@production"), &["rolled_back"])
+        .await;
+    id
+}
+
+/// What a story leaves behind, without the parts that differ by nature (ids, times).
+async fn outcome(app: &TestApp, id: &str) -> Value {
+    let (_, m) = app.get("admin", &format!("/api/v1/migrations/{id}")).await;
+    let deployments: Vec<Value> = m["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            json!({
+                "environment": d["environment"],
+                "state": d["state"],
+                "approvals": d["approvals"].as_array().unwrap().iter()
+                    .map(|a| json!([a["approver"], a["role"], a["comment"], a["current"]]))
+                    .collect::<Vec<_>>(),
+                "transactional": d["transactional"],
+                "error": d["error"],
+            })
+        })
+        .collect();
+    let (_, audit) = app
+        .get("admin", &format!("/api/v1/audit?migration_id={id}"))
+        .await;
+    let mut actions: Vec<String> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            format!(
+                "{} {} {}",
+                a["actor"].as_str().unwrap(),
+                a["action"].as_str().unwrap(),
+                a["environment"].as_str().unwrap_or("-")
+            )
+        })
+        .collect();
+    actions.sort();
+    json!({
+        "effective_risk": m["effective_risk"],
+        "checksum": m["checksum"],
+        "author": m["author"],
+        "deployments": deployments,
+        "audit": actions,
+    })
+}
+
+#[tokio::test]
+async fn the_same_story_through_rest_and_grpc_ends_the_same() {
+    let over_rest = spawn_app().await;
+    let rest_id = story_over_rest(&over_rest).await;
+    let rest = outcome(&over_rest, &rest_id).await;
+    over_rest.stop().await;
+
+    let over_grpc = spawn_app().await;
+    let grpc_id = story_over_grpc(&over_grpc).await;
+    let grpc = outcome(&over_grpc, &grpc_id).await;
+    over_grpc.stop().await;
+    assert_eq!(rest, grpc);
+}
+
+#[tokio::test]
+async fn errors_map_to_status_codes() {
+    let app = spawn_app().await;
+    let mut client = app.grpc().await;
+    let no_token = client
+        .list_environments(pb::ListEnvironmentsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(no_token.code(), Code::Unauthenticated);
+    let unknown_env = client
+        .get_environment_status(app.grpc_request(
+            "dev",
+            pb::GetEnvironmentStatusRequest {
+                environment: "prodution".into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown_env.code(), Code::NotFound);
+    assert!(
+        unknown_env
+            .message()
+            .contains("known: development, staging, production")
+    );
+    let bad_kind = client
+        .submit_migration(app.grpc_request(
+            "dev",
+            pb::SubmitMigrationRequest {
+                kind: "schema_chnage".into(),
+                risk: "low".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(bad_kind.code(), Code::InvalidArgument);
+    assert!(
+        bad_kind.message().starts_with("kind: "),
+        "{}",
+        bad_kind.message()
+    );
+    let id = app
+        .submit("dev", migration("grpc errors", "low", "SELECT 1;", None))
+        .await;
+    let denied = client
+        .approve(app.grpc_request(
+            "ops1",
+            pb::ApproveRequest {
+                deployment_id: format!("{id}@production"),
+                role: "dba".into(),
+                comment: String::new(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    let not_locked = client
+        .unlock_environment(app.grpc_request(
+            "ops1",
+            pb::UnlockEnvironmentRequest {
+                environment: "staging".into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(not_locked.code(), Code::FailedPrecondition);
+    let me = client
+        .who_am_i(app.grpc_request("lead", pb::WhoAmIRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(me.name, "lead");
+    assert_eq!(me.roles, ["data_ops_lead"]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn health_and_reflection_answer() {
+    let app = spawn_app().await;
+    let addr = app.running.as_ref().unwrap().grpc_addr;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let serving = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "sluice.v1.Sluice".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        serving.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.next().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection answer");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(names.contains(&"sluice.v1.Sluice".to_owned()), "{names:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn watch_stream_delivers_the_notices_of_a_do_block_in_order() {
+    let app = spawn_app_with(AppOptions {
+        background_workers: false,
+        ..AppOptions::default()
+    })
+    .await;
+    let script = "DO $$\nBEGIN\n  RAISE NOTICE 'step 1';\n  RAISE NOTICE 'step 2';\n  RAISE NOTICE 'step 3';\nEND $$;";
+    let mut body = migration("three notices", "low", script, None);
+    body["kind"] = json!("data_migration");
+    let id = app.submit("dev", body).await;
+    let mut client = app.grpc().await;
+    let mut watch = client
+        .watch_deployment(app.grpc_request(
+            "dev",
+            pb::WatchDeploymentRequest {
+                deployment_id: format!("{id}@development"),
+                follow_resting: false,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let collector = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Some(event) = watch.next().await {
+            match event.unwrap().event.unwrap() {
+                pb::deployment_event::Event::State(state) => seen.push(format!("state {state}")),
+                pb::deployment_event::Event::Log(line) => {
+                    seen.push(format!("{} {}", line.level, line.message))
+                }
+                pb::deployment_event::Event::Missed(n) => seen.push(format!("missed {n}")),
+            }
+        }
+        seen
+    });
+    app.run_worker("development").await;
+    let seen = tokio::time::timeout(std::time::Duration::from_secs(30), collector)
+        .await
+        .expect("the stream ends once the deployment is applied")
+        .unwrap();
+    assert_eq!(
+        seen,
+        [
+            "state queued",
+            "state running",
+            "notice step 1",
+            "notice step 2",
+            "notice step 3",
+            "state applied"
+        ]
+    );
+    app.stop().await;
+}
