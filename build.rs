@@ -10,6 +10,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prost::Message::encode_to_vec(&descriptors),
     )?;
     tonic_prost_build::configure()
+        // The CLI prints responses as JSON with `--output json`.
+        .type_attribute(".", "#[derive(serde::Serialize)]")
         .build_client(true)
         .build_server(true)
         .compile_fds(descriptors)?;

@@ -1,0 +1,334 @@
+//! Migration script files as the seed's create-migration.sh wrote them: scripts/NNN_..._slug.sql
+//! and rollbacks/NNN_..._slug_rollback.sql, with the metadata in a header comment block that
+//! `submit` and `validate` read back. Works offline.
+
+use crate::domain::{MigrationKind, Risk, slugify};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// The metadata in a script's header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    pub id: Option<String>,
+    pub kind: MigrationKind,
+    pub description: String,
+    pub risk: Risk,
+    pub estimated_duration: String,
+    pub author: Option<String>,
+    pub ticket: String,
+    pub depends_on: Vec<String>,
+    /// The rollback script, relative to the folder holding scripts/ and rollbacks/.
+    pub rollback: Option<String>,
+}
+
+/// A problem in a script file, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: PathBuf,
+    pub line: usize,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}: {}", self.path.display(), self.line, self.message)
+    }
+}
+
+fn kind_label(kind: MigrationKind) -> &'static str {
+    match kind {
+        MigrationKind::SchemaChange => "SCHEMA_CHANGE",
+        MigrationKind::DataMigration => "DATA_MIGRATION",
+        MigrationKind::Hotfix => "HOTFIX",
+    }
+}
+
+/// Reads the header block (leading `-- Key: value` comment lines).
+pub fn read_header(path: &Path, text: &str) -> Result<Header, Problem> {
+    let problem = |line: usize, message: String| Problem {
+        path: path.to_owned(),
+        line,
+        message,
+    };
+    let mut fields: Vec<(usize, String, String)> = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let trimmed = line.trim();
+        if trimmed.is_empty() {
+            continue;
+        }
+        let Some(comment) = trimmed.strip_prefix("--") else {
+            break;
+        };
+        if let Some((key, value)) = comment.split_once(':') {
+            let key = key.trim().to_ascii_lowercase().replace([' ', '_'], "-");
+            fields.push((index + 1, key, value.trim().to_owned()));
+        }
+    }
+    let get = |key: &str| fields.iter().find(|(_, k, _)| k == key);
+    let required = |key: &str, label: &str| {
+        get(key)
+            .filter(|(_, _, v)| !v.is_empty())
+            .cloned()
+            .ok_or_else(|| {
+                problem(
+                    1,
+                    format!("the header has no \"-- {label}: ...\" line (`sluice new` writes one)"),
+                )
+            })
+    };
+    let (line, _, kind) = required("type", "Type")?;
+    let kind: MigrationKind = kind
+        .parse()
+        .map_err(|e: crate::domain::DomainError| problem(line, format!("Type: {e}")))?;
+    let (line, _, risk) = required("risk", "Risk")?;
+    let risk: Risk = risk
+        .parse()
+        .map_err(|e: crate::domain::DomainError| problem(line, format!("Risk: {e}")))?;
+    let (_, _, description) = required("description", "Description")?;
+    let (_, _, ticket) = required("ticket", "Ticket")?;
+    let estimated_duration = get("estimated-duration")
+        .or_else(|| get("duration"))
+        .map(|(_, _, v)| v.clone())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "5m".into());
+    let depends_on = get("depends-on")
+        .map(|(_, _, v)| {
+            v.split([',', ' '])
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Header {
+        id: get("migration").map(|(_, _, v)| v.clone()),
+        kind,
+        description,
+        risk,
+        estimated_duration,
+        author: get("author").map(|(_, _, v)| v.clone()),
+        ticket,
+        depends_on,
+        rollback: get("rollback")
+            .map(|(_, _, v)| v.clone())
+            .filter(|v| !v.is_empty()),
+    })
+}
+
+/// Where a script's rollback is: the header's `Rollback:` (relative to the folder holding
+/// scripts/), else rollbacks/<name>_rollback.sql beside scripts/.
+pub fn rollback_path(script: &Path, header: &Header) -> PathBuf {
+    let scripts_dir = script.parent().unwrap_or(Path::new("."));
+    let root = scripts_dir.parent().unwrap_or(Path::new("."));
+    match &header.rollback {
+        Some(relative) => root.join(relative),
+        None => {
+            let stem = script
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("migration");
+            root.join("rollbacks").join(format!("{stem}_rollback.sql"))
+        }
+    }
+}
+
+/// What `new` needs to write a migration.
+pub struct NewMigration {
+    pub kind: MigrationKind,
+    pub description: String,
+    pub risk: Risk,
+    pub duration: String,
+    pub author: String,
+    pub ticket: String,
+}
+
+/// Writes scripts/NNN_YYYYMMDD_HHMMSS_slug.sql and rollbacks/..._rollback.sql under `root`,
+/// numbering after the highest number already in scripts/. Returns both paths.
+pub fn write_new(
+    root: &Path,
+    spec: &NewMigration,
+    timestamp: &str,
+) -> std::io::Result<(PathBuf, PathBuf)> {
+    let scripts = root.join("scripts");
+    let rollbacks = root.join("rollbacks");
+    std::fs::create_dir_all(&scripts)?;
+    std::fs::create_dir_all(&rollbacks)?;
+    let mut highest = 0;
+    for entry in std::fs::read_dir(&scripts)? {
+        let name = entry?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(n) = name.split('_').next().and_then(|n| n.parse::<u64>().ok()) {
+            highest = highest.max(n);
+        }
+    }
+    let slug = match slugify(&spec.description) {
+        s if s.is_empty() => "migration".to_owned(),
+        s => s,
+    };
+    let name = format!("{:03}_{timestamp}_{slug}", highest + 1);
+    let script_path = scripts.join(format!("{name}.sql"));
+    let rollback_relative = format!("rollbacks/{name}_rollback.sql");
+    let rollback_path = root.join(&rollback_relative);
+    let mut header = String::new();
+    let _ = writeln!(header, "-- Migration: {name}");
+    let _ = writeln!(header, "-- Type: {}", kind_label(spec.kind));
+    let _ = writeln!(header, "-- Description: {}", spec.description);
+    let _ = writeln!(header, "-- Risk: {}", spec.risk.as_str().to_uppercase());
+    let _ = writeln!(header, "-- Estimated-Duration: {}", spec.duration);
+    let _ = writeln!(header, "-- Author: {}", spec.author);
+    let _ = writeln!(header, "-- Ticket: {}", spec.ticket);
+    let _ = writeln!(header, "-- Depends-On:");
+    let _ = writeln!(header, "-- Rollback: {rollback_relative}");
+    let body = match spec.kind {
+        MigrationKind::SchemaChange => SCHEMA_TEMPLATE,
+        MigrationKind::DataMigration => DATA_TEMPLATE,
+        MigrationKind::Hotfix => HOTFIX_TEMPLATE,
+    };
+    std::fs::write(&script_path, format!("{header}\n{body}"))?;
+    std::fs::write(
+        &rollback_path,
+        format!(
+            "-- Rollback of {name}: undo every change of the migration, newest first.\n{ROLLBACK_TEMPLATE}"
+        ),
+    )?;
+    Ok((script_path, rollback_path))
+}
+
+const SCHEMA_TEMPLATE: &str = "-- Schema change. Sluice runs the script in one transaction (no BEGIN/COMMIT needed)\n\
+-- unless a statement cannot run in one (CREATE INDEX CONCURRENTLY, VACUUM, ...).\n\
+CREATE TABLE example_table (\n    id BIGSERIAL PRIMARY KEY,\n    created_at TIMESTAMPTZ NOT NULL DEFAULT now()\n);\n";
+
+const DATA_TEMPLATE: &str = "-- Data migration in batches, reporting progress (RAISE NOTICE lines reach the deployment log).\n\
+DO $$\nDECLARE\n    batch_size INTEGER := 1000;\n    processed INTEGER := 0;\n    total INTEGER;\nBEGIN\n    SELECT COUNT(*) INTO total FROM legacy_table;\n    WHILE processed < total LOOP\n        INSERT INTO new_table (column1, column2)\n        SELECT old_column1, old_column2\n        FROM legacy_table\n        ORDER BY id\n        LIMIT batch_size OFFSET processed;\n\n        processed := processed + batch_size;\n        RAISE NOTICE 'Processed % of % records', LEAST(processed, total), total;\n    END LOOP;\nEND $$;\n";
+
+const HOTFIX_TEMPLATE: &str = "-- Hotfix: the smallest change that fixes the problem, guarded so it touches only bad rows.\n\
+UPDATE configuration\nSET value = 'fixed_value'\nWHERE key = 'problematic_setting'\n  AND value = 'problematic_value';\n";
+
+const ROLLBACK_TEMPLATE: &str = "DROP TABLE IF EXISTS example_table;\n";
+
+/// Checks one script file without a daemon: header, lexing, forbidden statements, findings.
+/// Returns the problems (errors and findings), each with its line.
+pub fn validate_file(path: &Path) -> Vec<Problem> {
+    let at = |line: usize, message: String| Problem {
+        path: path.to_owned(),
+        line,
+        message,
+    };
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) => return vec![at(0, format!("cannot read: {e}"))],
+    };
+    let mut problems = Vec::new();
+    let header = match read_header(path, &text) {
+        Ok(header) => Some(header),
+        Err(problem) => {
+            problems.push(problem);
+            None
+        }
+    };
+    match crate::lint::split_statements(&text) {
+        Err(e) => problems.push(at(e.line, e.message)),
+        Ok(statements) if statements.is_empty() => {
+            problems.push(at(1, "the script has no SQL statement".into()))
+        }
+        Ok(statements) => {
+            for s in statements
+                .iter()
+                .filter(|s| s.is_forbidden_transaction_control())
+            {
+                problems.push(at(
+                    s.line,
+                    format!(
+                        "\"{}\" is not allowed in a migration; Sluice runs each script in its own transaction",
+                        s.text
+                    ),
+                ));
+            }
+            let findings = crate::lint::analyse(&statements);
+            let declared = header.as_ref().map(|h| h.risk);
+            for finding in findings {
+                let note = match declared {
+                    Some(risk) if risk < finding.risk => format!(
+                        " (raises the declared risk {} to {})",
+                        risk.as_str().to_uppercase(),
+                        finding.risk.as_str().to_uppercase()
+                    ),
+                    _ => String::new(),
+                };
+                problems.push(at(
+                    finding.line,
+                    format!(
+                        "{} risk: {}{note}",
+                        finding.risk.as_str().to_uppercase(),
+                        finding.message
+                    ),
+                ));
+            }
+        }
+    }
+    if let Some(header) = &header {
+        let rollback = rollback_path(path, header);
+        if header.rollback.is_some() && !rollback.exists() {
+            problems.push(at(
+                1,
+                format!("the rollback script {} does not exist", rollback.display()),
+            ));
+        }
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_writes_numbered_scripts_whose_header_reads_back() {
+        let root = std::env::temp_dir().join(format!("sluice-new-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let spec = NewMigration {
+            kind: MigrationKind::SchemaChange,
+            description: "Add user preferences table".into(),
+            risk: Risk::Low,
+            duration: "5m".into(),
+            author: "john.doe".into(),
+            ticket: "PROJ-123".into(),
+        };
+        let (first, _) = write_new(&root, &spec, "20261125_101500").unwrap();
+        let (second, rollback) = write_new(&root, &spec, "20261125_101501").unwrap();
+        assert!(first.ends_with("scripts/001_20261125_101500_add_user_preferences_table.sql"));
+        assert!(second.ends_with("scripts/002_20261125_101501_add_user_preferences_table.sql"));
+        let text = std::fs::read_to_string(&second).unwrap();
+        let header = read_header(&second, &text).unwrap();
+        assert_eq!(header.kind, MigrationKind::SchemaChange);
+        assert_eq!(header.risk, Risk::Low);
+        assert_eq!(header.ticket, "PROJ-123");
+        assert_eq!(header.author.as_deref(), Some("john.doe"));
+        assert_eq!(rollback_path(&second, &header), rollback);
+        assert!(
+            validate_file(&second).is_empty(),
+            "{:?}",
+            validate_file(&second)
+        );
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn validation_names_file_and_line() {
+        let root = std::env::temp_dir().join(format!("sluice-validate-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        let path = root.join("bad.sql");
+        std::fs::write(
+            &path,
+            "-- Type: HOTFIX\n-- Description: x\n-- Risk: LOW\n-- Ticket: T-1\nUPDATE t SET a = 1;\nROLLBACK;\n",
+        )
+        .unwrap();
+        let problems: Vec<String> = validate_file(&path).iter().map(|p| p.to_string()).collect();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].ends_with("bad.sql:6: \"ROLLBACK\" is not allowed in a migration; Sluice runs each script in its own transaction"), "{problems:?}");
+        assert!(problems[1].contains("bad.sql:5: HIGH risk"), "{problems:?}");
+        std::fs::write(&path, "SELECT 1;\n").unwrap();
+        let problems: Vec<String> = validate_file(&path).iter().map(|p| p.to_string()).collect();
+        assert!(problems[0].contains("Type"), "{problems:?}");
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}
