@@ -3,6 +3,7 @@
 
 mod api_errors;
 mod binary;
+mod cli;
 mod grpc;
 mod harness;
 mod rules;

@@ -1,0 +1,357 @@
+//! The `sluice` CLI end to end against the daemon on port 0 with PostgreSQL targets: the seed's
+//! quick start (new, validate, submit, migrate, approve x2, status, lock/unlock, rollback) and
+//! its exit codes.
+
+use crate::harness::{TestApp, spawn_app};
+use std::path::Path;
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+async fn sluice(app: &TestApp, user: Option<&str>, dir: &Path, args: &[&str]) -> Run {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
+    command
+        .args(args)
+        .current_dir(dir)
+        .env(
+            "SLUICE_ADDR",
+            format!("http://{}", app.running.as_ref().unwrap().grpc_addr),
+        )
+        .env_remove("SLUICE_TOKEN");
+    if let Some(user) = user {
+        command.env("SLUICE_TOKEN", app.token(user));
+    }
+    let output = tokio::time::timeout(std::time::Duration::from_secs(60), command.output())
+        .await
+        .expect("the CLI finishes within a minute")
+        .expect("the CLI runs");
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+fn ok(run: &Run) {
+    assert_eq!(
+        run.code, 0,
+        "stdout: {}\nstderr: {}",
+        run.stdout, run.stderr
+    );
+}
+
+#[tokio::test]
+async fn the_seed_quick_start_through_the_cli() {
+    let app = spawn_app().await;
+    let dir = std::env::temp_dir().join(format!("sluice-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+
+    let created = sluice(
+        &app,
+        None,
+        &dir,
+        &[
+            "new",
+            "--type",
+            "SCHEMA_CHANGE",
+            "--description",
+            "Add user preferences table",
+            "--risk",
+            "LOW",
+            "--duration",
+            "5m",
+            "--author",
+            "dev",
+            "--ticket",
+            "PROJ-123",
+        ],
+    )
+    .await;
+    ok(&created);
+    let script = created
+        .stdout
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("created "))
+        .unwrap()
+        .to_owned();
+    assert!(
+        script.contains("scripts/001_") && script.ends_with("_add_user_preferences_table.sql"),
+        "{script}"
+    );
+    ok(&sluice(&app, None, &dir, &["validate", &script]).await);
+
+    let submitted = sluice(&app, Some("dev"), &dir, &["submit", &script]).await;
+    ok(&submitted);
+    let id = submitted
+        .stdout
+        .lines()
+        .next()
+        .and_then(|l| l.rsplit(' ').next())
+        .unwrap()
+        .to_owned();
+    assert!(id.starts_with("001_"), "{}", submitted.stdout);
+
+    ok(&sluice(
+        &app,
+        Some("dev"),
+        &dir,
+        &["migrate", "development", "--wait"],
+    )
+    .await);
+    app.wait_for_state(&format!("{id}@development"), &["applied"])
+        .await;
+    assert!(app.table_exists("development", "example_table").await);
+
+    // Approvals keep the seed's positional arguments; the approver must be the token's user.
+    let impostor = sluice(
+        &app,
+        Some("ops1"),
+        &dir,
+        &["approve", &id, "data_ops", "ops2", "lgtm"],
+    )
+    .await;
+    assert_eq!(impostor.code, 1, "{}", impostor.stderr);
+    assert!(
+        impostor.stderr.contains("is not the token's user (ops1)"),
+        "{}",
+        impostor.stderr
+    );
+    let first = sluice(
+        &app,
+        Some("ops1"),
+        &dir,
+        &["approve", &id, "data_ops", "ops1", "lgtm"],
+    )
+    .await;
+    ok(&first);
+    assert!(
+        first.stdout.contains("awaiting_approval") && first.stdout.contains("still needed"),
+        "{}",
+        first.stdout
+    );
+    ok(&sluice(
+        &app,
+        Some("ops2"),
+        &dir,
+        &["approve", &id, "data_ops", "ops2", "ship it"],
+    )
+    .await);
+    app.wait_for_state(&format!("{id}@staging"), &["applied"])
+        .await;
+    assert!(app.table_exists("staging", "example_table").await);
+
+    let status = sluice(&app, Some("ops1"), &dir, &["status", "staging"]).await;
+    ok(&status);
+    assert!(
+        status.stdout.contains(&format!("last applied {id}")),
+        "{}",
+        status.stdout
+    );
+    let production = sluice(
+        &app,
+        Some("lead"),
+        &dir,
+        &["status", "production", "--verbose"],
+    )
+    .await;
+    ok(&production);
+    assert!(
+        production.stdout.contains("needs: data_ops_lead, dba"),
+        "{}",
+        production.stdout
+    );
+
+    ok(&sluice(
+        &app,
+        Some("lead"),
+        &dir,
+        &["lock", "production", "release freeze"],
+    )
+    .await);
+    let locked = sluice(&app, Some("lead"), &dir, &["status", "production"]).await;
+    assert!(
+        locked.stdout.contains("locked by lead") && locked.stdout.contains("release freeze"),
+        "{}",
+        locked.stdout
+    );
+    let refused = sluice(&app, Some("lead"), &dir, &["migrate", "production"]).await;
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("locked by lead"),
+        "{}",
+        refused.stderr
+    );
+    ok(&sluice(&app, Some("lead"), &dir, &["unlock", "production"]).await);
+
+    let rollback = sluice(
+        &app,
+        Some("ops1"),
+        &dir,
+        &["rollback", "staging", &id, "--wait"],
+    )
+    .await;
+    ok(&rollback);
+    assert!(!app.table_exists("staging", "example_table").await);
+
+    let history = sluice(&app, Some("dev"), &dir, &["history"]).await;
+    ok(&history);
+    assert!(
+        history.stdout.contains("staging=rolled_back"),
+        "{}",
+        history.stdout
+    );
+    let audit = sluice(&app, Some("admin"), &dir, &["audit", "--migration", &id]).await;
+    ok(&audit);
+    assert!(
+        audit.stdout.contains("rollback_requested"),
+        "{}",
+        audit.stdout
+    );
+    let json = sluice(
+        &app,
+        Some("dev"),
+        &dir,
+        &["--output", "json", "status", "development"],
+    )
+    .await;
+    ok(&json);
+    let parsed: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(parsed["last_applied"]["migration_id"], id.as_str());
+    let _ = std::fs::remove_dir_all(&dir);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn exit_codes_tell_failure_usage_and_reach_apart() {
+    let app = spawn_app().await;
+    let dir = std::env::temp_dir().join(format!("sluice-cli-codes-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("scripts")).unwrap();
+    let bad = dir.join("scripts/001_20261125_000000_broken.sql");
+    std::fs::write(
+        &bad,
+        "-- Type: HOTFIX\n-- Description: broken\n-- Risk: LOW\n-- Ticket: T-9\nINSERT INTO nowhere VALUES (1);\n",
+    )
+    .unwrap();
+    let bad = bad.to_str().unwrap();
+    ok(&sluice(&app, None, &dir, &["validate", bad]).await);
+    let submitted = sluice(&app, Some("dev"), &dir, &["submit", bad]).await;
+    ok(&submitted);
+    // The migration fails in development: --wait ends with exit code 1 and the database's error.
+    let failed = sluice(
+        &app,
+        Some("dev"),
+        &dir,
+        &["migrate", "development", "--wait"],
+    )
+    .await;
+    let id = submitted
+        .stdout
+        .lines()
+        .next()
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    app.wait_for_state(&format!("{id}@development"), &["failed"])
+        .await;
+    if failed.code == 0 {
+        // The deployment had already failed before `migrate` ran: nothing was left to apply.
+        assert!(
+            failed.stdout.contains("nothing to apply"),
+            "{}",
+            failed.stdout
+        );
+    } else {
+        assert_eq!(failed.code, 1, "{}", failed.stderr);
+        assert!(
+            failed
+                .stderr
+                .contains("relation \"nowhere\" does not exist"),
+            "{}",
+            failed.stderr
+        );
+    }
+    let status = sluice(
+        &app,
+        Some("dev"),
+        &dir,
+        &["status", "development", "--verbose"],
+    )
+    .await;
+    assert!(status.stdout.contains("halted by"), "{}", status.stdout);
+    assert!(
+        status
+            .stdout
+            .contains("relation \"nowhere\" does not exist"),
+        "{}",
+        status.stdout
+    );
+
+    let no_token = sluice(&app, None, &dir, &["status", "development"]).await;
+    assert_eq!(no_token.code, 3, "{}", no_token.stderr);
+    let wrong_role = sluice(&app, Some("dev"), &dir, &["lock", "production", "mine"]).await;
+    assert_eq!(wrong_role.code, 3, "{}", wrong_role.stderr);
+    assert!(
+        wrong_role.stderr.starts_with("sluice: not authorized:"),
+        "{}",
+        wrong_role.stderr
+    );
+    let usage = sluice(&app, Some("dev"), &dir, &["approve", "only-one-arg"]).await;
+    assert_eq!(usage.code, 2);
+    let unknown_env = sluice(&app, Some("dev"), &dir, &["status", "prodution"]).await;
+    assert_eq!(unknown_env.code, 1);
+    assert!(
+        unknown_env
+            .stderr
+            .contains("unknown environment \"prodution\""),
+        "{}",
+        unknown_env.stderr
+    );
+    let invalid = dir.join("invalid.sql");
+    std::fs::write(
+        &invalid,
+        "-- Type: HOTFIX\n-- Description: x\n-- Risk: LOW\n-- Ticket: T\nSELECT 'open;\n",
+    )
+    .unwrap();
+    let findings = sluice(&app, None, &dir, &["validate", invalid.to_str().unwrap()]).await;
+    assert_eq!(findings.code, 1);
+    assert!(
+        findings
+            .stdout
+            .contains("invalid.sql:5: unterminated string"),
+        "{}",
+        findings.stdout
+    );
+    let completions = sluice(&app, None, &dir, &["completions", "bash"]).await;
+    ok(&completions);
+    assert!(completions.stdout.contains("sluice"));
+
+    let mut unreachable = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
+    let output = unreachable
+        .args([
+            "--server",
+            "http://127.0.0.1:9",
+            "--token",
+            "x",
+            "status",
+            "development",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(3));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("cannot reach sluice at http://127.0.0.1:9 (connection refused); start it with \"sluice server\" or set SLUICE_ADDR"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    app.stop().await;
+}
