@@ -1337,11 +1337,20 @@ impl Service {
             };
         let mut queue = Vec::new();
         let mut earlier: Option<(String, DeploymentState)> = None;
+        // One query for the approvals of the whole queue, however long it is.
+        let open_ids: Vec<String> = open.iter().map(|d| d.id.clone()).collect();
+        let mut approvals_by_deployment: HashMap<String, Vec<ApprovalRow>> = HashMap::new();
+        for approval in self.store.approvals_of_many(&mut conn, &open_ids).await? {
+            approvals_by_deployment
+                .entry(approval.deployment_id.clone())
+                .or_default()
+                .push(approval);
+        }
         for d in &open {
             let Some(m) = migrations.get(&d.migration_id) else {
                 continue;
             };
-            let approvals = self.store.approvals(&mut conn, &d.id).await?;
+            let approvals = approvals_by_deployment.remove(&d.id).unwrap_or_default();
             let mut view = self.deployment_view(d, m, &approvals)?;
             if matches!(d.state, DeploymentState::Queued | DeploymentState::Approved) {
                 let dependency_states = self

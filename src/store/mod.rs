@@ -605,6 +605,30 @@ impl Store {
         rows.iter().map(approval_from_row).collect()
     }
 
+    /// The approvals of many deployments, in one query per 500.
+    pub async fn approvals_of_many(
+        &self,
+        conn: &mut AnyConnection,
+        deployment_ids: &[String],
+    ) -> Result<Vec<ApprovalRow>, StoreError> {
+        let mut out = Vec::new();
+        for chunk in deployment_ids.chunks(500) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT deployment_id, approver, role, comment, checksum, approved_at FROM approvals WHERE deployment_id IN ({}) ORDER BY approved_at, approver",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(id);
+            }
+            for row in query.fetch_all(&mut *conn).await? {
+                out.push(approval_from_row(&row)?);
+            }
+        }
+        Ok(out)
+    }
+
     pub async fn insert_approval(&self, tx: &mut Tx, a: &ApprovalRow) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO approvals (deployment_id, approver, role, comment, checksum, approved_at) VALUES ($1, $2, $3, $4, $5, $6)",
