@@ -125,6 +125,10 @@ impl Worker {
         }
         let open = {
             let mut conn = store.conn().await?;
+            // The cheap question first: an idle worker polls every second.
+            if !store.has_work(&mut conn, env_name).await? {
+                return Ok(Outcome::Idle);
+            }
             store
                 .deployments_in_states(
                     &mut conn,

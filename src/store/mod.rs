@@ -32,7 +32,10 @@ const POSTGRES_SCHEMA: &[(i64, &str)] =
 
 #[derive(Clone)]
 pub struct Store {
+    /// Every write, and on PostgreSQL every read too.
     pool: AnyPool,
+    /// SQLite only: read-only connections, which WAL lets run beside the one writer.
+    read_pool: Option<AnyPool>,
     backend: Backend,
 }
 
@@ -206,29 +209,23 @@ impl Store {
             }
         }
         let options = AnyConnectOptions::from_str(&url)?;
-        // SQLite allows one writer at a time; one connection avoids SQLITE_BUSY on lock
-        // upgrades and costs little for an embedded store.
-        let connections = if backend == Backend::Sqlite {
-            1
-        } else {
-            max_connections.max(1)
+        // SQLite allows one writer at a time: one write connection avoids SQLITE_BUSY on lock
+        // upgrades, and a pool of read-only connections serves status queries beside it.
+        let (connections, read_connections) = match backend {
+            Backend::Sqlite if !url.contains(":memory:") => (1, max_connections.max(1)),
+            Backend::Sqlite => (1, 0),
+            Backend::Postgres => (max_connections.max(1), 0),
         };
-        let pool = AnyPoolOptions::new()
-            .max_connections(connections)
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    if backend == Backend::Sqlite {
-                        sqlx::raw_sql("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;")
-                            .execute(&mut *conn)
-                            .await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect_with(options)
-            .await?;
-        let store = Store { pool, backend };
+        let pool = open_pool(options.clone(), connections, backend, false).await?;
+        let mut store = Store {
+            pool,
+            read_pool: None,
+            backend,
+        };
         store.apply_schema().await?;
+        if read_connections > 0 {
+            store.read_pool = Some(open_pool(options, read_connections, backend, true).await?);
+        }
         Ok(store)
     }
 
@@ -292,6 +289,9 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        if let Some(read_pool) = &self.read_pool {
+            read_pool.close().await;
+        }
         self.pool.close().await;
     }
 
@@ -507,6 +507,21 @@ impl Store {
         .fetch_all(conn)
         .await?;
         rows.iter().map(deployment_from_row).collect()
+    }
+
+    /// Whether the environment has anything for its worker: queued, running or rolling back.
+    pub async fn has_work(
+        &self,
+        conn: &mut AnyConnection,
+        environment: &str,
+    ) -> Result<bool, StoreError> {
+        let row = sqlx::query(
+            "SELECT 1 AS one FROM deployments WHERE environment = $1 AND state IN ('queued', 'running', 'rolling_back') LIMIT 1",
+        )
+        .bind(environment)
+        .fetch_optional(conn)
+        .await?;
+        Ok(row.is_some())
     }
 
     /// Deployments of an environment in the given states, in id order.
@@ -782,8 +797,42 @@ impl Store {
 
     /// A connection for reads outside a transaction.
     pub async fn conn(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>, StoreError> {
-        Ok(self.pool.acquire().await?)
+        Ok(self
+            .read_pool
+            .as_ref()
+            .unwrap_or(&self.pool)
+            .acquire()
+            .await?)
     }
+}
+
+async fn open_pool(
+    options: AnyConnectOptions,
+    connections: u32,
+    backend: Backend,
+    read_only: bool,
+) -> Result<AnyPool, StoreError> {
+    Ok(AnyPoolOptions::new()
+        .max_connections(connections)
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                if backend == Backend::Sqlite {
+                    sqlx::raw_sql(
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
+                    )
+                    .execute(&mut *conn)
+                    .await?;
+                    if read_only {
+                        sqlx::raw_sql("PRAGMA query_only = ON")
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                }
+                Ok(())
+            })
+        })
+        .connect_with(options)
+        .await?)
 }
 
 fn prepare_sqlite_path(url: &str) -> Result<(), StoreError> {
