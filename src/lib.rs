@@ -92,6 +92,12 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
     let app = api::router(service.clone());
     let shutdown = cancel.clone();
     let server = tokio::spawn(async move {
+        use axum::serve::ListenerExt;
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
         axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await
@@ -110,7 +116,9 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
             .add_service(reflection)
             .add_service(api::grpc::GrpcApi::server(service.clone()))
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+                // Without TCP_NODELAY, Nagle's algorithm and delayed ACKs add 40 ms to every
+                // response larger than a packet.
+                tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
                 async move { grpc_shutdown.cancelled().await },
             ),
     );
