@@ -94,6 +94,18 @@ enum Command {
         #[arg(long)]
         wait: bool,
     },
+    /// Retry a failed deployment (after fixing its cause).
+    Retry {
+        environment: String,
+        migration_id: String,
+    },
+    /// Cancel a deployment that has not run (or skip a failed one).
+    Cancel {
+        environment: String,
+        migration_id: String,
+        #[arg(default_value = "")]
+        reason: String,
+    },
     /// Check migration scripts offline: header, syntax, forbidden statements, risk findings.
     Validate {
         #[arg(required = true)]
@@ -707,6 +719,39 @@ async fn remote(client: &mut Client, command: Command, output: Output) -> CliRes
                 }
             }
         }
+        Command::Retry {
+            environment,
+            migration_id,
+        } => {
+            let request = client.request(pb::DeploymentActionRequest {
+                deployment_id: format!("{migration_id}@{environment}"),
+                reason: String::new(),
+            })?;
+            let deployment = client
+                .inner
+                .retry(request)
+                .await
+                .map_err(|s| client.failed(s))?
+                .into_inner();
+            print_deployment(&deployment, output)
+        }
+        Command::Cancel {
+            environment,
+            migration_id,
+            reason,
+        } => {
+            let request = client.request(pb::DeploymentActionRequest {
+                deployment_id: format!("{migration_id}@{environment}"),
+                reason,
+            })?;
+            let deployment = client
+                .inner
+                .cancel(request)
+                .await
+                .map_err(|s| client.failed(s))?
+                .into_inner();
+            print_deployment(&deployment, output)
+        }
         Command::Submit { scripts } => submit(client, &scripts, output).await,
         Command::History { environment, limit } => {
             let request = client.request(pb::ListMigrationsRequest {
@@ -785,6 +830,16 @@ async fn remote(client: &mut Client, command: Command, output: Output) -> CliRes
         | Command::Validate { .. }
         | Command::New { .. }
         | Command::Completions { .. } => unreachable!("offline commands run before connecting"),
+    }
+}
+
+fn print_deployment(deployment: &pb::Deployment, output: Output) -> CliResult {
+    match output {
+        Output::Json => print_json(deployment),
+        Output::Table => {
+            println!("{}: {}", deployment.id, deployment.state);
+            Ok(())
+        }
     }
 }
 
@@ -978,7 +1033,7 @@ async fn migrate(
         println!("{environment}: nothing to apply");
         return Ok(());
     }
-    let outcomes = follow_stream(client, events, &result.queued).await?;
+    let outcomes = follow_stream(client, environment, events, &result.queued).await?;
     finish(outcomes, output)
 }
 
@@ -997,7 +1052,7 @@ async fn follow(
         .await
         .map_err(|s| client.failed(s))?
         .into_inner();
-    follow_stream(client, events, ids).await
+    follow_stream(client, environment, events, ids).await
 }
 
 fn resting(state: &str) -> bool {
@@ -1011,6 +1066,7 @@ fn resting(state: &str) -> bool {
 /// deployment rests. Returns each one's final state and error.
 async fn follow_stream(
     client: &mut Client,
+    environment: &str,
     mut events: tonic::Streaming<pb::DeploymentEvent>,
     ids: &[String],
 ) -> CliResult<BTreeMap<String, (String, String)>> {
@@ -1049,6 +1105,11 @@ async fn follow_stream(
             }
         }
     }
+    let mut seen_running: HashSet<String> = HashSet::new();
+    // A queue that is halted or locked will not move: say so instead of waiting forever.
+    if let Some(reason) = stuck(client, environment, ids).await? {
+        give_up(ids, &mut outcomes, &progress, &reason);
+    }
     while outcomes.len() < ids.len() {
         let Some(event) = events.next().await else {
             return Err(Failure {
@@ -1058,7 +1119,25 @@ async fn follow_stream(
             });
         };
         let event = event.map_err(|s| client.failed(s))?;
+        let state_is = |wanted_state: &str| matches!(&event.event, Some(pb::deployment_event::Event::State(s)) if s == wanted_state);
+        let (halting, requeued, running) =
+            (state_is("failed"), state_is("queued"), state_is("running"));
         if !wanted.contains(&event.deployment_id) || outcomes.contains_key(&event.deployment_id) {
+            if halting {
+                let reason = format!("the queue is halted by {}", event.deployment_id);
+                give_up(ids, &mut outcomes, &progress, &reason);
+            }
+            continue;
+        }
+        if running {
+            seen_running.insert(event.deployment_id.clone());
+        }
+        // Back in the queue after running: the environment was locked or the daemon is stopping.
+        if requeued
+            && seen_running.contains(&event.deployment_id)
+            && let Some(reason) = stuck(client, environment, ids).await?
+        {
+            give_up(ids, &mut outcomes, &progress, &reason);
             continue;
         }
         let bar = progress.get(&event.deployment_id);
@@ -1084,6 +1163,52 @@ async fn follow_stream(
         }
     }
     Ok(outcomes)
+}
+
+/// Why the environment's queue cannot move (a failure outside `ids`, a lock), if it cannot.
+async fn stuck(
+    client: &mut Client,
+    environment: &str,
+    ids: &[String],
+) -> CliResult<Option<String>> {
+    let request = client.request(pb::GetEnvironmentStatusRequest {
+        environment: environment.to_owned(),
+    })?;
+    let status = client
+        .inner
+        .get_environment_status(request)
+        .await
+        .map_err(|s| client.failed(s))?
+        .into_inner();
+    if let Some(lock) = &status.lock {
+        return Ok(Some(format!(
+            "{environment} is locked by {}: {}",
+            lock.locked_by, lock.reason
+        )));
+    }
+    if !status.halted_by.is_empty() && !ids.contains(&status.halted_by) {
+        return Ok(Some(format!("the queue is halted by {}", status.halted_by)));
+    }
+    Ok(None)
+}
+
+/// Ends the wait for every deployment without an outcome yet.
+fn give_up(
+    ids: &[String],
+    outcomes: &mut BTreeMap<String, (String, String)>,
+    progress: &BTreeMap<String, indicatif::ProgressBar>,
+    reason: &str,
+) {
+    for id in ids {
+        if outcomes.contains_key(id) {
+            continue;
+        }
+        outcomes.insert(id.clone(), ("blocked".into(), reason.to_owned()));
+        match progress.get(id) {
+            Some(bar) => bar.abandon_with_message(format!("blocked: {reason}")),
+            None => println!("{id}: blocked: {reason}"),
+        }
+    }
 }
 
 fn finish(outcomes: BTreeMap<String, (String, String)>, output: Output) -> CliResult {

@@ -195,7 +195,7 @@ pub fn write_new(
 
 const SCHEMA_TEMPLATE: &str = "-- Schema change. Sluice runs the script in one transaction (no BEGIN/COMMIT needed)\n\
 -- unless a statement cannot run in one (CREATE INDEX CONCURRENTLY, VACUUM, ...).\n\
-CREATE TABLE example_table (\n    id BIGSERIAL PRIMARY KEY,\n    created_at TIMESTAMPTZ NOT NULL DEFAULT now()\n);\n";
+CREATE TABLE example_table (\n    id BIGSERIAL PRIMARY KEY,\n    created_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP\n);\n";
 
 const DATA_TEMPLATE: &str = "-- Data migration in batches, reporting progress (RAISE NOTICE lines reach the deployment log).\n\
 DO $$\nDECLARE\n    batch_size INTEGER := 1000;\n    processed INTEGER := 0;\n    total INTEGER;\nBEGIN\n    SELECT COUNT(*) INTO total FROM legacy_table;\n    WHILE processed < total LOOP\n        INSERT INTO new_table (column1, column2)\n        SELECT old_column1, old_column2\n        FROM legacy_table\n        ORDER BY id\n        LIMIT batch_size OFFSET processed;\n\n        processed := processed + batch_size;\n        RAISE NOTICE 'Processed % of % records', LEAST(processed, total), total;\n    END LOOP;\nEND $$;\n";

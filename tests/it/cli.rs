@@ -293,6 +293,19 @@ async fn exit_codes_tell_failure_usage_and_reach_apart() {
         "{}",
         status.stdout
     );
+    // Retrying without fixing fails again; skipping it (cancel) clears the halt.
+    ok(&sluice(&app, Some("dev"), &dir, &["retry", "development", &id]).await);
+    app.wait_for_state(&format!("{id}@development"), &["failed"])
+        .await;
+    ok(&sluice(
+        &app,
+        Some("dev"),
+        &dir,
+        &["cancel", "development", &id, "superseded"],
+    )
+    .await);
+    let cleared = sluice(&app, Some("dev"), &dir, &["status", "development"]).await;
+    assert!(!cleared.stdout.contains("halted by"), "{}", cleared.stdout);
 
     let no_token = sluice(&app, None, &dir, &["status", "development"]).await;
     assert_eq!(no_token.code, 3, "{}", no_token.stderr);
