@@ -120,9 +120,9 @@ impl Worker {
     pub async fn run_once(&self) -> Result<Outcome, ServiceError> {
         let store = &self.service.store;
         let env_name = self.environment.name.as_str();
-        if self.locked().await? {
-            return Ok(Outcome::Locked);
-        }
+        // A lock stops new deployments, not rollbacks: undoing a change is what an incident
+        // often locks an environment for.
+        let locked = self.locked().await?;
         let open = {
             let mut conn = store.conn().await?;
             // The cheap question first: an idle worker polls every second.
@@ -153,6 +153,9 @@ impl Worker {
         if !has_work {
             return Ok(Outcome::Idle);
         }
+        if locked && !open.iter().any(|d| d.state == DeploymentState::RollingBack) {
+            return Ok(Outcome::Locked);
+        }
         let signals = &self.service.signals;
         let mut session = match target::open(&self.settings(), &self.owner).await {
             Ok(session) => session,
@@ -162,7 +165,7 @@ impl Worker {
                 return Ok(Outcome::TargetUnavailable(e.to_string()));
             }
         };
-        let result = self.work(&mut session, open).await;
+        let result = self.work(&mut session, open, locked).await;
         session.close().await;
         match &result {
             Ok(Outcome::TargetUnavailable(message)) => {
@@ -178,6 +181,7 @@ impl Worker {
         &self,
         session: &mut target::TargetSession,
         mut open: Vec<DeploymentRow>,
+        locked: bool,
     ) -> Result<Outcome, ServiceError> {
         let store = &self.service.store;
         let history = match session.history().await {
@@ -263,7 +267,7 @@ impl Worker {
         let (sender, receiver) = mpsc::channel::<Record>(1024);
         let recorder = tokio::spawn(record_outcomes(self.service.clone(), receiver));
         let result = self
-            .rollbacks_then_applies(session, &mut open, &migrations, &history, &sender)
+            .rollbacks_then_applies(session, &mut open, &migrations, &history, &sender, locked)
             .await;
         drop(sender);
         let recorded = recorder
@@ -280,6 +284,7 @@ impl Worker {
         migrations: &HashMap<String, MigrationRow>,
         history: &HashMap<String, target::HistoryEntry>,
         sender: &mpsc::Sender<Record>,
+        locked: bool,
     ) -> Result<Outcome, ServiceError> {
         let mut rolled_back = 0;
         // Rollbacks, newest first.
@@ -355,6 +360,14 @@ impl Worker {
                 }
             };
             send(sender, d.clone(), logs, vec![audit]).await?;
+        }
+
+        if locked {
+            return Ok(Outcome::Worked {
+                applied: 0,
+                rolled_back,
+                failed: None,
+            });
         }
 
         // Applies: the longest run of queued deployments, in id order, that may start now.

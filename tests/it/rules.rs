@@ -361,3 +361,63 @@ async fn emergency_override_is_reasoned_restricted_and_audited() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_lock_stops_new_deployments_but_not_rollbacks() {
+    let app = spawn_app_with(AppOptions {
+        background_workers: false,
+        ..AppOptions::default()
+    })
+    .await;
+    let bad = app
+        .submit(
+            "dev",
+            migration(
+                "bad idea",
+                "low",
+                "CREATE TABLE regret (id int);",
+                Some("DROP TABLE regret;"),
+            ),
+        )
+        .await;
+    app.run_worker("development").await;
+    assert!(app.table_exists("development", "regret").await);
+    let next = app
+        .submit(
+            "dev",
+            migration("next", "low", "CREATE TABLE next_one (id int);", None),
+        )
+        .await;
+    let (status, _) = app
+        .post(
+            "dev",
+            "/api/v1/environments/development/lock",
+            json!({"reason": "incident 42"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = app
+        .post(
+            "dev",
+            &format!("/api/v1/deployments/{bad}@development/rollback"),
+            json!({"reason": "incident 42"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let outcome = app.run_worker("development").await;
+    assert_eq!(
+        outcome,
+        sluice::engine::Outcome::Worked {
+            applied: 0,
+            rolled_back: 1,
+            failed: None
+        }
+    );
+    assert!(!app.table_exists("development", "regret").await);
+    assert_eq!(
+        app.deployment(&format!("{next}@development")).await["state"],
+        "queued"
+    );
+    assert!(!app.table_exists("development", "next_one").await);
+    app.stop().await;
+}
