@@ -122,6 +122,7 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
                 async move { grpc_shutdown.cancelled().await },
             ),
     );
+    tokio::spawn(watch_users(service.clone(), cancel.clone()));
     tracing::info!(%rest_addr, %grpc_addr, "sluice is serving");
     Ok(Running {
         rest_addr,
@@ -133,6 +134,46 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
         engine,
         grace,
     })
+}
+
+/// Reloads users.yml on SIGHUP and whenever the file changes (checked every few seconds), so
+/// that adding a user or rotating a token needs no restart. A file with an error is reported and
+/// the users in force stay.
+async fn watch_users(service: Service, cancel: CancellationToken) {
+    let path = service.config.config_dir.join("users.yml");
+    let modified = |path: &std::path::Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let mut seen = modified(&path);
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        #[cfg(unix)]
+        let signalled = async {
+            match hangup.as_mut() {
+                Some(h) => {
+                    h.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let signalled = std::future::pending::<()>();
+        let forced = tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = signalled => true,
+            _ = tokio::time::sleep(Duration::from_secs(3)) => false,
+        };
+        let now = modified(&path);
+        if !forced && now == seen {
+            continue;
+        }
+        seen = now;
+        match service.reload_users() {
+            Ok(count) => tracing::info!(users = count, file = %path.display(), "users reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "users.yml not reloaded; the previous users stay in force")
+            }
+        }
+    }
 }
 
 impl Running {

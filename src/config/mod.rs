@@ -623,7 +623,8 @@ fn load_matrix(
     Ok(ApprovalMatrix { policies })
 }
 
-fn load_users(path: &Path) -> Result<Vec<User>, ConfigError> {
+/// Reads and validates users.yml (no file: no users).
+pub fn load_users(path: &Path) -> Result<Vec<User>, ConfigError> {
     if !path.exists() {
         return Ok(Vec::new());
     }

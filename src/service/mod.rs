@@ -217,6 +217,9 @@ pub struct Service {
     pub store: Store,
     pub clock: Arc<dyn Clock>,
     pub signals: Arc<WorkerSignals>,
+    /// The users of users.yml: loaded at start, replaced by `reload_users` (SIGHUP or a change
+    /// of the file) without a restart.
+    users: Arc<std::sync::RwLock<Arc<Vec<crate::config::User>>>>,
 }
 
 pub fn millis(t: DateTime<Utc>) -> i64 {
@@ -344,12 +347,22 @@ pub fn check_script(field: &str, sql: &str) -> Result<Vec<lint::Statement>> {
 impl Service {
     pub fn new(config: Arc<Config>, store: Store, clock: Arc<dyn Clock>) -> Service {
         let signals = Arc::new(WorkerSignals::new(&config));
+        let users = Arc::new(std::sync::RwLock::new(Arc::new(config.users.clone())));
         Service {
             config,
             store,
             clock,
             signals,
+            users,
         }
+    }
+
+    /// Re-reads users.yml. On an error the users in force stay as they were.
+    pub fn reload_users(&self) -> Result<usize, crate::config::ConfigError> {
+        let users = crate::config::load_users(&self.config.config_dir.join("users.yml"))?;
+        let count = users.len();
+        *self.users.write().expect("users lock") = Arc::new(users);
+        Ok(count)
     }
 
     fn now(&self) -> i64 {
@@ -369,7 +382,8 @@ impl Service {
                 "missing bearer token: send Authorization: Bearer <token>".into(),
             )
         })?;
-        crate::auth::authenticate(&self.config.users, token).ok_or_else(|| {
+        let users = self.users.read().expect("users lock").clone();
+        crate::auth::authenticate(&users, token).ok_or_else(|| {
             ServiceError::Unauthenticated("unknown token: it matches no user in users.yml".into())
         })
     }

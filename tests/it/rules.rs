@@ -421,3 +421,45 @@ async fn a_lock_stops_new_deployments_but_not_rollbacks() {
     assert!(!app.table_exists("development", "next_one").await);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn users_are_reloaded_without_a_restart() {
+    let app = spawn_app().await;
+    let users_file = app.config.config_dir.join("users.yml");
+    let token = sluice::auth::new_token().unwrap();
+    let mut text = std::fs::read_to_string(&users_file).unwrap();
+    text.push_str(&format!(
+        "  - name: newbie\n    roles: [developer]\n    token_sha256: \"{}\"\n",
+        sluice::auth::token_sha256(&token)
+    ));
+    std::fs::write(&users_file, &text).unwrap();
+    assert_eq!(
+        app.service().reload_users().unwrap(),
+        crate::harness::USERS.len() + 1
+    );
+    let response = app
+        .http
+        .get(format!("{}/api/v1/environments", app.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+
+    // A broken file is refused and the users in force stay.
+    std::fs::write(&users_file, "users:\n  - name: x\n    roles: [cfo]\n").unwrap();
+    let error = app.service().reload_users().unwrap_err().to_string();
+    assert!(
+        error.contains("users.yml") && error.contains("cfo"),
+        "{error}"
+    );
+    let response = app
+        .http
+        .get(format!("{}/api/v1/environments", app.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    app.stop().await;
+}
