@@ -12,24 +12,6 @@ pub struct Caller {
     pub roles: Vec<Role>,
 }
 
-impl Caller {
-    pub fn holds(&self, role: Role) -> bool {
-        self.roles.contains(&role)
-    }
-
-    pub fn is_operator(&self) -> bool {
-        self.roles.iter().any(|r| r.is_operator())
-    }
-
-    /// The name the daemon itself uses in the audit trail.
-    pub fn system() -> Caller {
-        Caller {
-            name: "sluice".parse().expect("valid user name"),
-            roles: vec![Role::Admin],
-        }
-    }
-}
-
 pub fn token_sha256(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }

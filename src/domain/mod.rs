@@ -3,6 +3,7 @@
 //! function takes what it needs (including `now`) and returns a value, so the rules can be tested
 //! exhaustively without any I/O.
 
+pub mod authz;
 mod ids;
 mod policy;
 mod state;
@@ -65,10 +66,7 @@ impl Role {
 
     /// Roles that may operate an environment: lock, unlock, migrate, roll back, retry, cancel.
     pub fn is_operator(self) -> bool {
-        matches!(
-            self,
-            Role::DataOps | Role::DataOpsLead | Role::Dba | Role::Admin
-        )
+        authz::OPERATOR_ROLES.contains(&self)
     }
 }
 

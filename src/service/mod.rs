@@ -401,18 +401,13 @@ impl Service {
     }
 
     fn require_operator(&self, caller: &Caller, env: &EnvironmentConfig, what: &str) -> Result<()> {
-        // In an environment without approvals (development), developers operate it themselves.
-        let developer_here = env.auto_approve && caller.holds(Role::Developer);
-        if caller.is_operator() || developer_here {
-            Ok(())
-        } else {
-            Err(ServiceError::Forbidden(format!(
-                "{} may not {what} in {}: that needs one of the roles data_ops, data_ops_lead, dba, admin{}",
-                caller.name,
-                env.name,
-                if env.auto_approve { ", developer" } else { "" }
-            )))
-        }
+        Ok(domain::authz::may_operate(
+            &caller.name,
+            &caller.roles,
+            env.name.as_str(),
+            env.auto_approve,
+            what,
+        )?)
     }
 
     fn policy_for(&self, d: &DeploymentRow) -> Result<&domain::ApprovalPolicy> {
@@ -703,17 +698,7 @@ impl Service {
         deployment_id: &str,
         reason: &str,
     ) -> Result<DeploymentView> {
-        if !(caller.holds(Role::DataOpsLead) || caller.holds(Role::Admin)) {
-            return Err(ServiceError::Forbidden(format!(
-                "{} may not force a deployment: an emergency override needs the role data_ops_lead or admin",
-                caller.name
-            )));
-        }
-        if reason.trim().is_empty() {
-            return Err(ServiceError::Invalid(
-                "reason: an emergency override needs a reason".into(),
-            ));
-        }
+        domain::authz::may_force(&caller.name, &caller.roles, reason)?;
         let at = self.now();
         let mut tx = self.store.begin().await?;
         let (mut deployment, migration) = self.load_for_change(&mut tx, deployment_id).await?;
@@ -782,12 +767,14 @@ impl Service {
             .migration(&mut tx, parsed.as_str())
             .await?
             .ok_or_else(|| ServiceError::NotFound(format!("no migration \"{migration_id}\"")))?;
-        if migration.author != caller.name.as_str() && !caller.is_operator() {
-            return Err(ServiceError::Forbidden(format!(
-                "{} may not amend {}: only its author ({}) or an operator may",
-                caller.name, migration.id, migration.author
-            )));
-        }
+        domain::authz::may_change_own_or_operate(
+            &caller.name,
+            &caller.roles,
+            &migration.author,
+            "every environment",
+            false,
+            "amend",
+        )?;
         let declared: Risk = migration.declared_risk.parse()?;
         let ReadScripts {
             findings,
@@ -928,18 +915,13 @@ impl Service {
             "rejected",
             serde_json::json!({"comment": comment}),
             |d, _| {
-                let policy = self.policy_for(d)?;
-                let allowed = policy.allowed_roles();
-                if caller.roles.iter().any(|r| allowed.contains(r) || r.is_operator()) {
-                    Ok(())
-                } else {
-                    Err(ServiceError::Forbidden(format!(
-                        "{} may not reject in {}: that needs one of the approving roles ({}) or an operator role",
-                        caller.name,
-                        d.environment,
-                        allowed.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")
-                    )))
-                }
+                let allowed = self.policy_for(d)?.allowed_roles();
+                Ok(domain::authz::may_reject(
+                    &caller.name,
+                    &caller.roles,
+                    &allowed,
+                    &d.environment,
+                )?)
             },
         )
         .await
@@ -958,10 +940,15 @@ impl Service {
             "cancelled",
             serde_json::json!({"reason": reason}),
             |d, m| {
-                if m.author == caller.name.as_str() {
-                    return Ok(());
-                }
-                self.require_operator(caller, self.environment(&d.environment)?, "cancel")
+                let env = self.environment(&d.environment)?;
+                Ok(domain::authz::may_change_own_or_operate(
+                    &caller.name,
+                    &caller.roles,
+                    &m.author,
+                    env.name.as_str(),
+                    env.auto_approve,
+                    "cancel",
+                )?)
             },
         )
         .await

@@ -1,0 +1,132 @@
+//! Who may do what, apart from approving (see `policy`). Pure functions of the caller's name and
+//! roles and the facts of the case; each refusal says what would have been needed.
+
+use super::{DomainError, Role, UserName};
+use std::collections::BTreeSet;
+
+/// The roles that operate environments: lock, unlock, migrate, roll back, retry, cancel.
+pub const OPERATOR_ROLES: [Role; 4] = [Role::DataOps, Role::DataOpsLead, Role::Dba, Role::Admin];
+
+/// May `caller` operate (`verb`: "lock", "migrate", ...) `environment`? Operators may anywhere;
+/// developers too where the environment needs no approval (development).
+pub fn may_operate(
+    caller: &UserName,
+    roles: &[Role],
+    environment: &str,
+    environment_auto_approves: bool,
+    verb: &str,
+) -> Result<(), DomainError> {
+    let operator = roles.iter().any(|r| OPERATOR_ROLES.contains(r));
+    let developer_here = environment_auto_approves && roles.contains(&Role::Developer);
+    if operator || developer_here {
+        return Ok(());
+    }
+    Err(DomainError::Forbidden(format!(
+        "{caller} may not {verb} in {environment}: that needs one of the roles data_ops, data_ops_lead, dba, admin{}",
+        if environment_auto_approves {
+            ", developer"
+        } else {
+            ""
+        }
+    )))
+}
+
+/// The author of a migration may cancel or amend it; otherwise this is operating.
+pub fn may_change_own_or_operate(
+    caller: &UserName,
+    roles: &[Role],
+    author: &str,
+    environment: &str,
+    environment_auto_approves: bool,
+    verb: &str,
+) -> Result<(), DomainError> {
+    if caller.as_str() == author {
+        return Ok(());
+    }
+    may_operate(caller, roles, environment, environment_auto_approves, verb).map_err(|_| {
+        DomainError::Forbidden(format!(
+            "{caller} may not {verb} it: only its author ({author}) or an operator (data_ops, data_ops_lead, dba, admin) may"
+        ))
+    })
+}
+
+/// Rejecting needs a role that could approve the deployment, or an operator role.
+pub fn may_reject(
+    caller: &UserName,
+    roles: &[Role],
+    approving_roles: &BTreeSet<Role>,
+    environment: &str,
+) -> Result<(), DomainError> {
+    if roles
+        .iter()
+        .any(|r| approving_roles.contains(r) || OPERATOR_ROLES.contains(r))
+    {
+        return Ok(());
+    }
+    Err(DomainError::Forbidden(format!(
+        "{caller} may not reject in {environment}: that needs one of the approving roles ({}) or an operator role",
+        approving_roles
+            .iter()
+            .map(|r| r.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )))
+}
+
+/// An emergency override needs a data_ops_lead or an admin, and a reason.
+pub fn may_force(caller: &UserName, roles: &[Role], reason: &str) -> Result<(), DomainError> {
+    if !(roles.contains(&Role::DataOpsLead) || roles.contains(&Role::Admin)) {
+        return Err(DomainError::Forbidden(format!(
+            "{caller} may not force a deployment: an emergency override needs the role data_ops_lead or admin"
+        )));
+    }
+    if reason.trim().is_empty() {
+        return Err(DomainError::Invalid(
+            "reason: an emergency override needs a reason".into(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(name: &str) -> UserName {
+        name.parse().unwrap()
+    }
+
+    #[test]
+    fn developers_operate_only_environments_without_approvals() {
+        let dev = user("dev");
+        assert!(may_operate(&dev, &[Role::Developer], "development", true, "lock").is_ok());
+        let e = may_operate(&dev, &[Role::Developer], "production", false, "lock").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "dev may not lock in production: that needs one of the roles data_ops, data_ops_lead, dba, admin"
+        );
+        assert!(may_operate(&dev, &[Role::Dba], "production", false, "migrate").is_ok());
+    }
+
+    #[test]
+    fn authors_change_their_own_and_overrides_need_a_lead_and_a_reason() {
+        let dev = user("dev");
+        assert!(
+            may_change_own_or_operate(&dev, &[Role::Developer], "dev", "staging", false, "cancel")
+                .is_ok()
+        );
+        assert!(
+            may_change_own_or_operate(&dev, &[Role::Developer], "ann", "staging", false, "cancel")
+                .is_err()
+        );
+        assert!(may_force(&dev, &[Role::Dba], "outage").is_err());
+        assert!(matches!(
+            may_force(&dev, &[Role::DataOpsLead], " "),
+            Err(DomainError::Invalid(_))
+        ));
+        assert!(may_force(&dev, &[Role::Admin], "outage").is_ok());
+        let approving: BTreeSet<Role> = [Role::Cto].into();
+        assert!(may_reject(&dev, &[Role::Cto], &approving, "production").is_ok());
+        assert!(may_reject(&dev, &[Role::Developer], &approving, "production").is_err());
+    }
+}
