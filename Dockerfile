@@ -2,7 +2,9 @@
 # repository; mount your own at /etc/sluice to replace it.
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY proto proto
+COPY bench bench
 COPY src src
 COPY migrations migrations
 COPY config config
@@ -14,7 +16,7 @@ COPY --from=build /src/target/release/sluice /usr/local/bin/sluice
 COPY config /etc/sluice
 USER sluice
 WORKDIR /var/lib/sluice
-ENV SLUICE__SERVER__REST_ADDR=0.0.0.0:8080
-EXPOSE 8080
+ENV SLUICE__SERVER__REST_ADDR=0.0.0.0:8080 SLUICE__SERVER__GRPC_ADDR=0.0.0.0:50051
+EXPOSE 8080 50051
 ENTRYPOINT ["sluice"]
 CMD ["server", "--config-dir", "/etc/sluice"]
