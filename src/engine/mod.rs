@@ -31,7 +31,12 @@ impl Engine {
                 loop {
                     let outcome = worker.run_once().await;
                     let wait = match &outcome {
-                        Ok(Outcome::Worked { .. }) => Duration::ZERO,
+                        // Something moved: look again at once, more may be ready.
+                        Ok(Outcome::Worked {
+                            applied,
+                            rolled_back,
+                            failed,
+                        }) if *applied + *rolled_back > 0 || failed.is_some() => Duration::ZERO,
                         Ok(Outcome::TargetUnavailable(_)) | Err(_) => {
                             backoff = (backoff * 2).min(Duration::from_secs(60));
                             backoff

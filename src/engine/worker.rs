@@ -116,6 +116,26 @@ impl Worker {
             .is_some())
     }
 
+    /// Every deployment of the environment that is not finished, in id order.
+    async fn open_deployments(&self) -> Result<Vec<DeploymentRow>, ServiceError> {
+        let store = &self.service.store;
+        let mut conn = store.conn().await?;
+        Ok(store
+            .deployments_in_states(
+                &mut conn,
+                self.environment.name.as_str(),
+                &[
+                    DeploymentState::AwaitingApproval,
+                    DeploymentState::Approved,
+                    DeploymentState::Queued,
+                    DeploymentState::Running,
+                    DeploymentState::Failed,
+                    DeploymentState::RollingBack,
+                ],
+            )
+            .await?)
+    }
+
     /// Does one round of work: reconcile, roll back what was asked, apply what may start.
     pub async fn run_once(&self) -> Result<Outcome, ServiceError> {
         let store = &self.service.store;
@@ -123,38 +143,20 @@ impl Worker {
         // A lock stops new deployments, not rollbacks: undoing a change is what an incident
         // often locks an environment for.
         let locked = self.locked().await?;
-        let open = {
+        {
             let mut conn = store.conn().await?;
             // The cheap question first: an idle worker polls every second.
             if !store.has_work(&mut conn, env_name).await? {
                 return Ok(Outcome::Idle);
             }
-            store
-                .deployments_in_states(
-                    &mut conn,
-                    env_name,
-                    &[
-                        DeploymentState::AwaitingApproval,
-                        DeploymentState::Approved,
-                        DeploymentState::Queued,
-                        DeploymentState::Running,
-                        DeploymentState::Failed,
-                        DeploymentState::RollingBack,
-                    ],
-                )
-                .await?
-        };
-        let has_work = open.iter().any(|d| {
-            matches!(
-                d.state,
-                DeploymentState::Queued | DeploymentState::Running | DeploymentState::RollingBack
-            )
-        });
-        if !has_work {
-            return Ok(Outcome::Idle);
-        }
-        if locked && !open.iter().any(|d| d.state == DeploymentState::RollingBack) {
-            return Ok(Outcome::Locked);
+            if locked
+                && store
+                    .deployments_in_states(&mut conn, env_name, &[DeploymentState::RollingBack])
+                    .await?
+                    .is_empty()
+            {
+                return Ok(Outcome::Locked);
+            }
         }
         let signals = &self.service.signals;
         let mut session = match target::open(&self.settings(), &self.owner).await {
@@ -165,7 +167,12 @@ impl Worker {
                 return Ok(Outcome::TargetUnavailable(e.to_string()));
             }
         };
-        let result = self.work(&mut session, open, locked).await;
+        // Read the queue only once the target's lock is ours: whatever another runner did
+        // before is recorded by then.
+        let result = match self.open_deployments().await {
+            Ok(open) => self.work(&mut session, open, locked).await,
+            Err(e) => Err(e),
+        };
         session.close().await;
         match &result {
             Ok(Outcome::TargetUnavailable(message)) => {
