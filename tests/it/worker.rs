@@ -516,3 +516,56 @@ async fn a_crash_mid_apply_is_reconciled_from_the_target_history() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn two_daemons_on_one_store_never_apply_a_migration_twice() {
+    let app = crate::harness::spawn_app().await;
+    // A second replica: same state store, same targets, its own workers.
+    let second = sluice::start(app.config.clone(), sluice::StartOptions::default())
+        .await
+        .expect("second replica starts");
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(
+            app.submit(
+                "dev",
+                migration(
+                    &format!("replica {i}"),
+                    "low",
+                    &format!("CREATE TABLE replica_{i} (id int);"),
+                    None,
+                ),
+            )
+            .await,
+        );
+    }
+    for id in &ids {
+        let d = app
+            .wait_for_state(&format!("{id}@development"), &["applied", "failed"])
+            .await;
+        assert_eq!(d["state"], "applied", "{d}");
+    }
+    let applied: i64 = app.targets["development"]
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM sluice_schema_history WHERE success",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(applied, 20);
+    let (_, audit) = app
+        .get("admin", "/api/v1/audit?environment=development&limit=5000")
+        .await;
+    let failures = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["action"] == "failed")
+        .count();
+    assert_eq!(failures, 0, "{audit}");
+    second.stop().await;
+    app.stop().await;
+}
