@@ -483,6 +483,8 @@ impl Worker {
                 }
                 d.state = d.state.on(DeploymentEvent::Start)?;
                 d.updated_at = claimed_at;
+                let audit = self.audit(d, "started", serde_json::json!({"runner": self.owner}));
+                store.insert_audit(&mut tx, &audit).await?;
                 claimed.push(index);
             }
             tx.commit().await?;

@@ -843,6 +843,19 @@ impl Service {
             d.deadline_at = approval_deadline(policy, at);
             d.updated_at = at;
             self.store.update_deployment(&mut tx, &d).await?;
+            self.store
+                .insert_audit(
+                    &mut tx,
+                    &audit(
+                        at,
+                        caller.name.as_str(),
+                        "approvals_voided",
+                        Some(&d),
+                        None,
+                        serde_json::json!({"reason": "the migration's scripts changed", "checksum": checksum}),
+                    ),
+                )
+                .await?;
             if env.auto_approve {
                 self.advance_approved(&mut tx, &mut d, env, at, "sluice", "auto_approved")
                     .await?;
