@@ -195,6 +195,10 @@ fn environment(v: EnvironmentStatus) -> pb::EnvironmentStatus {
         last_applied: v.last_applied.map(deployment),
         target_error: opt(v.target_error),
         target_error_since: opt(v.target_error_since),
+        freeze: v.freeze.map(|f| pb::Freeze {
+            window: f.window,
+            until: f.until,
+        }),
     }
 }
 

@@ -901,6 +901,12 @@ fn print_status(status: &pb::EnvironmentStatus, verbose: bool) {
         ),
         None => println!("lock         unlocked"),
     }
+    if let Some(freeze) = &status.freeze {
+        println!(
+            "freeze       in the window {} until {}: only emergency overrides start",
+            freeze.window, freeze.until
+        );
+    }
     if !status.halted_by.is_empty() {
         println!(
             "halted by    {} (retry, roll back or cancel it)",

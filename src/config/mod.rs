@@ -191,6 +191,8 @@ pub struct EnvironmentConfig {
     pub backup_required: bool,
     pub lock_timeout_seconds: u64,
     pub statement_timeout_seconds: u64,
+    /// When the environment starts no new deployment (an emergency override excepted).
+    pub freeze_windows: Vec<crate::domain::freeze::FreezeWindow>,
 }
 
 impl EnvironmentConfig {
@@ -236,6 +238,23 @@ struct MigrationEntry {
     timeout: u64,
     #[serde(default = "default_lock_timeout")]
     lock_timeout: u64,
+    #[serde(default)]
+    freeze_windows: Vec<FreezeEntry>,
+}
+
+/// A freeze window: `schedule` (cron, UTC) + `duration`, or `start` + `end`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FreezeEntry {
+    name: String,
+    #[serde(default)]
+    schedule: Option<String>,
+    #[serde(default)]
+    duration: Option<String>,
+    #[serde(default)]
+    start: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(default)]
+    end: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Default for MigrationEntry {
@@ -247,6 +266,7 @@ impl Default for MigrationEntry {
             backup_required: false,
             timeout: default_statement_timeout(),
             lock_timeout: default_lock_timeout(),
+            freeze_windows: Vec::new(),
         }
     }
 }
@@ -512,6 +532,30 @@ fn load_environments(
                 ),
             ));
         }
+        let mut freeze_windows = Vec::new();
+        for (w, entry) in entry.migration.freeze_windows.iter().enumerate() {
+            let at = format!("environments.{name}.migration.freeze_windows[{w}]");
+            let window = match (&entry.schedule, &entry.duration, entry.start, entry.end) {
+                (Some(schedule), Some(duration), None, None) => {
+                    crate::domain::freeze::FreezeWindow::recurring(&entry.name, schedule, duration)
+                }
+                (None, None, Some(start), Some(end)) => {
+                    crate::domain::freeze::FreezeWindow::fixed(&entry.name, start, end)
+                }
+                _ => Err(
+                    "give either schedule (cron, UTC) and duration, or start and end (RFC 3339)"
+                        .to_owned(),
+                ),
+            }
+            .map_err(|e| {
+                // Errors about one field name it after a dot; others follow a colon.
+                let field = ["schedule:", "duration:", "end:"]
+                    .iter()
+                    .any(|f| e.starts_with(f));
+                err(path, format!("{at}{}{e}", if field { "." } else { ": " }))
+            })?;
+            freeze_windows.push(window);
+        }
         environments.push(EnvironmentConfig {
             name: parsed,
             url: Secret::new(url),
@@ -521,6 +565,7 @@ fn load_environments(
             backup_required: entry.migration.backup_required,
             lock_timeout_seconds: entry.migration.lock_timeout,
             statement_timeout_seconds: entry.migration.timeout,
+            freeze_windows,
         });
     }
     if let Some(missing) = known.iter().find(|name| !seen.contains(**name)) {
@@ -830,6 +875,50 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("users[0].token_sha256: expected 64 hex"), "{e}");
+    }
+
+    #[test]
+    fn freeze_windows_are_validated() {
+        let dir = temp_dir("freeze");
+        copy_shipped(&dir);
+        let envs = std::fs::read_to_string(dir.join("environments.yml")).unwrap();
+        let with = |window: &str| {
+            envs.replacen(
+                "      lock_timeout: 5\n",
+                &format!("      lock_timeout: 5\n      freeze_windows:\n{window}"),
+                1,
+            )
+        };
+        write(
+            &dir,
+            "environments.yml",
+            &with(
+                "        - {name: weekend, schedule: \"0 16 * * FRI\", duration: 64h}\n        - {name: release, start: 2026-12-20T00:00:00Z, end: 2027-01-05T00:00:00Z}\n",
+            ),
+        );
+        let config = Config::load_with_env(&dir, &|_| None).unwrap();
+        assert_eq!(config.environments[2].freeze_windows.len(), 2);
+        write(
+            &dir,
+            "environments.yml",
+            &with("        - {name: weekend, schedule: \"every friday\", duration: 64h}\n"),
+        );
+        let e = Config::load_with_env(&dir, &|_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("environments.production.migration.freeze_windows[0].schedule: \"every friday\" is not a cron pattern"),
+            "{e}"
+        );
+        write(
+            &dir,
+            "environments.yml",
+            &with("        - {name: half, start: 2026-12-20T00:00:00Z}\n"),
+        );
+        let e = Config::load_with_env(&dir, &|_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("freeze_windows[0]: give either schedule"), "{e}");
     }
 
     #[test]

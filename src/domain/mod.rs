@@ -4,6 +4,7 @@
 //! exhaustively without any I/O.
 
 pub mod authz;
+pub mod freeze;
 mod ids;
 mod policy;
 mod state;
@@ -206,6 +207,13 @@ pub fn start_blocker(facts: &StartFacts<'_>) -> Option<String> {
         ));
     }
     if !facts.emergency
+        && let Some((window, until)) = &facts.frozen
+    {
+        return Some(format!(
+            "the environment is in the freeze window {window} until {until}; only an emergency override starts now"
+        ));
+    }
+    if !facts.emergency
         && let Some((previous_env, state)) = facts.previous_environment
         && state != Some(DeploymentState::Applied)
     {
@@ -225,7 +233,9 @@ pub struct StartFacts<'a> {
     pub unapplied_dependency: Option<(&'a str, DeploymentState)>,
     /// The previous environment in the promotion order and this migration's state there.
     pub previous_environment: Option<(&'a str, Option<DeploymentState>)>,
-    /// An emergency override skips the promotion-order rule.
+    /// The freeze window in force and when the freeze ends, if any.
+    pub frozen: Option<(String, String)>,
+    /// An emergency override skips the promotion-order rule and freeze windows.
     pub emergency: bool,
 }
 
@@ -259,6 +269,7 @@ mod tests {
             earlier_unfinished: None,
             unapplied_dependency: None,
             previous_environment: Some(("staging", Some(DeploymentState::AwaitingApproval))),
+            frozen: None,
             emergency: false,
         };
         assert_eq!(

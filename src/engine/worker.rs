@@ -420,6 +420,8 @@ impl Worker {
                 .collect();
             (previous_states, dependency_states)
         };
+        let frozen =
+            domain::freeze::describe(&self.environment.freeze_windows, self.service.clock.now());
         let mut batch: Vec<usize> = Vec::new();
         let mut in_batch: HashSet<&str> = HashSet::new();
         for (index, d) in open.iter().enumerate() {
@@ -443,6 +445,7 @@ impl Worker {
                 }
             });
             let blocker = domain::start_blocker(&StartFacts {
+                frozen: frozen.clone(),
                 earlier_unfinished: None,
                 unapplied_dependency: unapplied,
                 previous_environment: previous.map(|p| {
@@ -510,6 +513,14 @@ impl Worker {
                     stop_reason = Some("the daemon is shutting down");
                 } else if failed.is_some() {
                     stop_reason = Some("an earlier deployment failed");
+                } else if open[index].emergency_reason.is_none()
+                    && domain::freeze::frozen(
+                        &self.environment.freeze_windows,
+                        self.service.clock.now(),
+                    )
+                    .is_some()
+                {
+                    stop_reason = Some("a freeze window began");
                 } else {
                     let current = generation.load(std::sync::atomic::Ordering::SeqCst);
                     if (current != seen_generation

@@ -259,24 +259,7 @@ const OPEN_STATES: [DeploymentState; 6] = [
 ];
 
 fn validate_duration(value: &str) -> Result<()> {
-    // 30s, 5m, 2h, 1h30m: one or more <number><unit> groups.
-    let mut rest = value.trim();
-    let ok = !rest.is_empty()
-        && loop {
-            let digits = rest.bytes().take_while(|b| b.is_ascii_digit()).count();
-            if digits == 0 {
-                break false;
-            }
-            rest = &rest[digits..];
-            match rest.chars().next() {
-                Some('s' | 'm' | 'h' | 'd') => rest = &rest[1..],
-                _ => break false,
-            }
-            if rest.is_empty() {
-                break true;
-            }
-        };
-    if ok {
+    if domain::freeze::parse_duration(value).is_some() {
         Ok(())
     } else {
         Err(ServiceError::Invalid(format!(
@@ -1142,10 +1125,22 @@ impl Service {
         if let Some(lock) = self.store.lock(&mut tx, env.name.as_str()).await? {
             return Err(locked_error(env, &lock, ""));
         }
-        let approved = self
+        let mut approved = self
             .store
             .deployments_in_states(&mut tx, env.name.as_str(), &[DeploymentState::Approved])
             .await?;
+        if let Some((window, until)) =
+            domain::freeze::describe(&env.freeze_windows, self.clock.now())
+        {
+            // Only emergency overrides start inside a freeze window.
+            approved.retain(|d| d.emergency_reason.is_some());
+            if approved.is_empty() {
+                return Err(ServiceError::Conflict(format!(
+                    "{} is in the freeze window {window} until {until}; only an emergency override (sluice migrate {} --force --emergency \"<reason>\") starts now",
+                    env.name, env.name
+                )));
+            }
+        }
         let mut released = Vec::new();
         for mut deployment in approved {
             deployment.state = deployment.state.on(DeploymentEvent::Release)?;
@@ -1349,6 +1344,7 @@ impl Service {
                     .collect(),
                 None => HashMap::new(),
             };
+        let frozen = domain::freeze::describe(&env.freeze_windows, self.clock.now());
         let mut queue = Vec::new();
         let mut earlier: Option<(String, DeploymentState)> = None;
         // One query for the approvals of the whole queue, however long it is.
@@ -1377,6 +1373,7 @@ impl Service {
                     .map(|(id, s)| (id.as_str(), *s));
                 let prev_name = self.config.previous_environment(&env.name);
                 view.blocked_by = domain::start_blocker(&StartFacts {
+                    frozen: frozen.clone(),
                     earlier_unfinished: earlier.as_ref().map(|(id, s)| (id.as_str(), *s)),
                     unapplied_dependency: unapplied,
                     previous_environment: prev_name.map(|p| {
@@ -1417,6 +1414,7 @@ impl Service {
             None => None,
         };
         let mut status = EnvironmentStatus::new(env, lock, queue, last_applied);
+        status.freeze = frozen.map(|(window, until)| FreezeView { window, until });
         if let Some((message, since)) = self.signals.target_error(env.name.as_str()) {
             status.target_error = Some(message);
             status.target_error_since = Some(format_millis(since));

@@ -206,6 +206,8 @@ pub struct EnvironmentStatus {
     /// The deployments awaiting approval, with the roles still missing.
     pub pending_approvals: Vec<DeploymentView>,
     pub last_applied: Option<DeploymentView>,
+    /// The freeze window in force, if any: nothing but emergency overrides starts until it ends.
+    pub freeze: Option<FreezeView>,
     /// Why the worker could not reach the target on its last try (it keeps retrying).
     pub target_error: Option<String>,
     pub target_error_since: Option<String>,
@@ -241,8 +243,15 @@ impl EnvironmentStatus {
             last_applied,
             target_error: None,
             target_error_since: None,
+            freeze: None,
         }
     }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FreezeView {
+    pub window: String,
+    pub until: String,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]

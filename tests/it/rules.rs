@@ -463,3 +463,130 @@ async fn users_are_reloaded_without_a_restart() {
     assert_eq!(response.status(), StatusCode::OK);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_freeze_window_starts_nothing_but_emergency_overrides() {
+    // Staging and production are frozen for the next two hours from "now" (the manual clock
+    // starts at the real time; the window is written relative to it).
+    let app = spawn_app_with(AppOptions {
+        background_workers: false,
+        manual_clock: true,
+        edit_environments: Some(|text| {
+            let start = chrono::Utc::now() - chrono::Duration::minutes(5);
+            let end = start + chrono::Duration::hours(2);
+            let window = format!(
+                "      freeze_windows:\n        - {{name: release freeze, start: {}, end: {}}}\n",
+                start.to_rfc3339(),
+                end.to_rfc3339()
+            );
+            text.replace(
+                "      lock_timeout: 5\n",
+                &format!("      lock_timeout: 5\n{window}"),
+            )
+            .replace(
+                "      timeout: 600\n      lock_timeout: 10\n",
+                &format!("      timeout: 600\n      lock_timeout: 10\n{window}"),
+            )
+        }),
+        ..AppOptions::default()
+    })
+    .await;
+    let id = app
+        .submit(
+            "dev",
+            migration("frozen", "low", "CREATE TABLE frozen_t (id int);", None),
+        )
+        .await;
+    app.run_worker("development").await;
+    app.approve("ops1", &format!("{id}@staging"), "data_ops")
+        .await;
+    app.approve("ops2", &format!("{id}@staging"), "data_ops")
+        .await;
+    // Queued in staging, but the freeze holds it.
+    assert_eq!(
+        app.run_worker("staging").await,
+        sluice::engine::Outcome::Blocked
+    );
+    let (_, status) = app.get("ops1", "/api/v1/environments/staging").await;
+    assert!(
+        status["freeze"]["window"]
+            .as_str()
+            .unwrap()
+            .contains("release freeze"),
+        "{status}"
+    );
+    assert!(
+        status["queue"][0]["blocked_by"]
+            .as_str()
+            .unwrap()
+            .contains("freeze window"),
+        "{status}"
+    );
+    // Production: migrate is refused while frozen...
+    app.approve("lead", &format!("{id}@production"), "data_ops_lead")
+        .await;
+    app.approve("dba", &format!("{id}@production"), "dba").await;
+    let (code, body) = app
+        .post("lead", "/api/v1/environments/production/migrate", json!({}))
+        .await;
+    assert_eq!(code, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("release freeze"),
+        "{body}"
+    );
+    // ...and once the window has passed, everything moves.
+    app.clock
+        .as_ref()
+        .unwrap()
+        .advance(chrono::Duration::hours(3));
+    app.run_worker("staging").await;
+    assert_eq!(
+        app.deployment(&format!("{id}@staging")).await["state"],
+        "applied"
+    );
+    let (code, body) = app
+        .post("lead", "/api/v1/environments/production/migrate", json!({}))
+        .await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+    app.run_worker("production").await;
+    assert_eq!(
+        app.deployment(&format!("{id}@production")).await["state"],
+        "applied"
+    );
+
+    // An emergency override is the exception: rewind into the window with a second change.
+    let hotfix = app
+        .submit(
+            "dev",
+            migration(
+                "hotfix in a freeze",
+                "low",
+                "CREATE TABLE hotfix_t (id int);",
+                None,
+            ),
+        )
+        .await;
+    let clock = app.clock.as_ref().unwrap();
+    clock.advance(chrono::Duration::hours(-3));
+    let (code, body) = app
+        .post(
+            "lead",
+            &format!("/api/v1/deployments/{hotfix}@production/override"),
+            json!({"reason": "outage"}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let (code, body) = app
+        .post("lead", "/api/v1/environments/production/migrate", json!({}))
+        .await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+    app.run_worker("production").await;
+    assert_eq!(
+        app.deployment(&format!("{hotfix}@production")).await["state"],
+        "applied"
+    );
+    app.stop().await;
+}
