@@ -49,6 +49,36 @@ pub struct Settings {
     pub worker: WorkerSettings,
     #[serde(default)]
     pub scheduler: SchedulerSettings,
+    #[serde(default)]
+    pub backup: BackupSettings,
+}
+
+/// Where backups taken before applying (environments with `backup_required`) go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupSettings {
+    /// One folder per environment below this one.
+    #[serde(default = "default_backup_dir")]
+    pub dir: String,
+    /// The pg_dump program for PostgreSQL targets.
+    #[serde(default = "default_pg_dump")]
+    pub pg_dump: String,
+}
+
+impl Default for BackupSettings {
+    fn default() -> Self {
+        BackupSettings {
+            dir: default_backup_dir(),
+            pg_dump: default_pg_dump(),
+        }
+    }
+}
+
+fn default_backup_dir() -> String {
+    "data/backups".into()
+}
+fn default_pg_dump() -> String {
+    "pg_dump".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]

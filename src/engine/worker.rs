@@ -294,6 +294,14 @@ impl Worker {
         locked: bool,
     ) -> Result<Outcome, ServiceError> {
         let mut rolled_back = 0;
+        // Environments with backup_required get one backup per round, before anything runs.
+        let mut backup: Option<String> = None;
+        if open.iter().any(|d| d.state == DeploymentState::RollingBack) {
+            match self.backup_if_required(session).await {
+                Ok(path) => backup = path,
+                Err(message) => return Ok(Outcome::TargetUnavailable(message)),
+            }
+        }
         // Rollbacks, newest first.
         for d in open.iter_mut().rev() {
             if d.state != DeploymentState::RollingBack {
@@ -474,6 +482,13 @@ impl Worker {
             });
         }
 
+        if backup.is_none() {
+            match self.backup_if_required(session).await {
+                Ok(path) => backup = path,
+                Err(message) => return Ok(Outcome::TargetUnavailable(message)),
+            }
+        }
+
         // Claim the run in one commit: from here on no one else may cancel these.
         let claimed_at = self.now();
         let mut claimed = Vec::new();
@@ -585,7 +600,11 @@ impl Worker {
                     continue;
                 }
             };
-            let logs: Vec<LogRow> = report.log.iter().map(|l| self.log_line(d, l)).collect();
+            let mut logs: Vec<LogRow> = Vec::new();
+            if let Some(path) = &backup {
+                logs.push(self.log(d, &format!("backup taken before this run: {path}")));
+            }
+            logs.extend(report.log.iter().map(|l| self.log_line(d, l)));
             d.execution_ms = Some(report.execution_ms);
             d.transactional = Some(report.transactional);
             d.finished_at = Some(self.now());
@@ -616,6 +635,59 @@ impl Worker {
             rolled_back,
             failed,
         })
+    }
+
+    /// Takes the backup the environment asks for before it changes: the file's path, or `None`
+    /// when the environment does not require one. An error stops the round: nothing runs
+    /// without the backup it was promised.
+    async fn backup_if_required(
+        &self,
+        session: &mut target::TargetSession,
+    ) -> Result<Option<String>, String> {
+        if !self.environment.backup_required {
+            return Ok(None);
+        }
+        let settings = &self.service.config.settings.backup;
+        let now = self.service.clock.now();
+        let extension = if self.environment.url.expose().starts_with("sqlite:") {
+            "sqlite"
+        } else {
+            "dump"
+        };
+        let file = std::path::Path::new(&settings.dir)
+            .join(self.environment.name.as_str())
+            .join(format!(
+                "{}-{}.{extension}",
+                self.environment.name,
+                now.format("%Y%m%dT%H%M%S%.3fZ")
+            ));
+        session
+            .backup(&file, &self.settings(), &settings.pg_dump)
+            .await
+            .map_err(|e| format!("backup before apply failed: {e}"))?;
+        let path = file.display().to_string();
+        tracing::info!(environment = %self.environment.name, %path, "backup taken");
+        let store = &self.service.store;
+        let entry = AuditRow {
+            id: 0,
+            at: millis(now),
+            actor: "sluice".into(),
+            action: "backup_taken".into(),
+            environment: Some(self.environment.name.to_string()),
+            migration_id: None,
+            deployment_id: None,
+            detail: serde_json::json!({"file": path}).to_string(),
+        };
+        let recorded = async {
+            let mut tx = store.begin().await?;
+            store.insert_audit(&mut tx, &entry).await?;
+            tx.commit().await?;
+            Ok::<_, ServiceError>(())
+        };
+        recorded
+            .await
+            .map_err(|e| format!("backup taken ({path}) but not recorded: {e}"))?;
+        Ok(Some(path))
     }
 
     /// Passes each log line to watchers as the target produces it.

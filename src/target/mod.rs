@@ -144,6 +144,26 @@ impl TargetSession {
         }
     }
 
+    /// Takes a full backup of the target into `file` (pg_dump's custom format for PostgreSQL,
+    /// `VACUUM INTO` for SQLite).
+    pub async fn backup(
+        &mut self,
+        file: &std::path::Path,
+        settings: &TargetSettings,
+        pg_dump: &str,
+    ) -> Result<(), TargetError> {
+        if let Some(parent) = file.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| TargetError::Database {
+                url: crate::config::redact_url(&settings.url),
+                message: format!("backup: cannot create {}: {e}", parent.display()),
+            })?;
+        }
+        match self {
+            TargetSession::Postgres(_) => postgres::backup(settings, file, pg_dump).await,
+            TargetSession::Sqlite(s) => s.backup(file).await,
+        }
+    }
+
     pub async fn close(self) {
         match self {
             TargetSession::Postgres(s) => s.close().await,

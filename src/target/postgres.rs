@@ -334,6 +334,59 @@ impl PgSession {
     }
 }
 
+/// Runs pg_dump against the target. Credentials go to pg_dump through its environment, never
+/// on its command line, where any user of the machine could read them.
+pub async fn backup(
+    settings: &TargetSettings,
+    file: &std::path::Path,
+    pg_dump: &str,
+) -> Result<(), TargetError> {
+    let url = redact_url(&settings.url);
+    let fail = |message: String| TargetError::Database {
+        url: url.clone(),
+        message: format!("backup with {pg_dump} failed: {message}"),
+    };
+    let config: tokio_postgres::Config = settings
+        .url
+        .parse()
+        .map_err(|e: tokio_postgres::Error| fail(e.to_string()))?;
+    let mut command = tokio::process::Command::new(pg_dump);
+    command
+        .arg("--format=custom")
+        .arg("--no-password")
+        .arg("--file")
+        .arg(file)
+        .env_remove("PGPASSWORD")
+        .kill_on_drop(true);
+    if let Some(tokio_postgres::config::Host::Tcp(host)) = config.get_hosts().first() {
+        command.env("PGHOST", host);
+    }
+    if let Some(port) = config.get_ports().first() {
+        command.env("PGPORT", port.to_string());
+    }
+    if let Some(user) = config.get_user() {
+        command.env("PGUSER", user);
+    }
+    if let Some(password) = config.get_password() {
+        command.env("PGPASSWORD", String::from_utf8_lossy(password).into_owned());
+    }
+    if let Some(dbname) = config.get_dbname() {
+        command.env("PGDATABASE", dbname);
+    }
+    let output = command.output().await.map_err(|e| {
+        fail(format!(
+            "cannot run it ({e}); install the PostgreSQL client tools or set backup.pg_dump"
+        ))
+    })?;
+    if !output.status.success() {
+        let _ = std::fs::remove_file(file);
+        return Err(fail(
+            String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        ));
+    }
+    Ok(())
+}
+
 /// The server's message with its SQLSTATE, detail and hint.
 fn pg_message(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {

@@ -275,6 +275,20 @@ impl SqliteSession {
         Ok(())
     }
 
+    /// A consistent copy of the database file.
+    pub async fn backup(&mut self, file: &std::path::Path) -> Result<(), TargetError> {
+        let _ = std::fs::remove_file(file);
+        sqlx::query("VACUUM INTO $1")
+            .bind(file.to_string_lossy().into_owned())
+            .execute(&mut self.conn)
+            .await
+            .map_err(|e| TargetError::Database {
+                url: self.url.clone(),
+                message: format!("backup failed: {e}"),
+            })?;
+        Ok(())
+    }
+
     pub async fn close(mut self) {
         let _ = sqlx::query("DELETE FROM sluice_runner_lock WHERE owner = $1")
             .bind(&self.owner)

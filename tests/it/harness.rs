@@ -121,6 +121,8 @@ pub struct AppOptions {
     pub manual_clock: bool,
     /// Edits the shipped environments.yml before the daemon reads it.
     pub edit_environments: Option<fn(String) -> String>,
+    /// Edits the loaded configuration before the daemon starts.
+    pub edit_config: Option<fn(&mut Config)>,
 }
 
 impl Default for AppOptions {
@@ -130,6 +132,7 @@ impl Default for AppOptions {
             background_workers: true,
             manual_clock: false,
             edit_environments: None,
+            edit_config: None,
         }
     }
 }
@@ -224,7 +227,10 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         }
     }
     env.insert("SLUICE__WORKER__POLL_INTERVAL_MS".into(), "200".into());
-    let config = load_config(&dir, &env);
+    let mut config = load_config(&dir, &env);
+    if let Some(edit) = options.edit_config {
+        edit(&mut config);
+    }
     let clock = options
         .manual_clock
         .then(|| Arc::new(ManualClock::new(chrono::Utc::now())));
@@ -283,6 +289,7 @@ pub fn load_config(dir: &Path, env: &HashMap<String, String>) -> Config {
         config.settings.worker.poll_interval_ms = poll.parse().unwrap();
     }
     config.settings.server.shutdown_grace_seconds = 5;
+    config.settings.backup.dir = dir.join("backups").display().to_string();
     config
 }
 

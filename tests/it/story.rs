@@ -83,6 +83,28 @@ async fn full_story(backend: Backend) {
         production.as_str()
     );
     assert!(app.table_exists("production", "user_preferences").await);
+    // Staging and production require a backup before they change: one was taken, and the
+    // deployment's log says where.
+    let backups = app.config.config_dir.join("backups").join("production");
+    let files: Vec<_> = std::fs::read_dir(&backups).unwrap().collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let file = files[0].as_ref().unwrap().path();
+    assert!(std::fs::metadata(&file).unwrap().len() > 0);
+    let deployed = app.deployment(&production).await;
+    assert!(
+        deployed["log"][0]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("backup taken before this run: "),
+        "{deployed}"
+    );
+    assert!(
+        !app.config
+            .config_dir
+            .join("backups")
+            .join("development")
+            .exists()
+    );
 
     // Roll production back with the down script.
     let (status, body) = app

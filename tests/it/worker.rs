@@ -569,3 +569,43 @@ async fn two_daemons_on_one_store_never_apply_a_migration_twice() {
     second.stop().await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn nothing_runs_without_the_backup_the_environment_requires() {
+    let app = spawn_app_with(AppOptions {
+        background_workers: false,
+        edit_config: Some(|config| config.settings.backup.pg_dump = "/nonexistent/pg_dump".into()),
+        ..AppOptions::default()
+    })
+    .await;
+    let id = app
+        .submit(
+            "dev",
+            migration("needs backup", "low", "CREATE TABLE backed (id int);", None),
+        )
+        .await;
+    app.run_worker("development").await; // development requires no backup
+    app.approve("ops1", &format!("{id}@staging"), "data_ops")
+        .await;
+    app.approve("ops2", &format!("{id}@staging"), "data_ops")
+        .await;
+    match app.run_worker("staging").await {
+        Outcome::TargetUnavailable(message) => assert!(
+            message.starts_with("backup before apply failed:")
+                && message.contains("/nonexistent/pg_dump"),
+            "{message}"
+        ),
+        other => panic!("expected the backup to stop the round, got {other:?}"),
+    }
+    assert_eq!(
+        app.deployment(&format!("{id}@staging")).await["state"],
+        "queued"
+    );
+    assert!(!app.table_exists("staging", "backed").await);
+    let (_, status) = app.get("ops1", "/api/v1/environments/staging").await;
+    assert!(
+        status["target_error"].as_str().unwrap().contains("backup"),
+        "{status}"
+    );
+    app.stop().await;
+}
