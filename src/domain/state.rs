@@ -100,6 +100,16 @@ impl DeploymentState {
         DeploymentState::Cancelled,
     ];
 
+    /// The states that hold an environment's queue (everything not applied or finished).
+    pub const OPEN: [DeploymentState; 6] = [
+        DeploymentState::AwaitingApproval,
+        DeploymentState::Approved,
+        DeploymentState::Queued,
+        DeploymentState::Running,
+        DeploymentState::Failed,
+        DeploymentState::RollingBack,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             DeploymentState::AwaitingApproval => "awaiting_approval",
@@ -231,6 +241,17 @@ mod tests {
         assert!(s.on(E::Start).is_err());
         assert_eq!(s.on(E::Retry).unwrap(), S::Queued);
         assert_eq!(s.on(E::Cancel).unwrap(), S::Cancelled);
+    }
+
+    #[test]
+    fn open_states_are_exactly_those_holding_the_queue() {
+        for state in DeploymentState::ALL {
+            assert_eq!(
+                DeploymentState::OPEN.contains(&state),
+                state.holds_queue(),
+                "{state}"
+            );
+        }
     }
 
     #[test]

@@ -124,14 +124,7 @@ impl Worker {
             .deployments_in_states(
                 &mut conn,
                 self.environment.name.as_str(),
-                &[
-                    DeploymentState::AwaitingApproval,
-                    DeploymentState::Approved,
-                    DeploymentState::Queued,
-                    DeploymentState::Running,
-                    DeploymentState::Failed,
-                    DeploymentState::RollingBack,
-                ],
+                &DeploymentState::OPEN,
             )
             .await?)
     }

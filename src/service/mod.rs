@@ -248,16 +248,6 @@ fn audit(
     }
 }
 
-/// States a deployment leaves the queue in, for status.
-const OPEN_STATES: [DeploymentState; 6] = [
-    DeploymentState::AwaitingApproval,
-    DeploymentState::Approved,
-    DeploymentState::Queued,
-    DeploymentState::Running,
-    DeploymentState::Failed,
-    DeploymentState::RollingBack,
-];
-
 fn validate_duration(value: &str) -> Result<()> {
     if domain::freeze::parse_duration(value).is_some() {
         Ok(())
@@ -1324,7 +1314,7 @@ impl Service {
         let lock = self.store.lock(&mut conn, env.name.as_str()).await?;
         let open = self
             .store
-            .deployments_in_states(&mut conn, env.name.as_str(), &OPEN_STATES)
+            .deployments_in_states(&mut conn, env.name.as_str(), &DeploymentState::OPEN)
             .await?;
         let ids: Vec<String> = open.iter().map(|d| d.migration_id.clone()).collect();
         let migrations: HashMap<String, MigrationRow> = self
