@@ -181,6 +181,12 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         limit: i64,
     },
+    /// Follow an environment's deployments as they change (until Ctrl-C), or one migration's
+    /// deployment there until it finishes.
+    Watch {
+        environment: String,
+        migration_id: Option<String>,
+    },
     /// Print a shell completion script (bash, zsh, fish, ...).
     Completions { shell: clap_complete::Shell },
 }
@@ -753,6 +759,10 @@ async fn remote(client: &mut Client, command: Command, output: Output) -> CliRes
             print_deployment(&deployment, output)
         }
         Command::Submit { scripts } => submit(client, &scripts, output).await,
+        Command::Watch {
+            environment,
+            migration_id,
+        } => watch(client, &environment, migration_id, output).await,
         Command::History { environment, limit } => {
             let request = client.request(pb::ListMigrationsRequest {
                 limit,
@@ -1241,6 +1251,73 @@ fn finish(outcomes: BTreeMap<String, (String, String)>, output: Output) -> CliRe
         message.push('\n');
     }
     Err(Failure::operation(message.trim_end().to_owned()))
+}
+
+async fn watch(
+    client: &mut Client,
+    environment: &str,
+    migration_id: Option<String>,
+    output: Output,
+) -> CliResult {
+    let mut events = match &migration_id {
+        Some(id) => {
+            let request = client.request(pb::WatchDeploymentRequest {
+                deployment_id: format!("{id}@{environment}"),
+                follow_resting: false,
+            })?;
+            client
+                .inner
+                .watch_deployment(request)
+                .await
+                .map_err(|s| client.failed(s))?
+                .into_inner()
+        }
+        None => {
+            let request = client.request(pb::WatchEnvironmentRequest {
+                environment: environment.to_owned(),
+            })?;
+            client
+                .inner
+                .watch_environment(request)
+                .await
+                .map_err(|s| client.failed(s))?
+                .into_inner()
+        }
+    };
+    let mut last_state = String::new();
+    while let Some(event) = events.next().await {
+        let event = event.map_err(|s| client.failed(s))?;
+        if output == Output::Json {
+            print_json(&event)?;
+            continue;
+        }
+        match &event.event {
+            Some(pb::deployment_event::Event::State(state)) => {
+                last_state = state.clone();
+                let error = if event.error.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", event.error.lines().next().unwrap_or(""))
+                };
+                println!("{} {} {state}{error}", event.at, event.deployment_id);
+            }
+            Some(pb::deployment_event::Event::Log(line)) => println!(
+                "{} {} {}: {}",
+                line.at, event.deployment_id, line.level, line.message
+            ),
+            Some(pb::deployment_event::Event::Missed(n)) => {
+                println!("(missed {n} events: the watcher fell behind)")
+            }
+            None => {}
+        }
+    }
+    // A watched deployment ends the stream when it rests: its outcome is the exit code.
+    if migration_id.is_some() && last_state != "applied" && last_state != "rolled_back" {
+        return Err(Failure::operation(format!(
+            "the deployment is {last_state}"
+        )));
+    }
+    Ok(())
 }
 
 async fn submit(client: &mut Client, paths: &[PathBuf], output: Output) -> CliResult {

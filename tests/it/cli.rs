@@ -106,6 +106,16 @@ async fn the_seed_quick_start_through_the_cli() {
     app.wait_for_state(&format!("{id}@development"), &["applied"])
         .await;
     assert!(app.table_exists("development", "example_table").await);
+    // Watching a deployment that already rests prints its state and ends with its outcome.
+    let watched = sluice(&app, Some("dev"), &dir, &["watch", "development", &id]).await;
+    ok(&watched);
+    assert!(
+        watched
+            .stdout
+            .contains(&format!("{id}@development applied")),
+        "{}",
+        watched.stdout
+    );
 
     // Approvals keep the seed's positional arguments; the approver must be the token's user.
     let impostor = sluice(
