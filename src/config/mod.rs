@@ -63,6 +63,9 @@ pub struct BackupSettings {
     /// The pg_dump program for PostgreSQL targets.
     #[serde(default = "default_pg_dump")]
     pub pg_dump: String,
+    /// The mysqldump (or mariadb-dump) program for MySQL and MariaDB targets.
+    #[serde(default = "default_mysqldump")]
+    pub mysqldump: String,
 }
 
 impl Default for BackupSettings {
@@ -70,6 +73,7 @@ impl Default for BackupSettings {
         BackupSettings {
             dir: default_backup_dir(),
             pg_dump: default_pg_dump(),
+            mysqldump: default_mysqldump(),
         }
     }
 }
@@ -79,6 +83,9 @@ fn default_backup_dir() -> String {
 }
 fn default_pg_dump() -> String {
     "pg_dump".into()
+}
+fn default_mysqldump() -> String {
+    "mysqldump".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -544,12 +551,13 @@ fn load_environments(
         let url = entry.database.url.trim().to_owned();
         if !(url.starts_with("postgres://")
             || url.starts_with("postgresql://")
-            || url.starts_with("sqlite:"))
+            || url.starts_with("sqlite:")
+            || crate::target::is_mysql(&url))
         {
             return Err(err(
                 path,
                 format!(
-                    "environments.{name}.database.url: unsupported database URL \"{}\" (use postgres://... or sqlite://path)",
+                    "environments.{name}.database.url: unsupported database URL \"{}\" (use postgres://..., mysql://..., mariadb://... or sqlite://path)",
                     redact_url(&url)
                 ),
             ));

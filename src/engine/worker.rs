@@ -642,8 +642,11 @@ impl Worker {
         }
         let settings = &self.service.config.settings.backup;
         let now = self.service.clock.now();
-        let extension = if self.environment.url.expose().starts_with("sqlite:") {
+        let url = self.environment.url.expose();
+        let extension = if url.starts_with("sqlite:") {
             "sqlite"
+        } else if target::is_mysql(url) {
+            "sql"
         } else {
             "dump"
         };
@@ -655,7 +658,7 @@ impl Worker {
                 now.format("%Y%m%dT%H%M%S%.3fZ")
             ));
         session
-            .backup(&file, &self.settings(), &settings.pg_dump)
+            .backup(&file, &self.settings(), settings)
             .await
             .map_err(|e| format!("backup before apply failed: {e}"))?;
         let path = file.display().to_string();

@@ -17,6 +17,8 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("state store holds an unreadable value: {0}")]
     Corrupt(String),
+    #[error("{0}")]
+    Setup(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,8 +196,13 @@ impl Store {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
-        } else {
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Backend::Postgres
+        } else {
+            return Err(StoreError::Setup(format!(
+                "store.url: \"{}\" is not a state store this daemon keeps (use sqlite://path or postgres://...)",
+                crate::config::redact_url(url)
+            )));
         };
         let mut url = url.to_owned();
         if backend == Backend::Sqlite {
@@ -847,7 +854,7 @@ fn prepare_sqlite_path(url: &str) -> Result<(), StoreError> {
         && !parent.as_os_str().is_empty()
     {
         std::fs::create_dir_all(parent).map_err(|e| {
-            StoreError::Corrupt(format!("cannot create folder {}: {e}", parent.display()))
+            StoreError::Setup(format!("cannot create folder {}: {e}", parent.display()))
         })?;
     }
     Ok(())

@@ -4,6 +4,7 @@
 //! runners never apply to one database, and reports the database's own error with the statement
 //! and line. Knows nothing of approvals or the state store.
 
+mod mysql;
 mod postgres;
 mod sqlite;
 
@@ -95,6 +96,12 @@ pub struct HistoryEntry {
 pub enum TargetSession {
     Postgres(postgres::PgSession),
     Sqlite(sqlite::SqliteSession),
+    MySql(mysql::MySqlSession),
+}
+
+/// Whether a URL names a MySQL or MariaDB database.
+pub fn is_mysql(url: &str) -> bool {
+    url.starts_with("mysql://") || url.starts_with("mariadb://")
 }
 
 /// Opens a session: connects, takes the runner lock, sets the timeouts and makes sure the
@@ -103,6 +110,10 @@ pub async fn open(settings: &TargetSettings, owner: &str) -> Result<TargetSessio
     if settings.url.starts_with("sqlite:") {
         Ok(TargetSession::Sqlite(
             sqlite::SqliteSession::open(settings, owner).await?,
+        ))
+    } else if is_mysql(&settings.url) {
+        Ok(TargetSession::MySql(
+            mysql::MySqlSession::open(settings).await?,
         ))
     } else {
         Ok(TargetSession::Postgres(
@@ -116,6 +127,7 @@ impl TargetSession {
         match self {
             TargetSession::Postgres(s) => s.history().await,
             TargetSession::Sqlite(s) => s.history().await,
+            TargetSession::MySql(s) => s.history().await,
         }
     }
 
@@ -125,6 +137,7 @@ impl TargetSession {
         match self {
             TargetSession::Postgres(s) => s.apply(script).await,
             TargetSession::Sqlite(s) => s.apply(script).await,
+            TargetSession::MySql(s) => s.apply(script).await,
         }
     }
 
@@ -133,6 +146,7 @@ impl TargetSession {
         match self {
             TargetSession::Postgres(s) => s.rollback(script).await,
             TargetSession::Sqlite(s) => s.rollback(script).await,
+            TargetSession::MySql(s) => s.rollback(script).await,
         }
     }
 
@@ -141,16 +155,17 @@ impl TargetSession {
         match self {
             TargetSession::Postgres(s) => s.forget(migration_id).await,
             TargetSession::Sqlite(s) => s.forget(migration_id).await,
+            TargetSession::MySql(s) => s.forget(migration_id).await,
         }
     }
 
     /// Takes a full backup of the target into `file` (pg_dump's custom format for PostgreSQL,
-    /// `VACUUM INTO` for SQLite).
+    /// mysqldump for MySQL and MariaDB, `VACUUM INTO` for SQLite).
     pub async fn backup(
         &mut self,
         file: &std::path::Path,
         settings: &TargetSettings,
-        pg_dump: &str,
+        programs: &crate::config::BackupSettings,
     ) -> Result<(), TargetError> {
         if let Some(parent) = file.parent() {
             std::fs::create_dir_all(parent).map_err(|e| TargetError::Database {
@@ -159,8 +174,9 @@ impl TargetSession {
             })?;
         }
         match self {
-            TargetSession::Postgres(_) => postgres::backup(settings, file, pg_dump).await,
+            TargetSession::Postgres(_) => postgres::backup(settings, file, &programs.pg_dump).await,
             TargetSession::Sqlite(s) => s.backup(file).await,
+            TargetSession::MySql(_) => mysql::backup(settings, file, &programs.mysqldump).await,
         }
     }
 
@@ -168,6 +184,7 @@ impl TargetSession {
         match self {
             TargetSession::Postgres(s) => s.close().await,
             TargetSession::Sqlite(s) => s.close().await,
+            TargetSession::MySql(s) => s.close().await,
         }
     }
 }

@@ -113,6 +113,76 @@ pub const USERS: &[(&str, &[&str])] = &[
 pub enum Backend {
     Postgres,
     Sqlite,
+    /// A PostgreSQL state store with MariaDB (MySQL) targets.
+    MySqlTargets,
+}
+
+pub fn mysql_admin_url() -> String {
+    std::env::var("SLUICE_TEST_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/mysql".into())
+}
+
+async fn mysql_admin() -> sqlx::mysql::MySqlConnection {
+    use sqlx::Connection;
+    let url = mysql_admin_url();
+    sqlx::mysql::MySqlConnection::connect(&url).await.unwrap_or_else(|e| {
+        panic!(
+            "MariaDB/MySQL is not reachable at {url} ({e}); start it (start-stop-daemon --start --background --exec /usr/sbin/mariadbd) or set SLUICE_TEST_MYSQL_URL"
+        )
+    })
+}
+
+/// A MariaDB (MySQL) database that exists for one test.
+pub struct TestMySqlDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestMySqlDatabase {
+    pub async fn create(label: &str) -> TestMySqlDatabase {
+        let name = format!("sluice_test_{label}_{}", random_suffix());
+        let mut admin = mysql_admin().await;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .unwrap_or_else(|e| panic!("cannot create test database {name}: {e}"));
+        TestMySqlDatabase {
+            url: with_database(&mysql_admin_url(), &name),
+            name,
+        }
+    }
+
+    pub async fn connect(&self) -> sqlx::mysql::MySqlConnection {
+        use sqlx::Connection;
+        sqlx::mysql::MySqlConnection::connect(&self.url)
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for TestMySqlDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                use sqlx::Connection;
+                if let Ok(mut admin) =
+                    sqlx::mysql::MySqlConnection::connect(&mysql_admin_url()).await
+                {
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name}"
+                    )))
+                    .execute(&mut admin)
+                    .await;
+                }
+            });
+        })
+        .join();
+    }
 }
 
 pub struct AppOptions {
@@ -143,6 +213,7 @@ pub struct TestApp {
     pub http: reqwest::Client,
     pub tokens: HashMap<String, String>,
     pub targets: HashMap<String, TestDatabase>,
+    pub mysql_targets: HashMap<String, TestMySqlDatabase>,
     pub sqlite_dir: Option<PathBuf>,
     pub clock: Option<Arc<ManualClock>>,
     pub config: Config,
@@ -180,6 +251,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
 
     let mut env: HashMap<String, String> = HashMap::new();
     let mut targets = HashMap::new();
+    let mut mysql_targets = HashMap::new();
     let mut store_db = None;
     let mut sqlite_dir = None;
     env.insert("SLUICE__SERVER__REST_ADDR".into(), "127.0.0.1:0".into());
@@ -202,6 +274,24 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
             ] {
                 env.insert(var.into(), db.url.clone());
                 targets.insert(environment.to_string(), db);
+            }
+        }
+        Backend::MySqlTargets => {
+            let (store, dev, staging, production) = tokio::join!(
+                TestDatabase::create("store"),
+                TestMySqlDatabase::create("dev"),
+                TestMySqlDatabase::create("stag"),
+                TestMySqlDatabase::create("prod"),
+            );
+            env.insert("SLUICE__STORE__URL".into(), store.url.clone());
+            store_db = Some(store);
+            for (environment, var, db) in [
+                ("development", "DEV_DB_URL", dev),
+                ("staging", "STAGING_DB_URL", staging),
+                ("production", "PROD_DB_URL", production),
+            ] {
+                env.insert(var.into(), db.url.clone());
+                mysql_targets.insert(environment.to_string(), db);
             }
         }
         Backend::Sqlite => {
@@ -250,6 +340,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         http: reqwest::Client::new(),
         tokens,
         targets,
+        mysql_targets,
         sqlite_dir,
         clock,
         config,
@@ -422,6 +513,18 @@ impl TestApp {
 
     /// Whether a table exists in an environment's target database.
     pub async fn table_exists(&self, environment: &str, table: &str) -> bool {
+        if let Some(db) = self.mysql_targets.get(environment) {
+            use sqlx::Row;
+            let mut conn = db.connect().await;
+            let row = sqlx::query(
+                "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = ?",
+            )
+            .bind(table)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+            return row.get::<i64, _>(0) == 1;
+        }
         match &self.sqlite_dir {
             None => {
                 let client = self.targets[environment].client().await;

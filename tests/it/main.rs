@@ -6,6 +6,7 @@ mod binary;
 mod cli;
 mod grpc;
 mod harness;
+mod mysql;
 mod rules;
 mod story;
 mod tidy;

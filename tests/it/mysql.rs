@@ -1,0 +1,217 @@
+//! MariaDB (MySQL) targets: the seed's story, DDL run statement by statement, data scripts in
+//! one transaction with their history row, GET_LOCK against a second runner, mysqldump backups.
+
+use crate::harness::{AppOptions, Backend, migration, spawn_app_with};
+use reqwest::StatusCode;
+use serde_json::json;
+use sluice::engine::Outcome;
+use sqlx::Row;
+
+fn options() -> AppOptions {
+    AppOptions {
+        backend: Backend::MySqlTargets,
+        background_workers: false,
+        ..AppOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn seed_story_on_mariadb_targets() {
+    let app = spawn_app_with(options()).await;
+    let id = app
+        .submit(
+            "dev",
+            migration(
+                "Add user preferences table",
+                "high",
+                "CREATE TABLE user_preferences (id INT PRIMARY KEY, user_id INT NOT NULL);\nINSERT INTO user_preferences VALUES (1, 42);",
+                Some("DROP TABLE user_preferences;"),
+            ),
+        )
+        .await;
+    app.run_worker("development").await;
+    let dev = app.deployment(&format!("{id}@development")).await;
+    assert_eq!(dev["state"], "applied", "{dev}");
+    assert_eq!(dev["transactional"], false);
+    assert!(
+        dev["log"].as_array().unwrap().iter().any(|l| l["message"]
+            .as_str()
+            .unwrap()
+            .contains("MySQL commits DDL implicitly")),
+        "{dev}"
+    );
+    app.approve("ops1", &format!("{id}@staging"), "data_ops")
+        .await;
+    app.approve("ops2", &format!("{id}@staging"), "data_ops")
+        .await;
+    app.run_worker("staging").await;
+    assert_eq!(
+        app.deployment(&format!("{id}@staging")).await["state"],
+        "applied"
+    );
+    // Staging requires a backup: mysqldump wrote one.
+    let backups = app.config.config_dir.join("backups").join("staging");
+    let file = std::fs::read_dir(&backups)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert!(
+        std::fs::read_to_string(&file)
+            .unwrap()
+            .contains("MariaDB dump")
+            || std::fs::metadata(&file).unwrap().len() > 0
+    );
+    let production = format!("{id}@production");
+    for (user, role) in [
+        ("lead", "data_ops_lead"),
+        ("dba", "dba"),
+        ("tech", "tech_lead"),
+        ("cto", "cto"),
+    ] {
+        app.approve(user, &production, role).await;
+    }
+    let (code, body) = app
+        .post("lead", "/api/v1/environments/production/migrate", json!({}))
+        .await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+    app.run_worker("production").await;
+    assert_eq!(app.deployment(&production).await["state"], "applied");
+    assert!(app.table_exists("production", "user_preferences").await);
+    let mut conn = app.mysql_targets["production"].connect().await;
+    let row =
+        sqlx::query("SELECT checksum, success FROM sluice_schema_history WHERE migration_id = ?")
+            .bind(&id)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(row.get::<String, _>(0).len(), 64);
+    assert!(row.get::<bool, _>(1));
+
+    app.post(
+        "dba",
+        &format!("/api/v1/deployments/{production}/rollback"),
+        json!({"reason": "story"}),
+    )
+    .await;
+    app.run_worker("production").await;
+    assert_eq!(app.deployment(&production).await["state"], "rolled_back");
+    assert!(!app.table_exists("production", "user_preferences").await);
+    assert!(app.table_exists("staging", "user_preferences").await);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_data_script_is_one_transaction_with_its_history_row() {
+    let app = spawn_app_with(options()).await;
+    let setup = app
+        .submit(
+            "dev",
+            migration("table", "low", "CREATE TABLE counters (n INT);", None),
+        )
+        .await;
+    let data = app
+        .submit(
+            "dev",
+            migration(
+                "fill",
+                "low",
+                "INSERT INTO counters VALUES (1);\nINSERT INTO counters VALUES (2);\nINSERT INTO missing_table VALUES (3);",
+                None,
+            ),
+        )
+        .await;
+    let outcome = app.run_worker("development").await;
+    assert_eq!(
+        outcome,
+        Outcome::Worked {
+            applied: 1,
+            rolled_back: 0,
+            failed: Some(format!("{data}@development"))
+        }
+    );
+    assert_eq!(
+        app.deployment(&format!("{setup}@development")).await["state"],
+        "applied"
+    );
+    let failed = app.deployment(&format!("{data}@development")).await;
+    assert_eq!(failed["transactional"], true);
+    let error = failed["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("statement 3 (line 3): ")
+            && error.contains("missing_table")
+            && error.contains("(error 42S02)"),
+        "{error}"
+    );
+    let mut conn = app.mysql_targets["development"].connect().await;
+    let rows: i64 = sqlx::query("SELECT COUNT(*) FROM counters")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        rows, 0,
+        "the first two inserts were rolled back with the failure"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn get_lock_keeps_a_second_runner_out() {
+    let app = spawn_app_with(options()).await;
+    let id = app
+        .submit(
+            "dev",
+            migration("locked", "low", "CREATE TABLE locked_t (id INT);", None),
+        )
+        .await;
+    let mut other = app.mysql_targets["development"].connect().await;
+    let got: i64 = sqlx::query("SELECT GET_LOCK(CONCAT('sluice.', DATABASE()), 0)")
+        .fetch_one(&mut other)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(got, 1);
+    assert!(matches!(
+        app.run_worker("development").await,
+        Outcome::TargetUnavailable(_)
+    ));
+    assert_eq!(
+        app.deployment(&format!("{id}@development")).await["state"],
+        "queued"
+    );
+    sqlx::query("SELECT RELEASE_LOCK(CONCAT('sluice.', DATABASE()))")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    app.run_worker("development").await;
+    assert_eq!(
+        app.deployment(&format!("{id}@development")).await["state"],
+        "applied"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_statement_timeout_reaches_mariadb() {
+    let app = spawn_app_with(AppOptions {
+        edit_environments: Some(|text| text.replacen("timeout: 300 ", "timeout: 1 ", 1)),
+        ..options()
+    })
+    .await;
+    let id = app
+        .submit("dev", migration("slow", "low", "SELECT SLEEP(3);", None))
+        .await;
+    app.run_worker("development").await;
+    let d = app.deployment(&format!("{id}@development")).await;
+    assert_eq!(d["state"], "failed", "{d}");
+    assert!(
+        d["error"]
+            .as_str()
+            .unwrap()
+            .contains("max_statement_time exceeded"),
+        "{d}"
+    );
+    app.stop().await;
+}
