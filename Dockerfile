@@ -11,8 +11,8 @@ COPY config config
 RUN cargo build --release --locked
 
 FROM debian:bookworm-slim
-# pg_dump takes the backups of PostgreSQL targets before changes (backup_required).
-RUN apt-get update && apt-get install -y --no-install-recommends postgresql-client \
+# pg_dump and mysqldump take the backups of targets before changes (backup_required).
+RUN apt-get update && apt-get install -y --no-install-recommends postgresql-client mariadb-client \
     && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --home /var/lib/sluice --create-home sluice
 COPY --from=build /src/target/release/sluice /usr/local/bin/sluice
