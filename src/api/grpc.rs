@@ -138,6 +138,7 @@ fn migration(v: MigrationView) -> pb::Migration {
                     line: f["line"].as_i64().unwrap_or(0),
                     risk: f["risk"].as_str().unwrap_or("").into(),
                     message: f["message"].as_str().unwrap_or("").into(),
+                    rule: f["rule"].as_str().unwrap_or("").into(),
                 })
                 .collect()
         })

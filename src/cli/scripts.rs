@@ -243,7 +243,7 @@ pub fn validate_file(path: &Path) -> Vec<Problem> {
                     ),
                 ));
             }
-            let findings = crate::lint::analyse(&statements);
+            let findings = crate::lint::analyse(&text, &statements);
             let declared = header.as_ref().map(|h| h.risk);
             for finding in findings {
                 let note = match declared {

@@ -197,73 +197,89 @@ fn push_statement(
 pub struct Finding {
     pub line: usize,
     pub risk: Risk,
+    /// The squawk rule that found it (e.g. `ban-drop-column`), or `sluice` for Sluice's own.
+    pub rule: String,
     pub message: String,
 }
 
-/// Finds operations that destroy data or take long exclusive locks.
-pub fn analyse(statements: &[Statement]) -> Vec<Finding> {
-    let mut findings = Vec::new();
-    // Tables the script itself creates: locking them hurts no one.
-    let mut created: Vec<String> = Vec::new();
-    for statement in statements {
-        if statement.starts_with(&["CREATE", "TABLE"]) {
-            if let Some(name) = word_after(&statement.text, &["TABLE", "EXISTS"]) {
-                created.push(name);
+/// The risk a squawk rule's violation carries, or `None` for rules that do not raise it (style
+/// advice, and rules about transactions and timeouts that Sluice itself takes care of).
+fn rule_risk(rule: squawk_linter::Rule) -> Option<Risk> {
+    use squawk_linter::Rule as R;
+    match rule {
+        R::BanDropDatabase
+        | R::BanDropTable
+        | R::BanDropColumn
+        | R::BanTruncateCascade
+        | R::BanDropSchema => Some(Risk::High),
+        R::RequireConcurrentIndexCreation
+        | R::RequireConcurrentIndexDeletion
+        | R::RequireConcurrentReindex
+        | R::RequireConcurrentPartitionDetach
+        | R::ChangingColumnType
+        | R::AddingNotNullableField
+        | R::AddingRequiredField
+        | R::AddingForeignKeyConstraint
+        | R::ConstraintMissingNotValid
+        | R::AddingSerialPrimaryKeyField
+        | R::DisallowedUniqueConstraint
+        | R::RenamingColumn
+        | R::RenamingTable
+        | R::BanDropNotNull => Some(Risk::Medium),
+        _ => None,
+    }
+}
+
+fn line_of(sql: &str, offset: usize) -> usize {
+    sql[..offset.min(sql.len())].matches('\n').count() + 1
+}
+
+/// Finds operations that destroy data or take long exclusive locks: squawk's PostgreSQL rules,
+/// plus Sluice's own for statements that change every row of a table.
+pub fn analyse(sql: &str, statements: &[Statement]) -> Vec<Finding> {
+    let parsed = squawk_syntax::SourceFile::parse(sql);
+    let mut linter = squawk_linter::Linter::with_default_rules();
+    // Sluice runs a script in one transaction (unless a statement refuses one), so an index on
+    // a table the same script creates blocks no one.
+    linter.settings.assume_in_transaction = statements
+        .iter()
+        .all(|statement| !statement.requires_no_transaction());
+    let mut findings: Vec<Finding> = linter
+        .lint(&parsed, sql)
+        .into_iter()
+        .filter_map(|violation| {
+            let risk = rule_risk(violation.code)?;
+            let mut message = violation.message.clone();
+            if let Some(help) = &violation.help {
+                message.push_str(&format!(" ({help})"));
             }
-            continue;
-        }
-        let k = &statement.keywords;
-        let has = |w: &str| k.iter().any(|x| x == w);
-        let (risk, message) = if statement.starts_with(&["DROP", "TABLE"])
-            || statement.starts_with(&["DROP", "SCHEMA"])
-            || statement.starts_with(&["DROP", "DATABASE"])
-        {
-            (Risk::High, "drops a table, schema or database")
-        } else if statement.starts_with(&["TRUNCATE"]) {
-            (Risk::High, "truncates a table")
-        } else if statement.starts_with(&["ALTER", "TABLE"]) && has("DROP") && has("COLUMN") {
-            (Risk::High, "drops a column")
+            Some(Finding {
+                line: line_of(sql, usize::from(violation.text_range.start())),
+                risk,
+                rule: violation.code.to_string(),
+                message,
+            })
+        })
+        .collect();
+    for statement in statements {
+        let message = if statement.starts_with(&["TRUNCATE"]) {
+            "truncates a table"
         } else if (statement.starts_with(&["DELETE"]) || statement.starts_with(&["UPDATE"]))
             && !statement.text.to_ascii_uppercase().contains("WHERE")
         {
-            (Risk::High, "changes every row of a table (no WHERE clause)")
-        } else if statement.starts_with(&["ALTER", "TABLE"]) && has("TYPE") {
-            (Risk::Medium, "changes a column type (rewrites the table)")
-        } else if (statement.starts_with(&["CREATE", "INDEX"])
-            || statement.starts_with(&["CREATE", "UNIQUE", "INDEX"]))
-            && !has("CONCURRENTLY")
-            && !word_after(&statement.text, &["ON"]).is_some_and(|t| created.contains(&t))
-        {
-            (
-                Risk::Medium,
-                "creates an index without CONCURRENTLY (blocks writes)",
-            )
+            "changes every row of a table (no WHERE clause)"
         } else {
             continue;
         };
         findings.push(Finding {
             line: statement.line,
-            risk,
+            risk: Risk::High,
+            rule: "sluice".into(),
             message: message.into(),
         });
     }
+    findings.sort_by_key(|f| f.line);
     findings
-}
-
-/// The identifier after the last of `markers` found among the statement's words, lower-cased
-/// and without quotes or schema-qualification differences kept (`public.t` stays `public.t`).
-fn word_after(text: &str, markers: &[&str]) -> Option<String> {
-    let words: Vec<&str> = text.split_whitespace().collect();
-    let position = words
-        .iter()
-        .rposition(|w| markers.iter().any(|m| w.eq_ignore_ascii_case(m)))?;
-    let word = words.get(position + 1)?;
-    let name: String = word
-        .chars()
-        .take_while(|c| *c != '(')
-        .filter(|c| *c != '"')
-        .collect();
-    (!name.is_empty()).then(|| name.to_ascii_lowercase())
 }
 
 /// The higher of the declared risk and the risk the findings show.
@@ -361,11 +377,9 @@ END $$;
 
     #[test]
     fn analysis_raises_risk() {
-        let statements = split_statements(
-            "ALTER TABLE users DROP COLUMN legacy;\nCREATE INDEX i ON t (a);\nCREATE INDEX CONCURRENTLY j ON t (b);\nUPDATE t SET a = 1 WHERE id = 2;",
-        )
-        .unwrap();
-        let findings = analyse(&statements);
+        let sql = "ALTER TABLE users DROP COLUMN legacy;\nCREATE INDEX i ON t (a);\nCREATE INDEX CONCURRENTLY j ON t (b);\nUPDATE t SET a = 1 WHERE id = 2;";
+        let statements = split_statements(sql).unwrap();
+        let findings = analyse(sql, &statements);
         assert_eq!(findings.len(), 2, "{findings:?}");
         assert_eq!(findings[0].risk, Risk::High);
         assert_eq!(findings[1].line, 2);
@@ -375,12 +389,22 @@ END $$;
 
     #[test]
     fn indexing_a_table_the_script_creates_is_not_a_finding() {
-        let statements = split_statements(
-            "CREATE TABLE IF NOT EXISTS prefs (id int);\nCREATE INDEX prefs_id ON prefs (id);\nCREATE INDEX other_id ON other(id);",
-        )
-        .unwrap();
-        let findings = analyse(&statements);
+        let sql = "CREATE TABLE IF NOT EXISTS prefs (id int);\nCREATE INDEX prefs_id ON prefs (id);\nCREATE INDEX other_id ON other(id);";
+        let statements = split_statements(sql).unwrap();
+        let findings = analyse(sql, &statements);
         assert_eq!(findings.len(), 1, "{findings:?}");
         assert_eq!(findings[0].line, 3);
+        assert_eq!(findings[0].rule, "require-concurrent-index-creation");
+    }
+
+    #[test]
+    fn data_wide_changes_and_style_advice() {
+        let sql =
+            "DELETE FROM sessions;\nCREATE TABLE t (id int, name varchar(10));\nTRUNCATE audit;";
+        let statements = split_statements(sql).unwrap();
+        let findings = analyse(sql, &statements);
+        let lines: Vec<(usize, Risk)> = findings.iter().map(|f| (f.line, f.risk)).collect();
+        // prefer-bigint-over-int and prefer-text-field are advice: they raise nothing.
+        assert_eq!(lines, [(1, Risk::High), (3, Risk::High)], "{findings:?}");
     }
 }

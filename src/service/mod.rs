@@ -271,7 +271,7 @@ fn read_scripts(up_sql: &str, down_sql: Option<&str>, declared: Risk) -> Result<
     if let Some(down) = down_sql {
         check_script("down_sql", down)?;
     }
-    let findings = lint::analyse(&statements);
+    let findings = lint::analyse(up_sql, &statements);
     Ok(ReadScripts {
         effective_risk: lint::effective_risk(declared, &findings),
         findings,
