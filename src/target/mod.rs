@@ -189,6 +189,29 @@ impl TargetSession {
     }
 }
 
+/// Runs a dump program prepared by the caller; on failure removes the partial file and reports
+/// the program's own words. `setting` names the key that chooses the program.
+async fn run_dump(
+    mut command: tokio::process::Command,
+    file: &std::path::Path,
+    fail: impl Fn(String) -> TargetError,
+    tools: &str,
+    setting: &str,
+) -> Result<(), TargetError> {
+    let output = command.kill_on_drop(true).output().await.map_err(|e| {
+        fail(format!(
+            "cannot run it ({e}); install the {tools} client tools or set {setting}"
+        ))
+    })?;
+    if !output.status.success() {
+        let _ = std::fs::remove_file(file);
+        return Err(fail(
+            String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        ));
+    }
+    Ok(())
+}
+
 /// Explains a failure at statement `index` (0-based among all statements of the script).
 fn describe_failure(statement: &Statement, index: usize, line: usize, message: &str) -> String {
     let mut excerpt: String = statement.text.chars().take(200).collect();

@@ -303,23 +303,11 @@ pub async fn backup(
         .arg(format!("--user={}", parsed.user))
         .arg(format!("--result-file={}", file.display()))
         .arg(&parsed.database)
-        .env_remove("MYSQL_PWD")
-        .kill_on_drop(true);
+        .env_remove("MYSQL_PWD");
     if let Some(password) = &parsed.password {
         command.env("MYSQL_PWD", password);
     }
-    let output = command.output().await.map_err(|e| {
-        fail(format!(
-            "cannot run it ({e}); install the MySQL/MariaDB client tools or set backup.mysqldump"
-        ))
-    })?;
-    if !output.status.success() {
-        let _ = std::fs::remove_file(file);
-        return Err(fail(
-            String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-        ));
-    }
-    Ok(())
+    super::run_dump(command, file, fail, "MySQL/MariaDB", "backup.mysqldump").await
 }
 
 struct UrlParts {

@@ -356,8 +356,7 @@ pub async fn backup(
         .arg("--no-password")
         .arg("--file")
         .arg(file)
-        .env_remove("PGPASSWORD")
-        .kill_on_drop(true);
+        .env_remove("PGPASSWORD");
     if let Some(tokio_postgres::config::Host::Tcp(host)) = config.get_hosts().first() {
         command.env("PGHOST", host);
     }
@@ -373,18 +372,7 @@ pub async fn backup(
     if let Some(dbname) = config.get_dbname() {
         command.env("PGDATABASE", dbname);
     }
-    let output = command.output().await.map_err(|e| {
-        fail(format!(
-            "cannot run it ({e}); install the PostgreSQL client tools or set backup.pg_dump"
-        ))
-    })?;
-    if !output.status.success() {
-        let _ = std::fs::remove_file(file);
-        return Err(fail(
-            String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-        ));
-    }
-    Ok(())
+    super::run_dump(command, file, fail, "PostgreSQL", "backup.pg_dump").await
 }
 
 /// The server's message with its SQLSTATE, detail and hint.
