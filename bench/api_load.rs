@@ -362,7 +362,7 @@ async fn main() {
             .await
             .unwrap()
             .into_inner();
-        ids.push(format!("{}@staging", m.id));
+        ids.push((format!("{}@staging", m.id), m.checksum));
     }
     println!(
         "(submitted {} migrations for the approval runs in {:.1} s)",
@@ -380,7 +380,7 @@ async fn main() {
         move |w, i| {
             let mut client = c[w].clone();
             let t = t.clone();
-            let id = list[i * clients_n + w].clone();
+            let (id, checksum) = list[i * clients_n + w].clone();
             async move {
                 client
                     .approve(request(
@@ -389,6 +389,7 @@ async fn main() {
                             deployment_id: id,
                             role: "data_ops".into(),
                             comment: "bench".into(),
+                            checksum,
                         },
                     ))
                     .await
@@ -402,11 +403,11 @@ async fn main() {
     load("REST POST /deployments/{id}/approvals", o.clients, Until::Count(per_worker), move |w, i| {
         let client = h[w].clone();
         let t = t.clone();
-        let id = list[per_protocol + i * clients_n + w].clone();
+        let (id, checksum) = list[per_protocol + i * clients_n + w].clone();
         let url = format!("{base}/api/v1/deployments/{id}/approvals");
         async move {
             matches!(
-                client.post(url).bearer_auth(t).json(&json!({"role": "data_ops", "comment": "bench"})).send().await,
+                client.post(url).bearer_auth(t).json(&json!({"role": "data_ops", "comment": "bench", "checksum": checksum})).send().await,
                 Ok(r) if r.status().is_success()
             )
         }

@@ -114,6 +114,8 @@ fn deployment(v: DeploymentView) -> pb::Deployment {
         execution_ms: v.execution_ms,
         transactional: v.transactional,
         updated_at: v.updated_at,
+        checksum: v.checksum,
+        out_of_order: v.out_of_order,
         log: v
             .log
             .unwrap_or_default()
@@ -347,7 +349,13 @@ impl pb::sluice_server::Sluice for GrpcApi {
         let role: Role = parse_enum("role", &r.role)?;
         let view = self
             .service
-            .approve(&caller, &r.deployment_id, role, &r.comment)
+            .approve(
+                &caller,
+                &r.deployment_id,
+                role,
+                &r.comment,
+                Some(r.checksum.as_str()),
+            )
             .await?;
         Ok(Response::new(deployment(view)))
     }

@@ -271,6 +271,9 @@ struct ApproveBody {
     role: Role,
     #[serde(default)]
     comment: String,
+    /// The checksum of the scripts the approver reviewed.
+    #[serde(default)]
+    checksum: Option<String>,
 }
 
 async fn approve(
@@ -281,7 +284,13 @@ async fn approve(
 ) -> ApiResult<crate::service::DeploymentView> {
     Ok(Json(
         service
-            .approve(&caller, &id, body.role, &body.comment)
+            .approve(
+                &caller,
+                &id,
+                body.role,
+                &body.comment,
+                body.checksum.as_deref(),
+            )
             .await?,
     ))
 }

@@ -120,6 +120,10 @@ enum Command {
         /// Default: the first environment of the promotion order where it awaits this role.
         #[arg(long)]
         environment: Option<String>,
+        /// The checksum of the scripts you reviewed (`sluice show`/`status --verbose` print it).
+        /// Default: the checksum the daemon shows now, printed before approving.
+        #[arg(long)]
+        checksum: Option<String>,
     },
     /// Reject a migration.
     Reject {
@@ -611,6 +615,7 @@ async fn remote(client: &mut Client, command: Command, output: Output) -> CliRes
             approver,
             comment,
             environment,
+            checksum,
         } => {
             let me = client
                 .inner
@@ -628,10 +633,21 @@ async fn remote(client: &mut Client, command: Command, output: Output) -> CliRes
                 Some(e) => e,
                 None => awaiting_environment(client, &migration_id, Some(&role)).await?,
             };
+            let checksum = match checksum {
+                Some(c) => c,
+                None => {
+                    let shown = current_checksum(client, &migration_id).await?;
+                    if output == Output::Table {
+                        println!("approving {migration_id} with the checksum {shown}");
+                    }
+                    shown
+                }
+            };
             let request = client.request(pb::ApproveRequest {
                 deployment_id: format!("{migration_id}@{environment}"),
                 role,
                 comment,
+                checksum,
             })?;
             let deployment = client
                 .inner
@@ -867,6 +883,20 @@ fn still_needed(d: &pb::Deployment) -> String {
 
 /// The first environment, in promotion order, where the migration awaits approval (and, with
 /// a role, where that role can still sign).
+/// The checksum of a migration's scripts as the daemon has them now.
+async fn current_checksum(client: &mut Client, migration_id: &str) -> CliResult<String> {
+    let request = client.request(pb::GetMigrationRequest {
+        id: migration_id.to_owned(),
+    })?;
+    Ok(client
+        .inner
+        .get_migration(request)
+        .await
+        .map_err(|s| client.failed(s))?
+        .into_inner()
+        .checksum)
+}
+
 async fn awaiting_environment(
     client: &mut Client,
     migration_id: &str,

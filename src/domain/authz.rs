@@ -73,8 +73,25 @@ pub fn may_reject(
     )))
 }
 
-/// An emergency override needs a data_ops_lead or an admin, and a reason.
-pub fn may_force(caller: &UserName, roles: &[Role], reason: &str) -> Result<(), DomainError> {
+/// An emergency override needs a data_ops_lead or an admin who wrote no version of the
+/// migration, and a reason: so at least two people, the author and the one who forces it, are
+/// involved in every emergency.
+pub fn may_force(
+    caller: &UserName,
+    roles: &[Role],
+    authors: &[UserName],
+    reason: &str,
+) -> Result<(), DomainError> {
+    if authors.contains(caller) {
+        return Err(DomainError::Forbidden(format!(
+            "{caller} wrote a version of this migration (authors: {}) and cannot force it: an emergency override must come from someone else holding data_ops_lead or admin",
+            authors
+                .iter()
+                .map(UserName::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
     if !(roles.contains(&Role::DataOpsLead) || roles.contains(&Role::Admin)) {
         return Err(DomainError::Forbidden(format!(
             "{caller} may not force a deployment: an emergency override needs the role data_ops_lead or admin"
@@ -119,12 +136,19 @@ mod tests {
             may_change_own_or_operate(&dev, &[Role::Developer], "ann", "staging", false, "cancel")
                 .is_err()
         );
-        assert!(may_force(&dev, &[Role::Dba], "outage").is_err());
+        let ann = [user("ann")];
+        assert!(may_force(&dev, &[Role::Dba], &ann, "outage").is_err());
         assert!(matches!(
-            may_force(&dev, &[Role::DataOpsLead], " "),
+            may_force(&dev, &[Role::DataOpsLead], &ann, " "),
             Err(DomainError::Invalid(_))
         ));
-        assert!(may_force(&dev, &[Role::Admin], "outage").is_ok());
+        assert!(may_force(&dev, &[Role::Admin], &ann, "outage").is_ok());
+        // The author cannot force their own migration, whatever roles they hold.
+        let own = [user("ann"), dev.clone()];
+        assert!(matches!(
+            may_force(&dev, &[Role::Admin, Role::DataOpsLead], &own, "outage"),
+            Err(DomainError::Forbidden(_))
+        ));
         let approving: BTreeSet<Role> = [Role::Cto].into();
         assert!(may_reject(&dev, &[Role::Cto], &approving, "production").is_ok());
         assert!(may_reject(&dev, &[Role::Developer], &approving, "production").is_err());

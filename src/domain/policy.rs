@@ -45,7 +45,9 @@ pub struct ApprovalRequest<'a> {
     pub approver: &'a UserName,
     pub approver_roles: &'a [Role],
     pub role: Role,
-    pub author: &'a UserName,
+    /// Everyone who wrote any version of the scripts: none of them may approve outside
+    /// environments that allow self-approval.
+    pub authors: &'a [UserName],
     pub allow_self_approval: bool,
     pub environment: &'a str,
     pub checksum: &'a str,
@@ -139,10 +141,17 @@ pub fn check_approval(
             role_list(allowed)
         )));
     }
-    if request.approver == request.author && !request.allow_self_approval {
+    if request.authors.contains(request.approver) && !request.allow_self_approval {
         return Err(DomainError::Forbidden(format!(
-            "{} is the author of this migration and cannot approve it in {}",
-            request.approver, request.environment
+            "{} wrote a version of this migration (authors: {}) and cannot approve it in {}: an approval must come from someone who did not write it",
+            request.approver,
+            request
+                .authors
+                .iter()
+                .map(UserName::as_str)
+                .collect::<Vec<_>>()
+                .join(", "),
+            request.environment
         )));
     }
     let current: Vec<&ApprovalRecord> = existing
@@ -215,7 +224,7 @@ mod tests {
             approver,
             approver_roles: roles,
             role,
-            author,
+            authors: std::slice::from_ref(author),
             allow_self_approval: false,
             environment: "production",
             checksum: "c1",
@@ -308,6 +317,16 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(err, DomainError::Forbidden(_)));
+        // Whoever amended the script is an author too.
+        let amender = user("ops");
+        let authors = [author.clone(), amender.clone()];
+        let mut by_amender = request(&amender, &[Role::DataOpsLead], Role::DataOpsLead, &author);
+        by_amender.authors = &authors;
+        let err = check_approval(&policy, &[], &by_amender).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "ops wrote a version of this migration (authors: dev, ops) and cannot approve it in production: an approval must come from someone who did not write it"
+        );
         // An approval for an older checksum is void.
         let stale = vec![ApprovalRecord {
             approver: dba.clone(),
@@ -346,7 +365,7 @@ mod tests {
                     approver: &person,
                     approver_roles: &Role::ALL,
                     role,
-                    author: &author,
+                    authors: std::slice::from_ref(&author),
                     allow_self_approval: false,
                     environment: "production",
                     checksum: "c",

@@ -200,8 +200,8 @@ impl Worker {
         };
 
         // Reconcile what the store believes with what the target records.
-        let mut reconciled = Vec::new();
-        for d in open.iter_mut() {
+        let mut reconciled: Vec<(usize, AuditRow)> = Vec::new();
+        for (index, d) in open.iter_mut().enumerate() {
             let Some(m) = migrations.get(&d.migration_id) else {
                 continue;
             };
@@ -220,7 +220,7 @@ impl Worker {
                         "applied",
                         serde_json::json!({"reconciled": "the target's sluice_schema_history records it as applied"}),
                     );
-                    reconciled.push((d.clone(), audit));
+                    reconciled.push((index, audit));
                 }
                 DeploymentState::Running => {
                     d.state = d.state.on(DeploymentEvent::Requeue)?;
@@ -230,7 +230,7 @@ impl Worker {
                         "requeued",
                         serde_json::json!({"reason": "was running when the daemon stopped; the target does not record it"}),
                     );
-                    reconciled.push((d.clone(), audit));
+                    reconciled.push((index, audit));
                 }
                 DeploymentState::Queued
                     if entry.is_some_and(|e| e.success && e.checksum != m.checksum) =>
@@ -247,20 +247,20 @@ impl Worker {
                     d.last_action = Some("apply".into());
                     d.updated_at = self.now();
                     let audit = self.audit(d, "failed", serde_json::json!({"error": d.error}));
-                    reconciled.push((d.clone(), audit));
+                    reconciled.push((index, audit));
                 }
                 _ => {}
             }
         }
         if !reconciled.is_empty() {
             let mut tx = store.begin().await?;
-            for (d, audit) in &reconciled {
-                store.update_deployment(&mut tx, d).await?;
+            for (index, audit) in &reconciled {
+                store.update_deployment(&mut tx, &mut open[*index]).await?;
                 store.insert_audit(&mut tx, audit).await?;
             }
             tx.commit().await?;
-            for (d, _) in &reconciled {
-                self.publish(d);
+            for (index, _) in &reconciled {
+                self.publish(&open[*index]);
             }
         }
 
@@ -489,8 +489,11 @@ impl Worker {
             let mut tx = store.begin().await?;
             for &index in &batch {
                 let d = &mut open[index];
-                if !store.claim(&mut tx, &d.id, claimed_at).await? {
-                    break; // changed since we read it (cancelled): the run stops before it
+                let checksum = &migrations[&d.migration_id].checksum;
+                if !store.claim(&mut tx, d, checksum, claimed_at).await? {
+                    // Changed since we read it (cancelled, or its scripts amended): the run
+                    // stops before it, and nothing read before the change runs.
+                    break;
                 }
                 d.state = d.state.on(DeploymentEvent::Start)?;
                 d.updated_at = claimed_at;
@@ -749,8 +752,10 @@ async fn record_outcomes(
     while receiver.recv_many(&mut pending, batch_size).await > 0 {
         let mut tx = store.begin().await?;
         let mut committed = Vec::with_capacity(pending.len());
-        for record in pending.drain(..) {
-            store.update_deployment(&mut tx, &record.deployment).await?;
+        for mut record in pending.drain(..) {
+            store
+                .update_deployment(&mut tx, &mut record.deployment)
+                .await?;
             for log in &record.logs {
                 store.append_log(&mut tx, log).await?;
             }

@@ -13,7 +13,7 @@ use crate::auth::Caller;
 use crate::config::{Config, EnvironmentConfig};
 use crate::domain::{
     self, ApprovalRecord, DeploymentEvent, DeploymentState, DomainError, EnvironmentName,
-    MigrationId, MigrationKind, Risk, Role, StartFacts, check_approval,
+    MigrationId, MigrationKind, Risk, Role, StartFacts, UserName, check_approval,
 };
 use crate::lint;
 use crate::store::{
@@ -46,7 +46,10 @@ pub enum ServiceError {
 
 impl From<StoreError> for ServiceError {
     fn from(e: StoreError) -> Self {
-        ServiceError::Unexpected(anyhow::Error::new(e))
+        match e {
+            StoreError::Conflict(message) => ServiceError::Conflict(message),
+            other => ServiceError::Unexpected(anyhow::Error::new(other)),
+        }
     }
 }
 
@@ -436,6 +439,7 @@ impl Service {
             effective_risk: effective.as_str().into(),
             findings: serde_json::to_string(&findings).unwrap_or_else(|_| "[]".into()),
             author: caller.name.to_string(),
+            authors: vec![caller.name.to_string()],
             ticket: request.ticket.trim().into(),
             estimated_duration: request.estimated_duration.trim().into(),
             up_sql: request.up_sql,
@@ -485,6 +489,8 @@ impl Service {
                 transactional: None,
                 created_at: at,
                 updated_at: at,
+                version: 0,
+                out_of_order: false,
             };
             self.store.insert_deployment(&mut tx, &deployment).await?;
             if env.auto_approve {
@@ -587,34 +593,50 @@ impl Service {
         deployment_id: &str,
         role: Role,
         comment: &str,
+        reviewed_checksum: Option<&str>,
     ) -> Result<DeploymentView> {
         let at = self.now();
         let mut tx = self.store.begin().await?;
         let (mut deployment, migration) = self.load_for_change(&mut tx, deployment_id).await?;
+        let env = self.environment(&deployment.environment)?;
         if deployment.state != DeploymentState::AwaitingApproval {
             return Err(ServiceError::Conflict(format!(
                 "deployment {deployment_id} is {}; approvals are taken only while it is awaiting_approval",
                 deployment.state
             )));
         }
-        let env = self.environment(&deployment.environment)?;
         let policy = self.policy_for(&deployment)?;
         let approvals = self.store.approvals(&mut tx, deployment_id).await?;
         let records = approval_records(&approvals)?;
-        let author = migration
-            .author
-            .parse()
-            .map_err(|e: DomainError| ServiceError::Unexpected(anyhow::anyhow!(e)))?;
+        let authors = authors_of(&migration)?;
         let request = domain::ApprovalRequest {
             approver: &caller.name,
             approver_roles: &caller.roles,
             role,
-            author: &author,
+            authors: &authors,
             allow_self_approval: env.allow_self_approval,
             environment: env.name.as_str(),
             checksum: &migration.checksum,
         };
         let progress = check_approval(policy, &records, &request)?;
+        // An approval is of the scripts the approver read: it names their checksum, and a
+        // script changed since then is not what they approved.
+        match reviewed_checksum.map(str::trim).filter(|c| !c.is_empty()) {
+            Some(reviewed) if reviewed != migration.checksum => {
+                return Err(ServiceError::Conflict(format!(
+                    "checksum: you reviewed {reviewed} but {} now has the checksum {}: its scripts changed; read them again before approving",
+                    migration.id, migration.checksum
+                )));
+            }
+            Some(_) => {}
+            None if env.allow_self_approval => {}
+            None => {
+                return Err(ServiceError::Invalid(format!(
+                    "checksum: an approval in {} must name the checksum of the scripts reviewed (now {}, shown by GET /api/v1/migrations/{})",
+                    env.name, migration.checksum, migration.id
+                )));
+            }
+        }
         self.store
             .insert_approval(
                 &mut tx,
@@ -671,10 +693,15 @@ impl Service {
         deployment_id: &str,
         reason: &str,
     ) -> Result<DeploymentView> {
-        domain::authz::may_force(&caller.name, &caller.roles, reason)?;
         let at = self.now();
         let mut tx = self.store.begin().await?;
         let (mut deployment, migration) = self.load_for_change(&mut tx, deployment_id).await?;
+        domain::authz::may_force(
+            &caller.name,
+            &caller.roles,
+            &authors_of(&migration)?,
+            reason,
+        )?;
         let env = self.environment(&deployment.environment)?;
         let policy = self.policy_for(&deployment)?;
         if !policy.emergency_override {
@@ -691,6 +718,31 @@ impl Service {
         }
         let approvals = self.store.approvals(&mut tx, deployment_id).await?;
         let progress = policy.progress(&approval_records(&approvals)?, &migration.checksum);
+        // The override is the forcer's own approval: recorded like any other, so the
+        // deployment shows who signed it off besides its author.
+        let forcer_role = if caller.roles.contains(&Role::DataOpsLead) {
+            Role::DataOpsLead
+        } else {
+            Role::Admin
+        };
+        if !approvals
+            .iter()
+            .any(|a| a.approver == caller.name.as_str() && a.checksum == migration.checksum)
+        {
+            self.store
+                .insert_approval(
+                    &mut tx,
+                    &ApprovalRow {
+                        deployment_id: deployment.id.clone(),
+                        approver: caller.name.to_string(),
+                        role: forcer_role.to_string(),
+                        comment: format!("emergency override: {}", reason.trim()),
+                        checksum: migration.checksum.clone(),
+                        approved_at: at,
+                    },
+                )
+                .await?;
+        }
         deployment.emergency_reason = Some(reason.trim().to_owned());
         self.store
             .insert_audit(
@@ -704,6 +756,7 @@ impl Service {
                     serde_json::json!({
                         "reason": reason.trim(),
                         "missing_roles": progress.missing_roles,
+                        "checksum": migration.checksum,
                         "review_owed": true,
                     }),
                 ),
@@ -775,6 +828,10 @@ impl Service {
             )));
         }
         let old_checksum = std::mem::replace(&mut migration.checksum, checksum.clone());
+        // Whoever writes a version of the scripts is one of their authors from now on.
+        if !migration.authors.iter().any(|a| a == caller.name.as_str()) {
+            migration.authors.push(caller.name.to_string());
+        }
         migration.up_sql = request.up_sql;
         migration.down_sql = request.down_sql;
         migration.findings = serde_json::to_string(&findings).unwrap_or_else(|_| "[]".into());
@@ -815,7 +872,10 @@ impl Service {
             d.error = None;
             d.deadline_at = approval_deadline(policy, at);
             d.updated_at = at;
-            self.store.update_deployment(&mut tx, &d).await?;
+            self.store.update_deployment(&mut tx, &mut d).await?;
+            // Every approval given before an amendment is void, whatever checksum the scripts
+            // take later (amending back to an approved version does not revive them).
+            let voided = self.store.delete_approvals(&mut tx, &d.id).await?;
             self.store
                 .insert_audit(
                     &mut tx,
@@ -825,7 +885,13 @@ impl Service {
                         "approvals_voided",
                         Some(&d),
                         None,
-                        serde_json::json!({"reason": "the migration's scripts changed", "checksum": checksum}),
+                        serde_json::json!({
+                            "reason": "the migration's scripts changed",
+                            "checksum": checksum,
+                            "voided": voided.iter().map(|a| serde_json::json!({
+                                "approver": a.approver, "role": a.role, "checksum": a.checksum,
+                            })).collect::<Vec<_>>(),
+                        }),
                     ),
                 )
                 .await?;
@@ -863,7 +929,9 @@ impl Service {
         if event == DeploymentEvent::Retry {
             deployment.error = None;
         }
-        self.store.update_deployment(&mut tx, &deployment).await?;
+        self.store
+            .update_deployment(&mut tx, &mut deployment)
+            .await?;
         self.store
             .insert_audit(
                 &mut tx,
@@ -1006,7 +1074,9 @@ impl Service {
         deployment.state = deployment.state.on(DeploymentEvent::RequestRollback)?;
         deployment.updated_at = at;
         deployment.error = None;
-        self.store.update_deployment(&mut tx, &deployment).await?;
+        self.store
+            .update_deployment(&mut tx, &mut deployment)
+            .await?;
         self.store
             .insert_audit(
                 &mut tx,
@@ -1135,7 +1205,9 @@ impl Service {
         for mut deployment in approved {
             deployment.state = deployment.state.on(DeploymentEvent::Release)?;
             deployment.updated_at = at;
-            self.store.update_deployment(&mut tx, &deployment).await?;
+            self.store
+                .update_deployment(&mut tx, &mut deployment)
+                .await?;
             self.store
                 .insert_audit(
                     &mut tx,
@@ -1428,12 +1500,17 @@ impl Service {
         let at = self.now();
         let mut tx = self.store.begin().await?;
         let overdue = self.store.overdue(&mut tx, at).await?;
-        let count = overdue.len();
-        let mut expired = Vec::with_capacity(count);
+        let mut expired = Vec::with_capacity(overdue.len());
         for mut d in overdue {
             d.state = d.state.on(DeploymentEvent::Expire)?;
             d.updated_at = at;
-            self.store.update_deployment(&mut tx, &d).await?;
+            match self.store.update_deployment(&mut tx, &mut d).await {
+                Ok(()) => {}
+                // Approved, cancelled or expired by another replica since it was read: the
+                // other writer's outcome stands.
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
             self.store
                 .insert_audit(
                     &mut tx,
@@ -1451,8 +1528,24 @@ impl Service {
         }
         tx.commit().await?;
         self.publish(&expired);
-        Ok(count)
+        Ok(expired.len())
     }
+}
+
+/// Everyone who wrote a version of the migration's scripts.
+fn authors_of(migration: &MigrationRow) -> Result<Vec<UserName>> {
+    let mut names: Vec<&str> = vec![migration.author.as_str()];
+    names.extend(migration.authors.iter().map(String::as_str));
+    let mut authors: Vec<UserName> = Vec::new();
+    for name in names {
+        let user: UserName = name
+            .parse()
+            .map_err(|e: DomainError| ServiceError::Unexpected(anyhow::anyhow!(e)))?;
+        if !authors.contains(&user) {
+            authors.push(user);
+        }
+    }
+    Ok(authors)
 }
 
 fn approval_records(approvals: &[ApprovalRow]) -> Result<Vec<ApprovalRecord>> {

@@ -59,6 +59,10 @@ pub struct DeploymentView {
     pub execution_ms: Option<i64>,
     pub transactional: Option<bool>,
     pub updated_at: String,
+    /// The checksum of the migration's scripts now: the one an approval must name.
+    pub checksum: String,
+    /// An emergency deployment applied ahead of earlier deployments that were waiting.
+    pub out_of_order: bool,
     /// Server notices and Sluice's notes, in order (single-deployment view only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log: Option<Vec<LogView>>,
@@ -110,6 +114,8 @@ impl DeploymentView {
             execution_ms: d.execution_ms,
             transactional: d.transactional,
             updated_at: format_millis(d.updated_at),
+            checksum: migration.checksum.clone(),
+            out_of_order: d.out_of_order,
             log: None,
         }
     }

@@ -19,6 +19,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("{0}")]
     Setup(String),
+    /// A conditional write found the row changed since it was read.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,9 +31,20 @@ pub enum Backend {
 }
 
 /// Embedded schema migrations of the store, per backend, in order.
-const SQLITE_SCHEMA: &[(i64, &str)] = &[(1, include_str!("../../migrations/sqlite/0001_init.sql"))];
-const POSTGRES_SCHEMA: &[(i64, &str)] =
-    &[(1, include_str!("../../migrations/postgres/0001_init.sql"))];
+const SQLITE_SCHEMA: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/sqlite/0001_init.sql")),
+    (
+        2,
+        include_str!("../../migrations/sqlite/0002_authors_versions.sql"),
+    ),
+];
+const POSTGRES_SCHEMA: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/postgres/0001_init.sql")),
+    (
+        2,
+        include_str!("../../migrations/postgres/0002_authors_versions.sql"),
+    ),
+];
 
 #[derive(Clone)]
 pub struct Store {
@@ -51,6 +65,8 @@ pub struct MigrationRow {
     pub effective_risk: String,
     pub findings: String,
     pub author: String,
+    /// Everyone who wrote any version of the scripts (the submitter first).
+    pub authors: Vec<String>,
     pub ticket: String,
     pub estimated_duration: String,
     pub up_sql: String,
@@ -79,6 +95,10 @@ pub struct DeploymentRow {
     pub transactional: Option<bool>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Bumped by every write; a write names the version it read and fails if it moved.
+    pub version: i64,
+    /// An emergency deployment applied ahead of earlier deployments that were waiting.
+    pub out_of_order: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -129,11 +149,12 @@ pub struct AuditFilter {
     pub limit: i64,
 }
 
-const MIGRATION_COLUMNS: &str = "id, seq, kind, description, declared_risk, effective_risk, findings, author, ticket, estimated_duration, up_sql, down_sql, depends_on, checksum, submitted_at, updated_at";
-const DEPLOYMENT_COLUMNS: &str = "id, migration_id, seq, environment, state, effective_risk, emergency_reason, deadline_at, error, last_action, started_at, finished_at, execution_ms, transactional, created_at, updated_at";
+const MIGRATION_COLUMNS: &str = "id, seq, kind, description, declared_risk, effective_risk, findings, author, ticket, estimated_duration, up_sql, down_sql, depends_on, checksum, submitted_at, updated_at, authors";
+const DEPLOYMENT_COLUMNS: &str = "id, migration_id, seq, environment, state, effective_risk, emergency_reason, deadline_at, error, last_action, started_at, finished_at, execution_ms, transactional, created_at, updated_at, version, out_of_order";
 
 fn migration_from_row(row: &AnyRow) -> Result<MigrationRow, StoreError> {
     let depends_on: String = row.try_get("depends_on")?;
+    let authors: String = row.try_get("authors")?;
     Ok(MigrationRow {
         id: row.try_get("id")?,
         seq: row.try_get("seq")?,
@@ -143,6 +164,8 @@ fn migration_from_row(row: &AnyRow) -> Result<MigrationRow, StoreError> {
         effective_risk: row.try_get("effective_risk")?,
         findings: row.try_get("findings")?,
         author: row.try_get("author")?,
+        authors: serde_json::from_str(&authors)
+            .map_err(|e| StoreError::Corrupt(format!("migrations.authors: {e}")))?,
         ticket: row.try_get("ticket")?,
         estimated_duration: row.try_get("estimated_duration")?,
         up_sql: row.try_get("up_sql")?,
@@ -158,6 +181,7 @@ fn migration_from_row(row: &AnyRow) -> Result<MigrationRow, StoreError> {
 fn deployment_from_row(row: &AnyRow) -> Result<DeploymentRow, StoreError> {
     let state: String = row.try_get("state")?;
     let transactional: Option<i64> = row.try_get("transactional")?;
+    let out_of_order: i64 = row.try_get("out_of_order")?;
     Ok(DeploymentRow {
         id: row.try_get("id")?,
         migration_id: row.try_get("migration_id")?,
@@ -175,6 +199,8 @@ fn deployment_from_row(row: &AnyRow) -> Result<DeploymentRow, StoreError> {
         transactional: transactional.map(|t| t != 0),
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
+        version: row.try_get("version")?,
+        out_of_order: out_of_order != 0,
     })
 }
 
@@ -320,7 +346,7 @@ impl Store {
 
     pub async fn insert_migration(&self, tx: &mut Tx, m: &MigrationRow) -> Result<(), StoreError> {
         sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO migrations ({MIGRATION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+            "INSERT INTO migrations ({MIGRATION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
         )))
         .bind(&m.id)
         .bind(m.seq)
@@ -338,6 +364,7 @@ impl Store {
         .bind(&m.checksum)
         .bind(m.submitted_at)
         .bind(m.updated_at)
+        .bind(serde_json::to_string(&m.authors).unwrap_or_else(|_| "[]".into()))
         .execute(&mut **tx)
         .await?;
         Ok(())
@@ -349,7 +376,7 @@ impl Store {
         m: &MigrationRow,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE migrations SET up_sql = $2, down_sql = $3, checksum = $4, findings = $5, effective_risk = $6, updated_at = $7 WHERE id = $1",
+            "UPDATE migrations SET up_sql = $2, down_sql = $3, checksum = $4, findings = $5, effective_risk = $6, updated_at = $7, authors = $8 WHERE id = $1",
         )
         .bind(&m.id)
         .bind(&m.up_sql)
@@ -358,6 +385,7 @@ impl Store {
         .bind(&m.findings)
         .bind(&m.effective_risk)
         .bind(m.updated_at)
+        .bind(serde_json::to_string(&m.authors).unwrap_or_else(|_| "[]".into()))
         .execute(&mut **tx)
         .await?;
         Ok(())
@@ -423,7 +451,7 @@ impl Store {
         d: &DeploymentRow,
     ) -> Result<(), StoreError> {
         sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO deployments ({DEPLOYMENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+            "INSERT INTO deployments ({DEPLOYMENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
         )))
         .bind(&d.id)
         .bind(&d.migration_id)
@@ -441,19 +469,23 @@ impl Store {
         .bind(d.transactional.map(i64::from))
         .bind(d.created_at)
         .bind(d.updated_at)
+        .bind(d.version)
+        .bind(i64::from(d.out_of_order))
         .execute(&mut **tx)
         .await?;
         Ok(())
     }
 
-    /// Writes every mutable field of a deployment.
+    /// Writes every mutable field of a deployment, on condition that the row is still at the
+    /// version it was read at; bumps the version in `d`. A row that moved in between is a
+    /// conflict: nothing is written, and the caller's transaction should be abandoned.
     pub async fn update_deployment(
         &self,
         conn: &mut AnyConnection,
-        d: &DeploymentRow,
+        d: &mut DeploymentRow,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE deployments SET state = $2, emergency_reason = $3, deadline_at = $4, error = $5, last_action = $6, started_at = $7, finished_at = $8, execution_ms = $9, transactional = $10, updated_at = $11, effective_risk = $12 WHERE id = $1",
+        let done = sqlx::query(
+            "UPDATE deployments SET state = $2, emergency_reason = $3, deadline_at = $4, error = $5, last_action = $6, started_at = $7, finished_at = $8, execution_ms = $9, transactional = $10, updated_at = $11, effective_risk = $12, out_of_order = $14, version = version + 1 WHERE id = $1 AND version = $13",
         )
         .bind(&d.id)
         .bind(d.state.as_str())
@@ -467,21 +499,45 @@ impl Store {
         .bind(d.transactional.map(i64::from))
         .bind(d.updated_at)
         .bind(&d.effective_risk)
+        .bind(d.version)
+        .bind(i64::from(d.out_of_order))
         .execute(conn)
         .await?;
+        if done.rows_affected() != 1 {
+            return Err(StoreError::Conflict(format!(
+                "deployment {} changed while this request was being handled (another request or replica got there first); nothing was changed, read it again and retry",
+                d.id
+            )));
+        }
+        d.version += 1;
         Ok(())
     }
 
-    /// Marks a queued deployment running for the worker; false if it is no longer queued.
-    pub async fn claim(&self, tx: &mut Tx, id: &str, at: i64) -> Result<bool, StoreError> {
+    /// Marks a queued deployment running for the worker, on condition that it is still queued
+    /// and that its migration still has the checksum the worker read (an amendment since then
+    /// voids the claim); false otherwise. Bumps the version in `d`.
+    pub async fn claim(
+        &self,
+        tx: &mut Tx,
+        d: &mut DeploymentRow,
+        checksum: &str,
+        at: i64,
+    ) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "UPDATE deployments SET state = 'running', updated_at = $2 WHERE id = $1 AND state = 'queued'",
+            "UPDATE deployments SET state = 'running', updated_at = $2, version = version + 1 WHERE id = $1 AND state = 'queued' AND version = $3 AND (SELECT checksum FROM migrations WHERE migrations.id = deployments.migration_id) = $4",
         )
-        .bind(id)
+        .bind(&d.id)
         .bind(at)
+        .bind(d.version)
+        .bind(checksum)
         .execute(&mut **tx)
         .await?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() == 1 {
+            d.version += 1;
+            Ok(true)
+        } else {
+            Ok(false)
+        }
     }
 
     /// One deployment; inside a transaction on PostgreSQL the row is locked until commit, so
@@ -649,6 +705,20 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Removes every approval of a deployment, returning what was removed (for the audit).
+    pub async fn delete_approvals(
+        &self,
+        tx: &mut Tx,
+        deployment_id: &str,
+    ) -> Result<Vec<ApprovalRow>, StoreError> {
+        let removed = self.approvals(tx, deployment_id).await?;
+        sqlx::query("DELETE FROM approvals WHERE deployment_id = $1")
+            .bind(deployment_id)
+            .execute(&mut **tx)
+            .await?;
+        Ok(removed)
     }
 
     pub async fn insert_approval(&self, tx: &mut Tx, a: &ApprovalRow) -> Result<(), StoreError> {

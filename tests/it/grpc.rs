@@ -68,6 +68,7 @@ async fn story_over_grpc(app: &TestApp) -> String {
         .unwrap()
         .into_inner();
     let id = submitted.id;
+    let checksum = submitted.checksum;
     // Watch development until it rests, instead of polling.
     let mut watch = client
         .watch_deployment(app.grpc_request(
@@ -95,6 +96,7 @@ async fn story_over_grpc(app: &TestApp) -> String {
                     deployment_id: format!("{id}@staging"),
                     role: "data_ops".into(),
                     comment: format!("ok from {user}"),
+                    checksum: checksum.clone(),
                 },
             ))
             .await
@@ -114,6 +116,7 @@ async fn story_over_grpc(app: &TestApp) -> String {
                     deployment_id: format!("{id}@production"),
                     role: role.into(),
                     comment: format!("ok from {user}"),
+                    checksum: checksum.clone(),
                 },
             ))
             .await
@@ -257,6 +260,7 @@ async fn errors_map_to_status_codes() {
                 deployment_id: format!("{id}@production"),
                 role: "dba".into(),
                 comment: String::new(),
+                checksum: String::new(),
             },
         ))
         .await

@@ -107,6 +107,8 @@ pub const USERS: &[(&str, &[&str])] = &[
     ("tech", &["tech_lead"]),
     ("cto", &["cto"]),
     ("admin", &["admin"]),
+    // Holds a developer's and a lead's roles at once: the hostile case for self-approval.
+    ("devlead", &["developer", "data_ops_lead"]),
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -434,12 +436,14 @@ impl TestApp {
         value["id"].as_str().unwrap().to_owned()
     }
 
+    /// Approves as a reviewer would: reads the deployment, then approves the checksum it shows.
     pub async fn approve(&self, user: &str, deployment: &str, role: &str) -> Value {
+        let checksum = self.deployment(deployment).await["checksum"].clone();
         let (status, value) = self
             .post(
                 user,
                 &format!("/api/v1/deployments/{deployment}/approvals"),
-                serde_json::json!({"role": role, "comment": format!("ok from {user}")}),
+                serde_json::json!({"role": role, "comment": format!("ok from {user}"), "checksum": checksum}),
             )
             .await;
         assert_eq!(

@@ -7,6 +7,7 @@ mod cli;
 mod grpc;
 mod harness;
 mod mysql;
+mod promise;
 mod rules;
 mod story;
 mod tidy;

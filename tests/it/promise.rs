@@ -1,0 +1,309 @@
+//! The core promise under attack: only what distinct people approved runs, exactly once. Each
+//! test here reproduces a way it was broken (issue 6) and fails without its fix.
+
+use crate::harness::{AppOptions, migration, spawn_app_with};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+fn no_workers() -> AppOptions {
+    AppOptions {
+        background_workers: false,
+        ..AppOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn whoever_amends_a_migration_is_an_author_and_cannot_approve_it() {
+    let app = spawn_app_with(no_workers()).await;
+    let id = app
+        .submit(
+            "dev",
+            migration("amended", "low", "CREATE TABLE am (id int);", None),
+        )
+        .await;
+    // An operator rewrites dev's script, then tries to approve it in production as lead.
+    let (status, body) = app
+        .request(
+            Method::PUT,
+            Some("lead"),
+            &format!("/api/v1/migrations/{id}"),
+            Some(json!({"up_sql": "CREATE TABLE am (id bigint);", "reason": "wider"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let production = format!("{id}@production");
+    let checksum = app.deployment(&production).await["checksum"].clone();
+    let (status, body) = app
+        .post(
+            "lead",
+            &format!("/api/v1/deployments/{production}/approvals"),
+            json!({"role": "data_ops_lead", "checksum": checksum}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("authors: dev, lead"),
+        "{body}"
+    );
+    // Nor may they force it through.
+    let (status, body) = app
+        .post(
+            "lead",
+            &format!("/api/v1/deployments/{production}/override"),
+            json!({"reason": "outage"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(
+        app.deployment(&production).await["state"],
+        "awaiting_approval"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_author_cannot_force_their_own_migration_and_the_override_is_an_approval() {
+    let app = spawn_app_with(no_workers()).await;
+    // devlead holds developer and data_ops_lead: submits, then tries the emergency override.
+    let id = app
+        .submit(
+            "devlead",
+            migration("self forced", "high", "CREATE TABLE sf (id int);", None),
+        )
+        .await;
+    let production = format!("{id}@production");
+    let path = format!("/api/v1/deployments/{production}/override");
+    let (status, body) = app
+        .post("devlead", &path, json!({"reason": "outage"}))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("must come from someone else"),
+        "{body}"
+    );
+    assert_eq!(
+        app.deployment(&production).await["state"],
+        "awaiting_approval"
+    );
+    // Someone else holding the role may: the override is recorded as their approval.
+    let (status, body) = app.post("lead", &path, json!({"reason": "outage"})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["state"], "approved", "{body}");
+    let approvers: Vec<(&str, &str)> = body["approvals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["approver"].as_str().unwrap(), a["role"].as_str().unwrap()))
+        .collect();
+    assert_eq!(approvers, [("lead", "data_ops_lead")], "{body}");
+    app.stop().await;
+}
+
+async fn approve_with(
+    app: &crate::harness::TestApp,
+    user: &str,
+    deployment: &str,
+    role: &str,
+    checksum: Value,
+) -> (StatusCode, Value) {
+    app.post(
+        user,
+        &format!("/api/v1/deployments/{deployment}/approvals"),
+        json!({"role": role, "comment": "reviewed", "checksum": checksum}),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn an_approval_names_the_checksum_it_reviewed() {
+    let app = spawn_app_with(no_workers()).await;
+    let id = app
+        .submit(
+            "dev",
+            migration("reviewed", "low", "DELETE FROM t WHERE id = 1;", None),
+        )
+        .await;
+    let staging = format!("{id}@staging");
+    let reviewed = app.deployment(&staging).await["checksum"].clone();
+    // The author swaps the script after ops1 read it.
+    let (status, body) = app
+        .request(
+            Method::PUT,
+            Some("dev"),
+            &format!("/api/v1/migrations/{id}"),
+            Some(json!({"up_sql": "DELETE FROM t WHERE true;"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let current = body["checksum"].clone();
+    let (status, body) = approve_with(&app, "ops1", &staging, "data_ops", reviewed.clone()).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(reviewed.as_str().unwrap()) && message.contains(current.as_str().unwrap()),
+        "{body}"
+    );
+    // Without a checksum outside development: refused, naming the field.
+    let (status, body) = app
+        .post(
+            "ops1",
+            &format!("/api/v1/deployments/{staging}/approvals"),
+            json!({"role": "data_ops"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("checksum:"),
+        "{body}"
+    );
+    assert_eq!(app.deployment(&staging).await["approvals"], json!([]));
+    // Naming the current checksum counts.
+    let (status, body) = approve_with(&app, "ops1", &staging, "data_ops", current).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["approvals"][0]["approver"], "ops1");
+
+    // Over gRPC the same.
+    let mut client = app.grpc().await;
+    let refused = client
+        .approve(app.grpc_request(
+            "ops2",
+            sluice::api::grpc::pb::ApproveRequest {
+                deployment_id: staging.clone(),
+                role: "data_ops".into(),
+                comment: String::new(),
+                checksum: reviewed.as_str().unwrap().into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn amending_back_to_an_approved_version_voids_the_approvals_and_can_be_approved_again() {
+    let app = spawn_app_with(no_workers()).await;
+    let v1 = "CREATE TABLE back (id int);";
+    let id = app
+        .submit("dev", migration("back and forth", "low", v1, None))
+        .await;
+    let staging = format!("{id}@staging");
+    app.approve("ops1", &staging, "data_ops").await;
+    for up in ["CREATE TABLE back (id bigint);", v1] {
+        let (status, body) = app
+            .request(
+                Method::PUT,
+                Some("dev"),
+                &format!("/api/v1/migrations/{id}"),
+                Some(json!({"up_sql": up})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let d = app.deployment(&staging).await;
+    assert_eq!(d["state"], "awaiting_approval");
+    assert_eq!(d["approvals"], json!([]), "{d}");
+    assert_eq!(d["missing_roles"], json!(["data_ops"]), "{d}");
+    assert_eq!(d["additional_approvals_needed"], 1, "{d}");
+    // Not stuck: two approvals of the version as it is now move it on.
+    app.approve("ops1", &staging, "data_ops").await;
+    let approved = app.approve("ops2", &staging, "data_ops").await;
+    assert_eq!(approved["state"], "queued", "{approved}");
+    app.stop().await;
+}
+
+/// Reject and migrate at once on the PostgreSQL store: one of them wins, the other is told so,
+/// and the deployment's state and audit tell one story (before, migrate could requeue a
+/// deployment that had just been rejected).
+#[tokio::test]
+async fn reject_racing_migrate_has_one_coherent_outcome() {
+    let app = spawn_app_with(no_workers()).await;
+    for round in 0..8 {
+        let id = app
+            .submit(
+                "dev",
+                migration(
+                    &format!("race {round}"),
+                    "low",
+                    &format!("CREATE TABLE race_{round} (id int);"),
+                    None,
+                ),
+            )
+            .await;
+        let production = format!("{id}@production");
+        app.approve("lead", &production, "data_ops_lead").await;
+        let approved = app.approve("dba", &production, "dba").await;
+        assert_eq!(approved["state"], "approved", "{approved}");
+        let reject_path = format!("/api/v1/deployments/{production}/reject");
+        let ((rejected, reject_body), (migrated, migrate_body)) = tokio::join!(
+            app.post("dba", &reject_path, json!({"comment": "not now"})),
+            app.post("lead", "/api/v1/environments/production/migrate", json!({})),
+        );
+        let state = app.deployment(&production).await["state"].clone();
+        let released = migrated == StatusCode::ACCEPTED
+            && migrate_body["released"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r == &json!(production));
+        match (rejected, released) {
+            (StatusCode::OK, false) => assert_eq!(state, "rejected"),
+            (StatusCode::CONFLICT, true) => assert_eq!(state, "queued"),
+            other => panic!(
+                "round {round}: reject {rejected} {reject_body}, migrate {migrated} {migrate_body}, state {state}: {other:?}"
+            ),
+        }
+        if migrated != StatusCode::ACCEPTED {
+            assert_eq!(migrated, StatusCode::CONFLICT, "{migrate_body}");
+        }
+        let (_, audit) = app
+            .get("admin", &format!("/api/v1/audit?migration_id={id}"))
+            .await;
+        let actions: Vec<&str> = audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["environment"] == "production")
+            .map(|a| a["action"].as_str().unwrap())
+            .collect();
+        let last = *actions.last().unwrap();
+        assert_eq!(
+            last,
+            if state == "rejected" {
+                "rejected"
+            } else {
+                "queued"
+            },
+            "{actions:?}"
+        );
+        assert!(
+            !(actions.contains(&"rejected") && actions.contains(&"queued")),
+            "{actions:?}"
+        );
+        // Clear the queue for the next round.
+        if state == "queued" {
+            let (status, body) = app
+                .post(
+                    "lead",
+                    &format!("/api/v1/deployments/{production}/cancel"),
+                    json!({"reason": "next round"}),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+    }
+    app.stop().await;
+}
