@@ -203,18 +203,101 @@ fn default_tick() -> u64 {
     30
 }
 
-/// Strips the password from a database URL for logs and status.
+/// Connection parameters that carry or point at a credential (libpq's, MySQL's and the
+/// drivers' spellings): their values are never shown.
+const SECRET_PARAMETERS: &[&str] = &[
+    "password",
+    "pass",
+    "pwd",
+    "passwd",
+    "sslpassword",
+    "passfile",
+    "sslkey",
+    "ssl-key",
+    "ssl_key",
+    "sslcert",
+    "ssl-cert",
+    "secret",
+    "token",
+    "access_token",
+    "auth_token",
+    "api_key",
+];
+
+fn is_secret_parameter(name: &str) -> bool {
+    let name = name.trim().to_ascii_lowercase();
+    SECRET_PARAMETERS.contains(&name.as_str()) || name.contains("password")
+}
+
+/// A database URL fit for logs, status and errors: the password of the user part and every
+/// credential parameter of the query string (or of a libpq `key=value` string) replaced by
+/// `***`. The URL is parsed, not pattern-matched; one that does not parse keeps only its
+/// scheme and host part.
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let credentials = &url[scheme_end + 3..at];
-            match credentials.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
-                None => url.to_owned(),
+    if !url.contains("://") {
+        return redact_key_value_string(url);
+    }
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("***"));
+            }
+            if parsed.query().is_some() {
+                let pairs: Vec<(String, String)> = parsed
+                    .query_pairs()
+                    .map(|(key, value)| {
+                        let shown = if is_secret_parameter(&key) {
+                            "***".to_owned()
+                        } else {
+                            value.into_owned()
+                        };
+                        (key.into_owned(), shown)
+                    })
+                    .collect();
+                parsed.query_pairs_mut().clear().extend_pairs(pairs);
+            }
+            if parsed.fragment().is_some() {
+                parsed.set_fragment(None);
+            }
+            parsed.to_string()
+        }
+        Err(_) => {
+            // Not a URL the parser accepts (several hosts, say): keep the scheme and what
+            // follows the user part up to the query, drop the rest.
+            let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+            let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+            let rest = rest.split(['?', '#']).next().unwrap_or_default();
+            if url.contains('@') || url.contains('?') {
+                format!("{scheme}://***@{rest}?***")
+            } else {
+                format!("{scheme}://{rest}")
             }
         }
-        _ => url.to_owned(),
     }
+}
+
+/// libpq's `host=... password=...` form.
+fn redact_key_value_string(text: &str) -> String {
+    let mut out = Vec::new();
+    let mut hide_next_value = false;
+    for word in text.split_whitespace() {
+        if hide_next_value {
+            out.push("***".to_owned());
+            hide_next_value = false;
+            continue;
+        }
+        match word.split_once('=') {
+            Some((key, value)) if is_secret_parameter(key) => {
+                if value.is_empty() {
+                    // `password = secret`: the value is the next word.
+                    hide_next_value = true;
+                }
+                out.push(format!("{key}=***"));
+            }
+            _ => out.push(word.to_owned()),
+        }
+    }
+    out.join(" ")
 }
 
 /// One target environment, validated.
@@ -761,6 +844,46 @@ pub fn load_users(path: &Path) -> Result<Vec<User>, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_credential_form_is_redacted() {
+        let cases = [
+            (
+                "postgres://migrator:s3cret@db:5432/app",
+                "postgres://migrator:***@db:5432/app",
+            ),
+            (
+                "postgres://migrator@db/app?password=s3cret&sslmode=require",
+                "postgres://migrator@db/app?password=***&sslmode=require",
+            ),
+            (
+                "postgres://db/app?sslpassword=s3cret&passfile=/home/m/.pgpass&application_name=x",
+                "postgres://db/app?sslpassword=***&passfile=***&application_name=x",
+            ),
+            (
+                "mysql://root:p%40ss%3Aword@db:3306/app?ssl-key=/k.pem",
+                "mysql://root:***@db:3306/app?ssl-key=***",
+            ),
+            (
+                "postgres://u@db/app?PASSWORD=s3cret",
+                "postgres://u@db/app?PASSWORD=***",
+            ),
+            (
+                "host=db user=migrator password=s3cret dbname=app",
+                "host=db user=migrator password=*** dbname=app",
+            ),
+            (
+                "sqlite://data/development.db",
+                "sqlite://data/development.db",
+            ),
+        ];
+        for (url, shown) in cases {
+            assert_eq!(redact_url(url), shown, "{url}");
+            assert!(!redact_url(url).contains("s3cret"), "{url}");
+        }
+        let odd = redact_url("postgres://u:s3cret@h1,h2:5432/app?password=s3cret");
+        assert!(!odd.contains("s3cret"), "{odd}");
+    }
 
     fn write(dir: &Path, name: &str, text: &str) {
         std::fs::write(dir.join(name), text).unwrap();

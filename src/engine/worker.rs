@@ -222,13 +222,46 @@ impl Worker {
                     );
                     reconciled.push((index, audit));
                 }
+                // A script run statement by statement that the target records as started:
+                // part of it may be applied. It is never run again from the top; it halts the
+                // queue until someone resumes (retry), rolls back or cancels it.
+                DeploymentState::Running
+                    if entry.is_some_and(|e| !e.success && !e.transactional) =>
+                {
+                    let entry = entry.expect("checked above");
+                    d.state = d.state.on(DeploymentEvent::Fail)?;
+                    d.transactional = Some(false);
+                    d.last_action = Some("apply".into());
+                    d.finished_at = Some(self.now());
+                    d.updated_at = self.now();
+                    d.error = Some(if entry.interrupted() {
+                        entry.describe_interruption()
+                    } else {
+                        entry
+                            .error
+                            .clone()
+                            .unwrap_or_else(|| entry.describe_interruption())
+                    });
+                    let audit = self.audit(
+                        d,
+                        "failed",
+                        serde_json::json!({
+                            "error": d.error,
+                            "reconciled": "the daemon stopped while the script ran statement by statement",
+                            "statements_done": entry.statements_done,
+                            "statements_total": entry.statements_total,
+                            "checksum": entry.checksum,
+                        }),
+                    );
+                    reconciled.push((index, audit));
+                }
                 DeploymentState::Running => {
                     d.state = d.state.on(DeploymentEvent::Requeue)?;
                     d.updated_at = self.now();
                     let audit = self.audit(
                         d,
                         "requeued",
-                        serde_json::json!({"reason": "was running when the daemon stopped; the target does not record it"}),
+                        serde_json::json!({"reason": "was running when the daemon stopped; the target does not record it (its transaction never committed)"}),
                     );
                     reconciled.push((index, audit));
                 }
@@ -497,7 +530,11 @@ impl Worker {
                 }
                 d.state = d.state.on(DeploymentEvent::Start)?;
                 d.updated_at = claimed_at;
-                let audit = self.audit(d, "started", serde_json::json!({"runner": self.owner}));
+                let audit = self.audit(
+                    d,
+                    "started",
+                    serde_json::json!({"runner": self.owner, "checksum": checksum}),
+                );
                 store.insert_audit(&mut tx, &audit).await?;
                 claimed.push(index);
             }
@@ -579,6 +616,29 @@ impl Worker {
             };
             let report = match session.apply(&script).await {
                 Ok(report) => report,
+                Err(e) if !session.runs_in_one_transaction(&script) => {
+                    // The connection broke while a script ran statement by statement: part
+                    // of it may be applied. Never start it again from the top: halt, and let
+                    // someone resume it (retry) from what the target's history records.
+                    tracing::warn!(deployment = %d.id, error = %e, "target error while applying statement by statement");
+                    d.state = d.state.on(DeploymentEvent::Fail)?;
+                    d.transactional = Some(false);
+                    d.last_action = Some("apply".into());
+                    d.finished_at = Some(self.now());
+                    d.updated_at = self.now();
+                    d.error = Some(format!(
+                        "interrupted: the target connection failed while the script ran statement by statement ({e}); the statements before the interruption stay applied and the target's sluice_schema_history records how many. Retry resumes after them; or roll back, or cancel"
+                    ));
+                    failed = Some(d.id.clone());
+                    let audit = self.audit(
+                        d,
+                        "failed",
+                        serde_json::json!({"error": d.error, "checksum": m.checksum}),
+                    );
+                    send(sender, d.clone(), Vec::new(), vec![audit]).await?;
+                    stop_reason = Some("the target connection failed");
+                    continue;
+                }
                 Err(e) => {
                     // The connection broke: whether the commit happened is unknown, so the
                     // deployment goes back to the queue and the next run reconciles it from
@@ -614,14 +674,18 @@ impl Worker {
                     self.audit(
                         d,
                         "applied",
-                        serde_json::json!({"execution_ms": report.execution_ms, "transactional": report.transactional}),
+                        serde_json::json!({"execution_ms": report.execution_ms, "transactional": report.transactional, "checksum": m.checksum}),
                     )
                 }
                 Some(message) => {
                     d.state = d.state.on(DeploymentEvent::Fail)?;
                     d.error = Some(message.clone());
                     failed = Some(d.id.clone());
-                    self.audit(d, "failed", serde_json::json!({"error": message}))
+                    self.audit(
+                        d,
+                        "failed",
+                        serde_json::json!({"error": message, "checksum": m.checksum}),
+                    )
                 }
             };
             send(sender, d.clone(), logs, vec![audit]).await?;

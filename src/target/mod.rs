@@ -90,6 +90,63 @@ pub struct RunReport {
 pub struct HistoryEntry {
     pub checksum: String,
     pub success: bool,
+    pub transactional: bool,
+    /// For a script run statement by statement: how many of its statements (BEGIN/COMMIT
+    /// wrappers not counted) are applied, and how many it has. A row with `success = false`
+    /// and an `IN_PROGRESS` error was being applied when its runner stopped.
+    pub statements_done: Option<i64>,
+    pub statements_total: Option<i64>,
+    pub error: Option<String>,
+}
+
+/// The error a history row carries while its script is being applied statement by statement.
+/// Finding it after a crash means: the script was cut off; never run it again from the top.
+pub const IN_PROGRESS: &str = "in progress";
+
+impl HistoryEntry {
+    /// Statements of a non-transactional script already applied (0 for a transactional one,
+    /// whose failures leave nothing behind).
+    pub fn applied_statements(&self) -> i64 {
+        if self.transactional || self.success {
+            0
+        } else {
+            self.statements_done.unwrap_or(0)
+        }
+    }
+
+    /// Was the script being applied when its runner stopped (the daemon died or the connection
+    /// broke)?
+    pub fn interrupted(&self) -> bool {
+        !self.success && self.error.as_deref() == Some(IN_PROGRESS)
+    }
+
+    /// "interrupted after statement k of n", for status and the audit.
+    pub fn describe_interruption(&self) -> String {
+        let done = self.statements_done.unwrap_or(0);
+        let total = self.statements_total.unwrap_or(0);
+        let next = if done < total {
+            format!(
+                " (statement {} may have been cut off part-way: check it)",
+                done + 1
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "interrupted after statement {done} of {total}{next}; statements 1 to {done} stay applied. Retry resumes at statement {}; or roll back, or cancel",
+            done + 1
+        )
+    }
+}
+
+/// The statements of a script that run (BEGIN/COMMIT wrappers left out), with their index among
+/// all statements (for error messages).
+pub fn executable(statements: &[Statement]) -> Vec<(usize, &Statement)> {
+    statements
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| !s.is_transaction_wrapper())
+        .collect()
 }
 
 /// An open, locked connection to one target.
@@ -138,6 +195,15 @@ impl TargetSession {
             TargetSession::Postgres(s) => s.apply(script).await,
             TargetSession::Sqlite(s) => s.apply(script).await,
             TargetSession::MySql(s) => s.apply(script).await,
+        }
+    }
+
+    /// Whether this target runs the script in one transaction with its history row (else
+    /// statement by statement, with its progress recorded).
+    pub fn runs_in_one_transaction(&self, script: &Script<'_>) -> bool {
+        match self {
+            TargetSession::MySql(_) => mysql::MySqlSession::transactional(script),
+            _ => script.transactional(),
         }
     }
 

@@ -6,7 +6,7 @@
 
 use super::{
     HistoryEntry, LogLine, RunReport, Script, TargetError, TargetSettings, describe_failure,
-    wrapper_notes,
+    executable, wrapper_notes,
 };
 use crate::config::redact_url;
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
@@ -27,14 +27,59 @@ const HISTORY_DDL: &str = "CREATE TABLE IF NOT EXISTS sluice_schema_history (
     execution_ms BIGINT NOT NULL,
     success BOOLEAN NOT NULL,
     transactional BOOLEAN NOT NULL,
-    error TEXT NULL
+    error TEXT NULL,
+    statements_done BIGINT NULL,
+    statements_total BIGINT NULL
 ) ENGINE = InnoDB";
 
-const RECORD: &str = "INSERT INTO sluice_schema_history (migration_id, checksum, applied_at, applied_by, execution_ms, success, transactional, error) \
-     VALUES (?, ?, CURRENT_TIMESTAMP(3), ?, ?, ?, ?, ?) \
+/// History tables made before progress was kept get its columns (MySQL 8 has no
+/// `ADD COLUMN IF NOT EXISTS`, so ask first).
+const HISTORY_HAS_PROGRESS: &str = "SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = 'sluice_schema_history' AND column_name = 'statements_done'";
+const HISTORY_ADD_PROGRESS: &str = "ALTER TABLE sluice_schema_history ADD COLUMN statements_done BIGINT NULL, ADD COLUMN statements_total BIGINT NULL";
+
+const RECORD: &str = "INSERT INTO sluice_schema_history (migration_id, checksum, applied_at, applied_by, execution_ms, success, transactional, error, statements_done, statements_total) \
+     VALUES (?, ?, CURRENT_TIMESTAMP(3), ?, ?, ?, ?, ?, ?, ?) \
      ON DUPLICATE KEY UPDATE checksum = VALUES(checksum), applied_at = VALUES(applied_at), \
      applied_by = VALUES(applied_by), execution_ms = VALUES(execution_ms), success = VALUES(success), \
-     transactional = VALUES(transactional), error = VALUES(error)";
+     transactional = VALUES(transactional), error = VALUES(error), \
+     statements_done = VALUES(statements_done), statements_total = VALUES(statements_total)";
+
+const ADVANCE: &str = "UPDATE sluice_schema_history SET statements_done = ? WHERE migration_id = ?";
+
+/// Session settings a script may change that would otherwise carry over to the next script.
+/// Their values are read when the session opens and set again before every script (MySQL has
+/// no RESET ALL, and COM_RESET_CONNECTION would also drop the runner's GET_LOCK).
+const SESSION_VARIABLES: &[&str] = &[
+    "sql_mode",
+    "foreign_key_checks",
+    "unique_checks",
+    "time_zone",
+    "autocommit",
+    "sql_safe_updates",
+    "character_set_client",
+    "character_set_results",
+    "collation_connection",
+    "group_concat_max_len",
+    "sql_select_limit",
+    "max_heap_table_size",
+    "div_precision_increment",
+];
+/// The isolation level's variable is named differently by MySQL 8 and MariaDB.
+const ISOLATION_VARIABLES: &[&str] = &["transaction_isolation", "tx_isolation"];
+
+/// `var = value` for a SET statement, from the value the server reported.
+fn assignment(variable: &str, value: Option<String>) -> String {
+    match value {
+        None => format!("SESSION {variable} = NULL"),
+        Some(v) if !v.is_empty() && v.chars().all(|c| c.is_ascii_digit()) => {
+            format!("SESSION {variable} = {v}")
+        }
+        Some(v) => format!(
+            "SESSION {variable} = '{}'",
+            v.replace('\\', "\\\\").replace('\'', "''")
+        ),
+    }
+}
 
 /// Statements that change data only: MySQL can run them inside a transaction.
 fn is_data_statement(statement: &crate::lint::Statement) -> bool {
@@ -47,6 +92,9 @@ fn is_data_statement(statement: &crate::lint::Statement) -> bool {
 pub struct MySqlSession {
     conn: MySqlConnection,
     url: String,
+    /// Sent before every script: the session as it was opened (see SESSION_RESET), the
+    /// timeouts again, and the target database selected again (a script's USE does not stick).
+    reset: Vec<String>,
 }
 
 impl MySqlSession {
@@ -60,7 +108,15 @@ impl MySqlSession {
         let normalised = settings.url.replacen("mariadb://", "mysql://", 1);
         let options = MySqlConnectOptions::from_str(&normalised).map_err(connect_error)?;
         let conn = options.connect().await.map_err(connect_error)?;
-        let mut session = MySqlSession { conn, url };
+        let database = options
+            .get_database()
+            .unwrap_or_default()
+            .replace('`', "``");
+        let mut session = MySqlSession {
+            conn,
+            url,
+            reset: Vec::new(),
+        };
         let locked: Option<i64> =
             sqlx::query(AssertSqlSafe(format!("SELECT GET_LOCK({LOCK_NAME}, 0)")))
                 .fetch_one(&mut session.conn)
@@ -73,27 +129,40 @@ impl MySqlSession {
         }
         let lock_seconds = settings.lock_timeout.as_secs().max(1);
         let statement_seconds = settings.statement_timeout.as_secs().max(1);
-        session
-            .exec(format!(
+        let mut reset = vec![
+            session.read_session_variables().await?,
+            format!(
                 "SET SESSION lock_wait_timeout = {lock_seconds}, SESSION innodb_lock_wait_timeout = {lock_seconds}"
-            ))
-            .await?;
-        // One of the two exists, depending on the server.
-        if session
-            .exec(format!(
-                "SET SESSION max_statement_time = {statement_seconds}"
-            ))
-            .await
-            .is_err()
-        {
-            let _ = session
-                .exec(format!(
-                    "SET SESSION max_execution_time = {}",
-                    statement_seconds * 1000
-                ))
-                .await;
+            ),
+        ];
+        if !database.is_empty() {
+            reset.push(format!("USE `{database}`"));
         }
+        // One of the two exists, depending on the server.
+        let mariadb_timeout = format!("SET SESSION max_statement_time = {statement_seconds}");
+        if session.exec(mariadb_timeout.clone()).await.is_ok() {
+            reset.push(mariadb_timeout);
+        } else {
+            let mysql_timeout = format!(
+                "SET SESSION max_execution_time = {}",
+                statement_seconds * 1000
+            );
+            if session.exec(mysql_timeout.clone()).await.is_ok() {
+                reset.push(mysql_timeout);
+            }
+        }
+        session.reset = reset;
+        session.reset_session().await?;
         session.exec(HISTORY_DDL.to_owned()).await?;
+        let has_progress: i64 = sqlx::query(HISTORY_HAS_PROGRESS)
+            .fetch_one(&mut session.conn)
+            .await
+            .map_err(|e| session.error(e))?
+            .try_get(0)
+            .map_err(|e| session.error(e))?;
+        if has_progress == 0 {
+            session.exec(HISTORY_ADD_PROGRESS.to_owned()).await?;
+        }
         Ok(session)
     }
 
@@ -102,6 +171,45 @@ impl MySqlSession {
             url: self.url.clone(),
             message: e.to_string(),
         }
+    }
+
+    /// A SET statement that puts back the session variables a script may change, as they are
+    /// now (right after connecting).
+    async fn read_session_variables(&mut self) -> Result<String, TargetError> {
+        let select: Vec<String> = SESSION_VARIABLES
+            .iter()
+            .map(|v| format!("CAST(@@SESSION.{v} AS CHAR)"))
+            .collect();
+        let row = sqlx::query(AssertSqlSafe(format!("SELECT {}", select.join(", "))))
+            .fetch_one(&mut self.conn)
+            .await
+            .map_err(|e| self.error(e))?;
+        let mut assignments = Vec::new();
+        for (index, variable) in SESSION_VARIABLES.iter().enumerate() {
+            let value: Option<String> = row.try_get(index).map_err(|e| self.error(e))?;
+            assignments.push(assignment(variable, value));
+        }
+        for variable in ISOLATION_VARIABLES {
+            let read = sqlx::query(AssertSqlSafe(format!(
+                "SELECT CAST(@@SESSION.{variable} AS CHAR)"
+            )))
+            .fetch_one(&mut self.conn)
+            .await;
+            if let Ok(row) = read {
+                let value: Option<String> = row.try_get(0).map_err(|e| self.error(e))?;
+                assignments.push(assignment(variable, value));
+                break;
+            }
+        }
+        Ok(format!("SET {}", assignments.join(", ")))
+    }
+
+    /// Puts the session back as it was opened, before a script runs.
+    async fn reset_session(&mut self) -> Result<(), TargetError> {
+        for sql in self.reset.clone() {
+            self.exec(sql).await?;
+        }
+        Ok(())
     }
 
     async fn exec(&mut self, sql: String) -> Result<(), TargetError> {
@@ -113,21 +221,40 @@ impl MySqlSession {
     }
 
     pub async fn history(&mut self) -> Result<HashMap<String, HistoryEntry>, TargetError> {
-        let rows = sqlx::query("SELECT migration_id, checksum, success FROM sluice_schema_history")
+        let rows = sqlx::query("SELECT migration_id, checksum, success, transactional, statements_done, statements_total, error FROM sluice_schema_history")
             .fetch_all(&mut self.conn)
             .await
             .map_err(|e| self.error(e))?;
         let mut history = HashMap::new();
         for row in rows {
             let id: String = row.try_get(0).map_err(|e| self.error(e))?;
-            let checksum: String = row.try_get(1).map_err(|e| self.error(e))?;
-            let success: bool = row.try_get(2).map_err(|e| self.error(e))?;
-            history.insert(id, HistoryEntry { checksum, success });
+            history.insert(id, self.entry_from_row(&row)?);
         }
         Ok(history)
     }
 
-    fn transactional(script: &Script<'_>) -> bool {
+    fn entry_from_row(&self, row: &sqlx::mysql::MySqlRow) -> Result<HistoryEntry, TargetError> {
+        let get = |e: sqlx::Error| self.error(e);
+        Ok(HistoryEntry {
+            checksum: row.try_get(1).map_err(get)?,
+            success: row.try_get(2).map_err(get)?,
+            transactional: row.try_get(3).map_err(get)?,
+            statements_done: row.try_get(4).map_err(get)?,
+            statements_total: row.try_get(5).map_err(get)?,
+            error: row.try_get(6).map_err(get)?,
+        })
+    }
+
+    async fn entry(&mut self, migration_id: &str) -> Result<Option<HistoryEntry>, TargetError> {
+        let row = sqlx::query("SELECT migration_id, checksum, success, transactional, statements_done, statements_total, error FROM sluice_schema_history WHERE migration_id = ?")
+            .bind(migration_id)
+            .fetch_optional(&mut self.conn)
+            .await
+            .map_err(|e| self.error(e))?;
+        row.map(|row| self.entry_from_row(&row)).transpose()
+    }
+
+    pub(super) fn transactional(script: &Script<'_>) -> bool {
         script
             .statements
             .iter()
@@ -135,15 +262,17 @@ impl MySqlSession {
             .all(is_data_statement)
     }
 
-    async fn run_statements(&mut self, script: &Script<'_>) -> Option<String> {
-        for (index, statement) in script.statements.iter().enumerate() {
-            if statement.is_transaction_wrapper() {
-                continue;
-            }
-            if let Err(e) = sqlx::raw_sql(AssertSqlSafe(statement.text.clone()))
-                .execute(&mut self.conn)
-                .await
-            {
+    /// Runs one statement; the database's error, worded for the deployment, if it fails.
+    async fn run_statement(
+        &mut self,
+        statement: &crate::lint::Statement,
+        index: usize,
+    ) -> Result<(), String> {
+        sqlx::raw_sql(AssertSqlSafe(statement.text.clone()))
+            .execute(&mut self.conn)
+            .await
+            .map(|_| ())
+            .map_err(|e| {
                 let message = match &e {
                     sqlx::Error::Database(db) => match db.code() {
                         Some(code) => format!("{} (error {code})", db.message()),
@@ -151,12 +280,20 @@ impl MySqlSession {
                     },
                     other => other.to_string(),
                 };
-                return Some(describe_failure(statement, index, statement.line, &message));
+                describe_failure(statement, index, statement.line, &message)
+            })
+    }
+
+    async fn run_statements(&mut self, script: &Script<'_>) -> Option<String> {
+        for (index, statement) in executable(script.statements) {
+            if let Err(failure) = self.run_statement(statement, index).await {
+                return Some(failure);
             }
         }
         None
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn record(
         &mut self,
         script: &Script<'_>,
@@ -164,6 +301,8 @@ impl MySqlSession {
         success: bool,
         transactional: bool,
         error: Option<&str>,
+        statements_done: i64,
+        statements_total: i64,
     ) -> Result<(), TargetError> {
         sqlx::query(RECORD)
             .bind(script.migration_id)
@@ -173,6 +312,8 @@ impl MySqlSession {
             .bind(success)
             .bind(transactional)
             .bind(error)
+            .bind(statements_done)
+            .bind(statements_total)
             .execute(&mut self.conn)
             .await
             .map_err(|e| self.error(e))?;
@@ -180,52 +321,153 @@ impl MySqlSession {
     }
 
     pub async fn apply(&mut self, script: &Script<'_>) -> Result<RunReport, TargetError> {
-        let transactional = Self::transactional(script);
+        if !Self::transactional(script) {
+            return self.apply_in_steps(script).await;
+        }
         let mut log = wrapper_notes(script);
-        if !transactional {
-            script.emit(
-                &mut log,
-                LogLine::info(
-                    "MySQL commits DDL implicitly: the script runs statement by statement",
-                ),
-            );
-        }
+        let total = executable(script.statements).len() as i64;
+        self.reset_session().await?;
         let started = Instant::now();
-        if transactional {
-            self.exec("START TRANSACTION".into()).await?;
-        }
+        self.exec("START TRANSACTION".into()).await?;
         let failure = self.run_statements(script).await;
         let execution_ms = started.elapsed().as_millis() as i64;
         match &failure {
             None => {
-                self.record(script, execution_ms, true, transactional, None)
+                self.record(script, execution_ms, true, true, None, total, total)
                     .await?;
-                if transactional {
-                    self.exec("COMMIT".into()).await?;
-                }
+                self.exec("COMMIT".into()).await?;
             }
             Some(message) => {
-                if transactional {
-                    self.exec("ROLLBACK".into()).await?;
-                    script.emit(
-                        &mut log,
-                        LogLine::info("rolled back: nothing of it is applied"),
-                    );
-                } else {
-                    script.emit(
-                        &mut log,
-                        LogLine::info(
-                            "not transactional: statements before the failing one stay applied",
-                        ),
-                    );
-                }
-                self.record(script, execution_ms, false, transactional, Some(message))
+                self.exec("ROLLBACK".into()).await?;
+                script.emit(
+                    &mut log,
+                    LogLine::info("rolled back: nothing of it is applied"),
+                );
+                self.record(script, execution_ms, false, true, Some(message), 0, total)
                     .await?;
             }
         }
         Ok(RunReport {
             execution_ms,
-            transactional,
+            transactional: true,
+            log,
+            error: failure,
+        })
+    }
+
+    /// A script with DDL (which MySQL commits implicitly): statement by statement, with its
+    /// progress in the history row before it starts and after each statement. A data statement
+    /// commits together with the progress it makes; after a failure or a crash the script
+    /// resumes after the last statement recorded as done, never from the top.
+    async fn apply_in_steps(&mut self, script: &Script<'_>) -> Result<RunReport, TargetError> {
+        let mut log = wrapper_notes(script);
+        script.emit(
+            &mut log,
+            LogLine::info("MySQL commits DDL implicitly: the script runs statement by statement"),
+        );
+        let steps = executable(script.statements);
+        let total = steps.len() as i64;
+        let previous = self.entry(script.migration_id).await?;
+        let resume_from = match &previous {
+            Some(entry) if !entry.success && entry.applied_statements() > 0 => {
+                if entry.checksum != script.checksum {
+                    let message = format!(
+                        "the target records statements 1 to {} of another version of {} (checksum {}) as applied; roll that back by hand or cancel this deployment",
+                        entry.applied_statements(),
+                        script.migration_id,
+                        entry.checksum
+                    );
+                    return Ok(RunReport {
+                        execution_ms: 0,
+                        transactional: false,
+                        log,
+                        error: Some(message),
+                    });
+                }
+                entry.applied_statements().min(total)
+            }
+            _ => 0,
+        };
+        if resume_from > 0 {
+            script.emit(
+                &mut log,
+                LogLine::info(format!(
+                    "resuming at statement {} of {total}: statements 1 to {resume_from} were applied by an earlier attempt and are not run again",
+                    resume_from + 1
+                )),
+            );
+        }
+        self.reset_session().await?;
+        let started = Instant::now();
+        self.record(
+            script,
+            0,
+            false,
+            false,
+            Some(super::IN_PROGRESS),
+            resume_from,
+            total,
+        )
+        .await?;
+        let mut done = resume_from;
+        let mut failure = None;
+        for &(index, statement) in steps.iter().skip(resume_from as usize) {
+            let atomic = is_data_statement(statement);
+            if atomic {
+                self.exec("START TRANSACTION".into()).await?;
+            }
+            match self.run_statement(statement, index).await {
+                Ok(()) => {
+                    let next = done + 1;
+                    sqlx::query(ADVANCE)
+                        .bind(next)
+                        .bind(script.migration_id)
+                        .execute(&mut self.conn)
+                        .await
+                        .map_err(|e| self.error(e))?;
+                    if atomic {
+                        self.exec("COMMIT".into()).await?;
+                    }
+                    done = next;
+                }
+                Err(message) => {
+                    if atomic {
+                        self.exec("ROLLBACK".into()).await?;
+                    }
+                    failure = Some(message);
+                    break;
+                }
+            }
+        }
+        let execution_ms = started.elapsed().as_millis() as i64;
+        match &failure {
+            None => {
+                self.record(script, execution_ms, true, false, None, total, total)
+                    .await?
+            }
+            Some(message) => {
+                script.emit(
+                    &mut log,
+                    LogLine::info(format!(
+                        "not transactional: statements 1 to {done} of {total} stay applied; a retry resumes at statement {}",
+                        done + 1
+                    )),
+                );
+                self.record(
+                    script,
+                    execution_ms,
+                    false,
+                    false,
+                    Some(message),
+                    done,
+                    total,
+                )
+                .await?;
+            }
+        }
+        Ok(RunReport {
+            execution_ms,
+            transactional: false,
             log,
             error: failure,
         })
@@ -234,6 +476,7 @@ impl MySqlSession {
     pub async fn rollback(&mut self, script: &Script<'_>) -> Result<RunReport, TargetError> {
         let transactional = Self::transactional(script);
         let log = wrapper_notes(script);
+        self.reset_session().await?;
         let started = Instant::now();
         if transactional {
             self.exec("START TRANSACTION".into()).await?;

@@ -3,7 +3,7 @@
 
 use super::{
     HistoryEntry, LogLine, RunReport, Script, TargetError, TargetSettings, describe_failure,
-    wrapper_notes,
+    executable, wrapper_notes,
 };
 use crate::config::redact_url;
 use futures_util::StreamExt;
@@ -23,14 +23,17 @@ const HISTORY_DDL: &str = "CREATE TABLE IF NOT EXISTS sluice_schema_history (
     execution_ms BIGINT NOT NULL,
     success BOOLEAN NOT NULL,
     transactional BOOLEAN NOT NULL,
-    error TEXT
-)";
-
-const RECORD: &str = "INSERT INTO sluice_schema_history (migration_id, checksum, applied_at, applied_by, execution_ms, success, transactional, error) \
-     VALUES ($1, $2, now(), $3, $4, $5, $6, $7) \
-     ON CONFLICT (migration_id) DO UPDATE SET checksum = EXCLUDED.checksum, applied_at = EXCLUDED.applied_at, \
-     applied_by = EXCLUDED.applied_by, execution_ms = EXCLUDED.execution_ms, success = EXCLUDED.success, \
-     transactional = EXCLUDED.transactional, error = EXCLUDED.error";
+    error TEXT,
+    statements_done BIGINT,
+    statements_total BIGINT
+);
+DO $sluice$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                   WHERE table_schema = current_schema() AND table_name = 'sluice_schema_history'
+                     AND column_name = 'statements_done') THEN
+        ALTER TABLE sluice_schema_history ADD COLUMN statements_done BIGINT, ADD COLUMN statements_total BIGINT;
+    END IF;
+END $sluice$";
 
 pub struct PgSession {
     client: Client,
@@ -38,6 +41,11 @@ pub struct PgSession {
     notices: mpsc::UnboundedReceiver<LogLine>,
     connection: tokio::task::JoinHandle<()>,
     url: String,
+    /// The history table, qualified by the schema it lives in: a script that changes
+    /// search_path or creates a temporary table of the same name cannot divert the record.
+    history: String,
+    /// Sent before every script: forgets whatever the previous one set for the session.
+    reset: String,
 }
 
 impl PgSession {
@@ -76,12 +84,19 @@ impl PgSession {
                 url: url.clone(),
                 message: pg_message(&e),
             })?;
-        let session = PgSession {
+        let reset = format!(
+            "RESET ALL; DISCARD TEMP; SET application_name = 'sluice'; SET lock_timeout = '{}ms'; SET statement_timeout = '{}ms'",
+            settings.lock_timeout.as_millis(),
+            settings.statement_timeout.as_millis()
+        );
+        let mut session = PgSession {
             client,
             record: placeholder,
             notices,
             connection,
             url,
+            history: "sluice_schema_history".into(),
+            reset,
         };
         let locked: bool = session
             .client
@@ -94,17 +109,30 @@ impl PgSession {
         }
         session
             .client
-            .batch_execute(&format!(
-                "SET application_name = 'sluice'; SET lock_timeout = '{}ms'; SET statement_timeout = '{}ms'; {HISTORY_DDL}",
-                settings.lock_timeout.as_millis(),
-                settings.statement_timeout.as_millis()
-            ))
+            .batch_execute(&format!("{}; {HISTORY_DDL}", session.reset))
             .await
             .map_err(|e| session.error(e))?;
-        let mut session = session;
+        let schema: String = session
+            .client
+            .query_one(
+                "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = 'sluice_schema_history'::regclass",
+                &[],
+            )
+            .await
+            .map_err(|e| session.error(e))?
+            .get(0);
+        session.history = format!("\"{}\".sluice_schema_history", schema.replace('"', "\"\""));
         session.record = session
             .client
-            .prepare(RECORD)
+            .prepare(&format!(
+                "INSERT INTO {} (migration_id, checksum, applied_at, applied_by, execution_ms, success, transactional, error, statements_done, statements_total) \
+                 VALUES ($1, $2, now(), $3, $4, $5, $6, $7, $8, $9) \
+                 ON CONFLICT (migration_id) DO UPDATE SET checksum = EXCLUDED.checksum, applied_at = EXCLUDED.applied_at, \
+                 applied_by = EXCLUDED.applied_by, execution_ms = EXCLUDED.execution_ms, success = EXCLUDED.success, \
+                 transactional = EXCLUDED.transactional, error = EXCLUDED.error, \
+                 statements_done = EXCLUDED.statements_done, statements_total = EXCLUDED.statements_total",
+                session.history
+            ))
             .await
             .map_err(|e| session.error(e))?;
         // Notices of the setup ("already exists, skipping") belong to no deployment.
@@ -123,7 +151,10 @@ impl PgSession {
         let rows = self
             .client
             .query(
-                "SELECT migration_id, checksum, success FROM sluice_schema_history",
+                &format!(
+                    "SELECT migration_id, checksum, success, transactional, statements_done, statements_total, error FROM {}",
+                    self.history
+                ),
                 &[],
             )
             .await
@@ -136,6 +167,10 @@ impl PgSession {
                     HistoryEntry {
                         checksum: row.get(1),
                         success: row.get(2),
+                        transactional: row.get(3),
+                        statements_done: row.get(4),
+                        statements_total: row.get(5),
+                        error: row.get(6),
                     },
                 )
             })
@@ -148,46 +183,54 @@ impl PgSession {
         }
     }
 
-    /// Runs the statements, opening a transaction first when `begin` is set (sent together
-    /// with the first statement, to save a round trip); returns the failure description if one
-    /// fails.
-    async fn run_statements(
+    /// Sends `before` (session reset, BEGIN, ...: each its own message) and the statement,
+    /// pipelined in one round trip, passing notices on as the server sends them. The outer
+    /// error is the connection's (or a failure of `before`); the inner one the statement's.
+    async fn run_one(
         &mut self,
         script: &Script<'_>,
         log: &mut Vec<LogLine>,
-        begin: bool,
-    ) -> Result<Option<String>, TargetError> {
-        let mut pending_begin = begin;
-        for (index, statement) in script.statements.iter().enumerate() {
-            if statement.is_transaction_wrapper() {
-                continue;
-            }
-            let begin_now = std::mem::take(&mut pending_begin);
-            let (began, result) = {
-                // Notices are passed on as the server sends them, while the statement runs.
-                let client = &self.client;
-                let notices = &mut self.notices;
-                let run = async {
-                    if begin_now {
-                        tokio::join!(
-                            client.batch_execute("BEGIN"),
-                            client.batch_execute(&statement.text)
-                        )
-                    } else {
-                        (Ok(()), client.batch_execute(&statement.text).await)
-                    }
-                };
-                tokio::pin!(run);
-                loop {
-                    tokio::select! {
-                        biased;
-                        Some(line) = notices.recv() => script.emit(log, line),
-                        done = &mut run => break done,
-                    }
-                }
+        before: &[&str],
+        statement: &str,
+    ) -> Result<Result<(), tokio_postgres::Error>, TargetError> {
+        let (prepared, result) = {
+            let client = &self.client;
+            let notices = &mut self.notices;
+            let run = async {
+                let before = futures_util::future::try_join_all(
+                    before.iter().map(|sql| client.batch_execute(sql)),
+                );
+                let (prepared, result) = tokio::join!(before, client.batch_execute(statement));
+                (prepared.map(|_| ()), result)
             };
-            began.map_err(|e| self.error(e))?;
-            self.drain_notices(script, log);
+            tokio::pin!(run);
+            loop {
+                tokio::select! {
+                    biased;
+                    Some(line) = notices.recv() => script.emit(log, line),
+                    done = &mut run => break done,
+                }
+            }
+        };
+        prepared.map_err(|e| self.error(e))?;
+        self.drain_notices(script, log);
+        Ok(result)
+    }
+
+    /// Runs the statements in one transaction (the session reset first, BEGIN with the first
+    /// statement, to save round trips); returns the failure description if one fails. The
+    /// transaction is left open for the caller to finish.
+    async fn run_in_transaction(
+        &mut self,
+        script: &Script<'_>,
+        log: &mut Vec<LogLine>,
+    ) -> Result<Option<String>, TargetError> {
+        let reset = self.reset.clone();
+        let mut before: Vec<&str> = vec![&reset, "BEGIN"];
+        for (index, statement) in executable(script.statements) {
+            let result = self
+                .run_one(script, log, &std::mem::take(&mut before), &statement.text)
+                .await?;
             if let Err(e) = result {
                 let line = error_line(statement, &e);
                 return Ok(Some(describe_failure(
@@ -198,15 +241,17 @@ impl PgSession {
                 )));
             }
         }
-        if pending_begin {
+        if !before.is_empty() {
+            // Nothing but BEGIN/COMMIT lines: an empty transaction still records the script.
             self.client
-                .batch_execute("BEGIN")
+                .batch_execute(&format!("{reset}; BEGIN"))
                 .await
                 .map_err(|e| self.error(e))?;
         }
         Ok(None)
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn record(
         &self,
         script: &Script<'_>,
@@ -214,6 +259,8 @@ impl PgSession {
         success: bool,
         transactional: bool,
         error: Option<&str>,
+        statements_done: Option<i64>,
+        statements_total: Option<i64>,
     ) -> Result<(), TargetError> {
         self.client
             .execute(
@@ -226,6 +273,8 @@ impl PgSession {
                     &success,
                     &transactional,
                     &error,
+                    &statements_done,
+                    &statements_total,
                 ],
             )
             .await
@@ -234,45 +283,224 @@ impl PgSession {
     }
 
     pub async fn apply(&mut self, script: &Script<'_>) -> Result<RunReport, TargetError> {
-        let transactional = script.transactional();
+        if !script.transactional() {
+            return self.apply_in_steps(script).await;
+        }
         let mut log = wrapper_notes(script);
         let started = Instant::now();
-        let failure = self.run_statements(script, &mut log, transactional).await?;
+        let failure = self.run_in_transaction(script, &mut log).await?;
         let execution_ms = started.elapsed().as_millis() as i64;
+        let total = executable(script.statements).len() as i64;
         match &failure {
-            None if transactional => {
+            None => {
                 // The history row and the commit travel together: one round trip.
                 let (recorded, committed) = tokio::join!(
-                    self.record(script, execution_ms, true, true, None),
+                    self.record(
+                        script,
+                        execution_ms,
+                        true,
+                        true,
+                        None,
+                        Some(total),
+                        Some(total)
+                    ),
                     self.client.batch_execute("COMMIT")
                 );
                 recorded?;
                 committed.map_err(|e| self.error(e))?;
             }
-            None => {
-                self.record(script, execution_ms, true, false, None).await?;
-            }
             Some(message) => {
-                if transactional {
-                    self.client
-                        .batch_execute("ROLLBACK")
-                        .await
-                        .map_err(|e| self.error(e))?;
-                }
-                let note = if transactional {
-                    "rolled back: nothing of it is applied".to_owned()
-                } else {
-                    "not transactional: statements before the failing one stay applied".to_owned()
-                };
-                script.emit(&mut log, LogLine::info(note));
-                self.record(script, execution_ms, false, transactional, Some(message))
-                    .await?;
+                self.client
+                    .batch_execute("ROLLBACK")
+                    .await
+                    .map_err(|e| self.error(e))?;
+                script.emit(
+                    &mut log,
+                    LogLine::info("rolled back: nothing of it is applied"),
+                );
+                self.record(
+                    script,
+                    execution_ms,
+                    false,
+                    true,
+                    Some(message),
+                    Some(0),
+                    Some(total),
+                )
+                .await?;
             }
         }
         self.drain_notices(script, &mut log);
         Ok(RunReport {
             execution_ms,
-            transactional,
+            transactional: true,
+            log,
+            error: failure,
+        })
+    }
+
+    async fn entry(&self, migration_id: &str) -> Result<Option<HistoryEntry>, TargetError> {
+        let row = self
+            .client
+            .query_opt(
+                &format!(
+                    "SELECT checksum, success, transactional, statements_done, statements_total, error FROM {} WHERE migration_id = $1",
+                    self.history
+                ),
+                &[&migration_id],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(row.map(|row| HistoryEntry {
+            checksum: row.get(0),
+            success: row.get(1),
+            transactional: row.get(2),
+            statements_done: row.get(3),
+            statements_total: row.get(4),
+            error: row.get(5),
+        }))
+    }
+
+    /// A script with a statement PostgreSQL refuses inside a transaction: statement by
+    /// statement, with its progress in the history row before it starts and after each
+    /// statement. A statement that can run in a transaction commits together with the progress
+    /// it makes, so a crash never leaves it applied but uncounted. After a failure or a crash
+    /// it resumes after the last statement recorded as done, never from the top.
+    async fn apply_in_steps(&mut self, script: &Script<'_>) -> Result<RunReport, TargetError> {
+        let mut log = wrapper_notes(script);
+        let steps = executable(script.statements);
+        let total = steps.len() as i64;
+        let previous = self.entry(script.migration_id).await?;
+        let resume_from = match &previous {
+            Some(entry) if !entry.success && entry.applied_statements() > 0 => {
+                if entry.checksum != script.checksum {
+                    let message = format!(
+                        "the target records statements 1 to {} of another version of {} (checksum {}) as applied; roll that back by hand or cancel this deployment",
+                        entry.applied_statements(),
+                        script.migration_id,
+                        entry.checksum
+                    );
+                    return Ok(RunReport {
+                        execution_ms: 0,
+                        transactional: false,
+                        log,
+                        error: Some(message),
+                    });
+                }
+                entry.applied_statements().min(total)
+            }
+            _ => 0,
+        };
+        if resume_from > 0 {
+            script.emit(
+                &mut log,
+                LogLine::info(format!(
+                    "resuming at statement {} of {total}: statements 1 to {resume_from} were applied by an earlier attempt and are not run again",
+                    resume_from + 1
+                )),
+            );
+        }
+        let started = Instant::now();
+        let reset = self.reset.clone();
+        self.client
+            .batch_execute(&reset)
+            .await
+            .map_err(|e| self.error(e))?;
+        self.record(
+            script,
+            0,
+            false,
+            false,
+            Some(super::IN_PROGRESS),
+            Some(resume_from),
+            Some(total),
+        )
+        .await?;
+        let advance = format!(
+            "UPDATE {} SET statements_done = $2 WHERE migration_id = $1",
+            self.history
+        );
+        let mut done = resume_from;
+        let mut failure = None;
+        for &(index, statement) in steps.iter().skip(resume_from as usize) {
+            let atomic = !statement.requires_no_transaction();
+            let before: &[&str] = if atomic { &["BEGIN"] } else { &[] };
+            let result = self
+                .run_one(script, &mut log, before, &statement.text)
+                .await?;
+            match result {
+                Ok(()) => {
+                    let next = done + 1;
+                    let advanced = self
+                        .client
+                        .execute(&advance, &[&script.migration_id, &next])
+                        .await
+                        .map_err(|e| self.error(e))?;
+                    if advanced != 1 {
+                        return Err(TargetError::Database {
+                            url: self.url.clone(),
+                            message: format!(
+                                "the history row of {} disappeared while it was being applied",
+                                script.migration_id
+                            ),
+                        });
+                    }
+                    if atomic {
+                        self.client
+                            .batch_execute("COMMIT")
+                            .await
+                            .map_err(|e| self.error(e))?;
+                    }
+                    done = next;
+                }
+                Err(e) => {
+                    if atomic {
+                        self.client
+                            .batch_execute("ROLLBACK")
+                            .await
+                            .map_err(|e| self.error(e))?;
+                    }
+                    let line = error_line(statement, &e);
+                    failure = Some(describe_failure(statement, index, line, &pg_message(&e)));
+                    break;
+                }
+            }
+        }
+        let execution_ms = started.elapsed().as_millis() as i64;
+        if let Some(message) = &failure {
+            script.emit(
+                &mut log,
+                LogLine::info(format!(
+                    "not transactional: statements 1 to {done} of {total} stay applied; a retry resumes at statement {}",
+                    done + 1
+                )),
+            );
+            self.record(
+                script,
+                execution_ms,
+                false,
+                false,
+                Some(message),
+                Some(done),
+                Some(total),
+            )
+            .await?;
+        } else {
+            self.record(
+                script,
+                execution_ms,
+                true,
+                false,
+                None,
+                Some(total),
+                Some(total),
+            )
+            .await?;
+        }
+        self.drain_notices(script, &mut log);
+        Ok(RunReport {
+            execution_ms,
+            transactional: false,
             log,
             error: failure,
         })
@@ -282,12 +510,34 @@ impl PgSession {
         let transactional = script.transactional();
         let mut log = wrapper_notes(script);
         let started = Instant::now();
-        let failure = self.run_statements(script, &mut log, transactional).await?;
+        let failure = if transactional {
+            self.run_in_transaction(script, &mut log).await?
+        } else {
+            let reset = self.reset.clone();
+            let mut before: Vec<&str> = vec![&reset];
+            let mut failure = None;
+            for (index, statement) in executable(script.statements) {
+                let result = self
+                    .run_one(
+                        script,
+                        &mut log,
+                        &std::mem::take(&mut before),
+                        &statement.text,
+                    )
+                    .await?;
+                if let Err(e) = result {
+                    let line = error_line(statement, &e);
+                    failure = Some(describe_failure(statement, index, line, &pg_message(&e)));
+                    break;
+                }
+            }
+            failure
+        };
         let execution_ms = started.elapsed().as_millis() as i64;
         if failure.is_none() {
             self.client
                 .execute(
-                    "DELETE FROM sluice_schema_history WHERE migration_id = $1",
+                    &format!("DELETE FROM {} WHERE migration_id = $1", self.history),
                     &[&script.migration_id],
                 )
                 .await
@@ -316,7 +566,10 @@ impl PgSession {
     pub async fn forget(&mut self, migration_id: &str) -> Result<(), TargetError> {
         self.client
             .execute(
-                "DELETE FROM sluice_schema_history WHERE migration_id = $1 AND NOT success",
+                &format!(
+                    "DELETE FROM {} WHERE migration_id = $1 AND NOT success",
+                    self.history
+                ),
                 &[&migration_id],
             )
             .await

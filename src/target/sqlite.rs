@@ -115,7 +115,9 @@ impl SqliteSession {
     }
 
     pub async fn history(&mut self) -> Result<HashMap<String, HistoryEntry>, TargetError> {
-        let rows = sqlx::query("SELECT migration_id, checksum, success FROM sluice_schema_history")
+        let rows = sqlx::query(
+            "SELECT migration_id, checksum, success, transactional, error FROM sluice_schema_history",
+        )
             .fetch_all(&mut self.conn)
             .await
             .map_err(|e| self.error(e))?;
@@ -127,6 +129,12 @@ impl SqliteSession {
                     HistoryEntry {
                         checksum: row.get(1),
                         success: row.get::<i64, _>(2) != 0,
+                        // SQLite runs every script in one transaction: nothing is ever left
+                        // half-applied, so no progress is kept.
+                        transactional: row.get::<i64, _>(3) != 0,
+                        statements_done: None,
+                        statements_total: None,
+                        error: row.get(4),
                     },
                 )
             })

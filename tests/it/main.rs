@@ -6,6 +6,7 @@ mod binary;
 mod cli;
 mod grpc;
 mod harness;
+mod interrupted;
 mod mysql;
 mod promise;
 mod rules;

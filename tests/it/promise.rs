@@ -307,3 +307,137 @@ async fn reject_racing_migrate_has_one_coherent_outcome() {
     }
     app.stop().await;
 }
+
+/// One migration's session settings must not reach the next one of the same worker round: a
+/// `SET search_path = pg_temp, public` made the next migration's table a temporary one (gone
+/// when the session ended, though recorded as applied) and `SET statement_timeout = 0` lifted
+/// the environment's timeout for everything after it.
+#[tokio::test]
+async fn session_settings_do_not_leak_into_the_next_migration() {
+    let app = spawn_app_with(AppOptions {
+        background_workers: false,
+        edit_environments: Some(|text| text.replacen("timeout: 300 ", "timeout: 1 ", 1)),
+        ..AppOptions::default()
+    })
+    .await;
+    let setter = app
+        .submit(
+            "dev",
+            migration(
+                "sets things",
+                "low",
+                "SET search_path = pg_temp, public;\nSET statement_timeout = 0;\nCREATE TABLE leak_a (id int);",
+                None,
+            ),
+        )
+        .await;
+    let next = app
+        .submit(
+            "dev",
+            migration("next", "low", "CREATE TABLE leak_b (id int);", None),
+        )
+        .await;
+    let slow = app
+        .submit("dev", migration("slow", "low", "SELECT pg_sleep(3);", None))
+        .await;
+    app.run_worker("development").await;
+    for id in [&setter, &next] {
+        let d = app.deployment(&format!("{id}@development")).await;
+        assert_eq!(d["state"], "applied", "{d}");
+    }
+    assert!(
+        app.table_exists("development", "leak_b").await,
+        "the next migration's table must be a real one"
+    );
+    let d = app.deployment(&format!("{slow}@development")).await;
+    assert_eq!(d["state"], "failed", "{d}");
+    assert!(
+        d["error"]
+            .as_str()
+            .unwrap()
+            .contains("canceling statement due to statement timeout"),
+        "{d}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn mysql_session_settings_do_not_leak_into_the_next_migration() {
+    let app = spawn_app_with(AppOptions {
+        backend: crate::harness::Backend::MySqlTargets,
+        background_workers: false,
+        ..AppOptions::default()
+    })
+    .await;
+    let setter = app
+        .submit(
+            "dev",
+            migration(
+                "ansi quotes",
+                "low",
+                "SET SESSION sql_mode = 'ANSI_QUOTES';\nCREATE TABLE quoted (s varchar(10));",
+                None,
+            ),
+        )
+        .await;
+    let next = app
+        .submit(
+            "dev",
+            migration(
+                "double quoted string",
+                "low",
+                "INSERT INTO quoted VALUES (\"x\");",
+                None,
+            ),
+        )
+        .await;
+    app.run_worker("development").await;
+    for id in [&setter, &next] {
+        let d = app.deployment(&format!("{id}@development")).await;
+        assert_eq!(d["state"], "applied", "{d}");
+    }
+    app.stop().await;
+}
+
+/// A password in the URL's query string reached every user through environment status.
+#[tokio::test]
+async fn credentials_in_a_target_url_are_never_shown() {
+    let app = spawn_app_with(AppOptions {
+        background_workers: false,
+        edit_config: Some(|config| {
+            let env = &mut config.environments[0];
+            env.url = sluice::config::Secret::new(format!(
+                "{}?password=hunter2&application_name=x",
+                env.url.expose()
+            ));
+        }),
+        ..AppOptions::default()
+    })
+    .await;
+    // The target still works with the URL as given.
+    let id = app
+        .submit(
+            "dev",
+            migration("t", "low", "CREATE TABLE creds (id int);", None),
+        )
+        .await;
+    app.run_worker("development").await;
+    assert_eq!(
+        app.deployment(&format!("{id}@development")).await["state"],
+        "applied"
+    );
+    let (status, body) = app.get("dev", "/api/v1/environments/development").await;
+    assert_eq!(status, StatusCode::OK);
+    let text = body.to_string();
+    assert!(!text.contains("hunter"), "{text}");
+    assert!(
+        body["database"]
+            .as_str()
+            .unwrap()
+            .contains("password=***&application_name=x"),
+        "{text}"
+    );
+    let (_, all) = app.get("dev", "/api/v1/environments").await;
+    assert!(!all.to_string().contains("hunter"));
+    app.stop().await;
+}

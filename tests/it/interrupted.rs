@@ -1,0 +1,349 @@
+//! A script that cannot run in one transaction is never run again from the top after its runner
+//! stops part-way (issue 6, item 1): the connection is cut (PostgreSQL's pg_terminate_backend,
+//! MariaDB's KILL) or the daemon is killed with SIGKILL during a statement. The deployment halts
+//! as "interrupted after statement k of n", and a retry resumes at statement k + 1.
+
+use crate::harness::{AppOptions, Backend, TestDatabase, USERS, migration, spawn_app_with};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const SCRIPT: &str = "INSERT INTO counter VALUES (1);\nSELECT pg_sleep(3);\nCREATE INDEX CONCURRENTLY counter_n ON counter (n);\n";
+
+async fn counter_rows(client: &tokio_postgres::Client) -> i64 {
+    client
+        .query_one("SELECT count(*) FROM counter", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Waits (bounded) until the target shows a statement containing `text` running.
+async fn wait_for_running_pg(client: &tokio_postgres::Client, text: &str) -> i32 {
+    for _ in 0..400 {
+        let row = client
+            .query_opt(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND state = 'active' AND query LIKE $1 AND pid <> pg_backend_pid()",
+                &[&format!("%{text}%")],
+            )
+            .await
+            .unwrap();
+        if let Some(row) = row {
+            return row.get(0);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("no statement with {text:?} started on the target");
+}
+
+#[tokio::test]
+async fn a_cut_connection_halts_a_non_transactional_script_and_retry_resumes_after_the_last_done_statement()
+ {
+    let app = spawn_app_with(AppOptions {
+        background_workers: false,
+        ..AppOptions::default()
+    })
+    .await;
+    let target = app.targets["development"].client().await;
+    target
+        .batch_execute("CREATE TABLE counter (n int)")
+        .await
+        .unwrap();
+    let id = app
+        .submit("dev", migration("counter", "low", SCRIPT, None))
+        .await;
+    let deployment = format!("{id}@development");
+    let worker = {
+        let service = app.service().clone();
+        let env = app.config.environments[0].clone();
+        tokio::spawn(async move {
+            sluice::engine::Worker::new(service, env, tokio_util::sync::CancellationToken::new())
+                .run_once()
+                .await
+        })
+    };
+    let pid = wait_for_running_pg(&target, "pg_sleep").await;
+    target
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    worker
+        .await
+        .unwrap()
+        .expect("the round ends without an error");
+    let d = app.deployment(&deployment).await;
+    assert_eq!(d["state"], "failed", "{d}");
+    let error = d["error"].as_str().unwrap();
+    assert!(error.starts_with("interrupted"), "{d}");
+    assert_eq!(counter_rows(&target).await, 1);
+    // Another round does not touch it: the failure halts the queue.
+    app.run_worker("development").await;
+    assert_eq!(counter_rows(&target).await, 1);
+
+    // Retry resumes at statement 2: the INSERT is not run again.
+    let (status, body) = app
+        .post(
+            "dev",
+            &format!("/api/v1/deployments/{deployment}/retry"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    app.run_worker("development").await;
+    let d = app.deployment(&deployment).await;
+    assert_eq!(d["state"], "applied", "{d}");
+    assert_eq!(counter_rows(&target).await, 1, "the INSERT ran twice");
+    let log: Vec<&str> = d["log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["message"].as_str().unwrap())
+        .collect();
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("resuming at statement 2 of 3")),
+        "{log:?}"
+    );
+    let index: bool = target
+        .query_one("SELECT to_regclass('counter_n') IS NOT NULL", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(index);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_killed_mariadb_connection_halts_a_ddl_script_and_retry_resumes() {
+    use sqlx::Row;
+    let app = spawn_app_with(AppOptions {
+        backend: Backend::MySqlTargets,
+        background_workers: false,
+        ..AppOptions::default()
+    })
+    .await;
+    let script = "CREATE TABLE first_t (id int);\nINSERT INTO first_t VALUES (1);\nSELECT SLEEP(3);\nCREATE TABLE second_t (id int);\n";
+    let id = app
+        .submit("dev", migration("ddl steps", "low", script, None))
+        .await;
+    let deployment = format!("{id}@development");
+    let worker = {
+        let service = app.service().clone();
+        let env = app.config.environments[0].clone();
+        tokio::spawn(async move {
+            sluice::engine::Worker::new(service, env, tokio_util::sync::CancellationToken::new())
+                .run_once()
+                .await
+        })
+    };
+    let mut admin = app.mysql_targets["development"].connect().await;
+    let mut killed = false;
+    for _ in 0..400 {
+        let row = sqlx::query(
+            "SELECT id FROM information_schema.processlist WHERE info LIKE 'SELECT SLEEP(3)%'",
+        )
+        .fetch_optional(&mut admin)
+        .await
+        .unwrap();
+        if let Some(row) = row {
+            let connection: i64 = row.get::<i64, _>(0);
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("KILL CONNECTION {connection}")))
+                .execute(&mut admin)
+                .await
+                .unwrap();
+            killed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(killed, "the SLEEP never started");
+    worker
+        .await
+        .unwrap()
+        .expect("the round ends without an error");
+    let d = app.deployment(&deployment).await;
+    assert_eq!(d["state"], "failed", "{d}");
+    assert!(
+        d["error"].as_str().unwrap().starts_with("interrupted"),
+        "{d}"
+    );
+    let (status, body) = app
+        .post(
+            "dev",
+            &format!("/api/v1/deployments/{deployment}/retry"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    app.run_worker("development").await;
+    let d = app.deployment(&deployment).await;
+    // Before: "Table 'first_t' already exists" on the re-run from the top.
+    assert_eq!(d["state"], "applied", "{d}");
+    let rows: i64 = sqlx::query("SELECT COUNT(*) FROM first_t")
+        .fetch_one(&mut admin)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 1);
+    assert!(app.table_exists("development", "second_t").await);
+    app.stop().await;
+}
+
+/// The real daemon, killed with SIGKILL while the script sleeps, then started again.
+struct Daemon {
+    child: std::process::Child,
+    rest: String,
+}
+
+fn start_daemon(
+    config: &std::path::Path,
+    data: &std::path::Path,
+    store: &str,
+    dev: &str,
+) -> Daemon {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["server", "--config-dir"])
+        .arg(config)
+        .current_dir(data)
+        .env("SLUICE__SERVER__REST_ADDR", "127.0.0.1:0")
+        .env("SLUICE__SERVER__GRPC_ADDR", "127.0.0.1:0")
+        .env("SLUICE__STORE__URL", store)
+        .env("SLUICE__WORKER__POLL_INTERVAL_MS", "100")
+        .env("DEV_DB_URL", dev)
+        .env_remove("STAGING_DB_URL")
+        .env_remove("PROD_DB_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sluice starts");
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let rest = line
+        .trim()
+        .strip_prefix("sluice listening on ")
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+        .to_owned();
+    Daemon { child, rest }
+}
+
+async fn call(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    token: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut request = http.request(method, url).bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn wait_state(
+    http: &reqwest::Client,
+    daemon: &Daemon,
+    token: &str,
+    id: &str,
+    state: &str,
+) -> Value {
+    for _ in 0..400 {
+        let (_, d) = call(
+            http,
+            reqwest::Method::GET,
+            format!("{}/api/v1/deployments/{id}", daemon.rest),
+            token,
+            None,
+        )
+        .await;
+        if d["state"] == state {
+            return d;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{id} never became {state}");
+}
+
+#[tokio::test]
+async fn sigkill_during_a_non_transactional_script_never_runs_it_again_from_the_top() {
+    let (store, dev) = tokio::join!(
+        TestDatabase::create("k9store"),
+        TestDatabase::create("k9dev")
+    );
+    let target = dev.client().await;
+    target
+        .batch_execute("CREATE TABLE counter (n int)")
+        .await
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("sluice-k9-{}", dev.name));
+    let config = dir.join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    let shipped = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config");
+    for file in ["sluice.yml", "environments.yml", "approval_matrix.yml"] {
+        std::fs::copy(shipped.join(file), config.join(file)).unwrap();
+    }
+    let token = sluice::auth::new_token().unwrap();
+    let roles = USERS
+        .iter()
+        .find(|(n, _)| *n == "dev")
+        .unwrap()
+        .1
+        .join(", ");
+    std::fs::write(
+        config.join("users.yml"),
+        format!(
+            "users:\n  - name: dev\n    roles: [{roles}]\n    token_sha256: \"{}\"\n",
+            sluice::auth::token_sha256(&token)
+        ),
+    )
+    .unwrap();
+    let http = reqwest::Client::new();
+
+    let mut daemon = start_daemon(&config, &dir, &store.url, &dev.url);
+    let (status, body) = call(
+        &http,
+        reqwest::Method::POST,
+        format!("{}/api/v1/migrations", daemon.rest),
+        &token,
+        Some(migration("counter", "low", SCRIPT, None)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let deployment = format!("{}@development", body["id"].as_str().unwrap());
+    wait_for_running_pg(&target, "pg_sleep").await;
+    daemon.child.kill().unwrap(); // SIGKILL
+    daemon.child.wait().unwrap();
+
+    let mut daemon = start_daemon(&config, &dir, &store.url, &dev.url);
+    let d = wait_state(&http, &daemon, &token, &deployment, "failed").await;
+    assert!(
+        d["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("interrupted after statement 1 of 3"),
+        "{d}"
+    );
+    assert_eq!(counter_rows(&target).await, 1, "the INSERT ran again");
+    let (status, body) = call(
+        &http,
+        reqwest::Method::POST,
+        format!("{}/api/v1/deployments/{deployment}/retry", daemon.rest),
+        &token,
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    wait_state(&http, &daemon, &token, &deployment, "applied").await;
+    assert_eq!(counter_rows(&target).await, 1, "the INSERT ran again");
+    let _ = Command::new("kill")
+        .arg(daemon.child.id().to_string())
+        .status();
+    daemon.child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
