@@ -231,17 +231,8 @@ pub fn validate_file(path: &Path) -> Vec<Problem> {
             problems.push(at(1, "the script has no SQL statement".into()))
         }
         Ok(statements) => {
-            for s in statements
-                .iter()
-                .filter(|s| s.is_forbidden_transaction_control())
-            {
-                problems.push(at(
-                    s.line,
-                    format!(
-                        "\"{}\" is not allowed in a migration; Sluice runs each script in its own transaction",
-                        s.text
-                    ),
-                ));
+            for (line, problem) in crate::lint::transaction_control_problems(&statements) {
+                problems.push(at(line, problem));
             }
             let findings = crate::lint::analyse(&text, &statements);
             let declared = header.as_ref().map(|h| h.risk);
@@ -324,7 +315,7 @@ mod tests {
         .unwrap();
         let problems: Vec<String> = validate_file(&path).iter().map(|p| p.to_string()).collect();
         assert_eq!(problems.len(), 2, "{problems:?}");
-        assert!(problems[0].ends_with("bad.sql:6: \"ROLLBACK\" is not allowed in a migration; Sluice runs each script in its own transaction"), "{problems:?}");
+        assert!(problems[0].ends_with("bad.sql:6: \"ROLLBACK\" is not allowed in a migration: it would end or split the transaction Sluice runs the script in"), "{problems:?}");
         assert!(problems[1].contains("bad.sql:5: HIGH risk"), "{problems:?}");
         std::fs::write(&path, "SELECT 1;\n").unwrap();
         let problems: Vec<String> = validate_file(&path).iter().map(|p| p.to_string()).collect();

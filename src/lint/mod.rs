@@ -5,6 +5,22 @@
 
 use crate::domain::Risk;
 use squawk_lexer::{TokenKind, tokenize};
+use squawk_syntax::SyntaxKind;
+use squawk_syntax::ast::AstNode;
+
+/// How a statement stands to the transaction Sluice runs the script in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransactionControl {
+    /// An ordinary statement.
+    None,
+    /// `BEGIN` / `START TRANSACTION`: skipped when it opens the script.
+    Begin,
+    /// `COMMIT` / `END` (without AND CHAIN): skipped when it closes the script.
+    Commit,
+    /// Ends, splits or escapes the transaction (ROLLBACK in every form, ABORT, SAVEPOINT,
+    /// RELEASE, COMMIT AND CHAIN, PREPARE TRANSACTION, COMMIT/ROLLBACK PREPARED): refused.
+    Forbidden,
+}
 
 /// One statement of a script.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +32,9 @@ pub struct Statement {
     pub line: usize,
     /// Upper-cased leading keywords (up to eight), for classification.
     pub keywords: Vec<String>,
+    /// Decided from the parse tree (PostgreSQL's grammar) when the script parses, from the
+    /// leading keywords otherwise.
+    pub control: TransactionControl,
 }
 
 impl Statement {
@@ -24,24 +43,18 @@ impl Statement {
     }
 
     /// `BEGIN`, `START TRANSACTION`, `COMMIT`, `END`: Sluice supplies its own transaction, so
-    /// these are dropped from scripts (with a note in the deployment log).
+    /// these are dropped from scripts (with a note in the deployment log). Only where they wrap
+    /// the whole script: `transaction_control_problems` refuses them anywhere else.
     pub fn is_transaction_wrapper(&self) -> bool {
-        let k = &self.keywords;
-        let begin = self.starts_with(&["BEGIN"])
-            && k.get(1)
-                .is_none_or(|w| matches!(w.as_str(), "TRANSACTION" | "WORK" | "ISOLATION"));
-        begin
-            || self.starts_with(&["START", "TRANSACTION"])
-            || (self.starts_with(&["COMMIT"]) && k.len() <= 2)
-            || (self.starts_with(&["END"]) && k.len() <= 2)
+        matches!(
+            self.control,
+            TransactionControl::Begin | TransactionControl::Commit
+        )
     }
 
     /// Statements that end or split the transaction in ways a migration must not.
     pub fn is_forbidden_transaction_control(&self) -> bool {
-        ["ROLLBACK", "SAVEPOINT", "RELEASE", "ABORT"]
-            .iter()
-            .any(|w| self.starts_with(&[w]))
-            || self.starts_with(&["PREPARE", "TRANSACTION"])
+        self.control == TransactionControl::Forbidden
     }
 
     /// Statements PostgreSQL refuses to run inside a transaction block.
@@ -62,6 +75,40 @@ impl Statement {
     }
 }
 
+/// What is wrong with a script's transaction control, statement by statement: every forbidden
+/// form, and BEGIN/COMMIT anywhere but at the very start and end of the script.
+pub fn transaction_control_problems(statements: &[Statement]) -> Vec<(usize, String)> {
+    let last = statements.len().saturating_sub(1);
+    let mut problems = Vec::new();
+    for (index, statement) in statements.iter().enumerate() {
+        let problem = match statement.control {
+            TransactionControl::Forbidden => format!(
+                "\"{}\" is not allowed in a migration: it would end or split the transaction Sluice runs the script in",
+                excerpt(&statement.text)
+            ),
+            TransactionControl::Begin if index != 0 => format!(
+                "\"{}\" in the middle of the script: only a BEGIN that opens the script is allowed (Sluice supplies the transaction); split it into two migrations",
+                excerpt(&statement.text)
+            ),
+            TransactionControl::Commit if index != last => format!(
+                "\"{}\" in the middle of the script would commit part of it: only a COMMIT/END that closes the script is allowed; split it into two migrations",
+                excerpt(&statement.text)
+            ),
+            _ => continue,
+        };
+        problems.push((statement.line, problem));
+    }
+    problems
+}
+
+fn excerpt(text: &str) -> String {
+    let mut short: String = text.chars().take(60).collect();
+    if short.len() < text.len() {
+        short.push_str("...");
+    }
+    short
+}
+
 fn is_trivia(kind: TokenKind) -> bool {
     matches!(
         kind,
@@ -77,119 +124,300 @@ pub struct SplitError {
     pub message: String,
 }
 
-/// Splits a script into statements. Empty statements (only comments or whitespace) are dropped.
-pub fn split_statements(sql: &str) -> Result<Vec<Statement>, SplitError> {
-    let mut statements = Vec::new();
+/// Deeper nesting than this (parentheses, brackets, CASE) is refused before parsing: the
+/// parser recurses once per level.
+pub const MAX_NESTING: usize = 500;
+/// More operators than this in one expression without a parenthesis or comma between them is
+/// refused before parsing (the parser's cost grows with the square of such a chain).
+pub const MAX_OPERATORS_IN_A_ROW: usize = 2000;
+/// The parser and the linter run on a thread of their own with this much stack, so that what
+/// the bounds above let through cannot overflow it.
+const PARSER_STACK_BYTES: usize = 256 * 1024 * 1024;
+
+/// Runs `work` on a thread with a large stack and waits for it.
+fn on_parser_stack<T: Send>(work: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| {
+        let handle = std::thread::Builder::new()
+            .name("sluice-sql".into())
+            .stack_size(PARSER_STACK_BYTES)
+            .spawn_scoped(scope, work);
+        match handle {
+            Ok(handle) => handle
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            // No thread to be had (resource limits): there is no safe way to parse.
+            Err(e) => panic!("cannot start the SQL parser thread: {e}"),
+        }
+    })
+}
+
+fn is_operator_token(kind: TokenKind, text: &str) -> bool {
+    use TokenKind as T;
+    match kind {
+        T::Slash
+        | T::Minus
+        | T::Eq
+        | T::Gt
+        | T::And
+        | T::Lt
+        | T::Bang
+        | T::Plus
+        | T::Tilde
+        | T::Pound
+        | T::Question
+        | T::Or
+        | T::Percent
+        | T::Caret
+        | T::Star
+        | T::At
+        | T::Colon => true,
+        T::Ident => matches!(
+            text.to_ascii_uppercase().as_str(),
+            "AND" | "OR" | "NOT" | "IS" | "LIKE" | "ILIKE" | "IN" | "BETWEEN" | "COLLATE" | "AT"
+        ),
+        _ => false,
+    }
+}
+
+/// The lexical checks every script passes before anything parses it: literals, comments and
+/// quoted identifiers are closed, and nesting and operator chains stay within the bounds.
+fn check_shape(sql: &str) -> Result<(), SplitError> {
     let mut offset = 0usize;
     let mut line = 1usize;
-    let mut start = 0usize;
-    let mut first_line: Option<usize> = None;
-    let mut first_offset = 0usize;
-    let mut keywords: Vec<String> = Vec::new();
-    // Inside `BEGIN ATOMIC ... END` (an SQL-standard function body) semicolons do not end the
-    // statement.
-    let mut atomic_depth = 0usize;
-    let mut previous_word = String::new();
+    let mut depth = 0usize;
+    let mut case_depth = 0usize;
+    // Operators seen in the current expression frame, one count per open parenthesis.
+    let mut operators: Vec<usize> = vec![0];
     for token in tokenize(sql) {
         let len = token.len as usize;
         let text = &sql[offset..offset + len];
         let token_line = line;
-        match token.kind {
+        line += text.matches('\n').count();
+        offset += len;
+        let unterminated = match token.kind {
             TokenKind::Literal { kind } => {
                 use squawk_lexer::LiteralKind as L;
-                let terminated = match kind {
+                match kind {
                     L::Str { terminated }
                     | L::NationalStr { terminated }
                     | L::ByteStr { terminated }
                     | L::BitStr { terminated }
                     | L::DollarQuotedString { terminated }
                     | L::UnicodeEscStr { terminated }
-                    | L::EscStr { terminated } => terminated,
-                    _ => true,
-                };
-                if !terminated {
-                    return Err(SplitError {
-                        line: token_line,
-                        message: "unterminated string or dollar-quoted literal".into(),
-                    });
+                    | L::EscStr { terminated } => {
+                        (!terminated).then_some("unterminated string or dollar-quoted literal")
+                    }
+                    _ => None,
                 }
             }
-            TokenKind::BlockComment { terminated: false } => {
-                return Err(SplitError {
-                    line: token_line,
-                    message: "unterminated /* comment".into(),
-                });
-            }
+            TokenKind::BlockComment { terminated: false } => Some("unterminated /* comment"),
             TokenKind::QuotedIdent {
                 terminated: false, ..
-            } => {
-                return Err(SplitError {
-                    line: token_line,
-                    message: "unterminated quoted identifier".into(),
-                });
+            } => Some("unterminated quoted identifier"),
+            _ => None,
+        };
+        if let Some(message) = unterminated {
+            return Err(SplitError {
+                line: token_line,
+                message: message.into(),
+            });
+        }
+        match token.kind {
+            TokenKind::OpenParen | TokenKind::OpenBracket | TokenKind::OpenCurly => {
+                depth += 1;
+                operators.push(0);
+            }
+            TokenKind::CloseParen | TokenKind::CloseBracket | TokenKind::CloseCurly => {
+                depth = depth.saturating_sub(1);
+                if operators.len() > 1 {
+                    operators.pop();
+                }
+            }
+            TokenKind::Comma => *operators.last_mut().expect("never empty") = 0,
+            TokenKind::Semi => {
+                depth = 0;
+                case_depth = 0;
+                operators = vec![0];
+            }
+            TokenKind::Ident if text.eq_ignore_ascii_case("CASE") => case_depth += 1,
+            TokenKind::Ident if text.eq_ignore_ascii_case("END") => {
+                case_depth = case_depth.saturating_sub(1)
             }
             _ => {}
         }
-        line += text.matches('\n').count();
-        offset += len;
-        if token.kind == TokenKind::Semi && atomic_depth == 0 {
-            push_statement(
-                &mut statements,
-                &sql[first_offset.max(start)..offset - len],
-                first_line,
-                &mut keywords,
-            );
-            start = offset;
-            first_line = None;
-            previous_word.clear();
+        if is_operator_token(token.kind, text) {
+            let count = operators.last_mut().expect("never empty");
+            *count += 1;
+            if *count > MAX_OPERATORS_IN_A_ROW {
+                return Err(SplitError {
+                    line: token_line,
+                    message: format!(
+                        "an expression with more than {MAX_OPERATORS_IN_A_ROW} operators in a row; split it up"
+                    ),
+                });
+            }
+        }
+        if depth + case_depth > MAX_NESTING {
+            return Err(SplitError {
+                line: token_line,
+                message: format!(
+                    "nested more than {MAX_NESTING} levels deep (parentheses, brackets, CASE)"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Splits a script into statements. Empty statements (only comments or whitespace) are dropped.
+/// Statement boundaries and transaction control come from PostgreSQL's grammar (squawk's
+/// parser) when the script parses; a script it cannot parse (another dialect, or an error the
+/// server will report) is split at every top-level semicolon, so that nothing can hide a
+/// statement from the checks.
+pub fn split_statements(sql: &str) -> Result<Vec<Statement>, SplitError> {
+    check_shape(sql)?;
+    on_parser_stack(|| {
+        let parse = squawk_syntax::SourceFile::parse(sql);
+        if parse.errors().is_empty() {
+            Ok(split_parsed(sql, &parse.tree()))
+        } else {
+            Ok(split_at_semicolons(sql))
+        }
+    })
+}
+
+fn control_of_node(node: &squawk_syntax::SyntaxNode) -> TransactionControl {
+    use SyntaxKind as K;
+    match node.kind() {
+        K::BEGIN => TransactionControl::Begin,
+        K::COMMIT_TRANSACTION => {
+            if node.descendants().any(|n| n.kind() == K::AND_CHAIN) {
+                TransactionControl::Forbidden
+            } else {
+                TransactionControl::Commit
+            }
+        }
+        K::COMMIT_PREPARED
+        | K::ROLLBACK_TRANSACTION
+        | K::ROLLBACK_TO_SAVEPOINT
+        | K::ROLLBACK_PREPARED
+        | K::SAVEPOINT_CREATE
+        | K::RELEASE_SAVEPOINT
+        | K::PREPARE_TRANSACTION => TransactionControl::Forbidden,
+        _ => TransactionControl::None,
+    }
+}
+
+fn split_parsed(sql: &str, tree: &squawk_syntax::SourceFile) -> Vec<Statement> {
+    let mut statements = Vec::new();
+    for stmt in tree.stmts() {
+        let node = stmt.syntax();
+        if node.kind() == SyntaxKind::EMPTY_STMT {
             continue;
         }
+        let range = node.text_range();
+        let start = usize::from(range.start());
+        let text = sql[start..usize::from(range.end())].trim();
+        let text = text.strip_suffix(';').unwrap_or(text).trim_end();
+        if text.is_empty() {
+            continue;
+        }
+        statements.push(Statement {
+            text: text.to_owned(),
+            line: line_of(sql, start),
+            keywords: keywords_of(text),
+            control: control_of_node(node),
+        });
+    }
+    statements
+}
+
+/// Upper-cased leading keywords (up to eight) of a statement's text.
+fn keywords_of(text: &str) -> Vec<String> {
+    let mut keywords = Vec::new();
+    let mut offset = 0usize;
+    for token in tokenize(text) {
+        let len = token.len as usize;
+        let word = &text[offset..offset + len];
+        offset += len;
         if is_trivia(token.kind) {
             continue;
         }
-        if first_line.is_none() {
-            first_line = Some(token_line);
-            first_offset = offset - len;
-        }
-        if token.kind == TokenKind::Ident {
-            let word = text.to_ascii_uppercase();
-            if word == "ATOMIC" && previous_word == "BEGIN" {
-                atomic_depth += 1;
-            } else if word == "END" && atomic_depth > 0 {
-                atomic_depth -= 1;
-            }
-            if keywords.len() < 8 {
-                keywords.push(word.clone());
-            }
-            previous_word = word;
-        } else if keywords.len() < 8 {
-            keywords.push(text.to_owned());
-            previous_word.clear();
+        keywords.push(if token.kind == TokenKind::Ident {
+            word.to_ascii_uppercase()
+        } else {
+            word.to_owned()
+        });
+        if keywords.len() == 8 {
+            break;
         }
     }
-    push_statement(
-        &mut statements,
-        &sql[first_offset.max(start)..],
-        first_line,
-        &mut keywords,
-    );
-    Ok(statements)
+    keywords
 }
 
-fn push_statement(
-    statements: &mut Vec<Statement>,
-    text: &str,
-    first_line: Option<usize>,
-    keywords: &mut Vec<String>,
-) {
-    if let Some(line) = first_line {
-        statements.push(Statement {
-            text: text.trim().to_owned(),
-            line,
-            keywords: std::mem::take(keywords),
-        });
+/// Transaction control from a statement's leading keywords, for scripts the parser does not
+/// accept. Errs on the side of refusing.
+fn control_of_keywords(keywords: &[String]) -> TransactionControl {
+    let word = |i: usize| keywords.get(i).map(String::as_str);
+    match (word(0), word(1)) {
+        (Some("ROLLBACK" | "ABORT" | "SAVEPOINT" | "RELEASE"), _) => TransactionControl::Forbidden,
+        (Some("PREPARE"), Some("TRANSACTION")) => TransactionControl::Forbidden,
+        (Some("COMMIT" | "END"), _) => {
+            let plain = keywords[1..]
+                .iter()
+                .all(|w| matches!(w.as_str(), "WORK" | "TRANSACTION"));
+            if plain {
+                TransactionControl::Commit
+            } else {
+                TransactionControl::Forbidden
+            }
+        }
+        (Some("BEGIN"), None | Some("TRANSACTION" | "WORK" | "ISOLATION" | "READ" | "NOT")) => {
+            TransactionControl::Begin
+        }
+        (Some("START"), Some("TRANSACTION")) => TransactionControl::Begin,
+        _ => TransactionControl::None,
     }
-    keywords.clear();
+}
+
+/// The fallback splitter: every semicolon outside literals, comments and quoted identifiers
+/// ends a statement.
+fn split_at_semicolons(sql: &str) -> Vec<Statement> {
+    let mut statements = Vec::new();
+    let mut offset = 0usize;
+    let mut line = 1usize;
+    let mut first: Option<(usize, usize)> = None;
+    for token in tokenize(sql) {
+        let len = token.len as usize;
+        let text = &sql[offset..offset + len];
+        let token_line = line;
+        line += text.matches('\n').count();
+        offset += len;
+        if token.kind == TokenKind::Semi {
+            if let Some((start, first_line)) = first.take() {
+                push_statement(&mut statements, &sql[start..offset - len], first_line);
+            }
+            continue;
+        }
+        if !is_trivia(token.kind) && first.is_none() {
+            first = Some((offset - len, token_line));
+        }
+    }
+    if let Some((start, first_line)) = first {
+        push_statement(&mut statements, &sql[start..], first_line);
+    }
+    statements
+}
+
+fn push_statement(statements: &mut Vec<Statement>, text: &str, line: usize) {
+    let text = text.trim();
+    let keywords = keywords_of(text);
+    statements.push(Statement {
+        text: text.to_owned(),
+        line,
+        control: control_of_keywords(&keywords),
+        keywords,
+    });
 }
 
 /// A reason the analysis raises a migration's risk.
@@ -237,6 +465,14 @@ fn line_of(sql: &str, offset: usize) -> usize {
 /// Finds operations that destroy data or take long exclusive locks: squawk's PostgreSQL rules,
 /// plus Sluice's own for statements that change every row of a table.
 pub fn analyse(sql: &str, statements: &[Statement]) -> Vec<Finding> {
+    if check_shape(sql).is_err() {
+        // split_statements refuses such a script before it gets here.
+        return Vec::new();
+    }
+    on_parser_stack(|| analyse_parsed(sql, statements))
+}
+
+fn analyse_parsed(sql: &str, statements: &[Statement]) -> Vec<Finding> {
     let parsed = squawk_syntax::SourceFile::parse(sql);
     let mut linter = squawk_linter::Linter::with_default_rules();
     // Sluice runs a script in one transaction (unless a statement refuses one), so an index on
@@ -293,6 +529,7 @@ pub fn effective_risk(declared: Risk, findings: &[Finding]) -> Risk {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     const SEED_BATCH: &str = r#"-- Data migration
 UPDATE users SET email = LOWER(email) WHERE email != LOWER(email);
@@ -346,6 +583,80 @@ END $$;
         assert_eq!(err.line, 1);
     }
 
+    fn problems(sql: &str) -> Vec<(usize, String)> {
+        transaction_control_problems(&split_statements(sql).unwrap())
+    }
+
+    #[test]
+    fn transaction_control_is_read_from_the_parse_tree() {
+        // COMMIT AND CHAIN commits part of the script and opens a new transaction.
+        let found =
+            problems("INSERT INTO a VALUES (1);\nCOMMIT AND CHAIN;\nINSERT INTO b VALUES (2);");
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].0, 2);
+        assert!(problems("SELECT 1;\nROLLBACK AND CHAIN;").len() == 1);
+        // A table alias named begin does not open an atomic body that hides what follows.
+        let found = problems("SELECT * FROM t AS begin;\nROLLBACK;\nDELETE FROM x;");
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].0, 2);
+        let found = problems("SELECT 1 FROM t begin atomic;\nROLLBACK;\nDELETE FROM x;");
+        assert_eq!(found.len(), 1, "{found:?}");
+        let statements =
+            split_statements("SELECT 1 FROM t begin atomic;\nROLLBACK;\nDELETE FROM x;").unwrap();
+        assert_eq!(statements.len(), 3, "{statements:?}");
+        // Every other form.
+        for sql in [
+            "SAVEPOINT s",
+            "RELEASE s",
+            "RELEASE SAVEPOINT s",
+            "ROLLBACK TO SAVEPOINT s",
+            "ABORT",
+            "PREPARE TRANSACTION 'x'",
+            "COMMIT PREPARED 'x'",
+            "ROLLBACK PREPARED 'x'",
+        ] {
+            let found = problems(&format!("SELECT 1;\n{sql};\nSELECT 2;"));
+            assert_eq!(found.len(), 1, "{sql}: {found:?}");
+        }
+        // BEGIN/COMMIT only where they wrap the whole script.
+        assert!(problems("BEGIN;\nCREATE TABLE t (id int);\nCOMMIT;").is_empty());
+        assert!(problems("START TRANSACTION;\nCREATE TABLE t (id int);\nEND;").is_empty());
+        let found = problems(
+            "BEGIN;\nINSERT INTO a VALUES (1);\nCOMMIT;\nBEGIN;\nINSERT INTO b VALUES (2);\nCOMMIT;",
+        );
+        assert_eq!(
+            found.iter().map(|p| p.0).collect::<Vec<_>>(),
+            [3, 4],
+            "{found:?}"
+        );
+        // Inside strings, comments, dollar quotes and function bodies they are just text.
+        assert!(problems("SELECT 'ROLLBACK; COMMIT AND CHAIN';\n/* ; ROLLBACK; */ SELECT 2;\n-- ROLLBACK;\nSELECT $$ ; ROLLBACK; $$;\nDO $$ BEGIN PERFORM 1; END $$;").is_empty());
+    }
+
+    #[test]
+    fn deep_nesting_and_long_operator_chains_are_refused_before_parsing() {
+        let deep = format!("SELECT {}1{};", "(".repeat(10_000), ")".repeat(10_000));
+        let e = split_statements(&deep).unwrap_err();
+        assert!(e.message.contains("nested more than 500"), "{e}");
+        let fine = format!("SELECT {}1{};", "(".repeat(400), ")".repeat(400));
+        assert_eq!(split_statements(&fine).unwrap().len(), 1);
+        let chain = format!("SELECT 1{};", "+1".repeat(5_000));
+        let e = split_statements(&chain).unwrap_err();
+        assert!(e.message.contains("operators in a row"), "{e}");
+        let nots = format!("SELECT {}true;", "NOT ".repeat(10_000));
+        assert!(split_statements(&nots).is_err());
+        let cases = format!(
+            "SELECT {}1{};",
+            "CASE WHEN true THEN ".repeat(1_000),
+            " END".repeat(1_000)
+        );
+        assert!(split_statements(&cases).is_err());
+        // Many rows of a big INSERT are no chain.
+        let rows: Vec<String> = (0..5_000).map(|i| format!("({i}, 'x' || 'y')")).collect();
+        let insert = format!("INSERT INTO t VALUES {};", rows.join(", "));
+        assert_eq!(split_statements(&insert).unwrap().len(), 1);
+    }
+
     #[test]
     fn classifies_transaction_needs() {
         let statements = split_statements(
@@ -373,6 +684,62 @@ END $$;
                 (false, false, true),
             ]
         );
+    }
+
+    fn decoy() -> impl Strategy<Value = String> {
+        proptest::sample::select(vec![
+            "SELECT 1".to_owned(),
+            "INSERT INTO t VALUES ('a;b')".into(),
+            "SELECT * FROM t AS begin".into(),
+            "SELECT 1 FROM t begin".into(),
+            "SELECT 'COMMIT; ROLLBACK'".into(),
+            "SELECT $$ ; ROLLBACK; $$".into(),
+            "SELECT $x$ ; COMMIT AND CHAIN; $x$".into(),
+            "/* ; ROLLBACK; */ SELECT 2".into(),
+            "-- ROLLBACK;\nSELECT 3".into(),
+            "SELECT \"commit\", \"rollback;\" FROM t".into(),
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; END".into(),
+            "DO $$ BEGIN RAISE NOTICE 'ROLLBACK;'; END $$".into(),
+            "UPDATE t SET note = E'\\'; ROLLBACK; --' WHERE id = 1".into(),
+        ])
+    }
+
+    fn control() -> impl Strategy<Value = String> {
+        proptest::sample::select(vec![
+            "ROLLBACK".to_owned(),
+            "rollback work".into(),
+            "ABORT".into(),
+            "COMMIT AND CHAIN".into(),
+            "commit\n  and   chain".into(),
+            "ROLLBACK AND CHAIN".into(),
+            "SAVEPOINT s".into(),
+            "RELEASE s".into(),
+            "ROLLBACK TO s".into(),
+            "PREPARE TRANSACTION 'p'".into(),
+            "COMMIT PREPARED 'p'".into(),
+            "/* x */ ROLLBACK".into(),
+        ])
+    }
+
+    proptest! {
+        /// No script whose transaction-control statement is surrounded by aliases, comments,
+        /// strings or dollar quotes gets through; and those decoys alone never cause a refusal.
+        #[test]
+        fn hidden_transaction_control_never_gets_through(
+            before in proptest::collection::vec(decoy(), 0..4),
+            after in proptest::collection::vec(decoy(), 0..4),
+            hidden in proptest::option::of(control()),
+        ) {
+            let mut parts = before.clone();
+            if let Some(c) = &hidden {
+                parts.push(c.clone());
+            }
+            parts.extend(after.iter().cloned());
+            let sql = parts.join(";\n");
+            let statements = split_statements(&sql).unwrap();
+            let refused = !transaction_control_problems(&statements).is_empty();
+            prop_assert_eq!(refused, hidden.is_some(), "{}", sql);
+        }
     }
 
     #[test]

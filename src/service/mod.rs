@@ -308,13 +308,12 @@ pub fn check_script(field: &str, sql: &str) -> Result<Vec<lint::Statement>> {
             "{field}: the script has no SQL statement"
         )));
     }
-    if let Some(s) = statements
-        .iter()
-        .find(|s| s.is_forbidden_transaction_control())
+    if let Some((line, problem)) = lint::transaction_control_problems(&statements)
+        .into_iter()
+        .next()
     {
         return Err(ServiceError::Invalid(format!(
-            "{field}: line {}: \"{}\" is not allowed in a migration; Sluice runs each script in its own transaction",
-            s.line, s.text
+            "{field}: line {line}: {problem}"
         )));
     }
     Ok(statements)

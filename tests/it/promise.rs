@@ -441,3 +441,47 @@ async fn credentials_in_a_target_url_are_never_shown() {
     assert!(!all.to_string().contains("hunter"));
     app.stop().await;
 }
+
+/// Hidden transaction control and a script built to overflow the parser's stack: both get a
+/// 422 naming the line, and the daemon keeps answering.
+#[tokio::test]
+async fn hostile_scripts_are_refused_and_the_daemon_survives() {
+    let app = spawn_app_with(no_workers()).await;
+    for (up, line) in [
+        (
+            "INSERT INTO a VALUES (1);\nCOMMIT AND CHAIN;\nINSERT INTO b VALUES (2);".to_owned(),
+            2,
+        ),
+        (
+            "SELECT * FROM t AS begin;\nROLLBACK;\nDELETE FROM x;".to_owned(),
+            2,
+        ),
+        (
+            format!(
+                "SELECT 1;\nSELECT {}1{};",
+                "(".repeat(10_000),
+                ")".repeat(10_000)
+            ),
+            2,
+        ),
+    ] {
+        let (status, body) = app
+            .post(
+                "dev",
+                "/api/v1/migrations",
+                migration("hostile", "low", &up, None),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with(&format!("up_sql: line {line}:")),
+            "{message}"
+        );
+    }
+    let (status, _) = app.get("dev", "/api/v1/migrations").await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, list) = app.get("dev", "/api/v1/migrations").await;
+    assert_eq!(list.as_array().map(Vec::len), Some(0), "{list}");
+    app.stop().await;
+}
