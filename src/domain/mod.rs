@@ -8,6 +8,7 @@ pub mod freeze;
 mod ids;
 mod policy;
 mod state;
+pub mod text;
 
 pub use ids::{EnvironmentName, MigrationId, UserName, slugify};
 pub use policy::{ApprovalPolicy, ApprovalRecord, ApprovalRequest, PolicyProgress, check_approval};
@@ -31,7 +32,9 @@ pub enum DomainError {
 
 /// The roles of the approval matrix and of the operator permissions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+// Deserialized through FromStr, so that a value of the wrong type (`"risk": 5`) is a data
+// error naming what is allowed, not a syntax error.
+#[serde(rename_all = "snake_case", try_from = "String")]
 pub enum Role {
     Developer,
     DataOps,
@@ -94,7 +97,9 @@ impl FromStr for Role {
 
 /// Declared or analysed risk of a migration. Ordered: low < medium < high.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+// Deserialized through FromStr, so that a value of the wrong type (`"risk": 5`) is a data
+// error naming what is allowed, not a syntax error.
+#[serde(rename_all = "lowercase", try_from = "String")]
 pub enum Risk {
     Low,
     Medium,
@@ -134,7 +139,9 @@ impl fmt::Display for Risk {
 
 /// What sort of change a migration is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+// Deserialized through FromStr, so that a value of the wrong type (`"risk": 5`) is a data
+// error naming what is allowed, not a syntax error.
+#[serde(rename_all = "snake_case", try_from = "String")]
 pub enum MigrationKind {
     SchemaChange,
     DataMigration,
@@ -237,6 +244,27 @@ pub struct StartFacts<'a> {
     pub frozen: Option<(String, String)>,
     /// An emergency override skips the promotion-order rule and freeze windows.
     pub emergency: bool,
+}
+
+impl TryFrom<String> for Role {
+    type Error = DomainError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        value.parse()
+    }
+}
+
+impl TryFrom<String> for Risk {
+    type Error = DomainError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        value.parse()
+    }
+}
+
+impl TryFrom<String> for MigrationKind {
+    type Error = DomainError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        value.parse()
+    }
 }
 
 #[cfg(test)]

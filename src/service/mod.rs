@@ -394,8 +394,35 @@ impl Service {
     // ----- submission -----
 
     pub async fn submit(&self, caller: &Caller, request: SubmitRequest) -> Result<MigrationView> {
+        use domain::text;
+        text::field("description", &request.description, text::DESCRIPTION)?;
+        text::field("ticket", &request.ticket, text::TICKET)?;
+        text::field(
+            "estimated_duration",
+            &request.estimated_duration,
+            text::DURATION,
+        )?;
+        text::script("up_sql", &request.up_sql)?;
+        if let Some(down) = &request.down_sql {
+            text::script("down_sql", down)?;
+        }
+        if request.depends_on.len() > text::DEPENDENCIES {
+            return Err(ServiceError::Invalid(format!(
+                "depends_on: {} entries; at most {}",
+                request.depends_on.len(),
+                text::DEPENDENCIES
+            )));
+        }
+        for (i, dependency) in request.depends_on.iter().enumerate() {
+            text::field(&format!("depends_on[{i}]"), dependency, text::NAME)?;
+            if let Some(first) = request.depends_on[..i].iter().position(|d| d == dependency) {
+                return Err(ServiceError::Invalid(format!(
+                    "depends_on[{i}]: \"{dependency}\" is already named at depends_on[{first}]"
+                )));
+            }
+        }
         let description = request.description.trim();
-        if description.is_empty() || description.len() > 500 {
+        if description.is_empty() {
             return Err(ServiceError::Invalid(
                 "description: must be 1 to 500 characters".into(),
             ));
@@ -594,6 +621,10 @@ impl Service {
         comment: &str,
         reviewed_checksum: Option<&str>,
     ) -> Result<DeploymentView> {
+        domain::text::field("comment", comment, domain::text::COMMENT)?;
+        if let Some(checksum) = reviewed_checksum {
+            domain::text::field("checksum", checksum, domain::text::NAME)?;
+        }
         let at = self.now();
         let mut tx = self.store.begin().await?;
         let (mut deployment, migration) = self.load_for_change(&mut tx, deployment_id).await?;
@@ -692,6 +723,7 @@ impl Service {
         deployment_id: &str,
         reason: &str,
     ) -> Result<DeploymentView> {
+        domain::text::field("reason", reason, domain::text::REASON)?;
         let at = self.now();
         let mut tx = self.store.begin().await?;
         let (mut deployment, migration) = self.load_for_change(&mut tx, deployment_id).await?;
@@ -785,6 +817,11 @@ impl Service {
         request: AmendRequest,
     ) -> Result<MigrationView> {
         let parsed: MigrationId = migration_id.parse()?;
+        domain::text::script("up_sql", &request.up_sql)?;
+        if let Some(down) = &request.down_sql {
+            domain::text::script("down_sql", down)?;
+        }
+        domain::text::field("reason", &request.reason, domain::text::REASON)?;
         let at = self.now();
         let mut tx = self.store.begin().await?;
         let mut migration = self
@@ -956,6 +993,7 @@ impl Service {
         deployment_id: &str,
         comment: &str,
     ) -> Result<DeploymentView> {
+        domain::text::field("comment", comment, domain::text::COMMENT)?;
         if comment.trim().is_empty() {
             return Err(ServiceError::Invalid(
                 "comment: say why the deployment is rejected".into(),
@@ -986,6 +1024,7 @@ impl Service {
         deployment_id: &str,
         reason: &str,
     ) -> Result<DeploymentView> {
+        domain::text::field("reason", reason, domain::text::REASON)?;
         self.transition(
             caller,
             deployment_id,
@@ -1032,6 +1071,7 @@ impl Service {
         deployment_id: &str,
         reason: &str,
     ) -> Result<DeploymentView> {
+        domain::text::field("reason", reason, domain::text::REASON)?;
         let at = self.now();
         let mut tx = self.store.begin().await?;
         let (mut deployment, migration) = self.load_for_change(&mut tx, deployment_id).await?;
@@ -1105,6 +1145,7 @@ impl Service {
     ) -> Result<EnvironmentStatus> {
         let env = self.environment(environment)?;
         self.require_operator(caller, env, "lock")?;
+        domain::text::field("reason", reason, domain::text::REASON)?;
         if reason.trim().is_empty() {
             return Err(ServiceError::Invalid(
                 "reason: say why the environment is locked".into(),
@@ -1484,6 +1525,15 @@ impl Service {
     }
 
     pub async fn audit_trail(&self, filter: AuditFilter) -> Result<Vec<AuditView>> {
+        for (name, value) in [
+            ("environment", &filter.environment),
+            ("migration_id", &filter.migration_id),
+            ("actor", &filter.actor),
+        ] {
+            if let Some(value) = value {
+                domain::text::field(name, value, domain::text::NAME)?;
+            }
+        }
         if let Some(env) = &filter.environment {
             self.environment(env)?;
         }

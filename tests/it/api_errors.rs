@@ -126,3 +126,118 @@ async fn bad_requests_are_named_and_change_nothing() {
     assert_eq!(audit, json!([]));
     app.stop().await;
 }
+
+/// A NUL byte in any text field gave 500 on the PostgreSQL store; no field had a length limit.
+/// Each is now a 422 naming the field, and nothing is stored.
+#[tokio::test]
+async fn nul_bytes_and_oversized_fields_are_refused_naming_the_field() {
+    let app = crate::harness::spawn_app_with(crate::harness::AppOptions {
+        background_workers: false,
+        ..Default::default()
+    })
+    .await;
+    for (field, value) in [
+        ("description", json!("add\u{0}table")),
+        ("ticket", json!("PROJ-\u{0}1")),
+        ("up_sql", json!("SELECT 1; -- \u{0}")),
+        ("down_sql", json!("SELECT '\u{0}';")),
+        ("ticket", json!("T".repeat(900_000))),
+        ("depends_on", json!(vec!["001_20260101_000000_x"; 20_000])),
+    ] {
+        let mut body = migration("x", "low", "SELECT 1;", None);
+        body[field] = value;
+        let (status, answer) = app.post("dev", "/api/v1/migrations", body).await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{field}: {answer}"
+        );
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with(field),
+            "{field}: {answer}"
+        );
+    }
+    // A number where a risk belongs names the field.
+    let mut body = migration("x", "low", "SELECT 1;", None);
+    body["risk"] = json!(5);
+    let (status, answer) = app.post("dev", "/api/v1/migrations", body).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("risk"),
+        "{answer}"
+    );
+    let id = app
+        .submit("dev", migration("fine", "low", "SELECT 1;", None))
+        .await;
+    let staging = format!("{id}@staging");
+    for (user, path, body, field) in [
+        (
+            "ops1",
+            format!("/api/v1/deployments/{staging}/approvals"),
+            json!({"role": "data_ops", "comment": "ok\u{0}"}),
+            "comment",
+        ),
+        (
+            "ops1",
+            format!("/api/v1/deployments/{staging}/reject"),
+            json!({"comment": "no\u{0}"}),
+            "comment",
+        ),
+        (
+            "dev",
+            format!("/api/v1/deployments/{staging}/cancel"),
+            json!({"reason": "r".repeat(10_000)}),
+            "reason",
+        ),
+        (
+            "lead",
+            format!("/api/v1/deployments/{id}@production/override"),
+            json!({"reason": "outage\u{0}"}),
+            "reason",
+        ),
+        (
+            "ops1",
+            "/api/v1/environments/staging/lock".to_owned(),
+            json!({"reason": "x".repeat(10_000)}),
+            "reason",
+        ),
+    ] {
+        let (status, answer) = app.post(user, &path, body).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{path}: {answer}");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with(field),
+            "{path}: {answer}"
+        );
+    }
+    let (status, answer) = app.get("admin", "/api/v1/audit?actor=a%00b").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    // Nothing was stored or changed.
+    let d = app.deployment(&staging).await;
+    assert_eq!(d["state"], "awaiting_approval");
+    assert_eq!(d["approvals"], json!([]));
+    let (_, list) = app.get("dev", "/api/v1/migrations").await;
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    // gRPC: INVALID_ARGUMENT.
+    let mut client = app.grpc().await;
+    let refused = client
+        .reject(app.grpc_request(
+            "ops1",
+            sluice::api::grpc::pb::RejectRequest {
+                deployment_id: staging.clone(),
+                comment: "bad\u{0}".into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    app.stop().await;
+}

@@ -1,0 +1,70 @@
+//! Limits on what callers may store as text: no NUL byte (PostgreSQL cannot store one in TEXT),
+//! and a length bound per field so that a caller cannot fill the store with one request.
+
+use super::DomainError;
+
+/// Longest description, in characters.
+pub const DESCRIPTION: usize = 500;
+/// Longest ticket reference.
+pub const TICKET: usize = 200;
+/// Longest estimated duration ("1h30m").
+pub const DURATION: usize = 32;
+/// Longest approval or rejection comment.
+pub const COMMENT: usize = 4_000;
+/// Longest reason (cancel, rollback, override, lock, amend).
+pub const REASON: usize = 1_000;
+/// Longest script, in bytes (the REST body limit is 1 MiB as well).
+pub const SCRIPT_BYTES: usize = 1024 * 1024;
+/// Most dependencies one migration may name.
+pub const DEPENDENCIES: usize = 100;
+/// Longest filter or name in a query.
+pub const NAME: usize = 200;
+
+/// Checks one caller-supplied text field: no NUL byte, at most `max_chars` characters. The
+/// error names the field.
+pub fn field(name: &str, value: &str, max_chars: usize) -> Result<(), DomainError> {
+    if let Some(position) = value.find('\0') {
+        return Err(DomainError::Invalid(format!(
+            "{name}: contains a NUL byte (at byte {position}), which cannot be stored; remove it"
+        )));
+    }
+    let length = value.chars().count();
+    if length > max_chars {
+        return Err(DomainError::Invalid(format!(
+            "{name}: {length} characters is too long; at most {max_chars}"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a script: no NUL byte, at most `SCRIPT_BYTES`.
+pub fn script(name: &str, value: &str) -> Result<(), DomainError> {
+    if value.len() > SCRIPT_BYTES {
+        return Err(DomainError::Invalid(format!(
+            "{name}: {} bytes is too long; at most {SCRIPT_BYTES} (1 MiB)",
+            value.len()
+        )));
+    }
+    field(name, value, usize::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nul_bytes_and_lengths_are_named() {
+        assert!(field("ticket", "PROJ-1", TICKET).is_ok());
+        assert_eq!(
+            field("comment", "ok\0", COMMENT).unwrap_err().to_string(),
+            "comment: contains a NUL byte (at byte 2), which cannot be stored; remove it"
+        );
+        let long = "é".repeat(REASON + 1);
+        assert_eq!(
+            field("reason", &long, REASON).unwrap_err().to_string(),
+            "reason: 1001 characters is too long; at most 1000"
+        );
+        assert!(field("reason", &"é".repeat(REASON), REASON).is_ok());
+        assert!(script("up_sql", &"x".repeat(SCRIPT_BYTES + 1)).is_err());
+    }
+}
