@@ -136,13 +136,19 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
     })
 }
 
-/// Reloads users.yml on SIGHUP and whenever the file changes (checked every few seconds), so
-/// that adding a user or rotating a token needs no restart. A file with an error is reported and
-/// the users in force stay.
+/// Reloads users.yml on SIGHUP and whenever the file's content changes (its SHA-256 is checked
+/// every few seconds; a modification time can be set back, a hash cannot), so that adding a
+/// user, removing one or rotating a token needs no restart. A file with an error is reported
+/// and the users in force stay.
 async fn watch_users(service: Service, cancel: CancellationToken) {
     let path = service.config.config_dir.join("users.yml");
-    let modified = |path: &std::path::Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
-    let mut seen = modified(&path);
+    let fingerprint = |path: &std::path::Path| {
+        use sha2::{Digest, Sha256};
+        std::fs::read(path)
+            .ok()
+            .map(|bytes| Sha256::digest(&bytes).to_vec())
+    };
+    let mut seen = fingerprint(&path);
     #[cfg(unix)]
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     loop {
@@ -162,7 +168,7 @@ async fn watch_users(service: Service, cancel: CancellationToken) {
             _ = signalled => true,
             _ = tokio::time::sleep(Duration::from_secs(3)) => false,
         };
-        let now = modified(&path);
+        let now = fingerprint(&path);
         if !forced && now == seen {
             continue;
         }

@@ -561,29 +561,33 @@ struct UrlParts {
     database: String,
 }
 
-/// mysql://user:password@host:port/database
+/// mysql://user:password@host:port/database, parsed as a URL: user, password and database
+/// are percent-decoded (a password with `@`, `:` or `/` in it is written percent-encoded in
+/// the URL, and the dump program must get it as it is).
 fn url_parts(url: &str) -> Option<UrlParts> {
-    let rest = url.strip_prefix("mysql://")?;
-    let (authority, path) = rest.split_once('/')?;
-    let database = path.split('?').next()?.to_owned();
-    let (credentials, hostport) = match authority.rsplit_once('@') {
-        Some((c, h)) => (Some(c), h),
-        None => (None, authority),
+    let parsed = url::Url::parse(url).ok()?;
+    if parsed.scheme() != "mysql" {
+        return None;
+    }
+    let decode = |text: &str| {
+        percent_encoding::percent_decode_str(text)
+            .decode_utf8()
+            .ok()
+            .map(|t| t.into_owned())
     };
-    let (user, password) = match credentials {
-        Some(c) => match c.split_once(':') {
-            Some((u, p)) => (u.to_owned(), Some(p.to_owned())),
-            None => (c.to_owned(), None),
-        },
-        None => ("root".to_owned(), None),
+    let user = if parsed.username().is_empty() {
+        "root".to_owned()
+    } else {
+        decode(parsed.username())?
     };
-    let (host, port) = match hostport.rsplit_once(':') {
-        Some((h, p)) => (h.to_owned(), p.parse().ok()?),
-        None => (hostport.to_owned(), 3306),
+    let password = match parsed.password() {
+        Some(p) => Some(decode(p)?),
+        None => None,
     };
+    let database = decode(parsed.path().trim_start_matches('/'))?;
     Some(UrlParts {
-        host,
-        port,
+        host: parsed.host_str()?.trim_matches(['[', ']']).to_owned(),
+        port: parsed.port().unwrap_or(3306),
         user,
         password,
         database,
@@ -609,5 +613,12 @@ mod tests {
         );
         let p = url_parts("mysql://root@127.0.0.1/test").unwrap();
         assert_eq!((p.port, p.password), (3306, None));
+        // Percent-encoded credentials reach the dump program decoded.
+        let p = url_parts("mysql://mig%40rator:p%40ss%3Aw%2Frd@db:3306/my%5Fapp?ssl-mode=DISABLED")
+            .unwrap();
+        assert_eq!(
+            (p.user.as_str(), p.password.as_deref(), p.database.as_str()),
+            ("mig@rator", Some("p@ss:w/rd"), "my_app")
+        );
     }
 }

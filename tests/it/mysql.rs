@@ -215,3 +215,61 @@ async fn the_statement_timeout_reaches_mariadb() {
     );
     app.stop().await;
 }
+
+/// A password with `@`, `:` and `/` is written percent-encoded in the URL: the connection
+/// decoded it but the backup handed it to mysqldump encoded ("access denied"), and the
+/// deployment stayed queued.
+#[tokio::test]
+async fn a_percent_encoded_password_reaches_the_backup_program_decoded() {
+    let mut admin = crate::harness::TestMySqlDatabase::create("pctsetup")
+        .await
+        .connect()
+        .await;
+    for sql in [
+        "CREATE USER IF NOT EXISTS 'sluice_pct'@'%' IDENTIFIED BY 'p@ss:w/rd'",
+        "CREATE USER IF NOT EXISTS 'sluice_pct'@'localhost' IDENTIFIED BY 'p@ss:w/rd'",
+        "GRANT ALL PRIVILEGES ON *.* TO 'sluice_pct'@'%'",
+        "GRANT ALL PRIVILEGES ON *.* TO 'sluice_pct'@'localhost'",
+    ] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    }
+    let app = spawn_app_with(AppOptions {
+        edit_config: Some(|config| {
+            let staging = &mut config.environments[1];
+            let url = staging.url.expose().replacen(
+                "mysql://root@",
+                "mysql://sluice_pct:p%40ss%3Aw%2Frd@",
+                1,
+            );
+            assert!(url.contains("sluice_pct"), "{url}");
+            staging.url = sluice::config::Secret::new(url);
+        }),
+        ..options()
+    })
+    .await;
+    let id = app
+        .submit(
+            "dev",
+            migration("pct", "low", "CREATE TABLE pct (id INT);", None),
+        )
+        .await;
+    app.run_worker("development").await;
+    app.approve("ops1", &format!("{id}@staging"), "data_ops")
+        .await;
+    app.approve("ops2", &format!("{id}@staging"), "data_ops")
+        .await;
+    let outcome = app.run_worker("staging").await;
+    let d = app.deployment(&format!("{id}@staging")).await;
+    assert_eq!(d["state"], "applied", "{outcome:?} {d}");
+    assert!(
+        d["log"].as_array().unwrap().iter().any(|l| l["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("backup taken before this run")),
+        "{d}"
+    );
+    app.stop().await;
+}

@@ -591,3 +591,52 @@ async fn a_freeze_window_starts_nothing_but_emergency_overrides() {
     );
     app.stop().await;
 }
+
+/// users.yml replaced by a file with a removed user but the old modification time: the removed
+/// user's token stopped working only at SIGHUP. The content is what counts.
+#[tokio::test]
+async fn a_removed_user_loses_access_even_when_the_file_keeps_its_old_mtime() {
+    let app = spawn_app_with(AppOptions {
+        background_workers: false,
+        ..AppOptions::default()
+    })
+    .await;
+    let (status, _) = app.get("ops2", "/api/v1/environments").await;
+    assert_eq!(status, StatusCode::OK);
+    let path = app.config.config_dir.join("users.yml");
+    let before = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut kept = Vec::new();
+    let mut skipping = false;
+    for line in text.lines() {
+        if line.starts_with("  - name: ") {
+            skipping = line == "  - name: ops2";
+        }
+        if !skipping {
+            kept.push(line);
+        }
+    }
+    std::fs::write(&path, kept.join("\n") + "\n").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(before)
+        .unwrap();
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().modified().unwrap(),
+        before
+    );
+    let mut status = StatusCode::OK;
+    for _ in 0..80 {
+        status = app.get("ops2", "/api/v1/environments").await.0;
+        if status == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = app.get("ops1", "/api/v1/environments").await;
+    assert_eq!(status, StatusCode::OK);
+    app.stop().await;
+}
