@@ -40,6 +40,23 @@ pub struct Cli {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DialectArg {
+    Postgres,
+    Mysql,
+    Both,
+}
+
+impl From<DialectArg> for crate::lint::Dialect {
+    fn from(d: DialectArg) -> Self {
+        match d {
+            DialectArg::Postgres => crate::lint::Dialect::Postgres,
+            DialectArg::Mysql => crate::lint::Dialect::MySql,
+            DialectArg::Both => crate::lint::Dialect::Both,
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Output {
     Table,
     Json,
@@ -110,6 +127,10 @@ enum Command {
     Validate {
         #[arg(required = true)]
         scripts: Vec<PathBuf>,
+        /// The SQL the target databases speak: decides the risk analysis (mysql covers MariaDB;
+        /// both when environments of the two kinds take the scripts).
+        #[arg(long, value_enum, default_value = "postgres")]
+        dialect: DialectArg,
     },
     /// Approve a migration in the role given (the approver must be the token's user).
     Approve {
@@ -413,7 +434,7 @@ async fn run(cli: Cli) -> CliResult {
             clap_complete::generate(shell, &mut Cli::command(), "sluice", &mut std::io::stdout());
             Ok(())
         }
-        Command::Validate { scripts } => validate(&scripts, output),
+        Command::Validate { scripts, dialect } => validate(&scripts, dialect.into(), output),
         Command::New {
             kind,
             description,
@@ -450,10 +471,10 @@ fn new_token(user: &str, roles: &[String]) -> CliResult {
     Ok(())
 }
 
-fn validate(paths: &[PathBuf], output: Output) -> CliResult {
+fn validate(paths: &[PathBuf], dialect: crate::lint::Dialect, output: Output) -> CliResult {
     let mut all = Vec::new();
     for path in paths {
-        let problems = scripts::validate_file(path);
+        let problems = scripts::validate_file(path, dialect);
         if output == Output::Table {
             if problems.is_empty() {
                 println!("{}: ok", path.display());

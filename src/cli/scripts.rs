@@ -207,7 +207,7 @@ const ROLLBACK_TEMPLATE: &str = "DROP TABLE IF EXISTS example_table;\n";
 
 /// Checks one script file without a daemon: header, lexing, forbidden statements, findings.
 /// Returns the problems (errors and findings), each with its line.
-pub fn validate_file(path: &Path) -> Vec<Problem> {
+pub fn validate_file(path: &Path, dialect: crate::lint::Dialect) -> Vec<Problem> {
     let at = |line: usize, message: String| Problem {
         path: path.to_owned(),
         line,
@@ -234,7 +234,7 @@ pub fn validate_file(path: &Path) -> Vec<Problem> {
             for (line, problem) in crate::lint::transaction_control_problems(&statements) {
                 problems.push(at(line, problem));
             }
-            let findings = crate::lint::analyse(&text, &statements);
+            let findings = crate::lint::analyse(&text, &statements, dialect);
             let declared = header.as_ref().map(|h| h.risk);
             for finding in findings {
                 let note = match declared {
@@ -296,9 +296,9 @@ mod tests {
         assert_eq!(header.author.as_deref(), Some("john.doe"));
         assert_eq!(rollback_path(&second, &header), rollback);
         assert!(
-            validate_file(&second).is_empty(),
+            validate_file(&second, crate::lint::Dialect::Postgres).is_empty(),
             "{:?}",
-            validate_file(&second)
+            validate_file(&second, crate::lint::Dialect::Postgres)
         );
         let _ = std::fs::remove_dir_all(&root);
     }
@@ -313,12 +313,18 @@ mod tests {
             "-- Type: HOTFIX\n-- Description: x\n-- Risk: LOW\n-- Ticket: T-1\nUPDATE t SET a = 1;\nROLLBACK;\n",
         )
         .unwrap();
-        let problems: Vec<String> = validate_file(&path).iter().map(|p| p.to_string()).collect();
+        let problems: Vec<String> = validate_file(&path, crate::lint::Dialect::Postgres)
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems[0].ends_with("bad.sql:6: \"ROLLBACK\" is not allowed in a migration: it would end or split the transaction Sluice runs the script in"), "{problems:?}");
         assert!(problems[1].contains("bad.sql:5: HIGH risk"), "{problems:?}");
         std::fs::write(&path, "SELECT 1;\n").unwrap();
-        let problems: Vec<String> = validate_file(&path).iter().map(|p| p.to_string()).collect();
+        let problems: Vec<String> = validate_file(&path, crate::lint::Dialect::Postgres)
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
         assert!(problems[0].contains("Type"), "{problems:?}");
         let _ = std::fs::remove_dir_all(&root);
     }

@@ -462,17 +462,50 @@ fn line_of(sql: &str, offset: usize) -> usize {
     sql[..offset.min(sql.len())].matches('\n').count() + 1
 }
 
-/// Finds operations that destroy data or take long exclusive locks: squawk's PostgreSQL rules,
-/// plus Sluice's own for statements that change every row of a table.
-pub fn analyse(sql: &str, statements: &[Statement]) -> Vec<Finding> {
+/// Which SQL the targets speak: decides which analysis a script gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Postgres,
+    MySql,
+    /// Environments of both kinds: both analyses, the higher risk wins.
+    Both,
+}
+
+/// Finds operations that destroy data or take long exclusive locks. PostgreSQL: squawk's rules
+/// on its parse tree, plus Sluice's own (statements that change every row, dynamic SQL).
+/// MySQL/MariaDB: the `sqlparser` crate's MySQL grammar (backticks, `#` comments), with no
+/// PostgreSQL-only advice (CONCURRENTLY, NOT VALID).
+pub fn analyse(sql: &str, statements: &[Statement], dialect: Dialect) -> Vec<Finding> {
     if check_shape(sql).is_err() {
         // split_statements refuses such a script before it gets here.
         return Vec::new();
     }
-    on_parser_stack(|| analyse_parsed(sql, statements))
+    on_parser_stack(|| {
+        let mut findings = match dialect {
+            Dialect::Postgres => analyse_postgres(sql, statements),
+            Dialect::MySql => analyse_mysql(statements),
+            Dialect::Both => {
+                let mut both = analyse_postgres(sql, statements);
+                both.extend(analyse_mysql(statements));
+                both
+            }
+        };
+        findings.sort_by(|a, b| (a.line, &a.rule, &a.message).cmp(&(b.line, &b.rule, &b.message)));
+        findings.dedup_by(|a, b| a.line == b.line && a.message == b.message);
+        findings
+    })
 }
 
-fn analyse_parsed(sql: &str, statements: &[Statement]) -> Vec<Finding> {
+fn high(line: usize, message: impl Into<String>) -> Finding {
+    Finding {
+        line,
+        risk: Risk::High,
+        rule: "sluice".into(),
+        message: message.into(),
+    }
+}
+
+fn analyse_postgres(sql: &str, statements: &[Statement]) -> Vec<Finding> {
     let parsed = squawk_syntax::SourceFile::parse(sql);
     let mut linter = squawk_linter::Linter::with_default_rules();
     // Sluice runs a script in one transaction (unless a statement refuses one), so an index on
@@ -497,24 +530,300 @@ fn analyse_parsed(sql: &str, statements: &[Statement]) -> Vec<Finding> {
             })
         })
         .collect();
-    for statement in statements {
-        let message = if statement.starts_with(&["TRUNCATE"]) {
-            "truncates a table"
-        } else if (statement.starts_with(&["DELETE"]) || statement.starts_with(&["UPDATE"]))
-            && !statement.text.to_ascii_uppercase().contains("WHERE")
-        {
-            "changes every row of a table (no WHERE clause)"
-        } else {
-            continue;
-        };
-        findings.push(Finding {
-            line: statement.line,
-            risk: Risk::High,
-            rule: "sluice".into(),
-            message: message.into(),
-        });
+    findings.extend(tree_findings(sql, &parsed.tree()));
+    if !parsed.errors().is_empty() {
+        // Not all of it parsed: the statements' own tokens are read as well.
+        findings.extend(statements.iter().filter_map(token_finding));
     }
-    findings.sort_by_key(|f| f.line);
+    findings
+}
+
+/// Sluice's own checks on PostgreSQL's parse tree, wherever the statement sits (a DELETE in a
+/// CTE counts): DELETE/UPDATE with no WHERE clause or one that names no column, TRUNCATE, and
+/// DO blocks or functions that run dynamic SQL or truncate or drop.
+fn tree_findings(sql: &str, tree: &squawk_syntax::SourceFile) -> Vec<Finding> {
+    use SyntaxKind as K;
+    let mut findings = Vec::new();
+    for node in tree.syntax().descendants() {
+        let line = line_of(sql, usize::from(node.text_range().start()));
+        match node.kind() {
+            K::DELETE | K::UPDATE => {
+                // A body of a function is not run by defining it.
+                if node
+                    .ancestors()
+                    .skip(1)
+                    .any(|a| matches!(a.kind(), K::CREATE_FUNCTION | K::CREATE_PROCEDURE))
+                {
+                    continue;
+                }
+                let verb = if node.kind() == K::DELETE {
+                    "deletes"
+                } else {
+                    "changes"
+                };
+                let condition = node
+                    .children()
+                    .find(|c| matches!(c.kind(), K::WHERE_CLAUSE | K::WHERE_CURRENT_OF));
+                match condition {
+                    None => findings.push(high(
+                        line,
+                        format!("{verb} every row of a table (no WHERE clause)"),
+                    )),
+                    Some(clause)
+                        if clause.kind() == K::WHERE_CLAUSE
+                            && !clause.descendants().any(|d| d.kind() == K::NAME_REF) =>
+                    {
+                        findings.push(high(
+                            line,
+                            format!(
+                                "{verb} every row of a table or none (the WHERE clause names no column: \"{}\")",
+                                excerpt(clause.text().to_string().trim())
+                            ),
+                        ))
+                    }
+                    Some(_) => {}
+                }
+            }
+            K::TRUNCATE => findings.push(high(line, "truncates a table")),
+            K::DO | K::CREATE_FUNCTION | K::CREATE_PROCEDURE => {
+                let place = if node.kind() == K::DO {
+                    "a DO block"
+                } else {
+                    "a function body"
+                };
+                for token in node
+                    .descendants_with_tokens()
+                    .filter_map(|element| element.into_token())
+                    .filter(|t| matches!(t.kind(), K::DOLLAR_QUOTED_STRING | K::STRING))
+                {
+                    let words = body_words(token.text());
+                    if words.iter().any(|w| w == "EXECUTE") {
+                        findings.push(high(
+                            line,
+                            format!("{place} runs dynamic SQL (EXECUTE), which Sluice cannot analyse: a reviewer must read what it builds"),
+                        ));
+                    } else if let Some(word) = words
+                        .iter()
+                        .find(|w| matches!(w.as_str(), "TRUNCATE" | "DROP"))
+                    {
+                        findings.push(high(line, format!("{place} contains {word}")));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    findings
+}
+
+/// The upper-cased words of a string literal's content (a PL/pgSQL body), strings and comments
+/// inside it left out.
+fn body_words(literal: &str) -> Vec<String> {
+    let body = if let Some(rest) = literal.strip_prefix('$') {
+        // $tag$ ... $tag$
+        let tag_end = rest.find('$').map(|i| i + 2).unwrap_or(0);
+        let inner = &literal[tag_end..];
+        inner
+            .strip_suffix(&literal[..tag_end])
+            .unwrap_or(inner)
+            .to_owned()
+    } else {
+        literal.trim_matches('\'').replace("''", "'")
+    };
+    let mut words = Vec::new();
+    let mut offset = 0usize;
+    for token in tokenize(&body) {
+        let len = token.len as usize;
+        if token.kind == TokenKind::Ident {
+            words.push(body[offset..offset + len].to_ascii_uppercase());
+        }
+        offset += len;
+    }
+    words
+}
+
+/// The upper-cased identifier and keyword tokens of a statement (strings, comments and quoted
+/// names left out).
+fn words_of(text: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut offset = 0usize;
+    for token in tokenize(text) {
+        let len = token.len as usize;
+        if token.kind == TokenKind::Ident {
+            words.push(text[offset..offset + len].to_ascii_uppercase());
+        }
+        offset += len;
+    }
+    words
+}
+
+/// What a statement's tokens show when no parser could read it: TRUNCATE, DELETE/UPDATE with
+/// no WHERE token (in strings and comments it does not count), DROP of a table, column, schema
+/// or database.
+fn token_finding(statement: &Statement) -> Option<Finding> {
+    let words = words_of(&statement.text);
+    let first = words.first().map(String::as_str);
+    let has = |w: &str| words.iter().any(|x| x == w);
+    let message = match first {
+        Some("TRUNCATE") => "truncates a table".to_owned(),
+        Some("DELETE") if !has("WHERE") => "deletes every row of a table (no WHERE clause)".into(),
+        Some("UPDATE") if !has("WHERE") => "changes every row of a table (no WHERE clause)".into(),
+        Some("DROP")
+            if matches!(
+                words.get(1).map(String::as_str),
+                Some("TABLE" | "DATABASE" | "SCHEMA")
+            ) =>
+        {
+            format!("drops a {}", words[1].to_ascii_lowercase())
+        }
+        Some("ALTER") if mysql_drops_a_column(&words) => "drops a column".into(),
+        _ => return None,
+    };
+    Some(high(statement.line, message))
+}
+
+/// `ALTER TABLE t DROP [COLUMN] c`: MySQL lets COLUMN be left out; DROP INDEX/KEY/FOREIGN KEY/
+/// PRIMARY KEY/CONSTRAINT/CHECK/PARTITION drop no data.
+fn mysql_drops_a_column(words: &[String]) -> bool {
+    words.windows(2).any(|pair| {
+        pair[0] == "DROP"
+            && !matches!(
+                pair[1].as_str(),
+                "INDEX"
+                    | "KEY"
+                    | "FOREIGN"
+                    | "PRIMARY"
+                    | "CONSTRAINT"
+                    | "CHECK"
+                    | "PARTITION"
+                    | "DEFAULT"
+                    | "NOT"
+            )
+    })
+}
+
+fn analyse_mysql(statements: &[Statement]) -> Vec<Finding> {
+    use sqlparser::dialect::MySqlDialect;
+    use sqlparser::parser::Parser;
+    let mut findings = Vec::new();
+    for statement in statements {
+        let parsed = Parser::new(&MySqlDialect {})
+            .with_recursion_limit(MAX_NESTING)
+            .try_with_sql(&statement.text)
+            .and_then(|mut parser| parser.parse_statements());
+        match parsed {
+            Ok(asts) => {
+                for ast in &asts {
+                    findings.extend(mysql_findings(statement.line, ast));
+                }
+            }
+            Err(_) => findings.extend(token_finding(statement)),
+        }
+    }
+    findings
+}
+
+/// Does an expression name no column (`true`, `1 = 1`, `'a' = 'a'`, `NOT false`)?
+fn constant_condition(expr: &sqlparser::ast::Expr) -> bool {
+    use sqlparser::ast::Expr as E;
+    match expr {
+        E::Value(_) => true,
+        E::BinaryOp { left, right, .. } => constant_condition(left) && constant_condition(right),
+        E::UnaryOp { expr, .. }
+        | E::Nested(expr)
+        | E::IsNull(expr)
+        | E::IsNotNull(expr)
+        | E::IsTrue(expr)
+        | E::IsNotTrue(expr)
+        | E::IsFalse(expr)
+        | E::IsNotFalse(expr) => constant_condition(expr),
+        _ => false,
+    }
+}
+
+fn mysql_findings(line: usize, ast: &sqlparser::ast::Statement) -> Vec<Finding> {
+    use sqlparser::ast::{
+        AlterColumnOperation, AlterTableOperation as Op, ObjectType, Statement as S,
+    };
+    let medium = |message: String| Finding {
+        line,
+        risk: Risk::Medium,
+        rule: "sluice-mysql".into(),
+        message,
+    };
+    let high = |message: String| Finding {
+        line,
+        risk: Risk::High,
+        rule: "sluice-mysql".into(),
+        message,
+    };
+    let unguarded = |verb: &str, selection: &Option<sqlparser::ast::Expr>| match selection {
+        None => Some(high(format!(
+            "{verb} every row of a table (no WHERE clause)"
+        ))),
+        Some(expr) if constant_condition(expr) => Some(high(format!(
+            "{verb} every row of a table or none (the WHERE clause names no column: \"{expr}\")"
+        ))),
+        Some(_) => None,
+    };
+    let mut findings = Vec::new();
+    match ast {
+        S::Drop {
+            object_type, names, ..
+        } if matches!(
+            object_type,
+            ObjectType::Table | ObjectType::Schema | ObjectType::Database
+        ) =>
+        {
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            findings.push(high(format!(
+                "drops {} {}",
+                object_type.to_string().to_ascii_lowercase(),
+                names.join(", ")
+            )));
+        }
+        S::Truncate(_) => findings.push(high("truncates a table".into())),
+        S::Delete(delete) => findings.extend(unguarded("deletes", &delete.selection)),
+        S::Update(update) => findings.extend(unguarded("changes", &update.selection)),
+        S::AlterTable(alter) => {
+            let table = &alter.name;
+            for operation in &alter.operations {
+                match operation {
+                    Op::DropColumn { column_names, .. } => {
+                        let names: Vec<String> =
+                            column_names.iter().map(|n| n.to_string()).collect();
+                        findings.push(high(format!(
+                            "drops the column {} of {table}",
+                            names.join(", ")
+                        )));
+                    }
+                    Op::DropPrimaryKey { .. } => {
+                        findings.push(high(format!("drops the primary key of {table}")))
+                    }
+                    Op::ChangeColumn { old_name, .. } => findings.push(medium(format!(
+                        "changes the column {old_name} of {table} (a type change rebuilds the table under a lock)"
+                    ))),
+                    Op::ModifyColumn { col_name, .. } => findings.push(medium(format!(
+                        "modifies the column {col_name} of {table} (a type change rebuilds the table under a lock)"
+                    ))),
+                    Op::AlterColumn {
+                        column_name,
+                        op: AlterColumnOperation::SetDataType { .. },
+                    } => findings.push(medium(format!(
+                        "changes the type of {column_name} of {table}"
+                    ))),
+                    Op::RenameColumn { old_column_name, .. } => findings.push(medium(format!(
+                        "renames the column {old_column_name} of {table} (code that reads the old name breaks)"
+                    ))),
+                    Op::RenameTable { .. } => findings.push(medium(format!(
+                        "renames the table {table} (code that reads the old name breaks)"
+                    ))),
+                    _ => {}
+                }
+            }
+        }
+        _ => {}
+    }
     findings
 }
 
@@ -742,11 +1051,80 @@ END $$;
         }
     }
 
+    fn risk_of(sql: &str, dialect: Dialect) -> (Risk, Vec<Finding>) {
+        let statements = split_statements(sql).unwrap();
+        let findings = analyse(sql, &statements, dialect);
+        (effective_risk(Risk::Low, &findings), findings)
+    }
+
+    #[test]
+    fn evasions_of_the_risk_analysis_are_caught() {
+        for sql in [
+            "DELETE FROM users WHERE true;",
+            "DELETE FROM users WHERE 1 = 1;",
+            "DELETE FROM users /* WHERE */;",
+            "UPDATE t SET note = 'nowhere';",
+            "UPDATE t SET note = 'x' -- WHERE id = 1\n;",
+            "WITH gone AS (DELETE FROM users RETURNING id) SELECT count(*) FROM gone;",
+            "DO $$ BEGIN EXECUTE 'TRUNCATE users'; END $$;",
+            "DO $body$ BEGIN EXECUTE format('DROP TABLE %I', 'users'); END $body$;",
+            "DO $$ BEGIN TRUNCATE users; END $$;",
+            "CREATE FUNCTION wipe() RETURNS void LANGUAGE plpgsql AS $$ BEGIN EXECUTE 'DELETE FROM users'; END $$;",
+        ] {
+            let (risk, findings) = risk_of(sql, Dialect::Postgres);
+            assert_eq!(risk, Risk::High, "{sql}: {findings:?}");
+        }
+        for sql in [
+            "DELETE FROM users WHERE id = 1;",
+            "UPDATE t SET note = 'x' WHERE id = 1;",
+            "DO $$ BEGIN RAISE NOTICE 'hello'; END $$;",
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; END;",
+        ] {
+            let (risk, findings) = risk_of(sql, Dialect::Postgres);
+            assert_eq!(risk, Risk::Low, "{sql}: {findings:?}");
+        }
+    }
+
+    #[test]
+    fn mysql_scripts_are_read_with_a_mysql_grammar() {
+        for sql in [
+            "ALTER TABLE `users` DROP COLUMN `legacy`;",
+            "ALTER TABLE `users` DROP `legacy`;",
+            "DROP TABLE IF EXISTS `sessions`;",
+            "TRUNCATE `audit`;",
+            "DELETE FROM `users` WHERE 1;",
+            "UPDATE `users` SET `flag` = 0 # WHERE id = 1\n;",
+            "DELETE FROM users;",
+        ] {
+            let (risk, findings) = risk_of(sql, Dialect::MySql);
+            assert_eq!(risk, Risk::High, "{sql}: {findings:?}");
+        }
+        let (risk, findings) = risk_of(
+            "ALTER TABLE `users` MODIFY `name` VARCHAR(500) NOT NULL;",
+            Dialect::MySql,
+        );
+        assert_eq!(risk, Risk::Medium, "{findings:?}");
+        // No PostgreSQL-only advice for MySQL: CONCURRENTLY does not exist there.
+        let (risk, findings) = risk_of(
+            "CREATE INDEX users_email ON users (email);\nALTER TABLE users ADD CONSTRAINT fk FOREIGN KEY (org) REFERENCES orgs (id);",
+            Dialect::MySql,
+        );
+        assert!(
+            findings
+                .iter()
+                .all(|f| !f.message.contains("CONCURRENTLY") && !f.message.contains("NOT VALID")),
+            "{findings:?}"
+        );
+        assert_eq!(risk, Risk::Low, "{findings:?}");
+        let (risk, _) = risk_of("DELETE FROM `users` WHERE `id` = 3;", Dialect::MySql);
+        assert_eq!(risk, Risk::Low);
+    }
+
     #[test]
     fn analysis_raises_risk() {
         let sql = "ALTER TABLE users DROP COLUMN legacy;\nCREATE INDEX i ON t (a);\nCREATE INDEX CONCURRENTLY j ON t (b);\nUPDATE t SET a = 1 WHERE id = 2;";
         let statements = split_statements(sql).unwrap();
-        let findings = analyse(sql, &statements);
+        let findings = analyse(sql, &statements, Dialect::Postgres);
         assert_eq!(findings.len(), 2, "{findings:?}");
         assert_eq!(findings[0].risk, Risk::High);
         assert_eq!(findings[1].line, 2);
@@ -758,7 +1136,7 @@ END $$;
     fn indexing_a_table_the_script_creates_is_not_a_finding() {
         let sql = "CREATE TABLE IF NOT EXISTS prefs (id int);\nCREATE INDEX prefs_id ON prefs (id);\nCREATE INDEX other_id ON other(id);";
         let statements = split_statements(sql).unwrap();
-        let findings = analyse(sql, &statements);
+        let findings = analyse(sql, &statements, Dialect::Postgres);
         assert_eq!(findings.len(), 1, "{findings:?}");
         assert_eq!(findings[0].line, 3);
         assert_eq!(findings[0].rule, "require-concurrent-index-creation");
@@ -769,7 +1147,7 @@ END $$;
         let sql =
             "DELETE FROM sessions;\nCREATE TABLE t (id int, name varchar(10));\nTRUNCATE audit;";
         let statements = split_statements(sql).unwrap();
-        let findings = analyse(sql, &statements);
+        let findings = analyse(sql, &statements, Dialect::Postgres);
         let lines: Vec<(usize, Risk)> = findings.iter().map(|f| (f.line, f.risk)).collect();
         // prefer-bigint-over-int and prefer-text-field are advice: they raise nothing.
         assert_eq!(lines, [(1, Risk::High), (3, Risk::High)], "{findings:?}");

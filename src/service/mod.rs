@@ -269,12 +269,17 @@ struct ReadScripts {
 }
 
 /// Checks both scripts and analyses the up script against the declared risk.
-fn read_scripts(up_sql: &str, down_sql: Option<&str>, declared: Risk) -> Result<ReadScripts> {
+fn read_scripts(
+    up_sql: &str,
+    down_sql: Option<&str>,
+    declared: Risk,
+    dialect: lint::Dialect,
+) -> Result<ReadScripts> {
     let statements = check_script("up_sql", up_sql)?;
     if let Some(down) = down_sql {
         check_script("down_sql", down)?;
     }
-    let findings = lint::analyse(up_sql, &statements);
+    let findings = lint::analyse(up_sql, &statements, dialect);
     Ok(ReadScripts {
         effective_risk: lint::effective_risk(declared, &findings),
         findings,
@@ -385,6 +390,22 @@ impl Service {
         )?)
     }
 
+    /// The SQL the targets speak, for the risk analysis: MySQL where every environment is a
+    /// MySQL/MariaDB database, PostgreSQL where none is (SQLite targets get PostgreSQL's rules),
+    /// both otherwise.
+    fn dialect(&self) -> lint::Dialect {
+        let environments = &self.config.environments;
+        let mysql = environments
+            .iter()
+            .filter(|e| crate::target::is_mysql(e.url.expose()))
+            .count();
+        match mysql {
+            0 => lint::Dialect::Postgres,
+            n if n == environments.len() => lint::Dialect::MySql,
+            _ => lint::Dialect::Both,
+        }
+    }
+
     fn policy_for(&self, d: &DeploymentRow) -> Result<&domain::ApprovalPolicy> {
         let env = self.environment(&d.environment)?;
         let risk: Risk = d.effective_risk.parse()?;
@@ -437,7 +458,12 @@ impl Service {
             findings,
             effective_risk: effective,
             checksum,
-        } = read_scripts(&request.up_sql, request.down_sql.as_deref(), request.risk)?;
+        } = read_scripts(
+            &request.up_sql,
+            request.down_sql.as_deref(),
+            request.risk,
+            self.dialect(),
+        )?;
         let now = self.clock.now();
         let at = millis(now);
 
@@ -842,7 +868,12 @@ impl Service {
             findings,
             effective_risk: effective,
             checksum,
-        } = read_scripts(&request.up_sql, request.down_sql.as_deref(), declared)?;
+        } = read_scripts(
+            &request.up_sql,
+            request.down_sql.as_deref(),
+            declared,
+            self.dialect(),
+        )?;
         if checksum == migration.checksum {
             return Err(ServiceError::Conflict(
                 "the scripts are unchanged; nothing to amend".into(),

@@ -485,3 +485,33 @@ async fn hostile_scripts_are_refused_and_the_daemon_survives() {
     assert_eq!(list.as_array().map(Vec::len), Some(0), "{list}");
     app.stop().await;
 }
+
+/// Evading the risk analysis lowered the approval tier (production LOW needs two approvers,
+/// HIGH four): each of these is now rated HIGH, and production asks for the cto.
+#[tokio::test]
+async fn evasions_of_the_risk_analysis_raise_the_approval_tier() {
+    let app = spawn_app_with(no_workers()).await;
+    for up in [
+        "DELETE FROM users WHERE true;",
+        "DELETE FROM users /* WHERE */;",
+        "UPDATE t SET note = 'nowhere';",
+        "WITH d AS (DELETE FROM users RETURNING id) SELECT count(*) FROM d;",
+        "DO $$ BEGIN EXECUTE 'TRUNCATE users'; END $$;",
+    ] {
+        let id = app
+            .submit("dev", migration("evasive", "low", up, None))
+            .await;
+        let (_, m) = app.get("dev", &format!("/api/v1/migrations/{id}")).await;
+        assert_eq!(m["effective_risk"], "high", "{up}: {m}");
+        let production = &m["deployments"][2];
+        assert_eq!(production["environment"], "production");
+        assert!(
+            production["required_roles"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("cto")),
+            "{up}: {production}"
+        );
+    }
+    app.stop().await;
+}
