@@ -7,6 +7,7 @@ pub mod authz;
 pub mod freeze;
 mod ids;
 mod policy;
+pub mod queue;
 mod state;
 pub mod text;
 

@@ -9,7 +9,7 @@
 //! store, the next run reconciles from it.
 
 use crate::config::EnvironmentConfig;
-use crate::domain::{self, DeploymentEvent, DeploymentState, StartFacts};
+use crate::domain::{self, DeploymentEvent, DeploymentState};
 use crate::service::{LogView, Service, ServiceError, check_script, format_millis, millis};
 use crate::store::{AuditRow, DeploymentRow, LogRow, MigrationRow};
 use crate::target::{self, RunReport, Script, TargetSettings};
@@ -456,46 +456,46 @@ impl Worker {
         };
         let frozen =
             domain::freeze::describe(&self.environment.freeze_windows, self.service.clock.now());
-        let mut batch: Vec<usize> = Vec::new();
-        let mut in_batch: HashSet<&str> = HashSet::new();
-        for (index, d) in open.iter().enumerate() {
-            if !d.state.holds_queue() {
-                continue;
-            }
-            if d.state != DeploymentState::Queued {
-                break; // awaiting approval, approved, failed: everything after waits
-            }
-            let Some(m) = migrations.get(&d.migration_id) else {
-                break;
-            };
-            let unapplied = m.depends_on.iter().find_map(|dep| {
-                if in_batch.contains(dep.as_str()) {
-                    return None;
+        // The one planner (status asks it too): id order, dependencies, promotion order, freeze
+        // windows, and emergencies going ahead of deployments that are merely waiting.
+        let entries: Vec<domain::queue::QueueEntry<'_>> = open
+            .iter()
+            .map(|d| {
+                let queued = d.state == DeploymentState::Queued;
+                domain::queue::QueueEntry {
+                    migration_id: d.migration_id.as_str(),
+                    state: d.state,
+                    emergency: d.emergency_reason.is_some(),
+                    dependencies: match migrations.get(&d.migration_id) {
+                        Some(m) if queued => m
+                            .depends_on
+                            .iter()
+                            .map(|dep| (dep.as_str(), dependency_states.get(dep).copied()))
+                            .collect(),
+                        _ => Vec::new(),
+                    },
+                    previous_environment: previous.map(|p| {
+                        (
+                            p.name.as_str(),
+                            previous_states.get(&d.migration_id).copied(),
+                        )
+                    }),
                 }
-                match dependency_states.get(dep) {
-                    Some(DeploymentState::Applied) => None,
-                    Some(state) => Some((dep.as_str(), *state)),
-                    None => Some((dep.as_str(), DeploymentState::Cancelled)),
-                }
-            });
-            let blocker = domain::start_blocker(&StartFacts {
-                frozen: frozen.clone(),
-                earlier_unfinished: None,
-                unapplied_dependency: unapplied,
-                previous_environment: previous.map(|p| {
-                    (
-                        p.name.as_str(),
-                        previous_states.get(&d.migration_id).copied(),
-                    )
-                }),
-                emergency: d.emergency_reason.is_some(),
-            });
-            if blocker.is_some() {
-                break;
-            }
-            in_batch.insert(d.migration_id.as_str());
-            batch.push(index);
-        }
+            })
+            .collect();
+        let plan = domain::queue::plan(&entries, frozen);
+        let batch: Vec<usize> = plan
+            .iter()
+            .enumerate()
+            .filter(|(index, p)| p.start && migrations.contains_key(&open[*index].migration_id))
+            .map(|(index, _)| index)
+            .collect();
+        let ahead_of: HashMap<usize, Vec<String>> = plan
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.start && p.out_of_order)
+            .map(|(index, p)| (index, p.ahead_of.clone()))
+            .collect();
         if batch.is_empty() {
             return Ok(if rolled_back > 0 {
                 Outcome::Worked {
@@ -671,11 +671,13 @@ impl Worker {
                     d.state = d.state.on(DeploymentEvent::Succeed)?;
                     d.error = None;
                     applied += 1;
-                    self.audit(
-                        d,
-                        "applied",
-                        serde_json::json!({"execution_ms": report.execution_ms, "transactional": report.transactional, "checksum": m.checksum}),
-                    )
+                    let mut detail = serde_json::json!({"execution_ms": report.execution_ms, "transactional": report.transactional, "checksum": m.checksum});
+                    if let Some(earlier) = ahead_of.get(&index) {
+                        d.out_of_order = true;
+                        detail["out_of_order"] = serde_json::json!(true);
+                        detail["ahead_of"] = serde_json::json!(earlier);
+                    }
+                    self.audit(d, "applied", detail)
                 }
                 Some(message) => {
                     d.state = d.state.on(DeploymentEvent::Fail)?;

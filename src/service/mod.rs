@@ -13,7 +13,7 @@ use crate::auth::Caller;
 use crate::config::{Config, EnvironmentConfig};
 use crate::domain::{
     self, ApprovalRecord, DeploymentEvent, DeploymentState, DomainError, EnvironmentName,
-    MigrationId, MigrationKind, Risk, Role, StartFacts, UserName, check_approval,
+    MigrationId, MigrationKind, Risk, Role, UserName, check_approval,
 };
 use crate::lint;
 use crate::store::{
@@ -1478,8 +1478,6 @@ impl Service {
                 None => HashMap::new(),
             };
         let frozen = domain::freeze::describe(&env.freeze_windows, self.clock.now());
-        let mut queue = Vec::new();
-        let mut earlier: Option<(String, DeploymentState)> = None;
         // One query for the approvals of the whole queue, however long it is.
         let open_ids: Vec<String> = open.iter().map(|d| d.id.clone()).collect();
         let mut approvals_by_deployment: HashMap<String, Vec<ApprovalRow>> = HashMap::new();
@@ -1489,43 +1487,64 @@ impl Service {
                 .or_default()
                 .push(approval);
         }
-        for d in &open {
+        // And one for the dependencies of everything that could start.
+        let dependencies: Vec<String> = open
+            .iter()
+            .filter(|d| matches!(d.state, DeploymentState::Queued | DeploymentState::Approved))
+            .filter_map(|d| migrations.get(&d.migration_id))
+            .flat_map(|m| m.depends_on.iter().cloned())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let dependency_states: HashMap<String, DeploymentState> = self
+            .store
+            .states_in_environment(&mut conn, env.name.as_str(), &dependencies)
+            .await?
+            .into_iter()
+            .collect();
+        let previous = self.config.previous_environment(&env.name);
+        // The worker's own planner: what status says is what the worker will do.
+        let entries: Vec<domain::queue::QueueEntry<'_>> = open
+            .iter()
+            .map(|d| domain::queue::QueueEntry {
+                migration_id: d.migration_id.as_str(),
+                state: d.state,
+                emergency: d.emergency_reason.is_some(),
+                dependencies: migrations
+                    .get(&d.migration_id)
+                    .map(|m| {
+                        m.depends_on
+                            .iter()
+                            .map(|dep| (dep.as_str(), dependency_states.get(dep).copied()))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                previous_environment: previous.map(|p| {
+                    (
+                        p.name.as_str(),
+                        previous_states.get(&d.migration_id).copied(),
+                    )
+                }),
+            })
+            .collect();
+        let plan = domain::queue::plan(&entries, frozen.clone());
+        let mut queue = Vec::new();
+        for (d, planned) in open.iter().zip(plan) {
             let Some(m) = migrations.get(&d.migration_id) else {
                 continue;
             };
             let approvals = approvals_by_deployment.remove(&d.id).unwrap_or_default();
             let mut view = self.deployment_view(d, m, &approvals)?;
-            if matches!(d.state, DeploymentState::Queued | DeploymentState::Approved) {
-                let dependency_states = self
-                    .store
-                    .states_in_environment(&mut conn, env.name.as_str(), &m.depends_on)
-                    .await?;
-                let unapplied = dependency_states
-                    .iter()
-                    .find(|(_, s)| *s != DeploymentState::Applied)
-                    .map(|(id, s)| (id.as_str(), *s));
-                let prev_name = self.config.previous_environment(&env.name);
-                view.blocked_by = domain::start_blocker(&StartFacts {
-                    frozen: frozen.clone(),
-                    earlier_unfinished: earlier.as_ref().map(|(id, s)| (id.as_str(), *s)),
-                    unapplied_dependency: unapplied,
-                    previous_environment: prev_name.map(|p| {
-                        (
-                            p.name.as_str(),
-                            previous_states.get(&d.migration_id).copied(),
-                        )
-                    }),
-                    emergency: d.emergency_reason.is_some(),
-                });
-                if view.blocked_by.is_none() && d.state == DeploymentState::Approved {
-                    view.blocked_by = Some(format!(
-                        "approved; waits for `migrate {}` (auto_apply is off)",
-                        env.name
-                    ));
-                }
+            view.blocked_by = planned.blocked_by;
+            if view.blocked_by.is_none() && d.state == DeploymentState::Approved {
+                view.blocked_by = Some(format!(
+                    "approved; waits for `migrate {}` (auto_apply is off)",
+                    env.name
+                ));
             }
-            if earlier.is_none() && d.state.holds_queue() {
-                earlier = Some((d.migration_id.clone(), d.state));
+            if planned.out_of_order {
+                view.blocked_by = None;
+                view.out_of_order = true;
             }
             queue.push(view);
         }

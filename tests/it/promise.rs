@@ -515,3 +515,100 @@ async fn evasions_of_the_risk_analysis_raise_the_approval_tier() {
     }
     app.stop().await;
 }
+
+/// An emergency inside a freeze window waited forever behind an earlier, fully approved
+/// deployment that the freeze held. It now goes ahead of deployments that are merely waiting
+/// (and that it does not depend on), and status and audit say it went out of order.
+#[tokio::test]
+async fn an_emergency_goes_ahead_of_deployments_the_freeze_holds() {
+    let app = spawn_app_with(AppOptions {
+        background_workers: false,
+        manual_clock: true,
+        edit_environments: Some(|text| {
+            let start = chrono::Utc::now() - chrono::Duration::minutes(5);
+            let end = start + chrono::Duration::hours(2);
+            let window = format!(
+                "      freeze_windows:\n        - {{name: release freeze, start: {}, end: {}}}\n",
+                start.to_rfc3339(),
+                end.to_rfc3339()
+            );
+            text.replace(
+                "      lock_timeout: 5\n",
+                &format!("      lock_timeout: 5\n{window}"),
+            )
+        }),
+        ..AppOptions::default()
+    })
+    .await;
+    let first = app
+        .submit(
+            "dev",
+            migration("first", "low", "CREATE TABLE first_t (id int);", None),
+        )
+        .await;
+    app.run_worker("development").await;
+    app.approve("ops1", &format!("{first}@staging"), "data_ops")
+        .await;
+    app.approve("ops2", &format!("{first}@staging"), "data_ops")
+        .await;
+    app.run_worker("staging").await;
+    app.approve("lead", &format!("{first}@production"), "data_ops_lead")
+        .await;
+    let approved = app
+        .approve("dba", &format!("{first}@production"), "dba")
+        .await;
+    assert_eq!(approved["state"], "approved", "{approved}");
+
+    let hotfix = app
+        .submit(
+            "dev",
+            migration("hotfix", "low", "CREATE TABLE hotfix_t (id int);", None),
+        )
+        .await;
+    let (code, body) = app
+        .post(
+            "lead",
+            &format!("/api/v1/deployments/{hotfix}@production/override"),
+            json!({"reason": "outage"}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let (code, body) = app
+        .post("lead", "/api/v1/environments/production/migrate", json!({}))
+        .await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+    let (_, status) = app.get("lead", "/api/v1/environments/production").await;
+    let queue = status["queue"].as_array().unwrap();
+    let hotfix_view = queue
+        .iter()
+        .find(|d| d["migration_id"] == json!(hotfix))
+        .unwrap();
+    assert_eq!(hotfix_view["out_of_order"], true, "{status}");
+    assert!(hotfix_view["blocked_by"].is_null(), "{status}");
+
+    app.run_worker("production").await;
+    let d = app.deployment(&format!("{hotfix}@production")).await;
+    assert_eq!(d["state"], "applied", "{d}");
+    assert_eq!(d["out_of_order"], true, "{d}");
+    assert_eq!(
+        app.deployment(&format!("{first}@production")).await["state"],
+        "approved"
+    );
+    let (_, audit) = app
+        .get("admin", &format!("/api/v1/audit?migration_id={hotfix}"))
+        .await;
+    let applied = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["action"] == "applied" && a["environment"] == "production")
+        .unwrap_or_else(|| panic!("{audit}"));
+    let detail = if applied["detail"].is_string() {
+        serde_json::from_str::<Value>(applied["detail"].as_str().unwrap()).unwrap()
+    } else {
+        applied["detail"].clone()
+    };
+    assert_eq!(detail["out_of_order"], true, "{detail}");
+    assert_eq!(detail["ahead_of"], json!([first]), "{detail}");
+    app.stop().await;
+}
