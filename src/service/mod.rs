@@ -661,6 +661,16 @@ impl Service {
                 deployment.state
             )));
         }
+        // Past its deadline a deployment is expired, whether or not the scheduler has marked it
+        // yet: a late approval must not win a race against expiry.
+        if let Some(deadline) = deployment.deadline_at
+            && deadline <= at
+        {
+            return Err(ServiceError::Conflict(format!(
+                "deployment {deployment_id} passed its approval deadline at {}; it expires and takes no more approvals (submit it again)",
+                format_millis(deadline)
+            )));
+        }
         let policy = self.policy_for(&deployment)?;
         let approvals = self.store.approvals(&mut tx, deployment_id).await?;
         let records = approval_records(&approvals)?;

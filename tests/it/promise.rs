@@ -612,3 +612,112 @@ async fn an_emergency_goes_ahead_of_deployments_the_freeze_holds() {
     assert_eq!(detail["ahead_of"], json!([first]), "{detail}");
     app.stop().await;
 }
+
+/// The last approval and expiry at once, past the deadline, on the PostgreSQL store: the
+/// deployment expires and the approval is refused, never an approved deployment recorded as
+/// expired or the other way round.
+#[tokio::test]
+async fn a_late_approval_racing_expiry_has_one_outcome() {
+    let app = spawn_app_with(AppOptions {
+        background_workers: false,
+        manual_clock: true,
+        ..AppOptions::default()
+    })
+    .await;
+    let id = app
+        .submit(
+            "dev",
+            migration("late", "high", "CREATE TABLE late_t (id int);", None),
+        )
+        .await;
+    let production = format!("{id}@production");
+    for (user, role) in [
+        ("lead", "data_ops_lead"),
+        ("dba", "dba"),
+        ("tech", "tech_lead"),
+    ] {
+        app.approve(user, &production, role).await;
+    }
+    app.clock
+        .as_ref()
+        .unwrap()
+        .advance(chrono::Duration::hours(25));
+    let checksum = app.deployment(&production).await["checksum"].clone();
+    let approvals = format!("/api/v1/deployments/{production}/approvals");
+    let ((status, body), expired) = tokio::join!(
+        app.post(
+            "cto",
+            &approvals,
+            json!({"role": "cto", "checksum": checksum})
+        ),
+        app.service().expire_overdue(),
+    );
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(expired.unwrap(), 1);
+    let d = app.deployment(&production).await;
+    assert_eq!(d["state"], "expired", "{d}");
+    assert_eq!(d["approvals"].as_array().unwrap().len(), 3, "{d}");
+    let (_, audit) = app
+        .get("admin", &format!("/api/v1/audit?migration_id={id}"))
+        .await;
+    assert!(
+        !audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["environment"] == "production" && a["action"] == "approved"),
+        "{audit}"
+    );
+    app.stop().await;
+}
+
+/// An amendment racing the worker's claim: whatever wins, what the target ran is what the store
+/// says ran (before, the target could get v1 while the store recorded v2 as applied).
+#[tokio::test]
+async fn an_amendment_racing_a_claim_never_records_a_script_that_did_not_run() {
+    let app = spawn_app_with(no_workers()).await;
+    let target = app.targets["development"].client().await;
+    for round in 0..6 {
+        let v1 = format!("CREATE TABLE race_{round} (v1 int);");
+        let v2 = format!("CREATE TABLE race_{round} (v2 int);");
+        let id = app
+            .submit("dev", migration(&format!("race {round}"), "low", &v1, None))
+            .await;
+        let path = format!("/api/v1/migrations/{id}");
+        let (outcome, (status, body)) = tokio::join!(
+            app.run_worker("development"),
+            app.request(Method::PUT, Some("dev"), &path, Some(json!({"up_sql": v2})),),
+        );
+        assert!(
+            status == StatusCode::OK || status == StatusCode::CONFLICT,
+            "{outcome:?} {status} {body}"
+        );
+        // Let the queue settle.
+        app.run_worker("development").await;
+        let deployment = format!("{id}@development");
+        let d = app.deployment(&deployment).await;
+        assert_eq!(d["state"], "applied", "round {round}: {d}");
+        let (_, m) = app.get("dev", &format!("/api/v1/migrations/{id}")).await;
+        let stored: String = m["checksum"].as_str().unwrap().into();
+        let recorded: String = target
+            .query_one(
+                "SELECT checksum FROM sluice_schema_history WHERE migration_id = $1",
+                &[&id],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(recorded, stored, "round {round}");
+        let column: String = target
+            .query_one(
+                "SELECT column_name::text FROM information_schema.columns WHERE table_name = $1",
+                &[&format!("race_{round}")],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let ran = if column == "v1" { &v1 } else { &v2 };
+        assert_eq!(m["up_sql"].as_str().unwrap(), ran.as_str(), "round {round}");
+    }
+    app.stop().await;
+}
