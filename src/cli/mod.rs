@@ -958,7 +958,9 @@ fn print_status(status: &pb::EnvironmentStatus, verbose: bool) {
     match &status.lock {
         Some(lock) => println!(
             "lock         locked by {} at {}: {}",
-            lock.locked_by, lock.locked_at, lock.reason
+            lock.locked_by,
+            lock.locked_at,
+            printable(&lock.reason)
         ),
         None => println!("lock         unlocked"),
     }
@@ -977,7 +979,8 @@ fn print_status(status: &pb::EnvironmentStatus, verbose: bool) {
     if !status.target_error.is_empty() {
         println!(
             "target       unreachable since {}: {}",
-            status.target_error_since, status.target_error
+            status.target_error_since,
+            printable(&status.target_error)
         );
     }
     match &status.last_applied {
@@ -994,7 +997,7 @@ fn print_status(status: &pb::EnvironmentStatus, verbose: bool) {
         if d.state == "awaiting_approval" {
             line.push_str(&format!(" needs: {}", still_needed(d)));
         } else if !d.blocked_by.is_empty() {
-            line.push_str(&format!(" {}", d.blocked_by));
+            line.push_str(&format!(" {}", printable(&d.blocked_by)));
         }
         println!("{line}");
         if verbose {
@@ -1009,7 +1012,7 @@ fn print_status(status: &pb::EnvironmentStatus, verbose: bool) {
                     } else {
                         " (void: script changed)"
                     },
-                    a.comment
+                    printable(&a.comment)
                 );
             }
             if !d.deadline_at.is_empty() {
@@ -1017,11 +1020,25 @@ fn print_status(status: &pb::EnvironmentStatus, verbose: bool) {
             }
             if !d.error.is_empty() {
                 for line in d.error.lines() {
-                    println!("      error: {line}");
+                    println!("      error: {}", printable(line));
                 }
             }
         }
     }
+}
+
+/// Text from the daemon made safe for a terminal: control characters (escape sequences that
+/// could move the cursor, clear the screen or retitle the window) are shown as `\u{..}`.
+fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() && c != '\t' {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 async fn migrate(
@@ -1223,8 +1240,15 @@ async fn follow_stream(
                 }
             }
             Some(pb::deployment_event::Event::Log(line)) => match bar {
-                Some(bar) => bar.set_message(format!("{}: {}", line.level, line.message)),
-                None => println!("{}: {}: {}", event.deployment_id, line.level, line.message),
+                Some(bar) => {
+                    bar.set_message(format!("{}: {}", line.level, printable(&line.message)))
+                }
+                None => println!(
+                    "{}: {}: {}",
+                    event.deployment_id,
+                    line.level,
+                    printable(&line.message)
+                ),
             },
             Some(pb::deployment_event::Event::Missed(_)) | None => {}
         }
@@ -1423,4 +1447,18 @@ async fn submit(client: &mut Client, paths: &[PathBuf], output: Output) -> CliRe
         print_json(&submitted)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn terminal_escapes_from_the_daemon_are_shown_not_obeyed() {
+        assert_eq!(
+            printable("ok \u{1b}[2J\u{1b}]0;pwned\u{7} done"),
+            "ok \\u{1b}[2J\\u{1b}]0;pwned\\u{7} done"
+        );
+        assert_eq!(printable("tab\tkept, é kept"), "tab\tkept, é kept");
+    }
 }

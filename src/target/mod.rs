@@ -46,7 +46,7 @@ pub struct Script<'a> {
 
 impl Script<'_> {
     /// Adds a line to the log and tells the observer at once.
-    fn emit(&self, log: &mut Vec<LogLine>, line: LogLine) {
+    fn emit(&self, log: &mut LogBuffer, line: LogLine) {
         if let Some(observe) = self.observer {
             observe(&line);
         }
@@ -72,6 +72,47 @@ impl LogLine {
             level: "info".into(),
             message: message.into(),
         }
+    }
+}
+
+/// Lines a deployment's log keeps from its start, and from its end: a script that raises
+/// millions of notices cannot fill the daemon's memory or the state store.
+pub const LOG_HEAD_LINES: usize = 1_000;
+pub const LOG_TAIL_LINES: usize = 1_000;
+
+/// A deployment's log while its script runs: the first `LOG_HEAD_LINES`, the last
+/// `LOG_TAIL_LINES`, and a count of what lies between.
+#[derive(Debug, Default)]
+pub struct LogBuffer {
+    head: Vec<LogLine>,
+    tail: std::collections::VecDeque<LogLine>,
+    left_out: u64,
+}
+
+impl LogBuffer {
+    pub fn push(&mut self, line: LogLine) {
+        if self.head.len() < LOG_HEAD_LINES {
+            self.head.push(line);
+            return;
+        }
+        if self.tail.len() == LOG_TAIL_LINES {
+            self.tail.pop_front();
+            self.left_out += 1;
+        }
+        self.tail.push_back(line);
+    }
+
+    /// The lines kept, with a note where lines were left out.
+    pub fn into_lines(self) -> Vec<LogLine> {
+        let mut lines = self.head;
+        if self.left_out > 0 {
+            lines.push(LogLine::info(format!(
+                "... {} lines left out (the log keeps the first {LOG_HEAD_LINES} and the last {LOG_TAIL_LINES}) ...",
+                self.left_out
+            )));
+        }
+        lines.extend(self.tail);
+        lines
     }
 }
 
@@ -226,24 +267,45 @@ impl TargetSession {
     }
 
     /// Takes a full backup of the target into `file` (pg_dump's custom format for PostgreSQL,
-    /// mysqldump for MySQL and MariaDB, `VACUUM INTO` for SQLite).
+    /// mysqldump for MySQL and MariaDB, `VACUUM INTO` for SQLite). The dump is written under a
+    /// `.partial` name and renamed when complete, so that a file with the final name is always
+    /// a whole backup; partial files a crash left behind are removed first.
     pub async fn backup(
         &mut self,
         file: &std::path::Path,
         settings: &TargetSettings,
         programs: &crate::config::BackupSettings,
     ) -> Result<(), TargetError> {
+        let fail = |message: String| TargetError::Database {
+            url: crate::config::redact_url(&settings.url),
+            message,
+        };
         if let Some(parent) = file.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| TargetError::Database {
-                url: crate::config::redact_url(&settings.url),
-                message: format!("backup: cannot create {}: {e}", parent.display()),
-            })?;
+            std::fs::create_dir_all(parent)
+                .map_err(|e| fail(format!("backup: cannot create {}: {e}", parent.display())))?;
+            remove_partial_backups(parent);
         }
-        match self {
-            TargetSession::Postgres(_) => postgres::backup(settings, file, &programs.pg_dump).await,
-            TargetSession::Sqlite(s) => s.backup(file).await,
-            TargetSession::MySql(_) => mysql::backup(settings, file, &programs.mysqldump).await,
+        let mut partial = file.as_os_str().to_owned();
+        partial.push(".partial");
+        let partial = std::path::PathBuf::from(partial);
+        let result = match self {
+            TargetSession::Postgres(_) => {
+                postgres::backup(settings, &partial, &programs.pg_dump).await
+            }
+            TargetSession::Sqlite(s) => s.backup(&partial).await,
+            TargetSession::MySql(_) => mysql::backup(settings, &partial, &programs.mysqldump).await,
+        };
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
         }
+        std::fs::rename(&partial, file).map_err(|e| {
+            fail(format!(
+                "backup: cannot rename {} to {}: {e}",
+                partial.display(),
+                file.display()
+            ))
+        })
     }
 
     pub async fn close(self) {
@@ -251,6 +313,20 @@ impl TargetSession {
             TargetSession::Postgres(s) => s.close().await,
             TargetSession::Sqlite(s) => s.close().await,
             TargetSession::MySql(s) => s.close().await,
+        }
+    }
+}
+
+/// Removes backups a crash left unfinished (`*.partial`) from a backup folder.
+fn remove_partial_backups(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "partial") {
+            tracing::warn!(file = %path.display(), "removing an unfinished backup left by an earlier run");
+            let _ = std::fs::remove_file(&path);
         }
     }
 }
@@ -291,8 +367,8 @@ fn describe_failure(statement: &Statement, index: usize, line: usize, message: &
 }
 
 /// Notes for the log about BEGIN/COMMIT statements Sluice leaves out.
-fn wrapper_notes(script: &Script<'_>) -> Vec<LogLine> {
-    let mut log = Vec::new();
+fn wrapper_notes(script: &Script<'_>) -> LogBuffer {
+    let mut log = LogBuffer::default();
     for statement in script
         .statements
         .iter()

@@ -350,7 +350,7 @@ impl MySqlSession {
         Ok(RunReport {
             execution_ms,
             transactional: true,
-            log,
+            log: log.into_lines(),
             error: failure,
         })
     }
@@ -380,7 +380,7 @@ impl MySqlSession {
                     return Ok(RunReport {
                         execution_ms: 0,
                         transactional: false,
-                        log,
+                        log: log.into_lines(),
                         error: Some(message),
                     });
                 }
@@ -468,7 +468,7 @@ impl MySqlSession {
         Ok(RunReport {
             execution_ms,
             transactional: false,
-            log,
+            log: log.into_lines(),
             error: failure,
         })
     }
@@ -501,7 +501,7 @@ impl MySqlSession {
         Ok(RunReport {
             execution_ms,
             transactional,
-            log,
+            log: log.into_lines(),
             error: failure,
         })
     }

@@ -2,8 +2,8 @@
 //! written (DO blocks included), and the connection hands us every NOTICE the server raises.
 
 use super::{
-    HistoryEntry, LogLine, RunReport, Script, TargetError, TargetSettings, describe_failure,
-    executable, wrapper_notes,
+    HistoryEntry, LogBuffer, LogLine, RunReport, Script, TargetError, TargetSettings,
+    describe_failure, executable, wrapper_notes,
 };
 use crate::config::redact_url;
 use futures_util::StreamExt;
@@ -177,7 +177,7 @@ impl PgSession {
             .collect())
     }
 
-    fn drain_notices(&mut self, script: &Script<'_>, log: &mut Vec<LogLine>) {
+    fn drain_notices(&mut self, script: &Script<'_>, log: &mut LogBuffer) {
         while let Ok(line) = self.notices.try_recv() {
             script.emit(log, line);
         }
@@ -189,7 +189,7 @@ impl PgSession {
     async fn run_one(
         &mut self,
         script: &Script<'_>,
-        log: &mut Vec<LogLine>,
+        log: &mut LogBuffer,
         before: &[&str],
         statement: &str,
     ) -> Result<Result<(), tokio_postgres::Error>, TargetError> {
@@ -223,7 +223,7 @@ impl PgSession {
     async fn run_in_transaction(
         &mut self,
         script: &Script<'_>,
-        log: &mut Vec<LogLine>,
+        log: &mut LogBuffer,
     ) -> Result<Option<String>, TargetError> {
         let reset = self.reset.clone();
         let mut before: Vec<&str> = vec![&reset, "BEGIN"];
@@ -334,7 +334,7 @@ impl PgSession {
         Ok(RunReport {
             execution_ms,
             transactional: true,
-            log,
+            log: log.into_lines(),
             error: failure,
         })
     }
@@ -383,7 +383,7 @@ impl PgSession {
                     return Ok(RunReport {
                         execution_ms: 0,
                         transactional: false,
-                        log,
+                        log: log.into_lines(),
                         error: Some(message),
                     });
                 }
@@ -501,7 +501,7 @@ impl PgSession {
         Ok(RunReport {
             execution_ms,
             transactional: false,
-            log,
+            log: log.into_lines(),
             error: failure,
         })
     }
@@ -558,7 +558,7 @@ impl PgSession {
         Ok(RunReport {
             execution_ms,
             transactional,
-            log,
+            log: log.into_lines(),
             error: failure,
         })
     }

@@ -235,7 +235,7 @@ impl SqliteSession {
         Ok(RunReport {
             execution_ms,
             transactional,
-            log,
+            log: log.into_lines(),
             error: failure,
         })
     }
@@ -269,7 +269,7 @@ impl SqliteSession {
         Ok(RunReport {
             execution_ms,
             transactional,
-            log,
+            log: log.into_lines(),
             error: failure,
         })
     }

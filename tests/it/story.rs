@@ -68,6 +68,10 @@ async fn full_story(backend: Backend) {
     assert_eq!(approved["state"], "approved", "{approved}");
     assert!(!app.table_exists("production", "user_preferences").await);
 
+    // A backup a crash left unfinished is recognisable by its name, and removed.
+    let backups = app.config.config_dir.join("backups").join("production");
+    std::fs::create_dir_all(&backups).unwrap();
+    std::fs::write(backups.join("production-crashed.dump.partial"), b"half").unwrap();
     let (status, migrated) = app
         .post(
             "lead",
@@ -85,9 +89,16 @@ async fn full_story(backend: Backend) {
     assert!(app.table_exists("production", "user_preferences").await);
     // Staging and production require a backup before they change: one was taken, and the
     // deployment's log says where.
-    let backups = app.config.config_dir.join("backups").join("production");
     let files: Vec<_> = std::fs::read_dir(&backups).unwrap().collect();
     assert_eq!(files.len(), 1, "{files:?}");
+    assert!(
+        !files[0]
+            .as_ref()
+            .unwrap()
+            .path()
+            .to_string_lossy()
+            .ends_with(".partial")
+    );
     let file = files[0].as_ref().unwrap().path();
     assert!(std::fs::metadata(&file).unwrap().len() > 0);
     let deployed = app.deployment(&production).await;

@@ -609,3 +609,35 @@ async fn nothing_runs_without_the_backup_the_environment_requires() {
     );
     app.stop().await;
 }
+
+/// A script that raises a flood of notices keeps the first and last lines and a count of the
+/// rest: memory and the store stay bounded.
+#[tokio::test]
+async fn a_flood_of_notices_is_kept_bounded() {
+    let app = manual_app().await;
+    let id = app
+        .submit(
+            "dev",
+            migration(
+                "chatty",
+                "low",
+                "DO $$ BEGIN FOR i IN 1..5000 LOOP RAISE NOTICE 'line %', i; END LOOP; END $$;",
+                None,
+            ),
+        )
+        .await;
+    app.run_worker("development").await;
+    let d = app.deployment(&format!("{id}@development")).await;
+    assert_eq!(d["state"], "applied", "{d}");
+    let log: Vec<&str> = d["log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(log.len(), 2_001, "{:?}", &log[..5]);
+    assert_eq!(log[0], "line 1");
+    assert_eq!(log[999], "line 1000");
+    assert!(log[1000].contains("3000 lines left out"), "{}", log[1000]);
+    assert_eq!(log[2000], "line 5000");
+}
