@@ -225,7 +225,7 @@ pub fn validate_file(path: &Path, dialect: crate::lint::Dialect) -> Vec<Problem>
             None
         }
     };
-    match crate::lint::split_statements(&text) {
+    match crate::lint::split_statements_for(&text, dialect) {
         Err(e) => problems.push(at(e.line, e.message)),
         Ok(statements) if statements.is_empty() => {
             problems.push(at(1, "the script has no SQL statement".into()))

@@ -99,6 +99,15 @@ impl Worker {
         }
     }
 
+    /// How this worker's target reads SQL: statements are split the way it splits them.
+    fn dialect(&self) -> crate::lint::Dialect {
+        if target::is_mysql(self.environment.url.expose()) {
+            crate::lint::Dialect::MySql
+        } else {
+            crate::lint::Dialect::Postgres
+        }
+    }
+
     fn settings(&self) -> TargetSettings {
         TargetSettings {
             url: self.environment.url.expose().to_owned(),
@@ -344,7 +353,7 @@ impl Worker {
                 match m
                     .down_sql
                     .as_deref()
-                    .map(|sql| check_script("down_sql", sql))
+                    .map(|sql| check_script("down_sql", sql, self.dialect()))
                 {
                     Some(Ok(statements)) => {
                         let observer = self.observer(d);
@@ -593,7 +602,7 @@ impl Worker {
             }
             let m = &migrations[&d.migration_id];
             d.started_at = Some(self.now());
-            let statements = match check_script("up_sql", &m.up_sql) {
+            let statements = match check_script("up_sql", &m.up_sql, self.dialect()) {
                 Ok(s) => s,
                 Err(e) => {
                     d.state = d.state.on(DeploymentEvent::Fail)?;

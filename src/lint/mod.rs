@@ -286,6 +286,169 @@ pub fn split_statements(sql: &str) -> Result<Vec<Statement>, SplitError> {
     })
 }
 
+/// Splits a script the way the targets of `dialect` read it: MySQL/MariaDB scripts with the
+/// MySQL client's rules (`#` comments, backslash escapes in strings, `DELIMITER` blocks for
+/// procedures and triggers); everything else with PostgreSQL's grammar.
+pub fn split_statements_for(sql: &str, dialect: Dialect) -> Result<Vec<Statement>, SplitError> {
+    match dialect {
+        Dialect::MySql => split_mysql(sql),
+        Dialect::Postgres | Dialect::Both => split_statements(sql),
+    }
+}
+
+/// Byte offset of a sqlparser location (1-based line and column, columns in characters).
+fn byte_offset(sql: &str, line_starts: &[usize], line: u64, column: u64) -> usize {
+    let Some(&start) = line_starts.get((line as usize).saturating_sub(1)) else {
+        return sql.len();
+    };
+    sql[start..]
+        .char_indices()
+        .nth((column as usize).saturating_sub(1))
+        .map_or(sql.len(), |(i, _)| start + i)
+}
+
+/// The MySQL splitter: sqlparser's MySQL tokenizer finds strings, quoted names and comments;
+/// the delimiter (`;`, or what a `DELIMITER` line sets) ends a statement anywhere else.
+/// `/*! ... */` comments are statements the server runs, so they count as content.
+fn split_mysql(sql: &str) -> Result<Vec<Statement>, SplitError> {
+    use sqlparser::dialect::MySqlDialect;
+    use sqlparser::tokenizer::{Token, Tokenizer, Whitespace};
+    let tokens = Tokenizer::new(&MySqlDialect {}, sql)
+        .tokenize_with_location()
+        .map_err(|e| SplitError {
+            line: e.location.line as usize,
+            message: e.message,
+        })?;
+    let mut line_starts = vec![0usize];
+    line_starts.extend(sql.match_indices('\n').map(|(i, _)| i + 1));
+    // Byte ranges inside which nothing ends a statement, and those that are mere trivia.
+    let mut protected: Vec<(usize, usize)> = Vec::new();
+    let mut trivia: Vec<(usize, usize)> = Vec::new();
+    for token in &tokens {
+        let start = byte_offset(
+            sql,
+            &line_starts,
+            token.span.start.line,
+            token.span.start.column,
+        );
+        let end = byte_offset(
+            sql,
+            &line_starts,
+            token.span.end.line,
+            token.span.end.column,
+        );
+        match &token.token {
+            Token::Whitespace(Whitespace::SingleLineComment { .. }) => {
+                protected.push((start, end));
+                trivia.push((start, end));
+            }
+            Token::Whitespace(Whitespace::MultiLineComment(comment)) => {
+                protected.push((start, end));
+                if !comment.starts_with('!') {
+                    trivia.push((start, end));
+                }
+            }
+            Token::Whitespace(_) => trivia.push((start, end)),
+            Token::Word(word) if word.quote_style.is_some() => protected.push((start, end)),
+            Token::Word(_)
+            | Token::Number(..)
+            | Token::Char(_)
+            | Token::EOF
+            | Token::SemiColon
+            | Token::Comma
+            | Token::LParen
+            | Token::RParen => {}
+            other if format!("{other:?}").contains("String") => protected.push((start, end)),
+            _ => {}
+        }
+    }
+    let inside = |ranges: &[(usize, usize)], at: usize| {
+        ranges
+            .binary_search_by(|&(start, end)| {
+                if end <= at {
+                    std::cmp::Ordering::Less
+                } else if start > at {
+                    std::cmp::Ordering::Greater
+                } else {
+                    std::cmp::Ordering::Equal
+                }
+            })
+            .is_ok()
+    };
+    let mut statements = Vec::new();
+    let mut push = |from: usize, to: usize| {
+        let piece = &sql[from..to];
+        // The statement starts at its first byte that is neither whitespace nor a comment.
+        let Some(first) = piece.char_indices().map(|(i, _)| from + i).find(|&at| {
+            // sqlparser reads a version comment's content as SQL and gives its wrapper no
+            // token of its own: recognise it by its text.
+            sql[at..].starts_with("/*!")
+                || (!inside(&trivia, at) && !sql[at..].starts_with(char::is_whitespace))
+        }) else {
+            return;
+        };
+        let text = sql[first..to].trim_end();
+        if text.is_empty() {
+            return;
+        }
+        let keywords = keywords_of(text);
+        statements.push(Statement {
+            text: text.to_owned(),
+            line: line_of(sql, first),
+            control: mysql_control(&keywords),
+            keywords,
+        });
+    };
+    let mut delimiter = ";".to_owned();
+    let mut start = 0usize;
+    let mut at = 0usize;
+    while at < sql.len() {
+        let line_start = at == 0 || sql.as_bytes()[at - 1] == b'\n';
+        if line_start && !inside(&protected, at) {
+            let line_end = sql[at..].find('\n').map_or(sql.len(), |i| at + i);
+            let line = sql[at..line_end].trim();
+            let mut words = line.split_whitespace();
+            if words
+                .next()
+                .is_some_and(|w| w.eq_ignore_ascii_case("DELIMITER"))
+                && let Some(new) = words.next()
+            {
+                push(start, at);
+                delimiter = new.to_owned();
+                start = line_end;
+                at = line_end;
+                continue;
+            }
+        }
+        if sql[at..].starts_with(delimiter.as_str()) && !inside(&protected, at) {
+            push(start, at);
+            at += delimiter.len();
+            start = at;
+            continue;
+        }
+        at += sql[at..].chars().next().map_or(1, char::len_utf8);
+    }
+    push(start, sql.len());
+    Ok(statements)
+}
+
+/// Transaction control in a MySQL statement: the PostgreSQL forms, and XA transactions and
+/// `SET autocommit`, which commit what came before.
+fn mysql_control(keywords: &[String]) -> TransactionControl {
+    let word = |i: usize| keywords.get(i).map(String::as_str);
+    match (word(0), word(1), word(2)) {
+        (Some("XA"), _, _) => TransactionControl::Forbidden,
+        (Some("SET"), Some("AUTOCOMMIT"), _)
+        | (Some("SET"), Some("SESSION" | "LOCAL"), Some("AUTOCOMMIT")) => {
+            TransactionControl::Forbidden
+        }
+        (Some("SET"), Some("@"), _) if keywords.iter().any(|w| w.ends_with("AUTOCOMMIT")) => {
+            TransactionControl::Forbidden
+        }
+        _ => control_of_keywords(keywords),
+    }
+}
+
 fn control_of_node(node: &squawk_syntax::SyntaxNode) -> TransactionControl {
     use SyntaxKind as K;
     match node.kind() {
@@ -1083,6 +1246,49 @@ END $$;
             let (risk, findings) = risk_of(sql, Dialect::Postgres);
             assert_eq!(risk, Risk::Low, "{sql}: {findings:?}");
         }
+    }
+
+    #[test]
+    fn the_mysql_splitter_knows_hash_comments_escapes_and_delimiter_blocks() {
+        let sql = "# setup; not a statement\nCREATE TABLE t (s varchar(10)); # trailing; comment\nINSERT INTO t VALUES ('it\\'s; fine'), (\"a;b\");\n-- another; comment\nDELIMITER $$\nCREATE PROCEDURE p()\nBEGIN\n  SELECT 1;\n  SELECT 'x;y';\nEND$$\nDELIMITER ;\n/*!40101 SET NAMES utf8mb4 */;\nSELECT `weird;name` FROM t;";
+        let statements = split_statements_for(sql, Dialect::MySql).unwrap();
+        let texts: Vec<&str> = statements.iter().map(|s| s.text.as_str()).collect();
+        assert_eq!(
+            texts,
+            [
+                "CREATE TABLE t (s varchar(10))",
+                "INSERT INTO t VALUES ('it\\'s; fine'), (\"a;b\")",
+                "CREATE PROCEDURE p()\nBEGIN\n  SELECT 1;\n  SELECT 'x;y';\nEND",
+                "/*!40101 SET NAMES utf8mb4 */",
+                "SELECT `weird;name` FROM t",
+            ],
+            "{statements:#?}"
+        );
+        assert_eq!(
+            statements.iter().map(|s| s.line).collect::<Vec<_>>(),
+            [2, 3, 6, 12, 13]
+        );
+        assert!(transaction_control_problems(&statements).is_empty());
+        for forbidden in [
+            "XA START 'x'",
+            "SET autocommit = 1",
+            "SET SESSION autocommit = 0",
+            "ROLLBACK",
+            "SAVEPOINT a",
+        ] {
+            let statements = split_statements_for(
+                &format!("SELECT 1;\n{forbidden};\nSELECT 2;"),
+                Dialect::MySql,
+            )
+            .unwrap();
+            assert_eq!(
+                transaction_control_problems(&statements).len(),
+                1,
+                "{forbidden}"
+            );
+        }
+        let e = split_statements_for("SELECT 1;\nSELECT 'open", Dialect::MySql).unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
     }
 
     #[test]

@@ -275,9 +275,9 @@ fn read_scripts(
     declared: Risk,
     dialect: lint::Dialect,
 ) -> Result<ReadScripts> {
-    let statements = check_script("up_sql", up_sql)?;
+    let statements = check_script("up_sql", up_sql, dialect)?;
     if let Some(down) = down_sql {
-        check_script("down_sql", down)?;
+        check_script("down_sql", down, dialect)?;
     }
     let findings = lint::analyse(up_sql, &statements, dialect);
     Ok(ReadScripts {
@@ -304,10 +304,18 @@ fn locked_error(env: &EnvironmentConfig, lock: &LockRow, prefix: &str) -> Servic
     ))
 }
 
-/// Splits and checks a script; `field` names it in errors.
-pub fn check_script(field: &str, sql: &str) -> Result<Vec<lint::Statement>> {
-    let statements =
-        lint::split_statements(sql).map_err(|e| ServiceError::Invalid(format!("{field}: {e}")))?;
+/// Splits and checks a script as the targets of `dialect` read it (with environments of both
+/// kinds, as each of them reads it); `field` names it in errors.
+pub fn check_script(
+    field: &str,
+    sql: &str,
+    dialect: lint::Dialect,
+) -> Result<Vec<lint::Statement>> {
+    if dialect == lint::Dialect::Both {
+        check_script(field, sql, lint::Dialect::MySql)?;
+    }
+    let statements = lint::split_statements_for(sql, dialect)
+        .map_err(|e| ServiceError::Invalid(format!("{field}: {e}")))?;
     if statements.is_empty() {
         return Err(ServiceError::Invalid(format!(
             "{field}: the script has no SQL statement"
@@ -1698,10 +1706,14 @@ mod tests {
 
     #[test]
     fn scripts_with_rollback_statements_are_refused_with_their_line() {
-        let e = check_script("up_sql", "CREATE TABLE t (id int);\nROLLBACK;")
-            .unwrap_err()
-            .to_string();
+        let e = check_script(
+            "up_sql",
+            "CREATE TABLE t (id int);\nROLLBACK;",
+            lint::Dialect::Postgres,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.starts_with("up_sql: line 2:"), "{e}");
-        assert!(check_script("down_sql", "-- nothing\n").is_err());
+        assert!(check_script("down_sql", "-- nothing\n", lint::Dialect::Postgres).is_err());
     }
 }

@@ -273,3 +273,36 @@ async fn a_percent_encoded_password_reaches_the_backup_program_decoded() {
     );
     app.stop().await;
 }
+
+/// `#` comments holding a semicolon and DELIMITER blocks around a procedure: split as the mysql
+/// client splits them (before, the PostgreSQL lexer cut them in the wrong places).
+#[tokio::test]
+async fn hash_comments_and_delimiter_blocks_apply_on_mariadb() {
+    use sqlx::Row;
+    let app = spawn_app_with(options()).await;
+    let script = "# setup; first the table\nCREATE TABLE hc (id INT); # trailing; comment\nDELIMITER //\nCREATE PROCEDURE hc_count()\nBEGIN\n  SELECT COUNT(*) FROM hc;\nEND //\nDELIMITER ;\nINSERT INTO hc VALUES (1); -- done; really\n";
+    let id = app
+        .submit("dev", migration("mysql client syntax", "low", script, None))
+        .await;
+    app.run_worker("development").await;
+    let d = app.deployment(&format!("{id}@development")).await;
+    assert_eq!(d["state"], "applied", "{d}");
+    let mut conn = app.mysql_targets["development"].connect().await;
+    let procedures: i64 = sqlx::query(
+        "SELECT COUNT(*) FROM information_schema.routines WHERE routine_schema = DATABASE() AND routine_name = 'hc_count'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap()
+    .get(0);
+    assert_eq!(procedures, 1);
+    let statements: i64 =
+        sqlx::query("SELECT statements_total FROM sluice_schema_history WHERE migration_id = ?")
+            .bind(&id)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+            .get(0);
+    assert_eq!(statements, 3);
+    app.stop().await;
+}
