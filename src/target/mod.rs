@@ -366,6 +366,37 @@ fn describe_failure(statement: &Statement, index: usize, line: usize, message: &
     )
 }
 
+/// Where a script run statement by statement starts, from what the target's history records
+/// of an earlier attempt: after the statements it applied (noted in the log), or at the first.
+/// An error when the history holds part of another version of the script.
+fn resume_point(
+    script: &Script<'_>,
+    previous: Option<&HistoryEntry>,
+    total: i64,
+    log: &mut LogBuffer,
+) -> Result<i64, String> {
+    let Some(entry) = previous.filter(|e| !e.success && e.applied_statements() > 0) else {
+        return Ok(0);
+    };
+    if entry.checksum != script.checksum {
+        return Err(format!(
+            "the target records statements 1 to {} of another version of {} (checksum {}) as applied; roll that back by hand or cancel this deployment",
+            entry.applied_statements(),
+            script.migration_id,
+            entry.checksum
+        ));
+    }
+    let resume_from = entry.applied_statements().min(total);
+    script.emit(
+        log,
+        LogLine::info(format!(
+            "resuming at statement {} of {total}: statements 1 to {resume_from} were applied by an earlier attempt and are not run again",
+            resume_from + 1
+        )),
+    );
+    Ok(resume_from)
+}
+
 /// Notes for the log about BEGIN/COMMIT statements Sluice leaves out.
 fn wrapper_notes(script: &Script<'_>) -> LogBuffer {
     let mut log = LogBuffer::default();

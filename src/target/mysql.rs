@@ -368,35 +368,17 @@ impl MySqlSession {
         let steps = executable(script.statements);
         let total = steps.len() as i64;
         let previous = self.entry(script.migration_id).await?;
-        let resume_from = match &previous {
-            Some(entry) if !entry.success && entry.applied_statements() > 0 => {
-                if entry.checksum != script.checksum {
-                    let message = format!(
-                        "the target records statements 1 to {} of another version of {} (checksum {}) as applied; roll that back by hand or cancel this deployment",
-                        entry.applied_statements(),
-                        script.migration_id,
-                        entry.checksum
-                    );
-                    return Ok(RunReport {
-                        execution_ms: 0,
-                        transactional: false,
-                        log: log.into_lines(),
-                        error: Some(message),
-                    });
-                }
-                entry.applied_statements().min(total)
+        let resume_from = match super::resume_point(script, previous.as_ref(), total, &mut log) {
+            Ok(resume_from) => resume_from,
+            Err(message) => {
+                return Ok(RunReport {
+                    execution_ms: 0,
+                    transactional: false,
+                    log: log.into_lines(),
+                    error: Some(message),
+                });
             }
-            _ => 0,
         };
-        if resume_from > 0 {
-            script.emit(
-                &mut log,
-                LogLine::info(format!(
-                    "resuming at statement {} of {total}: statements 1 to {resume_from} were applied by an earlier attempt and are not run again",
-                    resume_from + 1
-                )),
-            );
-        }
         self.reset_session().await?;
         let started = Instant::now();
         self.record(

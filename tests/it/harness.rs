@@ -565,6 +565,27 @@ impl TestApp {
     }
 }
 
+/// environments.yml with a freeze window from five minutes ago for two hours (in real time:
+/// the manual clock starts at it) added after each `anchor` (the end of an environment's
+/// `migration:` settings).
+pub fn with_freeze_window(text: String, anchors: &[&str]) -> String {
+    let start = chrono::Utc::now() - chrono::Duration::minutes(5);
+    let end = start + chrono::Duration::hours(2);
+    let window = format!(
+        "      freeze_windows:\n        - {{name: release freeze, start: {}, end: {}}}\n",
+        start.to_rfc3339(),
+        end.to_rfc3339()
+    );
+    anchors.iter().fold(text, |text, anchor| {
+        text.replace(anchor, &format!("{anchor}{window}"))
+    })
+}
+
+/// The end of production's settings in the shipped environments.yml.
+pub const PRODUCTION_SETTINGS_END: &str = "      lock_timeout: 5\n";
+/// The end of staging's settings in the shipped environments.yml.
+pub const STAGING_SETTINGS_END: &str = "      timeout: 600\n      lock_timeout: 10\n";
+
 pub fn migration(description: &str, risk: &str, up: &str, down: Option<&str>) -> Value {
     serde_json::json!({
         "kind": "schema_change",

@@ -20,6 +20,19 @@ async fn counter_rows(client: &tokio_postgres::Client) -> i64 {
         .get(0)
 }
 
+/// One round of development's worker, running while the test cuts it off.
+fn development_round_in_background(
+    app: &crate::harness::TestApp,
+) -> tokio::task::JoinHandle<Result<sluice::engine::Outcome, sluice::service::ServiceError>> {
+    let service = app.service().clone();
+    let env = app.config.environments[0].clone();
+    tokio::spawn(async move {
+        sluice::engine::Worker::new(service, env, tokio_util::sync::CancellationToken::new())
+            .run_once()
+            .await
+    })
+}
+
 /// Waits (bounded) until the target shows a statement containing `text` running.
 async fn wait_for_running_pg(client: &tokio_postgres::Client, text: &str) -> i32 {
     for _ in 0..400 {
@@ -55,15 +68,7 @@ async fn a_cut_connection_halts_a_non_transactional_script_and_retry_resumes_aft
         .submit("dev", migration("counter", "low", SCRIPT, None))
         .await;
     let deployment = format!("{id}@development");
-    let worker = {
-        let service = app.service().clone();
-        let env = app.config.environments[0].clone();
-        tokio::spawn(async move {
-            sluice::engine::Worker::new(service, env, tokio_util::sync::CancellationToken::new())
-                .run_once()
-                .await
-        })
-    };
+    let worker = development_round_in_background(&app);
     let pid = wait_for_running_pg(&target, "pg_sleep").await;
     target
         .execute("SELECT pg_terminate_backend($1)", &[&pid])
@@ -129,15 +134,7 @@ async fn a_killed_mariadb_connection_halts_a_ddl_script_and_retry_resumes() {
         .submit("dev", migration("ddl steps", "low", script, None))
         .await;
     let deployment = format!("{id}@development");
-    let worker = {
-        let service = app.service().clone();
-        let env = app.config.environments[0].clone();
-        tokio::spawn(async move {
-            sluice::engine::Worker::new(service, env, tokio_util::sync::CancellationToken::new())
-                .run_once()
-                .await
-        })
-    };
+    let worker = development_round_in_background(&app);
     let mut admin = app.mysql_targets["development"].connect().await;
     let mut killed = false;
     for _ in 0..400 {

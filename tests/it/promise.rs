@@ -525,17 +525,7 @@ async fn an_emergency_goes_ahead_of_deployments_the_freeze_holds() {
         background_workers: false,
         manual_clock: true,
         edit_environments: Some(|text| {
-            let start = chrono::Utc::now() - chrono::Duration::minutes(5);
-            let end = start + chrono::Duration::hours(2);
-            let window = format!(
-                "      freeze_windows:\n        - {{name: release freeze, start: {}, end: {}}}\n",
-                start.to_rfc3339(),
-                end.to_rfc3339()
-            );
-            text.replace(
-                "      lock_timeout: 5\n",
-                &format!("      lock_timeout: 5\n{window}"),
-            )
+            crate::harness::with_freeze_window(text, &[crate::harness::PRODUCTION_SETTINGS_END])
         }),
         ..AppOptions::default()
     })

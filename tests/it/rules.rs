@@ -473,20 +473,12 @@ async fn a_freeze_window_starts_nothing_but_emergency_overrides() {
         background_workers: false,
         manual_clock: true,
         edit_environments: Some(|text| {
-            let start = chrono::Utc::now() - chrono::Duration::minutes(5);
-            let end = start + chrono::Duration::hours(2);
-            let window = format!(
-                "      freeze_windows:\n        - {{name: release freeze, start: {}, end: {}}}\n",
-                start.to_rfc3339(),
-                end.to_rfc3339()
-            );
-            text.replace(
-                "      lock_timeout: 5\n",
-                &format!("      lock_timeout: 5\n{window}"),
-            )
-            .replace(
-                "      timeout: 600\n      lock_timeout: 10\n",
-                &format!("      timeout: 600\n      lock_timeout: 10\n{window}"),
+            crate::harness::with_freeze_window(
+                text,
+                &[
+                    crate::harness::PRODUCTION_SETTINGS_END,
+                    crate::harness::STAGING_SETTINGS_END,
+                ],
             )
         }),
         ..AppOptions::default()
