@@ -1,0 +1,214 @@
+//! The command line's words: the arguments and subcommands, parsed by clap.
+
+use super::*;
+
+#[derive(Parser)]
+#[command(name = "sluice", version, about = "Database-migration control plane")]
+pub struct Cli {
+    /// The daemon's gRPC address.
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_ADDR",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub(super) server: String,
+    /// API token (see `sluice token new`).
+    #[arg(long, global = true, env = "SLUICE_TOKEN", hide_env_values = true)]
+    pub(super) token: Option<String>,
+    /// How to print results.
+    #[arg(long, global = true, value_enum, default_value = "table")]
+    pub(super) output: Output,
+    #[command(subcommand)]
+    pub(super) command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(super) enum DialectArg {
+    Postgres,
+    Mysql,
+    Both,
+}
+
+impl From<DialectArg> for crate::lint::Dialect {
+    fn from(d: DialectArg) -> Self {
+        match d {
+            DialectArg::Postgres => crate::lint::Dialect::Postgres,
+            DialectArg::Mysql => crate::lint::Dialect::MySql,
+            DialectArg::Both => crate::lint::Dialect::Both,
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(super) enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub(super) enum Command {
+    /// Run the daemon: REST and gRPC APIs, one worker per environment, the scheduler.
+    Server {
+        /// Folder with sluice.yml, environments.yml, approval_matrix.yml and users.yml.
+        #[arg(long, env = "SLUICE_CONFIG_DIR", default_value = "config")]
+        config_dir: PathBuf,
+    },
+    /// Check the configuration files and exit.
+    CheckConfig {
+        #[arg(long, env = "SLUICE_CONFIG_DIR", default_value = "config")]
+        config_dir: PathBuf,
+    },
+    /// API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Release every approved deployment of an environment to its worker.
+    Migrate {
+        environment: String,
+        /// Follow the deployments until they finish; the exit code is their outcome.
+        #[arg(long)]
+        wait: bool,
+        /// With --emergency: approve everything awaiting approval there without the full set.
+        #[arg(long, requires = "emergency")]
+        force: bool,
+        /// The reason for an emergency override (needs --force).
+        #[arg(long, requires = "force", value_name = "REASON")]
+        emergency: Option<String>,
+    },
+    /// An environment's queue, pending approvals, lock and last applied migration.
+    Status {
+        environment: String,
+        #[arg(long)]
+        verbose: bool,
+    },
+    /// Roll back a migration in an environment with its rollback script.
+    Rollback {
+        environment: String,
+        migration_id: String,
+        #[arg(long, requires = "emergency")]
+        force: bool,
+        #[arg(long, requires = "force", value_name = "REASON")]
+        emergency: Option<String>,
+        /// Follow the rollback until it finishes.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Retry a failed deployment (after fixing its cause).
+    Retry {
+        environment: String,
+        migration_id: String,
+    },
+    /// Cancel a deployment that has not run (or skip a failed one).
+    Cancel {
+        environment: String,
+        migration_id: String,
+        #[arg(default_value = "")]
+        reason: String,
+    },
+    /// Check migration scripts offline: header, syntax, forbidden statements, risk findings.
+    Validate {
+        #[arg(required = true)]
+        scripts: Vec<PathBuf>,
+        /// The SQL the target databases speak: decides the risk analysis (mysql covers MariaDB;
+        /// both when environments of the two kinds take the scripts).
+        #[arg(long, value_enum, default_value = "postgres")]
+        dialect: DialectArg,
+    },
+    /// Approve a migration in the role given (the approver must be the token's user).
+    Approve {
+        migration_id: String,
+        role: String,
+        approver: String,
+        comment: String,
+        /// Default: the first environment of the promotion order where it awaits this role.
+        #[arg(long)]
+        environment: Option<String>,
+        /// The checksum of the scripts you reviewed (`sluice show`/`status --verbose` print it).
+        /// Default: the checksum the daemon shows now, printed before approving.
+        #[arg(long)]
+        checksum: Option<String>,
+    },
+    /// Reject a migration.
+    Reject {
+        migration_id: String,
+        comment: String,
+        /// Default: the first environment where it awaits approval.
+        #[arg(long)]
+        environment: Option<String>,
+    },
+    /// Lock an environment: nothing new starts there.
+    Lock { environment: String, reason: String },
+    /// Unlock an environment.
+    Unlock {
+        environment: String,
+        /// Accepted for the seed's `unlock --force`; unlocking needs an operator role either way.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Write a new migration script and its rollback from a template.
+    New {
+        /// SCHEMA_CHANGE, DATA_MIGRATION or HOTFIX.
+        #[arg(long = "type")]
+        kind: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        /// LOW, MEDIUM or HIGH.
+        #[arg(long)]
+        risk: Option<String>,
+        /// Estimated duration, e.g. 5m.
+        #[arg(long)]
+        duration: Option<String>,
+        #[arg(long)]
+        author: Option<String>,
+        #[arg(long)]
+        ticket: Option<String>,
+        /// The folder holding scripts/ and rollbacks/.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Submit migration scripts (with the metadata `new` wrote in their header).
+    Submit {
+        #[arg(required = true)]
+        scripts: Vec<PathBuf>,
+    },
+    /// Migrations and their state per environment (or in one environment).
+    History {
+        environment: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// The audit trail: every state change, who, what, when.
+    Audit {
+        #[arg(long)]
+        environment: Option<String>,
+        #[arg(long)]
+        migration: Option<String>,
+        #[arg(long)]
+        actor: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Follow an environment's deployments as they change (until Ctrl-C), or one migration's
+    /// deployment there until it finishes.
+    Watch {
+        environment: String,
+        migration_id: Option<String>,
+    },
+    /// Print a shell completion script (bash, zsh, fish, ...).
+    Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Subcommand)]
+pub(super) enum TokenCommand {
+    /// Print a new random token and the users.yml entry that grants it.
+    New {
+        /// The user's name in users.yml.
+        #[arg(long, default_value = "alice")]
+        user: String,
+        /// Roles, comma separated: developer, data_ops, data_ops_lead, dba, tech_lead, cto, admin.
+        #[arg(long, value_delimiter = ',', default_value = "developer")]
+        roles: Vec<String>,
+    },
+}

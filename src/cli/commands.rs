@@ -1,0 +1,540 @@
+//! The commands: offline ones (token, validate, new) and those that call the daemon.
+
+use super::*;
+
+pub(super) fn new_token(user: &str, roles: &[String]) -> CliResult {
+    let name: crate::domain::UserName = user
+        .parse()
+        .map_err(|e: crate::domain::DomainError| Failure::usage(e.to_string()))?;
+    for role in roles {
+        role.parse::<crate::domain::Role>()
+            .map_err(|e| Failure::usage(e.to_string()))?;
+    }
+    let token = crate::auth::new_token()
+        .map_err(|e| Failure::operation(format!("cannot read random bytes: {e}")))?;
+    let hash = crate::auth::token_sha256(&token);
+    println!("token (give it to {name}; it is shown only once): {token}");
+    println!();
+    println!("add to users.yml:");
+    println!("  - name: {name}");
+    println!("    roles: [{}]", roles.join(", "));
+    println!("    token_sha256: \"{hash}\"");
+    Ok(())
+}
+
+pub(super) fn validate(
+    paths: &[PathBuf],
+    dialect: crate::lint::Dialect,
+    output: Output,
+) -> CliResult {
+    let mut all = Vec::new();
+    for path in paths {
+        let problems = scripts::validate_file(path, dialect);
+        if output == Output::Table {
+            if problems.is_empty() {
+                println!("{}: ok", path.display());
+            }
+            for problem in &problems {
+                println!("{problem}");
+            }
+        }
+        all.extend(problems);
+    }
+    if output == Output::Json {
+        let list: Vec<serde_json::Value> = all
+            .iter()
+            .map(|p| serde_json::json!({"path": p.path, "line": p.line, "message": p.message}))
+            .collect();
+        print_json(&list)?;
+    }
+    if all.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::operation(format!(
+            "{} finding(s) in {} script(s)",
+            all.len(),
+            paths.len()
+        )))
+    }
+}
+
+/// Asks on the terminal for a value the flags did not give.
+pub(super) fn ask(label: &str, given: Option<String>, default: Option<&str>) -> CliResult<String> {
+    if let Some(value) = given {
+        return Ok(value);
+    }
+    if !std::io::stdin().is_terminal() {
+        return match default {
+            Some(d) => Ok(d.to_owned()),
+            None => Err(Failure::usage(format!(
+                "--{} is required when not run at a terminal",
+                label.to_ascii_lowercase().replace(' ', "-")
+            ))),
+        };
+    }
+    loop {
+        match default {
+            Some(d) => eprint!("{label} [{d}]: "),
+            None => eprint!("{label}: "),
+        }
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| Failure::operation(format!("cannot read the terminal: {e}")))?;
+        let value = line.trim();
+        if !value.is_empty() {
+            return Ok(value.to_owned());
+        }
+        if let Some(d) = default {
+            return Ok(d.to_owned());
+        }
+    }
+}
+
+pub(super) fn new_migration(
+    kind: Option<String>,
+    description: Option<String>,
+    risk: Option<String>,
+    duration: Option<String>,
+    author: Option<String>,
+    ticket: Option<String>,
+    dir: &std::path::Path,
+) -> CliResult {
+    let usage = |e: crate::domain::DomainError| Failure::usage(e.to_string());
+    let kind = ask("Type", kind, Some("SCHEMA_CHANGE"))?
+        .parse()
+        .map_err(usage)?;
+    let description = ask("Description", description, None)?;
+    let risk = ask("Risk", risk, Some("LOW"))?.parse().map_err(usage)?;
+    let duration = ask("Duration", duration, Some("5m"))?;
+    let default_author = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let author = ask("Author", author, Some(&default_author))?;
+    let ticket = ask("Ticket", ticket, None)?;
+    let spec = scripts::NewMigration {
+        kind,
+        description,
+        risk,
+        duration,
+        author,
+        ticket,
+    };
+    let timestamp = chrono::Utc::now().format("%Y%m%d_%H%M%S").to_string();
+    let (script, rollback) = scripts::write_new(dir, &spec, &timestamp)
+        .map_err(|e| Failure::operation(format!("cannot write the scripts: {e}")))?;
+    println!("created {}", script.display());
+    println!("created {}", rollback.display());
+    Ok(())
+}
+
+pub(super) async fn remote(client: &mut Client, command: Command, output: Output) -> CliResult {
+    match command {
+        Command::Migrate {
+            environment,
+            wait,
+            force: _,
+            emergency,
+        } => migrate(client, &environment, wait, emergency, output).await,
+        Command::Status {
+            environment,
+            verbose,
+        } => {
+            let request = client.request(pb::GetEnvironmentStatusRequest { environment })?;
+            let status = client
+                .inner
+                .get_environment_status(request)
+                .await
+                .map_err(|s| client.failed(s))?
+                .into_inner();
+            match output {
+                Output::Json => print_json(&status),
+                Output::Table => {
+                    print_status(&status, verbose);
+                    Ok(())
+                }
+            }
+        }
+        Command::Rollback {
+            environment,
+            migration_id,
+            force: _,
+            emergency,
+            wait,
+        } => {
+            let reason = match emergency {
+                Some(reason) => format!("EMERGENCY: {reason}"),
+                None => "requested with `sluice rollback`".into(),
+            };
+            let deployment_id = format!("{migration_id}@{environment}");
+            let request = client.request(pb::DeploymentActionRequest {
+                deployment_id: deployment_id.clone(),
+                reason,
+            })?;
+            let deployment = client
+                .inner
+                .rollback(request)
+                .await
+                .map_err(|s| client.failed(s))?
+                .into_inner();
+            if output == Output::Json && !wait {
+                return print_json(&deployment);
+            }
+            println!("{deployment_id}: {}", deployment.state);
+            if wait {
+                let outcomes = follow(client, &environment, &[deployment_id]).await?;
+                return finish(outcomes, output);
+            }
+            Ok(())
+        }
+        Command::Approve {
+            migration_id,
+            role,
+            approver,
+            comment,
+            environment,
+            checksum,
+        } => {
+            let me = client
+                .inner
+                .who_am_i(client.request(pb::WhoAmIRequest {})?)
+                .await
+                .map_err(|s| client.failed(s))?
+                .into_inner();
+            if me.name != approver {
+                return Err(Failure::operation(format!(
+                    "the approver named ({approver}) is not the token's user ({}); approvals are signed by the token's owner",
+                    me.name
+                )));
+            }
+            let environment = match environment {
+                Some(e) => e,
+                None => awaiting_environment(client, &migration_id, Some(&role)).await?,
+            };
+            let checksum = match checksum {
+                Some(c) => c,
+                None => {
+                    let shown = current_checksum(client, &migration_id).await?;
+                    if output == Output::Table {
+                        println!("approving {migration_id} with the checksum {shown}");
+                    }
+                    shown
+                }
+            };
+            let request = client.request(pb::ApproveRequest {
+                deployment_id: format!("{migration_id}@{environment}"),
+                role,
+                comment,
+                checksum,
+            })?;
+            let deployment = client
+                .inner
+                .approve(request)
+                .await
+                .map_err(|s| client.failed(s))?
+                .into_inner();
+            match output {
+                Output::Json => print_json(&deployment),
+                Output::Table => {
+                    println!("{}: {}", deployment.id, deployment.state);
+                    if !deployment.missing_roles.is_empty()
+                        || deployment.additional_approvals_needed > 0
+                    {
+                        println!("  still needed: {}", still_needed(&deployment));
+                    }
+                    Ok(())
+                }
+            }
+        }
+        Command::Reject {
+            migration_id,
+            comment,
+            environment,
+        } => {
+            let environment = match environment {
+                Some(e) => e,
+                None => awaiting_environment(client, &migration_id, None).await?,
+            };
+            let request = client.request(pb::RejectRequest {
+                deployment_id: format!("{migration_id}@{environment}"),
+                comment,
+            })?;
+            let deployment = client
+                .inner
+                .reject(request)
+                .await
+                .map_err(|s| client.failed(s))?
+                .into_inner();
+            match output {
+                Output::Json => print_json(&deployment),
+                Output::Table => {
+                    println!("{}: {}", deployment.id, deployment.state);
+                    Ok(())
+                }
+            }
+        }
+        Command::Lock {
+            environment,
+            reason,
+        } => {
+            let request = client.request(pb::LockEnvironmentRequest {
+                environment,
+                reason,
+            })?;
+            let status = client
+                .inner
+                .lock_environment(request)
+                .await
+                .map_err(|s| client.failed(s))?
+                .into_inner();
+            match output {
+                Output::Json => print_json(&status),
+                Output::Table => {
+                    if let Some(lock) = &status.lock {
+                        println!(
+                            "{} locked by {} at {}: {}",
+                            status.name, lock.locked_by, lock.locked_at, lock.reason
+                        );
+                    }
+                    Ok(())
+                }
+            }
+        }
+        Command::Unlock {
+            environment,
+            force: _,
+        } => {
+            let request = client.request(pb::UnlockEnvironmentRequest { environment })?;
+            let status = client
+                .inner
+                .unlock_environment(request)
+                .await
+                .map_err(|s| client.failed(s))?
+                .into_inner();
+            match output {
+                Output::Json => print_json(&status),
+                Output::Table => {
+                    println!("{} unlocked", status.name);
+                    Ok(())
+                }
+            }
+        }
+        Command::Retry {
+            environment,
+            migration_id,
+        } => {
+            let request = client.request(pb::DeploymentActionRequest {
+                deployment_id: format!("{migration_id}@{environment}"),
+                reason: String::new(),
+            })?;
+            let deployment = client
+                .inner
+                .retry(request)
+                .await
+                .map_err(|s| client.failed(s))?
+                .into_inner();
+            print_deployment(&deployment, output)
+        }
+        Command::Cancel {
+            environment,
+            migration_id,
+            reason,
+        } => {
+            let request = client.request(pb::DeploymentActionRequest {
+                deployment_id: format!("{migration_id}@{environment}"),
+                reason,
+            })?;
+            let deployment = client
+                .inner
+                .cancel(request)
+                .await
+                .map_err(|s| client.failed(s))?
+                .into_inner();
+            print_deployment(&deployment, output)
+        }
+        Command::Submit { scripts } => submit(client, &scripts, output).await,
+        Command::Watch {
+            environment,
+            migration_id,
+        } => watch(client, &environment, migration_id, output).await,
+        Command::History { environment, limit } => {
+            let request = client.request(pb::ListMigrationsRequest {
+                limit,
+                before_seq: None,
+            })?;
+            let list = client
+                .inner
+                .list_migrations(request)
+                .await
+                .map_err(|s| client.failed(s))?
+                .into_inner();
+            match output {
+                Output::Json => print_json(&list),
+                Output::Table => {
+                    for m in &list.migrations {
+                        let states = match &environment {
+                            Some(env) => m.states.get(env).cloned().unwrap_or_default(),
+                            None => m
+                                .states
+                                .iter()
+                                .map(|(env, state)| format!("{env}={state}"))
+                                .collect::<Vec<_>>()
+                                .join(" "),
+                        };
+                        println!(
+                            "{}  {:<6}  {:<10}  {}",
+                            m.id, m.effective_risk, m.author, states
+                        );
+                    }
+                    Ok(())
+                }
+            }
+        }
+        Command::Audit {
+            environment,
+            migration,
+            actor,
+            limit,
+        } => {
+            let request = client.request(pb::ListAuditRequest {
+                environment,
+                migration_id: migration,
+                actor,
+                after_id: None,
+                limit,
+            })?;
+            let audit = client
+                .inner
+                .list_audit(request)
+                .await
+                .map_err(|s| client.failed(s))?
+                .into_inner();
+            match output {
+                Output::Json => print_json(&audit),
+                Output::Table => {
+                    for e in &audit.entries {
+                        let subject = if e.deployment_id.is_empty() {
+                            if e.migration_id.is_empty() {
+                                e.environment.clone()
+                            } else {
+                                e.migration_id.clone()
+                            }
+                        } else {
+                            e.deployment_id.clone()
+                        };
+                        println!("{}  {:<10}  {:<20}  {}", e.at, e.actor, e.action, subject);
+                    }
+                    Ok(())
+                }
+            }
+        }
+        Command::Server { .. }
+        | Command::CheckConfig { .. }
+        | Command::Token { .. }
+        | Command::Validate { .. }
+        | Command::New { .. }
+        | Command::Completions { .. } => unreachable!("offline commands run before connecting"),
+    }
+}
+
+/// The first environment, in promotion order, where the migration awaits approval (and, with
+/// a role, where that role can still sign).
+/// The checksum of a migration's scripts as the daemon has them now.
+pub(super) async fn current_checksum(client: &mut Client, migration_id: &str) -> CliResult<String> {
+    let request = client.request(pb::GetMigrationRequest {
+        id: migration_id.to_owned(),
+    })?;
+    Ok(client
+        .inner
+        .get_migration(request)
+        .await
+        .map_err(|s| client.failed(s))?
+        .into_inner()
+        .checksum)
+}
+
+pub(super) async fn awaiting_environment(
+    client: &mut Client,
+    migration_id: &str,
+    role: Option<&str>,
+) -> CliResult<String> {
+    let request = client.request(pb::GetMigrationRequest {
+        id: migration_id.to_owned(),
+    })?;
+    let migration = client
+        .inner
+        .get_migration(request)
+        .await
+        .map_err(|s| client.failed(s))?
+        .into_inner();
+    migration
+        .deployments
+        .iter()
+        .find(|d| {
+            d.state == "awaiting_approval"
+                && role.is_none_or(|r| {
+                    d.missing_roles.iter().any(|m| m == r)
+                        || (d.additional_approvals_needed > 0
+                            && d.required_roles.iter().any(|m| m == r))
+                })
+        })
+        .map(|d| d.environment.clone())
+        .ok_or_else(|| {
+            Failure::operation(format!(
+                "{migration_id} awaits no approval{} in any environment; name one with --environment",
+                role.map(|r| format!(" from {r}")).unwrap_or_default()
+            ))
+        })
+}
+
+pub(super) async fn submit(client: &mut Client, paths: &[PathBuf], output: Output) -> CliResult {
+    let mut submitted = Vec::new();
+    for path in paths {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Failure::operation(format!("{}: cannot read: {e}", path.display())))?;
+        let header =
+            scripts::read_header(path, &text).map_err(|p| Failure::operation(p.to_string()))?;
+        let rollback_path = scripts::rollback_path(path, &header);
+        let down_sql = match std::fs::read_to_string(&rollback_path) {
+            Ok(text) => Some(text),
+            Err(_) if header.rollback.is_none() => None,
+            Err(e) => {
+                return Err(Failure::operation(format!(
+                    "{}: cannot read: {e}",
+                    rollback_path.display()
+                )));
+            }
+        };
+        let request = client.request(pb::SubmitMigrationRequest {
+            kind: header.kind.as_str().into(),
+            description: header.description.clone(),
+            risk: header.risk.as_str().into(),
+            ticket: header.ticket.clone(),
+            estimated_duration: header.estimated_duration.clone(),
+            up_sql: text,
+            down_sql,
+            depends_on: header.depends_on.clone(),
+        })?;
+        let migration = client
+            .inner
+            .submit_migration(request)
+            .await
+            .map_err(|s| {
+                let failure = client.failed(s);
+                Failure {
+                    code: failure.code,
+                    message: format!("{}: {}", path.display(), failure.message),
+                }
+            })?
+            .into_inner();
+        if output == Output::Table {
+            println!("{}: submitted as {}", path.display(), migration.id);
+            for d in &migration.deployments {
+                println!("  {:<12} {}", d.environment, d.state);
+            }
+        }
+        submitted.push(migration);
+    }
+    if output == Output::Json {
+        print_json(&submitted)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,357 @@
+//! Following deployments to their outcome: `migrate --wait`, `watch`, progress bars.
+
+use super::*;
+
+pub(super) async fn migrate(
+    client: &mut Client,
+    environment: &str,
+    wait: bool,
+    emergency: Option<String>,
+    output: Output,
+) -> CliResult {
+    if let Some(reason) = emergency {
+        let request = client.request(pb::GetEnvironmentStatusRequest {
+            environment: environment.to_owned(),
+        })?;
+        let status = client
+            .inner
+            .get_environment_status(request)
+            .await
+            .map_err(|s| client.failed(s))?
+            .into_inner();
+        for d in &status.pending_approvals {
+            let request = client.request(pb::DeploymentActionRequest {
+                deployment_id: d.id.clone(),
+                reason: reason.clone(),
+            })?;
+            client
+                .inner
+                .emergency_override(request)
+                .await
+                .map_err(|s| client.failed(s))?;
+            eprintln!("{}: emergency override ({reason}); a review is owed", d.id);
+        }
+    }
+    // Subscribe before releasing anything, so that no event falls in between.
+    let events = if wait {
+        let request = client.request(pb::WatchEnvironmentRequest {
+            environment: environment.to_owned(),
+        })?;
+        Some(
+            client
+                .inner
+                .watch_environment(request)
+                .await
+                .map_err(|s| client.failed(s))?
+                .into_inner(),
+        )
+    } else {
+        None
+    };
+    let request = client.request(pb::MigrateEnvironmentRequest {
+        environment: environment.to_owned(),
+    })?;
+    let result = client
+        .inner
+        .migrate_environment(request)
+        .await
+        .map_err(|s| client.failed(s))?
+        .into_inner();
+    let Some(events) = events else {
+        return match output {
+            Output::Json => print_json(&result),
+            Output::Table => {
+                println!(
+                    "{}: released {}, {} queued or running",
+                    result.environment,
+                    result.released.len(),
+                    result.queued.len()
+                );
+                for id in &result.queued {
+                    println!("  {id}");
+                }
+                Ok(())
+            }
+        };
+    };
+    if result.queued.is_empty() {
+        println!("{environment}: nothing to apply");
+        return Ok(());
+    }
+    let outcomes = follow_stream(client, environment, events, &result.queued).await?;
+    finish(outcomes, output)
+}
+
+/// Follows deployments to their outcome over a fresh environment watch.
+pub(super) async fn follow(
+    client: &mut Client,
+    environment: &str,
+    ids: &[String],
+) -> CliResult<BTreeMap<String, (String, String)>> {
+    let request = client.request(pb::WatchEnvironmentRequest {
+        environment: environment.to_owned(),
+    })?;
+    let events = client
+        .inner
+        .watch_environment(request)
+        .await
+        .map_err(|s| client.failed(s))?
+        .into_inner();
+    follow_stream(client, environment, events, ids).await
+}
+
+pub(super) fn resting(state: &str) -> bool {
+    matches!(
+        state,
+        "applied" | "failed" | "rolled_back" | "rejected" | "expired" | "cancelled"
+    )
+}
+
+/// Shows progress (a bar per deployment at a terminal, plain lines otherwise) until every
+/// deployment rests. Returns each one's final state and error.
+pub(super) async fn follow_stream(
+    client: &mut Client,
+    environment: &str,
+    mut events: tonic::Streaming<pb::DeploymentEvent>,
+    ids: &[String],
+) -> CliResult<BTreeMap<String, (String, String)>> {
+    let terminal = std::io::stderr().is_terminal();
+    let bars = indicatif::MultiProgress::new();
+    let style = indicatif::ProgressStyle::with_template("{spinner} {prefix:.bold} {wide_msg}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
+    let mut progress: BTreeMap<String, indicatif::ProgressBar> = BTreeMap::new();
+    let mut outcomes: BTreeMap<String, (String, String)> = BTreeMap::new();
+    let wanted: HashSet<&String> = ids.iter().collect();
+    for id in ids {
+        if terminal {
+            let bar = bars.add(indicatif::ProgressBar::new_spinner());
+            bar.set_style(style.clone());
+            bar.set_prefix(id.clone());
+            bar.set_message("queued");
+            bar.enable_steady_tick(std::time::Duration::from_millis(120));
+            progress.insert(id.clone(), bar);
+        }
+    }
+    // Deployments that finished before the watch began produce no event: read them once.
+    for id in ids {
+        let request = client.request(pb::GetDeploymentRequest { id: id.clone() })?;
+        let d = client
+            .inner
+            .get_deployment(request)
+            .await
+            .map_err(|s| client.failed(s))?
+            .into_inner();
+        if resting(&d.state) {
+            outcomes.insert(id.clone(), (d.state.clone(), d.error.clone()));
+            if let Some(bar) = progress.get(id) {
+                bar.finish_with_message(d.state.clone());
+            } else {
+                println!("{id}: {}", d.state);
+            }
+        }
+    }
+    let mut seen_running: HashSet<String> = HashSet::new();
+    // A queue that is halted or locked will not move: say so instead of waiting forever.
+    if let Some(reason) = stuck(client, environment, ids).await? {
+        give_up(ids, &mut outcomes, &progress, &reason);
+    }
+    while outcomes.len() < ids.len() {
+        let Some(event) = events.next().await else {
+            return Err(Failure {
+                code: 3,
+                message: "the daemon closed the watch stream before the deployments finished"
+                    .into(),
+            });
+        };
+        let event = event.map_err(|s| client.failed(s))?;
+        let state_is = |wanted_state: &str| matches!(&event.event, Some(pb::deployment_event::Event::State(s)) if s == wanted_state);
+        let (halting, requeued, running) =
+            (state_is("failed"), state_is("queued"), state_is("running"));
+        if !wanted.contains(&event.deployment_id) || outcomes.contains_key(&event.deployment_id) {
+            if halting {
+                let reason = format!("the queue is halted by {}", event.deployment_id);
+                give_up(ids, &mut outcomes, &progress, &reason);
+            }
+            continue;
+        }
+        if running {
+            seen_running.insert(event.deployment_id.clone());
+        }
+        // Back in the queue after running: the environment was locked or the daemon is stopping.
+        if requeued
+            && seen_running.contains(&event.deployment_id)
+            && let Some(reason) = stuck(client, environment, ids).await?
+        {
+            give_up(ids, &mut outcomes, &progress, &reason);
+            continue;
+        }
+        let bar = progress.get(&event.deployment_id);
+        match event.event {
+            Some(pb::deployment_event::Event::State(state)) => {
+                if resting(&state) {
+                    outcomes.insert(
+                        event.deployment_id.clone(),
+                        (state.clone(), event.error.clone()),
+                    );
+                }
+                match bar {
+                    Some(bar) if resting(&state) => bar.finish_with_message(state),
+                    Some(bar) => bar.set_message(state),
+                    None => println!("{}: {state}", event.deployment_id),
+                }
+            }
+            Some(pb::deployment_event::Event::Log(line)) => match bar {
+                Some(bar) => {
+                    bar.set_message(format!("{}: {}", line.level, printable(&line.message)))
+                }
+                None => println!(
+                    "{}: {}: {}",
+                    event.deployment_id,
+                    line.level,
+                    printable(&line.message)
+                ),
+            },
+            Some(pb::deployment_event::Event::Missed(_)) | None => {}
+        }
+    }
+    Ok(outcomes)
+}
+
+/// Why the environment's queue cannot move (a failure outside `ids`, a lock), if it cannot.
+pub(super) async fn stuck(
+    client: &mut Client,
+    environment: &str,
+    ids: &[String],
+) -> CliResult<Option<String>> {
+    let request = client.request(pb::GetEnvironmentStatusRequest {
+        environment: environment.to_owned(),
+    })?;
+    let status = client
+        .inner
+        .get_environment_status(request)
+        .await
+        .map_err(|s| client.failed(s))?
+        .into_inner();
+    if let Some(lock) = &status.lock {
+        return Ok(Some(format!(
+            "{environment} is locked by {}: {}",
+            lock.locked_by, lock.reason
+        )));
+    }
+    if !status.halted_by.is_empty() && !ids.contains(&status.halted_by) {
+        return Ok(Some(format!("the queue is halted by {}", status.halted_by)));
+    }
+    Ok(None)
+}
+
+/// Ends the wait for every deployment without an outcome yet.
+pub(super) fn give_up(
+    ids: &[String],
+    outcomes: &mut BTreeMap<String, (String, String)>,
+    progress: &BTreeMap<String, indicatif::ProgressBar>,
+    reason: &str,
+) {
+    for id in ids {
+        if outcomes.contains_key(id) {
+            continue;
+        }
+        outcomes.insert(id.clone(), ("blocked".into(), reason.to_owned()));
+        match progress.get(id) {
+            Some(bar) => bar.abandon_with_message(format!("blocked: {reason}")),
+            None => println!("{id}: blocked: {reason}"),
+        }
+    }
+}
+
+pub(super) fn finish(outcomes: BTreeMap<String, (String, String)>, output: Output) -> CliResult {
+    let failed: Vec<(&String, &(String, String))> = outcomes
+        .iter()
+        .filter(|(_, (state, _))| state != "applied" && state != "rolled_back")
+        .collect();
+    if output == Output::Json {
+        let map: BTreeMap<&String, serde_json::Value> = outcomes
+            .iter()
+            .map(|(id, (state, error))| (id, serde_json::json!({"state": state, "error": error})))
+            .collect();
+        print_json(&map)?;
+    }
+    if failed.is_empty() {
+        return Ok(());
+    }
+    let mut message = String::new();
+    for (id, (state, error)) in failed {
+        message.push_str(&format!("{id} is {state}"));
+        if !error.is_empty() {
+            message.push_str(&format!(": {error}"));
+        }
+        message.push('\n');
+    }
+    Err(Failure::operation(message.trim_end().to_owned()))
+}
+
+pub(super) async fn watch(
+    client: &mut Client,
+    environment: &str,
+    migration_id: Option<String>,
+    output: Output,
+) -> CliResult {
+    let mut events = match &migration_id {
+        Some(id) => {
+            let request = client.request(pb::WatchDeploymentRequest {
+                deployment_id: format!("{id}@{environment}"),
+                follow_resting: false,
+            })?;
+            client
+                .inner
+                .watch_deployment(request)
+                .await
+                .map_err(|s| client.failed(s))?
+                .into_inner()
+        }
+        None => {
+            let request = client.request(pb::WatchEnvironmentRequest {
+                environment: environment.to_owned(),
+            })?;
+            client
+                .inner
+                .watch_environment(request)
+                .await
+                .map_err(|s| client.failed(s))?
+                .into_inner()
+        }
+    };
+    let mut last_state = String::new();
+    while let Some(event) = events.next().await {
+        let event = event.map_err(|s| client.failed(s))?;
+        if output == Output::Json {
+            print_json(&event)?;
+            continue;
+        }
+        match &event.event {
+            Some(pb::deployment_event::Event::State(state)) => {
+                last_state = state.clone();
+                let error = if event.error.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", event.error.lines().next().unwrap_or(""))
+                };
+                println!("{} {} {state}{error}", event.at, event.deployment_id);
+            }
+            Some(pb::deployment_event::Event::Log(line)) => println!(
+                "{} {} {}: {}",
+                line.at, event.deployment_id, line.level, line.message
+            ),
+            Some(pb::deployment_event::Event::Missed(n)) => {
+                println!("(missed {n} events: the watcher fell behind)")
+            }
+            None => {}
+        }
+    }
+    // A watched deployment ends the stream when it rests: its outcome is the exit code.
+    if migration_id.is_some() && last_state != "applied" && last_state != "rolled_back" {
+        return Err(Failure::operation(format!(
+            "the deployment is {last_state}"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,122 @@
+//! Printing what the daemon answered: tables for people (control characters shown, never
+//! obeyed) and JSON for programs.
+
+use super::*;
+
+pub(super) fn print_json<T: serde::Serialize>(value: &T) -> CliResult {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| Failure::operation(format!("cannot encode the answer: {e}")))?;
+    println!("{text}");
+    Ok(())
+}
+
+pub(super) fn print_deployment(deployment: &pb::Deployment, output: Output) -> CliResult {
+    match output {
+        Output::Json => print_json(deployment),
+        Output::Table => {
+            println!("{}: {}", deployment.id, deployment.state);
+            Ok(())
+        }
+    }
+}
+
+pub(super) fn still_needed(d: &pb::Deployment) -> String {
+    let mut parts: Vec<String> = d.missing_roles.clone();
+    if d.additional_approvals_needed > 0 {
+        parts.push(format!(
+            "{} more from {}",
+            d.additional_approvals_needed,
+            d.required_roles.join("/")
+        ));
+    }
+    parts.join(", ")
+}
+
+pub(super) fn print_status(status: &pb::EnvironmentStatus, verbose: bool) {
+    println!("environment  {}", status.name);
+    println!("database     {}", status.database);
+    match &status.lock {
+        Some(lock) => println!(
+            "lock         locked by {} at {}: {}",
+            lock.locked_by,
+            lock.locked_at,
+            printable(&lock.reason)
+        ),
+        None => println!("lock         unlocked"),
+    }
+    if let Some(freeze) = &status.freeze {
+        println!(
+            "freeze       in the window {} until {}: only emergency overrides start",
+            freeze.window, freeze.until
+        );
+    }
+    if !status.halted_by.is_empty() {
+        println!(
+            "halted by    {} (retry, roll back or cancel it)",
+            status.halted_by
+        );
+    }
+    if !status.target_error.is_empty() {
+        println!(
+            "target       unreachable since {}: {}",
+            status.target_error_since,
+            printable(&status.target_error)
+        );
+    }
+    match &status.last_applied {
+        Some(d) => println!("last applied {} at {}", d.migration_id, d.finished_at),
+        None => println!("last applied none"),
+    }
+    if status.queue.is_empty() {
+        println!("queue        empty");
+        return;
+    }
+    println!("queue:");
+    for d in &status.queue {
+        let mut line = format!("  {:<60} {:<18}", d.migration_id, d.state);
+        if d.state == "awaiting_approval" {
+            line.push_str(&format!(" needs: {}", still_needed(d)));
+        } else if !d.blocked_by.is_empty() {
+            line.push_str(&format!(" {}", printable(&d.blocked_by)));
+        }
+        println!("{line}");
+        if verbose {
+            for a in &d.approvals {
+                println!(
+                    "      approved by {} as {} at {}{}: {}",
+                    a.approver,
+                    a.role,
+                    a.approved_at,
+                    if a.current {
+                        ""
+                    } else {
+                        " (void: script changed)"
+                    },
+                    printable(&a.comment)
+                );
+            }
+            if !d.deadline_at.is_empty() {
+                println!("      approval deadline {}", d.deadline_at);
+            }
+            if !d.error.is_empty() {
+                for line in d.error.lines() {
+                    println!("      error: {}", printable(line));
+                }
+            }
+        }
+    }
+}
+
+/// Text from the daemon made safe for a terminal: control characters (escape sequences that
+/// could move the cursor, clear the screen or retitle the window) are shown as `\u{..}`.
+pub(super) fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() && c != '\t' {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

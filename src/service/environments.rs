@@ -1,0 +1,326 @@
+//! Environments: lock, unlock, migrate, and status (through the one queue planner).
+
+use super::*;
+
+pub(super) fn locked_error(env: &EnvironmentConfig, lock: &LockRow, prefix: &str) -> ServiceError {
+    ServiceError::Conflict(format!(
+        "{} is {prefix}locked by {} since {}: {}",
+        env.name,
+        lock.locked_by,
+        format_millis(lock.locked_at),
+        lock.reason
+    ))
+}
+
+impl Service {
+    pub async fn lock_environment(
+        &self,
+        caller: &Caller,
+        environment: &str,
+        reason: &str,
+    ) -> Result<EnvironmentStatus> {
+        let env = self.environment(environment)?;
+        self.require_operator(caller, env, "lock")?;
+        domain::text::field("reason", reason, domain::text::REASON)?;
+        if reason.trim().is_empty() {
+            return Err(ServiceError::Invalid(
+                "reason: say why the environment is locked".into(),
+            ));
+        }
+        let at = self.now();
+        let mut tx = self.store.begin().await?;
+        if let Some(lock) = self.store.lock(&mut tx, env.name.as_str()).await? {
+            return Err(locked_error(env, &lock, "already "));
+        }
+        self.store
+            .insert_lock(
+                &mut tx,
+                &LockRow {
+                    environment: env.name.to_string(),
+                    locked_by: caller.name.to_string(),
+                    reason: reason.trim().into(),
+                    locked_at: at,
+                },
+            )
+            .await?;
+        let mut entry = audit(
+            at,
+            caller.name.as_str(),
+            "environment_locked",
+            None,
+            None,
+            serde_json::json!({"reason": reason.trim()}),
+        );
+        entry.environment = Some(env.name.to_string());
+        self.store.insert_audit(&mut tx, &entry).await?;
+        tx.commit().await?;
+        self.signals
+            .lock_generation(env.name.as_str())
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.environment_status(environment).await
+    }
+
+    pub async fn unlock_environment(
+        &self,
+        caller: &Caller,
+        environment: &str,
+    ) -> Result<EnvironmentStatus> {
+        let env = self.environment(environment)?;
+        self.require_operator(caller, env, "unlock")?;
+        let at = self.now();
+        let mut tx = self.store.begin().await?;
+        let Some(lock) = self.store.lock(&mut tx, env.name.as_str()).await? else {
+            return Err(ServiceError::Conflict(format!(
+                "{} is not locked",
+                env.name
+            )));
+        };
+        self.store.delete_lock(&mut tx, env.name.as_str()).await?;
+        let mut entry = audit(
+            at,
+            caller.name.as_str(),
+            "environment_unlocked",
+            None,
+            None,
+            serde_json::json!({"locked_by": lock.locked_by, "reason": lock.reason}),
+        );
+        entry.environment = Some(env.name.to_string());
+        self.store.insert_audit(&mut tx, &entry).await?;
+        tx.commit().await?;
+        self.signals.wake(env.name.as_str());
+        self.environment_status(environment).await
+    }
+
+    /// Releases every approved deployment of the environment to its worker (the seed's
+    /// `migrate <environment>`). Returns the ids released.
+    pub async fn migrate(&self, caller: &Caller, environment: &str) -> Result<MigrateResult> {
+        let env = self.environment(environment)?;
+        self.require_operator(caller, env, "migrate")?;
+        let at = self.now();
+        let mut tx = self.store.begin().await?;
+        if let Some(lock) = self.store.lock(&mut tx, env.name.as_str()).await? {
+            return Err(locked_error(env, &lock, ""));
+        }
+        let mut approved = self
+            .store
+            .deployments_in_states(&mut tx, env.name.as_str(), &[DeploymentState::Approved])
+            .await?;
+        if let Some((window, until)) =
+            domain::freeze::describe(&env.freeze_windows, self.clock.now())
+        {
+            // Only emergency overrides start inside a freeze window.
+            approved.retain(|d| d.emergency_reason.is_some());
+            if approved.is_empty() {
+                return Err(ServiceError::Conflict(format!(
+                    "{} is in the freeze window {window} until {until}; only an emergency override (sluice migrate {} --force --emergency \"<reason>\") starts now",
+                    env.name, env.name
+                )));
+            }
+        }
+        let mut released = Vec::new();
+        for mut deployment in approved {
+            deployment.state = deployment.state.on(DeploymentEvent::Release)?;
+            deployment.updated_at = at;
+            self.store
+                .update_deployment(&mut tx, &mut deployment)
+                .await?;
+            self.store
+                .insert_audit(
+                    &mut tx,
+                    &audit(
+                        at,
+                        caller.name.as_str(),
+                        "queued",
+                        Some(&deployment),
+                        None,
+                        serde_json::json!({"reason": "migrate"}),
+                    ),
+                )
+                .await?;
+            released.push(deployment);
+        }
+        let queued = self
+            .store
+            .deployments_in_states(
+                &mut tx,
+                env.name.as_str(),
+                &[DeploymentState::Queued, DeploymentState::Running],
+            )
+            .await?;
+        tx.commit().await?;
+        self.publish(&released);
+        self.signals.wake(env.name.as_str());
+        Ok(MigrateResult {
+            environment: env.name.to_string(),
+            released: released.into_iter().map(|d| d.id).collect(),
+            queued: queued.into_iter().map(|d| d.id).collect(),
+        })
+    }
+
+    /// Waits until none of the given deployments of `environment` is queued, running or rolling
+    /// back, or the timeout passes. Returns whether they settled. One query per poll, however
+    /// many deployments are waited for.
+    pub async fn wait_settled(
+        &self,
+        environment: &str,
+        ids: &[String],
+        timeout: std::time::Duration,
+    ) -> Result<bool> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let wanted: std::collections::HashSet<&String> = ids.iter().collect();
+        loop {
+            let busy = {
+                let mut conn = self.store.conn().await?;
+                self.store
+                    .deployments_in_states(
+                        &mut conn,
+                        environment,
+                        &[
+                            DeploymentState::Queued,
+                            DeploymentState::Running,
+                            DeploymentState::RollingBack,
+                        ],
+                    )
+                    .await?
+            };
+            if !busy.iter().any(|d| wanted.contains(&d.id)) {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn environments(&self) -> Result<Vec<EnvironmentStatus>> {
+        let mut out = Vec::new();
+        for env in &self.config.environments {
+            out.push(self.environment_status(env.name.as_str()).await?);
+        }
+        Ok(out)
+    }
+
+    pub async fn environment_status(&self, environment: &str) -> Result<EnvironmentStatus> {
+        let env = self.environment(environment)?;
+        let mut conn = self.store.conn().await?;
+        let lock = self.store.lock(&mut conn, env.name.as_str()).await?;
+        let open = self
+            .store
+            .deployments_in_states(&mut conn, env.name.as_str(), &DeploymentState::OPEN)
+            .await?;
+        let ids: Vec<String> = open.iter().map(|d| d.migration_id.clone()).collect();
+        let migrations: HashMap<String, MigrationRow> = self
+            .store
+            .migrations_by_ids(&mut conn, &ids)
+            .await?
+            .into_iter()
+            .map(|m| (m.id.clone(), m))
+            .collect();
+        let previous_states: HashMap<String, DeploymentState> =
+            match self.config.previous_environment(&env.name) {
+                Some(prev) => self
+                    .store
+                    .states_in_environment(&mut conn, prev.name.as_str(), &ids)
+                    .await?
+                    .into_iter()
+                    .collect(),
+                None => HashMap::new(),
+            };
+        let frozen = domain::freeze::describe(&env.freeze_windows, self.clock.now());
+        // One query for the approvals of the whole queue, however long it is.
+        let open_ids: Vec<String> = open.iter().map(|d| d.id.clone()).collect();
+        let mut approvals_by_deployment: HashMap<String, Vec<ApprovalRow>> = HashMap::new();
+        for approval in self.store.approvals_of_many(&mut conn, &open_ids).await? {
+            approvals_by_deployment
+                .entry(approval.deployment_id.clone())
+                .or_default()
+                .push(approval);
+        }
+        // And one for the dependencies of everything that could start.
+        let dependencies: Vec<String> = open
+            .iter()
+            .filter(|d| matches!(d.state, DeploymentState::Queued | DeploymentState::Approved))
+            .filter_map(|d| migrations.get(&d.migration_id))
+            .flat_map(|m| m.depends_on.iter().cloned())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let dependency_states: HashMap<String, DeploymentState> = self
+            .store
+            .states_in_environment(&mut conn, env.name.as_str(), &dependencies)
+            .await?
+            .into_iter()
+            .collect();
+        let previous = self.config.previous_environment(&env.name);
+        // The worker's own planner: what status says is what the worker will do.
+        let entries: Vec<domain::queue::QueueEntry<'_>> = open
+            .iter()
+            .map(|d| domain::queue::QueueEntry {
+                migration_id: d.migration_id.as_str(),
+                state: d.state,
+                emergency: d.emergency_reason.is_some(),
+                dependencies: migrations
+                    .get(&d.migration_id)
+                    .map(|m| {
+                        m.depends_on
+                            .iter()
+                            .map(|dep| (dep.as_str(), dependency_states.get(dep).copied()))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                previous_environment: previous.map(|p| {
+                    (
+                        p.name.as_str(),
+                        previous_states.get(&d.migration_id).copied(),
+                    )
+                }),
+            })
+            .collect();
+        let plan = domain::queue::plan(&entries, frozen.clone());
+        let mut queue = Vec::new();
+        for (d, planned) in open.iter().zip(plan) {
+            let Some(m) = migrations.get(&d.migration_id) else {
+                continue;
+            };
+            let approvals = approvals_by_deployment.remove(&d.id).unwrap_or_default();
+            let mut view = self.deployment_view(d, m, &approvals)?;
+            view.blocked_by = planned.blocked_by;
+            if view.blocked_by.is_none() && d.state == DeploymentState::Approved {
+                view.blocked_by = Some(format!(
+                    "approved; waits for `migrate {}` (auto_apply is off)",
+                    env.name
+                ));
+            }
+            if planned.out_of_order {
+                view.blocked_by = None;
+                view.out_of_order = true;
+            }
+            queue.push(view);
+        }
+        let last = self
+            .store
+            .last_applied(&mut conn, env.name.as_str(), 1)
+            .await?;
+        let last_applied = match last.first() {
+            Some(d) => {
+                let m = self.store.migration(&mut conn, &d.migration_id).await?;
+                match m {
+                    Some(m) => {
+                        let approvals = self.store.approvals(&mut conn, &d.id).await?;
+                        Some(self.deployment_view(d, &m, &approvals)?)
+                    }
+                    None => None,
+                }
+            }
+            None => None,
+        };
+        let mut status = EnvironmentStatus::new(env, lock, queue, last_applied);
+        status.freeze = frozen.map(|(window, until)| FreezeView { window, until });
+        if let Some((message, since)) = self.signals.target_error(env.name.as_str()) {
+            status.target_error = Some(message);
+            status.target_error_since = Some(format_millis(since));
+        }
+        Ok(status)
+    }
+}

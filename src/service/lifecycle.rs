@@ -1,0 +1,230 @@
+//! Caller-driven transitions of a deployment (reject, cancel, retry, rollback) and expiry.
+
+use super::*;
+
+impl Service {
+    /// Applies a simple caller-driven transition with its audit entry.
+    pub(super) async fn transition(
+        &self,
+        caller: &Caller,
+        deployment_id: &str,
+        event: DeploymentEvent,
+        action: &str,
+        detail: serde_json::Value,
+        authorize: impl FnOnce(&DeploymentRow, &MigrationRow) -> Result<()>,
+    ) -> Result<DeploymentView> {
+        let at = self.now();
+        let mut tx = self.store.begin().await?;
+        let (mut deployment, migration) = self.load_for_change(&mut tx, deployment_id).await?;
+        authorize(&deployment, &migration)?;
+        deployment.state = deployment.state.on(event)?;
+        deployment.updated_at = at;
+        if event == DeploymentEvent::Retry {
+            deployment.error = None;
+        }
+        self.store
+            .update_deployment(&mut tx, &mut deployment)
+            .await?;
+        self.store
+            .insert_audit(
+                &mut tx,
+                &audit(
+                    at,
+                    caller.name.as_str(),
+                    action,
+                    Some(&deployment),
+                    None,
+                    detail,
+                ),
+            )
+            .await?;
+        tx.commit().await?;
+        self.publish([&deployment]);
+        self.signals.wake(&deployment.environment);
+        self.deployment(deployment_id).await
+    }
+
+    pub async fn reject(
+        &self,
+        caller: &Caller,
+        deployment_id: &str,
+        comment: &str,
+    ) -> Result<DeploymentView> {
+        domain::text::field("comment", comment, domain::text::COMMENT)?;
+        if comment.trim().is_empty() {
+            return Err(ServiceError::Invalid(
+                "comment: say why the deployment is rejected".into(),
+            ));
+        }
+        self.transition(
+            caller,
+            deployment_id,
+            DeploymentEvent::Reject,
+            "rejected",
+            serde_json::json!({"comment": comment}),
+            |d, _| {
+                let allowed = self.policy_for(d)?.allowed_roles();
+                Ok(domain::authz::may_reject(
+                    &caller.name,
+                    &caller.roles,
+                    &allowed,
+                    &d.environment,
+                )?)
+            },
+        )
+        .await
+    }
+
+    pub async fn cancel(
+        &self,
+        caller: &Caller,
+        deployment_id: &str,
+        reason: &str,
+    ) -> Result<DeploymentView> {
+        domain::text::field("reason", reason, domain::text::REASON)?;
+        self.transition(
+            caller,
+            deployment_id,
+            DeploymentEvent::Cancel,
+            "cancelled",
+            serde_json::json!({"reason": reason}),
+            |d, m| {
+                let env = self.environment(&d.environment)?;
+                Ok(domain::authz::may_change_own_or_operate(
+                    &caller.name,
+                    &caller.roles,
+                    &m.author,
+                    env.name.as_str(),
+                    env.auto_approve,
+                    "cancel",
+                )?)
+            },
+        )
+        .await
+    }
+
+    pub async fn retry(&self, caller: &Caller, deployment_id: &str) -> Result<DeploymentView> {
+        self.transition(
+            caller,
+            deployment_id,
+            DeploymentEvent::Retry,
+            "retried",
+            serde_json::json!({}),
+            |d, _| {
+                if d.last_action.as_deref() == Some("rollback") {
+                    return Err(ServiceError::Conflict(format!(
+                        "deployment {deployment_id} failed while rolling back; request the rollback again instead"
+                    )));
+                }
+                self.require_operator(caller, self.environment(&d.environment)?, "retry")
+            },
+        )
+        .await
+    }
+
+    pub async fn rollback(
+        &self,
+        caller: &Caller,
+        deployment_id: &str,
+        reason: &str,
+    ) -> Result<DeploymentView> {
+        domain::text::field("reason", reason, domain::text::REASON)?;
+        let at = self.now();
+        let mut tx = self.store.begin().await?;
+        let (mut deployment, migration) = self.load_for_change(&mut tx, deployment_id).await?;
+        let env = self.environment(&deployment.environment)?;
+        self.require_operator(caller, env, "roll back")?;
+        let needs_down =
+            deployment.state == DeploymentState::Applied || deployment.transactional == Some(false);
+        if needs_down && migration.down_sql.is_none() {
+            return Err(ServiceError::Conflict(format!(
+                "migration {} has no down_sql (rollback script); nothing can undo it",
+                migration.id
+            )));
+        }
+        if deployment.state == DeploymentState::Applied {
+            // Do not pull a migration out from under one that depends on it.
+            let later = self
+                .store
+                .deployments_in_states(
+                    &mut tx,
+                    &deployment.environment,
+                    &[DeploymentState::Applied, DeploymentState::Running],
+                )
+                .await?;
+            let later_ids: Vec<String> = later
+                .iter()
+                .filter(|d| d.seq > deployment.seq)
+                .map(|d| d.migration_id.clone())
+                .collect();
+            for dependent in self.store.migrations_by_ids(&mut tx, &later_ids).await? {
+                if dependent.depends_on.contains(&migration.id) {
+                    return Err(ServiceError::Conflict(format!(
+                        "{} depends on {} and is applied in {}; roll it back first",
+                        dependent.id, migration.id, deployment.environment
+                    )));
+                }
+            }
+        }
+        let from = deployment.state;
+        deployment.state = deployment.state.on(DeploymentEvent::RequestRollback)?;
+        deployment.updated_at = at;
+        deployment.error = None;
+        self.store
+            .update_deployment(&mut tx, &mut deployment)
+            .await?;
+        self.store
+            .insert_audit(
+                &mut tx,
+                &audit(
+                    at,
+                    caller.name.as_str(),
+                    "rollback_requested",
+                    Some(&deployment),
+                    None,
+                    serde_json::json!({"reason": reason, "from": from}),
+                ),
+            )
+            .await?;
+        tx.commit().await?;
+        self.publish([&deployment]);
+        self.signals.wake(&deployment.environment);
+        self.deployment(deployment_id).await
+    }
+
+    /// Expires every deployment whose approval deadline has passed. Returns how many.
+    pub async fn expire_overdue(&self) -> Result<usize> {
+        let at = self.now();
+        let mut tx = self.store.begin().await?;
+        let overdue = self.store.overdue(&mut tx, at).await?;
+        let mut expired = Vec::with_capacity(overdue.len());
+        for mut d in overdue {
+            d.state = d.state.on(DeploymentEvent::Expire)?;
+            d.updated_at = at;
+            match self.store.update_deployment(&mut tx, &mut d).await {
+                Ok(()) => {}
+                // Approved, cancelled or expired by another replica since it was read: the
+                // other writer's outcome stands.
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+            self.store
+                .insert_audit(
+                    &mut tx,
+                    &audit(
+                        at,
+                        "sluice",
+                        "expired",
+                        Some(&d),
+                        None,
+                        serde_json::json!({"deadline_at": d.deadline_at.map(format_millis)}),
+                    ),
+                )
+                .await?;
+            expired.push(d);
+        }
+        tx.commit().await?;
+        self.publish(&expired);
+        Ok(expired.len())
+    }
+}

@@ -1,0 +1,116 @@
+//! Reads: migrations, deployments and the audit trail, as views.
+
+use super::*;
+
+impl Service {
+    pub async fn migration(&self, id: &str) -> Result<MigrationView> {
+        let parsed: MigrationId = id.parse()?;
+        let mut conn = self.store.conn().await?;
+        let migration = self
+            .store
+            .migration(&mut conn, parsed.as_str())
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("no migration \"{id}\"")))?;
+        let deployments = self
+            .store
+            .deployments_of_migration(&mut conn, &migration.id)
+            .await?;
+        let mut views = Vec::new();
+        // Report deployments in promotion order.
+        for env in &self.config.environments {
+            if let Some(d) = deployments
+                .iter()
+                .find(|d| d.environment == env.name.as_str())
+            {
+                let approvals = self.store.approvals(&mut conn, &d.id).await?;
+                views.push(self.deployment_view(d, &migration, &approvals)?);
+            }
+        }
+        Ok(MigrationView::new(migration, views))
+    }
+
+    pub async fn list_migrations(
+        &self,
+        limit: i64,
+        before: Option<i64>,
+    ) -> Result<Vec<MigrationSummary>> {
+        let mut conn = self.store.conn().await?;
+        let rows = self
+            .store
+            .list_migrations(&mut conn, limit.clamp(1, 500), before)
+            .await?;
+        let mut out = Vec::new();
+        for m in rows {
+            let deployments = self
+                .store
+                .deployments_of_migration(&mut conn, &m.id)
+                .await?;
+            let states: BTreeMap<String, DeploymentState> = deployments
+                .into_iter()
+                .map(|d| (d.environment, d.state))
+                .collect();
+            out.push(MigrationSummary::new(m, states));
+        }
+        Ok(out)
+    }
+
+    pub async fn deployment(&self, id: &str) -> Result<DeploymentView> {
+        domain::parse_deployment_id(id)?;
+        let mut conn = self.store.conn().await?;
+        let d = self
+            .store
+            .deployment(&mut conn, id, false)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("no deployment \"{id}\"")))?;
+        let migration = self
+            .store
+            .migration(&mut conn, &d.migration_id)
+            .await?
+            .ok_or_else(|| {
+                ServiceError::NotFound(format!("no migration \"{}\"", d.migration_id))
+            })?;
+        let approvals = self.store.approvals(&mut conn, id).await?;
+        let mut view = self.deployment_view(&d, &migration, &approvals)?;
+        view.log = Some(
+            self.store
+                .logs(&mut conn, id)
+                .await?
+                .into_iter()
+                .map(LogView::from)
+                .collect(),
+        );
+        Ok(view)
+    }
+
+    pub(super) fn deployment_view(
+        &self,
+        d: &DeploymentRow,
+        migration: &MigrationRow,
+        approvals: &[ApprovalRow],
+    ) -> Result<DeploymentView> {
+        let policy = self.policy_for(d)?;
+        let records = approval_records(approvals)?;
+        let progress = policy.progress(&records, &migration.checksum);
+        Ok(DeploymentView::new(
+            d, migration, approvals, policy, &progress,
+        ))
+    }
+
+    pub async fn audit_trail(&self, filter: AuditFilter) -> Result<Vec<AuditView>> {
+        for (name, value) in [
+            ("environment", &filter.environment),
+            ("migration_id", &filter.migration_id),
+            ("actor", &filter.actor),
+        ] {
+            if let Some(value) = value {
+                domain::text::field(name, value, domain::text::NAME)?;
+            }
+        }
+        if let Some(env) = &filter.environment {
+            self.environment(env)?;
+        }
+        let mut conn = self.store.conn().await?;
+        let rows = self.store.audit(&mut conn, &filter).await?;
+        Ok(rows.into_iter().map(AuditView::from).collect())
+    }
+}

@@ -1,0 +1,82 @@
+//! What the service tells the workers without a store round trip: wake-ups, the lock
+//! generation, and the last target error per environment.
+
+use super::*;
+
+/// Wakes an environment's worker when work is queued for it.
+#[derive(Default)]
+pub struct WorkerSignals {
+    notifiers: HashMap<String, Arc<Notify>>,
+    /// Bumped whenever an environment is locked through this daemon, so that its worker checks
+    /// the lock before its next migration rather than at its next periodic check.
+    lock_generations: HashMap<String, Arc<std::sync::atomic::AtomicU64>>,
+    /// The last error each worker met reaching its target, and since when (cleared once it
+    /// reaches it again), for environment status.
+    target_errors: Mutex<HashMap<String, (String, i64)>>,
+    /// Every deployment state change and log line, for watchers.
+    pub events: EventBus,
+}
+
+impl WorkerSignals {
+    pub fn new(config: &Config) -> WorkerSignals {
+        WorkerSignals {
+            notifiers: config
+                .environments
+                .iter()
+                .map(|e| (e.name.to_string(), Arc::new(Notify::new())))
+                .collect(),
+            lock_generations: config
+                .environments
+                .iter()
+                .map(|e| (e.name.to_string(), Arc::default()))
+                .collect(),
+            target_errors: Mutex::default(),
+            events: EventBus::default(),
+        }
+    }
+
+    /// Records whether the worker of `environment` reached its target.
+    pub fn report_target(&self, environment: &str, error: Option<String>, at: i64) {
+        let mut errors = self.target_errors.lock().expect("target errors lock");
+        match error {
+            Some(message) => {
+                let since = errors
+                    .get(environment)
+                    .filter(|(previous, _)| previous == &message)
+                    .map_or(at, |(_, since)| *since);
+                errors.insert(environment.to_owned(), (message, since));
+            }
+            None => {
+                errors.remove(environment);
+            }
+        }
+    }
+
+    pub fn target_error(&self, environment: &str) -> Option<(String, i64)> {
+        self.target_errors
+            .lock()
+            .expect("target errors lock")
+            .get(environment)
+            .cloned()
+    }
+
+    pub fn lock_generation(&self, environment: &str) -> Arc<std::sync::atomic::AtomicU64> {
+        self.lock_generations
+            .get(environment)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub fn notifier(&self, environment: &str) -> Arc<Notify> {
+        self.notifiers
+            .get(environment)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(Notify::new()))
+    }
+
+    pub fn wake(&self, environment: &str) {
+        if let Some(n) = self.notifiers.get(environment) {
+            n.notify_one();
+        }
+    }
+}

@@ -1,0 +1,366 @@
+//! Submitting and amending migrations: reading and analysing their scripts.
+
+use super::*;
+
+/// A submission, as the REST API receives it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRequest {
+    pub kind: MigrationKind,
+    pub description: String,
+    pub risk: Risk,
+    pub ticket: String,
+    pub estimated_duration: String,
+    pub up_sql: String,
+    #[serde(default)]
+    pub down_sql: Option<String>,
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+}
+
+/// New scripts for a migration that has not touched any target yet.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmendRequest {
+    pub up_sql: String,
+    #[serde(default)]
+    pub down_sql: Option<String>,
+    #[serde(default)]
+    pub reason: String,
+}
+
+pub(super) fn validate_duration(value: &str) -> Result<()> {
+    if domain::freeze::parse_duration(value).is_some() {
+        Ok(())
+    } else {
+        Err(ServiceError::Invalid(format!(
+            "estimated_duration: \"{value}\" is not a duration like 30s, 5m, 2h or 1h30m"
+        )))
+    }
+}
+
+/// What Sluice knows of a migration's scripts once it has read them.
+pub(super) struct ReadScripts {
+    findings: Vec<lint::Finding>,
+    effective_risk: Risk,
+    checksum: String,
+}
+
+/// Checks both scripts and analyses the up script against the declared risk.
+pub(super) fn read_scripts(
+    up_sql: &str,
+    down_sql: Option<&str>,
+    declared: Risk,
+    dialect: lint::Dialect,
+) -> Result<ReadScripts> {
+    let statements = check_script("up_sql", up_sql, dialect)?;
+    if let Some(down) = down_sql {
+        check_script("down_sql", down, dialect)?;
+    }
+    let findings = lint::analyse(up_sql, &statements, dialect);
+    Ok(ReadScripts {
+        effective_risk: lint::effective_risk(declared, &findings),
+        findings,
+        checksum: domain::checksum(up_sql, down_sql),
+    })
+}
+
+/// When a deployment created (or reset) at `at` expires if still awaiting approval.
+pub(super) fn approval_deadline(policy: &domain::ApprovalPolicy, at: i64) -> Option<i64> {
+    policy
+        .timeout_hours
+        .map(|hours| at + i64::from(hours) * 3_600_000)
+}
+
+impl Service {
+    pub async fn submit(&self, caller: &Caller, request: SubmitRequest) -> Result<MigrationView> {
+        use domain::text;
+        text::field("description", &request.description, text::DESCRIPTION)?;
+        text::field("ticket", &request.ticket, text::TICKET)?;
+        text::field(
+            "estimated_duration",
+            &request.estimated_duration,
+            text::DURATION,
+        )?;
+        text::script("up_sql", &request.up_sql)?;
+        if let Some(down) = &request.down_sql {
+            text::script("down_sql", down)?;
+        }
+        if request.depends_on.len() > text::DEPENDENCIES {
+            return Err(ServiceError::Invalid(format!(
+                "depends_on: {} entries; at most {}",
+                request.depends_on.len(),
+                text::DEPENDENCIES
+            )));
+        }
+        for (i, dependency) in request.depends_on.iter().enumerate() {
+            text::field(&format!("depends_on[{i}]"), dependency, text::NAME)?;
+            if let Some(first) = request.depends_on[..i].iter().position(|d| d == dependency) {
+                return Err(ServiceError::Invalid(format!(
+                    "depends_on[{i}]: \"{dependency}\" is already named at depends_on[{first}]"
+                )));
+            }
+        }
+        let description = request.description.trim();
+        if description.is_empty() {
+            return Err(ServiceError::Invalid(
+                "description: must be 1 to 500 characters".into(),
+            ));
+        }
+        if request.ticket.trim().is_empty() {
+            return Err(ServiceError::Invalid(
+                "ticket: must name the ticket this change belongs to (e.g. PROJ-123)".into(),
+            ));
+        }
+        validate_duration(&request.estimated_duration)?;
+        let ReadScripts {
+            findings,
+            effective_risk: effective,
+            checksum,
+        } = read_scripts(
+            &request.up_sql,
+            request.down_sql.as_deref(),
+            request.risk,
+            self.dialect(),
+        )?;
+        let now = self.clock.now();
+        let at = millis(now);
+
+        let mut tx = self.store.begin().await?;
+        let mut dependencies = Vec::new();
+        for (i, dependency) in request.depends_on.iter().enumerate() {
+            let id: MigrationId = dependency
+                .parse()
+                .map_err(|e: DomainError| ServiceError::Invalid(format!("depends_on[{i}]: {e}")))?;
+            if self.store.migration(&mut tx, id.as_str()).await?.is_none() {
+                return Err(ServiceError::Invalid(format!(
+                    "depends_on[{i}]: no migration \"{id}\" exists"
+                )));
+            }
+            dependencies.push(id.to_string());
+        }
+        let seq = self.store.next_migration_seq(&mut tx).await?;
+        let id = MigrationId::compose(seq, &now.format("%Y%m%d_%H%M%S").to_string(), description);
+        let migration = MigrationRow {
+            id: id.to_string(),
+            seq,
+            kind: request.kind.as_str().into(),
+            description: description.into(),
+            declared_risk: request.risk.as_str().into(),
+            effective_risk: effective.as_str().into(),
+            findings: serde_json::to_string(&findings).unwrap_or_else(|_| "[]".into()),
+            author: caller.name.to_string(),
+            authors: vec![caller.name.to_string()],
+            ticket: request.ticket.trim().into(),
+            estimated_duration: request.estimated_duration.trim().into(),
+            up_sql: request.up_sql,
+            down_sql: request.down_sql,
+            depends_on: dependencies,
+            checksum: checksum.clone(),
+            submitted_at: at,
+            updated_at: at,
+        };
+        self.store.insert_migration(&mut tx, &migration).await?;
+        self.store
+            .insert_audit(
+                &mut tx,
+                &audit(
+                    at,
+                    caller.name.as_str(),
+                    "submitted",
+                    None,
+                    Some(&migration.id),
+                    serde_json::json!({
+                        "checksum": checksum,
+                        "declared_risk": migration.declared_risk,
+                        "effective_risk": migration.effective_risk,
+                        "findings": findings,
+                    }),
+                ),
+            )
+            .await?;
+        let mut wake = Vec::new();
+        let mut created = Vec::new();
+        for env in &self.config.environments {
+            let policy = self.config.matrix.policy(&env.name, effective);
+            let mut deployment = DeploymentRow {
+                id: domain::deployment_id(&id, &env.name),
+                migration_id: migration.id.clone(),
+                seq,
+                environment: env.name.to_string(),
+                state: DeploymentState::AwaitingApproval,
+                effective_risk: effective.as_str().into(),
+                emergency_reason: None,
+                deadline_at: approval_deadline(policy, at),
+                error: None,
+                last_action: None,
+                started_at: None,
+                finished_at: None,
+                execution_ms: None,
+                transactional: None,
+                created_at: at,
+                updated_at: at,
+                version: 0,
+                out_of_order: false,
+            };
+            self.store.insert_deployment(&mut tx, &deployment).await?;
+            if env.auto_approve {
+                self.advance_approved(&mut tx, &mut deployment, env, at, "sluice", "auto_approved")
+                    .await?;
+                if deployment.state == DeploymentState::Queued {
+                    wake.push(env.name.to_string());
+                }
+            }
+            created.push(deployment);
+        }
+        tx.commit().await?;
+        self.publish(&created);
+        for env in wake {
+            self.signals.wake(&env);
+        }
+        self.migration(&id.to_string()).await
+    }
+
+    /// Replaces a migration's scripts before it has touched any target. The checksum changes,
+    /// so every approval is void and each open deployment goes back to awaiting approval.
+    pub async fn amend(
+        &self,
+        caller: &Caller,
+        migration_id: &str,
+        request: AmendRequest,
+    ) -> Result<MigrationView> {
+        let parsed: MigrationId = migration_id.parse()?;
+        domain::text::script("up_sql", &request.up_sql)?;
+        if let Some(down) = &request.down_sql {
+            domain::text::script("down_sql", down)?;
+        }
+        domain::text::field("reason", &request.reason, domain::text::REASON)?;
+        let at = self.now();
+        let mut tx = self.store.begin().await?;
+        let mut migration = self
+            .store
+            .migration(&mut tx, parsed.as_str())
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("no migration \"{migration_id}\"")))?;
+        domain::authz::may_change_own_or_operate(
+            &caller.name,
+            &caller.roles,
+            &migration.author,
+            "every environment",
+            false,
+            "amend",
+        )?;
+        let declared: Risk = migration.declared_risk.parse()?;
+        let ReadScripts {
+            findings,
+            effective_risk: effective,
+            checksum,
+        } = read_scripts(
+            &request.up_sql,
+            request.down_sql.as_deref(),
+            declared,
+            self.dialect(),
+        )?;
+        if checksum == migration.checksum {
+            return Err(ServiceError::Conflict(
+                "the scripts are unchanged; nothing to amend".into(),
+            ));
+        }
+        let deployments = self
+            .store
+            .deployments_of_migration(&mut tx, &migration.id)
+            .await?;
+        if let Some(d) = deployments.iter().find(|d| {
+            matches!(
+                d.state,
+                DeploymentState::Running | DeploymentState::Applied | DeploymentState::RollingBack
+            ) || (d.state == DeploymentState::Failed && d.transactional == Some(false))
+        }) {
+            return Err(ServiceError::Conflict(format!(
+                "{} is {} in {}: a migration that has touched a target cannot be changed; submit a new one",
+                migration.id, d.state, d.environment
+            )));
+        }
+        let old_checksum = std::mem::replace(&mut migration.checksum, checksum.clone());
+        // Whoever writes a version of the scripts is one of their authors from now on.
+        if !migration.authors.iter().any(|a| a == caller.name.as_str()) {
+            migration.authors.push(caller.name.to_string());
+        }
+        migration.up_sql = request.up_sql;
+        migration.down_sql = request.down_sql;
+        migration.findings = serde_json::to_string(&findings).unwrap_or_else(|_| "[]".into());
+        migration.effective_risk = effective.as_str().into();
+        migration.updated_at = at;
+        self.store
+            .update_migration_scripts(&mut tx, &migration)
+            .await?;
+        self.store
+            .insert_audit(
+                &mut tx,
+                &audit(
+                    at,
+                    caller.name.as_str(),
+                    "amended",
+                    None,
+                    Some(&migration.id),
+                    serde_json::json!({
+                        "old_checksum": old_checksum,
+                        "checksum": checksum,
+                        "effective_risk": effective,
+                        "reason": request.reason,
+                    }),
+                ),
+            )
+            .await?;
+        let mut wake = Vec::new();
+        let mut changed = Vec::new();
+        for mut d in deployments {
+            if d.state.on(DeploymentEvent::Amend).is_err() {
+                continue; // finished deployments (rejected, cancelled, ...) stay as they are
+            }
+            let env = self.environment(&d.environment)?;
+            let policy = self.config.matrix.policy(&env.name, effective);
+            d.state = d.state.on(DeploymentEvent::Amend)?;
+            d.effective_risk = effective.as_str().into();
+            d.emergency_reason = None;
+            d.error = None;
+            d.deadline_at = approval_deadline(policy, at);
+            d.updated_at = at;
+            self.store.update_deployment(&mut tx, &mut d).await?;
+            // Every approval given before an amendment is void, whatever checksum the scripts
+            // take later (amending back to an approved version does not revive them).
+            let voided = self.store.delete_approvals(&mut tx, &d.id).await?;
+            self.store
+                .insert_audit(
+                    &mut tx,
+                    &audit(
+                        at,
+                        caller.name.as_str(),
+                        "approvals_voided",
+                        Some(&d),
+                        None,
+                        serde_json::json!({
+                            "reason": "the migration's scripts changed",
+                            "checksum": checksum,
+                            "voided": voided.iter().map(|a| serde_json::json!({
+                                "approver": a.approver, "role": a.role, "checksum": a.checksum,
+                            })).collect::<Vec<_>>(),
+                        }),
+                    ),
+                )
+                .await?;
+            if env.auto_approve {
+                self.advance_approved(&mut tx, &mut d, env, at, "sluice", "auto_approved")
+                    .await?;
+                wake.push(d.environment.clone());
+            }
+            changed.push(d);
+        }
+        tx.commit().await?;
+        self.publish(&changed);
+        for env in wake {
+            self.signals.wake(&env);
+        }
+        self.migration(&migration.id).await
+    }
+}
