@@ -10,6 +10,7 @@ use crate::service::{
 };
 use crate::store::AuditFilter;
 use std::pin::Pin;
+use std::sync::Arc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
@@ -43,11 +44,27 @@ impl From<ServiceError> for Status {
 
 pub struct GrpcApi {
     service: Service,
+    /// One permit per open watch stream (`server.max_watch_streams`).
+    watch_streams: Arc<tokio::sync::Semaphore>,
 }
 
 impl GrpcApi {
     pub fn new(service: Service) -> GrpcApi {
-        GrpcApi { service }
+        let limit = service.config.settings.server.max_watch_streams.max(1);
+        GrpcApi {
+            service,
+            watch_streams: Arc::new(tokio::sync::Semaphore::new(limit)),
+        }
+    }
+
+    /// A permit for one more watch stream, held until the stream ends.
+    fn watch_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        self.watch_streams.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "{} watch streams are open already (server.max_watch_streams); close one or try again later",
+                self.service.config.settings.server.max_watch_streams
+            ))
+        })
     }
 
     pub fn server(service: Service) -> pb::sluice_server::SluiceServer<GrpcApi> {
@@ -532,6 +549,7 @@ impl pb::sluice_server::Sluice for GrpcApi {
         request: Request<pb::WatchDeploymentRequest>,
     ) -> Result<Response<Self::WatchDeploymentStream>, Status> {
         self.caller(&request)?;
+        let permit = self.watch_permit()?;
         let r = request.into_inner();
         // Subscribe before reading the current state, so that nothing falls between the two.
         let mut events = self.service.signals.events.subscribe();
@@ -549,6 +567,7 @@ impl pb::sluice_server::Sluice for GrpcApi {
         };
         let done_already = rests(current.state) && !r.follow_resting;
         let stream = async_stream(move |sender| async move {
+            let _permit = permit;
             if sender.send(Ok(first)).await.is_err() || done_already {
                 return;
             }
@@ -589,8 +608,10 @@ impl pb::sluice_server::Sluice for GrpcApi {
         self.caller(&request)?;
         let r = request.into_inner();
         let env = self.service.environment(&r.environment)?.name.to_string();
+        let permit = self.watch_permit()?;
         let mut events = self.service.signals.events.subscribe();
         let stream = async_stream(move |sender| async move {
+            let _permit = permit;
             loop {
                 let received = tokio::select! {
                     _ = sender.closed() => return,

@@ -99,6 +99,9 @@ pub struct ServerSettings {
     /// Seconds in-flight requests and running migrations get to finish on shutdown.
     #[serde(default = "default_grace")]
     pub shutdown_grace_seconds: u64,
+    /// How many gRPC watch streams may be open at once (each holds a task and a subscription).
+    #[serde(default = "default_max_watch_streams")]
+    pub max_watch_streams: usize,
 }
 
 impl Default for ServerSettings {
@@ -107,8 +110,13 @@ impl Default for ServerSettings {
             rest_addr: default_rest_addr(),
             grpc_addr: default_grpc_addr(),
             shutdown_grace_seconds: default_grace(),
+            max_watch_streams: default_max_watch_streams(),
         }
     }
+}
+
+fn default_max_watch_streams() -> usize {
+    256
 }
 
 fn default_rest_addr() -> String {

@@ -384,3 +384,44 @@ async fn watch_stream_delivers_the_notices_of_a_do_block_in_order() {
     );
     app.stop().await;
 }
+
+/// Watch streams are bounded: past `server.max_watch_streams` a new one is refused with
+/// RESOURCE_EXHAUSTED, and a closed one frees its place.
+#[tokio::test]
+async fn watch_streams_are_limited() {
+    let app = crate::harness::spawn_app_with(crate::harness::AppOptions {
+        background_workers: false,
+        edit_config: Some(|config| config.settings.server.max_watch_streams = 1),
+        ..Default::default()
+    })
+    .await;
+    let mut client = app.grpc().await;
+    let watch = |client: &mut sluice::api::grpc::pb::sluice_client::SluiceClient<_>| {
+        let request = app.grpc_request(
+            "dev",
+            pb::WatchEnvironmentRequest {
+                environment: "development".into(),
+            },
+        );
+        let mut client = client.clone();
+        async move { client.watch_environment(request).await }
+    };
+    let first = watch(&mut client).await.expect("the first stream opens");
+    let refused = watch(&mut client).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("max_watch_streams"), "{refused:?}");
+    drop(first);
+    let mut reopened = None;
+    for _ in 0..100 {
+        match watch(&mut client).await {
+            Ok(stream) => {
+                reopened = Some(stream);
+                break;
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    }
+    assert!(reopened.is_some(), "a closed stream frees its place");
+    drop(reopened);
+    app.stop().await;
+}
