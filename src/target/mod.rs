@@ -7,6 +7,7 @@
 mod mysql;
 mod postgres;
 mod sqlite;
+mod steps;
 
 use crate::lint::Statement;
 use std::collections::HashMap;

@@ -322,7 +322,7 @@ impl MySqlSession {
 
     pub async fn apply(&mut self, script: &Script<'_>) -> Result<RunReport, TargetError> {
         if !Self::transactional(script) {
-            return self.apply_in_steps(script).await;
+            return super::steps::apply_in_steps(self, script).await;
         }
         let mut log = wrapper_notes(script);
         let total = executable(script.statements).len() as i64;
@@ -350,106 +350,6 @@ impl MySqlSession {
         Ok(RunReport {
             execution_ms,
             transactional: true,
-            log: log.into_lines(),
-            error: failure,
-        })
-    }
-
-    /// A script with DDL (which MySQL commits implicitly): statement by statement, with its
-    /// progress in the history row before it starts and after each statement. A data statement
-    /// commits together with the progress it makes; after a failure or a crash the script
-    /// resumes after the last statement recorded as done, never from the top.
-    async fn apply_in_steps(&mut self, script: &Script<'_>) -> Result<RunReport, TargetError> {
-        let mut log = wrapper_notes(script);
-        script.emit(
-            &mut log,
-            LogLine::info("MySQL commits DDL implicitly: the script runs statement by statement"),
-        );
-        let steps = executable(script.statements);
-        let total = steps.len() as i64;
-        let previous = self.entry(script.migration_id).await?;
-        let resume_from = match super::resume_point(script, previous.as_ref(), total, &mut log) {
-            Ok(resume_from) => resume_from,
-            Err(message) => {
-                return Ok(RunReport {
-                    execution_ms: 0,
-                    transactional: false,
-                    log: log.into_lines(),
-                    error: Some(message),
-                });
-            }
-        };
-        self.reset_session().await?;
-        let started = Instant::now();
-        self.record(
-            script,
-            0,
-            false,
-            false,
-            Some(super::IN_PROGRESS),
-            resume_from,
-            total,
-        )
-        .await?;
-        let mut done = resume_from;
-        let mut failure = None;
-        for &(index, statement) in steps.iter().skip(resume_from as usize) {
-            let atomic = is_data_statement(statement);
-            if atomic {
-                self.exec("START TRANSACTION".into()).await?;
-            }
-            match self.run_statement(statement, index).await {
-                Ok(()) => {
-                    let next = done + 1;
-                    sqlx::query(ADVANCE)
-                        .bind(next)
-                        .bind(script.migration_id)
-                        .execute(&mut self.conn)
-                        .await
-                        .map_err(|e| self.error(e))?;
-                    if atomic {
-                        self.exec("COMMIT".into()).await?;
-                    }
-                    done = next;
-                }
-                Err(message) => {
-                    if atomic {
-                        self.exec("ROLLBACK".into()).await?;
-                    }
-                    failure = Some(message);
-                    break;
-                }
-            }
-        }
-        let execution_ms = started.elapsed().as_millis() as i64;
-        match &failure {
-            None => {
-                self.record(script, execution_ms, true, false, None, total, total)
-                    .await?
-            }
-            Some(message) => {
-                script.emit(
-                    &mut log,
-                    LogLine::info(format!(
-                        "not transactional: statements 1 to {done} of {total} stay applied; a retry resumes at statement {}",
-                        done + 1
-                    )),
-                );
-                self.record(
-                    script,
-                    execution_ms,
-                    false,
-                    false,
-                    Some(message),
-                    done,
-                    total,
-                )
-                .await?;
-            }
-        }
-        Ok(RunReport {
-            execution_ms,
-            transactional: false,
             log: log.into_lines(),
             error: failure,
         })
@@ -501,6 +401,75 @@ impl MySqlSession {
         let _ = sqlx::query(AssertSqlSafe(format!("SELECT RELEASE_LOCK({LOCK_NAME})")))
             .execute(&mut self.conn)
             .await;
+    }
+}
+
+impl super::steps::StepDriver for MySqlSession {
+    fn opening_note(&self) -> Option<&'static str> {
+        Some("MySQL commits DDL implicitly: the script runs statement by statement")
+    }
+
+    fn atomic(&self, statement: &crate::lint::Statement) -> bool {
+        is_data_statement(statement)
+    }
+
+    async fn reset(&mut self) -> Result<(), TargetError> {
+        self.reset_session().await
+    }
+
+    async fn entry(&mut self, migration_id: &str) -> Result<Option<HistoryEntry>, TargetError> {
+        MySqlSession::entry(self, migration_id).await
+    }
+
+    async fn record(
+        &mut self,
+        script: &Script<'_>,
+        execution_ms: i64,
+        success: bool,
+        error: Option<&str>,
+        statements_done: i64,
+        statements_total: i64,
+    ) -> Result<(), TargetError> {
+        MySqlSession::record(
+            self,
+            script,
+            execution_ms,
+            success,
+            false,
+            error,
+            statements_done,
+            statements_total,
+        )
+        .await
+    }
+
+    async fn run_step(
+        &mut self,
+        _script: &Script<'_>,
+        _log: &mut super::LogBuffer,
+        index: usize,
+        statement: &crate::lint::Statement,
+        atomic: bool,
+    ) -> Result<Result<(), String>, TargetError> {
+        if atomic {
+            self.exec("START TRANSACTION".into()).await?;
+        }
+        Ok(self.run_statement(statement, index).await)
+    }
+
+    async fn advance(&mut self, migration_id: &str, done: i64) -> Result<(), TargetError> {
+        sqlx::query(ADVANCE)
+            .bind(done)
+            .bind(migration_id)
+            .execute(&mut self.conn)
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    async fn end_step(&mut self, commit: bool) -> Result<(), TargetError> {
+        self.exec(if commit { "COMMIT" } else { "ROLLBACK" }.into())
+            .await
     }
 }
 

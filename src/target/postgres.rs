@@ -284,7 +284,7 @@ impl PgSession {
 
     pub async fn apply(&mut self, script: &Script<'_>) -> Result<RunReport, TargetError> {
         if !script.transactional() {
-            return self.apply_in_steps(script).await;
+            return super::steps::apply_in_steps(self, script).await;
         }
         let mut log = wrapper_notes(script);
         let started = Instant::now();
@@ -359,133 +359,6 @@ impl PgSession {
             statements_total: row.get(4),
             error: row.get(5),
         }))
-    }
-
-    /// A script with a statement PostgreSQL refuses inside a transaction: statement by
-    /// statement, with its progress in the history row before it starts and after each
-    /// statement. A statement that can run in a transaction commits together with the progress
-    /// it makes, so a crash never leaves it applied but uncounted. After a failure or a crash
-    /// it resumes after the last statement recorded as done, never from the top.
-    async fn apply_in_steps(&mut self, script: &Script<'_>) -> Result<RunReport, TargetError> {
-        let mut log = wrapper_notes(script);
-        let steps = executable(script.statements);
-        let total = steps.len() as i64;
-        let previous = self.entry(script.migration_id).await?;
-        let resume_from = match super::resume_point(script, previous.as_ref(), total, &mut log) {
-            Ok(resume_from) => resume_from,
-            Err(message) => {
-                return Ok(RunReport {
-                    execution_ms: 0,
-                    transactional: false,
-                    log: log.into_lines(),
-                    error: Some(message),
-                });
-            }
-        };
-        let started = Instant::now();
-        let reset = self.reset.clone();
-        self.client
-            .batch_execute(&reset)
-            .await
-            .map_err(|e| self.error(e))?;
-        self.record(
-            script,
-            0,
-            false,
-            false,
-            Some(super::IN_PROGRESS),
-            Some(resume_from),
-            Some(total),
-        )
-        .await?;
-        let advance = format!(
-            "UPDATE {} SET statements_done = $2 WHERE migration_id = $1",
-            self.history
-        );
-        let mut done = resume_from;
-        let mut failure = None;
-        for &(index, statement) in steps.iter().skip(resume_from as usize) {
-            let atomic = !statement.requires_no_transaction();
-            let before: &[&str] = if atomic { &["BEGIN"] } else { &[] };
-            let result = self
-                .run_one(script, &mut log, before, &statement.text)
-                .await?;
-            match result {
-                Ok(()) => {
-                    let next = done + 1;
-                    let advanced = self
-                        .client
-                        .execute(&advance, &[&script.migration_id, &next])
-                        .await
-                        .map_err(|e| self.error(e))?;
-                    if advanced != 1 {
-                        return Err(TargetError::Database {
-                            url: self.url.clone(),
-                            message: format!(
-                                "the history row of {} disappeared while it was being applied",
-                                script.migration_id
-                            ),
-                        });
-                    }
-                    if atomic {
-                        self.client
-                            .batch_execute("COMMIT")
-                            .await
-                            .map_err(|e| self.error(e))?;
-                    }
-                    done = next;
-                }
-                Err(e) => {
-                    if atomic {
-                        self.client
-                            .batch_execute("ROLLBACK")
-                            .await
-                            .map_err(|e| self.error(e))?;
-                    }
-                    let line = error_line(statement, &e);
-                    failure = Some(describe_failure(statement, index, line, &pg_message(&e)));
-                    break;
-                }
-            }
-        }
-        let execution_ms = started.elapsed().as_millis() as i64;
-        if let Some(message) = &failure {
-            script.emit(
-                &mut log,
-                LogLine::info(format!(
-                    "not transactional: statements 1 to {done} of {total} stay applied; a retry resumes at statement {}",
-                    done + 1
-                )),
-            );
-            self.record(
-                script,
-                execution_ms,
-                false,
-                false,
-                Some(message),
-                Some(done),
-                Some(total),
-            )
-            .await?;
-        } else {
-            self.record(
-                script,
-                execution_ms,
-                true,
-                false,
-                None,
-                Some(total),
-                Some(total),
-            )
-            .await?;
-        }
-        self.drain_notices(script, &mut log);
-        Ok(RunReport {
-            execution_ms,
-            transactional: false,
-            log: log.into_lines(),
-            error: failure,
-        })
     }
 
     pub async fn rollback(&mut self, script: &Script<'_>) -> Result<RunReport, TargetError> {
@@ -566,6 +439,99 @@ impl PgSession {
             .await;
         drop(self.client);
         let _ = self.connection.await;
+    }
+}
+
+impl super::steps::StepDriver for PgSession {
+    fn atomic(&self, statement: &crate::lint::Statement) -> bool {
+        !statement.requires_no_transaction()
+    }
+
+    async fn reset(&mut self) -> Result<(), TargetError> {
+        let reset = self.reset.clone();
+        self.client
+            .batch_execute(&reset)
+            .await
+            .map_err(|e| self.error(e))
+    }
+
+    async fn entry(&mut self, migration_id: &str) -> Result<Option<HistoryEntry>, TargetError> {
+        PgSession::entry(self, migration_id).await
+    }
+
+    async fn record(
+        &mut self,
+        script: &Script<'_>,
+        execution_ms: i64,
+        success: bool,
+        error: Option<&str>,
+        statements_done: i64,
+        statements_total: i64,
+    ) -> Result<(), TargetError> {
+        PgSession::record(
+            self,
+            script,
+            execution_ms,
+            success,
+            false,
+            error,
+            Some(statements_done),
+            Some(statements_total),
+        )
+        .await
+    }
+
+    async fn run_step(
+        &mut self,
+        script: &Script<'_>,
+        log: &mut LogBuffer,
+        index: usize,
+        statement: &crate::lint::Statement,
+        atomic: bool,
+    ) -> Result<Result<(), String>, TargetError> {
+        // BEGIN travels with the statement: one round trip.
+        let before: &[&str] = if atomic { &["BEGIN"] } else { &[] };
+        Ok(self
+            .run_one(script, log, before, &statement.text)
+            .await?
+            .map_err(|e| {
+                let line = error_line(statement, &e);
+                describe_failure(statement, index, line, &pg_message(&e))
+            }))
+    }
+
+    async fn advance(&mut self, migration_id: &str, done: i64) -> Result<(), TargetError> {
+        let advanced = self
+            .client
+            .execute(
+                &format!(
+                    "UPDATE {} SET statements_done = $2 WHERE migration_id = $1",
+                    self.history
+                ),
+                &[&migration_id, &done],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        if advanced != 1 {
+            return Err(TargetError::Database {
+                url: self.url.clone(),
+                message: format!(
+                    "the history row of {migration_id} disappeared while it was being applied"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    async fn end_step(&mut self, commit: bool) -> Result<(), TargetError> {
+        self.client
+            .batch_execute(if commit { "COMMIT" } else { "ROLLBACK" })
+            .await
+            .map_err(|e| self.error(e))
+    }
+
+    fn drain(&mut self, script: &Script<'_>, log: &mut LogBuffer) {
+        self.drain_notices(script, log);
     }
 }
 

@@ -409,7 +409,10 @@ async fn watch_streams_are_limited() {
     let first = watch(&mut client).await.expect("the first stream opens");
     let refused = watch(&mut client).await.unwrap_err();
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
-    assert!(refused.message().contains("max_watch_streams"), "{refused:?}");
+    assert!(
+        refused.message().contains("max_watch_streams"),
+        "{refused:?}"
+    );
     drop(first);
     let mut reopened = None;
     for _ in 0..100 {
