@@ -134,21 +134,60 @@ pub const MAX_OPERATORS_IN_A_ROW: usize = 2000;
 /// the bounds above let through cannot overflow it.
 const PARSER_STACK_BYTES: usize = 256 * 1024 * 1024;
 
-/// Runs `work` on a thread with a large stack and waits for it.
-fn on_parser_stack<T: Send>(work: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|scope| {
-        let handle = std::thread::Builder::new()
-            .name("sluice-sql".into())
-            .stack_size(PARSER_STACK_BYTES)
-            .spawn_scoped(scope, work);
-        match handle {
-            Ok(handle) => handle
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-            // No thread to be had (resource limits): there is no safe way to parse.
-            Err(e) => panic!("cannot start the SQL parser thread: {e}"),
+type ParserJob = Box<dyn FnOnce() + Send>;
+
+/// The parser threads: started once, each with `PARSER_STACK_BYTES` of stack, taking jobs from
+/// one queue. (A thread per script cost a millisecond under load: mapping and unmapping a large
+/// stack is not free.)
+fn parser_queue() -> &'static std::sync::Mutex<std::sync::mpsc::Sender<ParserJob>> {
+    static QUEUE: std::sync::OnceLock<std::sync::Mutex<std::sync::mpsc::Sender<ParserJob>>> =
+        std::sync::OnceLock::new();
+    QUEUE.get_or_init(|| {
+        let (sender, receiver) = std::sync::mpsc::channel::<ParserJob>();
+        let receiver = std::sync::Arc::new(std::sync::Mutex::new(receiver));
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 4));
+        for number in 0..threads {
+            let receiver = receiver.clone();
+            let started = std::thread::Builder::new()
+                .name(format!("sluice-sql-{number}"))
+                .stack_size(PARSER_STACK_BYTES)
+                .spawn(move || {
+                    loop {
+                        let job = match receiver.lock() {
+                            Ok(queue) => queue.recv(),
+                            Err(_) => return,
+                        };
+                        let Ok(job) = job else { return };
+                        // A job that panics reports it to its caller (its result sender is
+                        // dropped); the thread lives on.
+                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                    }
+                });
+            if let Err(e) = started {
+                tracing::error!(error = %e, "cannot start an SQL parser thread");
+            }
         }
+        std::sync::Mutex::new(sender)
     })
+}
+
+/// Runs `work` on a parser thread (large stack) and waits for its result.
+fn on_parser_stack<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    let (result_sender, result) = std::sync::mpsc::sync_channel(1);
+    let job: ParserJob = Box::new(move || {
+        let _ = result_sender.send(work());
+    });
+    let queued = parser_queue()
+        .lock()
+        .map_err(|_| ())
+        .and_then(|queue| queue.send(job).map_err(|_| ()));
+    if queued.is_err() {
+        panic!("the SQL parser threads are gone");
+    }
+    match result.recv() {
+        Ok(value) => value,
+        Err(_) => panic!("the SQL parser failed on this script"),
+    }
 }
 
 fn is_operator_token(kind: TokenKind, text: &str) -> bool {
@@ -276,12 +315,13 @@ fn check_shape(sql: &str) -> Result<(), SplitError> {
 /// statement from the checks.
 pub fn split_statements(sql: &str) -> Result<Vec<Statement>, SplitError> {
     check_shape(sql)?;
-    on_parser_stack(|| {
-        let parse = squawk_syntax::SourceFile::parse(sql);
+    let sql = sql.to_owned();
+    on_parser_stack(move || {
+        let parse = squawk_syntax::SourceFile::parse(&sql);
         if parse.errors().is_empty() {
-            Ok(split_parsed(sql, &parse.tree()))
+            Ok(split_parsed(&sql, &parse.tree()))
         } else {
-            Ok(split_at_semicolons(sql))
+            Ok(split_at_semicolons(&sql))
         }
     })
 }
@@ -643,13 +683,14 @@ pub fn analyse(sql: &str, statements: &[Statement], dialect: Dialect) -> Vec<Fin
         // split_statements refuses such a script before it gets here.
         return Vec::new();
     }
-    on_parser_stack(|| {
+    let (sql, statements) = (sql.to_owned(), statements.to_vec());
+    on_parser_stack(move || {
         let mut findings = match dialect {
-            Dialect::Postgres => analyse_postgres(sql, statements),
-            Dialect::MySql => analyse_mysql(statements),
+            Dialect::Postgres => analyse_postgres(&sql, &statements),
+            Dialect::MySql => analyse_mysql(&statements),
             Dialect::Both => {
-                let mut both = analyse_postgres(sql, statements);
-                both.extend(analyse_mysql(statements));
+                let mut both = analyse_postgres(&sql, &statements);
+                both.extend(analyse_mysql(&statements));
                 both
             }
         };

@@ -51,12 +51,31 @@ pub struct PgSession {
 impl PgSession {
     pub async fn open(settings: &TargetSettings) -> Result<PgSession, TargetError> {
         let url = redact_url(&settings.url);
-        let (client, mut connection) = tokio_postgres::connect(&settings.url, NoTls)
-            .await
-            .map_err(|e| TargetError::Connect {
+        // The timeouts and the application name travel as startup options: they are then the
+        // session's defaults, which the RESET ALL before every script returns to.
+        let mut config: tokio_postgres::Config =
+            settings.url.parse().map_err(|e| TargetError::Connect {
                 url: url.clone(),
                 message: pg_message(&e),
             })?;
+        let startup = format!(
+            "-c lock_timeout={}ms -c statement_timeout={}ms",
+            settings.lock_timeout.as_millis(),
+            settings.statement_timeout.as_millis()
+        );
+        let options = match config.get_options() {
+            Some(given) if !given.trim().is_empty() => format!("{given} {startup}"),
+            _ => startup,
+        };
+        config.options(options).application_name("sluice");
+        let (client, mut connection) =
+            config
+                .connect(NoTls)
+                .await
+                .map_err(|e| TargetError::Connect {
+                    url: url.clone(),
+                    message: pg_message(&e),
+                })?;
         let (notice_tx, notices) = mpsc::unbounded_channel();
         let connection = tokio::spawn(async move {
             let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
@@ -84,11 +103,7 @@ impl PgSession {
                 url: url.clone(),
                 message: pg_message(&e),
             })?;
-        let reset = format!(
-            "RESET ALL; DISCARD TEMP; SET application_name = 'sluice'; SET lock_timeout = '{}ms'; SET statement_timeout = '{}ms'",
-            settings.lock_timeout.as_millis(),
-            settings.statement_timeout.as_millis()
-        );
+        let reset = "RESET ALL; DISCARD TEMP".to_owned();
         let mut session = PgSession {
             client,
             record: placeholder,
