@@ -24,7 +24,9 @@ const SETUP: &str = "CREATE TABLE IF NOT EXISTS sluice_schema_history (
     execution_ms INTEGER NOT NULL,
     success INTEGER NOT NULL,
     transactional INTEGER NOT NULL,
-    error TEXT
+    error TEXT,
+    statements_done INTEGER,
+    statements_total INTEGER
 );
 CREATE TABLE IF NOT EXISTS sluice_runner_lock (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -32,11 +34,14 @@ CREATE TABLE IF NOT EXISTS sluice_runner_lock (
     expires_at INTEGER NOT NULL
 );";
 
-const RECORD: &str = "INSERT INTO sluice_schema_history (migration_id, checksum, applied_at, applied_by, execution_ms, success, transactional, error) \
-     VALUES ($1, $2, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), $3, $4, $5, $6, $7) \
+const RECORD: &str = "INSERT INTO sluice_schema_history (migration_id, checksum, applied_at, applied_by, execution_ms, success, transactional, error, statements_done, statements_total) \
+     VALUES ($1, $2, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), $3, $4, $5, $6, $7, $8, $9) \
      ON CONFLICT (migration_id) DO UPDATE SET checksum = excluded.checksum, applied_at = excluded.applied_at, \
      applied_by = excluded.applied_by, execution_ms = excluded.execution_ms, success = excluded.success, \
-     transactional = excluded.transactional, error = excluded.error";
+     transactional = excluded.transactional, error = excluded.error, \
+     statements_done = excluded.statements_done, statements_total = excluded.statements_total";
+
+const HISTORY_COLUMNS: &str = "SELECT migration_id, checksum, success, transactional, error, statements_done, statements_total FROM sluice_schema_history";
 
 pub struct SqliteSession {
     conn: SqliteConnection,
@@ -84,6 +89,22 @@ impl SqliteSession {
             .execute(&mut session.conn)
             .await
             .map_err(|e| session.error(e))?;
+        // History tables made before progress was kept get its columns.
+        let has_progress: i64 = sqlx::query(
+            "SELECT COUNT(*) FROM pragma_table_info('sluice_schema_history') WHERE name = 'statements_done'",
+        )
+        .fetch_one(&mut session.conn)
+        .await
+        .map_err(|e| session.error(e))?
+        .get(0);
+        if has_progress == 0 {
+            sqlx::raw_sql(
+                "ALTER TABLE sluice_schema_history ADD COLUMN statements_done INTEGER; ALTER TABLE sluice_schema_history ADD COLUMN statements_total INTEGER",
+            )
+            .execute(&mut session.conn)
+            .await
+            .map_err(|e| session.error(e))?;
+        }
         let now = now_ms();
         sqlx::query(
             "INSERT INTO sluice_runner_lock (id, owner, expires_at) VALUES (1, $1, $2) \
@@ -114,47 +135,62 @@ impl SqliteSession {
         }
     }
 
+    fn entry_from_row(row: &sqlx::sqlite::SqliteRow) -> HistoryEntry {
+        HistoryEntry {
+            checksum: row.get(1),
+            success: row.get::<i64, _>(2) != 0,
+            transactional: row.get::<i64, _>(3) != 0,
+            error: row.get(4),
+            statements_done: row.get(5),
+            statements_total: row.get(6),
+        }
+    }
+
     pub async fn history(&mut self) -> Result<HashMap<String, HistoryEntry>, TargetError> {
-        let rows = sqlx::query(
-            "SELECT migration_id, checksum, success, transactional, error FROM sluice_schema_history",
-        )
+        let rows = sqlx::query(HISTORY_COLUMNS)
             .fetch_all(&mut self.conn)
             .await
             .map_err(|e| self.error(e))?;
         Ok(rows
             .iter()
-            .map(|row| {
-                (
-                    row.get::<String, _>(0),
-                    HistoryEntry {
-                        checksum: row.get(1),
-                        success: row.get::<i64, _>(2) != 0,
-                        // SQLite runs every script in one transaction: nothing is ever left
-                        // half-applied, so no progress is kept.
-                        transactional: row.get::<i64, _>(3) != 0,
-                        statements_done: None,
-                        statements_total: None,
-                        error: row.get(4),
-                    },
-                )
-            })
+            .map(|row| (row.get::<String, _>(0), Self::entry_from_row(row)))
             .collect())
     }
 
-    async fn run_statements(&mut self, script: &Script<'_>) -> Option<String> {
-        for (index, statement) in script.statements.iter().enumerate() {
-            if statement.is_transaction_wrapper() {
-                continue;
-            }
-            if let Err(e) = sqlx::raw_sql(AssertSqlSafe(statement.text.clone()))
-                .execute(&mut self.conn)
-                .await
-            {
+    async fn entry(&mut self, migration_id: &str) -> Result<Option<HistoryEntry>, TargetError> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "{HISTORY_COLUMNS} WHERE migration_id = $1"
+        )))
+        .bind(migration_id)
+        .fetch_optional(&mut self.conn)
+        .await
+        .map_err(|e| self.error(e))?;
+        Ok(row.as_ref().map(Self::entry_from_row))
+    }
+
+    /// Runs one statement; the database's error, worded for the deployment, if it fails.
+    async fn run_statement(
+        &mut self,
+        statement: &crate::lint::Statement,
+        index: usize,
+    ) -> Result<(), String> {
+        sqlx::raw_sql(AssertSqlSafe(statement.text.clone()))
+            .execute(&mut self.conn)
+            .await
+            .map(|_| ())
+            .map_err(|e| {
                 let message = match &e {
                     sqlx::Error::Database(db) => db.message().to_owned(),
                     other => other.to_string(),
                 };
-                return Some(describe_failure(statement, index, statement.line, &message));
+                describe_failure(statement, index, statement.line, &message)
+            })
+    }
+
+    async fn run_statements(&mut self, script: &Script<'_>) -> Option<String> {
+        for (index, statement) in super::executable(script.statements) {
+            if let Err(failure) = self.run_statement(statement, index).await {
+                return Some(failure);
             }
         }
         None
@@ -168,6 +204,7 @@ impl SqliteSession {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn record(
         &mut self,
         script: &Script<'_>,
@@ -175,6 +212,8 @@ impl SqliteSession {
         success: bool,
         transactional: bool,
         error: Option<&str>,
+        statements_done: Option<i64>,
+        statements_total: Option<i64>,
     ) -> Result<(), TargetError> {
         sqlx::query(RECORD)
             .bind(script.migration_id)
@@ -184,6 +223,8 @@ impl SqliteSession {
             .bind(i64::from(success))
             .bind(i64::from(transactional))
             .bind(error)
+            .bind(statements_done)
+            .bind(statements_total)
             .execute(&mut self.conn)
             .await
             .map_err(|e| self.error(e))?;
@@ -197,44 +238,50 @@ impl SqliteSession {
     }
 
     pub async fn apply(&mut self, script: &Script<'_>) -> Result<RunReport, TargetError> {
-        let transactional = script.transactional();
+        if !script.transactional() {
+            return super::steps::apply_in_steps(self, script).await;
+        }
+        let total = super::executable(script.statements).len() as i64;
         let mut log = wrapper_notes(script);
         let started = Instant::now();
-        if transactional {
-            self.exec("BEGIN IMMEDIATE").await?;
-        }
+        self.exec("BEGIN IMMEDIATE").await?;
         let failure = self.run_statements(script).await;
         let execution_ms = started.elapsed().as_millis() as i64;
         match &failure {
             None => {
-                self.record(script, execution_ms, true, transactional, None)
-                    .await?;
-                if transactional {
-                    self.exec("COMMIT").await?;
-                }
+                self.record(
+                    script,
+                    execution_ms,
+                    true,
+                    true,
+                    None,
+                    Some(total),
+                    Some(total),
+                )
+                .await?;
+                self.exec("COMMIT").await?;
             }
             Some(message) => {
-                if transactional {
-                    self.exec("ROLLBACK").await?;
-                    script.emit(
-                        &mut log,
-                        LogLine::info("rolled back: nothing of it is applied"),
-                    );
-                } else {
-                    script.emit(
-                        &mut log,
-                        LogLine::info(
-                            "not transactional: statements before the failing one stay applied",
-                        ),
-                    );
-                }
-                self.record(script, execution_ms, false, transactional, Some(message))
-                    .await?;
+                self.exec("ROLLBACK").await?;
+                script.emit(
+                    &mut log,
+                    LogLine::info("rolled back: nothing of it is applied"),
+                );
+                self.record(
+                    script,
+                    execution_ms,
+                    false,
+                    true,
+                    Some(message),
+                    Some(0),
+                    Some(total),
+                )
+                .await?;
             }
         }
         Ok(RunReport {
             execution_ms,
-            transactional,
+            transactional: true,
             log: log.into_lines(),
             error: failure,
         })
@@ -302,5 +349,72 @@ impl SqliteSession {
             .bind(&self.owner)
             .execute(&mut self.conn)
             .await;
+    }
+}
+
+impl super::steps::StepDriver for SqliteSession {
+    fn atomic(&self, statement: &crate::lint::Statement) -> bool {
+        !statement.requires_no_transaction()
+    }
+
+    async fn reset(&mut self) -> Result<(), TargetError> {
+        // SQLite keeps no session settings a script could leave behind that matter here.
+        Ok(())
+    }
+
+    async fn entry(&mut self, migration_id: &str) -> Result<Option<HistoryEntry>, TargetError> {
+        SqliteSession::entry(self, migration_id).await
+    }
+
+    async fn record(
+        &mut self,
+        script: &Script<'_>,
+        execution_ms: i64,
+        success: bool,
+        error: Option<&str>,
+        statements_done: i64,
+        statements_total: i64,
+    ) -> Result<(), TargetError> {
+        SqliteSession::record(
+            self,
+            script,
+            execution_ms,
+            success,
+            false,
+            error,
+            Some(statements_done),
+            Some(statements_total),
+        )
+        .await
+    }
+
+    async fn run_step(
+        &mut self,
+        _script: &Script<'_>,
+        _log: &mut super::LogBuffer,
+        index: usize,
+        statement: &crate::lint::Statement,
+        atomic: bool,
+    ) -> Result<Result<(), String>, TargetError> {
+        if atomic {
+            self.exec("BEGIN IMMEDIATE").await?;
+        }
+        Ok(self.run_statement(statement, index).await)
+    }
+
+    async fn advance(&mut self, migration_id: &str, done: i64) -> Result<(), TargetError> {
+        sqlx::query(
+            "UPDATE sluice_schema_history SET statements_done = $1 WHERE migration_id = $2",
+        )
+        .bind(done)
+        .bind(migration_id)
+        .execute(&mut self.conn)
+        .await
+        .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    async fn end_step(&mut self, commit: bool) -> Result<(), TargetError> {
+        self.exec(if commit { "COMMIT" } else { "ROLLBACK" }).await
     }
 }

@@ -344,3 +344,57 @@ async fn sigkill_during_a_non_transactional_script_never_runs_it_again_from_the_
     daemon.child.wait().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// SQLite: a script with VACUUM runs statement by statement too; after a failure a retry
+/// resumes after the statements already applied.
+#[tokio::test]
+async fn a_failed_sqlite_script_with_vacuum_resumes_after_what_it_applied() {
+    use sqlx::{ConnectOptions, Row};
+    let app = spawn_app_with(AppOptions {
+        backend: Backend::Sqlite,
+        background_workers: false,
+        ..AppOptions::default()
+    })
+    .await;
+    let file = app.sqlite_dir.as_ref().unwrap().join("development.db");
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&file)
+        .create_if_missing(true);
+    let mut conn = options.connect().await.unwrap();
+    // The last statement will collide with this table on the first attempt.
+    sqlx::raw_sql("CREATE TABLE later (id int)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let script = "CREATE TABLE once (id int);\nINSERT INTO once VALUES (1);\nVACUUM;\nCREATE TABLE later (id int);\n";
+    let id = app
+        .submit("dev", migration("vacuum steps", "low", script, None))
+        .await;
+    let deployment = format!("{id}@development");
+    app.run_worker("development").await;
+    let d = app.deployment(&deployment).await;
+    assert_eq!(d["state"], "failed", "{d}");
+    assert_eq!(d["transactional"], false, "{d}");
+    sqlx::raw_sql("DROP TABLE later")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let (status, body) = app
+        .post(
+            "dev",
+            &format!("/api/v1/deployments/{deployment}/retry"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    app.run_worker("development").await;
+    let d = app.deployment(&deployment).await;
+    assert_eq!(d["state"], "applied", "{d}");
+    let rows: i64 = sqlx::query("SELECT count(*) FROM once")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 1, "the INSERT ran twice");
+    app.stop().await;
+}
