@@ -29,20 +29,21 @@ const HISTORY_DDL: &str = "CREATE TABLE IF NOT EXISTS sluice_schema_history (
     transactional BOOLEAN NOT NULL,
     error TEXT NULL,
     statements_done BIGINT NULL,
-    statements_total BIGINT NULL
+    statements_total BIGINT NULL,
+    rollback_done BIGINT NULL
 ) ENGINE = InnoDB";
 
 /// History tables made before progress was kept get its columns (MySQL 8 has no
 /// `ADD COLUMN IF NOT EXISTS`, so ask first).
 const HISTORY_HAS_PROGRESS: &str = "SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = 'sluice_schema_history' AND column_name = 'statements_done'";
-const HISTORY_ADD_PROGRESS: &str = "ALTER TABLE sluice_schema_history ADD COLUMN statements_done BIGINT NULL, ADD COLUMN statements_total BIGINT NULL";
+const HISTORY_ADD_PROGRESS: &str = "ALTER TABLE sluice_schema_history ADD COLUMN statements_done BIGINT NULL, ADD COLUMN statements_total BIGINT NULL, ADD COLUMN rollback_done BIGINT NULL";
 
 const RECORD: &str = "INSERT INTO sluice_schema_history (migration_id, checksum, applied_at, applied_by, execution_ms, success, transactional, error, statements_done, statements_total) \
      VALUES (?, ?, CURRENT_TIMESTAMP(3), ?, ?, ?, ?, ?, ?, ?) \
      ON DUPLICATE KEY UPDATE checksum = VALUES(checksum), applied_at = VALUES(applied_at), \
      applied_by = VALUES(applied_by), execution_ms = VALUES(execution_ms), success = VALUES(success), \
      transactional = VALUES(transactional), error = VALUES(error), \
-     statements_done = VALUES(statements_done), statements_total = VALUES(statements_total)";
+     statements_done = VALUES(statements_done), statements_total = VALUES(statements_total), rollback_done = NULL";
 
 const ADVANCE: &str = "UPDATE sluice_schema_history SET statements_done = ? WHERE migration_id = ?";
 
@@ -356,13 +357,13 @@ impl MySqlSession {
     }
 
     pub async fn rollback(&mut self, script: &Script<'_>) -> Result<RunReport, TargetError> {
-        let transactional = Self::transactional(script);
+        if !Self::transactional(script) {
+            return super::steps::rollback_in_steps(self, script).await;
+        }
         let log = wrapper_notes(script);
         self.reset_session().await?;
         let started = Instant::now();
-        if transactional {
-            self.exec("START TRANSACTION".into()).await?;
-        }
+        self.exec("START TRANSACTION".into()).await?;
         let failure = self.run_statements(script).await;
         let execution_ms = started.elapsed().as_millis() as i64;
         if failure.is_none() {
@@ -372,17 +373,15 @@ impl MySqlSession {
                 .await
                 .map_err(|e| self.error(e))?;
         }
-        if transactional {
-            let end = if failure.is_none() {
-                "COMMIT"
-            } else {
-                "ROLLBACK"
-            };
-            self.exec(end.into()).await?;
-        }
+        let end = if failure.is_none() {
+            "COMMIT"
+        } else {
+            "ROLLBACK"
+        };
+        self.exec(end.into()).await?;
         Ok(RunReport {
             execution_ms,
-            transactional,
+            transactional: true,
             log: log.into_lines(),
             error: failure,
         })
@@ -470,6 +469,42 @@ impl super::steps::StepDriver for MySqlSession {
     async fn end_step(&mut self, commit: bool) -> Result<(), TargetError> {
         self.exec(if commit { "COMMIT" } else { "ROLLBACK" }.into())
             .await
+    }
+
+    async fn rollback_progress(&mut self, migration_id: &str) -> Result<Option<i64>, TargetError> {
+        let row =
+            sqlx::query("SELECT rollback_done FROM sluice_schema_history WHERE migration_id = ?")
+                .bind(migration_id)
+                .fetch_optional(&mut self.conn)
+                .await
+                .map_err(|e| self.error(e))?;
+        match row {
+            Some(row) => row.try_get(0).map_err(|e| self.error(e)),
+            None => Ok(None),
+        }
+    }
+
+    async fn set_rollback_progress(
+        &mut self,
+        migration_id: &str,
+        done: i64,
+    ) -> Result<(), TargetError> {
+        sqlx::query("UPDATE sluice_schema_history SET rollback_done = ? WHERE migration_id = ?")
+            .bind(done)
+            .bind(migration_id)
+            .execute(&mut self.conn)
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    async fn remove_history(&mut self, migration_id: &str) -> Result<(), TargetError> {
+        sqlx::query("DELETE FROM sluice_schema_history WHERE migration_id = ?")
+            .bind(migration_id)
+            .execute(&mut self.conn)
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(())
     }
 }
 

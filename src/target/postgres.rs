@@ -25,13 +25,14 @@ const HISTORY_DDL: &str = "CREATE TABLE IF NOT EXISTS sluice_schema_history (
     transactional BOOLEAN NOT NULL,
     error TEXT,
     statements_done BIGINT,
-    statements_total BIGINT
+    statements_total BIGINT,
+    rollback_done BIGINT
 );
 DO $sluice$ BEGIN
     IF NOT EXISTS (SELECT 1 FROM information_schema.columns
                    WHERE table_schema = current_schema() AND table_name = 'sluice_schema_history'
                      AND column_name = 'statements_done') THEN
-        ALTER TABLE sluice_schema_history ADD COLUMN statements_done BIGINT, ADD COLUMN statements_total BIGINT;
+        ALTER TABLE sluice_schema_history ADD COLUMN statements_done BIGINT, ADD COLUMN statements_total BIGINT, ADD COLUMN rollback_done BIGINT;
     END IF;
 END $sluice$";
 
@@ -145,7 +146,7 @@ impl PgSession {
                  ON CONFLICT (migration_id) DO UPDATE SET checksum = EXCLUDED.checksum, applied_at = EXCLUDED.applied_at, \
                  applied_by = EXCLUDED.applied_by, execution_ms = EXCLUDED.execution_ms, success = EXCLUDED.success, \
                  transactional = EXCLUDED.transactional, error = EXCLUDED.error, \
-                 statements_done = EXCLUDED.statements_done, statements_total = EXCLUDED.statements_total",
+                 statements_done = EXCLUDED.statements_done, statements_total = EXCLUDED.statements_total, rollback_done = NULL",
                 session.history
             ))
             .await
@@ -377,32 +378,12 @@ impl PgSession {
     }
 
     pub async fn rollback(&mut self, script: &Script<'_>) -> Result<RunReport, TargetError> {
-        let transactional = script.transactional();
+        if !script.transactional() {
+            return super::steps::rollback_in_steps(self, script).await;
+        }
         let mut log = wrapper_notes(script);
         let started = Instant::now();
-        let failure = if transactional {
-            self.run_in_transaction(script, &mut log).await?
-        } else {
-            let reset = self.reset.clone();
-            let mut before: Vec<&str> = vec![&reset];
-            let mut failure = None;
-            for (index, statement) in executable(script.statements) {
-                let result = self
-                    .run_one(
-                        script,
-                        &mut log,
-                        &std::mem::take(&mut before),
-                        &statement.text,
-                    )
-                    .await?;
-                if let Err(e) = result {
-                    let line = error_line(statement, &e);
-                    failure = Some(describe_failure(statement, index, line, &pg_message(&e)));
-                    break;
-                }
-            }
-            failure
-        };
+        let failure = self.run_in_transaction(script, &mut log).await?;
         let execution_ms = started.elapsed().as_millis() as i64;
         if failure.is_none() {
             self.client
@@ -413,21 +394,19 @@ impl PgSession {
                 .await
                 .map_err(|e| self.error(e))?;
         }
-        if transactional {
-            let end = if failure.is_none() {
-                "COMMIT"
-            } else {
-                "ROLLBACK"
-            };
-            self.client
-                .batch_execute(end)
-                .await
-                .map_err(|e| self.error(e))?;
-        }
+        let end = if failure.is_none() {
+            "COMMIT"
+        } else {
+            "ROLLBACK"
+        };
+        self.client
+            .batch_execute(end)
+            .await
+            .map_err(|e| self.error(e))?;
         self.drain_notices(script, &mut log);
         Ok(RunReport {
             execution_ms,
-            transactional,
+            transactional: true,
             log: log.into_lines(),
             error: failure,
         })
@@ -543,6 +522,50 @@ impl super::steps::StepDriver for PgSession {
             .batch_execute(if commit { "COMMIT" } else { "ROLLBACK" })
             .await
             .map_err(|e| self.error(e))
+    }
+
+    async fn rollback_progress(&mut self, migration_id: &str) -> Result<Option<i64>, TargetError> {
+        let row = self
+            .client
+            .query_opt(
+                &format!(
+                    "SELECT rollback_done FROM {} WHERE migration_id = $1",
+                    self.history
+                ),
+                &[&migration_id],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(row.and_then(|row| row.get(0)))
+    }
+
+    async fn set_rollback_progress(
+        &mut self,
+        migration_id: &str,
+        done: i64,
+    ) -> Result<(), TargetError> {
+        self.client
+            .execute(
+                &format!(
+                    "UPDATE {} SET rollback_done = $2 WHERE migration_id = $1",
+                    self.history
+                ),
+                &[&migration_id, &done],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    async fn remove_history(&mut self, migration_id: &str) -> Result<(), TargetError> {
+        self.client
+            .execute(
+                &format!("DELETE FROM {} WHERE migration_id = $1", self.history),
+                &[&migration_id],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(())
     }
 
     fn drain(&mut self, script: &Script<'_>, log: &mut LogBuffer) {

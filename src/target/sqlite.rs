@@ -26,7 +26,8 @@ const SETUP: &str = "CREATE TABLE IF NOT EXISTS sluice_schema_history (
     transactional INTEGER NOT NULL,
     error TEXT,
     statements_done INTEGER,
-    statements_total INTEGER
+    statements_total INTEGER,
+    rollback_done INTEGER
 );
 CREATE TABLE IF NOT EXISTS sluice_runner_lock (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -39,7 +40,7 @@ const RECORD: &str = "INSERT INTO sluice_schema_history (migration_id, checksum,
      ON CONFLICT (migration_id) DO UPDATE SET checksum = excluded.checksum, applied_at = excluded.applied_at, \
      applied_by = excluded.applied_by, execution_ms = excluded.execution_ms, success = excluded.success, \
      transactional = excluded.transactional, error = excluded.error, \
-     statements_done = excluded.statements_done, statements_total = excluded.statements_total";
+     statements_done = excluded.statements_done, statements_total = excluded.statements_total, rollback_done = NULL";
 
 const HISTORY_COLUMNS: &str = "SELECT migration_id, checksum, success, transactional, error, statements_done, statements_total FROM sluice_schema_history";
 
@@ -99,7 +100,7 @@ impl SqliteSession {
         .get(0);
         if has_progress == 0 {
             sqlx::raw_sql(
-                "ALTER TABLE sluice_schema_history ADD COLUMN statements_done INTEGER; ALTER TABLE sluice_schema_history ADD COLUMN statements_total INTEGER",
+                "ALTER TABLE sluice_schema_history ADD COLUMN statements_done INTEGER; ALTER TABLE sluice_schema_history ADD COLUMN statements_total INTEGER; ALTER TABLE sluice_schema_history ADD COLUMN rollback_done INTEGER",
             )
             .execute(&mut session.conn)
             .await
@@ -416,5 +417,38 @@ impl super::steps::StepDriver for SqliteSession {
 
     async fn end_step(&mut self, commit: bool) -> Result<(), TargetError> {
         self.exec(if commit { "COMMIT" } else { "ROLLBACK" }).await
+    }
+
+    async fn rollback_progress(&mut self, migration_id: &str) -> Result<Option<i64>, TargetError> {
+        let row =
+            sqlx::query("SELECT rollback_done FROM sluice_schema_history WHERE migration_id = $1")
+                .bind(migration_id)
+                .fetch_optional(&mut self.conn)
+                .await
+                .map_err(|e| self.error(e))?;
+        Ok(row.and_then(|row| row.get(0)))
+    }
+
+    async fn set_rollback_progress(
+        &mut self,
+        migration_id: &str,
+        done: i64,
+    ) -> Result<(), TargetError> {
+        sqlx::query("UPDATE sluice_schema_history SET rollback_done = $1 WHERE migration_id = $2")
+            .bind(done)
+            .bind(migration_id)
+            .execute(&mut self.conn)
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    async fn remove_history(&mut self, migration_id: &str) -> Result<(), TargetError> {
+        sqlx::query("DELETE FROM sluice_schema_history WHERE migration_id = $1")
+            .bind(migration_id)
+            .execute(&mut self.conn)
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(())
     }
 }

@@ -51,6 +51,16 @@ pub(super) trait StepDriver {
     async fn end_step(&mut self, commit: bool) -> Result<(), TargetError>;
     /// Passes on what the server said after the last statement.
     fn drain(&mut self, _script: &Script<'_>, _log: &mut LogBuffer) {}
+    /// How many statements of a rollback script an earlier, interrupted rollback applied.
+    async fn rollback_progress(&mut self, migration_id: &str) -> Result<Option<i64>, TargetError>;
+    /// Records `done` statements of the rollback script as applied.
+    async fn set_rollback_progress(
+        &mut self,
+        migration_id: &str,
+        done: i64,
+    ) -> Result<(), TargetError>;
+    /// Removes the migration's history row: it is no longer applied.
+    async fn remove_history(&mut self, migration_id: &str) -> Result<(), TargetError>;
 }
 
 /// Applies a script statement by statement through `driver`; see the module's documentation.
@@ -124,6 +134,82 @@ pub(super) async fn apply_in_steps<D: StepDriver>(
                 .record(script, execution_ms, false, Some(message), done, total)
                 .await?;
         }
+    }
+    driver.drain(script, &mut log);
+    Ok(RunReport {
+        execution_ms,
+        transactional: false,
+        log: log.into_lines(),
+        error: failure,
+    })
+}
+
+/// Runs a rollback script that cannot run in one transaction, statement by statement, with its
+/// progress in the history row (`rollback_done`): a rollback interrupted by a crash, or failed,
+/// resumes after the statements it applied when it is requested again. The history row goes
+/// once the whole script has run.
+pub(super) async fn rollback_in_steps<D: StepDriver>(
+    driver: &mut D,
+    script: &Script<'_>,
+) -> Result<RunReport, TargetError> {
+    let mut log = wrapper_notes(script);
+    let steps = executable(script.statements);
+    let total = steps.len() as i64;
+    let resume_from = driver
+        .rollback_progress(script.migration_id)
+        .await?
+        .unwrap_or(0)
+        .clamp(0, total);
+    if resume_from > 0 {
+        script.emit(
+            &mut log,
+            LogLine::info(format!(
+                "resuming the rollback at statement {} of {total}: statements 1 to {resume_from} of the rollback script were applied by an earlier attempt and are not run again",
+                resume_from + 1
+            )),
+        );
+    }
+    driver.reset().await?;
+    let started = Instant::now();
+    driver
+        .set_rollback_progress(script.migration_id, resume_from)
+        .await?;
+    let mut done = resume_from;
+    let mut failure = None;
+    for &(index, statement) in steps.iter().skip(resume_from as usize) {
+        let atomic = driver.atomic(statement);
+        match driver
+            .run_step(script, &mut log, index, statement, atomic)
+            .await?
+        {
+            Ok(()) => {
+                driver
+                    .set_rollback_progress(script.migration_id, done + 1)
+                    .await?;
+                if atomic {
+                    driver.end_step(true).await?;
+                }
+                done += 1;
+            }
+            Err(message) => {
+                if atomic {
+                    driver.end_step(false).await?;
+                }
+                failure = Some(message);
+                break;
+            }
+        }
+    }
+    let execution_ms = started.elapsed().as_millis() as i64;
+    match &failure {
+        None => driver.remove_history(script.migration_id).await?,
+        Some(_) => script.emit(
+            &mut log,
+            LogLine::info(format!(
+                "not transactional: statements 1 to {done} of the rollback script stay applied; requesting the rollback again resumes at statement {}",
+                done + 1
+            )),
+        ),
     }
     driver.drain(script, &mut log);
     Ok(RunReport {

@@ -398,3 +398,61 @@ async fn a_failed_sqlite_script_with_vacuum_resumes_after_what_it_applied() {
     assert_eq!(rows, 1, "the INSERT ran twice");
     app.stop().await;
 }
+
+/// A rollback script that cannot run in one transaction keeps its progress too: requested
+/// again after a failure, it resumes after the statements it applied (DROP INDEX CONCURRENTLY
+/// run twice would fail: the index is gone).
+#[tokio::test]
+async fn a_failed_non_transactional_rollback_resumes_when_requested_again() {
+    let app = spawn_app_with(AppOptions {
+        background_workers: false,
+        ..AppOptions::default()
+    })
+    .await;
+    let target = app.targets["development"].client().await;
+    let id = app
+        .submit(
+            "dev",
+            migration(
+                "index concurrently",
+                "low",
+                "CREATE TABLE counter2 (n int);\nCREATE INDEX CONCURRENTLY c2_n ON counter2 (n);",
+                Some("DROP INDEX CONCURRENTLY c2_n;\nCREATE TABLE rb_marker (id int);\nDROP TABLE counter2;"),
+            ),
+        )
+        .await;
+    let deployment = format!("{id}@development");
+    app.run_worker("development").await;
+    assert_eq!(app.deployment(&deployment).await["state"], "applied");
+    // The rollback's second statement will fail the first time.
+    target
+        .batch_execute("CREATE TABLE rb_marker (id int)")
+        .await
+        .unwrap();
+    let rollback = format!("/api/v1/deployments/{deployment}/rollback");
+    let (status, body) = app.post("dev", &rollback, json!({"reason": "undo"})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    app.run_worker("development").await;
+    let d = app.deployment(&deployment).await;
+    assert_eq!(d["state"], "failed", "{d}");
+    assert!(d["error"].as_str().unwrap().contains("rb_marker"), "{d}");
+    target.batch_execute("DROP TABLE rb_marker").await.unwrap();
+    let (status, body) = app.post("dev", &rollback, json!({"reason": "again"})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    app.run_worker("development").await;
+    let d = app.deployment(&deployment).await;
+    assert_eq!(d["state"], "rolled_back", "{d}");
+    assert!(!app.table_exists("development", "counter2").await);
+    let log: Vec<&str> = d["log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["message"].as_str().unwrap())
+        .collect();
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("resuming the rollback at statement 2 of 3")),
+        "{log:?}"
+    );
+    app.stop().await;
+}
