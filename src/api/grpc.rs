@@ -357,6 +357,32 @@ impl pb::sluice_server::Sluice for GrpcApi {
         Ok(Response::new(deployment(view)))
     }
 
+    async fn get_deployment_log(
+        &self,
+        request: Request<pb::GetDeploymentLogRequest>,
+    ) -> Result<Response<pb::DeploymentLog>, Status> {
+        self.caller(&request)?;
+        let r = request.into_inner();
+        let page = self
+            .service
+            .deployment_log(&r.deployment_id, r.after_id, r.limit)
+            .await?;
+        Ok(Response::new(pb::DeploymentLog {
+            deployment_id: page.deployment_id,
+            lines: page
+                .lines
+                .into_iter()
+                .map(|l| pb::DeploymentLogLine {
+                    id: l.id,
+                    at: l.at,
+                    level: l.level,
+                    message: l.message,
+                })
+                .collect(),
+            next_after_id: page.next_after_id,
+        }))
+    }
+
     async fn approve(
         &self,
         request: Request<pb::ApproveRequest>,

@@ -28,6 +28,7 @@ pub fn router(service: Service) -> Router {
         .route("/api/v1/migrations", post(submit).get(list_migrations))
         .route("/api/v1/migrations/{id}", get(get_migration).put(amend))
         .route("/api/v1/deployments/{id}", get(get_deployment))
+        .route("/api/v1/deployments/{id}/log", get(get_deployment_log))
         .route("/api/v1/deployments/{id}/approvals", post(approve))
         .route("/api/v1/deployments/{id}/reject", post(reject))
         .route("/api/v1/deployments/{id}/cancel", post(cancel))
@@ -263,6 +264,26 @@ async fn get_deployment(
     Path(id): Path<String>,
 ) -> ApiResult<crate::service::DeploymentView> {
     Ok(Json(service.deployment(&id).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogQuery {
+    after_id: Option<i64>,
+    limit: Option<i64>,
+}
+
+async fn get_deployment_log(
+    State(service): State<Service>,
+    Authenticated(_): Authenticated,
+    Path(id): Path<String>,
+    Query(query): Query<LogQuery>,
+) -> ApiResult<crate::service::LogPage> {
+    Ok(Json(
+        service
+            .deployment_log(&id, query.after_id, query.limit)
+            .await?,
+    ))
 }
 
 #[derive(Deserialize)]

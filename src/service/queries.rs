@@ -113,4 +113,48 @@ impl Service {
         let rows = self.store.audit(&mut conn, &filter).await?;
         Ok(rows.into_iter().map(AuditView::from).collect())
     }
+
+    /// A page of a deployment's log (at most `limit` lines, 1 to 5,000, after `after_id`).
+    pub async fn deployment_log(
+        &self,
+        id: &str,
+        after_id: Option<i64>,
+        limit: Option<i64>,
+    ) -> Result<LogPage> {
+        domain::parse_deployment_id(id)?;
+        let limit = limit.unwrap_or(1_000);
+        if !(1..=5_000).contains(&limit) {
+            return Err(ServiceError::Invalid(format!(
+                "limit: {limit} is out of range; 1 to 5000"
+            )));
+        }
+        let mut conn = self.store.conn().await?;
+        if self.store.deployment(&mut conn, id, false).await?.is_none() {
+            return Err(ServiceError::NotFound(format!("no deployment \"{id}\"")));
+        }
+        let rows = self
+            .store
+            .logs_page(&mut conn, id, after_id.unwrap_or(0), limit + 1)
+            .await?;
+        let more = rows.len() as i64 > limit;
+        let lines: Vec<LogPageLine> = rows
+            .into_iter()
+            .take(limit as usize)
+            .map(|(line_id, row)| LogPageLine {
+                id: line_id,
+                at: format_millis(row.at),
+                level: row.level,
+                message: row.message,
+            })
+            .collect();
+        Ok(LogPage {
+            deployment_id: id.to_owned(),
+            next_after_id: if more {
+                lines.last().map(|l| l.id)
+            } else {
+                None
+            },
+            lines,
+        })
+    }
 }

@@ -34,6 +34,24 @@ impl From<LogRow> for LogView {
     }
 }
 
+/// One page of a deployment's log.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LogPage {
+    pub deployment_id: String,
+    /// Each line with its id, oldest first.
+    pub lines: Vec<LogPageLine>,
+    /// Pass as `after_id` for the next page; `None` when this page reached the end.
+    pub next_after_id: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LogPageLine {
+    pub id: i64,
+    pub at: String,
+    pub level: String,
+    pub message: String,
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct DeploymentView {
     pub id: String,

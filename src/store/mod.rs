@@ -872,6 +872,38 @@ impl Store {
             .collect()
     }
 
+    /// A page of a deployment's log: lines with an id above `after_id`, oldest first, with
+    /// their ids.
+    pub async fn logs_page(
+        &self,
+        conn: &mut AnyConnection,
+        deployment_id: &str,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, LogRow)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, deployment_id, at, level, message FROM deployment_log WHERE deployment_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+        )
+        .bind(deployment_id)
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(conn)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get("id")?,
+                    LogRow {
+                        deployment_id: row.try_get("deployment_id")?,
+                        at: row.try_get("at")?,
+                        level: row.try_get("level")?,
+                        message: row.try_get("message")?,
+                    },
+                ))
+            })
+            .collect()
+    }
+
     /// A connection for reads outside a transaction.
     pub async fn conn(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>, StoreError> {
         Ok(self

@@ -640,4 +640,56 @@ async fn a_flood_of_notices_is_kept_bounded() {
     assert_eq!(log[999], "line 1000");
     assert!(log[1000].contains("3000 lines left out"), "{}", log[1000]);
     assert_eq!(log[2000], "line 5000");
+
+    // The log a page at a time.
+    let deployment = format!("{id}@development");
+    let mut after: Option<i64> = None;
+    let mut paged = Vec::new();
+    let mut pages = 0;
+    loop {
+        let query = match after {
+            Some(a) => format!("?limit=700&after_id={a}"),
+            None => "?limit=700".to_owned(),
+        };
+        let (status, page) = app
+            .get(
+                "dev",
+                &format!("/api/v1/deployments/{deployment}/log{query}"),
+            )
+            .await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{page}");
+        pages += 1;
+        for line in page["lines"].as_array().unwrap() {
+            paged.push(line["message"].as_str().unwrap().to_owned());
+        }
+        match page["next_after_id"].as_i64() {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(paged, log);
+    let (status, body) = app
+        .get(
+            "dev",
+            &format!("/api/v1/deployments/{deployment}/log?limit=0"),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let mut client = app.grpc().await;
+    let page = client
+        .get_deployment_log(app.grpc_request(
+            "dev",
+            sluice::api::grpc::pb::GetDeploymentLogRequest {
+                deployment_id: deployment.clone(),
+                after_id: None,
+                limit: Some(5),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.lines.len(), 5);
+    assert_eq!(page.lines[0].message, "line 1");
+    assert!(page.next_after_id.is_some());
 }
