@@ -54,39 +54,33 @@ impl Service {
         } else {
             DeploymentEvent::PolicySatisfied
         };
-        deployment.state = deployment.state.on(event)?;
         deployment.deadline_at = None;
-        deployment.updated_at = at;
-        self.store
-            .insert_audit(
+        self.commit_change(
+            tx,
+            deployment,
+            at,
+            Change {
+                event,
+                actor,
+                action,
+                detail: serde_json::json!({}),
+            },
+        )
+        .await?;
+        if env.auto_apply {
+            self.commit_change(
                 tx,
-                &audit(
-                    at,
-                    actor,
-                    action,
-                    Some(deployment),
-                    None,
-                    serde_json::json!({}),
-                ),
+                deployment,
+                at,
+                Change {
+                    event: DeploymentEvent::Release,
+                    actor: "sluice",
+                    action: "queued",
+                    detail: serde_json::json!({"reason": "auto_apply"}),
+                },
             )
             .await?;
-        if env.auto_apply {
-            deployment.state = deployment.state.on(DeploymentEvent::Release)?;
-            self.store
-                .insert_audit(
-                    tx,
-                    &audit(
-                        at,
-                        "sluice",
-                        "queued",
-                        Some(deployment),
-                        None,
-                        serde_json::json!({"reason": "auto_apply"}),
-                    ),
-                )
-                .await?;
         }
-        self.store.update_deployment(tx, deployment).await?;
         Ok(())
     }
 

@@ -119,24 +119,18 @@ impl Service {
         }
         let mut released = Vec::new();
         for mut deployment in approved {
-            deployment.state = deployment.state.on(DeploymentEvent::Release)?;
-            deployment.updated_at = at;
-            self.store
-                .update_deployment(&mut tx, &mut deployment)
-                .await?;
-            self.store
-                .insert_audit(
-                    &mut tx,
-                    &audit(
-                        at,
-                        caller.name.as_str(),
-                        "queued",
-                        Some(&deployment),
-                        None,
-                        serde_json::json!({"reason": "migrate"}),
-                    ),
-                )
-                .await?;
+            self.commit_change(
+                &mut tx,
+                &mut deployment,
+                at,
+                Change {
+                    event: DeploymentEvent::Release,
+                    actor: caller.name.as_str(),
+                    action: "queued",
+                    detail: serde_json::json!({"reason": "migrate"}),
+                },
+            )
+            .await?;
             released.push(deployment);
         }
         let queued = self

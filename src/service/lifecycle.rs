@@ -17,27 +17,21 @@ impl Service {
         let mut tx = self.store.begin().await?;
         let (mut deployment, migration) = self.load_for_change(&mut tx, deployment_id).await?;
         authorize(&deployment, &migration)?;
-        deployment.state = deployment.state.on(event)?;
-        deployment.updated_at = at;
         if event == DeploymentEvent::Retry {
             deployment.error = None;
         }
-        self.store
-            .update_deployment(&mut tx, &mut deployment)
-            .await?;
-        self.store
-            .insert_audit(
-                &mut tx,
-                &audit(
-                    at,
-                    caller.name.as_str(),
-                    action,
-                    Some(&deployment),
-                    None,
-                    detail,
-                ),
-            )
-            .await?;
+        self.commit_change(
+            &mut tx,
+            &mut deployment,
+            at,
+            Change {
+                event,
+                actor: caller.name.as_str(),
+                action,
+                detail,
+            },
+        )
+        .await?;
         tx.commit().await?;
         self.publish([&deployment]);
         self.signals.wake(&deployment.environment);
@@ -166,26 +160,19 @@ impl Service {
                 }
             }
         }
-        let from = deployment.state;
-        deployment.state = deployment.state.on(DeploymentEvent::RequestRollback)?;
-        deployment.updated_at = at;
         deployment.error = None;
-        self.store
-            .update_deployment(&mut tx, &mut deployment)
-            .await?;
-        self.store
-            .insert_audit(
-                &mut tx,
-                &audit(
-                    at,
-                    caller.name.as_str(),
-                    "rollback_requested",
-                    Some(&deployment),
-                    None,
-                    serde_json::json!({"reason": reason, "from": from}),
-                ),
-            )
-            .await?;
+        self.commit_change(
+            &mut tx,
+            &mut deployment,
+            at,
+            Change {
+                event: DeploymentEvent::RequestRollback,
+                actor: caller.name.as_str(),
+                action: "rollback_requested",
+                detail: serde_json::json!({"reason": reason}),
+            },
+        )
+        .await?;
         tx.commit().await?;
         self.publish([&deployment]);
         self.signals.wake(&deployment.environment);
@@ -199,29 +186,20 @@ impl Service {
         let overdue = self.store.overdue(&mut tx, at).await?;
         let mut expired = Vec::with_capacity(overdue.len());
         for mut d in overdue {
-            d.state = d.state.on(DeploymentEvent::Expire)?;
-            d.updated_at = at;
-            match self.store.update_deployment(&mut tx, &mut d).await {
-                Ok(()) => {}
+            let deadline = d.deadline_at.map(format_millis);
+            let change = Change {
+                event: DeploymentEvent::Expire,
+                actor: "sluice",
+                action: "expired",
+                detail: serde_json::json!({"deadline_at": deadline}),
+            };
+            match self.commit_change(&mut tx, &mut d, at, change).await {
+                Ok(()) => expired.push(d),
                 // Approved, cancelled or expired by another replica since it was read: the
-                // other writer's outcome stands.
-                Err(StoreError::Conflict(_)) => continue,
-                Err(e) => return Err(e.into()),
+                // other writer's outcome stands (the conditional write changed nothing).
+                Err(ServiceError::Conflict(_)) => continue,
+                Err(e) => return Err(e),
             }
-            self.store
-                .insert_audit(
-                    &mut tx,
-                    &audit(
-                        at,
-                        "sluice",
-                        "expired",
-                        Some(&d),
-                        None,
-                        serde_json::json!({"deadline_at": d.deadline_at.map(format_millis)}),
-                    ),
-                )
-                .await?;
-            expired.push(d);
         }
         tx.commit().await?;
         self.publish(&expired);

@@ -155,7 +155,52 @@ pub fn check_script(
     Ok(statements)
 }
 
+/// A change of a deployment's state, as the one commit path writes it.
+pub(super) struct Change<'a> {
+    pub event: DeploymentEvent,
+    pub actor: &'a str,
+    pub action: &'a str,
+    pub detail: serde_json::Value,
+}
+
 impl Service {
+    /// The one commit path for a caller's change of a deployment's state: the transition the
+    /// state machine allows, the row written on condition that it is still at the version it
+    /// was read at (a conflict otherwise, never a silent overwrite), and the audit record with
+    /// both states, in the caller's transaction. The worker's outcomes take the same
+    /// conditional write through its recorder.
+    pub(super) async fn commit_change(
+        &self,
+        tx: &mut Tx,
+        deployment: &mut DeploymentRow,
+        at: i64,
+        change: Change<'_>,
+    ) -> Result<()> {
+        let from = deployment.state;
+        deployment.state = deployment.state.on(change.event)?;
+        deployment.updated_at = at;
+        self.store.update_deployment(tx, deployment).await?;
+        let mut detail = change.detail;
+        if let Some(fields) = detail.as_object_mut() {
+            fields.insert("from".into(), serde_json::json!(from));
+            fields.insert("to".into(), serde_json::json!(deployment.state));
+        }
+        self.store
+            .insert_audit(
+                tx,
+                &audit(
+                    at,
+                    change.actor,
+                    change.action,
+                    Some(deployment),
+                    None,
+                    detail,
+                ),
+            )
+            .await?;
+        Ok(())
+    }
+
     pub fn new(config: Arc<Config>, store: Store, clock: Arc<dyn Clock>) -> Service {
         let signals = Arc::new(WorkerSignals::new(&config));
         let users = Arc::new(std::sync::RwLock::new(Arc::new(config.users.clone())));

@@ -320,35 +320,31 @@ impl Service {
             }
             let env = self.environment(&d.environment)?;
             let policy = self.config.matrix.policy(&env.name, effective);
-            d.state = d.state.on(DeploymentEvent::Amend)?;
             d.effective_risk = effective.as_str().into();
             d.emergency_reason = None;
             d.error = None;
             d.deadline_at = approval_deadline(policy, at);
-            d.updated_at = at;
-            self.store.update_deployment(&mut tx, &mut d).await?;
             // Every approval given before an amendment is void, whatever checksum the scripts
             // take later (amending back to an approved version does not revive them).
             let voided = self.store.delete_approvals(&mut tx, &d.id).await?;
-            self.store
-                .insert_audit(
-                    &mut tx,
-                    &audit(
-                        at,
-                        caller.name.as_str(),
-                        "approvals_voided",
-                        Some(&d),
-                        None,
-                        serde_json::json!({
-                            "reason": "the migration's scripts changed",
-                            "checksum": checksum,
-                            "voided": voided.iter().map(|a| serde_json::json!({
-                                "approver": a.approver, "role": a.role, "checksum": a.checksum,
-                            })).collect::<Vec<_>>(),
-                        }),
-                    ),
-                )
-                .await?;
+            self.commit_change(
+                &mut tx,
+                &mut d,
+                at,
+                Change {
+                    event: DeploymentEvent::Amend,
+                    actor: caller.name.as_str(),
+                    action: "approvals_voided",
+                    detail: serde_json::json!({
+                        "reason": "the migration's scripts changed",
+                        "checksum": checksum,
+                        "voided": voided.iter().map(|a| serde_json::json!({
+                            "approver": a.approver, "role": a.role, "checksum": a.checksum,
+                        })).collect::<Vec<_>>(),
+                    }),
+                },
+            )
+            .await?;
             if env.auto_approve {
                 self.advance_approved(&mut tx, &mut d, env, at, "sluice", "auto_approved")
                     .await?;
