@@ -96,36 +96,46 @@ fn run_server(config_dir: PathBuf) -> CliResult {
         let running = crate::start(config, crate::StartOptions::default())
             .await
             .map_err(|e| Failure::operation(format!("{e:#}")))?;
+        let shutdown = shutdown_signal();
         println!(
             "sluice listening on http://{} (REST) and http://{} (gRPC)",
             running.rest_addr, running.grpc_addr
         );
-        shutdown_signal().await;
+        shutdown.await;
         tracing::info!("shutting down");
         running.stop().await;
         Ok(())
     })
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Waits for SIGTERM or Ctrl-C. The handlers are installed when this is called, not when the
+/// returned future is first polled: a signal sent right after the daemon says it listens must
+/// find them in place (a test caught SIGTERM arriving first and killing the daemon outright).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
+        use tokio::signal::unix::{SignalKind, signal};
+        let terminate = signal(SignalKind::terminate());
+        let interrupt = signal(SignalKind::interrupt());
+        async move {
+            match (terminate, interrupt) {
+                (Ok(mut terminate), Ok(mut interrupt)) => {
+                    tokio::select! {
+                        _ = terminate.recv() => {}
+                        _ = interrupt.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = ctrl_c.await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
