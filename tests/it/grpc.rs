@@ -415,7 +415,7 @@ async fn watch_streams_are_limited() {
     );
     drop(first);
     let mut reopened = None;
-    for _ in 0..100 {
+    for _ in 0..250 {
         match watch(&mut client).await {
             Ok(stream) => {
                 reopened = Some(stream);
