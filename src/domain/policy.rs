@@ -50,7 +50,11 @@ pub struct ApprovalRequest<'a> {
     pub authors: &'a [UserName],
     pub allow_self_approval: bool,
     pub environment: &'a str,
+    /// The migration's checksum now.
     pub checksum: &'a str,
+    /// The checksum of the scripts the approver reviewed, as they named it. Required wherever
+    /// self-approval is not allowed; a different one than `checksum` is refused.
+    pub reviewed_checksum: Option<&'a str>,
 }
 
 impl ApprovalPolicy {
@@ -164,6 +168,28 @@ pub fn check_approval(
             request.approver, previous.role
         )));
     }
+    // An approval is of the scripts the approver read: a script changed since then is not what
+    // they approved.
+    match request
+        .reviewed_checksum
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+    {
+        Some(reviewed) if reviewed != request.checksum => {
+            return Err(DomainError::Conflict(format!(
+                "checksum: you reviewed {reviewed} but the migration now has the checksum {}: its scripts changed; read them again before approving",
+                request.checksum
+            )));
+        }
+        Some(_) => {}
+        None if request.allow_self_approval => {}
+        None => {
+            return Err(DomainError::Invalid(format!(
+                "checksum: an approval in {} must name the checksum of the scripts reviewed (the migration's `checksum`, now {})",
+                request.environment, request.checksum
+            )));
+        }
+    }
     let before = policy.progress(existing, request.checksum);
     if !before.missing_roles.contains(&request.role) && before.additional_approvals_needed == 0 {
         let fillers: Vec<&str> = current
@@ -228,6 +254,7 @@ mod tests {
             allow_self_approval: false,
             environment: "production",
             checksum: "c1",
+            reviewed_checksum: Some("c1"),
         }
     }
 
@@ -327,6 +354,21 @@ mod tests {
             err.to_string(),
             "ops wrote a version of this migration (authors: dev, ops) and cannot approve it in production: an approval must come from someone who did not write it"
         );
+        // The approval names what was reviewed: another checksum conflicts, none is invalid
+        // outside environments that allow self-approval.
+        let mut stale_review = request(&dba, &[Role::Dba], Role::Dba, &author);
+        stale_review.reviewed_checksum = Some("c0");
+        assert!(matches!(
+            check_approval(&policy, &[], &stale_review),
+            Err(DomainError::Conflict(m)) if m.contains("c0") && m.contains("c1")
+        ));
+        stale_review.reviewed_checksum = None;
+        assert!(matches!(
+            check_approval(&policy, &[], &stale_review),
+            Err(DomainError::Invalid(m)) if m.starts_with("checksum:")
+        ));
+        stale_review.allow_self_approval = true;
+        assert!(check_approval(&policy, &[], &stale_review).is_ok());
         // An approval for an older checksum is void.
         let stale = vec![ApprovalRecord {
             approver: dba.clone(),
@@ -369,6 +411,7 @@ mod tests {
                     allow_self_approval: false,
                     environment: "production",
                     checksum: "c",
+                    reviewed_checksum: Some("c"),
                 };
                 if check_approval(&policy, &approvals, &req).is_ok() {
                     approvals.push(ApprovalRecord { approver: person.clone(), role, checksum: "c".into() });
