@@ -367,11 +367,7 @@ impl MySqlSession {
         let failure = self.run_statements(script).await;
         let execution_ms = started.elapsed().as_millis() as i64;
         if failure.is_none() {
-            sqlx::query("DELETE FROM sluice_schema_history WHERE migration_id = ?")
-                .bind(script.migration_id)
-                .execute(&mut self.conn)
-                .await
-                .map_err(|e| self.error(e))?;
+            super::steps::StepDriver::remove_history(self, script.migration_id).await?;
         }
         let end = if failure.is_none() {
             "COMMIT"

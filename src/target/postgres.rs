@@ -386,13 +386,7 @@ impl PgSession {
         let failure = self.run_in_transaction(script, &mut log).await?;
         let execution_ms = started.elapsed().as_millis() as i64;
         if failure.is_none() {
-            self.client
-                .execute(
-                    &format!("DELETE FROM {} WHERE migration_id = $1", self.history),
-                    &[&script.migration_id],
-                )
-                .await
-                .map_err(|e| self.error(e))?;
+            super::steps::StepDriver::remove_history(self, script.migration_id).await?;
         }
         let end = if failure.is_none() {
             "COMMIT"

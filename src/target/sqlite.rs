@@ -289,34 +289,26 @@ impl SqliteSession {
     }
 
     pub async fn rollback(&mut self, script: &Script<'_>) -> Result<RunReport, TargetError> {
-        let transactional = script.transactional();
+        if !script.transactional() {
+            return super::steps::rollback_in_steps(self, script).await;
+        }
         let log = wrapper_notes(script);
         let started = Instant::now();
-        if transactional {
-            self.exec("BEGIN IMMEDIATE").await?;
-        }
+        self.exec("BEGIN IMMEDIATE").await?;
         let failure = self.run_statements(script).await;
         let execution_ms = started.elapsed().as_millis() as i64;
         if failure.is_none() {
-            sqlx::query(AssertSqlSafe(
-                "DELETE FROM sluice_schema_history WHERE migration_id = $1".to_owned(),
-            ))
-            .bind(script.migration_id)
-            .execute(&mut self.conn)
-            .await
-            .map_err(|e| self.error(e))?;
+            super::steps::StepDriver::remove_history(self, script.migration_id).await?;
         }
-        if transactional {
-            self.exec(if failure.is_none() {
-                "COMMIT"
-            } else {
-                "ROLLBACK"
-            })
-            .await?;
-        }
+        self.exec(if failure.is_none() {
+            "COMMIT"
+        } else {
+            "ROLLBACK"
+        })
+        .await?;
         Ok(RunReport {
             execution_ms,
-            transactional,
+            transactional: true,
             log: log.into_lines(),
             error: failure,
         })
