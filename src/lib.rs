@@ -9,6 +9,7 @@ pub mod config;
 pub mod domain;
 pub mod engine;
 pub mod lint;
+pub mod notify;
 pub mod service;
 pub mod store;
 pub mod target;

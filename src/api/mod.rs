@@ -43,6 +43,14 @@ pub fn router(service: Service) -> Router {
         .route("/api/v1/environments/{env}/lock", post(lock).delete(unlock))
         .route("/api/v1/environments/{env}/migrate", post(migrate))
         .route("/api/v1/audit", get(audit))
+        .route("/api/v1/deployments/{id}/review", post(review))
+        .route("/api/v1/notifications", get(notifications))
+        .route("/api/v1/notifications/channels", get(notification_channels))
+        .route(
+            "/api/v1/notifications/channels/{name}/test",
+            post(test_notification),
+        )
+        .route("/api/v1/notifications/{id}/retry", post(retry_notification))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(tower_http::trace::TraceLayer::new_for_http())
@@ -505,4 +513,60 @@ async fn audit(
             })
             .await?,
     ))
+}
+
+async fn review(
+    State(service): State<Service>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+    Json(body): Json<CommentBody>,
+) -> ApiResult<crate::service::DeploymentView> {
+    Ok(Json(service.review(&caller, &id, &body.comment).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NotificationsQuery {
+    #[serde(default = "default_notification_state")]
+    state: String,
+    limit: Option<i64>,
+}
+
+fn default_notification_state() -> String {
+    "pending".into()
+}
+
+async fn notifications(
+    State(service): State<Service>,
+    Authenticated(caller): Authenticated,
+    Query(query): Query<NotificationsQuery>,
+) -> ApiResult<Vec<crate::service::NotificationView>> {
+    Ok(Json(
+        service
+            .notifications(&caller, &query.state, query.limit)
+            .await?,
+    ))
+}
+
+async fn retry_notification(
+    State(service): State<Service>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+) -> ApiResult<crate::service::NotificationView> {
+    Ok(Json(service.retry_notification(&caller, &id).await?))
+}
+
+async fn notification_channels(
+    State(service): State<Service>,
+    Authenticated(caller): Authenticated,
+) -> ApiResult<Vec<crate::service::ChannelView>> {
+    Ok(Json(service.notification_channels(&caller).await?))
+}
+
+async fn test_notification(
+    State(service): State<Service>,
+    Authenticated(caller): Authenticated,
+    Path(name): Path<String>,
+) -> ApiResult<crate::service::TestResult> {
+    Ok(Json(service.test_notification(&caller, &name).await?))
 }

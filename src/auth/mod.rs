@@ -60,6 +60,8 @@ mod tests {
             name: "alice".parse().unwrap(),
             roles: vec![Role::Developer],
             token_sha256: token_sha256(&a),
+            email: None,
+            slack: None,
         }];
         assert_eq!(authenticate(&users, &a).unwrap().name.as_str(), "alice");
         assert!(authenticate(&users, &b).is_none());

@@ -4,6 +4,13 @@
 //! the program only ever sees typed, valid values. Errors name the file, the key and what is
 //! allowed. This module never opens a database or a socket.
 
+mod notifications;
+
+pub use notifications::{
+    ChannelConfig, ChannelKind, DeliverySettings, EmailSettings, NotificationConfig, Recipient,
+    ReminderSettings, SmtpSecurity, load_notifications,
+};
+
 use crate::domain::{ApprovalPolicy, EnvironmentName, Risk, Role, UserName};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -102,6 +109,9 @@ pub struct ServerSettings {
     /// How many gRPC watch streams may be open at once (each holds a task and a subscription).
     #[serde(default = "default_max_watch_streams")]
     pub max_watch_streams: usize,
+    /// Where people reach this Sluice (the dashboard or API), for links in notifications.
+    #[serde(default)]
+    pub public_url: Option<String>,
 }
 
 impl Default for ServerSettings {
@@ -111,6 +121,7 @@ impl Default for ServerSettings {
             grpc_addr: default_grpc_addr(),
             shutdown_grace_seconds: default_grace(),
             max_watch_streams: default_max_watch_streams(),
+            public_url: None,
         }
     }
 }
@@ -439,6 +450,10 @@ pub struct User {
     pub name: UserName,
     pub roles: Vec<Role>,
     pub token_sha256: String,
+    /// Where email notifications for this user go.
+    pub email: Option<String>,
+    /// A Slack member id (U123ABC): approval requests mention the user.
+    pub slack: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -454,6 +469,10 @@ struct UserEntry {
     name: String,
     roles: Vec<Role>,
     token_sha256: String,
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    slack: Option<String>,
 }
 
 /// Everything the daemon needs, validated.
@@ -465,6 +484,7 @@ pub struct Config {
     pub environments: Vec<EnvironmentConfig>,
     pub matrix: ApprovalMatrix,
     pub users: Vec<User>,
+    pub notifications: NotificationConfig,
 }
 
 impl Config {
@@ -506,12 +526,23 @@ impl Config {
         let environments = load_environments(&dir.join("environments.yml"), env)?;
         let matrix = load_matrix(&dir.join("approval_matrix.yml"), &environments)?;
         let users = load_users(&dir.join("users.yml"))?;
+        let notifications = load_notifications(&dir.join("notifications.yml"), &environments, env)?;
+        if let Some(url) = &settings.server.public_url
+            && !url.is_empty()
+            && !matches!(url::Url::parse(url), Ok(u) if matches!(u.scheme(), "http" | "https"))
+        {
+            return Err(err(
+                &dir.join("sluice.yml"),
+                format!("server.public_url: \"{url}\" is not an http(s) URL"),
+            ));
+        }
         Ok(Config {
             config_dir: dir.to_owned(),
             settings,
             environments,
             matrix,
             users,
+            notifications,
         })
     }
 }
@@ -840,13 +871,48 @@ pub fn load_users(path: &Path) -> Result<Vec<User>, ConfigError> {
                 format!("{at}.roles: at least one role is needed"),
             ));
         }
+        let email = entry.email.map(|e| e.trim().to_owned());
+        if let Some(email) = &email
+            && email.parse::<lettre::Address>().is_err()
+        {
+            return Err(err(
+                path,
+                format!("{at}.email: \"{email}\" is not an email address"),
+            ));
+        }
+        let slack = entry.slack.map(|s| s.trim().to_owned());
+        if let Some(slack) = &slack
+            && (slack.is_empty()
+                || slack.len() > 32
+                || !slack.bytes().all(|b| b.is_ascii_alphanumeric()))
+        {
+            return Err(err(
+                path,
+                format!(
+                    "{at}.slack: \"{slack}\" is not a Slack member id (letters and digits, like U123ABC)"
+                ),
+            ));
+        }
         users.push(User {
             name,
             roles: entry.roles,
             token_sha256: hash,
+            email,
+            slack,
         });
     }
     Ok(users)
+}
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use super::*;
+
+    /// The shipped environments, for tests of the other files.
+    pub fn environments() -> Vec<EnvironmentConfig> {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config/environments.yml");
+        load_environments(&path, &|_| None).unwrap()
+    }
 }
 
 #[cfg(test)]

@@ -105,6 +105,24 @@ pub fn may_force(
     Ok(())
 }
 
+/// Requeueing dead notifications and sending test messages: a data_ops_lead or an admin.
+pub fn may_manage_notifications(
+    caller: &UserName,
+    roles: &[Role],
+    what: &str,
+) -> Result<(), DomainError> {
+    if roles
+        .iter()
+        .any(|r| matches!(r, Role::DataOpsLead | Role::Admin))
+    {
+        Ok(())
+    } else {
+        Err(DomainError::Forbidden(format!(
+            "{caller} may not {what}: only a data_ops_lead or an admin may"
+        )))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

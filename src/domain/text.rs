@@ -48,6 +48,20 @@ pub fn script(name: &str, value: &str) -> Result<(), DomainError> {
     field(name, value, usize::MAX)
 }
 
+/// The start of a caller's value, safe to quote in an error: at most 64 characters, control
+/// characters replaced.
+pub fn printable_prefix(value: &str) -> String {
+    let mut out: String = value
+        .chars()
+        .take(64)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if value.chars().count() > 64 {
+        out.push('…');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -63,6 +63,16 @@ impl Engine {
                 }
             });
         }
+        if service.notifications_on_any() {
+            match crate::notify::Notifier::new(service.clone()) {
+                Ok(notifier) => {
+                    tracker.spawn(notifier.run(cancel.clone()));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the notifier; notifications stay in the outbox")
+                }
+            }
+        }
         let tick = Duration::from_secs(service.config.settings.scheduler.tick_seconds.max(1));
         let scheduler_cancel = cancel.clone();
         tracker.spawn(async move {
@@ -74,6 +84,13 @@ impl Engine {
                         "expired deployments past their approval deadline"
                     ),
                     Err(e) => tracing::error!(error = %e, "scheduler round failed"),
+                }
+                match service.send_scheduled_notices().await {
+                    Ok(round) if round != crate::service::ScheduledRound::default() => {
+                        tracing::info!(?round, "scheduled notices written to the outbox")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "scheduled notices round failed"),
                 }
                 tokio::select! {
                     _ = scheduler_cancel.cancelled() => break,

@@ -299,8 +299,12 @@ impl Worker {
             for (index, audit) in &reconciled {
                 store.update_deployment(&mut tx, &mut open[*index]).await?;
                 store.insert_audit(&mut tx, audit).await?;
+                self.service
+                    .notify_state(&mut tx, &open[*index], audit.at, "sluice", None)
+                    .await?;
             }
             tx.commit().await?;
+            self.service.outbox_written();
             for (index, _) in &reconciled {
                 self.publish(&open[*index]);
             }
@@ -545,9 +549,13 @@ impl Worker {
                     serde_json::json!({"runner": self.owner, "checksum": checksum}),
                 );
                 store.insert_audit(&mut tx, &audit).await?;
+                self.service
+                    .notify_state(&mut tx, d, claimed_at, "sluice", None)
+                    .await?;
                 claimed.push(index);
             }
             tx.commit().await?;
+            self.service.outbox_written();
         }
         for &index in &claimed {
             self.publish(&open[index]);
@@ -837,9 +845,16 @@ async fn record_outcomes(
             for audit in &record.audits {
                 store.insert_audit(&mut tx, audit).await?;
             }
+            // Requeued deployments (Queued) announce nothing; applied, failed and rolled back
+            // ones do.
+            let at = record.deployment.updated_at;
+            service
+                .notify_state(&mut tx, &record.deployment, at, "sluice", None)
+                .await?;
             committed.push(record);
         }
         tx.commit().await?;
+        service.outbox_written();
         for record in &committed {
             service.signals.events.state(
                 &record.deployment,

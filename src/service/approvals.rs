@@ -180,6 +180,17 @@ impl Service {
                 ),
             )
             .await?;
+        if !progress.satisfied && self.notifications_on() {
+            let mut draft = notifications::Draft::new(
+                crate::domain::notice::NoticeKind::ApprovalRecorded,
+                caller.name.as_str(),
+            );
+            draft.people = vec![migration.author.clone()];
+            draft.reason = (!comment.trim().is_empty()).then(|| comment.trim().to_owned());
+            draft.note = Some(format!("{} approved as {role}", caller.name));
+            self.notify_deployment(&mut tx, &deployment, at, draft)
+                .await?;
+        }
         if progress.satisfied {
             self.advance_approved(
                 &mut tx,
@@ -194,6 +205,8 @@ impl Service {
         tx.commit().await?;
         if progress.satisfied {
             self.publish([&deployment]);
+        } else {
+            self.outbox_written();
         }
         if deployment.state == DeploymentState::Queued {
             self.signals.wake(&deployment.environment);
@@ -234,7 +247,7 @@ impl Service {
                 deployment.state
             )));
         }
-        let approvals = self.store.approvals(&mut tx, deployment_id).await?;
+        let mut approvals = self.store.approvals(&mut tx, deployment_id).await?;
         let progress = policy.progress(&approval_records(&approvals)?, &migration.checksum);
         // The override is the forcer's own approval: recorded like any other, so the
         // deployment shows who signed it off besides its author.
@@ -247,20 +260,22 @@ impl Service {
             .iter()
             .any(|a| a.approver == caller.name.as_str() && a.checksum == migration.checksum)
         {
-            self.store
-                .insert_approval(
-                    &mut tx,
-                    &ApprovalRow {
-                        deployment_id: deployment.id.clone(),
-                        approver: caller.name.to_string(),
-                        role: forcer_role.to_string(),
-                        comment: format!("emergency override: {}", reason.trim()),
-                        checksum: migration.checksum.clone(),
-                        approved_at: at,
-                    },
-                )
-                .await?;
+            let approval = ApprovalRow {
+                deployment_id: deployment.id.clone(),
+                approver: caller.name.to_string(),
+                role: forcer_role.to_string(),
+                comment: format!("emergency override: {}", reason.trim()),
+                checksum: migration.checksum.clone(),
+                approved_at: at,
+            };
+            self.store.insert_approval(&mut tx, &approval).await?;
+            approvals.push(approval);
         }
+        // The roles whose approval the override skipped owe a review afterwards (the
+        // forcer's own approval fills the role it was given as).
+        let skipped = policy
+            .progress(&approval_records(&approvals)?, &migration.checksum)
+            .missing_roles;
         deployment.emergency_reason = Some(reason.trim().to_owned());
         self.store
             .insert_audit(
@@ -287,6 +302,15 @@ impl Service {
             at,
             caller.name.as_str(),
             "approved",
+        )
+        .await?;
+        self.open_reviews(
+            &mut tx,
+            &deployment,
+            &skipped,
+            at,
+            caller.name.as_str(),
+            reason.trim(),
         )
         .await?;
         tx.commit().await?;

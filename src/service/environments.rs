@@ -53,7 +53,15 @@ impl Service {
         );
         entry.environment = Some(env.name.to_string());
         self.store.insert_audit(&mut tx, &entry).await?;
+        let mut draft = notifications::Draft::new(
+            crate::domain::notice::NoticeKind::EnvironmentLocked,
+            caller.name.as_str(),
+        );
+        draft.reason = Some(reason.trim().to_owned());
+        self.notify_environment(&mut tx, env.name.as_str(), at, draft)
+            .await?;
         tx.commit().await?;
+        self.outbox_written();
         self.signals
             .lock_generation(env.name.as_str())
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -86,7 +94,20 @@ impl Service {
         );
         entry.environment = Some(env.name.to_string());
         self.store.insert_audit(&mut tx, &entry).await?;
+        let mut draft = notifications::Draft::new(
+            crate::domain::notice::NoticeKind::EnvironmentUnlocked,
+            caller.name.as_str(),
+        );
+        draft.note = Some(format!(
+            "locked by {} since {}: {}",
+            lock.locked_by,
+            format_millis(lock.locked_at),
+            lock.reason
+        ));
+        self.notify_environment(&mut tx, env.name.as_str(), at, draft)
+            .await?;
         tx.commit().await?;
+        self.outbox_written();
         self.signals.wake(env.name.as_str());
         self.environment_status(environment).await
     }
@@ -309,7 +330,28 @@ impl Service {
             }
             None => None,
         };
+        let mut owed: BTreeMap<String, OwedReviewView> = BTreeMap::new();
+        for review in self.store.owed_reviews(&mut conn).await? {
+            let Ok((migration_id, environment)) =
+                domain::parse_deployment_id(&review.deployment_id)
+            else {
+                continue;
+            };
+            if environment != env.name {
+                continue;
+            }
+            owed.entry(review.deployment_id.clone())
+                .or_insert_with(|| OwedReviewView {
+                    deployment_id: review.deployment_id.clone(),
+                    migration_id: migration_id.to_string(),
+                    roles: Vec::new(),
+                    owed_since: format_millis(review.owed_at),
+                })
+                .roles
+                .push(review.role);
+        }
         let mut status = EnvironmentStatus::new(env, lock, queue, last_applied);
+        status.owed_reviews = owed.into_values().collect();
         status.freeze = frozen.map(|(window, until)| FreezeView { window, until });
         if let Some((message, since)) = self.signals.target_error(env.name.as_str()) {
             status.target_error = Some(message);

@@ -8,13 +8,17 @@ mod clock;
 mod environments;
 pub mod events;
 mod lifecycle;
+pub mod notifications;
 mod queries;
+mod reminders;
 mod signals;
 mod submit;
 mod views;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use events::{EventBus, EventKind};
+pub use notifications::{ChannelView, Notice, NotificationView, TestResult};
+pub use reminders::ScheduledRound;
 pub use signals::WorkerSignals;
 pub use submit::{AmendRequest, SubmitRequest};
 pub use views::*;
@@ -185,6 +189,9 @@ impl Service {
             fields.insert("from".into(), serde_json::json!(from));
             fields.insert("to".into(), serde_json::json!(deployment.state));
         }
+        let reason = ["comment", "reason"]
+            .iter()
+            .find_map(|k| detail.get(k).and_then(|v| v.as_str()).map(str::to_owned));
         self.store
             .insert_audit(
                 tx,
@@ -198,6 +205,12 @@ impl Service {
                 ),
             )
             .await?;
+        // Approvals by the daemon itself (auto_approve environments) concern no one.
+        let automatic = change.action == "auto_approved";
+        if from != deployment.state && !automatic {
+            self.notify_state(tx, deployment, at, change.actor, reason)
+                .await?;
+        }
         Ok(())
     }
 
@@ -230,6 +243,7 @@ impl Service {
         for d in deployments {
             self.signals.events.state(d, format_millis(d.updated_at));
         }
+        self.outbox_written();
     }
 
     pub fn authenticate(&self, token: Option<&str>) -> Result<Caller> {

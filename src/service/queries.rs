@@ -71,6 +71,14 @@ impl Service {
             })?;
         let approvals = self.store.approvals(&mut conn, id).await?;
         let mut view = self.deployment_view(&d, &migration, &approvals)?;
+        view.reviews = self
+            .store
+            .reviews(&mut conn, id)
+            .await?
+            .into_iter()
+            .map(ReviewView::from)
+            .collect();
+        view.review_owed = view.reviews.iter().any(|r| r.reviewer.is_none());
         view.log = Some(
             self.store
                 .logs(&mut conn, id)

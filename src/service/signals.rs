@@ -15,6 +15,8 @@ pub struct WorkerSignals {
     target_errors: Mutex<HashMap<String, (String, i64)>>,
     /// Every deployment state change and log line, for watchers.
     pub events: EventBus,
+    /// Wakes the notifier when events are written to the outbox.
+    pub outbox: Arc<Notify>,
 }
 
 impl WorkerSignals {
@@ -32,6 +34,7 @@ impl WorkerSignals {
                 .collect(),
             target_errors: Mutex::default(),
             events: EventBus::default(),
+            outbox: Arc::new(Notify::new()),
         }
     }
 

@@ -213,6 +213,24 @@ impl Service {
             }
             created.push(deployment);
         }
+        if self.notifications_on() {
+            // One "submitted" for the migration, then an approval request per environment
+            // that waits for people.
+            if let Some(first) = created.first() {
+                let mut draft = notifications::Draft::new(
+                    crate::domain::notice::NoticeKind::Submitted,
+                    caller.name.as_str(),
+                );
+                draft.whole_migration = true;
+                self.notify_deployment(&mut tx, first, at, draft).await?;
+            }
+            for d in &created {
+                if d.state == DeploymentState::AwaitingApproval {
+                    self.notify_state(&mut tx, d, at, caller.name.as_str(), None)
+                        .await?;
+                }
+            }
+        }
         tx.commit().await?;
         self.publish(&created);
         for env in wake {

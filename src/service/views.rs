@@ -84,6 +84,43 @@ pub struct DeploymentView {
     /// Server notices and Sluice's notes, in order (single-deployment view only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log: Option<Vec<LogView>>,
+    /// The post-deployment reviews an emergency override owes, recorded or not
+    /// (single-deployment view only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reviews: Vec<ReviewView>,
+    /// Some review an emergency override owes is not recorded yet.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub review_owed: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ReviewView {
+    pub role: String,
+    pub owed_since: String,
+    pub reviewer: Option<String>,
+    pub comment: Option<String>,
+    pub reviewed_at: Option<String>,
+}
+
+impl From<crate::store::ReviewRow> for ReviewView {
+    fn from(r: crate::store::ReviewRow) -> Self {
+        ReviewView {
+            role: r.role,
+            owed_since: format_millis(r.owed_at),
+            reviewer: r.reviewer,
+            comment: r.comment,
+            reviewed_at: r.reviewed_at.map(format_millis),
+        }
+    }
+}
+
+/// A deployment whose post-emergency review is owed, for environment status.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct OwedReviewView {
+    pub deployment_id: String,
+    pub migration_id: String,
+    pub roles: Vec<String>,
+    pub owed_since: String,
 }
 
 impl DeploymentView {
@@ -135,6 +172,8 @@ impl DeploymentView {
             checksum: migration.checksum.clone(),
             out_of_order: d.out_of_order,
             log: None,
+            reviews: Vec::new(),
+            review_owed: false,
         }
     }
 }
@@ -235,6 +274,8 @@ pub struct EnvironmentStatus {
     /// Why the worker could not reach the target on its last try (it keeps retrying).
     pub target_error: Option<String>,
     pub target_error_since: Option<String>,
+    /// Emergency deployments here whose post-deployment review is still owed.
+    pub owed_reviews: Vec<OwedReviewView>,
 }
 
 impl EnvironmentStatus {
@@ -268,6 +309,7 @@ impl EnvironmentStatus {
             target_error: None,
             target_error_since: None,
             freeze: None,
+            owed_reviews: Vec::new(),
         }
     }
 }

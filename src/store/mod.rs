@@ -4,6 +4,10 @@
 //! root) and every query against it; no other module writes SQL for the state store. Holds no
 //! rules: it stores what the service decided.
 
+mod notifications;
+
+pub use notifications::{ChannelStats, DeliveryResult, OutboxRow, ReviewRow};
+
 use crate::domain::DeploymentState;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Connection, Row};
@@ -37,12 +41,20 @@ const SQLITE_SCHEMA: &[(i64, &str)] = &[
         2,
         include_str!("../../migrations/sqlite/0002_authors_versions.sql"),
     ),
+    (
+        3,
+        include_str!("../../migrations/sqlite/0003_notifications.sql"),
+    ),
 ];
 const POSTGRES_SCHEMA: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
     (
         2,
         include_str!("../../migrations/postgres/0002_authors_versions.sql"),
+    ),
+    (
+        3,
+        include_str!("../../migrations/postgres/0003_notifications.sql"),
     ),
 ];
 
@@ -649,6 +661,19 @@ impl Store {
         )))
         .bind(environment)
         .bind(limit)
+        .fetch_all(conn)
+        .await?;
+        rows.iter().map(deployment_from_row).collect()
+    }
+
+    /// Every deployment awaiting approval that has a deadline (for reminders).
+    pub async fn awaiting_with_deadline(
+        &self,
+        conn: &mut AnyConnection,
+    ) -> Result<Vec<DeploymentRow>, StoreError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE state = 'awaiting_approval' AND deadline_at IS NOT NULL ORDER BY seq"
+        )))
         .fetch_all(conn)
         .await?;
         rows.iter().map(deployment_from_row).collect()

@@ -195,6 +195,8 @@ pub struct AppOptions {
     pub edit_environments: Option<fn(String) -> String>,
     /// Edits the loaded configuration before the daemon starts.
     pub edit_config: Option<fn(&mut Config)>,
+    /// The daemon's notifications.yml (none: no channel).
+    pub notifications: Option<String>,
 }
 
 impl Default for AppOptions {
@@ -205,6 +207,7 @@ impl Default for AppOptions {
             manual_clock: false,
             edit_environments: None,
             edit_config: None,
+            notifications: None,
         }
     }
 }
@@ -227,6 +230,8 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(options: AppOptions) -> TestApp {
+    // reqwest is built without a default TLS provider (the daemon installs ring at start).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let _ = rustls_free_logging();
     let dir = std::env::temp_dir().join(format!("sluice-it-{}", random_suffix()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -238,14 +243,19 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     let mut users_yml = String::from("users:\n");
     for (name, roles) in USERS {
         let token = sluice::auth::new_token().unwrap();
+        // Every user has an address and a Slack id, so that notifications can find them.
         users_yml.push_str(&format!(
-            "  - name: {name}\n    roles: [{}]\n    token_sha256: \"{}\"\n",
+            "  - name: {name}\n    roles: [{}]\n    token_sha256: \"{}\"\n    email: {name}@example.com\n    slack: U{}\n",
             roles.join(", "),
-            sluice::auth::token_sha256(&token)
+            sluice::auth::token_sha256(&token),
+            name.to_uppercase()
         ));
         tokens.insert(name.to_string(), token);
     }
     std::fs::write(dir.join("users.yml"), users_yml).unwrap();
+    if let Some(text) = &options.notifications {
+        std::fs::write(dir.join("notifications.yml"), text).unwrap();
+    }
     if let Some(edit) = options.edit_environments {
         let text = std::fs::read_to_string(dir.join("environments.yml")).unwrap();
         std::fs::write(dir.join("environments.yml"), edit(text)).unwrap();

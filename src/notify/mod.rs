@@ -1,0 +1,429 @@
+//! Delivers the outbox: the notifier claims due rows (first in line per migration or
+//! environment, so each one's events arrive in order), sends each through its channel (Slack
+//! incoming webhook, SMTP email, signed webhook), and records every attempt; failures are
+//! retried with exponential backoff and jitter until the row's give-up time, then it is marked
+//! dead and stays visible. It never runs inside a request or a worker: a slow or dead receiver
+//! delays nothing but its own messages. Secrets (webhook URLs, passwords, HMAC keys) never
+//! appear in what it records or logs.
+
+pub mod render;
+
+use crate::config::{ChannelConfig, ChannelKind, DeliverySettings, EmailSettings, SmtpSecurity};
+use crate::service::{Notice, Service, millis};
+use crate::store::{DeliveryResult, OutboxRow};
+use futures_util::StreamExt;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Why a send failed, without any secret in it; `retry` says whether trying again may help.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct SendError {
+    pub message: String,
+    pub retry: bool,
+}
+
+fn retryable(message: impl Into<String>) -> SendError {
+    SendError {
+        message: message.into(),
+        retry: true,
+    }
+}
+
+/// Sends one notice through one channel.
+pub struct Sender {
+    http: reqwest::Client,
+    timeout: Duration,
+}
+
+/// `sha256=<hex HMAC-SHA256 of body>`, as X-Sluice-Signature carries it.
+pub fn signature(secret: &[u8], body: &[u8]) -> String {
+    use hmac::{Hmac, KeyInit, Mac};
+    let mut mac = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(secret)
+        .expect("HMAC takes a key of any length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// The answer of an HTTP receiver, shortened for the record.
+fn answer(status: reqwest::StatusCode, body: &str) -> String {
+    let body: String = body.chars().take(200).collect();
+    let body = body.trim();
+    if body.is_empty() {
+        format!("HTTP {status}")
+    } else {
+        format!("HTTP {status}: {body}")
+    }
+}
+
+impl Sender {
+    pub fn new(delivery: &DeliverySettings) -> anyhow::Result<Sender> {
+        // reqwest is built without a default TLS provider: ring is the one in this tree.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let timeout = Duration::from_millis(delivery.timeout_ms);
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
+            // A redirect would send the signed body (or a Slack payload) somewhere else.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(Sender { http, timeout })
+    }
+
+    /// Sends `notice`; the receiver's answer on success.
+    pub async fn send(
+        &self,
+        channel: &ChannelConfig,
+        notice: &Notice,
+    ) -> Result<String, SendError> {
+        match &channel.kind {
+            ChannelKind::Slack { url } => {
+                let body = serde_json::to_vec(&render::slack(notice))
+                    .map_err(|e| retryable(format!("cannot encode the message: {e}")))?;
+                self.post(url.expose(), notice, body, None).await
+            }
+            ChannelKind::Webhook { url, secret } => {
+                let body = serde_json::to_vec(notice)
+                    .map_err(|e| retryable(format!("cannot encode the message: {e}")))?;
+                let signature = signature(secret.expose().as_bytes(), &body);
+                self.post(url.expose(), notice, body, Some(signature)).await
+            }
+            ChannelKind::Email(email) => self.mail(&channel.name, email, notice).await,
+        }
+    }
+
+    async fn post(
+        &self,
+        url: &str,
+        notice: &Notice,
+        body: Vec<u8>,
+        signature: Option<String>,
+    ) -> Result<String, SendError> {
+        let mut request = self
+            .http
+            .post(url)
+            .header("content-type", "application/json")
+            .header("x-sluice-event-id", &notice.event_id)
+            .header("x-sluice-event", notice.kind.as_str())
+            .body(body);
+        if let Some(signature) = signature {
+            request = request.header("x-sluice-signature", signature);
+        }
+        let response = request.send().await.map_err(|e| {
+            // reqwest names the URL in its errors; a Slack webhook's URL is its credential.
+            let e = e.without_url();
+            let what = if e.is_timeout() {
+                format!("no answer within {} ms", self.timeout.as_millis())
+            } else if e.is_connect() {
+                "cannot connect to the receiver".to_owned()
+            } else {
+                "the request failed".to_owned()
+            };
+            retryable(format!("{what}: {}", error_chain(&e)))
+        })?;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        let answer = answer(status, &text);
+        if status.is_success() {
+            Ok(answer)
+        } else {
+            // A client error other than a timeout or rate limit will not go away by itself.
+            let retry = status.is_server_error() || matches!(status.as_u16(), 408 | 425 | 429);
+            Err(SendError {
+                message: answer,
+                retry,
+            })
+        }
+    }
+
+    async fn mail(
+        &self,
+        channel: &str,
+        settings: &EmailSettings,
+        notice: &Notice,
+    ) -> Result<String, SendError> {
+        use lettre::message::{Mailbox, MultiPart};
+        use lettre::transport::smtp::authentication::Credentials;
+        use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+
+        let mut to: Vec<String> = settings.recipients.clone();
+        to.extend(notice.recipients.iter().filter_map(|r| r.email.clone()));
+        to.extend(notice.addresses.iter().cloned());
+        let mut seen = std::collections::BTreeSet::new();
+        to.retain(|a| seen.insert(a.to_ascii_lowercase()));
+        if to.is_empty() {
+            return Err(SendError {
+                message: "no recipient: the channel lists none and no user concerned has an email in users.yml".into(),
+                retry: false,
+            });
+        }
+        let permanent = |message: String| SendError {
+            message,
+            retry: false,
+        };
+        let from: Mailbox = settings
+            .from
+            .parse()
+            .map_err(|e| permanent(format!("from: {e}")))?;
+        let mut builder = Message::builder()
+            .from(from)
+            .subject(notice.subject())
+            // One Message-ID per event and channel: a mail client shows a duplicate once.
+            .message_id(Some(format!("<{}.{channel}@sluice>", notice.event_id)));
+        for address in &to {
+            let mailbox: Mailbox = address
+                .parse()
+                .map_err(|e| permanent(format!("recipient {address}: {e}")))?;
+            builder = builder.to(mailbox);
+        }
+        let message = builder
+            .multipart(MultiPart::alternative_plain_html(
+                render::email_text(notice),
+                render::email_html(notice),
+            ))
+            .map_err(|e| permanent(format!("cannot build the message: {e}")))?;
+        let transport = match settings.security {
+            SmtpSecurity::Starttls => {
+                AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&settings.host)
+            }
+            SmtpSecurity::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&settings.host),
+            SmtpSecurity::None => Ok(AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(
+                &settings.host,
+            )),
+        }
+        .map_err(|e| permanent(format!("smtp_server: {e}")))?
+        .port(settings.port)
+        .timeout(Some(self.timeout));
+        let transport = match (&settings.username, &settings.password) {
+            (Some(user), Some(password)) => transport.credentials(Credentials::new(
+                user.expose().to_owned(),
+                password.expose().to_owned(),
+            )),
+            _ => transport,
+        }
+        .build();
+        let sent = tokio::time::timeout(self.timeout, transport.send(message)).await;
+        match sent {
+            Err(_) => Err(retryable(format!(
+                "no answer from {}:{} within {} ms",
+                settings.host,
+                settings.port,
+                self.timeout.as_millis()
+            ))),
+            Ok(Err(e)) => Err(SendError {
+                retry: !e.is_permanent(),
+                message: format!(
+                    "SMTP {}:{}: {}",
+                    settings.host,
+                    settings.port,
+                    error_chain(&e)
+                ),
+            }),
+            Ok(Ok(response)) => Ok(format!(
+                "SMTP {} {}",
+                response.code(),
+                response.message().collect::<Vec<_>>().join(" ")
+            )),
+        }
+    }
+}
+
+/// An error and its sources on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+/// The outbox's delivery loop.
+pub struct Notifier {
+    service: Service,
+    sender: Sender,
+    /// Names this daemon's claims.
+    owner: String,
+}
+
+/// What one round did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Round {
+    pub delivered: usize,
+    pub failed: usize,
+    pub dead: usize,
+}
+
+impl Round {
+    pub fn handled(&self) -> usize {
+        self.delivered + self.failed + self.dead
+    }
+}
+
+impl Notifier {
+    pub fn new(service: Service) -> anyhow::Result<Notifier> {
+        let sender = Sender::new(&service.config.notifications.delivery)?;
+        let owner = format!(
+            "{}-{}",
+            std::process::id(),
+            crate::service::notifications::new_event_id(0)
+        );
+        Ok(Notifier {
+            service,
+            sender,
+            owner,
+        })
+    }
+
+    fn now(&self) -> i64 {
+        millis(self.service.clock.now())
+    }
+
+    /// Claims what is due and sends it, each channel's rows concurrently.
+    pub async fn run_once(&self) -> Result<Round, crate::store::StoreError> {
+        let delivery = &self.service.config.notifications.delivery;
+        let now = self.now();
+        let token = format!(
+            "{}-{}",
+            self.owner,
+            crate::service::notifications::new_event_id(now)
+        );
+        let rows = self
+            .service
+            .store
+            .claim_outbox(
+                now,
+                now + delivery.claim_ms as i64,
+                &token,
+                i64::from(delivery.batch_size),
+            )
+            .await?;
+        let results: Vec<Result<DeliveryResult, crate::store::StoreError>> =
+            futures_util::stream::iter(rows)
+                .map(|row| self.deliver(row, &token))
+                .buffer_unordered(16)
+                .collect()
+                .await;
+        let mut round = Round::default();
+        for result in results {
+            match result? {
+                DeliveryResult::Delivered => round.delivered += 1,
+                DeliveryResult::Retry(_) => round.failed += 1,
+                DeliveryResult::Dead => round.dead += 1,
+            }
+        }
+        Ok(round)
+    }
+
+    async fn deliver(
+        &self,
+        row: OutboxRow,
+        token: &str,
+    ) -> Result<DeliveryResult, crate::store::StoreError> {
+        let started = Instant::now();
+        let outcome = match (
+            self.service.config.notifications.channel(&row.channel),
+            serde_json::from_str::<Notice>(&row.payload),
+        ) {
+            (None, _) => Err(SendError {
+                message: format!(
+                    "channel \"{}\" is no longer in notifications.yml (or is off)",
+                    row.channel
+                ),
+                retry: true,
+            }),
+            (_, Err(e)) => Err(SendError {
+                message: format!("unreadable event in the outbox: {e}"),
+                retry: false,
+            }),
+            (Some(channel), Ok(notice)) => self.sender.send(channel, &notice).await,
+        };
+        let at = self.now();
+        let duration_ms = started.elapsed().as_millis() as i64;
+        let (result, answer) = match outcome {
+            Ok(answer) => (DeliveryResult::Delivered, answer),
+            Err(e) if !e.retry || at >= row.give_up_at => (DeliveryResult::Dead, e.message),
+            Err(e) => {
+                let next = (at + self.backoff_ms(row.attempts)).min(row.give_up_at);
+                (DeliveryResult::Retry(next), e.message)
+            }
+        };
+        match &result {
+            DeliveryResult::Delivered => {
+                tracing::debug!(channel = %row.channel, event = %row.event_id, kind = %row.kind, "notification delivered")
+            }
+            DeliveryResult::Retry(next) => {
+                tracing::warn!(channel = %row.channel, event = %row.event_id, kind = %row.kind, error = %answer, retry_in_ms = next - at, "notification not delivered; will retry")
+            }
+            DeliveryResult::Dead => {
+                tracing::error!(channel = %row.channel, event = %row.event_id, kind = %row.kind, error = %answer, "notification given up (dead); `sluice notifications --dead` lists it")
+            }
+        }
+        self.service
+            .store
+            .record_delivery(row.id, token, at, duration_ms, &answer, &result)
+            .await?;
+        Ok(result)
+    }
+
+    /// The wait before retry `attempts + 1`: the first retry wait doubled per attempt, capped,
+    /// then drawn between half of it and all of it (so that many failed rows don't retry in
+    /// one burst).
+    fn backoff_ms(&self, attempts: i64) -> i64 {
+        let delivery = &self.service.config.notifications.delivery;
+        let doubled = delivery
+            .first_retry_ms
+            .saturating_mul(1u64 << attempts.clamp(0, 30))
+            .min(delivery.max_retry_ms);
+        let mut byte = [0u8; 2];
+        let _ = getrandom::fill(&mut byte);
+        let fraction = 0.5 + 0.5 * f64::from(u16::from_le_bytes(byte)) / f64::from(u16::MAX);
+        ((doubled as f64) * fraction).max(1.0) as i64
+    }
+
+    /// Runs rounds until cancelled: at once while there is work, otherwise when woken by a
+    /// commit that wrote to the outbox, or when the next retry falls due (at least every
+    /// second, so that another daemon's rows are noticed).
+    pub async fn run(self, cancel: CancellationToken) {
+        let wake = self.service.signals.outbox.clone();
+        let mut failures = 0u32;
+        loop {
+            let wait = match self.run_once().await {
+                Ok(round) if round.handled() > 0 => {
+                    failures = 0;
+                    Duration::ZERO
+                }
+                Ok(_) => {
+                    failures = 0;
+                    let due = self.service.store.next_outbox_due().await.ok().flatten();
+                    let until_due = due
+                        .map(|due| (due - self.now()).max(0) as u64)
+                        .unwrap_or(u64::MAX);
+                    Duration::from_millis(until_due.clamp(50, 1000))
+                }
+                Err(e) => {
+                    failures = (failures + 1).min(6);
+                    tracing::error!(error = %e, "notifier round failed");
+                    Duration::from_millis(500 << failures)
+                }
+            };
+            if wait.is_zero() {
+                if cancel.is_cancelled() {
+                    break;
+                }
+                continue;
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}

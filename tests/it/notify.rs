@@ -1,0 +1,759 @@
+//! Notifications end to end: events written to the outbox with the changes that cause them,
+//! delivered to a real HTTP receiver (standing in for Slack and a webhook endpoint) and a real
+//! SMTP server on loopback, through outages, restarts and two daemons on one store; reminders,
+//! escalation, expiry and post-emergency reviews driven by the manual clock.
+
+use crate::harness::*;
+use crate::receivers::{Mode, Receiver, SmtpSink, kinds_once};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::time::Duration;
+
+const SLACK: &str = "/slack/T000/B000/SECRETPART";
+const HOOK: &str = "/hook";
+const HMAC_KEY: &str = "s3cr3t-hmac-key";
+
+const FAST_DELIVERY: &str = "delivery:\n  first_retry_seconds: 0.05\n  max_retry_seconds: 0.2\n  give_up_after_hours: 1\n  timeout_seconds: 0.5\n  claim_seconds: 2\n";
+
+fn channels(http: &Receiver, smtp: Option<&SmtpSink>) -> String {
+    let mut text = format!(
+        "channels:\n  chat:\n    type: slack\n    url: {}\n  audit:\n    type: webhook\n    url: {}\n    secret: {HMAC_KEY}\n",
+        http.url(SLACK),
+        http.url(HOOK)
+    );
+    if let Some(smtp) = smtp {
+        text.push_str(&format!(
+            "  mail:\n    type: email\n    smtp_server: 127.0.0.1:{}\n    security: none\n    from: sluice@example.com\n    events: [approval_requested, reminder, escalation, expired, emergency_override, review_owed]\n",
+            smtp.port
+        ));
+    }
+    text
+}
+
+async fn spawn_with(notifications: String, options: AppOptions) -> TestApp {
+    spawn_app_with(AppOptions {
+        notifications: Some(notifications),
+        ..options
+    })
+    .await
+}
+
+fn event_of<'a>(
+    requests: &'a [crate::receivers::Received],
+    kind: &str,
+    environment: &str,
+) -> Option<&'a crate::receivers::Received> {
+    requests.iter().find(|r| {
+        r.header("x-sluice-event") == kind
+            && (r.json["environment"] == environment
+                    // Slack messages carry blocks, not the event: look at their text.
+                    || r.json["text"]
+                        .as_str()
+                        .is_some_and(|t| t.contains(&format!("[{environment}]"))))
+    })
+}
+
+/// Waits until nothing is pending in the outbox (through the API).
+async fn wait_until_nothing_pending(app: &TestApp) {
+    for _ in 0..600 {
+        let (status, pending) = app
+            .get("admin", "/api/v1/notifications?state=pending")
+            .await;
+        assert_eq!(status, StatusCode::OK, "{pending}");
+        if pending.as_array().unwrap().is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("notifications stayed pending");
+}
+
+#[tokio::test]
+async fn approvers_hear_through_slack_email_and_a_signed_webhook_in_order() {
+    let http = Receiver::start().await;
+    let smtp = SmtpSink::start();
+    let app = spawn_with(
+        format!("{FAST_DELIVERY}{}", channels(&http, Some(&smtp))),
+        AppOptions::default(),
+    )
+    .await;
+    let id = app
+        .submit(
+            "dev",
+            migration(
+                "Add user preferences <!channel> & friends",
+                "low",
+                "CREATE TABLE prefs (id int);",
+                Some("DROP TABLE prefs;"),
+            ),
+        )
+        .await;
+
+    // Slack: the staging approval request names the migration, what is missing and mentions
+    // the holders of the missing role, never the author; what the author wrote is escaped.
+    let slack = http
+        .wait_for(SLACK, "the staging approval request", |r| {
+            event_of(r, "approval_requested", "staging").is_some()
+        })
+        .await;
+    let request = event_of(&slack, "approval_requested", "staging").unwrap();
+    let text = request.json.to_string();
+    assert_eq!(request.json["blocks"][0]["type"], "header");
+    assert!(text.contains(&id), "{text}");
+    assert!(
+        text.contains("<@UOPS1>") && text.contains("<@UOPS2>"),
+        "{text}"
+    );
+    assert!(!text.contains("<@UDEV>"), "the author is not asked: {text}");
+    assert!(text.contains("Still needed"), "{text}");
+    assert!(!text.contains("<!channel>"), "{text}");
+    assert!(text.contains("&lt;!channel&gt;"), "{text}");
+    assert!(request.header("x-sluice-signature").is_empty());
+
+    // Email: the approval request goes to the holders of the missing role.
+    let mails = smtp
+        .wait_for("the staging approval mail", |m| {
+            m.iter().any(|m| {
+                m.subject()
+                    .starts_with("[sluice][staging] approval needed: ")
+            })
+        })
+        .await;
+    let mail = mails
+        .iter()
+        .find(|m| {
+            m.subject()
+                .starts_with("[sluice][staging] approval needed: ")
+        })
+        .unwrap();
+    assert_eq!(
+        mail.subject(),
+        format!("[sluice][staging] approval needed: {id} (LOW)")
+    );
+    assert!(
+        mail.to.contains(&"ops1@example.com".to_string()),
+        "{:?}",
+        mail.to
+    );
+    assert!(
+        mail.to.contains(&"ops2@example.com".to_string()),
+        "{:?}",
+        mail.to
+    );
+    assert!(
+        !mail.to.contains(&"dev@example.com".to_string()),
+        "{:?}",
+        mail.to
+    );
+    assert!(mail.data.contains("text/html"), "{}", mail.data);
+    assert_eq!(mail.from, "sluice@example.com");
+
+    // Two approvals in staging: the webhook hears every step, signed, in order.
+    let staging = format!("{id}@staging");
+    app.approve("ops1", &staging, "data_ops").await;
+    app.approve("ops2", &staging, "data_ops").await;
+    app.wait_for_state(&staging, &["applied"]).await;
+    let hooks = http
+        .wait_for(HOOK, "the staging deployment applied", |r| {
+            event_of(r, "applied", "staging").is_some()
+        })
+        .await;
+    for hook in &hooks {
+        assert_eq!(
+            hook.header("x-sluice-signature"),
+            sluice::notify::signature(HMAC_KEY.as_bytes(), &hook.body),
+            "every webhook body is signed"
+        );
+        assert_eq!(hook.header("x-sluice-event-id"), hook.json["event_id"]);
+    }
+    let staging_kinds: Vec<String> = kinds_once(
+        &hooks
+            .iter()
+            .filter(|h| h.json["environment"] == "staging")
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(
+        staging_kinds,
+        [
+            "approval_requested",
+            "approval_recorded",
+            "approved",
+            "started",
+            "applied"
+        ],
+        "{staging_kinds:?}"
+    );
+    let applied = event_of(&hooks, "applied", "staging").unwrap();
+    assert_eq!(applied.json["migration"]["id"], id.as_str());
+    assert_eq!(applied.json["approvals"].as_array().unwrap().len(), 2);
+    // The submission is announced once, for the migration as a whole.
+    assert_eq!(
+        hooks
+            .iter()
+            .filter(|h| h.header("x-sluice-event") == "submitted")
+            .count(),
+        1
+    );
+    let (status, channels) = app.get("dev", "/api/v1/notifications/channels").await;
+    assert_eq!(status, StatusCode::OK);
+    let audit = channels
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "audit")
+        .unwrap();
+    assert_eq!(audit["type"], "webhook");
+    assert!(audit["delivered"].as_i64().unwrap() >= 5, "{audit}");
+    assert!(audit["last_success_at"].is_string(), "{audit}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_receiver_outage_loses_nothing_and_keeps_each_migrations_order() {
+    let http = Receiver::reserved().await; // down: connections are refused
+    let app = spawn_with(
+        format!("{FAST_DELIVERY}{}", channels(&http, None)),
+        AppOptions::default(),
+    )
+    .await;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(
+            app.submit(
+                "dev",
+                migration(
+                    &format!("table {n}"),
+                    "low",
+                    &format!("CREATE TABLE outage_{n} (id int);"),
+                    None,
+                ),
+            )
+            .await,
+        );
+    }
+    // An API call and the workers go on while the receiver is down.
+    let staging = format!("{}@staging", ids[0]);
+    app.approve("ops1", &staging, "data_ops").await;
+    app.approve("ops2", &staging, "data_ops").await;
+    app.wait_for_state(&staging, &["applied"]).await;
+
+    // Undelivered events are listed with their last error, which names no secret.
+    let mut pending = Value::Null;
+    for _ in 0..200 {
+        pending = app
+            .get("dev", "/api/v1/notifications?state=pending")
+            .await
+            .1;
+        if pending
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["last_error"].is_string())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let listed = pending.to_string();
+    assert!(
+        listed.contains("cannot connect to the receiver"),
+        "{listed}"
+    );
+    assert!(!listed.contains("SECRETPART"), "{listed}");
+    let (_, status) = app.get("dev", "/api/v1/notifications/channels").await;
+    let text = status.to_string();
+    assert!(!text.contains("SECRETPART"), "{text}");
+    let chat = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "chat")
+        .unwrap();
+    assert!(chat["pending"].as_i64().unwrap() > 0, "{chat}");
+    assert!(chat["last_error"].is_string(), "{chat}");
+
+    // Back, but failing; then too slow; then well.
+    http.set_mode(Mode::Status(500));
+    http.up().await;
+    for _ in 0..200 {
+        if http.requests().iter().filter(|r| r.answered == 500).count() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    http.set_mode(Mode::Slow(Duration::from_millis(1500)));
+    for _ in 0..200 {
+        if http
+            .requests()
+            .iter()
+            .any(|r| matches!(r.mode, Mode::Slow(_)))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    http.set_mode(Mode::Ok);
+    wait_until_nothing_pending(&app).await;
+    let (_, dead) = app.get("admin", "/api/v1/notifications?state=dead").await;
+    assert_eq!(dead, json!([]), "nothing was given up");
+
+    // Every event arrived, and each migration's events arrived in the order they happened.
+    let store = &app.service().store;
+    let mut conn = store.conn().await.unwrap();
+    let rows = store.outbox(&mut conn, "delivered", 1000).await.unwrap();
+    assert!(rows.len() >= 2 * 3 * 4, "{} rows", rows.len());
+    for (path, channel) in [(SLACK, "chat"), (HOOK, "audit")] {
+        let delivered = http.delivered(path);
+        for id in &ids {
+            let expected: Vec<&str> = rows
+                .iter()
+                .filter(|r| r.channel == channel && r.migration_id.as_deref() == Some(id))
+                .map(|r| r.event_id.as_str())
+                .collect();
+            let mut seen = std::collections::HashSet::new();
+            let got: Vec<String> = delivered
+                .iter()
+                .filter(|r| {
+                    r.header("x-sluice-event-id").len() > 1
+                        && expected.contains(&r.header("x-sluice-event-id"))
+                })
+                .map(|r| r.header("x-sluice-event-id").to_owned())
+                .filter(|e| seen.insert(e.clone()))
+                .collect();
+            assert_eq!(
+                got, expected,
+                "{channel}: events of {id} out of order or lost"
+            );
+        }
+    }
+    drop(conn); // closing the store waits for every connection to come back
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn dead_notifications_are_listed_and_requeued_by_a_lead() {
+    let http = Receiver::start().await;
+    http.set_mode(Mode::Status(500));
+    let delivery = "delivery:\n  first_retry_seconds: 0.05\n  max_retry_seconds: 0.1\n  give_up_after_hours: 0.0003\n  timeout_seconds: 0.5\n  claim_seconds: 2\n";
+    let config = format!(
+        "{delivery}channels:\n  audit:\n    type: webhook\n    url: {}\n    secret: {HMAC_KEY}\n",
+        http.url(HOOK)
+    );
+    let app = spawn_with(config, AppOptions::default()).await;
+    let (status, _) = app
+        .post(
+            "lead",
+            "/api/v1/environments/staging/lock",
+            json!({"reason": "release freeze"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let mut dead = Value::Null;
+    for _ in 0..300 {
+        dead = app.get("dev", "/api/v1/notifications?state=dead").await.1;
+        if !dead.as_array().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let row = &dead[0];
+    assert_eq!(row["kind"], "environment_locked", "{dead}");
+    assert!(
+        row["attempts"].as_i64().unwrap() >= 2,
+        "retried first: {row}"
+    );
+    assert!(
+        row["last_error"].as_str().unwrap().contains("HTTP 500"),
+        "{row}"
+    );
+    assert_eq!(row["subject"], "[sluice][staging] environment locked");
+    let id = row["id"].as_i64().unwrap();
+    let event_id = row["event_id"].as_str().unwrap().to_owned();
+
+    // Who may requeue, and what is refused.
+    let retry = |n: String| format!("/api/v1/notifications/{n}/retry");
+    let (status, body) = app.post("dev", &retry(id.to_string()), json!({})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, body) = app.post("lead", &retry("abc".into()), json!({})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let (status, body) = app.post("lead", &retry("999999".into()), json!({})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = app
+        .get("dev", "/api/v1/notifications?state=delivered")
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+
+    http.set_mode(Mode::Ok);
+    let (status, body) = app.post("lead", &retry(id.to_string()), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["state"], "pending");
+    let delivered = http
+        .wait_for(HOOK, "the requeued event", |r| {
+            r.iter().any(|r| r.header("x-sluice-event-id") == event_id)
+        })
+        .await;
+    assert_eq!(delivered.len(), 1);
+    wait_until_nothing_pending(&app).await;
+    let (status, body) = app.post("lead", &retry(id.to_string()), json!({})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "delivered: {body}");
+    let (_, audit) = app.get("admin", "/api/v1/audit?environment=staging").await;
+    assert!(
+        audit.to_string().contains("notification_requeued"),
+        "{audit}"
+    );
+
+    // A receiver that refuses the message itself (a 4xx) is not retried for hours.
+    http.set_mode(Mode::Status(400));
+    app.delete("lead", "/api/v1/environments/staging/lock")
+        .await;
+    let mut dead = Value::Null;
+    for _ in 0..300 {
+        dead = app.get("dev", "/api/v1/notifications?state=dead").await.1;
+        if !dead.as_array().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(dead[0]["kind"], "environment_unlocked", "{dead}");
+    assert_eq!(dead[0]["attempts"], 1, "{dead}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn events_pending_when_a_daemon_dies_are_delivered_by_the_next_one() {
+    let http = Receiver::reserved().await;
+    let app = spawn_with(
+        format!("{FAST_DELIVERY}{}", channels(&http, None)),
+        AppOptions::default(),
+    )
+    .await;
+    let (status, _) = app
+        .post(
+            "lead",
+            "/api/v1/environments/production/lock",
+            json!({"reason": "incident 42"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let mut app = app;
+    app.running.take().unwrap().stop().await;
+
+    // A daemon that died between claiming the rows and sending them leaves its claim behind.
+    let store = sluice::store::Store::connect(&app.config.settings.store.url, 2)
+        .await
+        .unwrap();
+    let now = chrono::Utc::now().timestamp_millis();
+    let claimed = store
+        .claim_outbox(now + 60_000, now + 1_500, "a-daemon-that-died", 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2, "one row per channel");
+    store.close().await;
+
+    http.up().await;
+    let next = sluice::start(app.config.clone(), sluice::StartOptions::default())
+        .await
+        .unwrap();
+    let hooks = http
+        .wait_for(HOOK, "the lock announced after the restart", |r| {
+            r.iter()
+                .any(|r| r.header("x-sluice-event") == "environment_locked")
+        })
+        .await;
+    http.wait_for(SLACK, "the lock in Slack", |r| !r.is_empty())
+        .await;
+    assert_eq!(hooks.len(), 1);
+    assert_eq!(hooks[0].json["reason"], "incident 42");
+    next.stop().await;
+}
+
+#[tokio::test]
+async fn two_daemons_on_one_store_deliver_each_event_once() {
+    let http = Receiver::start().await;
+    let app = spawn_with(
+        format!("{FAST_DELIVERY}{}", channels(&http, None)),
+        AppOptions::default(),
+    )
+    .await;
+    let second = sluice::start(app.config.clone(), sluice::StartOptions::default())
+        .await
+        .unwrap();
+    for n in 0..8 {
+        app.submit(
+            "dev",
+            migration(
+                &format!("twice {n}"),
+                "low",
+                &format!("CREATE TABLE twice_{n} (id int);"),
+                None,
+            ),
+        )
+        .await;
+    }
+    wait_until_nothing_pending(&app).await;
+    let store = &app.service().store;
+    let mut conn = store.conn().await.unwrap();
+    let rows = store.outbox(&mut conn, "delivered", 1000).await.unwrap();
+    for (path, channel) in [(SLACK, "chat"), (HOOK, "audit")] {
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for r in http.requests().iter().filter(|r| r.path == path) {
+            *counts
+                .entry(r.header("x-sluice-event-id").to_owned())
+                .or_default() += 1;
+        }
+        let expected = rows.iter().filter(|r| r.channel == channel).count();
+        assert!(expected >= 8 * 4, "{expected} rows for {channel}");
+        assert_eq!(counts.len(), expected, "{channel}: every event arrived");
+        assert!(
+            counts.values().all(|n| *n == 1),
+            "{channel}: an event was sent twice: {counts:?}"
+        );
+    }
+    drop(conn); // closing the store waits for every connection to come back
+    second.stop().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn reminders_escalation_expiry_and_reviews_follow_the_clock() {
+    let http = Receiver::start().await;
+    let smtp = SmtpSink::start();
+    let config = format!(
+        "{FAST_DELIVERY}escalate_to:\n  production: [cto, oncall@example.com]\nreminders:\n  at: [0.5, 0.9]\n  review_every_hours: 24\n{}",
+        channels(&http, Some(&smtp))
+    );
+    let app = spawn_with(
+        config,
+        AppOptions {
+            manual_clock: true,
+            background_workers: false,
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    let clock = app.clock.clone().unwrap();
+    let service = app.service().clone();
+    let notifier = sluice::notify::Notifier::new(service.clone()).unwrap();
+    let id = app
+        .submit(
+            "dev",
+            migration("Remind me", "low", "CREATE TABLE remind (id int);", None),
+        )
+        .await;
+    let production = format!("{id}@production");
+    let hour = chrono::Duration::hours(1);
+
+    // Production LOW waits 48 h for data_ops_lead + dba; staging 72 h for two data_ops.
+    clock.advance(hour * 23);
+    assert_eq!(service.send_scheduled_notices().await.unwrap().reminders, 0);
+    clock.advance(hour * 2); // 25 h: half of production's wait
+    let round = service.send_scheduled_notices().await.unwrap();
+    assert_eq!((round.reminders, round.escalations), (1, 0), "{round:?}");
+    assert_eq!(
+        service.send_scheduled_notices().await.unwrap(),
+        Default::default(),
+        "each reminder point once"
+    );
+    clock.advance(hour * 19); // 44 h: 90% of production's, half of staging's
+    let round = service.send_scheduled_notices().await.unwrap();
+    assert_eq!((round.reminders, round.escalations), (2, 1), "{round:?}");
+    while notifier.run_once().await.unwrap().handled() > 0 {}
+    let hooks = http.delivered(HOOK);
+    let reminders: Vec<_> = hooks
+        .iter()
+        .filter(|h| h.header("x-sluice-event") == "reminder")
+        .collect();
+    assert_eq!(reminders.len(), 3, "two for production, one for staging");
+    assert!(
+        reminders[0].json["note"]
+            .as_str()
+            .unwrap()
+            .contains("left before the deadline")
+    );
+    let escalation = event_of(&hooks, "escalation", "production").unwrap();
+    assert_eq!(
+        escalation.json["missing_roles"],
+        json!(["data_ops_lead", "dba"])
+    );
+    let mails = smtp
+        .wait_for("the escalation mail", |m| {
+            m.iter().any(|m| m.subject().contains("ESCALATION"))
+        })
+        .await;
+    let mail = mails
+        .iter()
+        .find(|m| m.subject().contains("ESCALATION"))
+        .unwrap();
+    for who in [
+        "cto@example.com",
+        "oncall@example.com",
+        "lead@example.com",
+        "dba@example.com",
+    ] {
+        assert!(mail.to.contains(&who.to_string()), "{who} in {:?}", mail.to);
+    }
+
+    // Past the deadline the deployment expires; the author hears.
+    clock.advance(hour * 5);
+    assert!(service.expire_overdue().await.unwrap() >= 1);
+    assert_eq!(app.deployment(&production).await["state"], "expired");
+    while notifier.run_once().await.unwrap().handled() > 0 {}
+    let mails = smtp
+        .wait_for("the expiry mail", |m| {
+            m.iter().any(|m| {
+                m.subject()
+                    .starts_with("[sluice][production] expired unapproved")
+            })
+        })
+        .await;
+    let expired = mails
+        .iter()
+        .find(|m| {
+            m.subject()
+                .starts_with("[sluice][production] expired unapproved")
+        })
+        .unwrap();
+    assert!(
+        expired.to.contains(&"dev@example.com".to_string()),
+        "{:?}",
+        expired.to
+    );
+
+    // An emergency override owes a review from the role it skipped, reminded daily.
+    let forced = app
+        .submit(
+            "dev",
+            migration("Hotfix", "low", "CREATE TABLE hotfix (id int);", None),
+        )
+        .await;
+    let forced_production = format!("{forced}@production");
+    let (status, body) = app
+        .post(
+            "lead",
+            &format!("/api/v1/deployments/{forced_production}/override"),
+            json!({"reason": "outage: orders table full"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let view = app.deployment(&forced_production).await;
+    assert_eq!(view["review_owed"], true, "{view}");
+    assert_eq!(view["reviews"][0]["role"], "dba", "{view}");
+    let (_, env) = app.get("dev", "/api/v1/environments/production").await;
+    assert_eq!(
+        env["owed_reviews"][0]["deployment_id"],
+        forced_production.as_str()
+    );
+    while notifier.run_once().await.unwrap().handled() > 0 {}
+    let hooks = http.delivered(HOOK);
+    let forced_events: Vec<String> = kinds_once(
+        &hooks
+            .iter()
+            .filter(|h| h.json["deployment_id"] == forced_production.as_str())
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
+    assert!(
+        forced_events.ends_with(&[
+            "approved".into(),
+            "emergency_override".into(),
+            "review_owed".into()
+        ]),
+        "{forced_events:?}"
+    );
+    clock.advance(hour * 25);
+    assert_eq!(
+        service
+            .send_scheduled_notices()
+            .await
+            .unwrap()
+            .review_reminders,
+        1
+    );
+    assert_eq!(
+        service
+            .send_scheduled_notices()
+            .await
+            .unwrap()
+            .review_reminders,
+        0
+    );
+
+    let review = format!("/api/v1/deployments/{forced_production}/review");
+    let (status, body) = app.post("tech", &review, json!({"comment": "fine"})).await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "tech holds no owed role: {body}"
+    );
+    let (status, body) = app.post("dba", &review, json!({"comment": ""})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let (status, body) = app
+        .post("dba", &review, json!({"comment": "checked the rows; ok"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["review_owed"], Value::Null, "{body}");
+    assert_eq!(body["reviews"][0]["reviewer"], "dba");
+    let (status, body) = app.post("dba", &review, json!({"comment": "again"})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let (_, env) = app.get("dev", "/api/v1/environments/production").await;
+    assert_eq!(env["owed_reviews"], json!([]));
+    clock.advance(hour * 25);
+    assert_eq!(
+        service
+            .send_scheduled_notices()
+            .await
+            .unwrap()
+            .review_reminders,
+        0
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_test_message_reports_the_receivers_answer() {
+    let http = Receiver::start().await;
+    let app = spawn_with(
+        format!("{FAST_DELIVERY}{}", channels(&http, None)),
+        AppOptions::default(),
+    )
+    .await;
+    let (status, body) = app
+        .post("dev", "/api/v1/notifications/channels/chat/test", json!({}))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, body) = app
+        .post(
+            "lead",
+            "/api/v1/notifications/channels/nope/test",
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert!(
+        body.to_string().contains("chat, audit") || body.to_string().contains("audit, chat"),
+        "{body}"
+    );
+    let (status, body) = app
+        .post(
+            "lead",
+            "/api/v1/notifications/channels/chat/test",
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["delivered"], true, "{body}");
+    assert_eq!(body["answer"], "HTTP 200 OK: ok");
+    http.set_mode(Mode::Status(503));
+    let (_, body) = app
+        .post(
+            "admin",
+            "/api/v1/notifications/channels/audit/test",
+            json!({}),
+        )
+        .await;
+    assert_eq!(body["delivered"], false, "{body}");
+    assert!(body["answer"].as_str().unwrap().contains("503"), "{body}");
+    app.stop().await;
+}
