@@ -133,6 +133,18 @@ fn deployment(v: DeploymentView) -> pb::Deployment {
         updated_at: v.updated_at,
         checksum: v.checksum,
         out_of_order: v.out_of_order,
+        review_owed: v.review_owed,
+        reviews: v
+            .reviews
+            .into_iter()
+            .map(|r| pb::Review {
+                role: r.role,
+                owed_since: r.owed_since,
+                reviewer: opt(r.reviewer),
+                comment: opt(r.comment),
+                reviewed_at: opt(r.reviewed_at),
+            })
+            .collect(),
         log: v
             .log
             .unwrap_or_default()
@@ -219,6 +231,35 @@ fn environment(v: EnvironmentStatus) -> pb::EnvironmentStatus {
             window: f.window,
             until: f.until,
         }),
+        owed_reviews: v
+            .owed_reviews
+            .into_iter()
+            .map(|o| pb::OwedReview {
+                deployment_id: o.deployment_id,
+                migration_id: o.migration_id,
+                roles: o.roles,
+                owed_since: o.owed_since,
+            })
+            .collect(),
+    }
+}
+
+fn notification(v: crate::service::NotificationView) -> pb::Notification {
+    pb::Notification {
+        id: v.id,
+        event_id: v.event_id,
+        channel: v.channel,
+        kind: v.kind,
+        state: v.state,
+        environment: opt(v.environment),
+        migration_id: opt(v.migration_id),
+        deployment_id: opt(v.deployment_id),
+        subject: v.subject,
+        attempts: v.attempts,
+        created_at: v.created_at,
+        next_attempt_at: opt(v.next_attempt_at),
+        last_attempt_at: opt(v.last_attempt_at),
+        last_error: opt(v.last_error),
     }
 }
 
@@ -546,6 +587,86 @@ impl pb::sluice_server::Sluice for GrpcApi {
             .await?;
         Ok(Response::new(pb::ListAuditResponse {
             entries: entries.into_iter().map(audit_entry).collect(),
+        }))
+    }
+
+    async fn review(
+        &self,
+        request: Request<pb::ReviewRequest>,
+    ) -> Result<Response<pb::Deployment>, Status> {
+        let caller = self.caller(&request)?;
+        let r = request.into_inner();
+        let view = self
+            .service
+            .review(&caller, &r.deployment_id, &r.comment)
+            .await?;
+        Ok(Response::new(deployment(view)))
+    }
+
+    async fn list_notifications(
+        &self,
+        request: Request<pb::ListNotificationsRequest>,
+    ) -> Result<Response<pb::ListNotificationsResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let r = request.into_inner();
+        let state = if r.state.is_empty() {
+            "pending"
+        } else {
+            r.state.as_str()
+        };
+        let views = self.service.notifications(&caller, state, r.limit).await?;
+        Ok(Response::new(pb::ListNotificationsResponse {
+            notifications: views.into_iter().map(notification).collect(),
+        }))
+    }
+
+    async fn retry_notification(
+        &self,
+        request: Request<pb::RetryNotificationRequest>,
+    ) -> Result<Response<pb::Notification>, Status> {
+        let caller = self.caller(&request)?;
+        let r = request.into_inner();
+        let view = self.service.retry_notification(&caller, &r.id).await?;
+        Ok(Response::new(notification(view)))
+    }
+
+    async fn list_notification_channels(
+        &self,
+        request: Request<pb::ListNotificationChannelsRequest>,
+    ) -> Result<Response<pb::ListNotificationChannelsResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let channels = self.service.notification_channels(&caller).await?;
+        Ok(Response::new(pb::ListNotificationChannelsResponse {
+            channels: channels
+                .into_iter()
+                .map(|c| pb::NotificationChannel {
+                    name: c.name,
+                    r#type: c.kind,
+                    enabled: c.enabled,
+                    disabled_reason: opt(c.disabled_reason),
+                    pending: c.pending,
+                    dead: c.dead,
+                    delivered: c.delivered,
+                    last_success_at: opt(c.last_success_at),
+                    last_error: opt(c.last_error),
+                    last_error_at: opt(c.last_error_at),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn test_notification(
+        &self,
+        request: Request<pb::TestNotificationRequest>,
+    ) -> Result<Response<pb::TestNotificationResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let r = request.into_inner();
+        let result = self.service.test_notification(&caller, &r.channel).await?;
+        Ok(Response::new(pb::TestNotificationResponse {
+            channel: result.channel,
+            delivered: result.delivered,
+            answer: result.answer,
+            duration_ms: result.duration_ms,
         }))
     }
 

@@ -198,6 +198,36 @@ pub(super) enum Command {
     },
     /// Print a shell completion script (bash, zsh, fish, ...).
     Completions { shell: clap_complete::Shell },
+    /// Undelivered notifications (pending, or --dead) with their last error.
+    Notifications {
+        /// Those given up after their retries ran out.
+        #[arg(long)]
+        dead: bool,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        /// Put a dead notification back in line, by id (data_ops_lead, admin).
+        #[arg(long, value_name = "ID")]
+        retry: Option<String>,
+    },
+    /// Notification channels: their health, and test messages.
+    Notify {
+        #[command(subcommand)]
+        command: NotifyCommand,
+    },
+    /// Record the post-deployment review an emergency override owes (as a role you hold).
+    Review {
+        migration_id: String,
+        environment: String,
+        comment: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub(super) enum NotifyCommand {
+    /// Send a test message through a channel and print the receiver's answer.
+    Test { channel: String },
+    /// Every channel of notifications.yml: on or off, pending, dead, last success and error.
+    Channels,
 }
 
 #[derive(Subcommand)]

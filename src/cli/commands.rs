@@ -426,6 +426,55 @@ pub(super) async fn remote(client: &mut Client, command: Command, output: Output
                 }
             }
         }
+        Command::Notifications { dead, limit, retry } => {
+            super::notifications::list(client, dead, limit, retry, output).await
+        }
+        Command::Notify {
+            command: NotifyCommand::Test { channel },
+        } => super::notifications::test(client, channel, output).await,
+        Command::Notify {
+            command: NotifyCommand::Channels,
+        } => super::notifications::channels(client, output).await,
+        Command::Review {
+            migration_id,
+            environment,
+            comment,
+        } => {
+            let request = client.request(pb::ReviewRequest {
+                deployment_id: format!("{migration_id}@{environment}"),
+                comment,
+            })?;
+            let deployment = client
+                .inner
+                .review(request)
+                .await
+                .map_err(|s| client.failed(s))?
+                .into_inner();
+            match output {
+                Output::Json => print_json(&deployment),
+                Output::Table => {
+                    let owed: Vec<&str> = deployment
+                        .reviews
+                        .iter()
+                        .filter(|r| r.reviewer.is_empty())
+                        .map(|r| r.role.as_str())
+                        .collect();
+                    if owed.is_empty() {
+                        println!(
+                            "{}: review recorded; no review is owed any more",
+                            deployment.id
+                        );
+                    } else {
+                        println!(
+                            "{}: review recorded; still owed by {}",
+                            deployment.id,
+                            owed.join(", ")
+                        );
+                    }
+                    Ok(())
+                }
+            }
+        }
         Command::Server { .. }
         | Command::CheckConfig { .. }
         | Command::Token { .. }

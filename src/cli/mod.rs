@@ -10,6 +10,7 @@ mod args;
 mod client;
 mod commands;
 mod follow;
+mod notifications;
 mod render;
 pub mod scripts;
 

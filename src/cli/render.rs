@@ -56,6 +56,16 @@ pub(super) fn print_status(status: &pb::EnvironmentStatus, verbose: bool) {
             status.halted_by
         );
     }
+    for owed in &status.owed_reviews {
+        println!(
+            "review owed  {} (emergency override) by {} since {}: sluice review {} {} \"...\"",
+            owed.deployment_id,
+            owed.roles.join(", "),
+            owed.owed_since,
+            owed.migration_id,
+            status.name
+        );
+    }
     if !status.target_error.is_empty() {
         println!(
             "target       unreachable since {}: {}",

@@ -5,13 +5,13 @@
 use crate::harness::{TestApp, spawn_app};
 use std::path::Path;
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
 }
 
-async fn sluice(app: &TestApp, user: Option<&str>, dir: &Path, args: &[&str]) -> Run {
+pub(crate) async fn sluice(app: &TestApp, user: Option<&str>, dir: &Path, args: &[&str]) -> Run {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
     command
         .args(args)
@@ -35,7 +35,7 @@ async fn sluice(app: &TestApp, user: Option<&str>, dir: &Path, args: &[&str]) ->
     }
 }
 
-fn ok(run: &Run) {
+pub(crate) fn ok(run: &Run) {
     assert_eq!(
         run.code, 0,
         "stdout: {}\nstderr: {}",

@@ -757,3 +757,178 @@ async fn a_test_message_reports_the_receivers_answer() {
     assert!(body["answer"].as_str().unwrap().contains("503"), "{body}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_cli_lists_undelivered_notifications_tests_channels_and_records_reviews() {
+    use crate::cli::{ok, sluice};
+    let http = Receiver::reserved().await; // down
+    let app = spawn_with(
+        format!("{FAST_DELIVERY}{}", channels(&http, None)),
+        AppOptions::default(),
+    )
+    .await;
+    let dir = std::env::temp_dir();
+    let (status, _) = app
+        .post(
+            "lead",
+            "/api/v1/environments/staging/lock",
+            json!({"reason": "release freeze"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let mut listed = None;
+    for _ in 0..100 {
+        let run = sluice(&app, Some("dev"), &dir, &["notifications"]).await;
+        ok(&run);
+        if run.stdout.contains("last error: cannot connect") {
+            listed = Some(run.stdout);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let listed = listed.expect("the pending notification with its error");
+    assert!(
+        listed.contains("[sluice][staging] environment locked"),
+        "{listed}"
+    );
+    assert!(!listed.contains("SECRETPART"), "{listed}");
+    let run = sluice(&app, Some("dev"), &dir, &["notifications", "--dead"]).await;
+    ok(&run);
+    assert!(
+        run.stdout.contains("no dead notification"),
+        "{}",
+        run.stdout
+    );
+
+    // A test message while the receiver is down fails with exit 1 and says why.
+    let run = sluice(&app, Some("lead"), &dir, &["notify", "test", "audit"]).await;
+    assert_eq!(run.code, 1, "{} {}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("NOT delivered"), "{}", run.stdout);
+    http.up().await;
+    let run = sluice(&app, Some("lead"), &dir, &["notify", "test", "audit"]).await;
+    ok(&run);
+    assert!(run.stdout.contains("audit: delivered"), "{}", run.stdout);
+    let run = sluice(&app, Some("dev"), &dir, &["notify", "test", "audit"]).await;
+    assert_eq!(run.code, 3, "not authorized: {}", run.stderr);
+    assert!(
+        run.stderr.contains("only a data_ops_lead or an admin"),
+        "{}",
+        run.stderr
+    );
+    wait_until_nothing_pending(&app).await;
+    let run = sluice(&app, Some("dev"), &dir, &["notify", "channels"]).await;
+    ok(&run);
+    assert!(run.stdout.contains("chat"), "{}", run.stdout);
+    assert!(run.stdout.contains("pending 0"), "{}", run.stdout);
+
+    // An override owes a review; status says so until it is recorded.
+    let id = app
+        .submit(
+            "dev",
+            migration("Hotfix", "low", "CREATE TABLE cli_hotfix (id int);", None),
+        )
+        .await;
+    let (status, body) = app
+        .post(
+            "lead",
+            &format!("/api/v1/deployments/{id}@production/override"),
+            json!({"reason": "outage"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let run = sluice(&app, Some("dev"), &dir, &["status", "production"]).await;
+    ok(&run);
+    assert!(run.stdout.contains("review owed"), "{}", run.stdout);
+    assert!(run.stdout.contains("by dba"), "{}", run.stdout);
+    let run = sluice(
+        &app,
+        Some("dba"),
+        &dir,
+        &["review", &id, "production", "looked at it; fine"],
+    )
+    .await;
+    ok(&run);
+    assert!(
+        run.stdout.contains("no review is owed any more"),
+        "{}",
+        run.stdout
+    );
+    let run = sluice(&app, Some("dev"), &dir, &["status", "production"]).await;
+    assert!(!run.stdout.contains("review owed"), "{}", run.stdout);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn freeze_windows_announce_their_start_and_end_once_on_a_sqlite_store() {
+    let http = Receiver::start().await;
+    let app = spawn_with(
+        format!("{FAST_DELIVERY}{}", channels(&http, None)),
+        AppOptions {
+            backend: Backend::Sqlite,
+            manual_clock: true,
+            background_workers: false,
+            edit_environments: Some(|text| with_freeze_window(text, &[PRODUCTION_SETTINGS_END])),
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    let clock = app.clock.clone().unwrap();
+    let service = app.service().clone();
+    let notifier = sluice::notify::Notifier::new(service.clone()).unwrap();
+    assert_eq!(
+        service
+            .send_scheduled_notices()
+            .await
+            .unwrap()
+            .freeze_notices,
+        1
+    );
+    assert_eq!(
+        service
+            .send_scheduled_notices()
+            .await
+            .unwrap()
+            .freeze_notices,
+        0
+    );
+    clock.advance(chrono::Duration::hours(3));
+    assert_eq!(
+        service
+            .send_scheduled_notices()
+            .await
+            .unwrap()
+            .freeze_notices,
+        1
+    );
+    assert_eq!(
+        service
+            .send_scheduled_notices()
+            .await
+            .unwrap()
+            .freeze_notices,
+        0
+    );
+    while notifier.run_once().await.unwrap().handled() > 0 {}
+    let kinds = kinds_once(&http.delivered(HOOK));
+    assert_eq!(kinds, ["freeze_started", "freeze_ended"]);
+    let started = &http.delivered(HOOK)[0];
+    assert_eq!(started.json["environment"], "production");
+    assert!(
+        started.json["note"]
+            .as_str()
+            .unwrap()
+            .contains("no deployment starts in production"),
+        "{}",
+        started.json
+    );
+    // Slack got both too, in order.
+    let slack = http.delivered(SLACK);
+    assert_eq!(slack.len(), 2);
+    assert!(
+        slack[0].json["text"]
+            .as_str()
+            .unwrap()
+            .contains("freeze window started")
+    );
+    app.stop().await;
+}
