@@ -1,4 +1,9 @@
-//! API load benchmark: `cargo bench --bench api_load [-- --clients 32 --seconds 5 --approvals 2000 --store sqlite|postgres]`.
+//! API load benchmark: `cargo bench --bench api_load [-- --clients 32 --seconds 5 --approvals 2000 --store sqlite|postgres --notifications]`.
+//!
+//! With `--notifications`, the daemon sends every event to a signed webhook served by this
+//! process, which measures each event's delivery latency (from the event's timestamp, taken
+//! when the state changes, to the receiver's answer): the approval figures then include the
+//! outbox writes.
 //!
 //! Starts the release `sluice` daemon as its own process (SQLite state store by default; with
 //! `--store postgres`, a fresh database at $BENCH_PG_URL), then drives it from this process with
@@ -24,6 +29,7 @@ struct Options {
     seconds: u64,
     approvals: usize,
     store: String,
+    notifications: bool,
 }
 
 fn options() -> Options {
@@ -32,6 +38,7 @@ fn options() -> Options {
         seconds: 5,
         approvals: 2000,
         store: "sqlite".into(),
+        notifications: false,
     };
     let args: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -42,6 +49,11 @@ fn options() -> Options {
             "--seconds" => o.seconds = value.parse().expect("--seconds N"),
             "--approvals" => o.approvals = value.parse().expect("--approvals N"),
             "--store" => o.store = value,
+            "--notifications" => {
+                o.notifications = true;
+                i += 1;
+                continue;
+            }
             _ => {
                 i += 1;
                 continue;
@@ -67,7 +79,7 @@ impl Drop for Daemon {
     }
 }
 
-fn start_daemon(store_url: &str, tokens: &[(&str, &str, String)]) -> Daemon {
+fn start_daemon(store_url: &str, tokens: &[(&str, &str, String)], webhook: Option<&str>) -> Daemon {
     let dir = std::env::temp_dir().join(format!("sluice-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -99,6 +111,15 @@ fn start_daemon(store_url: &str, tokens: &[(&str, &str, String)]) -> Daemon {
         ));
     }
     std::fs::write(dir.join("users.yml"), users).unwrap();
+    if let Some(url) = webhook {
+        std::fs::write(
+            dir.join("notifications.yml"),
+            format!(
+                "channels:\n  bench:\n    type: webhook\n    url: {url}\n    secret: bench-secret\n"
+            ),
+        )
+        .unwrap();
+    }
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["server", "--config-dir"])
         .arg(&dir)
@@ -226,8 +247,77 @@ async fn grpc_clients(addr: &str, n: usize) -> Vec<SluiceClient<Channel>> {
     clients
 }
 
+/// A webhook endpoint that notes how long each event took to arrive.
+struct Receiver {
+    url: String,
+    latencies_ms: Arc<std::sync::Mutex<Vec<f64>>>,
+}
+
+impl Receiver {
+    async fn start() -> Receiver {
+        let latencies_ms: Arc<std::sync::Mutex<Vec<f64>>> = Arc::default();
+        let record = latencies_ms.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let record = record.clone();
+                async move {
+                    let event: serde_json::Value =
+                        serde_json::from_slice(&body).unwrap_or_default();
+                    if let Some(at) = event["at"]
+                        .as_str()
+                        .and_then(|a| chrono::DateTime::parse_from_rfc3339(a).ok())
+                    {
+                        let latency = chrono::Utc::now().signed_duration_since(at);
+                        record
+                            .lock()
+                            .unwrap()
+                            .push(latency.num_microseconds().unwrap_or(0) as f64 / 1000.0);
+                    }
+                    "ok"
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Receiver { url, latencies_ms }
+    }
+
+    /// Waits until no event has arrived for two seconds, then prints the latencies.
+    async fn report(&self) {
+        let mut last = usize::MAX;
+        loop {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let n = self.latencies_ms.lock().unwrap().len();
+            if n == last {
+                break;
+            }
+            last = n;
+        }
+        let mut all = self.latencies_ms.lock().unwrap().clone();
+        all.sort_by(|a, b| a.total_cmp(b));
+        let pct = |p: f64| {
+            if all.is_empty() {
+                return 0.0;
+            }
+            all[((all.len() as f64 * p).ceil() as usize)
+                .saturating_sub(1)
+                .min(all.len() - 1)]
+        };
+        println!(
+            "{:<34} {:>8} events                 p50 {:>7.2} ms   p99 {:>7.2} ms   (state change to the webhook's 2xx)",
+            "notification delivery",
+            all.len(),
+            pct(0.50),
+            pct(0.99)
+        );
+    }
+}
+
 #[tokio::main]
 async fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let o = options();
     let token = |name: &str| format!("bench_{name}_{}", std::process::id());
     let dev = token("dev");
@@ -257,10 +347,27 @@ async fn main() {
         Some((_, _, url)) => url.clone(),
         None => "sqlite://data/sluice.db".into(),
     };
-    let daemon = start_daemon(&store_url, &users);
+    let receiver = if o.notifications {
+        Some(Receiver::start().await)
+    } else {
+        None
+    };
+    let daemon = start_daemon(
+        &store_url,
+        &users,
+        receiver.as_ref().map(|r| r.url.as_str()),
+    );
     println!(
-        "daemon: REST {} gRPC {}; state store {}; {} clients, each on its own connection",
-        daemon.rest, daemon.grpc, o.store, o.clients
+        "daemon: REST {} gRPC {}; state store {}; {} clients, each on its own connection; notifications {}",
+        daemon.rest,
+        daemon.grpc,
+        o.store,
+        o.clients,
+        if o.notifications {
+            "on (a signed webhook on loopback)"
+        } else {
+            "off"
+        }
     );
 
     let mut setup = SluiceClient::connect(daemon.grpc.clone()).await.unwrap();
@@ -414,6 +521,9 @@ async fn main() {
     })
     .await
     .print();
+    if let Some(receiver) = &receiver {
+        receiver.report().await;
+    }
     drop(daemon);
     if let Some((client, name, _)) = pg_database {
         let _ = client
