@@ -196,6 +196,39 @@ async fn approvers_hear_through_slack_email_and_a_signed_webhook_in_order() {
             .count(),
         1
     );
+    // A failure says what failed, and that the queue is halted.
+    let broken = app
+        .submit(
+            "dev",
+            migration("Broken", "low", "CREATE TABLE prefs (id int);", None),
+        )
+        .await;
+    app.wait_for_state(&format!("{broken}@development"), &["failed"])
+        .await;
+    let hooks = http
+        .wait_for(HOOK, "the failure", |r| {
+            event_of(r, "failed", "development").is_some()
+        })
+        .await;
+    let failed = event_of(&hooks, "failed", "development").unwrap();
+    assert!(
+        failed.json["error"]
+            .as_str()
+            .unwrap()
+            .contains("already exists"),
+        "{}",
+        failed.json
+    );
+    let slack = http
+        .wait_for(SLACK, "the failure in Slack", |r| {
+            event_of(r, "failed", "development").is_some()
+        })
+        .await;
+    let text = event_of(&slack, "failed", "development")
+        .unwrap()
+        .json
+        .to_string();
+    assert!(text.contains("FAILED, queue halted"), "{text}");
     let (status, channels) = app.get("dev", "/api/v1/notifications/channels").await;
     assert_eq!(status, StatusCode::OK);
     let audit = channels
