@@ -39,6 +39,8 @@ pub struct DeliverySettings {
     /// How long a claimed row stays another daemon's (longer than any send can take).
     pub claim_ms: u64,
     pub batch_size: u32,
+    /// Delivered rows are deleted after this long (dead ones stay until requeued).
+    pub keep_delivered_ms: u64,
 }
 
 impl Default for DeliverySettings {
@@ -50,6 +52,7 @@ impl Default for DeliverySettings {
             timeout_ms: 10_000,
             claim_ms: 60_000,
             batch_size: 50,
+            keep_delivered_ms: 7 * 24 * 3_600_000,
         }
     }
 }
@@ -147,6 +150,7 @@ struct DeliveryEntry {
     timeout_seconds: Option<f64>,
     claim_seconds: Option<f64>,
     batch_size: Option<u32>,
+    keep_delivered_days: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -293,6 +297,12 @@ pub fn load_notifications(
             defaults.claim_ms,
         )?,
         batch_size: d.batch_size.unwrap_or(defaults.batch_size).clamp(1, 1000),
+        keep_delivered_ms: seconds(
+            path,
+            "delivery.keep_delivered_days",
+            d.keep_delivered_days.map(|days| days * 86_400.0),
+            defaults.keep_delivered_ms,
+        )?,
     };
     if delivery.claim_ms <= delivery.timeout_ms {
         return Err(err(

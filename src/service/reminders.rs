@@ -16,6 +16,8 @@ pub struct ScheduledRound {
     pub escalations: usize,
     pub review_reminders: usize,
     pub freeze_notices: usize,
+    /// Delivered outbox rows deleted (older than `delivery.keep_delivered_days`).
+    pub pruned: u64,
 }
 
 impl Service {
@@ -29,7 +31,9 @@ impl Service {
         self.approval_reminders(at, &mut round).await?;
         self.review_reminders(at, &mut round).await?;
         self.freeze_notices(at, &mut round).await?;
-        if round != ScheduledRound::default() {
+        let keep = self.config.notifications.delivery.keep_delivered_ms as i64;
+        round.pruned = self.store.prune_delivered(at - keep).await?;
+        if round.reminders + round.escalations + round.review_reminders + round.freeze_notices > 0 {
             self.outbox_written();
         }
         Ok(round)

@@ -209,6 +209,25 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Deletes delivered rows (and their attempts) delivered before `before`; how many.
+    pub async fn prune_delivered(&self, before: i64) -> Result<u64, StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "DELETE FROM notification_attempts WHERE outbox_id IN (SELECT id FROM notification_outbox WHERE state = 'delivered' AND delivered_at < $1)",
+        )
+        .bind(before)
+        .execute(&mut *tx)
+        .await?;
+        let done = sqlx::query(
+            "DELETE FROM notification_outbox WHERE state = 'delivered' AND delivered_at < $1",
+        )
+        .bind(before)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
+    }
+
     /// Undelivered rows (`pending` or `dead`), oldest first.
     pub async fn outbox(
         &self,
