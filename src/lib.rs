@@ -83,6 +83,12 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
         })?;
     let grpc_addr = grpc_listener.local_addr()?;
     let grace = Duration::from_secs(config.settings.server.shutdown_grace_seconds);
+    for channel in &config.notifications.channels {
+        tracing::info!(channel = %channel.name, kind = channel.kind.type_name(), "notification channel on");
+    }
+    for (channel, why) in &config.notifications.disabled {
+        tracing::info!(%channel, reason = %why, "notification channel off");
+    }
     let service = Service::new(Arc::new(config), store, options.clock);
     let cancel = CancellationToken::new();
     let engine = if options.background_workers {

@@ -154,6 +154,16 @@ async fn run(cli: Cli) -> CliResult {
                 config.environment_names(),
                 config.users.len()
             );
+            for channel in &config.notifications.channels {
+                println!(
+                    "notification channel {} ({}): on",
+                    channel.name,
+                    channel.kind.type_name()
+                );
+            }
+            for (name, why) in &config.notifications.disabled {
+                println!("notification channel {name}: off ({why})");
+            }
             Ok(())
         }
         Command::Token {
