@@ -31,6 +31,7 @@ fn retryable(message: impl Into<String>) -> SendError {
 }
 
 /// Sends one notice through one channel.
+#[derive(Clone)]
 pub struct Sender {
     http: reqwest::Client,
     timeout: Duration,
@@ -245,6 +246,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// The outbox's delivery loop.
+#[derive(Clone)]
 pub struct Notifier {
     service: Service,
     sender: Sender,
@@ -287,23 +289,8 @@ impl Notifier {
 
     /// Claims what is due and sends it, each channel's rows concurrently.
     pub async fn run_once(&self) -> Result<Round, crate::store::StoreError> {
-        let delivery = &self.service.config.notifications.delivery;
-        let now = self.now();
-        let token = format!(
-            "{}-{}",
-            self.owner,
-            crate::service::notifications::new_event_id(now)
-        );
-        let rows = self
-            .service
-            .store
-            .claim_outbox(
-                now,
-                now + delivery.claim_ms as i64,
-                &token,
-                i64::from(delivery.batch_size),
-            )
-            .await?;
+        let batch = self.service.config.notifications.delivery.batch_size as usize;
+        let (rows, token) = self.claim(batch).await?;
         let results: Vec<Result<DeliveryResult, crate::store::StoreError>> =
             futures_util::stream::iter(rows)
                 .map(|row| self.deliver(row, &token))
@@ -319,6 +306,27 @@ impl Notifier {
             }
         }
         Ok(round)
+    }
+
+    /// Claims up to `limit` due rows under a fresh token.
+    async fn claim(
+        &self,
+        limit: usize,
+    ) -> Result<(Vec<OutboxRow>, String), crate::store::StoreError> {
+        let delivery = &self.service.config.notifications.delivery;
+        let now = self.now();
+        let token = format!(
+            "{}-{}",
+            self.owner,
+            crate::service::notifications::new_event_id(now)
+        );
+        let limit = limit.min(delivery.batch_size as usize) as i64;
+        let rows = self
+            .service
+            .store
+            .claim_outbox(now, now + delivery.claim_ms as i64, &token, limit)
+            .await?;
+        Ok((rows, token))
     }
 
     async fn deliver(
@@ -387,30 +395,53 @@ impl Notifier {
         ((doubled as f64) * fraction).max(1.0) as i64
     }
 
-    /// Runs rounds until cancelled: at once while there is work, otherwise when woken by a
-    /// commit that wrote to the outbox, or when the next retry falls due (at least every
-    /// second, so that another daemon's rows are noticed).
+    /// Runs until cancelled. Each row is sent by a task of its own (at most
+    /// `MAX_IN_FLIGHT` at once), so that a slow channel holds up only its own rows: the loop
+    /// claims more as soon as a send finishes, when a commit wrote to the outbox, or when the
+    /// next retry falls due (at least every second, so that another daemon's rows are noticed).
     pub async fn run(self, cancel: CancellationToken) {
+        const MAX_IN_FLIGHT: usize = 32;
         let wake = self.service.signals.outbox.clone();
+        let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+        let tasks = tokio_util::task::TaskTracker::new();
         let mut failures = 0u32;
         loop {
-            let wait = match self.run_once().await {
-                Ok(round) if round.handled() > 0 => {
-                    failures = 0;
-                    Duration::ZERO
-                }
-                Ok(_) => {
-                    failures = 0;
-                    let due = self.service.store.next_outbox_due().await.ok().flatten();
-                    let until_due = due
-                        .map(|due| (due - self.now()).max(0) as u64)
-                        .unwrap_or(u64::MAX);
-                    Duration::from_millis(until_due.clamp(50, 1000))
-                }
-                Err(e) => {
-                    failures = (failures + 1).min(6);
-                    tracing::error!(error = %e, "notifier round failed");
-                    Duration::from_millis(500 << failures)
+            let free = permits.available_permits();
+            let wait = if free == 0 {
+                Duration::from_millis(1000)
+            } else {
+                match self.claim(free).await {
+                    Ok((rows, token)) if !rows.is_empty() => {
+                        failures = 0;
+                        for row in rows {
+                            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                                break; // cannot happen: as many rows as free permits
+                            };
+                            let notifier = self.clone();
+                            let token = token.clone();
+                            tasks.spawn(async move {
+                                if let Err(e) = notifier.deliver(row, &token).await {
+                                    tracing::error!(error = %e, "cannot record a notification attempt; the row is retried after its claim expires");
+                                }
+                                drop(permit);
+                                notifier.service.signals.outbox.notify_one();
+                            });
+                        }
+                        Duration::ZERO
+                    }
+                    Ok(_) => {
+                        failures = 0;
+                        let due = self.service.store.next_outbox_due().await.ok().flatten();
+                        let until_due = due
+                            .map(|due| (due - self.now()).max(0) as u64)
+                            .unwrap_or(u64::MAX);
+                        Duration::from_millis(until_due.clamp(50, 1000))
+                    }
+                    Err(e) => {
+                        failures = (failures + 1).min(6);
+                        tracing::error!(error = %e, "notifier round failed");
+                        Duration::from_millis(500 << failures)
+                    }
                 }
             };
             if wait.is_zero() {
@@ -425,5 +456,8 @@ impl Notifier {
                 _ = tokio::time::sleep(wait) => {}
             }
         }
+        // Sends in flight finish (each is bounded by the send timeout); unsent claims expire.
+        tasks.close();
+        tasks.wait().await;
     }
 }
