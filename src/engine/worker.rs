@@ -300,7 +300,14 @@ impl Worker {
                 store.update_deployment(&mut tx, &mut open[*index]).await?;
                 store.insert_audit(&mut tx, audit).await?;
                 self.service
-                    .notify_state(&mut tx, &open[*index], audit.at, "sluice", None)
+                    .notify_state(
+                        &mut tx,
+                        &open[*index],
+                        audit.at,
+                        "sluice",
+                        None,
+                        migrations.get(&open[*index].migration_id),
+                    )
                     .await?;
             }
             tx.commit().await?;
@@ -550,7 +557,14 @@ impl Worker {
                 );
                 store.insert_audit(&mut tx, &audit).await?;
                 self.service
-                    .notify_state(&mut tx, d, claimed_at, "sluice", None)
+                    .notify_state(
+                        &mut tx,
+                        d,
+                        claimed_at,
+                        "sluice",
+                        None,
+                        Some(&migrations[&d.migration_id]),
+                    )
                     .await?;
                 claimed.push(index);
             }
@@ -849,7 +863,7 @@ async fn record_outcomes(
             // ones do.
             let at = record.deployment.updated_at;
             service
-                .notify_state(&mut tx, &record.deployment, at, "sluice", None)
+                .notify_state(&mut tx, &record.deployment, at, "sluice", None, None)
                 .await?;
             committed.push(record);
         }

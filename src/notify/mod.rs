@@ -10,7 +10,7 @@ pub mod render;
 
 use crate::config::{ChannelConfig, ChannelKind, DeliverySettings, EmailSettings, SmtpSecurity};
 use crate::service::{Notice, Service, millis};
-use crate::store::{DeliveryResult, OutboxRow};
+use crate::store::{DeliveryRecord, DeliveryResult, OutboxRow};
 use futures_util::StreamExt;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -291,15 +291,15 @@ impl Notifier {
     pub async fn run_once(&self) -> Result<Round, crate::store::StoreError> {
         let batch = self.service.config.notifications.delivery.batch_size as usize;
         let (rows, token) = self.claim(batch).await?;
-        let results: Vec<Result<DeliveryResult, crate::store::StoreError>> =
-            futures_util::stream::iter(rows)
-                .map(|row| self.deliver(row, &token))
-                .buffer_unordered(16)
-                .collect()
-                .await;
+        let records: Vec<DeliveryRecord> = futures_util::stream::iter(rows)
+            .map(|row| self.send_row(row, &token))
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        self.service.store.record_deliveries(&records).await?;
         let mut round = Round::default();
-        for result in results {
-            match result? {
+        for record in &records {
+            match record.result {
                 DeliveryResult::Delivered => round.delivered += 1,
                 DeliveryResult::Retry(_) => round.failed += 1,
                 DeliveryResult::Dead => round.dead += 1,
@@ -329,11 +329,8 @@ impl Notifier {
         Ok((rows, token))
     }
 
-    async fn deliver(
-        &self,
-        row: OutboxRow,
-        token: &str,
-    ) -> Result<DeliveryResult, crate::store::StoreError> {
+    /// Sends one claimed row and says what to record.
+    async fn send_row(&self, row: OutboxRow, token: &str) -> DeliveryRecord {
         let started = Instant::now();
         let outcome = match (
             self.service.config.notifications.channel(&row.channel),
@@ -373,11 +370,14 @@ impl Notifier {
                 tracing::error!(channel = %row.channel, event = %row.event_id, kind = %row.kind, error = %answer, "notification given up (dead); `sluice notifications --dead` lists it")
             }
         }
-        self.service
-            .store
-            .record_delivery(row.id, token, at, duration_ms, &answer, &result)
-            .await?;
-        Ok(result)
+        DeliveryRecord {
+            id: row.id,
+            token: token.to_owned(),
+            at,
+            duration_ms,
+            answer,
+            result,
+        }
     }
 
     /// The wait before retry `attempts + 1`: the first retry wait doubled per attempt, capped,
@@ -404,6 +404,22 @@ impl Notifier {
         let wake = self.service.signals.outbox.clone();
         let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
         let tasks = tokio_util::task::TaskTracker::new();
+        // Attempts are recorded by one task, as many per transaction as have finished: a
+        // burst of events costs the state store a few commits, not two per event.
+        let (records, mut finished) = tokio::sync::mpsc::unbounded_channel::<DeliveryRecord>();
+        let recorder = {
+            let notifier = self.clone();
+            tokio::spawn(async move {
+                let mut batch = Vec::new();
+                while finished.recv_many(&mut batch, 256).await > 0 {
+                    if let Err(e) = notifier.service.store.record_deliveries(&batch).await {
+                        tracing::error!(error = %e, "cannot record notification attempts; the rows are retried after their claims expire");
+                    }
+                    batch.clear();
+                    notifier.service.signals.outbox.notify_one();
+                }
+            })
+        };
         let mut failures = 0u32;
         loop {
             let free = permits.available_permits();
@@ -419,12 +435,11 @@ impl Notifier {
                             };
                             let notifier = self.clone();
                             let token = token.clone();
+                            let records = records.clone();
                             tasks.spawn(async move {
-                                if let Err(e) = notifier.deliver(row, &token).await {
-                                    tracing::error!(error = %e, "cannot record a notification attempt; the row is retried after its claim expires");
-                                }
+                                let record = notifier.send_row(row, &token).await;
                                 drop(permit);
-                                notifier.service.signals.outbox.notify_one();
+                                let _ = records.send(record);
                             });
                         }
                         Duration::ZERO
@@ -456,8 +471,11 @@ impl Notifier {
                 _ = tokio::time::sleep(wait) => {}
             }
         }
-        // Sends in flight finish (each is bounded by the send timeout); unsent claims expire.
+        // Sends in flight finish (each is bounded by the send timeout) and are recorded;
+        // unsent claims expire.
         tasks.close();
         tasks.wait().await;
+        drop(records);
+        let _ = recorder.await;
     }
 }

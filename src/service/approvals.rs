@@ -186,6 +186,7 @@ impl Service {
                 caller.name.as_str(),
             );
             draft.people = vec![migration.author.clone()];
+            draft.migration = Some(&migration);
             draft.reason = (!comment.trim().is_empty()).then(|| comment.trim().to_owned());
             draft.note = Some(format!("{} approved as {role}", caller.name));
             self.notify_deployment(&mut tx, &deployment, at, draft)

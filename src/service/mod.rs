@@ -208,7 +208,7 @@ impl Service {
         // Approvals by the daemon itself (auto_approve environments) concern no one.
         let automatic = change.action == "auto_approved";
         if from != deployment.state && !automatic {
-            self.notify_state(tx, deployment, at, change.actor, reason)
+            self.notify_state(tx, deployment, at, change.actor, reason, None)
                 .await?;
         }
         Ok(())

@@ -168,6 +168,10 @@ pub(super) struct Draft<'a> {
     pub event_key: Option<String>,
     /// About the migration as a whole (submitted), not one of its deployments.
     pub whole_migration: bool,
+    /// The deployment's migration, when the caller has it at hand (saves a read).
+    pub migration: Option<&'a MigrationRow>,
+    /// Also for the migration's author and everyone who approved the deployment.
+    pub to_author_and_approvers: bool,
 }
 
 impl<'a> Draft<'a> {
@@ -182,6 +186,8 @@ impl<'a> Draft<'a> {
             addresses: Vec::new(),
             event_key: None,
             whole_migration: false,
+            migration: None,
+            to_author_and_approvers: false,
         }
     }
 }
@@ -218,17 +224,30 @@ impl Service {
         if !self.any_channel_wants(draft.kind, environment, risk) {
             return Ok(());
         }
-        let migration = self
-            .store
-            .migration(&mut *tx, &deployment.migration_id)
-            .await?
-            .ok_or_else(|| {
-                ServiceError::Unexpected(anyhow::anyhow!(
-                    "deployment {} has no migration",
-                    deployment.id
-                ))
-            })?;
+        let loaded;
+        let migration = match draft.migration {
+            Some(m) => m,
+            None => {
+                loaded = self
+                    .store
+                    .migration(&mut *tx, &deployment.migration_id)
+                    .await?
+                    .ok_or_else(|| {
+                        ServiceError::Unexpected(anyhow::anyhow!(
+                            "deployment {} has no migration",
+                            deployment.id
+                        ))
+                    })?;
+                &loaded
+            }
+        };
         let approvals = self.store.approvals(&mut *tx, &deployment.id).await?;
+        if draft.to_author_and_approvers {
+            draft.people.push(migration.author.clone());
+            draft
+                .people
+                .extend(approvals.iter().map(|a| a.approver.clone()));
+        }
         let current: Vec<&ApprovalRow> = approvals
             .iter()
             .filter(|a| a.checksum == migration.checksum)
@@ -483,6 +502,7 @@ impl Service {
         at: i64,
         actor: &str,
         reason: Option<String>,
+        migration: Option<&MigrationRow>,
     ) -> Result<()> {
         if !self.notifications_on() {
             return Ok(());
@@ -497,31 +517,9 @@ impl Service {
         };
         let mut draft = Draft::new(kind, actor);
         draft.reason = reason;
-        if kind != NoticeKind::ApprovalRequested {
-            draft.people = self.author_and_approvers(tx, deployment).await?;
-        }
+        draft.migration = migration;
+        draft.to_author_and_approvers = kind != NoticeKind::ApprovalRequested;
         self.notify_deployment(tx, deployment, at, draft).await
-    }
-
-    async fn author_and_approvers(
-        &self,
-        tx: &mut sqlx::AnyConnection,
-        deployment: &DeploymentRow,
-    ) -> Result<Vec<String>> {
-        let mut people = Vec::new();
-        if let Some(m) = self
-            .store
-            .migration(&mut *tx, &deployment.migration_id)
-            .await?
-        {
-            people.push(m.author);
-        }
-        for a in self.store.approvals(&mut *tx, &deployment.id).await? {
-            if !people.contains(&a.approver) {
-                people.push(a.approver);
-            }
-        }
-        Ok(people)
     }
 
     // ---- the API's operations -------------------------------------------------------------
@@ -806,7 +804,7 @@ impl Service {
             )
         });
         if self.notifications_on() {
-            draft.people = self.author_and_approvers(&mut tx, &deployment).await?;
+            draft.to_author_and_approvers = true;
             self.notify_deployment(&mut tx, &deployment, at, draft)
                 .await?;
         }

@@ -222,11 +222,12 @@ impl Service {
                     caller.name.as_str(),
                 );
                 draft.whole_migration = true;
+                draft.migration = Some(&migration);
                 self.notify_deployment(&mut tx, first, at, draft).await?;
             }
             for d in &created {
                 if d.state == DeploymentState::AwaitingApproval {
-                    self.notify_state(&mut tx, d, at, caller.name.as_str(), None)
+                    self.notify_state(&mut tx, d, at, caller.name.as_str(), None, Some(&migration))
                         .await?;
                 }
             }

@@ -6,7 +6,7 @@
 
 mod notifications;
 
-pub use notifications::{ChannelStats, DeliveryResult, OutboxRow, ReviewRow};
+pub use notifications::{ChannelStats, DeliveryRecord, DeliveryResult, OutboxRow, ReviewRow};
 
 use crate::domain::DeploymentState;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};

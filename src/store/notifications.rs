@@ -31,6 +31,19 @@ pub struct OutboxRow {
     pub delivered_at: Option<i64>,
 }
 
+/// One attempt to send a row, as recorded.
+#[derive(Debug, Clone)]
+pub struct DeliveryRecord {
+    pub id: i64,
+    /// The claim the attempt was made under.
+    pub token: String,
+    pub at: i64,
+    pub duration_ms: i64,
+    /// The receiver's answer, or why the send failed.
+    pub answer: String,
+    pub result: DeliveryResult,
+}
+
 /// What one attempt to send a row came to.
 #[derive(Debug, Clone)]
 pub enum DeliveryResult {
@@ -163,50 +176,47 @@ impl Store {
         Ok(rows)
     }
 
-    /// Records one attempt and its result, on condition that the row is still claimed under
-    /// `token` (a daemon whose claim expired and was taken over records the attempt only).
-    #[allow(clippy::too_many_arguments)]
-    pub async fn record_delivery(
-        &self,
-        id: i64,
-        token: &str,
-        at: i64,
-        duration_ms: i64,
-        answer: &str,
-        result: &DeliveryResult,
-    ) -> Result<bool, StoreError> {
+    /// Records attempts and their results in one transaction, each on condition that its row
+    /// is still claimed under the record's token (a daemon whose claim expired and was taken
+    /// over records the attempt only). How many rows changed.
+    pub async fn record_deliveries(&self, records: &[DeliveryRecord]) -> Result<usize, StoreError> {
         let mut tx = self.begin().await?;
-        let ok = matches!(result, DeliveryResult::Delivered);
-        sqlx::query(
-            "INSERT INTO notification_attempts (outbox_id, at, ok, duration_ms, answer) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(id)
-        .bind(at)
-        .bind(i64::from(ok))
-        .bind(duration_ms)
-        .bind(answer)
-        .execute(&mut *tx)
-        .await?;
-        let (state, next, error, delivered): (&str, Option<i64>, Option<&str>, Option<i64>) =
-            match result {
-                DeliveryResult::Delivered => ("delivered", None, None, Some(at)),
-                DeliveryResult::Retry(next) => ("pending", Some(*next), Some(answer), None),
-                DeliveryResult::Dead => ("dead", None, Some(answer), None),
-            };
-        let done = sqlx::query(
-            "UPDATE notification_outbox SET state = $3, attempts = attempts + 1, last_attempt_at = $4, next_attempt_at = COALESCE($5, next_attempt_at), last_error = COALESCE($6, last_error), delivered_at = $7, claimed_until = NULL, claim_token = NULL WHERE id = $1 AND claim_token = $2 AND state = 'pending'",
-        )
-        .bind(id)
-        .bind(token)
-        .bind(state)
-        .bind(at)
-        .bind(next)
-        .bind(error)
-        .bind(delivered)
-        .execute(&mut *tx)
-        .await?;
+        let mut changed = 0;
+        for r in records {
+            let ok = matches!(r.result, DeliveryResult::Delivered);
+            sqlx::query(
+                "INSERT INTO notification_attempts (outbox_id, at, ok, duration_ms, answer) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(r.id)
+            .bind(r.at)
+            .bind(i64::from(ok))
+            .bind(r.duration_ms)
+            .bind(&r.answer)
+            .execute(&mut *tx)
+            .await?;
+            let answer = r.answer.as_str();
+            let (state, next, error, delivered): (&str, Option<i64>, Option<&str>, Option<i64>) =
+                match r.result {
+                    DeliveryResult::Delivered => ("delivered", None, None, Some(r.at)),
+                    DeliveryResult::Retry(next) => ("pending", Some(next), Some(answer), None),
+                    DeliveryResult::Dead => ("dead", None, Some(answer), None),
+                };
+            let done = sqlx::query(
+                "UPDATE notification_outbox SET state = $3, attempts = attempts + 1, last_attempt_at = $4, next_attempt_at = COALESCE($5, next_attempt_at), last_error = COALESCE($6, last_error), delivered_at = $7, claimed_until = NULL, claim_token = NULL WHERE id = $1 AND claim_token = $2 AND state = 'pending'",
+            )
+            .bind(r.id)
+            .bind(&r.token)
+            .bind(state)
+            .bind(r.at)
+            .bind(next)
+            .bind(error)
+            .bind(delivered)
+            .execute(&mut *tx)
+            .await?;
+            changed += done.rows_affected() as usize;
+        }
         tx.commit().await?;
-        Ok(done.rows_affected() == 1)
+        Ok(changed)
     }
 
     /// Deletes delivered rows (and their attempts) delivered before `before`; how many.

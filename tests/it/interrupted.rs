@@ -189,12 +189,12 @@ async fn a_killed_mariadb_connection_halts_a_ddl_script_and_retry_resumes() {
 }
 
 /// The real daemon, killed with SIGKILL while the script sleeps, then started again.
-struct Daemon {
-    child: std::process::Child,
-    rest: String,
+pub(crate) struct Daemon {
+    pub child: std::process::Child,
+    pub rest: String,
 }
 
-fn start_daemon(
+pub(crate) fn start_daemon(
     config: &std::path::Path,
     data: &std::path::Path,
     store: &str,
@@ -227,7 +227,7 @@ fn start_daemon(
     Daemon { child, rest }
 }
 
-async fn call(
+pub(crate) async fn call(
     http: &reqwest::Client,
     method: reqwest::Method,
     url: String,

@@ -971,3 +971,91 @@ async fn freeze_windows_announce_their_start_and_end_once_on_a_sqlite_store() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn events_pending_when_the_daemon_is_killed_are_delivered_after_its_restart() {
+    use crate::interrupted::{call, start_daemon};
+    let (store, dev) = tokio::join!(
+        TestDatabase::create("n9store"),
+        TestDatabase::create("n9dev")
+    );
+    let http = Receiver::reserved().await; // down
+    let dir = std::env::temp_dir().join(format!("sluice-n9-{}", dev.name));
+    let config = dir.join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    let shipped = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config");
+    for file in ["sluice.yml", "environments.yml", "approval_matrix.yml"] {
+        std::fs::copy(shipped.join(file), config.join(file)).unwrap();
+    }
+    std::fs::write(
+        config.join("notifications.yml"),
+        format!("{FAST_DELIVERY}{}", channels(&http, None)),
+    )
+    .unwrap();
+    let token = sluice::auth::new_token().unwrap();
+    std::fs::write(
+        config.join("users.yml"),
+        format!(
+            "users:\n  - name: dev\n    roles: [developer]\n    token_sha256: \"{}\"\n",
+            sluice::auth::token_sha256(&token)
+        ),
+    )
+    .unwrap();
+    let client = reqwest::Client::new();
+    let mut daemon = start_daemon(&config, &dir, &store.url, &dev.url);
+    let (status, body) = call(
+        &client,
+        reqwest::Method::POST,
+        format!("{}/api/v1/migrations", daemon.rest),
+        &token,
+        Some(migration(
+            "killed",
+            "low",
+            "CREATE TABLE killed (id int);",
+            None,
+        )),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["id"].as_str().unwrap().to_owned();
+    // Wait until delivery has been tried and failed, then kill the daemon outright.
+    for _ in 0..200 {
+        let (_, pending) = call(
+            &client,
+            reqwest::Method::GET,
+            format!("{}/api/v1/notifications", daemon.rest),
+            &token,
+            None,
+        )
+        .await;
+        if pending.to_string().contains("applied") && pending.to_string().contains("cannot connect")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    daemon.child.kill().unwrap(); // SIGKILL
+    daemon.child.wait().unwrap();
+
+    http.up().await;
+    let mut daemon = start_daemon(&config, &dir, &store.url, &dev.url);
+    let hooks = http
+        .wait_for(HOOK, "the events written before the kill", |r| {
+            event_of(r, "applied", "development").is_some()
+        })
+        .await;
+    let kinds = kinds_once(&hooks);
+    assert_eq!(kinds[0..1], ["submitted"], "{kinds:?}");
+    assert!(kinds.contains(&"started".to_string()), "{kinds:?}");
+    assert_eq!(hooks.len(), kinds.len(), "each event once: {kinds:?}");
+    assert!(
+        hooks
+            .iter()
+            .all(|h| h.json["migration"]["id"] == id.as_str())
+    );
+    let _ = std::process::Command::new("kill")
+        .arg(daemon.child.id().to_string())
+        .status();
+    daemon.child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
