@@ -284,8 +284,8 @@ impl Receiver {
         Receiver { url, latencies_ms }
     }
 
-    /// Waits until no event has arrived for two seconds, then prints the latencies.
-    async fn report(&self) {
+    /// Waits until no event has arrived for two seconds.
+    async fn settle(&self) {
         let mut last = usize::MAX;
         loop {
             tokio::time::sleep(Duration::from_secs(2)).await;
@@ -295,6 +295,11 @@ impl Receiver {
             }
             last = n;
         }
+    }
+
+    /// Once everything has arrived, prints the latencies.
+    async fn report(&self) {
+        self.settle().await;
         let mut all = self.latencies_ms.lock().unwrap().clone();
         all.sort_by(|a, b| a.total_cmp(b));
         let pct = |p: f64| {
@@ -476,6 +481,12 @@ async fn main() {
         ids.len(),
         submit_started.elapsed().as_secs_f64()
     );
+    if let Some(receiver) = &receiver {
+        // The submissions' events are delivered before the approvals are measured: the
+        // approval figures include the outbox writes and the delivery of the approvals' own
+        // events, not a backlog's.
+        receiver.settle().await;
+    }
     let ids = Arc::new(ids);
     let per_worker = per_protocol / o.clients;
     let (c, t, list) = (clients.clone(), ops.clone(), ids.clone());

@@ -401,6 +401,7 @@ impl Notifier {
     /// next retry falls due (at least every second, so that another daemon's rows are noticed).
     pub async fn run(self, cancel: CancellationToken) {
         const MAX_IN_FLIGHT: usize = 32;
+        const COALESCE: Duration = Duration::from_millis(10);
         let wake = self.service.signals.outbox.clone();
         let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
         let tasks = tokio_util::task::TaskTracker::new();
@@ -465,10 +466,16 @@ impl Notifier {
                 }
                 continue;
             }
-            tokio::select! {
+            let woken = tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = wake.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
+                _ = wake.notified() => true,
+                _ = tokio::time::sleep(wait) => false,
+            };
+            if woken {
+                // A commit wrote to the outbox: let the commits of a burst gather for a few
+                // milliseconds, so that one claim takes them all (each claim is a write to the
+                // state store, which API calls are waiting for too).
+                tokio::time::sleep(COALESCE).await;
             }
         }
         // Sends in flight finish (each is bounded by the send timeout) and are recorded;
