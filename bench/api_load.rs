@@ -1,9 +1,10 @@
-//! API load benchmark: `cargo bench --bench api_load [-- --clients 32 --seconds 5 --approvals 2000 --store sqlite|postgres --notifications]`.
+//! API load benchmark: `cargo bench --bench api_load [-- --clients 32 --seconds 5 --approvals 2000 --store sqlite|postgres --notifications|--outbox-only]`.
 //!
 //! With `--notifications`, the daemon sends every event to a signed webhook served by this
 //! process, which measures each event's delivery latency (from the event's timestamp, taken
 //! when the state changes, to the receiver's answer): the approval figures then include the
-//! outbox writes.
+//! outbox writes. With `--outbox-only` the events are written but this daemon does not deliver
+//! them (`delivery.enabled: false`): the cost of the writes alone.
 //!
 //! Starts the release `sluice` daemon as its own process (SQLite state store by default; with
 //! `--store postgres`, a fresh database at $BENCH_PG_URL), then drives it from this process with
@@ -30,6 +31,8 @@ struct Options {
     approvals: usize,
     store: String,
     notifications: bool,
+    /// Events are written to the outbox but this daemon does not deliver them.
+    outbox_only: bool,
 }
 
 fn options() -> Options {
@@ -39,6 +42,7 @@ fn options() -> Options {
         approvals: 2000,
         store: "sqlite".into(),
         notifications: false,
+        outbox_only: false,
     };
     let args: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -51,6 +55,12 @@ fn options() -> Options {
             "--store" => o.store = value,
             "--notifications" => {
                 o.notifications = true;
+                i += 1;
+                continue;
+            }
+            "--outbox-only" => {
+                o.notifications = true;
+                o.outbox_only = true;
                 i += 1;
                 continue;
             }
@@ -79,7 +89,12 @@ impl Drop for Daemon {
     }
 }
 
-fn start_daemon(store_url: &str, tokens: &[(&str, &str, String)], webhook: Option<&str>) -> Daemon {
+fn start_daemon(
+    store_url: &str,
+    tokens: &[(&str, &str, String)],
+    webhook: Option<&str>,
+    deliver: bool,
+) -> Daemon {
     let dir = std::env::temp_dir().join(format!("sluice-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -115,7 +130,7 @@ fn start_daemon(store_url: &str, tokens: &[(&str, &str, String)], webhook: Optio
         std::fs::write(
             dir.join("notifications.yml"),
             format!(
-                "channels:\n  bench:\n    type: webhook\n    url: {url}\n    secret: bench-secret\n"
+                "delivery:\n  enabled: {deliver}\nchannels:\n  bench:\n    type: webhook\n    url: {url}\n    secret: bench-secret\n"
             ),
         )
         .unwrap();
@@ -361,6 +376,7 @@ async fn main() {
         &store_url,
         &users,
         receiver.as_ref().map(|r| r.url.as_str()),
+        !o.outbox_only,
     );
     println!(
         "daemon: REST {} gRPC {}; state store {}; {} clients, each on its own connection; notifications {}",
@@ -481,7 +497,7 @@ async fn main() {
         ids.len(),
         submit_started.elapsed().as_secs_f64()
     );
-    if let Some(receiver) = &receiver {
+    if let Some(receiver) = receiver.as_ref().filter(|_| !o.outbox_only) {
         // The submissions' events are delivered before the approvals are measured: the
         // approval figures include the outbox writes and the delivery of the approvals' own
         // events, not a backlog's.
@@ -532,7 +548,7 @@ async fn main() {
     })
     .await
     .print();
-    if let Some(receiver) = &receiver {
+    if let Some(receiver) = receiver.as_ref().filter(|_| !o.outbox_only) {
         receiver.report().await;
     }
     drop(daemon);

@@ -41,6 +41,9 @@ pub struct DeliverySettings {
     pub batch_size: u32,
     /// Delivered rows are deleted after this long (dead ones stay until requeued).
     pub keep_delivered_ms: u64,
+    /// Whether this daemon delivers (false: it writes events to the outbox and leaves sending
+    /// them to the other replicas on the same store).
+    pub enabled: bool,
 }
 
 impl Default for DeliverySettings {
@@ -53,6 +56,7 @@ impl Default for DeliverySettings {
             claim_ms: 60_000,
             batch_size: 50,
             keep_delivered_ms: 7 * 24 * 3_600_000,
+            enabled: true,
         }
     }
 }
@@ -151,6 +155,7 @@ struct DeliveryEntry {
     claim_seconds: Option<f64>,
     batch_size: Option<u32>,
     keep_delivered_days: Option<f64>,
+    enabled: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -303,6 +308,7 @@ pub fn load_notifications(
             d.keep_delivered_days.map(|days| days * 86_400.0),
             defaults.keep_delivered_ms,
         )?,
+        enabled: d.enabled.unwrap_or(true),
     };
     if delivery.claim_ms <= delivery.timeout_ms {
         return Err(err(
