@@ -384,7 +384,9 @@ async fn main() {
         daemon.grpc,
         o.store,
         o.clients,
-        if o.notifications {
+        if o.outbox_only {
+            "written to the outbox, not delivered"
+        } else if o.notifications {
             "on (a signed webhook on loopback)"
         } else {
             "off"

@@ -22,8 +22,7 @@ CREATE TABLE notification_outbox (
     claim_token TEXT,
     last_attempt_at BIGINT,
     last_error TEXT,
-    delivered_at BIGINT,
-    UNIQUE (event_id, channel)
+    delivered_at BIGINT
 );
 CREATE INDEX notification_outbox_due ON notification_outbox (state, next_attempt_at);
 CREATE INDEX notification_outbox_order ON notification_outbox (channel, ordering_key, state, id);

@@ -154,19 +154,15 @@ impl Service {
             reviewed_checksum,
         };
         let progress = check_approval(policy, &records, &request)?;
-        self.store
-            .insert_approval(
-                &mut tx,
-                &ApprovalRow {
-                    deployment_id: deployment.id.clone(),
-                    approver: caller.name.to_string(),
-                    role: role.to_string(),
-                    comment: comment.to_owned(),
-                    checksum: migration.checksum.clone(),
-                    approved_at: at,
-                },
-            )
-            .await?;
+        let approval = ApprovalRow {
+            deployment_id: deployment.id.clone(),
+            approver: caller.name.to_string(),
+            role: role.to_string(),
+            comment: comment.to_owned(),
+            checksum: migration.checksum.clone(),
+            approved_at: at,
+        };
+        self.store.insert_approval(&mut tx, &approval).await?;
         self.store
             .insert_audit(
                 &mut tx,
@@ -187,6 +183,9 @@ impl Service {
             );
             draft.people = vec![migration.author.clone()];
             draft.migration = Some(&migration);
+            let mut all = approvals.clone();
+            all.push(approval);
+            draft.approvals = Some(&all);
             draft.reason = (!comment.trim().is_empty()).then(|| comment.trim().to_owned());
             draft.note = Some(format!("{} approved as {role}", caller.name));
             self.notify_deployment(&mut tx, &deployment, at, draft)

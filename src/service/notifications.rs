@@ -172,6 +172,8 @@ pub(super) struct Draft<'a> {
     pub migration: Option<&'a MigrationRow>,
     /// Also for the migration's author and everyone who approved the deployment.
     pub to_author_and_approvers: bool,
+    /// The deployment's approvals, when the caller has them at hand (saves a read).
+    pub approvals: Option<&'a [ApprovalRow]>,
 }
 
 impl<'a> Draft<'a> {
@@ -188,6 +190,7 @@ impl<'a> Draft<'a> {
             whole_migration: false,
             migration: None,
             to_author_and_approvers: false,
+            approvals: None,
         }
     }
 }
@@ -241,7 +244,14 @@ impl Service {
                 &loaded
             }
         };
-        let approvals = self.store.approvals(&mut *tx, &deployment.id).await?;
+        let loaded_approvals;
+        let approvals = match draft.approvals {
+            Some(a) => a,
+            None => {
+                loaded_approvals = self.store.approvals(&mut *tx, &deployment.id).await?;
+                &loaded_approvals[..]
+            }
+        };
         if draft.to_author_and_approvers {
             draft.people.push(migration.author.clone());
             draft
@@ -255,7 +265,7 @@ impl Service {
         let missing_roles = match self.policy_for(deployment) {
             Ok(policy) if deployment.state == DeploymentState::AwaitingApproval => {
                 policy
-                    .progress(&approval_records(&approvals)?, &migration.checksum)
+                    .progress(&approval_records(approvals)?, &migration.checksum)
                     .missing_roles
             }
             _ => Vec::new(),

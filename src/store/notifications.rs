@@ -113,15 +113,15 @@ fn review_from_row(row: &AnyRow) -> Result<ReviewRow, StoreError> {
 }
 
 impl Store {
-    /// Adds an event for one channel; a second row with the same event id and channel is
-    /// ignored (false).
+    /// Adds an event for one channel. (Scheduled notices are kept from going out twice by
+    /// `scheduled_notices`, written in the same transaction.)
     pub async fn insert_outbox(
         &self,
         conn: &mut AnyConnection,
         row: &OutboxRow,
-    ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "INSERT INTO notification_outbox (event_id, channel, kind, ordering_key, environment, migration_id, deployment_id, payload, state, attempts, created_at, next_attempt_at, give_up_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 0, $9, $10, $11) ON CONFLICT (event_id, channel) DO NOTHING",
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO notification_outbox (event_id, channel, kind, ordering_key, environment, migration_id, deployment_id, payload, state, attempts, created_at, next_attempt_at, give_up_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 0, $9, $10, $11)",
         )
         .bind(&row.event_id)
         .bind(&row.channel)
@@ -136,7 +136,7 @@ impl Store {
         .bind(row.give_up_at)
         .execute(conn)
         .await?;
-        Ok(done.rows_affected() == 1)
+        Ok(())
     }
 
     /// Claims up to `limit` rows that are due and first in line (no earlier pending row with
