@@ -1,8 +1,10 @@
 -- Notifications (issue 7). The outbox holds one row per event and channel, written in the same
 -- transaction as the change that caused the event; the notifier claims due rows (a claim
 -- expires, so a dead daemon's rows are taken over), sends them and records every attempt.
+-- (Ids are plain rowids: a new row always gets more than the largest existing id, which is all
+-- the ordering needs, without AUTOINCREMENT's extra write per row.)
 CREATE TABLE notification_outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id INTEGER PRIMARY KEY,
     event_id TEXT NOT NULL,
     channel TEXT NOT NULL,
     kind TEXT NOT NULL,
@@ -28,7 +30,7 @@ CREATE INDEX notification_outbox_due ON notification_outbox (state, next_attempt
 CREATE INDEX notification_outbox_order ON notification_outbox (channel, ordering_key, state, id);
 
 CREATE TABLE notification_attempts (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id INTEGER PRIMARY KEY,
     outbox_id BIGINT NOT NULL,
     at BIGINT NOT NULL,
     ok BIGINT NOT NULL,

@@ -22,7 +22,9 @@ pub struct Notice {
     pub state: Option<DeploymentState>,
     pub migration: Option<NoticeMigration>,
     /// Who has approved the current scripts, with the role each signed as.
+    #[serde(default)]
     pub approvals: Vec<NoticeApproval>,
+    #[serde(default)]
     pub missing_roles: Vec<Role>,
     pub deadline: Option<String>,
     pub error: Option<String>,
@@ -32,8 +34,10 @@ pub struct Notice {
     pub link: Option<String>,
     /// The people the event is for (approval requests mention them in Slack; email goes to
     /// them besides a channel's fixed recipients).
+    #[serde(default)]
     pub recipients: Vec<NoticeRecipient>,
     /// Fixed addresses the event is for (escalation).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addresses: Vec<String>,
     /// Anything else worth a line (the freeze window's name, the reminder's point).
     pub note: Option<String>,
