@@ -130,6 +130,8 @@ pub struct EmailSettings {
     pub from: String,
     /// Sent every routed event, besides the users the event concerns.
     pub recipients: Vec<String>,
+    /// A PEM file of CA certificates trusted besides the public roots (a private relay).
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -208,6 +210,8 @@ struct ChannelEntry {
     from: Option<String>,
     #[serde(default)]
     recipients: Option<OneOrMany>,
+    #[serde(default)]
+    ca_file: Option<String>,
     #[serde(default)]
     events: Option<Vec<NoticeKind>>,
     #[serde(default)]
@@ -417,6 +421,7 @@ pub fn load_notifications(
         let kind = match entry.kind.as_str() {
             "slack" | "webhook" => {
                 unused(&[
+                    ("ca_file", entry.ca_file.is_some()),
                     ("smtp_server", entry.smtp_server.is_some()),
                     ("security", entry.security.is_some()),
                     ("username", entry.username.is_some()),
@@ -499,6 +504,31 @@ pub fn load_notifications(
                 for (i, r) in recipients.iter().enumerate() {
                     check_address(path, &format!("{at}.recipients[{i}]"), r)?;
                 }
+                let ca_pem = match entry.ca_file.as_deref().map(str::trim) {
+                    None | Some("") => None,
+                    Some(file) => {
+                        let pem = std::fs::read(file).map_err(|e| {
+                            err(path, format!("{at}.ca_file: cannot read {file}: {e}"))
+                        })?;
+                        lettre::transport::smtp::client::Certificate::from_pem(&pem).map_err(
+                            |e| {
+                                err(
+                                    path,
+                                    format!("{at}.ca_file: {file} holds no PEM certificate: {e}"),
+                                )
+                            },
+                        )?;
+                        if security == SmtpSecurity::None {
+                            return Err(err(
+                                path,
+                                format!(
+                                    "{at}.ca_file: given with security: none, which uses no TLS"
+                                ),
+                            ));
+                        }
+                        Some(pem)
+                    }
+                };
                 if present(&entry.username) != present(&entry.password) {
                     return Err(err(
                         path,
@@ -521,6 +551,7 @@ pub fn load_notifications(
                         .map(Secret::new),
                     from,
                     recipients,
+                    ca_pem,
                 })
             }
             other => {
@@ -628,6 +659,16 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(secret.contains("channels.sink.secret"), "{secret}");
+        let ca = load(
+            "channels:\n  mail:\n    type: email\n    smtp_server: relay.internal\n    ca_file: /nonexistent/ca.pem\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            ca.contains("channels.mail.ca_file: cannot read /nonexistent/ca.pem"),
+            "{ca}"
+        );
         let fraction = load("reminders:\n  at: [0.5, 1.5]\n", &[])
             .unwrap_err()
             .to_string();

@@ -146,6 +146,7 @@ impl Sender {
     ) -> Result<String, SendError> {
         use lettre::message::{Mailbox, MultiPart};
         use lettre::transport::smtp::authentication::Credentials;
+        use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
         use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
         let mut to: Vec<String> = settings.recipients.clone();
@@ -184,18 +185,31 @@ impl Sender {
                 render::email_html(notice),
             ))
             .map_err(|e| permanent(format!("cannot build the message: {e}")))?;
-        let transport = match settings.security {
-            SmtpSecurity::Starttls => {
-                AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&settings.host)
+        let tls = match settings.security {
+            SmtpSecurity::None => Tls::None,
+            security => {
+                let mut parameters = TlsParameters::builder(settings.host.clone());
+                if let Some(pem) = &settings.ca_pem {
+                    parameters = parameters.add_root_certificate(
+                        Certificate::from_pem(pem)
+                            .map_err(|e| permanent(format!("ca_file: {e}")))?,
+                    );
+                }
+                let parameters = parameters
+                    .build_rustls()
+                    .map_err(|e| permanent(format!("TLS settings: {e}")))?;
+                if security == SmtpSecurity::Tls {
+                    Tls::Wrapper(parameters)
+                } else {
+                    // STARTTLS is required: a server that does not offer it gets no mail.
+                    Tls::Required(parameters)
+                }
             }
-            SmtpSecurity::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&settings.host),
-            SmtpSecurity::None => Ok(AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(
-                &settings.host,
-            )),
-        }
-        .map_err(|e| permanent(format!("smtp_server: {e}")))?
-        .port(settings.port)
-        .timeout(Some(self.timeout));
+        };
+        let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&settings.host)
+            .port(settings.port)
+            .tls(tls)
+            .timeout(Some(self.timeout));
         let transport = match (&settings.username, &settings.password) {
             (Some(user), Some(password)) => transport.credentials(Credentials::new(
                 user.expose().to_owned(),

@@ -1059,3 +1059,85 @@ async fn events_pending_when_the_daemon_is_killed_are_delivered_after_its_restar
     daemon.child.wait().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A CA and a certificate for localhost signed by it, as PEM files in `dir`: (ca, cert, key).
+fn private_ca(dir: &std::path::Path) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    let write = |name: &str, text: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    (
+        write("ca.pem", ca.pem()),
+        write("cert.pem", cert.pem()),
+        write("key.pem", key.serialize_pem()),
+    )
+}
+
+#[tokio::test]
+async fn email_goes_over_starttls_and_only_to_a_server_whose_certificate_verifies() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = std::env::temp_dir().join(format!("sluice-tls-{}", std::process::id()));
+    let (ca, cert, key) = private_ca(&dir);
+    let smtp = SmtpSink::start_tls(&cert, &key);
+    let config = format!(
+        "{FAST_DELIVERY}channels:\n  mail:\n    type: email\n    smtp_server: localhost:{port}\n    security: starttls\n    ca_file: {ca}\n    from: sluice@example.com\n    recipients: [ops@example.com]\n  unverified:\n    type: email\n    smtp_server: localhost:{port}\n    security: starttls\n    from: sluice@example.com\n    recipients: [ops@example.com]\n",
+        port = smtp.port
+    );
+    let app = spawn_with(config, AppOptions::default()).await;
+    let (status, body) = app
+        .post(
+            "lead",
+            "/api/v1/notifications/channels/mail/test",
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["delivered"], true, "{body}");
+    assert!(
+        body["answer"].as_str().unwrap().starts_with("SMTP 250"),
+        "{body}"
+    );
+    let mails = smtp
+        .wait_for("the test mail over STARTTLS", |m| !m.is_empty())
+        .await;
+    assert_eq!(mails[0].subject(), "[sluice][all] test message");
+    assert_eq!(
+        mails[0].to,
+        ["ops@example.com", "lead@example.com"],
+        "the channel's and the caller's"
+    );
+
+    // The same server without its CA trusted: nothing is sent in the clear instead.
+    let (_, body) = app
+        .post(
+            "lead",
+            "/api/v1/notifications/channels/unverified/test",
+            json!({}),
+        )
+        .await;
+    assert_eq!(body["delivered"], false, "{body}");
+    assert!(
+        body["answer"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("certificate")
+            || body["answer"].as_str().unwrap().contains("UnknownIssuer"),
+        "{body}"
+    );
+    assert_eq!(smtp.mails().len(), 1);
+    app.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -246,6 +246,18 @@ pub struct SmtpSink {
 
 impl SmtpSink {
     pub fn start() -> SmtpSink {
+        SmtpSink::start_with(mailin_embedded::SslConfig::None)
+    }
+
+    /// A server offering STARTTLS with this certificate and key (PEM files).
+    pub fn start_tls(cert_path: &str, key_path: &str) -> SmtpSink {
+        SmtpSink::start_with(mailin_embedded::SslConfig::SelfSigned {
+            cert_path: cert_path.to_owned(),
+            key_path: key_path.to_owned(),
+        })
+    }
+
+    fn start_with(ssl: mailin_embedded::SslConfig) -> SmtpSink {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let mails = Arc::new(Mutex::new(Vec::new()));
@@ -255,7 +267,7 @@ impl SmtpSink {
         });
         server
             .with_name("sink.test")
-            .with_ssl(mailin_embedded::SslConfig::None)
+            .with_ssl(ssl)
             .unwrap()
             .with_tcp_listener(listener);
         // serve() never returns: the thread ends with the test process.
