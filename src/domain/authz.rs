@@ -123,6 +123,52 @@ pub fn may_manage_notifications(
     }
 }
 
+/// Which owed post-emergency review `caller` may record: the first of the `open` roles they
+/// hold. A review is a second pair of eyes, so it never comes from an author of the scripts or
+/// from someone who approved (or forced) the deployment, and one person records one review.
+pub fn may_review(
+    caller: &UserName,
+    roles: &[Role],
+    authors: &[UserName],
+    approvers: &[&str],
+    reviewers: &[&str],
+    open: &[Role],
+    deployment: &str,
+) -> Result<Role, DomainError> {
+    if open.is_empty() {
+        return Err(DomainError::Conflict(format!(
+            "deployment {deployment} owes no review (only an emergency override opens them, and each is recorded once)"
+        )));
+    }
+    if authors.contains(caller) {
+        return Err(DomainError::Forbidden(format!(
+            "{caller} is an author of {deployment}: its review comes from someone who did not write it"
+        )));
+    }
+    if approvers.contains(&caller.as_str()) {
+        return Err(DomainError::Forbidden(format!(
+            "{caller} approved {deployment}: its review comes from someone who did not sign it off"
+        )));
+    }
+    if reviewers.contains(&caller.as_str()) {
+        return Err(DomainError::Conflict(format!(
+            "{caller} has already recorded a review of {deployment}; each owed role needs its own reviewer"
+        )));
+    }
+    open.iter()
+        .copied()
+        .find(|role| roles.contains(role))
+        .ok_or_else(|| {
+            DomainError::Forbidden(format!(
+                "{caller} holds none of the roles whose review is owed ({})",
+                open.iter()
+                    .map(|r| r.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,5 +216,35 @@ mod tests {
         let approving: BTreeSet<Role> = [Role::Cto].into();
         assert!(may_reject(&dev, &[Role::Cto], &approving, "production").is_ok());
         assert!(may_reject(&dev, &[Role::Developer], &approving, "production").is_err());
+    }
+
+    #[test]
+    fn reviews_come_from_people_not_involved() {
+        let name = |n: &str| n.parse::<UserName>().unwrap();
+        let open = [Role::DataOpsLead, Role::Dba];
+        let authors = [name("devlead")];
+        let review = |who: &str, roles: &[Role], reviewers: &[&str]| {
+            may_review(
+                &name(who),
+                roles,
+                &authors,
+                &["admin"],
+                reviewers,
+                &open,
+                "d",
+            )
+        };
+        assert!(review("devlead", &[Role::DataOpsLead], &[]).is_err());
+        assert!(review("admin", &[Role::Admin, Role::Dba], &[]).is_err());
+        assert!(matches!(
+            review("dba", &[Role::Dba], &["dba"]),
+            Err(DomainError::Conflict(_))
+        ));
+        assert!(review("tech", &[Role::TechLead], &[]).is_err());
+        assert_eq!(review("dba", &[Role::Dba], &[]).unwrap(), Role::Dba);
+        assert!(matches!(
+            may_review(&name("dba"), &[Role::Dba], &[], &[], &[], &[], "d"),
+            Err(DomainError::Conflict(_))
+        ));
     }
 }

@@ -734,42 +734,26 @@ impl Service {
         }
         let at = self.now();
         let mut tx = self.store.begin().await?;
-        let (deployment, _) = self.load_for_change(&mut tx, deployment_id).await?;
+        let (deployment, migration) = self.load_for_change(&mut tx, deployment_id).await?;
         let owed = self.store.reviews(&mut tx, deployment_id).await?;
-        if owed.is_empty() {
-            return Err(ServiceError::Conflict(format!(
-                "deployment {deployment_id} owes no review (only an emergency override does)"
-            )));
-        }
+        let approvals = self.store.approvals(&mut tx, deployment_id).await?;
         let open: Vec<&ReviewRow> = owed.iter().filter(|r| r.reviewer.is_none()).collect();
-        if open.is_empty() {
-            return Err(ServiceError::Conflict(format!(
-                "every review deployment {deployment_id} owed is recorded"
-            )));
-        }
-        if owed
+        let open_roles: Vec<Role> = open.iter().filter_map(|r| r.role.parse().ok()).collect();
+        let reviewers: Vec<&str> = owed.iter().filter_map(|r| r.reviewer.as_deref()).collect();
+        let approvers: Vec<&str> = approvals.iter().map(|a| a.approver.as_str()).collect();
+        let role = domain::authz::may_review(
+            &caller.name,
+            &caller.roles,
+            &approvals::authors_of(&migration)?,
+            &approvers,
+            &reviewers,
+            &open_roles,
+            deployment_id,
+        )?;
+        let review = open
             .iter()
-            .any(|r| r.reviewer.as_deref() == Some(caller.name.as_str()))
-        {
-            return Err(ServiceError::Conflict(format!(
-                "{} has already recorded a review of {deployment_id}; each owed role needs its own reviewer",
-                caller.name
-            )));
-        }
-        let Some(review) = open.iter().find(|r| {
-            r.role
-                .parse::<Role>()
-                .is_ok_and(|role| caller.roles.contains(&role))
-        }) else {
-            return Err(ServiceError::Forbidden(format!(
-                "{} holds none of the roles whose review is owed ({})",
-                caller.name,
-                open.iter()
-                    .map(|r| r.role.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        };
+            .find(|r| r.role == role.as_str())
+            .expect("may_review picks one of the open roles");
         let filled = ReviewRow {
             deployment_id: deployment_id.to_owned(),
             role: review.role.clone(),

@@ -1141,3 +1141,127 @@ async fn email_goes_over_starttls_and_only_to_a_server_whose_certificate_verifie
     app.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn reviews_come_from_people_not_involved_and_concurrent_calls_end_coherently() {
+    let http = Receiver::start().await;
+    let app = spawn_with(
+        format!("{FAST_DELIVERY}{}", channels(&http, None)),
+        AppOptions::default(),
+    )
+    .await;
+    // devlead writes the fix (and holds data_ops_lead); admin forces it through.
+    let id = app
+        .submit(
+            "devlead",
+            migration("Hotfix", "low", "CREATE TABLE involved (id int);", None),
+        )
+        .await;
+    let deployment = format!("{id}@production");
+    let (status, body) = app
+        .post(
+            "admin",
+            &format!("/api/v1/deployments/{deployment}/override"),
+            json!({"reason": "outage"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let view = app.deployment(&deployment).await;
+    let owed: Vec<&str> = view["reviews"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(owed, ["data_ops_lead", "dba"], "{view}");
+    let review = format!("/api/v1/deployments/{deployment}/review");
+    // The author may not review their own emergency change, whatever roles they hold.
+    let (status, body) = app
+        .post("devlead", &review, json!({"comment": "my own fix is fine"}))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(body.to_string().contains("author"), "{body}");
+    assert_eq!(app.deployment(&deployment).await["review_owed"], true);
+
+    // Two reviews of the same owed role at once: one is recorded, the other is told why not.
+    let comment = json!({"comment": "checked"});
+    let (first, second) = tokio::join!(
+        app.post("dba", &review, comment.clone()),
+        app.post("dba", &review, comment.clone()),
+    );
+    let mut statuses = [first.0, second.0];
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [StatusCode::OK, StatusCode::CONFLICT],
+        "{first:?} {second:?}"
+    );
+    let (status, body) = app.post("lead", &review, comment.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let view = app.deployment(&deployment).await;
+    assert_eq!(view["review_owed"], Value::Null, "{view}");
+    assert_eq!(
+        view["reviews"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["reviewer"].is_string())
+            .count(),
+        2
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn two_leads_requeueing_one_dead_notification_requeue_it_once() {
+    let http = Receiver::start().await;
+    http.set_mode(Mode::Status(400)); // refused: dead at once
+    let app = spawn_with(
+        format!(
+            "{FAST_DELIVERY}channels:\n  audit:\n    type: webhook\n    url: {}\n    secret: {HMAC_KEY}\n",
+            http.url(HOOK)
+        ),
+        AppOptions::default(),
+    )
+    .await;
+    app.post(
+        "lead",
+        "/api/v1/environments/staging/lock",
+        json!({"reason": "freeze"}),
+    )
+    .await;
+    let mut dead = Value::Null;
+    for _ in 0..300 {
+        dead = app.get("dev", "/api/v1/notifications?state=dead").await.1;
+        if !dead.as_array().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let path = format!("/api/v1/notifications/{}/retry", dead[0]["id"]);
+    http.set_mode(Mode::Ok);
+    let (first, second) = tokio::join!(
+        app.post("lead", &path, json!({})),
+        app.post("admin", &path, json!({})),
+    );
+    let mut statuses = [first.0, second.0];
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [StatusCode::OK, StatusCode::CONFLICT],
+        "{first:?} {second:?}"
+    );
+    wait_until_nothing_pending(&app).await;
+    let (_, audit) = app.get("admin", "/api/v1/audit?environment=staging").await;
+    assert_eq!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"] == "notification_requeued")
+            .count(),
+        1
+    );
+    assert_eq!(http.delivered(HOOK).len(), 1, "sent once after the requeue");
+    app.stop().await;
+}
