@@ -63,7 +63,7 @@ impl Engine {
                 }
             });
         }
-        if service.notifications_on_any() && service.config.notifications.delivery.enabled {
+        if service.notifications_on() && service.config.notifications.delivery.enabled {
             match crate::notify::Notifier::new(service.clone()) {
                 Ok(notifier) => {
                     tracker.spawn(notifier.run(cancel.clone()));

@@ -209,13 +209,8 @@ pub fn new_event_id(at: i64) -> String {
 
 impl Service {
     /// Whether any channel is on at all (no channel: events cost nothing).
-    pub(super) fn notifications_on(&self) -> bool {
+    pub fn notifications_on(&self) -> bool {
         !self.config.notifications.channels.is_empty()
-    }
-
-    /// The same, for the engine.
-    pub fn notifications_on_any(&self) -> bool {
-        self.notifications_on()
     }
 
     /// Writes the notice of a deployment event to the outbox, in the caller's transaction.

@@ -376,22 +376,6 @@ impl Store {
             .collect()
     }
 
-    pub async fn notice_sent(
-        &self,
-        conn: &mut AnyConnection,
-        subject: &str,
-        notice: &str,
-    ) -> Result<bool, StoreError> {
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS n FROM scheduled_notices WHERE subject = $1 AND notice = $2",
-        )
-        .bind(subject)
-        .bind(notice)
-        .fetch_one(conn)
-        .await?;
-        Ok(row.try_get::<i64, _>("n")? > 0)
-    }
-
     pub async fn insert_owed_review(
         &self,
         conn: &mut AnyConnection,
