@@ -3,8 +3,12 @@
 //! With `--notifications`, the daemon sends every event to a signed webhook served by this
 //! process, which measures each event's delivery latency (from the event's timestamp, taken
 //! when the state changes, to the receiver's answer): the approval figures then include the
-//! outbox writes. With `--outbox-only` the events are written but this daemon does not deliver
-//! them (`delivery.enabled: false`): the cost of the writes alone.
+//! outbox writes. With `--outbox-only` the events are written (on the changes' audit records,
+//! then fanned out to the outbox) but this daemon does not deliver them (`delivery.enabled:
+//! false`): the cost of the writes alone.
+//!
+//! `SLUICE_BIN=<path>` runs another build of the daemon (e.g. a copy of an earlier commit's
+//! target/release/sluice), for an A/B comparison in one sitting.
 //!
 //! Starts the release `sluice` daemon as its own process (SQLite state store by default; with
 //! `--store postgres`, a fresh database at $BENCH_PG_URL), then drives it from this process with
@@ -135,7 +139,9 @@ fn start_daemon(
         )
         .unwrap();
     }
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+    let daemon = std::env::var_os("SLUICE_BIN")
+        .unwrap_or_else(|| std::ffi::OsString::from(env!("CARGO_BIN_EXE_sluice")));
+    let mut child = Command::new(daemon)
         .args(["server", "--config-dir"])
         .arg(&dir)
         .current_dir(&dir)

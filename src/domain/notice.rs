@@ -22,6 +22,10 @@ pub enum NoticeKind {
     Applied,
     /// A deployment failed; the message says that its environment's queue is halted.
     Failed,
+    /// A failure halted an environment's queue (with every failure: for channels that list
+    /// it, such as an incident tool's webhook; a channel with no `events` list does not take
+    /// it, since `failed` says so already).
+    QueueHalted,
     RolledBack,
     EnvironmentLocked,
     EnvironmentUnlocked,
@@ -36,7 +40,7 @@ pub enum NoticeKind {
 }
 
 impl NoticeKind {
-    pub const ALL: [NoticeKind; 21] = [
+    pub const ALL: [NoticeKind; 22] = [
         NoticeKind::Submitted,
         NoticeKind::ApprovalRequested,
         NoticeKind::ApprovalRecorded,
@@ -47,6 +51,7 @@ impl NoticeKind {
         NoticeKind::Started,
         NoticeKind::Applied,
         NoticeKind::Failed,
+        NoticeKind::QueueHalted,
         NoticeKind::RolledBack,
         NoticeKind::EnvironmentLocked,
         NoticeKind::EnvironmentUnlocked,
@@ -72,6 +77,7 @@ impl NoticeKind {
             NoticeKind::Started => "started",
             NoticeKind::Applied => "applied",
             NoticeKind::Failed => "failed",
+            NoticeKind::QueueHalted => "queue_halted",
             NoticeKind::RolledBack => "rolled_back",
             NoticeKind::EnvironmentLocked => "environment_locked",
             NoticeKind::EnvironmentUnlocked => "environment_unlocked",
@@ -99,6 +105,7 @@ impl NoticeKind {
             NoticeKind::Started => "started",
             NoticeKind::Applied => "applied",
             NoticeKind::Failed => "FAILED, queue halted",
+            NoticeKind::QueueHalted => "queue HALTED",
             NoticeKind::RolledBack => "rolled back",
             NoticeKind::EnvironmentLocked => "environment locked",
             NoticeKind::EnvironmentUnlocked => "environment unlocked",
@@ -164,7 +171,7 @@ impl TryFrom<String> for NoticeKind {
 /// (events without a risk, such as a lock, pass any minimum).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Route {
-    /// None: every kind.
+    /// None: every kind but `queue_halted` (which only channels listing it take).
     pub kinds: Option<Vec<NoticeKind>>,
     /// None: every environment.
     pub environments: Option<Vec<String>>,
@@ -176,10 +183,10 @@ impl Route {
         if kind == NoticeKind::Test {
             return true;
         }
-        if let Some(kinds) = &self.kinds
-            && !kinds.contains(&kind)
-        {
-            return false;
+        match &self.kinds {
+            Some(kinds) if !kinds.contains(&kind) => return false,
+            None if kind == NoticeKind::QueueHalted => return false,
+            _ => {}
         }
         if let (Some(environments), Some(environment)) = (&self.environments, environment)
             && !environments.iter().any(|e| e == environment)
@@ -238,6 +245,19 @@ mod tests {
             ..Route::default()
         };
         assert!(locks.wants(NoticeKind::EnvironmentLocked, Some("production"), None));
+    }
+
+    #[test]
+    fn queue_halted_goes_only_to_channels_that_list_it() {
+        let every = Route::default();
+        assert!(every.wants(NoticeKind::Failed, Some("production"), Some(Risk::Low)));
+        assert!(!every.wants(NoticeKind::QueueHalted, Some("production"), Some(Risk::Low)));
+        let pager = Route {
+            kinds: Some(vec![NoticeKind::QueueHalted]),
+            ..Route::default()
+        };
+        assert!(pager.wants(NoticeKind::QueueHalted, Some("production"), Some(Risk::Low)));
+        assert!(!pager.wants(NoticeKind::Failed, Some("production"), Some(Risk::Low)));
     }
 
     #[test]

@@ -63,6 +63,9 @@ impl Engine {
                 }
             });
         }
+        if service.notifications_on() {
+            tracker.spawn(crate::notify::fan_out(service.clone(), cancel.clone()));
+        }
         if service.notifications_on() && service.config.notifications.delivery.enabled {
             match crate::notify::Notifier::new(service.clone()) {
                 Ok(notifier) => {

@@ -10,6 +10,7 @@
 
 use crate::config::EnvironmentConfig;
 use crate::domain::{self, DeploymentEvent, DeploymentState};
+use crate::service::notifications::events_column;
 use crate::service::{LogView, Service, ServiceError, check_script, format_millis, millis};
 use crate::store::{AuditRow, DeploymentRow, LogRow, MigrationRow};
 use crate::target::{self, RunReport, Script, TargetSettings};
@@ -96,6 +97,7 @@ impl Worker {
             migration_id: Some(d.migration_id.clone()),
             deployment_id: Some(d.id.clone()),
             detail: detail.to_string(),
+            events: None,
         }
     }
 
@@ -296,10 +298,10 @@ impl Worker {
         }
         if !reconciled.is_empty() {
             let mut tx = store.begin().await?;
-            for (index, audit) in &reconciled {
+            for (index, audit) in reconciled.iter_mut() {
                 store.update_deployment(&mut tx, &mut open[*index]).await?;
-                store.insert_audit(&mut tx, audit).await?;
-                self.service
+                let event = self
+                    .service
                     .notify_state(
                         &mut tx,
                         &open[*index],
@@ -309,9 +311,11 @@ impl Worker {
                         migrations.get(&open[*index].migration_id),
                     )
                     .await?;
+                audit.events = events_column(event.as_slice())?;
+                store.insert_audit(&mut tx, audit).await?;
             }
             tx.commit().await?;
-            self.service.outbox_written();
+            self.service.events_written();
             for (index, _) in &reconciled {
                 self.publish(&open[*index]);
             }
@@ -550,13 +554,13 @@ impl Worker {
                 }
                 d.state = d.state.on(DeploymentEvent::Start)?;
                 d.updated_at = claimed_at;
-                let audit = self.audit(
+                let mut audit = self.audit(
                     d,
                     "started",
                     serde_json::json!({"runner": self.owner, "checksum": checksum}),
                 );
-                store.insert_audit(&mut tx, &audit).await?;
-                self.service
+                let event = self
+                    .service
                     .notify_state(
                         &mut tx,
                         d,
@@ -566,10 +570,12 @@ impl Worker {
                         Some(&migrations[&d.migration_id]),
                     )
                     .await?;
+                audit.events = events_column(event.as_slice())?;
+                store.insert_audit(&mut tx, &audit).await?;
                 claimed.push(index);
             }
             tx.commit().await?;
-            self.service.outbox_written();
+            self.service.events_written();
         }
         for &index in &claimed {
             self.publish(&open[index]);
@@ -773,6 +779,7 @@ impl Worker {
             migration_id: None,
             deployment_id: None,
             detail: serde_json::json!({"file": path}).to_string(),
+            events: None,
         };
         let recorded = async {
             let mut tx = store.begin().await?;
@@ -856,19 +863,35 @@ async fn record_outcomes(
             for log in &record.logs {
                 store.append_log(&mut tx, log).await?;
             }
+            // Requeued deployments (Queued) announce nothing; applied, failed and rolled back
+            // ones do, on the record's last audit record.
+            let at = record.deployment.updated_at;
+            let event = service
+                .notify_state(&mut tx, &record.deployment, at, "sluice", None, None)
+                .await?;
+            if !event.is_empty() && record.audits.is_empty() {
+                record.audits.push(AuditRow {
+                    id: 0,
+                    at,
+                    actor: "sluice".into(),
+                    action: record.deployment.state.to_string(),
+                    environment: Some(record.deployment.environment.clone()),
+                    migration_id: Some(record.deployment.migration_id.clone()),
+                    deployment_id: Some(record.deployment.id.clone()),
+                    detail: "{}".into(),
+                    events: None,
+                });
+            }
+            if let Some(last) = record.audits.last_mut() {
+                last.events = events_column(event.as_slice())?;
+            }
             for audit in &record.audits {
                 store.insert_audit(&mut tx, audit).await?;
             }
-            // Requeued deployments (Queued) announce nothing; applied, failed and rolled back
-            // ones do.
-            let at = record.deployment.updated_at;
-            service
-                .notify_state(&mut tx, &record.deployment, at, "sluice", None, None)
-                .await?;
             committed.push(record);
         }
         tx.commit().await?;
-        service.outbox_written();
+        service.events_written();
         for record in &committed {
             service.signals.events.state(
                 &record.deployment,

@@ -259,6 +259,52 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
+/// Audit records emptied of their events per fan-out transaction, at most.
+const FAN_OUT_BATCH: usize = 500;
+
+/// Moves the events that audit records carry to the outbox until cancelled (whether or not
+/// this daemon delivers them): a few milliseconds after a commit wrote some, so that one
+/// transaction takes a burst, and every second (another daemon's, or those a stop left).
+pub async fn fan_out(service: Service, cancel: CancellationToken) {
+    const COALESCE: Duration = Duration::from_millis(5);
+    let wake = service.signals.fan_out.clone();
+    let mut failures = 0u32;
+    loop {
+        let wait = match service.fan_out_events(FAN_OUT_BATCH).await {
+            Ok(n) => {
+                failures = 0;
+                if n > 0 {
+                    service.signals.outbox.notify_one();
+                }
+                if n == FAN_OUT_BATCH {
+                    Duration::ZERO
+                } else {
+                    Duration::from_secs(1)
+                }
+            }
+            Err(e) => {
+                failures = (failures + 1).min(6);
+                tracing::error!(error = %e, "fanning out notification events failed; they stay on their audit records");
+                Duration::from_millis(500 << failures)
+            }
+        };
+        if wait.is_zero() {
+            if cancel.is_cancelled() {
+                break;
+            }
+            continue;
+        }
+        let woken = tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = wake.notified() => true,
+            _ = tokio::time::sleep(wait) => false,
+        };
+        if woken {
+            tokio::time::sleep(COALESCE).await;
+        }
+    }
+}
+
 /// The outbox's delivery loop.
 #[derive(Clone)]
 pub struct Notifier {
@@ -301,8 +347,10 @@ impl Notifier {
         millis(self.service.clock.now())
     }
 
-    /// Claims what is due and sends it, each channel's rows concurrently.
-    pub async fn run_once(&self) -> Result<Round, crate::store::StoreError> {
+    /// Fans out the events audit records carry, then claims what is due and sends it, each
+    /// channel's rows concurrently.
+    pub async fn run_once(&self) -> Result<Round, crate::service::ServiceError> {
+        while self.service.fan_out_events(FAN_OUT_BATCH).await? == FAN_OUT_BATCH {}
         let batch = self.service.config.notifications.delivery.batch_size as usize;
         let (rows, token) = self.claim(batch).await?;
         let records: Vec<DeliveryRecord> = futures_util::stream::iter(rows)
@@ -415,7 +463,7 @@ impl Notifier {
     /// next retry falls due (at least every second, so that another daemon's rows are noticed).
     pub async fn run(self, cancel: CancellationToken) {
         const MAX_IN_FLIGHT: usize = 32;
-        const COALESCE: Duration = Duration::from_millis(10);
+        const COALESCE: Duration = Duration::from_millis(5);
         let wake = self.service.signals.outbox.clone();
         let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
         let tasks = tokio_util::task::TaskTracker::new();
@@ -486,9 +534,9 @@ impl Notifier {
                 _ = tokio::time::sleep(wait) => false,
             };
             if woken {
-                // A commit wrote to the outbox: let the commits of a burst gather for a few
-                // milliseconds, so that one claim takes them all (each claim is a write to the
-                // state store, which API calls are waiting for too).
+                // A fan-out wrote to the outbox: let a burst gather for a few milliseconds, so
+                // that one claim takes it all (each claim is a write to the state store, which
+                // API calls are waiting for too).
                 tokio::time::sleep(COALESCE).await;
             }
         }

@@ -64,6 +64,7 @@ impl Service {
                 actor,
                 action,
                 detail: serde_json::json!({}),
+                events: Vec::new(),
             },
         )
         .await?;
@@ -77,6 +78,7 @@ impl Service {
                     actor: "sluice",
                     action: "queued",
                     detail: serde_json::json!({"reason": "auto_apply"}),
+                    events: Vec::new(),
                 },
             )
             .await?;
@@ -163,19 +165,7 @@ impl Service {
             approved_at: at,
         };
         self.store.insert_approval(&mut tx, &approval).await?;
-        self.store
-            .insert_audit(
-                &mut tx,
-                &audit(
-                    at,
-                    caller.name.as_str(),
-                    "approval_recorded",
-                    Some(&deployment),
-                    None,
-                    serde_json::json!({"role": role, "comment": comment, "checksum": migration.checksum}),
-                ),
-            )
-            .await?;
+        let mut events = Vec::new();
         if !progress.satisfied && self.notifications_on() {
             let mut draft = notifications::Draft::new(
                 crate::domain::notice::NoticeKind::ApprovalRecorded,
@@ -188,9 +178,22 @@ impl Service {
             draft.approvals = Some(&all);
             draft.reason = (!comment.trim().is_empty()).then(|| comment.trim().to_owned());
             draft.note = Some(format!("{} approved as {role}", caller.name));
-            self.notify_deployment(&mut tx, &deployment, at, draft)
-                .await?;
+            events.extend(
+                self.notify_deployment(&mut tx, &deployment, at, draft)
+                    .await?,
+            );
         }
+        let entry = audit(
+            at,
+            caller.name.as_str(),
+            "approval_recorded",
+            Some(&deployment),
+            None,
+            serde_json::json!({"role": role, "comment": comment, "checksum": migration.checksum}),
+        );
+        self.store
+            .insert_audit(&mut tx, &notifications::carrying(entry, &events)?)
+            .await?;
         if progress.satisfied {
             self.advance_approved(
                 &mut tx,
@@ -206,7 +209,7 @@ impl Service {
         if progress.satisfied {
             self.publish([&deployment]);
         } else {
-            self.outbox_written();
+            self.events_written();
         }
         if deployment.state == DeploymentState::Queued {
             self.signals.wake(&deployment.environment);
@@ -277,23 +280,39 @@ impl Service {
             .progress(&approval_records(&approvals)?, &migration.checksum)
             .missing_roles;
         deployment.emergency_reason = Some(reason.trim().to_owned());
-        self.store
-            .insert_audit(
+        // The override's notices say where it leaves the deployment (approved, or queued
+        // where the environment applies automatically).
+        let mut after = deployment.clone();
+        after.state = after.state.on(DeploymentEvent::EmergencyOverride)?;
+        if env.auto_apply {
+            after.state = after.state.on(DeploymentEvent::Release)?;
+        }
+        after.deadline_at = None;
+        let events = self
+            .open_reviews(
                 &mut tx,
-                &audit(
-                    at,
-                    caller.name.as_str(),
-                    "emergency_override",
-                    Some(&deployment),
-                    None,
-                    serde_json::json!({
-                        "reason": reason.trim(),
-                        "missing_roles": progress.missing_roles,
-                        "checksum": migration.checksum,
-                        "review_owed": true,
-                    }),
-                ),
+                &after,
+                &skipped,
+                at,
+                caller.name.as_str(),
+                reason.trim(),
             )
+            .await?;
+        let entry = audit(
+            at,
+            caller.name.as_str(),
+            "emergency_override",
+            Some(&deployment),
+            None,
+            serde_json::json!({
+                "reason": reason.trim(),
+                "missing_roles": progress.missing_roles,
+                "checksum": migration.checksum,
+                "review_owed": true,
+            }),
+        );
+        self.store
+            .insert_audit(&mut tx, &notifications::carrying(entry, &events)?)
             .await?;
         self.advance_approved(
             &mut tx,
@@ -302,15 +321,6 @@ impl Service {
             at,
             caller.name.as_str(),
             "approved",
-        )
-        .await?;
-        self.open_reviews(
-            &mut tx,
-            &deployment,
-            &skipped,
-            at,
-            caller.name.as_str(),
-            reason.trim(),
         )
         .await?;
         tx.commit().await?;

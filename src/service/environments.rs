@@ -52,16 +52,16 @@ impl Service {
             serde_json::json!({"reason": reason.trim()}),
         );
         entry.environment = Some(env.name.to_string());
-        self.store.insert_audit(&mut tx, &entry).await?;
         let mut draft = notifications::Draft::new(
             crate::domain::notice::NoticeKind::EnvironmentLocked,
             caller.name.as_str(),
         );
         draft.reason = Some(reason.trim().to_owned());
-        self.notify_environment(&mut tx, env.name.as_str(), at, draft)
-            .await?;
+        let events = self.notify_environment(env.name.as_str(), at, draft);
+        let entry = notifications::carrying(entry, events.as_slice())?;
+        self.store.insert_audit(&mut tx, &entry).await?;
         tx.commit().await?;
-        self.outbox_written();
+        self.events_written();
         self.signals
             .lock_generation(env.name.as_str())
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -93,7 +93,6 @@ impl Service {
             serde_json::json!({"locked_by": lock.locked_by, "reason": lock.reason}),
         );
         entry.environment = Some(env.name.to_string());
-        self.store.insert_audit(&mut tx, &entry).await?;
         let mut draft = notifications::Draft::new(
             crate::domain::notice::NoticeKind::EnvironmentUnlocked,
             caller.name.as_str(),
@@ -104,10 +103,11 @@ impl Service {
             format_millis(lock.locked_at),
             lock.reason
         ));
-        self.notify_environment(&mut tx, env.name.as_str(), at, draft)
-            .await?;
+        let events = self.notify_environment(env.name.as_str(), at, draft);
+        let entry = notifications::carrying(entry, events.as_slice())?;
+        self.store.insert_audit(&mut tx, &entry).await?;
         tx.commit().await?;
-        self.outbox_written();
+        self.events_written();
         self.signals.wake(env.name.as_str());
         self.environment_status(environment).await
     }
@@ -149,6 +149,7 @@ impl Service {
                     actor: caller.name.as_str(),
                     action: "queued",
                     detail: serde_json::json!({"reason": "migrate"}),
+                    events: Vec::new(),
                 },
             )
             .await?;

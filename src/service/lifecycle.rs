@@ -29,6 +29,7 @@ impl Service {
                 actor: caller.name.as_str(),
                 action,
                 detail,
+                events: Vec::new(),
             },
         )
         .await?;
@@ -170,6 +171,7 @@ impl Service {
                 actor: caller.name.as_str(),
                 action: "rollback_requested",
                 detail: serde_json::json!({"reason": reason}),
+                events: Vec::new(),
             },
         )
         .await?;
@@ -192,6 +194,7 @@ impl Service {
                 actor: "sluice",
                 action: "expired",
                 detail: serde_json::json!({"deadline_at": deadline}),
+                events: Vec::new(),
             };
             match self.commit_change(&mut tx, &mut d, at, change).await {
                 Ok(()) => expired.push(d),

@@ -128,6 +128,7 @@ pub(super) fn audit(
             .or_else(|| deployment.map(|d| d.migration_id.clone())),
         deployment_id: deployment.map(|d| d.id.clone()),
         detail: detail.to_string(),
+        events: None,
     }
 }
 
@@ -165,6 +166,9 @@ pub(super) struct Change<'a> {
     pub actor: &'a str,
     pub action: &'a str,
     pub detail: serde_json::Value,
+    /// Events the caller's part of the change causes (they ride on the audit record, before
+    /// the state's own event).
+    pub events: Vec<notifications::Event>,
 }
 
 impl Service {
@@ -192,25 +196,26 @@ impl Service {
         let reason = ["comment", "reason"]
             .iter()
             .find_map(|k| detail.get(k).and_then(|v| v.as_str()).map(str::to_owned));
-        self.store
-            .insert_audit(
-                tx,
-                &audit(
-                    at,
-                    change.actor,
-                    change.action,
-                    Some(deployment),
-                    None,
-                    detail,
-                ),
-            )
-            .await?;
         // Approvals by the daemon itself (auto_approve environments) concern no one.
         let automatic = change.action == "auto_approved";
+        let mut events = change.events;
         if from != deployment.state && !automatic {
-            self.notify_state(tx, deployment, at, change.actor, reason, None)
-                .await?;
+            events.extend(
+                self.notify_state(tx, deployment, at, change.actor, reason, None)
+                    .await?,
+            );
         }
+        let entry = audit(
+            at,
+            change.actor,
+            change.action,
+            Some(deployment),
+            None,
+            detail,
+        );
+        self.store
+            .insert_audit(tx, &notifications::carrying(entry, &events)?)
+            .await?;
         Ok(())
     }
 
@@ -243,7 +248,7 @@ impl Service {
         for d in deployments {
             self.signals.events.state(d, format_millis(d.updated_at));
         }
-        self.outbox_written();
+        self.events_written();
     }
 
     pub fn authenticate(&self, token: Option<&str>) -> Result<Caller> {

@@ -86,6 +86,34 @@ impl Notice {
     }
 }
 
+/// An event as its audit record carries it until the notifier fans it out: the notice, and
+/// what routing and ordering need.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub notice: Notice,
+    /// Rows with one key are sent in order: the migration's id, or `environment:<name>`.
+    pub ordering_key: String,
+    pub risk: Option<Risk>,
+    /// When it happened (ms): retries are given up counting from here.
+    pub at: i64,
+}
+
+/// The `events` column of an audit record carrying `events` (None when there are none).
+pub fn events_column(events: &[Event]) -> Result<Option<String>> {
+    if events.is_empty() {
+        return Ok(None);
+    }
+    serde_json::to_string(events)
+        .map(Some)
+        .map_err(|e| ServiceError::Unexpected(anyhow::anyhow!("notification events: {e}")))
+}
+
+/// An audit record with the events the change causes riding on it.
+pub fn carrying(mut entry: AuditRow, events: &[Event]) -> Result<AuditRow> {
+    entry.events = events_column(events)?;
+    Ok(entry)
+}
+
 /// An undelivered notification, as the API lists it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct NotificationView {
@@ -199,6 +227,28 @@ impl<'a> Draft<'a> {
     }
 }
 
+/// An event of `notice`; `event_key`, when given, makes its id derive from the key, so that
+/// two daemons sending the same scheduled notice send one event id.
+fn event(
+    notice: Notice,
+    ordering_key: String,
+    risk: Option<Risk>,
+    at: i64,
+    event_key: Option<&str>,
+) -> Event {
+    let mut notice = notice;
+    if let Some(key) = event_key {
+        use sha2::{Digest, Sha256};
+        notice.event_id = hex::encode(&Sha256::digest(key.as_bytes())[..12]);
+    }
+    Event {
+        notice,
+        ordering_key,
+        risk,
+        at,
+    }
+}
+
 pub fn new_event_id(at: i64) -> String {
     let mut bytes = [0u8; 8];
     // A failure of the system's random source is not worth losing an event over: the time
@@ -213,18 +263,19 @@ impl Service {
         !self.config.notifications.channels.is_empty()
     }
 
-    /// Writes the notice of a deployment event to the outbox, in the caller's transaction.
+    /// The event of a deployment, for the audit record of the change to carry (None when no
+    /// channel takes it). Reads what the caller has not at hand in its transaction.
     pub(super) async fn notify_deployment(
         &self,
         tx: &mut sqlx::AnyConnection,
         deployment: &DeploymentRow,
         at: i64,
         mut draft: Draft<'_>,
-    ) -> Result<()> {
+    ) -> Result<Option<Event>> {
         let environment = (!draft.whole_migration).then_some(deployment.environment.as_str());
         let risk: Option<Risk> = deployment.effective_risk.parse().ok();
         if !self.any_channel_wants(draft.kind, environment, risk) {
-            return Ok(());
+            return Ok(None);
         }
         let loaded;
         let migration = match draft.migration {
@@ -338,27 +389,24 @@ impl Service {
             addresses: draft.addresses,
             note: draft.note,
         };
-        self.enqueue(
-            tx,
-            &notice,
-            &migration.id,
+        Ok(Some(event(
+            notice,
+            migration.id.clone(),
             risk,
             at,
             draft.event_key.as_deref(),
-        )
-        .await
+        )))
     }
 
-    /// Writes a notice about an environment (lock, freeze window) to the outbox.
-    pub(super) async fn notify_environment(
+    /// The event of an environment (lock, freeze window), for an audit record to carry.
+    pub(super) fn notify_environment(
         &self,
-        tx: &mut sqlx::AnyConnection,
         environment: &str,
         at: i64,
         draft: Draft<'_>,
-    ) -> Result<()> {
+    ) -> Option<Event> {
         if !self.any_channel_wants(draft.kind, Some(environment), None) {
-            return Ok(());
+            return None;
         }
         let notice = Notice {
             event_id: new_event_id(at),
@@ -379,15 +427,13 @@ impl Service {
             addresses: draft.addresses,
             note: draft.note,
         };
-        self.enqueue(
-            tx,
-            &notice,
-            &format!("environment:{environment}"),
+        Some(event(
+            notice,
+            format!("environment:{environment}"),
             None,
             at,
             draft.event_key.as_deref(),
-        )
-        .await
+        ))
     }
 
     fn any_channel_wants(
@@ -431,30 +477,17 @@ impl Service {
             .collect()
     }
 
-    /// One outbox row per channel that takes the event (an email channel only when someone
-    /// has an address to send it to). `event_key`, when given, makes the event's id derive
-    /// from it, so that two daemons writing the same scheduled notice write one row.
-    async fn enqueue(
-        &self,
-        tx: &mut sqlx::AnyConnection,
-        notice: &Notice,
-        ordering_key: &str,
-        risk: Option<Risk>,
-        at: i64,
-        event_key: Option<&str>,
-    ) -> Result<()> {
-        let mut notice = notice.clone();
-        if let Some(key) = event_key {
-            use sha2::{Digest, Sha256};
-            notice.event_id = hex::encode(&Sha256::digest(key.as_bytes())[..12]);
-        }
-        let payload = serde_json::to_string(&notice)
-            .map_err(|e| ServiceError::Unexpected(anyhow::anyhow!("notice: {e}")))?;
+    /// The outbox rows of an event: one per channel that takes it (an email channel only when
+    /// someone has an address to send it to). Routing is decided at fan-out, by the channels
+    /// in force then.
+    fn outbox_rows(&self, event: &Event, payload: &str, rows: &mut Vec<OutboxRow>) {
+        let notice = &event.notice;
+        let at = event.at;
         let delivery = &self.config.notifications.delivery;
         for channel in &self.config.notifications.channels {
             if !channel
                 .route
-                .wants(notice.kind, notice.environment.as_deref(), risk)
+                .wants(notice.kind, notice.environment.as_deref(), event.risk)
             {
                 continue;
             }
@@ -465,40 +498,78 @@ impl Service {
             {
                 continue;
             }
-            self.store
-                .insert_outbox(
-                    &mut *tx,
-                    &OutboxRow {
-                        id: 0,
-                        event_id: notice.event_id.clone(),
-                        channel: channel.name.clone(),
-                        kind: notice.kind.to_string(),
-                        ordering_key: ordering_key.to_owned(),
-                        environment: notice.environment.clone(),
-                        migration_id: notice.migration.as_ref().map(|m| m.id.clone()),
-                        deployment_id: notice.deployment_id.clone(),
-                        payload: payload.clone(),
-                        state: "pending".into(),
-                        attempts: 0,
-                        created_at: at,
-                        next_attempt_at: at,
-                        give_up_at: at + delivery.give_up_after_ms as i64,
-                        claimed_until: None,
-                        claim_token: None,
-                        last_attempt_at: None,
-                        last_error: None,
-                        delivered_at: None,
-                    },
-                )
-                .await?;
+            rows.push(OutboxRow {
+                id: 0,
+                event_id: notice.event_id.clone(),
+                channel: channel.name.clone(),
+                kind: notice.kind.to_string(),
+                ordering_key: event.ordering_key.clone(),
+                environment: notice.environment.clone(),
+                migration_id: notice.migration.as_ref().map(|m| m.id.clone()),
+                deployment_id: notice.deployment_id.clone(),
+                payload: payload.to_owned(),
+                state: "pending".into(),
+                attempts: 0,
+                created_at: at,
+                next_attempt_at: at,
+                give_up_at: at + delivery.give_up_after_ms as i64,
+                claimed_until: None,
+                claim_token: None,
+                last_attempt_at: None,
+                last_error: None,
+                delivered_at: None,
+            });
         }
-        Ok(())
     }
 
-    /// Wakes the notifier after a commit that may have written to the outbox.
-    pub fn outbox_written(&self) {
+    /// Moves the events that audit records carry to the outbox, a row per channel that takes
+    /// each, oldest first, and clears them from their records, in one transaction (a crash
+    /// before the commit leaves them to the next fan-out; two daemons take turns). Returns
+    /// how many records it emptied.
+    pub async fn fan_out_events(&self, limit: usize) -> Result<usize> {
+        let mut tx = self.store.begin().await?;
+        self.store.lock_fan_out(&mut tx).await?;
+        let carried = self
+            .store
+            .unsent_audit_events(&mut tx, limit.max(1) as i64)
+            .await?;
+        if carried.is_empty() {
+            return Ok(0);
+        }
+        let mut rows = Vec::new();
+        let mut ids = Vec::with_capacity(carried.len());
+        for (id, column) in &carried {
+            ids.push(*id);
+            // What this daemon wrote it can read; anything else is kept out of the outbox
+            // (and logged), not retried for ever.
+            let events: Vec<serde_json::Value> = match serde_json::from_str(column) {
+                Ok(events) => events,
+                Err(e) => {
+                    tracing::error!(audit_id = id, error = %e, "unreadable notification events on an audit record; dropped");
+                    continue;
+                }
+            };
+            for value in events {
+                let payload = value.get("notice").map(|n| n.to_string());
+                match (serde_json::from_value::<Event>(value), payload) {
+                    (Ok(event), Some(payload)) => self.outbox_rows(&event, &payload, &mut rows),
+                    (Err(e), _) => {
+                        tracing::error!(audit_id = id, error = %e, "unreadable notification event on an audit record; dropped")
+                    }
+                    (Ok(_), None) => {}
+                }
+            }
+        }
+        self.store.insert_outbox_rows(&mut tx, &rows).await?;
+        self.store.clear_audit_events(&mut tx, &ids).await?;
+        tx.commit().await?;
+        Ok(carried.len())
+    }
+
+    /// Wakes the fan-out after a commit whose audit records may carry events.
+    pub fn events_written(&self) {
         if self.notifications_on() {
-            self.signals.outbox.notify_one();
+            self.signals.fan_out.notify_one();
         }
     }
 
@@ -512,23 +583,46 @@ impl Service {
         actor: &str,
         reason: Option<String>,
         migration: Option<&MigrationRow>,
-    ) -> Result<()> {
+    ) -> Result<Vec<Event>> {
+        let mut events = Vec::new();
         if !self.notifications_on() {
-            return Ok(());
+            return Ok(events);
         }
         let kind = if deployment.state == DeploymentState::AwaitingApproval {
             NoticeKind::ApprovalRequested
         } else {
             match NoticeKind::for_state(deployment.state) {
                 Some(kind) => kind,
-                None => return Ok(()),
+                None => return Ok(events),
             }
         };
         let mut draft = Draft::new(kind, actor);
-        draft.reason = reason;
+        draft.reason = reason.clone();
         draft.migration = migration;
         draft.to_author_and_approvers = kind != NoticeKind::ApprovalRequested;
-        self.notify_deployment(tx, deployment, at, draft).await
+        events.extend(
+            self.notify_deployment(&mut *tx, deployment, at, draft)
+                .await?,
+        );
+        if kind == NoticeKind::Failed {
+            // Every failure halts its environment's queue until the deployment is retried,
+            // rolled back or cancelled: said to the leads who can do that, for channels that
+            // take it.
+            let mut draft = Draft::new(NoticeKind::QueueHalted, actor);
+            draft.reason = reason;
+            draft.migration = migration;
+            draft.roles = vec![Role::DataOpsLead];
+            draft.people = migration.map(|m| m.author.clone()).into_iter().collect();
+            draft.note = Some(format!(
+                "nothing after {} starts in {} until it is retried, rolled back or cancelled",
+                deployment.migration_id, deployment.environment
+            ));
+            events.extend(
+                self.notify_deployment(&mut *tx, deployment, at, draft)
+                    .await?,
+            );
+        }
+        Ok(events)
     }
 
     // ---- the API's operations -------------------------------------------------------------
@@ -596,6 +690,7 @@ impl Service {
                     migration_id: row.migration_id.clone(),
                     deployment_id: row.deployment_id.clone(),
                     detail: serde_json::json!({"notification": id, "channel": row.channel, "kind": row.kind, "last_error": row.last_error}).to_string(),
+                    events: None,
                 },
             )
             .await?;
@@ -768,19 +863,6 @@ impl Service {
             .filter(|r| r.role != review.role)
             .map(|r| r.role.as_str())
             .collect();
-        self.store
-            .insert_audit(
-                &mut tx,
-                &audit(
-                    at,
-                    caller.name.as_str(),
-                    "review_recorded",
-                    Some(&deployment),
-                    None,
-                    serde_json::json!({"role": review.role, "comment": comment.trim(), "still_owed": still_owed}),
-                ),
-            )
-            .await?;
         let mut draft = Draft::new(NoticeKind::ReviewRecorded, caller.name.as_str());
         draft.reason = Some(comment.trim().to_owned());
         draft.note = Some(if still_owed.is_empty() {
@@ -796,17 +878,33 @@ impl Service {
                 still_owed.join(", ")
             )
         });
+        let mut events = Vec::new();
         if self.notifications_on() {
             draft.to_author_and_approvers = true;
-            self.notify_deployment(&mut tx, &deployment, at, draft)
-                .await?;
+            events.extend(
+                self.notify_deployment(&mut tx, &deployment, at, draft)
+                    .await?,
+            );
         }
+        let entry = audit(
+            at,
+            caller.name.as_str(),
+            "review_recorded",
+            Some(&deployment),
+            None,
+            serde_json::json!({"role": review.role, "comment": comment.trim(), "still_owed": still_owed}),
+        );
+        self.store
+            .insert_audit(&mut tx, &carrying(entry, &events)?)
+            .await?;
         tx.commit().await?;
+        self.events_written();
         self.deployment(deployment_id).await
     }
 
-    /// Opens the reviews an emergency override owes (one per skipped role) and tells their
-    /// holders, in the override's transaction.
+    /// Opens the reviews an emergency override owes (one per skipped role), in the override's
+    /// transaction, and returns the override's events for its audit record: the override to
+    /// everyone whose approval it stood in for, the review owed to the skipped roles.
     pub(super) async fn open_reviews(
         &self,
         tx: &mut Tx,
@@ -815,7 +913,7 @@ impl Service {
         at: i64,
         actor: &str,
         reason: &str,
-    ) -> Result<()> {
+    ) -> Result<Vec<Event>> {
         let mut roles: Vec<Role> = skipped.to_vec();
         roles.sort();
         roles.dedup();
@@ -824,8 +922,9 @@ impl Service {
                 .insert_owed_review(&mut *tx, &deployment.id, role.as_str(), at)
                 .await?;
         }
+        let mut events = Vec::new();
         if !self.notifications_on() {
-            return Ok(());
+            return Ok(events);
         }
         let policy = self.policy_for(deployment)?;
         let mut draft = Draft::new(NoticeKind::EmergencyOverride, actor);
@@ -843,8 +942,10 @@ impl Service {
                     .join(", ")
             }
         ));
-        self.notify_deployment(&mut *tx, deployment, at, draft)
-            .await?;
+        events.extend(
+            self.notify_deployment(&mut *tx, deployment, at, draft)
+                .await?,
+        );
         if !roles.is_empty() {
             let mut draft = Draft::new(NoticeKind::ReviewOwed, actor);
             draft.reason = Some(reason.to_owned());
@@ -853,9 +954,11 @@ impl Service {
                 "record it with: sluice review {} {} \"what you found\"",
                 deployment.migration_id, deployment.environment
             ));
-            self.notify_deployment(&mut *tx, deployment, at, draft)
-                .await?;
+            events.extend(
+                self.notify_deployment(&mut *tx, deployment, at, draft)
+                    .await?,
+            );
         }
-        Ok(())
+        Ok(events)
     }
 }

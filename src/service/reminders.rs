@@ -1,8 +1,9 @@
 //! The scheduler's notices, derived from stored state on every tick (never from timers in
 //! memory): reminders at fractions of an approval's wait and the escalation at the last one,
 //! reminders of owed post-emergency reviews, and the start and end of freeze windows. Each
-//! notice is noted in `scheduled_notices` in the transaction that writes it to the outbox, so
-//! it goes out once whatever the number of daemons and restarts.
+//! notice is noted in `scheduled_notices` in the transaction that writes its audit record
+//! (which carries the event to the notifier), so it goes out once whatever the number of
+//! daemons and restarts.
 
 use super::*;
 use crate::config::Recipient;
@@ -34,7 +35,7 @@ impl Service {
         let keep = self.config.notifications.delivery.keep_delivered_ms as i64;
         round.pruned = self.store.prune_delivered(at - keep).await?;
         if round.reminders + round.escalations + round.review_reminders + round.freeze_notices > 0 {
-            self.outbox_written();
+            self.events_written();
         }
         Ok(round)
     }
@@ -85,7 +86,9 @@ impl Service {
             let mut draft = Draft::new(NoticeKind::Reminder, "sluice");
             draft.note = Some(note.clone());
             draft.event_key = Some(format!("{}:reminder:{deadline}:{last_index}", d.id));
-            self.notify_deployment(&mut tx, &d, at, draft).await?;
+            let event = self.notify_deployment(&mut tx, &d, at, draft).await?;
+            self.record_notice(&mut tx, at, "reminder_sent", Some(&d), None, &note, event)
+                .await?;
             round.reminders += 1;
             let last_point = last_index + 1 == points.len();
             if last_point
@@ -96,7 +99,7 @@ impl Service {
                     .await?
             {
                 let mut draft = Draft::new(NoticeKind::Escalation, "sluice");
-                draft.note = Some(note);
+                draft.note = Some(note.clone());
                 draft.event_key = Some(format!("{}:escalation:{deadline}", d.id));
                 for who in escalate {
                     match who {
@@ -104,7 +107,9 @@ impl Service {
                         Recipient::Address(address) => draft.addresses.push(address.clone()),
                     }
                 }
-                self.notify_deployment(&mut tx, &d, at, draft).await?;
+                let event = self.notify_deployment(&mut tx, &d, at, draft).await?;
+                self.record_notice(&mut tx, at, "escalated", Some(&d), None, &note, event)
+                    .await?;
                 round.escalations += 1;
             }
             tx.commit().await?;
@@ -163,8 +168,20 @@ impl Service {
                 deployment.environment
             ));
             draft.event_key = Some(format!("{deployment_id}:review:{periods}"));
-            self.notify_deployment(&mut tx, &deployment, at, draft)
+            let note = draft.note.clone().unwrap_or_default();
+            let event = self
+                .notify_deployment(&mut tx, &deployment, at, draft)
                 .await?;
+            self.record_notice(
+                &mut tx,
+                at,
+                "review_reminder_sent",
+                Some(&deployment),
+                None,
+                &note,
+                event,
+            )
+            .await?;
             tx.commit().await?;
             round.review_reminders += 1;
         }
@@ -192,8 +209,18 @@ impl Service {
                             format_millis(end)
                         ));
                         draft.event_key = Some(format!("{subject}:started:{end}"));
-                        self.notify_environment(&mut tx, env.name.as_str(), at, draft)
-                            .await?;
+                        let note = draft.note.clone().unwrap_or_default();
+                        let event = self.notify_environment(env.name.as_str(), at, draft);
+                        self.record_notice(
+                            &mut tx,
+                            at,
+                            "freeze_started",
+                            None,
+                            Some(env.name.as_str()),
+                            &note,
+                            event,
+                        )
+                        .await?;
                         changed = true;
                     }
                 }
@@ -218,8 +245,18 @@ impl Service {
                             env.name
                         ));
                         draft.event_key = Some(format!("{subject}:ended:{end}"));
-                        self.notify_environment(&mut tx, env.name.as_str(), at, draft)
-                            .await?;
+                        let note = draft.note.clone().unwrap_or_default();
+                        let event = self.notify_environment(env.name.as_str(), at, draft);
+                        self.record_notice(
+                            &mut tx,
+                            at,
+                            "freeze_ended",
+                            None,
+                            Some(env.name.as_str()),
+                            &note,
+                            event,
+                        )
+                        .await?;
                         changed = true;
                     }
                 }
@@ -229,6 +266,46 @@ impl Service {
                 }
             }
         }
+        Ok(())
+    }
+}
+
+impl Service {
+    /// The audit record of a notice the daemon sent on its own (who was reminded of what,
+    /// when), carrying its event to the notifier.
+    #[allow(clippy::too_many_arguments)]
+    async fn record_notice(
+        &self,
+        tx: &mut Tx,
+        at: i64,
+        action: &str,
+        deployment: Option<&DeploymentRow>,
+        environment: Option<&str>,
+        note: &str,
+        event: Option<notifications::Event>,
+    ) -> Result<()> {
+        let to: Vec<&str> = event
+            .iter()
+            .flat_map(|e| e.notice.recipients.iter().map(|r| r.name.as_str()))
+            .chain(
+                event
+                    .iter()
+                    .flat_map(|e| e.notice.addresses.iter().map(String::as_str)),
+            )
+            .collect();
+        let mut entry = audit(
+            at,
+            "sluice",
+            action,
+            deployment,
+            None,
+            serde_json::json!({"note": note, "to": to}),
+        );
+        if let Some(environment) = environment {
+            entry.environment = Some(environment.to_owned());
+        }
+        let entry = notifications::carrying(entry, event.as_slice())?;
+        self.store.insert_audit(tx, &entry).await?;
         Ok(())
     }
 }

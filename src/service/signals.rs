@@ -15,7 +15,9 @@ pub struct WorkerSignals {
     target_errors: Mutex<HashMap<String, (String, i64)>>,
     /// Every deployment state change and log line, for watchers.
     pub events: EventBus,
-    /// Wakes the notifier when events are written to the outbox.
+    /// Wakes the fan-out when a commit wrote audit records carrying events.
+    pub fan_out: Arc<Notify>,
+    /// Wakes the notifier when rows are written to the outbox.
     pub outbox: Arc<Notify>,
 }
 
@@ -34,6 +36,7 @@ impl WorkerSignals {
                 .collect(),
             target_errors: Mutex::default(),
             events: EventBus::default(),
+            fan_out: Arc::new(Notify::new()),
             outbox: Arc::new(Notify::new()),
         }
     }

@@ -161,29 +161,10 @@ impl Service {
             updated_at: at,
         };
         self.store.insert_migration(&mut tx, &migration).await?;
-        self.store
-            .insert_audit(
-                &mut tx,
-                &audit(
-                    at,
-                    caller.name.as_str(),
-                    "submitted",
-                    None,
-                    Some(&migration.id),
-                    serde_json::json!({
-                        "checksum": checksum,
-                        "declared_risk": migration.declared_risk,
-                        "effective_risk": migration.effective_risk,
-                        "findings": findings,
-                    }),
-                ),
-            )
-            .await?;
-        let mut wake = Vec::new();
         let mut created = Vec::new();
         for env in &self.config.environments {
             let policy = self.config.matrix.policy(&env.name, effective);
-            let mut deployment = DeploymentRow {
+            created.push(DeploymentRow {
                 id: domain::deployment_id(&id, &env.name),
                 migration_id: migration.id.clone(),
                 seq,
@@ -202,33 +183,57 @@ impl Service {
                 updated_at: at,
                 version: 0,
                 out_of_order: false,
-            };
-            self.store.insert_deployment(&mut tx, &deployment).await?;
+            });
+        }
+        // One "submitted" for the migration, then an approval request per environment that
+        // waits for people; they ride on the submission's audit record.
+        let mut events = Vec::new();
+        if self.notifications_on() {
+            use crate::domain::notice::NoticeKind;
+            if let Some(first) = created.first() {
+                let mut draft =
+                    notifications::Draft::new(NoticeKind::Submitted, caller.name.as_str());
+                draft.whole_migration = true;
+                draft.migration = Some(&migration);
+                draft.approvals = Some(&[]);
+                events.extend(self.notify_deployment(&mut tx, first, at, draft).await?);
+            }
+            for (d, env) in created.iter().zip(&self.config.environments) {
+                if !env.auto_approve {
+                    let mut draft = notifications::Draft::new(
+                        NoticeKind::ApprovalRequested,
+                        caller.name.as_str(),
+                    );
+                    draft.migration = Some(&migration);
+                    draft.approvals = Some(&[]);
+                    events.extend(self.notify_deployment(&mut tx, d, at, draft).await?);
+                }
+            }
+        }
+        let entry = audit(
+            at,
+            caller.name.as_str(),
+            "submitted",
+            None,
+            Some(&migration.id),
+            serde_json::json!({
+                "checksum": checksum,
+                "declared_risk": migration.declared_risk,
+                "effective_risk": migration.effective_risk,
+                "findings": findings,
+            }),
+        );
+        self.store
+            .insert_audit(&mut tx, &notifications::carrying(entry, &events)?)
+            .await?;
+        let mut wake = Vec::new();
+        for (deployment, env) in created.iter_mut().zip(&self.config.environments) {
+            self.store.insert_deployment(&mut tx, deployment).await?;
             if env.auto_approve {
-                self.advance_approved(&mut tx, &mut deployment, env, at, "sluice", "auto_approved")
+                self.advance_approved(&mut tx, deployment, env, at, "sluice", "auto_approved")
                     .await?;
                 if deployment.state == DeploymentState::Queued {
                     wake.push(env.name.to_string());
-                }
-            }
-            created.push(deployment);
-        }
-        if self.notifications_on() {
-            // One "submitted" for the migration, then an approval request per environment
-            // that waits for people.
-            if let Some(first) = created.first() {
-                let mut draft = notifications::Draft::new(
-                    crate::domain::notice::NoticeKind::Submitted,
-                    caller.name.as_str(),
-                );
-                draft.whole_migration = true;
-                draft.migration = Some(&migration);
-                self.notify_deployment(&mut tx, first, at, draft).await?;
-            }
-            for d in &created {
-                if d.state == DeploymentState::AwaitingApproval {
-                    self.notify_state(&mut tx, d, at, caller.name.as_str(), None, Some(&migration))
-                        .await?;
                 }
             }
         }
@@ -361,6 +366,7 @@ impl Service {
                             "approver": a.approver, "role": a.role, "checksum": a.checksum,
                         })).collect::<Vec<_>>(),
                     }),
+                    events: Vec::new(),
                 },
             )
             .await?;

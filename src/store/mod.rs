@@ -45,6 +45,10 @@ const SQLITE_SCHEMA: &[(i64, &str)] = &[
         3,
         include_str!("../../migrations/sqlite/0003_notifications.sql"),
     ),
+    (
+        4,
+        include_str!("../../migrations/sqlite/0004_events_on_audit.sql"),
+    ),
 ];
 const POSTGRES_SCHEMA: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
@@ -55,6 +59,10 @@ const POSTGRES_SCHEMA: &[(i64, &str)] = &[
     (
         3,
         include_str!("../../migrations/postgres/0003_notifications.sql"),
+    ),
+    (
+        4,
+        include_str!("../../migrations/postgres/0004_events_on_audit.sql"),
     ),
 ];
 
@@ -141,6 +149,9 @@ pub struct AuditRow {
     pub migration_id: Option<String>,
     pub deployment_id: Option<String>,
     pub detail: String,
+    /// Notification events the change causes (a JSON array), until the notifier fans them
+    /// out to the outbox; None when there are none, and once they are fanned out.
+    pub events: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -810,7 +821,7 @@ impl Store {
         entry: &AuditRow,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO audit_log (at, actor, action, environment, migration_id, deployment_id, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO audit_log (at, actor, action, environment, migration_id, deployment_id, detail, events) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(entry.at)
         .bind(&entry.actor)
@@ -819,6 +830,7 @@ impl Store {
         .bind(&entry.migration_id)
         .bind(&entry.deployment_id)
         .bind(&entry.detail)
+        .bind(&entry.events)
         .execute(conn)
         .await?;
         Ok(())
@@ -852,6 +864,7 @@ impl Store {
                     migration_id: row.try_get("migration_id")?,
                     deployment_id: row.try_get("deployment_id")?,
                     detail: row.try_get("detail")?,
+                    events: None,
                 })
             })
             .collect()

@@ -113,29 +113,103 @@ fn review_from_row(row: &AnyRow) -> Result<ReviewRow, StoreError> {
 }
 
 impl Store {
-    /// Adds an event for one channel. (Scheduled notices are kept from going out twice by
-    /// `scheduled_notices`, written in the same transaction.)
-    pub async fn insert_outbox(
+    /// Writes outbox rows, many per statement (the fan-out's; see 0004_events_on_audit.sql).
+    pub async fn insert_outbox_rows(
         &self,
         conn: &mut AnyConnection,
-        row: &OutboxRow,
+        rows: &[OutboxRow],
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO notification_outbox (event_id, channel, kind, ordering_key, environment, migration_id, deployment_id, payload, state, attempts, created_at, next_attempt_at, give_up_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 0, $9, $10, $11)",
+        // 11 parameters a row: 50 rows stay far below either backend's limit.
+        for chunk in rows.chunks(50) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let p = |k: usize| format!("${}", i * 11 + k);
+                    format!(
+                        "({}, {}, {}, {}, {}, {}, {}, {}, 'pending', 0, {}, {}, {})",
+                        p(1),
+                        p(2),
+                        p(3),
+                        p(4),
+                        p(5),
+                        p(6),
+                        p(7),
+                        p(8),
+                        p(9),
+                        p(10),
+                        p(11)
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO notification_outbox (event_id, channel, kind, ordering_key, environment, migration_id, deployment_id, payload, state, attempts, created_at, next_attempt_at, give_up_at) VALUES {}",
+                values.join(", ")
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for row in chunk {
+                query = query
+                    .bind(&row.event_id)
+                    .bind(&row.channel)
+                    .bind(&row.kind)
+                    .bind(&row.ordering_key)
+                    .bind(&row.environment)
+                    .bind(&row.migration_id)
+                    .bind(&row.deployment_id)
+                    .bind(&row.payload)
+                    .bind(row.created_at)
+                    .bind(row.next_attempt_at)
+                    .bind(row.give_up_at);
+            }
+            query.execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
+
+    /// Serialises fan-outs (two daemons on one PostgreSQL store): held until the caller's
+    /// transaction ends. SQLite's one writer serialises them already.
+    pub async fn lock_fan_out(&self, conn: &mut AnyConnection) -> Result<(), StoreError> {
+        if self.backend == Backend::Postgres {
+            sqlx::query(
+                "UPDATE counters SET value = value + 1 WHERE name = 'notification_fan_out'",
+            )
+            .execute(conn)
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Audit records whose events are not fanned out yet, oldest first: (id, events).
+    pub async fn unsent_audit_events(
+        &self,
+        conn: &mut AnyConnection,
+        limit: i64,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, events FROM audit_log WHERE events IS NOT NULL ORDER BY id LIMIT $1",
         )
-        .bind(&row.event_id)
-        .bind(&row.channel)
-        .bind(&row.kind)
-        .bind(&row.ordering_key)
-        .bind(&row.environment)
-        .bind(&row.migration_id)
-        .bind(&row.deployment_id)
-        .bind(&row.payload)
-        .bind(row.created_at)
-        .bind(row.next_attempt_at)
-        .bind(row.give_up_at)
-        .execute(conn)
+        .bind(limit)
+        .fetch_all(conn)
         .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("id")?, row.try_get("events")?)))
+            .collect()
+    }
+
+    /// Marks these audit records' events fanned out (exactly these: on PostgreSQL a record
+    /// with a smaller id may commit later, and must stay to be fanned out then).
+    pub async fn clear_audit_events(
+        &self,
+        conn: &mut AnyConnection,
+        ids: &[i64],
+    ) -> Result<(), StoreError> {
+        for chunk in ids.chunks(500) {
+            let list: Vec<String> = chunk.iter().map(i64::to_string).collect();
+            sqlx::query(AssertSqlSafe(format!(
+                "UPDATE audit_log SET events = NULL WHERE id IN ({})",
+                list.join(", ")
+            )))
+            .execute(&mut *conn)
+            .await?;
+        }
         Ok(())
     }
 

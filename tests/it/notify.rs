@@ -54,14 +54,20 @@ fn event_of<'a>(
     })
 }
 
-/// Waits until nothing is pending in the outbox (through the API).
+/// Waits until every event is fanned out from its audit record and nothing is pending in the
+/// outbox (through the API).
 async fn wait_until_nothing_pending(app: &TestApp) {
+    let store = &app.service().store;
     for _ in 0..600 {
         let (status, pending) = app
             .get("admin", "/api/v1/notifications?state=pending")
             .await;
         assert_eq!(status, StatusCode::OK, "{pending}");
-        if pending.as_array().unwrap().is_empty() {
+        let unsent = {
+            let mut conn = store.conn().await.unwrap();
+            store.unsent_audit_events(&mut conn, 1).await.unwrap().len()
+        };
+        if unsent == 0 && pending.as_array().unwrap().is_empty() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -688,10 +694,11 @@ async fn reminders_escalation_expiry_and_reviews_follow_the_clock() {
             .collect::<Vec<_>>(),
     );
     assert!(
+        // The override (with the reviews it opens) comes first, then the approval it causes.
         forced_events.ends_with(&[
-            "approved".into(),
             "emergency_override".into(),
-            "review_owed".into()
+            "review_owed".into(),
+            "approved".into()
         ]),
         "{forced_events:?}"
     );
@@ -1085,15 +1092,16 @@ fn private_ca(dir: &std::path::Path) -> (String, String, String) {
     )
 }
 
-#[tokio::test]
-async fn email_goes_over_starttls_and_only_to_a_server_whose_certificate_verifies() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = std::env::temp_dir().join(format!("sluice-tls-{}", std::process::id()));
-    let (ca, cert, key) = private_ca(&dir);
-    let smtp = SmtpSink::start_tls(&cert, &key);
+/// A `mail` channel trusting the private CA and an `unverified` one that does not, both to the
+/// server on `port` with this `security`: the first delivers, the second sends nothing.
+async fn mail_goes_only_to_a_server_whose_certificate_verifies(
+    security: &str,
+    port: u16,
+    ca: &str,
+    smtp: &SmtpSink,
+) {
     let config = format!(
-        "{FAST_DELIVERY}channels:\n  mail:\n    type: email\n    smtp_server: localhost:{port}\n    security: starttls\n    ca_file: {ca}\n    from: sluice@example.com\n    recipients: [ops@example.com]\n  unverified:\n    type: email\n    smtp_server: localhost:{port}\n    security: starttls\n    from: sluice@example.com\n    recipients: [ops@example.com]\n",
-        port = smtp.port
+        "{FAST_DELIVERY}channels:\n  mail:\n    type: email\n    smtp_server: localhost:{port}\n    security: {security}\n    ca_file: {ca}\n    from: sluice@example.com\n    recipients: [ops@example.com]\n  unverified:\n    type: email\n    smtp_server: localhost:{port}\n    security: {security}\n    from: sluice@example.com\n    recipients: [ops@example.com]\n"
     );
     let app = spawn_with(config, AppOptions::default()).await;
     let (status, body) = app
@@ -1110,7 +1118,7 @@ async fn email_goes_over_starttls_and_only_to_a_server_whose_certificate_verifie
         "{body}"
     );
     let mails = smtp
-        .wait_for("the test mail over STARTTLS", |m| !m.is_empty())
+        .wait_for(&format!("the test mail over {security}"), |m| !m.is_empty())
         .await;
     assert_eq!(mails[0].subject(), "[sluice][all] test message");
     assert_eq!(
@@ -1119,7 +1127,7 @@ async fn email_goes_over_starttls_and_only_to_a_server_whose_certificate_verifie
         "the channel's and the caller's"
     );
 
-    // The same server without its CA trusted: nothing is sent in the clear instead.
+    // The same server without its CA trusted: nothing is sent, in the clear or otherwise.
     let (_, body) = app
         .post(
             "lead",
@@ -1128,17 +1136,34 @@ async fn email_goes_over_starttls_and_only_to_a_server_whose_certificate_verifie
         )
         .await;
     assert_eq!(body["delivered"], false, "{body}");
+    let answer = body["answer"].as_str().unwrap();
     assert!(
-        body["answer"]
-            .as_str()
-            .unwrap()
-            .to_lowercase()
-            .contains("certificate")
-            || body["answer"].as_str().unwrap().contains("UnknownIssuer"),
+        answer.to_lowercase().contains("certificate") || answer.contains("UnknownIssuer"),
         "{body}"
     );
     assert_eq!(smtp.mails().len(), 1);
     app.stop().await;
+}
+
+#[tokio::test]
+async fn email_goes_over_starttls_and_only_to_a_server_whose_certificate_verifies() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = std::env::temp_dir().join(format!("sluice-tls-{}", std::process::id()));
+    let (ca, cert, key) = private_ca(&dir);
+    let smtp = SmtpSink::start_tls(&cert, &key);
+    mail_goes_only_to_a_server_whose_certificate_verifies("starttls", smtp.port, &ca, &smtp).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Implicit TLS (port 465): TLS from the first byte, through a TLS front to the plain sink.
+#[tokio::test]
+async fn email_goes_over_implicit_tls_and_only_to_a_server_whose_certificate_verifies() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = std::env::temp_dir().join(format!("sluice-tls465-{}", std::process::id()));
+    let (ca, cert, key) = private_ca(&dir);
+    let smtp = SmtpSink::start();
+    let port = crate::receivers::implicit_tls_front(&cert, &key, smtp.port).await;
+    mail_goes_only_to_a_server_whose_certificate_verifies("tls", port, &ca, &smtp).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -1263,5 +1288,232 @@ async fn two_leads_requeueing_one_dead_notification_requeue_it_once() {
         1
     );
     assert_eq!(http.delivered(HOOK).len(), 1, "sent once after the requeue");
+    app.stop().await;
+}
+
+/// An event of kind `kind` as a change would write it, for the store-level tests.
+fn event(
+    kind: sluice::domain::notice::NoticeKind,
+    n: usize,
+) -> sluice::service::notifications::Event {
+    use sluice::service::notifications::{Event, Notice};
+    Event {
+        notice: Notice {
+            event_id: format!("test-event-{n}"),
+            kind,
+            at: "2026-11-29T10:00:00.000Z".into(),
+            actor: "lead".into(),
+            environment: Some("production".into()),
+            deployment_id: None,
+            state: None,
+            migration: None,
+            approvals: Vec::new(),
+            missing_roles: Vec::new(),
+            deadline: None,
+            error: None,
+            reason: Some(format!("reason {n}")),
+            link: None,
+            recipients: Vec::new(),
+            addresses: Vec::new(),
+            note: None,
+        },
+        ordering_key: "environment:production".into(),
+        risk: None,
+        at: 1_800_000_000_000 + n as i64,
+    }
+}
+
+async fn write_audit_with_event(
+    store: &sluice::store::Store,
+    conn: &mut sqlx::AnyConnection,
+    n: usize,
+) {
+    let entry = sluice::store::AuditRow {
+        id: 0,
+        at: 1_800_000_000_000,
+        actor: "lead".into(),
+        action: "environment_locked".into(),
+        environment: Some("production".into()),
+        migration_id: None,
+        deployment_id: None,
+        detail: "{}".into(),
+        events: None,
+    };
+    let entry = sluice::service::notifications::carrying(
+        entry,
+        &[event(
+            sluice::domain::notice::NoticeKind::EnvironmentLocked,
+            n,
+        )],
+    )
+    .unwrap();
+    store.insert_audit(conn, &entry).await.unwrap();
+}
+
+/// Events ride on the audit record of their change: the change writes no outbox row; the
+/// fan-out moves them, a row per channel, exactly once, also when (PostgreSQL) a record with
+/// a smaller id commits after a fan-out that took a larger one, and when two daemons fan out
+/// at once.
+#[tokio::test]
+async fn events_ride_on_audit_records_and_each_is_fanned_out_once() {
+    let http = Receiver::start().await;
+    let app = spawn_with(
+        channels(&http, None),
+        AppOptions {
+            background_workers: false,
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    let service = app.service().clone();
+    let store = service.store.clone();
+    let (status, _) = app
+        .post(
+            "lead",
+            "/api/v1/environments/production/lock",
+            json!({"reason": "incident 7"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    {
+        let mut conn = store.conn().await.unwrap();
+        assert!(
+            store
+                .outbox(&mut conn, "pending", 100)
+                .await
+                .unwrap()
+                .is_empty(),
+            "the change itself writes no outbox row"
+        );
+        let carried = store.unsent_audit_events(&mut conn, 10).await.unwrap();
+        assert_eq!(carried.len(), 1, "{carried:?}");
+        assert!(carried[0].1.contains("incident 7"), "{carried:?}");
+    }
+
+    // A record that takes its id first but commits after a fan-out of a later one.
+    let mut early = store.begin().await.unwrap();
+    write_audit_with_event(&store, &mut early, 1).await;
+    let mut late = store.begin().await.unwrap();
+    write_audit_with_event(&store, &mut late, 2).await;
+    late.commit().await.unwrap();
+    assert_eq!(
+        service.fan_out_events(100).await.unwrap(),
+        2,
+        "the lock and #2"
+    );
+    early.commit().await.unwrap();
+    assert_eq!(
+        service.fan_out_events(100).await.unwrap(),
+        1,
+        "#1, committed after the fan-out that took #2, is not skipped"
+    );
+    assert_eq!(service.fan_out_events(100).await.unwrap(), 0);
+
+    // Two daemons fanning out at once, in small batches.
+    {
+        let mut conn = store.conn().await.unwrap();
+        for n in 3..43 {
+            write_audit_with_event(&store, &mut conn, n).await;
+        }
+    }
+    let fan = |service: sluice::service::Service| async move {
+        let mut total = 0;
+        loop {
+            let n = service.fan_out_events(3).await.unwrap();
+            if n == 0 {
+                return total;
+            }
+            total += n;
+        }
+    };
+    let (a, b) = tokio::join!(fan(service.clone()), fan(service.clone()));
+    assert_eq!(a + b, 40, "{a} + {b}");
+
+    let mut conn = store.conn().await.unwrap();
+    let rows = store.outbox(&mut conn, "pending", 1000).await.unwrap();
+    let mut per_event: HashMap<(String, String), usize> = HashMap::new();
+    for r in &rows {
+        *per_event
+            .entry((r.event_id.clone(), r.channel.clone()))
+            .or_default() += 1;
+    }
+    assert_eq!(per_event.len(), 43 * 2, "every event, once per channel");
+    assert!(per_event.values().all(|n| *n == 1), "{per_event:?}");
+    // Each channel's rows follow the events' order (their ordering key is one).
+    for channel in ["chat", "audit"] {
+        let order: Vec<usize> = rows
+            .iter()
+            .filter(|r| r.channel == channel && r.event_id.starts_with("test-event-"))
+            .map(|r| r.event_id["test-event-".len()..].parse().unwrap())
+            .collect();
+        let mut sorted = order.clone();
+        sorted.sort();
+        assert_eq!(order.len(), 42);
+        // #1 committed last, so it follows #2; from #3 on the audit order holds.
+        assert_eq!(&order[..2], &[2, 1], "{order:?}");
+        assert_eq!(&order[2..], &sorted[2..], "{order:?}");
+    }
+    drop(conn);
+    app.stop().await;
+}
+
+/// A failure halts its environment's queue: channels that list `queue_halted` (an incident
+/// tool's webhook) hear it as an event of its own; a channel without an `events` list gets the
+/// failure once, as `failed`, which says so.
+#[tokio::test]
+async fn a_failure_tells_the_channels_that_list_it_that_the_queue_is_halted() {
+    const PAGER: &str = "/pager";
+    let http = Receiver::start().await;
+    let app = spawn_with(
+        format!(
+            "{FAST_DELIVERY}channels:\n  chat:\n    type: slack\n    url: {}\n  pager:\n    type: webhook\n    url: {}\n    secret: {HMAC_KEY}\n    events: [queue_halted]\n",
+            http.url(SLACK),
+            http.url(PAGER)
+        ),
+        AppOptions::default(),
+    )
+    .await;
+    app.submit(
+        "dev",
+        migration("Halts", "low", "CREATE TABLE halts (id int);", None),
+    )
+    .await;
+    let broken = app
+        .submit(
+            "dev",
+            migration("Halts again", "low", "CREATE TABLE halts (id int);", None),
+        )
+        .await;
+    app.wait_for_state(&format!("{broken}@development"), &["failed"])
+        .await;
+    http.wait_for(PAGER, "the halted queue", |r| !r.is_empty())
+        .await;
+    wait_until_nothing_pending(&app).await;
+    let pages = http.delivered(PAGER);
+    assert_eq!(pages.len(), 1, "the pager takes only queue_halted");
+    let page = &pages[0];
+    assert_eq!(page.header("x-sluice-event"), "queue_halted");
+    assert_eq!(page.json["environment"], "development");
+    assert_eq!(page.json["migration"]["id"], broken.as_str());
+    assert!(
+        page.json["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("already exists"),
+        "{}",
+        page.json
+    );
+    assert!(
+        page.json["note"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("until it is retried, rolled back or cancelled"),
+        "{}",
+        page.json
+    );
+    let chat = http.delivered(SLACK);
+    let kinds: Vec<&str> = chat.iter().map(|r| r.header("x-sluice-event")).collect();
+    assert!(kinds.contains(&"failed"), "{kinds:?}");
+    assert!(!kinds.contains(&"queue_halted"), "{kinds:?}");
     app.stop().await;
 }

@@ -293,3 +293,35 @@ impl SmtpSink {
         panic!("the SMTP sink never got {what}; it got: {subjects:#?}");
     }
 }
+
+/// An implicit-TLS front (as on port 465) for a plain SMTP sink: TLS with this certificate and
+/// key (PEM files) from the first byte, then the sink's conversation inside it. Returns its port.
+pub async fn implicit_tls_front(cert_path: &str, key_path: &str, plain_port: u16) -> u16 {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = vec![CertificateDer::from_pem_file(cert_path).unwrap()];
+    let key = PrivateKeyDer::from_pem_file(key_path).unwrap();
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return; // the client refused the certificate
+                };
+                let Ok(mut plain) = tokio::net::TcpStream::connect(("127.0.0.1", plain_port)).await
+                else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    port
+}
