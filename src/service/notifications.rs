@@ -561,7 +561,7 @@ impl Service {
             }
         }
         self.store.insert_outbox_rows(&mut tx, &rows).await?;
-        self.store.clear_audit_events(&mut tx, &ids).await?;
+        self.store.mark_fanned_out(&mut tx, &ids).await?;
         tx.commit().await?;
         Ok(carried.len())
     }

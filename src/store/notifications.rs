@@ -178,29 +178,46 @@ impl Store {
     }
 
     /// Audit records whose events are not fanned out yet, oldest first: (id, events).
+    /// PostgreSQL: the records that still carry events (the fan-out clears them). SQLite:
+    /// those after the fan-out's cursor (one writer commits records in id order).
     pub async fn unsent_audit_events(
         &self,
         conn: &mut AnyConnection,
         limit: i64,
     ) -> Result<Vec<(i64, String)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, events FROM audit_log WHERE events IS NOT NULL ORDER BY id LIMIT $1",
-        )
-        .bind(limit)
-        .fetch_all(conn)
-        .await?;
+        let sql = match self.backend {
+            Backend::Postgres => {
+                "SELECT id, events FROM audit_log WHERE events IS NOT NULL ORDER BY id LIMIT $1"
+            }
+            Backend::Sqlite => {
+                "SELECT id, events FROM audit_log WHERE id > (SELECT value FROM counters WHERE name = 'notification_fan_out') AND events IS NOT NULL ORDER BY id LIMIT $1"
+            }
+        };
+        let rows = sqlx::query(sql).bind(limit).fetch_all(conn).await?;
         rows.iter()
             .map(|row| Ok((row.try_get("id")?, row.try_get("events")?)))
             .collect()
     }
 
-    /// Marks these audit records' events fanned out (exactly these: on PostgreSQL a record
-    /// with a smaller id may commit later, and must stay to be fanned out then).
-    pub async fn clear_audit_events(
+    /// Marks these audit records' events fanned out. PostgreSQL: clears exactly these (a
+    /// record with a smaller id may commit later, and must stay to be fanned out then).
+    /// SQLite: moves the cursor past them.
+    pub async fn mark_fanned_out(
         &self,
         conn: &mut AnyConnection,
         ids: &[i64],
     ) -> Result<(), StoreError> {
+        if self.backend == Backend::Sqlite {
+            if let Some(last) = ids.iter().max() {
+                sqlx::query(
+                    "UPDATE counters SET value = $1 WHERE name = 'notification_fan_out' AND value < $1",
+                )
+                .bind(last)
+                .execute(conn)
+                .await?;
+            }
+            return Ok(());
+        }
         for chunk in ids.chunks(500) {
             let list: Vec<String> = chunk.iter().map(i64::to_string).collect();
             sqlx::query(AssertSqlSafe(format!(

@@ -1356,11 +1356,23 @@ async fn write_audit_with_event(
 /// at once.
 #[tokio::test]
 async fn events_ride_on_audit_records_and_each_is_fanned_out_once() {
+    events_are_fanned_out_once(Backend::Postgres).await;
+}
+
+/// The same on the embedded store, where the fan-out keeps a cursor instead of clearing the
+/// records (one writer commits them in id order).
+#[tokio::test]
+async fn events_ride_on_audit_records_and_each_is_fanned_out_once_on_a_sqlite_store() {
+    events_are_fanned_out_once(Backend::Sqlite).await;
+}
+
+async fn events_are_fanned_out_once(backend: Backend) {
     let http = Receiver::start().await;
     let app = spawn_with(
         channels(&http, None),
         AppOptions {
             background_workers: false,
+            backend,
             ..AppOptions::default()
         },
     )
@@ -1390,31 +1402,41 @@ async fn events_ride_on_audit_records_and_each_is_fanned_out_once() {
         assert!(carried[0].1.contains("incident 7"), "{carried:?}");
     }
 
-    // A record that takes its id first but commits after a fan-out of a later one.
-    let mut early = store.begin().await.unwrap();
-    write_audit_with_event(&store, &mut early, 1).await;
-    let mut late = store.begin().await.unwrap();
-    write_audit_with_event(&store, &mut late, 2).await;
-    late.commit().await.unwrap();
-    assert_eq!(
-        service.fan_out_events(100).await.unwrap(),
-        2,
-        "the lock and #2"
-    );
-    early.commit().await.unwrap();
-    assert_eq!(
-        service.fan_out_events(100).await.unwrap(),
-        1,
-        "#1, committed after the fan-out that took #2, is not skipped"
-    );
+    if backend == Backend::Postgres {
+        // A record that takes its id first but commits after a fan-out of a later one.
+        let mut early = store.begin().await.unwrap();
+        write_audit_with_event(&store, &mut early, 1).await;
+        let mut late = store.begin().await.unwrap();
+        write_audit_with_event(&store, &mut late, 2).await;
+        late.commit().await.unwrap();
+        assert_eq!(
+            service.fan_out_events(100).await.unwrap(),
+            2,
+            "the lock and #2"
+        );
+        early.commit().await.unwrap();
+        assert_eq!(
+            service.fan_out_events(100).await.unwrap(),
+            1,
+            "#1, committed after the fan-out that took #2, is not skipped"
+        );
+    } else {
+        // One writer: records commit in id order (#2 is written first here).
+        let mut tx = store.begin().await.unwrap();
+        write_audit_with_event(&store, &mut tx, 2).await;
+        write_audit_with_event(&store, &mut tx, 1).await;
+        tx.commit().await.unwrap();
+        assert_eq!(service.fan_out_events(100).await.unwrap(), 3);
+    }
     assert_eq!(service.fan_out_events(100).await.unwrap(), 0);
 
     // Two daemons fanning out at once, in small batches.
     {
-        let mut conn = store.conn().await.unwrap();
+        let mut tx = store.begin().await.unwrap();
         for n in 3..43 {
-            write_audit_with_event(&store, &mut conn, n).await;
+            write_audit_with_event(&store, &mut tx, n).await;
         }
+        tx.commit().await.unwrap();
     }
     let fan = |service: sluice::service::Service| async move {
         let mut total = 0;
