@@ -13,6 +13,7 @@ pub mod notify;
 pub mod service;
 pub mod store;
 pub mod target;
+pub mod telemetry;
 
 use config::Config;
 use service::{Clock, Service};

@@ -51,6 +51,8 @@ pub fn router(service: Service) -> Router {
             post(test_notification),
         )
         .route("/api/v1/notifications/{id}/retry", post(retry_notification))
+        .route("/metrics", get(metrics))
+        .route_layer(axum::middleware::from_fn(crate::telemetry::track_http))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(tower_http::trace::TraceLayer::new_for_http())
@@ -179,6 +181,19 @@ impl FromRequestParts<Service> for Authenticated {
 }
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
+
+/// Prometheus metrics (unauthenticated, like the health checks: they carry no ids or secrets).
+async fn metrics(State(service): State<Service>) -> Result<Response, ApiError> {
+    let body = crate::telemetry::render(&service).await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response())
+}
 
 async fn healthz() -> &'static str {
     "ok"

@@ -48,6 +48,7 @@ impl EventBus {
     }
 
     pub fn state(&self, deployment: &DeploymentRow, at: String) {
+        crate::telemetry::deployment_changed(deployment);
         let _ = self.sender.send(DeploymentEvent {
             deployment_id: deployment.id.clone(),
             migration_id: deployment.migration_id.clone(),

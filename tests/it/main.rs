@@ -7,6 +7,7 @@ mod cli;
 mod grpc;
 mod harness;
 mod interrupted;
+mod metrics;
 mod mysql;
 mod notify;
 mod promise;

@@ -1,0 +1,181 @@
+//! Prometheus metrics: `GET /metrics` after a real story (applied, failed, awaiting approval,
+//! a lock), gauges derived from the store and the same after a restart, counters by bounded
+//! labels (never an id).
+
+use crate::harness::*;
+use reqwest::StatusCode;
+use serde_json::json;
+
+/// The value of the sample `name{labels}` (labels as the text format writes them, in order).
+fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
+    let key = format!("{name}{{{labels}}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .map(|v| v.trim().parse().unwrap())
+}
+
+async fn scrape(base: &str) -> String {
+    let response = reqwest::get(format!("{base}/metrics")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let kind = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(kind.starts_with("text/plain; version=0.0.4"), "{kind}");
+    response.text().await.unwrap()
+}
+
+/// The gauges a store-derived scrape must show for the story below.
+fn check_gauges(text: &str, applied: &str, failed: &str) {
+    let env = |e: &str| format!("environment=\"{e}\"");
+    assert_eq!(
+        sample(
+            text,
+            "sluice_build_info",
+            &format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(text, "sluice_environment_locked", &env("production")),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(text, "sluice_environment_locked", &env("staging")),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(text, "sluice_environment_halted", &env("development")),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(text, "sluice_environment_halted", &env("staging")),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(text, "sluice_freeze_active", &env("production")),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(text, "sluice_target_up", &env("development")),
+        Some(1.0)
+    );
+    // Both migrations wait for approval in staging and production.
+    assert_eq!(
+        sample(text, "sluice_pending_approvals", &env("staging")),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(text, "sluice_pending_approvals", &env("production")),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(text, "sluice_pending_approvals", &env("development")),
+        Some(0.0)
+    );
+    assert!(
+        sample(
+            text,
+            "sluice_oldest_pending_approval_age_seconds",
+            &env("staging")
+        )
+        .unwrap()
+            >= 0.0
+    );
+    assert_eq!(
+        sample(
+            text,
+            "sluice_queue_depth",
+            "environment=\"development\",state=\"failed\""
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            text,
+            "sluice_queue_depth",
+            "environment=\"staging\",state=\"awaiting_approval\""
+        ),
+        Some(2.0)
+    );
+    // Labels are bounded: no migration or deployment id anywhere.
+    assert!(!text.contains(applied) && !text.contains(failed), "{text}");
+}
+
+#[tokio::test]
+async fn metrics_tell_the_story_and_the_gauges_survive_a_restart() {
+    let mut app = spawn_app().await;
+    let applied = app
+        .submit(
+            "dev",
+            migration("Metrics ok", "low", "CREATE TABLE metered (id int);", None),
+        )
+        .await;
+    app.wait_for_state(&format!("{applied}@development"), &["applied"])
+        .await;
+    let failed = app
+        .submit(
+            "dev",
+            migration(
+                "Metrics broken",
+                "low",
+                "CREATE TABLE metered (id int);",
+                None,
+            ),
+        )
+        .await;
+    app.wait_for_state(&format!("{failed}@development"), &["failed"])
+        .await;
+    let (status, _) = app
+        .post(
+            "lead",
+            "/api/v1/environments/production/lock",
+            json!({"reason": "metrics test"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let text = scrape(&app.base).await;
+    check_gauges(&text, &applied, &failed);
+    // Counters are per process (tests share one): at least this story's.
+    for outcome in ["applied", "failed"] {
+        let n = sample(
+            &text,
+            "sluice_deployments_total",
+            &format!("environment=\"development\",outcome=\"{outcome}\""),
+        );
+        assert!(n.unwrap_or(0.0) >= 1.0, "{outcome}: {text}");
+    }
+    assert!(
+        text.contains("sluice_deployment_duration_seconds_bucket{environment=\"development\""),
+        "{text}"
+    );
+    let submits = sample(
+        &text,
+        "sluice_http_requests_total",
+        "method=\"POST\",route=\"/api/v1/migrations\",status=\"201\"",
+    )
+    .or_else(|| {
+        sample(
+            &text,
+            "sluice_http_requests_total",
+            "route=\"/api/v1/migrations\",method=\"POST\",status=\"201\"",
+        )
+    });
+    assert!(submits.unwrap_or(0.0) >= 2.0, "{text}");
+    assert!(
+        text.contains("sluice_http_request_duration_seconds_bucket"),
+        "{text}"
+    );
+
+    // A restart: the gauges come from the store, not from counting since the start.
+    app.running.take().unwrap().stop().await;
+    let again = sluice::start(app.config.clone(), sluice::StartOptions::default())
+        .await
+        .unwrap();
+    let text = scrape(&format!("http://{}", again.rest_addr)).await;
+    check_gauges(&text, &applied, &failed);
+    again.stop().await;
+}
