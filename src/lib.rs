@@ -27,6 +27,8 @@ use tokio_util::sync::CancellationToken;
 pub struct Running {
     pub rest_addr: SocketAddr,
     pub grpc_addr: SocketAddr,
+    /// Where `GET /metrics` is served when `server.metrics_addr` moves it off the REST port.
+    pub metrics_addr: Option<SocketAddr>,
     pub service: Service,
     cancel: CancellationToken,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -83,6 +85,18 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
             )
         })?;
     let grpc_addr = grpc_listener.local_addr()?;
+    let metrics_listener = match config.settings.server.metrics_addr() {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on {addr} (server.metrics_addr / SLUICE__SERVER__METRICS_ADDR): {e}"
+            )
+        })?),
+        None => None,
+    };
+    let metrics_addr = match &metrics_listener {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
     let grace = Duration::from_secs(config.settings.server.shutdown_grace_seconds);
     for channel in &config.notifications.channels {
         tracing::info!(channel = %channel.name, kind = channel.kind.type_name(), "notification channel on");
@@ -110,6 +124,15 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await
     });
+    if let Some(listener) = metrics_listener {
+        let app = api::metrics_router(service.clone());
+        let shutdown = cancel.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .await
+        });
+    }
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<api::grpc::pb::sluice_server::SluiceServer<api::grpc::GrpcApi>>()
@@ -120,6 +143,7 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
     let grpc_shutdown = cancel.clone();
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
+            .layer(crate::telemetry::GrpcMetricsLayer)
             .add_service(health_service)
             .add_service(reflection)
             .add_service(api::grpc::GrpcApi::server(service.clone()))
@@ -135,6 +159,7 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
     Ok(Running {
         rest_addr,
         grpc_addr,
+        metrics_addr,
         grpc,
         service,
         cancel,

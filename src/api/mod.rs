@@ -21,8 +21,18 @@ use std::time::Duration;
 /// The largest request body accepted.
 pub const BODY_LIMIT: usize = 1024 * 1024;
 
-pub fn router(service: Service) -> Router {
+/// `GET /metrics` alone, for `server.metrics_addr`.
+pub fn metrics_router(service: Service) -> Router {
     Router::new()
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(service)
+}
+
+/// The REST API (and `GET /metrics`, unless `server.metrics_addr` moves it).
+pub fn router(service: Service) -> Router {
+    let metrics_here = service.config.settings.server.metrics_addr().is_none();
+    let router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/api/v1/migrations", post(submit).get(list_migrations))
@@ -50,8 +60,13 @@ pub fn router(service: Service) -> Router {
             "/api/v1/notifications/channels/{name}/test",
             post(test_notification),
         )
-        .route("/api/v1/notifications/{id}/retry", post(retry_notification))
-        .route("/metrics", get(metrics))
+        .route("/api/v1/notifications/{id}/retry", post(retry_notification));
+    let router = if metrics_here {
+        router.route("/metrics", get(metrics))
+    } else {
+        router
+    };
+    router
         .route_layer(axum::middleware::from_fn(crate::telemetry::track_http))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

@@ -98,10 +98,16 @@ fn run_server(config_dir: PathBuf) -> CliResult {
             .await
             .map_err(|e| Failure::operation(format!("{e:#}")))?;
         let shutdown = shutdown_signal();
-        println!(
-            "sluice listening on http://{} (REST) and http://{} (gRPC)",
-            running.rest_addr, running.grpc_addr
-        );
+        match running.metrics_addr {
+            Some(metrics) => println!(
+                "sluice listening on http://{} (REST) and http://{} (gRPC); metrics at http://{metrics}/metrics",
+                running.rest_addr, running.grpc_addr
+            ),
+            None => println!(
+                "sluice listening on http://{} (REST) and http://{} (gRPC)",
+                running.rest_addr, running.grpc_addr
+            ),
+        }
         shutdown.await;
         tracing::info!("shutting down");
         running.stop().await;

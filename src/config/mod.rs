@@ -112,6 +112,20 @@ pub struct ServerSettings {
     /// Where people reach this Sluice (the dashboard or API), for links in notifications.
     #[serde(default)]
     pub public_url: Option<String>,
+    /// Serve `GET /metrics` on this address of its own instead of the REST listener (e.g. a
+    /// port only the monitoring network reaches). Empty or absent: on the REST listener.
+    #[serde(default)]
+    pub metrics_addr: Option<String>,
+}
+
+impl ServerSettings {
+    /// `metrics_addr`, when it names one.
+    pub fn metrics_addr(&self) -> Option<&str> {
+        self.metrics_addr
+            .as_deref()
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+    }
 }
 
 impl Default for ServerSettings {
@@ -122,6 +136,7 @@ impl Default for ServerSettings {
             shutdown_grace_seconds: default_grace(),
             max_watch_streams: default_max_watch_streams(),
             public_url: None,
+            metrics_addr: None,
         }
     }
 }

@@ -30,6 +30,12 @@ impl Engine {
                 let mut backoff = poll;
                 loop {
                     let outcome = worker.run_once().await;
+                    if outcome.is_ok() {
+                        worker.service().signals.round_done(
+                            worker.environment().name.as_str(),
+                            crate::service::millis(worker.service().clock.now()),
+                        );
+                    }
                     let wait = match &outcome {
                         // Something moved: look again at once, more may be ready.
                         Ok(Outcome::Worked {

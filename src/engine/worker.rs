@@ -72,6 +72,10 @@ impl Worker {
         }
     }
 
+    pub fn service(&self) -> &Service {
+        &self.service
+    }
+
     pub fn environment(&self) -> &EnvironmentConfig {
         &self.environment
     }
@@ -376,6 +380,7 @@ impl Worker {
                             migration_id: &m.id,
                             checksum: &m.checksum,
                             applied_by: &self.owner,
+                            environment: self.environment.name.as_str(),
                             statements: &statements,
                             observer: Some(&observer),
                         };
@@ -648,6 +653,7 @@ impl Worker {
                 migration_id: &m.id,
                 checksum: &m.checksum,
                 applied_by: &self.owner,
+                environment: self.environment.name.as_str(),
                 statements: &statements,
                 observer: Some(&observer),
             };
@@ -763,10 +769,14 @@ impl Worker {
                 self.environment.name,
                 now.format("%Y%m%dT%H%M%S%.3fZ")
             ));
-        session
-            .backup(&file, &self.settings(), settings)
-            .await
-            .map_err(|e| format!("backup before apply failed: {e}"))?;
+        let started = std::time::Instant::now();
+        let taken = session.backup(&file, &self.settings(), settings).await;
+        crate::telemetry::backup_done(
+            self.environment.name.as_str(),
+            started.elapsed().as_secs_f64(),
+            taken.is_ok(),
+        );
+        taken.map_err(|e| format!("backup before apply failed: {e}"))?;
         let path = file.display().to_string();
         tracing::info!(environment = %self.environment.name, %path, "backup taken");
         let store = &self.service.store;

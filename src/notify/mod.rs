@@ -421,6 +421,15 @@ impl Notifier {
                 (DeliveryResult::Retry(next), e.message)
             }
         };
+        crate::telemetry::notification_sent(
+            &row.channel,
+            match result {
+                DeliveryResult::Delivered => "delivered",
+                DeliveryResult::Retry(_) => "failed",
+                DeliveryResult::Dead => "dead",
+            },
+            started.elapsed().as_secs_f64(),
+        );
         match &result {
             DeliveryResult::Delivered => {
                 tracing::debug!(channel = %row.channel, event = %row.event_id, kind = %row.kind, "notification delivered")

@@ -206,6 +206,11 @@ impl Service {
             .await?;
         }
         tx.commit().await?;
+        crate::telemetry::approval_recorded(
+            &deployment.environment,
+            role.as_str(),
+            (at - deployment.created_at).max(0) as f64 / 1000.0,
+        );
         if progress.satisfied {
             self.publish([&deployment]);
         } else {

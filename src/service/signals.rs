@@ -15,6 +15,8 @@ pub struct WorkerSignals {
     target_errors: Mutex<HashMap<String, (String, i64)>>,
     /// Every deployment state change and log line, for watchers.
     pub events: EventBus,
+    /// When each worker of this daemon last finished a round (ms), for /metrics.
+    last_rounds: Mutex<HashMap<String, i64>>,
     /// Wakes the fan-out when a commit wrote audit records carrying events.
     pub fan_out: Arc<Notify>,
     /// Wakes the notifier when rows are written to the outbox.
@@ -36,9 +38,31 @@ impl WorkerSignals {
                 .collect(),
             target_errors: Mutex::default(),
             events: EventBus::default(),
+            last_rounds: Mutex::default(),
             fan_out: Arc::new(Notify::new()),
             outbox: Arc::new(Notify::new()),
         }
+    }
+
+    /// Notes that `environment`'s worker finished a round at `at` (ms).
+    pub fn round_done(&self, environment: &str, at: i64) {
+        self.last_rounds
+            .lock()
+            .expect("last rounds lock")
+            .insert(environment.to_owned(), at);
+    }
+
+    /// When each worker last finished a round (ms), by environment name.
+    pub fn last_rounds(&self) -> Vec<(String, i64)> {
+        let mut rounds: Vec<(String, i64)> = self
+            .last_rounds
+            .lock()
+            .expect("last rounds lock")
+            .iter()
+            .map(|(e, at)| (e.clone(), *at))
+            .collect();
+        rounds.sort();
+        rounds
     }
 
     /// Records whether the worker of `environment` reached its target.

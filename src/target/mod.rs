@@ -41,6 +41,8 @@ pub struct Script<'a> {
     pub migration_id: &'a str,
     pub checksum: &'a str,
     pub applied_by: &'a str,
+    /// The environment's name (for metrics).
+    pub environment: &'a str,
     pub statements: &'a [Statement],
     pub observer: Option<LogObserver<'a>>,
 }

@@ -209,6 +209,7 @@ impl PgSession {
         before: &[&str],
         statement: &str,
     ) -> Result<Result<(), tokio_postgres::Error>, TargetError> {
+        let started = std::time::Instant::now();
         let (prepared, result) = {
             let client = &self.client;
             let notices = &mut self.notices;
@@ -229,6 +230,11 @@ impl PgSession {
             }
         };
         prepared.map_err(|e| self.error(e))?;
+        crate::telemetry::statement_ran(
+            script.environment,
+            started.elapsed().as_secs_f64(),
+            result.is_ok(),
+        );
         self.drain_notices(script, log);
         Ok(result)
     }

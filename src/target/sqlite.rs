@@ -172,25 +172,34 @@ impl SqliteSession {
     /// Runs one statement; the database's error, worded for the deployment, if it fails.
     async fn run_statement(
         &mut self,
+        environment: &str,
         statement: &crate::lint::Statement,
         index: usize,
     ) -> Result<(), String> {
-        sqlx::raw_sql(AssertSqlSafe(statement.text.clone()))
+        let started = std::time::Instant::now();
+        let result = sqlx::raw_sql(AssertSqlSafe(statement.text.clone()))
             .execute(&mut self.conn)
-            .await
-            .map(|_| ())
-            .map_err(|e| {
-                let message = match &e {
-                    sqlx::Error::Database(db) => db.message().to_owned(),
-                    other => other.to_string(),
-                };
-                describe_failure(statement, index, statement.line, &message)
-            })
+            .await;
+        crate::telemetry::statement_ran(
+            environment,
+            started.elapsed().as_secs_f64(),
+            result.is_ok(),
+        );
+        result.map(|_| ()).map_err(|e| {
+            let message = match &e {
+                sqlx::Error::Database(db) => db.message().to_owned(),
+                other => other.to_string(),
+            };
+            describe_failure(statement, index, statement.line, &message)
+        })
     }
 
     async fn run_statements(&mut self, script: &Script<'_>) -> Option<String> {
         for (index, statement) in super::executable(script.statements) {
-            if let Err(failure) = self.run_statement(statement, index).await {
+            if let Err(failure) = self
+                .run_statement(script.environment, statement, index)
+                .await
+            {
                 return Some(failure);
             }
         }
@@ -383,7 +392,7 @@ impl super::steps::StepDriver for SqliteSession {
 
     async fn run_step(
         &mut self,
-        _script: &Script<'_>,
+        script: &Script<'_>,
         _log: &mut super::LogBuffer,
         index: usize,
         statement: &crate::lint::Statement,
@@ -392,7 +401,9 @@ impl super::steps::StepDriver for SqliteSession {
         if atomic {
             self.exec("BEGIN IMMEDIATE").await?;
         }
-        Ok(self.run_statement(statement, index).await)
+        Ok(self
+            .run_statement(script.environment, statement, index)
+            .await)
     }
 
     async fn advance(&mut self, migration_id: &str, done: i64) -> Result<(), TargetError> {

@@ -56,6 +56,43 @@ fn describe() {
         metrics::Unit::Seconds,
         "How long applying a deployment took, by environment."
     );
+    metrics::describe_histogram!(
+        "sluice_statement_duration_seconds",
+        metrics::Unit::Seconds,
+        "How long each statement of a migration took on its target, by environment and outcome."
+    );
+    metrics::describe_histogram!(
+        "sluice_approval_wait_seconds",
+        metrics::Unit::Seconds,
+        "From a deployment's submission to each approval of it, by environment and role."
+    );
+    metrics::describe_counter!(
+        "sluice_backups_total",
+        "Backups before applying, by environment and outcome (taken, failed)."
+    );
+    metrics::describe_histogram!(
+        "sluice_backup_duration_seconds",
+        metrics::Unit::Seconds,
+        "How long taking a backup took, by environment."
+    );
+    metrics::describe_counter!(
+        "sluice_notification_attempts_total",
+        "Attempts to send a notification, by channel and outcome (delivered, failed, dead)."
+    );
+    metrics::describe_histogram!(
+        "sluice_notification_send_duration_seconds",
+        metrics::Unit::Seconds,
+        "How long sending a notification took, by channel."
+    );
+    metrics::describe_counter!(
+        "sluice_grpc_requests_total",
+        "gRPC calls by method and status code."
+    );
+    metrics::describe_histogram!(
+        "sluice_grpc_request_duration_seconds",
+        metrics::Unit::Seconds,
+        "gRPC call durations (to the response headers) by method."
+    );
     metrics::describe_counter!(
         "sluice_http_requests_total",
         "REST requests by route, method and status."
@@ -103,6 +140,149 @@ pub fn deployment_changed(deployment: &DeploymentRow) {
             "environment" => deployment.environment.clone()
         )
         .record(ms as f64 / 1000.0);
+    }
+}
+
+/// One statement run against a target.
+pub fn statement_ran(environment: &str, seconds: f64, ok: bool) {
+    if recorder().is_none() {
+        return;
+    }
+    metrics::histogram!(
+        "sluice_statement_duration_seconds",
+        "environment" => environment.to_owned(),
+        "outcome" => if ok { "ok" } else { "error" }
+    )
+    .record(seconds);
+}
+
+/// An approval recorded, `seconds` after the deployment was submitted.
+pub fn approval_recorded(environment: &str, role: &str, seconds: f64) {
+    if recorder().is_none() {
+        return;
+    }
+    metrics::histogram!(
+        "sluice_approval_wait_seconds",
+        "environment" => environment.to_owned(),
+        "role" => role.to_owned()
+    )
+    .record(seconds);
+}
+
+/// A backup before applying, taken or failed.
+pub fn backup_done(environment: &str, seconds: f64, ok: bool) {
+    if recorder().is_none() {
+        return;
+    }
+    metrics::counter!(
+        "sluice_backups_total",
+        "environment" => environment.to_owned(),
+        "outcome" => if ok { "taken" } else { "failed" }
+    )
+    .increment(1);
+    if ok {
+        metrics::histogram!(
+            "sluice_backup_duration_seconds",
+            "environment" => environment.to_owned()
+        )
+        .record(seconds);
+    }
+}
+
+/// One attempt to send a notification: `outcome` is delivered, failed (retried) or dead.
+pub fn notification_sent(channel: &str, outcome: &'static str, seconds: f64) {
+    if recorder().is_none() {
+        return;
+    }
+    metrics::counter!(
+        "sluice_notification_attempts_total",
+        "channel" => channel.to_owned(),
+        "outcome" => outcome
+    )
+    .increment(1);
+    metrics::histogram!(
+        "sluice_notification_send_duration_seconds",
+        "channel" => channel.to_owned()
+    )
+    .record(seconds);
+}
+
+/// Counts gRPC calls by method and status code (a tower layer on the gRPC server). A path
+/// that names no method of the service is answered UNIMPLEMENTED and counted as "unknown",
+/// so that clients cannot make up label values.
+#[derive(Clone, Default)]
+pub struct GrpcMetricsLayer;
+
+impl<S> tower::Layer<S> for GrpcMetricsLayer {
+    type Service = GrpcMetrics<S>;
+    fn layer(&self, inner: S) -> GrpcMetrics<S> {
+        GrpcMetrics { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct GrpcMetrics<S> {
+    inner: S,
+}
+
+impl<S, B, R> tower::Service<axum::http::Request<B>> for GrpcMetrics<S>
+where
+    S: tower::Service<axum::http::Request<B>, Response = axum::http::Response<R>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
+        let path = request.uri().path().to_owned();
+        let started = Instant::now();
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let response = future.await?;
+            if recorder().is_some() {
+                // Trailers-only answers (errors) carry the status in the headers; a success
+                // carries it in the trailers, after the body: OK.
+                let code = response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i32>().ok())
+                    .unwrap_or(0);
+                let method = match path.rsplit_once('/') {
+                    Some((_, method)) if code != 12 && !method.is_empty() && method.len() <= 64 => {
+                        method.to_owned()
+                    }
+                    _ => "unknown".to_owned(),
+                };
+                let code = tonic::Code::from_i32(code);
+                metrics::counter!(
+                    "sluice_grpc_requests_total",
+                    "method" => method.clone(),
+                    "code" => format!("{code:?}")
+                )
+                .increment(1);
+                metrics::histogram!(
+                    "sluice_grpc_request_duration_seconds",
+                    "method" => method
+                )
+                .record(started.elapsed().as_secs_f64());
+            }
+            Ok(response)
+        })
     }
 }
 
@@ -268,6 +448,13 @@ pub async fn render(service: &Service) -> Result<String, ServiceError> {
             flag(status.target_error.is_none()),
         );
     }
+    let mut last_round = Family::new(
+        "sluice_worker_last_round_timestamp_seconds",
+        "When this daemon's worker for the environment last finished a round (Unix time).",
+    );
+    for (environment, at) in service.signals.last_rounds() {
+        last_round.add(vec![("environment", environment)], at as f64 / 1000.0);
+    }
     let mut undelivered = Family::new(
         "sluice_notifications_pending",
         "Notifications waiting for delivery or a retry, by channel.",
@@ -302,6 +489,7 @@ pub async fn render(service: &Service) -> Result<String, ServiceError> {
         &halted,
         &freeze,
         &target_up,
+        &last_round,
         &undelivered,
         &dead,
     ] {

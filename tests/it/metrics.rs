@@ -179,3 +179,100 @@ async fn metrics_tell_the_story_and_the_gauges_survive_a_restart() {
     check_gauges(&text, &applied, &failed);
     again.stop().await;
 }
+
+/// Counters and histograms of what happens: statements, approvals (submission to approval),
+/// backups before applying, gRPC calls by method and code, notification attempts, the
+/// workers' last rounds.
+#[tokio::test]
+async fn metrics_count_statements_approvals_backups_grpc_calls_and_notifications() {
+    let http = crate::receivers::Receiver::start().await;
+    let app = spawn_app_with(AppOptions {
+        notifications: Some(format!(
+            "delivery:\n  first_retry_seconds: 0.05\n  max_retry_seconds: 0.2\n  timeout_seconds: 0.5\nchannels:\n  hook:\n    type: webhook\n    url: {}\n    secret: metrics-secret\n",
+            http.url("/hook")
+        )),
+        ..AppOptions::default()
+    })
+    .await;
+    let id = app
+        .submit(
+            "dev",
+            migration("Counted", "low", "CREATE TABLE counted (id int);", None),
+        )
+        .await;
+    app.wait_for_state(&format!("{id}@development"), &["applied"])
+        .await;
+    let staging = format!("{id}@staging");
+    app.approve("ops1", &staging, "data_ops").await;
+    app.approve("ops2", &staging, "data_ops").await;
+    app.wait_for_state(&staging, &["applied"]).await;
+    http.wait_for("/hook", "the staging deployment's events", |r| {
+        r.iter()
+            .any(|r| r.header("x-sluice-event") == "applied" && r.json["environment"] == "staging")
+    })
+    .await;
+    // One gRPC call that succeeds and one the server refuses.
+    let mut client = app.grpc().await;
+    client
+        .get_environment_status(app.grpc_request(
+            "dev",
+            sluice::api::grpc::pb::GetEnvironmentStatusRequest {
+                environment: "staging".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    let refused = client
+        .get_environment_status(app.grpc_request(
+            "dev",
+            sluice::api::grpc::pb::GetEnvironmentStatusRequest {
+                environment: "nowhere".into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+
+    let text = scrape(&app.base).await;
+    let at_least_one = |prefix: &str| {
+        let n: f64 = text
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum();
+        assert!(n >= 1.0, "{prefix}: {text}");
+    };
+    at_least_one("sluice_statement_duration_seconds_count{environment=\"staging\",outcome=\"ok\"}");
+    at_least_one("sluice_approval_wait_seconds_count{environment=\"staging\",role=\"data_ops\"}");
+    at_least_one("sluice_backups_total{environment=\"staging\",outcome=\"taken\"}");
+    at_least_one("sluice_backup_duration_seconds_count{environment=\"staging\"}");
+    at_least_one("sluice_notification_attempts_total{channel=\"hook\",outcome=\"delivered\"}");
+    at_least_one("sluice_grpc_requests_total{method=\"GetEnvironmentStatus\",code=\"Ok\"}");
+    at_least_one(&format!(
+        "sluice_grpc_requests_total{{method=\"GetEnvironmentStatus\",code=\"{:?}\"}}",
+        refused.code()
+    ));
+    at_least_one("sluice_worker_last_round_timestamp_seconds{environment=\"staging\"}");
+    assert_eq!(
+        sample(&text, "sluice_notifications_dead", "channel=\"hook\""),
+        Some(0.0)
+    );
+    app.stop().await;
+}
+
+/// `server.metrics_addr` moves /metrics off the REST port.
+#[tokio::test]
+async fn metrics_move_to_their_own_address_when_configured() {
+    let app = spawn_app_with(AppOptions {
+        edit_config: Some(|config| {
+            config.settings.server.metrics_addr = Some("127.0.0.1:0".into());
+        }),
+        ..AppOptions::default()
+    })
+    .await;
+    let (status, _) = app.get("dev", "/metrics").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let addr = app.running.as_ref().unwrap().metrics_addr.unwrap();
+    let text = scrape(&format!("http://{addr}")).await;
+    assert!(text.contains("sluice_build_info"), "{text}");
+    app.stop().await;
+}
