@@ -398,6 +398,18 @@ pub async fn render(service: &Service) -> Result<String, ServiceError> {
         "sluice_freeze_active",
         "1 while a freeze window is in force in the environment.",
     );
+    let mut lock_age = Family::new(
+        "sluice_environment_locked_seconds",
+        "How long the environment has been locked (0: not locked).",
+    );
+    let mut next_deadline = Family::new(
+        "sluice_next_approval_deadline_seconds",
+        "Seconds until the nearest approval deadline of a deployment awaiting approval (absent: none).",
+    );
+    let mut overrun = Family::new(
+        "sluice_deployment_overrun_seconds",
+        "How far the running deployment is past its estimated duration (0: within it, or none running).",
+    );
     let mut target_up = Family::new(
         "sluice_target_up",
         "1 unless the worker's last attempt to reach the environment's database failed.",
@@ -430,6 +442,40 @@ pub async fn render(service: &Service) -> Result<String, ServiceError> {
             .max()
             .unwrap_or(0);
         oldest.add(vec![("environment", name.clone())], age as f64 / 1000.0);
+        if let Some(deadline) = waiting.iter().filter_map(|d| d.deadline_at).min() {
+            next_deadline.add(
+                vec![("environment", name.clone())],
+                (deadline - now) as f64 / 1000.0,
+            );
+        }
+        let mut over = 0i64;
+        for d in open.iter().filter(|d| d.state == DeploymentState::Running) {
+            let mut conn = service.store.conn().await?;
+            let estimate = service
+                .store
+                .migration(&mut conn, &d.migration_id)
+                .await?
+                .and_then(|m| crate::domain::freeze::parse_duration(&m.estimated_duration));
+            if let (Some(started), Some(estimate)) = (d.started_at, estimate) {
+                over = over.max(now - started - estimate.num_milliseconds());
+            }
+        }
+        overrun.add(
+            vec![("environment", name.clone())],
+            over.max(0) as f64 / 1000.0,
+        );
+        let locked_since = {
+            let mut conn = service.store.conn().await?;
+            service
+                .store
+                .lock(&mut conn, env.name.as_str())
+                .await?
+                .map(|l| l.locked_at)
+        };
+        lock_age.add(
+            vec![("environment", name.clone())],
+            locked_since.map_or(0, |at| (now - at).max(0)) as f64 / 1000.0,
+        );
         let flag = |on: bool| if on { 1.0 } else { 0.0 };
         locked.add(
             vec![("environment", name.clone())],
@@ -486,8 +532,11 @@ pub async fn render(service: &Service) -> Result<String, ServiceError> {
         &pending,
         &oldest,
         &locked,
+        &lock_age,
         &halted,
         &freeze,
+        &next_deadline,
+        &overrun,
         &target_up,
         &last_round,
         &undelivered,

@@ -57,6 +57,45 @@ fn check_gauges(text: &str, applied: &str, failed: &str) {
         sample(text, "sluice_freeze_active", &env("production")),
         Some(0.0)
     );
+    assert!(
+        sample(
+            text,
+            "sluice_environment_locked_seconds",
+            &env("production")
+        )
+        .unwrap()
+            >= 0.0
+    );
+    assert_eq!(
+        sample(text, "sluice_environment_locked_seconds", &env("staging")),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(
+            text,
+            "sluice_deployment_overrun_seconds",
+            &env("development")
+        ),
+        Some(0.0)
+    );
+    // Staging waits 72 h for approvals: the nearest deadline is hours away.
+    assert!(
+        sample(
+            text,
+            "sluice_next_approval_deadline_seconds",
+            &env("staging")
+        )
+        .unwrap()
+            > 3600.0
+    );
+    assert_eq!(
+        sample(
+            text,
+            "sluice_next_approval_deadline_seconds",
+            &env("development")
+        ),
+        None
+    );
     assert_eq!(
         sample(text, "sluice_target_up", &env("development")),
         Some(1.0)
@@ -256,6 +295,32 @@ async fn metrics_count_statements_approvals_backups_grpc_calls_and_notifications
         sample(&text, "sluice_notifications_dead", "channel=\"hook\""),
         Some(0.0)
     );
+    // Every metric the Grafana dashboard and the alert rules name is one Sluice exports.
+    let exported: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    for file in ["grafana/sluice.json", "prometheus/alerts.yml"] {
+        let content = std::fs::read_to_string(root.join(file)).unwrap();
+        let mut named = 0;
+        for (i, _) in content.match_indices("sluice_") {
+            let name: String = content[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            if name == "sluice_" {
+                continue;
+            }
+            named += 1;
+            assert!(
+                exported.contains(name.as_str()),
+                "{file} names {name}, which /metrics does not export: {exported:?}"
+            );
+        }
+        assert!(named >= 8, "{file}: {named} metrics named");
+    }
     app.stop().await;
 }
 
