@@ -143,6 +143,14 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
     let grpc_shutdown = cancel.clone();
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
+            .trace_fn(|request| {
+                crate::telemetry::traces::request_span(
+                    "grpc",
+                    "POST",
+                    request.uri().path(),
+                    request.headers(),
+                )
+            })
             .layer(crate::telemetry::GrpcMetricsLayer)
             .add_service(health_service)
             .add_service(reflection)

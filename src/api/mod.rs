@@ -70,7 +70,18 @@ pub fn router(service: Service) -> Router {
         .route_layer(axum::middleware::from_fn(crate::telemetry::track_http))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http().make_span_with(
+                |request: &axum::http::Request<axum::body::Body>| {
+                    crate::telemetry::traces::request_span(
+                        "http",
+                        request.method().as_str(),
+                        request.uri().path(),
+                        request.headers(),
+                    )
+                },
+            ),
+        )
         .with_state(service)
 }
 

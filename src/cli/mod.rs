@@ -76,24 +76,23 @@ pub fn main() -> ExitCode {
 }
 
 fn run_server(config_dir: PathBuf) -> CliResult {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sqlx=warn,tower_http=info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let config =
         crate::config::Config::load(&config_dir).map_err(|e| Failure::operation(e.to_string()))?;
+    let runtime = tokio::runtime::Runtime::new()
+        .map_err(|e| Failure::operation(format!("cannot start the runtime: {e}")))?;
+    // The trace exporter's connection lives on the runtime.
+    let traces = {
+        let _entered = runtime.enter();
+        crate::telemetry::traces::init(&config.settings)
+            .map_err(|e| Failure::operation(format!("cannot start logging and tracing: {e}")))?
+    };
     if config.users.is_empty() {
         tracing::warn!(
             "{} lists no users: every API call will be refused until you add one (run `sluice token new`)",
             config_dir.join("users.yml").display()
         );
     }
-    let runtime = tokio::runtime::Runtime::new()
-        .map_err(|e| Failure::operation(format!("cannot start the runtime: {e}")))?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let running = crate::start(config, crate::StartOptions::default())
             .await
             .map_err(|e| Failure::operation(format!("{e:#}")))?;
@@ -112,7 +111,11 @@ fn run_server(config_dir: PathBuf) -> CliResult {
         tracing::info!("shutting down");
         running.stop().await;
         Ok(())
-    })
+    });
+    // Spans not yet exported go out now (bounded by the exporter's timeout).
+    let _entered = runtime.enter();
+    traces.shutdown();
+    result
 }
 
 /// Waits for SIGTERM or Ctrl-C. The handlers are installed when this is called, not when the

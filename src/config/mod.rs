@@ -58,6 +58,69 @@ pub struct Settings {
     pub scheduler: SchedulerSettings,
     #[serde(default)]
     pub backup: BackupSettings,
+    #[serde(default)]
+    pub tracing: TracingSettings,
+    #[serde(default)]
+    pub log: LogSettings,
+}
+
+/// OpenTelemetry traces, exported over OTLP/gRPC (Jaeger and collectors take it). Off unless an
+/// endpoint is set here (`SLUICE__TRACING__OTLP_ENDPOINT`) or in `OTEL_EXPORTER_OTLP_ENDPOINT`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingSettings {
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// The share of traces kept (0 to 1) where no caller's `traceparent` decided it.
+    #[serde(default = "default_sampling_ratio")]
+    pub sampling_ratio: f64,
+}
+
+impl Default for TracingSettings {
+    fn default() -> Self {
+        TracingSettings {
+            otlp_endpoint: None,
+            service_name: default_service_name(),
+            sampling_ratio: default_sampling_ratio(),
+        }
+    }
+}
+
+impl TracingSettings {
+    /// The endpoint spans go to, if tracing is on.
+    pub fn endpoint(&self) -> Option<String> {
+        self.otlp_endpoint
+            .clone()
+            .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok())
+            .map(|e| e.trim().to_owned())
+            .filter(|e| !e.is_empty())
+    }
+}
+
+fn default_service_name() -> String {
+    "sluice".into()
+}
+fn default_sampling_ratio() -> f64 {
+    1.0
+}
+
+/// The daemon's log lines (stderr).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// `text` (default) or `json` (one object per line, for log shippers).
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// Where backups taken before applying (environments with `backup_required`) go.
@@ -549,6 +612,23 @@ impl Config {
             return Err(err(
                 &dir.join("sluice.yml"),
                 format!("server.public_url: \"{url}\" is not an http(s) URL"),
+            ));
+        }
+        let ratio = settings.tracing.sampling_ratio;
+        if !(0.0..=1.0).contains(&ratio) {
+            return Err(err(
+                &dir.join("sluice.yml"),
+                format!("tracing.sampling_ratio: {ratio} is not between 0 and 1"),
+            ));
+        }
+        if let Some(endpoint) = settings.tracing.endpoint()
+            && !matches!(url::Url::parse(&endpoint), Ok(u) if matches!(u.scheme(), "http" | "https"))
+        {
+            return Err(err(
+                &dir.join("sluice.yml"),
+                format!(
+                    "tracing.otlp_endpoint (or OTEL_EXPORTER_OTLP_ENDPOINT): \"{endpoint}\" is not an http(s) URL such as http://jaeger:4317"
+                ),
             ));
         }
         Ok(Config {

@@ -5,6 +5,8 @@
 //! are right after a restart and belong to the daemon scraped. Label values are bounded:
 //! environments, states, outcomes, channels, routes and methods, never ids.
 
+pub mod traces;
+
 use crate::domain::DeploymentState;
 use crate::service::{Service, ServiceError};
 use crate::store::DeploymentRow;

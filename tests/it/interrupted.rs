@@ -192,6 +192,7 @@ async fn a_killed_mariadb_connection_halts_a_ddl_script_and_retry_resumes() {
 pub(crate) struct Daemon {
     pub child: std::process::Child,
     pub rest: String,
+    pub grpc: String,
 }
 
 pub(crate) fn start_daemon(
@@ -200,7 +201,19 @@ pub(crate) fn start_daemon(
     store: &str,
     dev: &str,
 ) -> Daemon {
+    start_daemon_with(config, data, store, dev, &[])
+}
+
+/// `start_daemon` with more environment variables.
+pub(crate) fn start_daemon_with(
+    config: &std::path::Path,
+    data: &std::path::Path,
+    store: &str,
+    dev: &str,
+    env: &[(&str, &str)],
+) -> Daemon {
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .envs(env.iter().copied())
         .args(["server", "--config-dir"])
         .arg(config)
         .current_dir(data)
@@ -218,13 +231,15 @@ pub(crate) fn start_daemon(
     let stdout = child.stdout.take().unwrap();
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line).unwrap();
-    let rest = line
-        .trim()
-        .strip_prefix("sluice listening on ")
-        .and_then(|rest| rest.split(' ').next())
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-        .to_owned();
-    Daemon { child, rest }
+    // "sluice listening on http://A (REST) and http://B (gRPC)"
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let (rest, grpc) = match words.as_slice() {
+        ["sluice", "listening", "on", rest, "(REST)", "and", grpc, ..] => {
+            (rest.to_string(), grpc.to_string())
+        }
+        _ => panic!("unexpected first line: {line:?}"),
+    };
+    Daemon { child, rest, grpc }
 }
 
 pub(crate) async fn call(

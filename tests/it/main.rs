@@ -15,4 +15,5 @@ mod receivers;
 mod rules;
 mod story;
 mod tidy;
+mod traces;
 mod worker;

@@ -1,0 +1,182 @@
+//! OpenTelemetry traces: the daemon (its own process, as deployed) exports spans over OTLP/gRPC
+//! to a collector served by the test; a caller's `traceparent` (REST header, gRPC metadata)
+//! becomes the parent of the request's span.
+
+use crate::harness::{TestDatabase, USERS};
+use crate::interrupted::{Daemon, start_daemon_with};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::trace::v1::Span;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// An OTLP collector: keeps every span it receives, with its resource's service name.
+#[derive(Clone, Default)]
+struct Collector {
+    spans: Arc<Mutex<Vec<(String, Span)>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.spans.lock().unwrap();
+        for resource in request.into_inner().resource_spans {
+            let service = resource
+                .resource
+                .iter()
+                .flat_map(|r| r.attributes.iter())
+                .find(|a| a.key == "service.name")
+                .and_then(|a| a.value.as_ref())
+                .map(|v| format!("{:?}", v.value))
+                .unwrap_or_default();
+            for scope in resource.scope_spans {
+                for span in scope.spans {
+                    spans.push((service.clone(), span));
+                }
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+impl Collector {
+    async fn start(&self) -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let service = TraceServiceServer::new(self.clone());
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+                .await
+        });
+        port
+    }
+
+    /// Waits (bounded) for a span of this trace.
+    async fn span_of(&self, trace_id: &str) -> (String, Span) {
+        for _ in 0..200 {
+            if let Some(found) = self
+                .spans
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(_, s)| hex::encode(&s.trace_id) == trace_id)
+            {
+                return found.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no span of trace {trace_id} arrived");
+    }
+}
+
+fn attribute(span: &Span, key: &str) -> String {
+    span.attributes
+        .iter()
+        .find(|a| a.key == key)
+        .and_then(|a| a.value.as_ref())
+        .map(|v| format!("{:?}", v.value))
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_callers_traceparent_becomes_the_parent_of_the_requests_span_over_rest_and_grpc() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let collector = Collector::default();
+    let port = collector.start().await;
+    let (store, dev) = tokio::join!(
+        TestDatabase::create("otelstore"),
+        TestDatabase::create("oteldev")
+    );
+    let dir = std::env::temp_dir().join(format!("sluice-otel-{}", dev.name));
+    let config = dir.join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    let shipped = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config");
+    for file in ["sluice.yml", "environments.yml", "approval_matrix.yml"] {
+        std::fs::copy(shipped.join(file), config.join(file)).unwrap();
+    }
+    let token = sluice::auth::new_token().unwrap();
+    let roles = USERS
+        .iter()
+        .find(|(n, _)| *n == "dev")
+        .unwrap()
+        .1
+        .join(", ");
+    std::fs::write(
+        config.join("users.yml"),
+        format!(
+            "users:\n  - name: dev\n    roles: [{roles}]\n    token_sha256: \"{}\"\n",
+            sluice::auth::token_sha256(&token)
+        ),
+    )
+    .unwrap();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let mut daemon: Daemon = start_daemon_with(
+        &config,
+        &dir,
+        &store.url,
+        &dev.url,
+        &[
+            ("SLUICE__TRACING__OTLP_ENDPOINT", endpoint.as_str()),
+            ("SLUICE__TRACING__SERVICE_NAME", "sluice-under-test"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
+
+    // REST: the caller's span is the parent.
+    let rest_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let response = reqwest::Client::new()
+        .get(format!("{}/api/v1/environments/development", daemon.rest))
+        .bearer_auth(&token)
+        .header(
+            "traceparent",
+            format!("00-{rest_trace}-00f067aa0ba902b7-01"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success());
+    let (service, span) = collector.span_of(rest_trace).await;
+    assert!(service.contains("sluice-under-test"), "{service}");
+    assert_eq!(hex::encode(&span.parent_span_id), "00f067aa0ba902b7");
+    assert_eq!(span.name, "http GET");
+    assert!(
+        attribute(&span, "url.path").contains("/api/v1/environments/development"),
+        "{span:?}"
+    );
+
+    // gRPC: the same through metadata.
+    let grpc_trace = "0af7651916cd43dd8448eb211c80319c";
+    let mut client =
+        sluice::api::grpc::pb::sluice_client::SluiceClient::connect(daemon.grpc.clone())
+            .await
+            .unwrap();
+    let mut request = tonic::Request::new(sluice::api::grpc::pb::GetEnvironmentStatusRequest {
+        environment: "development".into(),
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{grpc_trace}-b7ad6b7169203331-01")
+            .parse()
+            .unwrap(),
+    );
+    client.get_environment_status(request).await.unwrap();
+    let (_, span) = collector.span_of(grpc_trace).await;
+    assert_eq!(hex::encode(&span.parent_span_id), "b7ad6b7169203331");
+    assert_eq!(span.name, "grpc /sluice.v1.Sluice/GetEnvironmentStatus");
+
+    daemon.child.kill().unwrap();
+    daemon.child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
