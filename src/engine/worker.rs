@@ -18,6 +18,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// How long a worker trusts its last look at the environment lock while applying a run.
 const LOCK_CHECK_INTERVAL: Duration = Duration::from_millis(200);
@@ -74,6 +75,14 @@ impl Worker {
 
     pub fn service(&self) -> &Service {
         &self.service
+    }
+
+    /// The target database's name (`db.namespace` of statement spans): the URL's path, or the
+    /// SQLite file's name.
+    fn namespace(&self) -> String {
+        let url = self.environment.url.expose();
+        let path = url.split(['?', '#']).next().unwrap_or_default();
+        path.rsplit('/').next().unwrap_or_default().to_owned()
     }
 
     pub fn environment(&self) -> &EnvironmentConfig {
@@ -381,14 +390,27 @@ impl Worker {
                             checksum: &m.checksum,
                             applied_by: &self.owner,
                             environment: self.environment.name.as_str(),
+                            namespace: &self.namespace(),
                             statements: &statements,
                             observer: Some(&observer),
                         };
-                        session
-                            .rollback(&script)
-                            .await
-                            .map(Some)
-                            .map_err(|e| e.to_string())
+                        let span = crate::telemetry::traces::deployment_span(
+                            "rollback",
+                            &m.id,
+                            self.environment.name.as_str(),
+                            &d.effective_risk,
+                            d.trace_context.as_deref(),
+                        );
+                        let result = session.rollback(&script).instrument(span.clone()).await;
+                        span.record(
+                            "sluice.outcome",
+                            match &result {
+                                Ok(r) if r.error.is_none() => "rolled_back",
+                                Ok(_) => "failed",
+                                Err(_) => "interrupted",
+                            },
+                        );
+                        result.map(Some).map_err(|e| e.to_string())
                     }
                     Some(Err(e)) => Err(e.to_string()),
                     None => Err(format!("migration {} has no down_sql", m.id)),
@@ -538,7 +560,24 @@ impl Worker {
         }
 
         if backup.is_none() {
-            match self.backup_if_required(session).await {
+            // In the trace of the first deployment it is taken for.
+            let first = &open[batch[0]];
+            let span = if self.environment.backup_required {
+                crate::telemetry::traces::deployment_span(
+                    "backup",
+                    &first.migration_id,
+                    self.environment.name.as_str(),
+                    &first.effective_risk,
+                    first.trace_context.as_deref(),
+                )
+            } else {
+                tracing::Span::none()
+            };
+            match self
+                .backup_if_required(session)
+                .instrument(span.clone())
+                .await
+            {
                 Ok(path) => backup = path,
                 Err(message) => return Ok(Outcome::TargetUnavailable(message)),
             }
@@ -654,10 +693,27 @@ impl Worker {
                 checksum: &m.checksum,
                 applied_by: &self.owner,
                 environment: self.environment.name.as_str(),
+                namespace: &self.namespace(),
                 statements: &statements,
                 observer: Some(&observer),
             };
-            let report = match session.apply(&script).await {
+            let span = crate::telemetry::traces::deployment_span(
+                "apply",
+                &m.id,
+                self.environment.name.as_str(),
+                &d.effective_risk,
+                d.trace_context.as_deref(),
+            );
+            let result = session.apply(&script).instrument(span.clone()).await;
+            span.record(
+                "sluice.outcome",
+                match &result {
+                    Ok(r) if r.error.is_none() => "applied",
+                    Ok(_) => "failed",
+                    Err(_) => "interrupted",
+                },
+            );
+            let report = match result {
                 Ok(report) => report,
                 Err(e) if !session.runs_in_one_transaction(&script) => {
                     // The connection broke while a script ran statement by statement: part

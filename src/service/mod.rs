@@ -187,6 +187,14 @@ impl Service {
         let from = deployment.state;
         deployment.state = deployment.state.on(change.event)?;
         deployment.updated_at = at;
+        // The call that releases it to the worker is where its trace continues.
+        if matches!(
+            deployment.state,
+            DeploymentState::Queued | DeploymentState::RollingBack
+        ) && let Some(context) = crate::telemetry::traces::current_traceparent()
+        {
+            deployment.trace_context = Some(context);
+        }
         self.store.update_deployment(tx, deployment).await?;
         let mut detail = change.detail;
         if let Some(fields) = detail.as_object_mut() {

@@ -183,6 +183,7 @@ impl Service {
                 updated_at: at,
                 version: 0,
                 out_of_order: false,
+                trace_context: crate::telemetry::traces::current_traceparent(),
             });
         }
         // One "submitted" for the migration, then an approval request per environment that

@@ -49,6 +49,10 @@ const SQLITE_SCHEMA: &[(i64, &str)] = &[
         4,
         include_str!("../../migrations/sqlite/0004_events_on_audit.sql"),
     ),
+    (
+        5,
+        include_str!("../../migrations/sqlite/0005_trace_context.sql"),
+    ),
 ];
 const POSTGRES_SCHEMA: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
@@ -63,6 +67,10 @@ const POSTGRES_SCHEMA: &[(i64, &str)] = &[
     (
         4,
         include_str!("../../migrations/postgres/0004_events_on_audit.sql"),
+    ),
+    (
+        5,
+        include_str!("../../migrations/postgres/0005_trace_context.sql"),
     ),
 ];
 
@@ -119,6 +127,8 @@ pub struct DeploymentRow {
     pub version: i64,
     /// An emergency deployment applied ahead of earlier deployments that were waiting.
     pub out_of_order: bool,
+    /// The W3C traceparent of the API call that submitted or released it (traces on).
+    pub trace_context: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -173,7 +183,7 @@ pub struct AuditFilter {
 }
 
 const MIGRATION_COLUMNS: &str = "id, seq, kind, description, declared_risk, effective_risk, findings, author, ticket, estimated_duration, up_sql, down_sql, depends_on, checksum, submitted_at, updated_at, authors";
-const DEPLOYMENT_COLUMNS: &str = "id, migration_id, seq, environment, state, effective_risk, emergency_reason, deadline_at, error, last_action, started_at, finished_at, execution_ms, transactional, created_at, updated_at, version, out_of_order";
+const DEPLOYMENT_COLUMNS: &str = "id, migration_id, seq, environment, state, effective_risk, emergency_reason, deadline_at, error, last_action, started_at, finished_at, execution_ms, transactional, created_at, updated_at, version, out_of_order, trace_context";
 
 fn migration_from_row(row: &AnyRow) -> Result<MigrationRow, StoreError> {
     let depends_on: String = row.try_get("depends_on")?;
@@ -224,6 +234,7 @@ fn deployment_from_row(row: &AnyRow) -> Result<DeploymentRow, StoreError> {
         updated_at: row.try_get("updated_at")?,
         version: row.try_get("version")?,
         out_of_order: out_of_order != 0,
+        trace_context: row.try_get("trace_context")?,
     })
 }
 
@@ -474,7 +485,7 @@ impl Store {
         d: &DeploymentRow,
     ) -> Result<(), StoreError> {
         sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO deployments ({DEPLOYMENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
+            "INSERT INTO deployments ({DEPLOYMENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
         )))
         .bind(&d.id)
         .bind(&d.migration_id)
@@ -494,6 +505,7 @@ impl Store {
         .bind(d.updated_at)
         .bind(d.version)
         .bind(i64::from(d.out_of_order))
+        .bind(&d.trace_context)
         .execute(&mut **tx)
         .await?;
         Ok(())
@@ -508,7 +520,7 @@ impl Store {
         d: &mut DeploymentRow,
     ) -> Result<(), StoreError> {
         let done = sqlx::query(
-            "UPDATE deployments SET state = $2, emergency_reason = $3, deadline_at = $4, error = $5, last_action = $6, started_at = $7, finished_at = $8, execution_ms = $9, transactional = $10, updated_at = $11, effective_risk = $12, out_of_order = $14, version = version + 1 WHERE id = $1 AND version = $13",
+            "UPDATE deployments SET state = $2, emergency_reason = $3, deadline_at = $4, error = $5, last_action = $6, started_at = $7, finished_at = $8, execution_ms = $9, transactional = $10, updated_at = $11, effective_risk = $12, out_of_order = $14, trace_context = $15, version = version + 1 WHERE id = $1 AND version = $13",
         )
         .bind(&d.id)
         .bind(d.state.as_str())
@@ -524,6 +536,7 @@ impl Store {
         .bind(&d.effective_risk)
         .bind(d.version)
         .bind(i64::from(d.out_of_order))
+        .bind(&d.trace_context)
         .execute(conn)
         .await?;
         if done.rows_affected() != 1 {

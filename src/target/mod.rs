@@ -43,6 +43,8 @@ pub struct Script<'a> {
     pub applied_by: &'a str,
     /// The environment's name (for metrics).
     pub environment: &'a str,
+    /// The target database's name (for traces).
+    pub namespace: &'a str,
     pub statements: &'a [Statement],
     pub observer: Option<LogObserver<'a>>,
 }

@@ -210,6 +210,8 @@ impl PgSession {
         statement: &str,
     ) -> Result<Result<(), tokio_postgres::Error>, TargetError> {
         let started = std::time::Instant::now();
+        let span =
+            crate::telemetry::traces::statement_span("postgresql", script.namespace, statement);
         let (prepared, result) = {
             let client = &self.client;
             let notices = &mut self.notices;
@@ -220,6 +222,7 @@ impl PgSession {
                 let (prepared, result) = tokio::join!(before, client.batch_execute(statement));
                 (prepared.map(|_| ()), result)
             };
+            let run = tracing::Instrument::instrument(run, span.clone());
             tokio::pin!(run);
             loop {
                 tokio::select! {
@@ -234,6 +237,10 @@ impl PgSession {
             script.environment,
             started.elapsed().as_secs_f64(),
             result.is_ok(),
+        );
+        span.record(
+            "sluice.outcome",
+            if result.is_ok() { "ok" } else { "error" },
         );
         self.drain_notices(script, log);
         Ok(result)

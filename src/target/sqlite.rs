@@ -172,19 +172,18 @@ impl SqliteSession {
     /// Runs one statement; the database's error, worded for the deployment, if it fails.
     async fn run_statement(
         &mut self,
-        environment: &str,
+        script: &Script<'_>,
         statement: &crate::lint::Statement,
         index: usize,
     ) -> Result<(), String> {
-        let started = std::time::Instant::now();
-        let result = sqlx::raw_sql(AssertSqlSafe(statement.text.clone()))
-            .execute(&mut self.conn)
-            .await;
-        crate::telemetry::statement_ran(
-            environment,
-            started.elapsed().as_secs_f64(),
-            result.is_ok(),
-        );
+        let result = crate::telemetry::traces::observed_statement(
+            "sqlite",
+            script.environment,
+            script.namespace,
+            &statement.text,
+            sqlx::raw_sql(AssertSqlSafe(statement.text.clone())).execute(&mut self.conn),
+        )
+        .await;
         result.map(|_| ()).map_err(|e| {
             let message = match &e {
                 sqlx::Error::Database(db) => db.message().to_owned(),
@@ -196,10 +195,7 @@ impl SqliteSession {
 
     async fn run_statements(&mut self, script: &Script<'_>) -> Option<String> {
         for (index, statement) in super::executable(script.statements) {
-            if let Err(failure) = self
-                .run_statement(script.environment, statement, index)
-                .await
-            {
+            if let Err(failure) = self.run_statement(script, statement, index).await {
                 return Some(failure);
             }
         }
@@ -401,9 +397,7 @@ impl super::steps::StepDriver for SqliteSession {
         if atomic {
             self.exec("BEGIN IMMEDIATE").await?;
         }
-        Ok(self
-            .run_statement(script.environment, statement, index)
-            .await)
+        Ok(self.run_statement(script, statement, index).await)
     }
 
     async fn advance(&mut self, migration_id: &str, done: i64) -> Result<(), TargetError> {

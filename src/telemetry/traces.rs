@@ -113,6 +113,11 @@ pub fn request_span(
         trace_id = tracing::field::Empty,
     );
     let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&Headers(headers)));
+    with_parent(span, parent)
+}
+
+/// `span` as a child of `parent` (when it is a valid context), with its `trace_id` recorded.
+fn with_parent(span: tracing::Span, parent: opentelemetry::Context) -> tracing::Span {
     if parent.span().span_context().is_valid() {
         let _ = span.set_parent(parent);
     }
@@ -121,4 +126,84 @@ pub fn request_span(
         span.record("trace_id", tracing::field::display(trace_id));
     }
     span
+}
+
+/// The W3C traceparent of the current span, when traces are on and it is sampled or not.
+pub fn current_traceparent() -> Option<String> {
+    let context = tracing::Span::current().context();
+    let span = context.span();
+    let span_context = span.span_context();
+    span_context.is_valid().then(|| {
+        format!(
+            "00-{}-{}-{:02x}",
+            span_context.trace_id(),
+            span_context.span_id(),
+            span_context.trace_flags().to_u8()
+        )
+    })
+}
+
+/// The span of one deployment's run by the worker: in the trace of the call that released it
+/// (its stored traceparent), with the migration, environment and risk; the outcome is recorded
+/// when known.
+pub fn deployment_span(
+    action: &'static str,
+    migration_id: &str,
+    environment: &str,
+    risk: &str,
+    trace_context: Option<&str>,
+) -> tracing::Span {
+    let span = tracing::info_span!(
+        "deployment",
+        otel.name = %format!("{action} {environment}"),
+        sluice.action = action,
+        sluice.migration_id = %migration_id,
+        sluice.environment = %environment,
+        sluice.risk = %risk,
+        sluice.outcome = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    let mut carrier = std::collections::HashMap::new();
+    if let Some(traceparent) = trace_context {
+        carrier.insert("traceparent".to_owned(), traceparent.to_owned());
+    }
+    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&carrier));
+    with_parent(span, parent)
+}
+
+/// The span of one statement run against a target (`db.query.text` cut to 300 characters).
+pub fn statement_span(system: &'static str, namespace: &str, text: &str) -> tracing::Span {
+    let mut query: String = text.trim().chars().take(300).collect();
+    if text.trim().chars().count() > 300 {
+        query.push('…');
+    }
+    tracing::info_span!(
+        "statement",
+        otel.name = %format!("{system} statement"),
+        otel.kind = "client",
+        db.system = system,
+        db.namespace = %namespace,
+        db.query.text = %query,
+        sluice.outcome = tracing::field::Empty,
+    )
+}
+
+/// Runs one statement's future inside its span and counts it (`sluice_statement_duration_seconds`).
+pub async fn observed_statement<T, E>(
+    system: &'static str,
+    environment: &str,
+    namespace: &str,
+    text: &str,
+    run: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    use tracing::Instrument;
+    let started = std::time::Instant::now();
+    let span = statement_span(system, namespace, text);
+    let result = run.instrument(span.clone()).await;
+    span.record(
+        "sluice.outcome",
+        if result.is_ok() { "ok" } else { "error" },
+    );
+    super::statement_ran(environment, started.elapsed().as_secs_f64(), result.is_ok());
+    result
 }

@@ -176,6 +176,90 @@ async fn a_callers_traceparent_becomes_the_parent_of_the_requests_span_over_rest
     assert_eq!(hex::encode(&span.parent_span_id), "b7ad6b7169203331");
     assert_eq!(span.name, "grpc /sluice.v1.Sluice/GetEnvironmentStatus");
 
+    // A submission's trace continues into the worker: the deployment's run is a child of the
+    // call that submitted (and, in development, released) it, each statement a child of that.
+    let story = "5bf92f3577b34da6a3ce929d0e0e4799";
+    let response = reqwest::Client::new()
+        .post(format!("{}/api/v1/migrations", daemon.rest))
+        .bearer_auth(&token)
+        .header("traceparent", format!("00-{story}-10f067aa0ba902b7-01"))
+        .json(&crate::harness::migration(
+            "Traced",
+            "low",
+            "CREATE TABLE traced (id int);\nINSERT INTO traced VALUES (1);",
+            None,
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success());
+    let id = response.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let spans_of_story = || {
+        collector
+            .spans
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, s)| hex::encode(&s.trace_id) == story)
+            .map(|(_, s)| s.clone())
+            .collect::<Vec<Span>>()
+    };
+    let mut story_spans = Vec::new();
+    for _ in 0..200 {
+        story_spans = spans_of_story();
+        if story_spans
+            .iter()
+            .filter(|s| s.name == "postgresql statement")
+            .count()
+            >= 2
+            && story_spans.iter().any(|s| s.name == "apply development")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let request = story_spans
+        .iter()
+        .find(|s| s.name == "http POST")
+        .unwrap_or_else(|| panic!("no request span: {story_spans:#?}"));
+    assert_eq!(hex::encode(&request.parent_span_id), "10f067aa0ba902b7");
+    let apply = story_spans
+        .iter()
+        .find(|s| s.name == "apply development")
+        .unwrap_or_else(|| panic!("no apply span: {story_spans:#?}"));
+    assert_eq!(apply.parent_span_id, request.span_id, "{apply:?}");
+    assert!(
+        attribute(apply, "sluice.migration_id").contains(&id),
+        "{apply:?}"
+    );
+    assert!(
+        attribute(apply, "sluice.outcome").contains("applied"),
+        "{apply:?}"
+    );
+    assert!(attribute(apply, "sluice.risk").contains("low"), "{apply:?}");
+    let statements: Vec<&Span> = story_spans
+        .iter()
+        .filter(|s| s.name == "postgresql statement")
+        .collect();
+    assert_eq!(statements.len(), 2, "{statements:#?}");
+    for statement in &statements {
+        assert_eq!(statement.parent_span_id, apply.span_id);
+        assert!(
+            attribute(statement, "db.namespace").contains(&dev.name),
+            "{statement:?}"
+        );
+        assert!(attribute(statement, "sluice.outcome").contains("ok"));
+    }
+    assert!(
+        statements
+            .iter()
+            .any(|s| attribute(s, "db.query.text").contains("CREATE TABLE traced")),
+        "{statements:#?}"
+    );
+
     daemon.child.kill().unwrap();
     daemon.child.wait().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
