@@ -923,37 +923,19 @@ async fn record_outcomes(
         let mut tx = store.begin().await?;
         let mut committed = Vec::with_capacity(pending.len());
         for mut record in pending.drain(..) {
-            store
-                .update_deployment(&mut tx, &mut record.deployment)
+            // The outcome's write to the state store, in the deployment's trace.
+            let d = &record.deployment;
+            let span = crate::telemetry::traces::deployment_span(
+                "record",
+                &d.migration_id,
+                &d.environment,
+                &d.effective_risk,
+                d.trace_context.as_deref(),
+            );
+            span.record("sluice.outcome", d.state.as_str());
+            write_record(&service, &mut tx, &mut record)
+                .instrument(span)
                 .await?;
-            for log in &record.logs {
-                store.append_log(&mut tx, log).await?;
-            }
-            // Requeued deployments (Queued) announce nothing; applied, failed and rolled back
-            // ones do, on the record's last audit record.
-            let at = record.deployment.updated_at;
-            let event = service
-                .notify_state(&mut tx, &record.deployment, at, "sluice", None, None)
-                .await?;
-            if !event.is_empty() && record.audits.is_empty() {
-                record.audits.push(AuditRow {
-                    id: 0,
-                    at,
-                    actor: "sluice".into(),
-                    action: record.deployment.state.to_string(),
-                    environment: Some(record.deployment.environment.clone()),
-                    migration_id: Some(record.deployment.migration_id.clone()),
-                    deployment_id: Some(record.deployment.id.clone()),
-                    detail: "{}".into(),
-                    events: None,
-                });
-            }
-            if let Some(last) = record.audits.last_mut() {
-                last.events = events_column(event.as_slice())?;
-            }
-            for audit in &record.audits {
-                store.insert_audit(&mut tx, audit).await?;
-            }
             committed.push(record);
         }
         tx.commit().await?;
@@ -965,6 +947,48 @@ async fn record_outcomes(
             );
         }
         committed.clear();
+    }
+    Ok(())
+}
+
+/// Writes one outcome (the deployment, its log lines, its audit records with their events) in
+/// the recorder's transaction.
+async fn write_record(
+    service: &Service,
+    tx: &mut crate::store::Tx,
+    record: &mut Record,
+) -> Result<(), ServiceError> {
+    service
+        .store
+        .update_deployment(&mut *tx, &mut record.deployment)
+        .await?;
+    for log in &record.logs {
+        service.store.append_log(&mut *tx, log).await?;
+    }
+    // Requeued deployments (Queued) announce nothing; applied, failed and rolled back
+    // ones do, on the record's last audit record.
+    let at = record.deployment.updated_at;
+    let event = service
+        .notify_state(&mut *tx, &record.deployment, at, "sluice", None, None)
+        .await?;
+    if !event.is_empty() && record.audits.is_empty() {
+        record.audits.push(AuditRow {
+            id: 0,
+            at,
+            actor: "sluice".into(),
+            action: record.deployment.state.to_string(),
+            environment: Some(record.deployment.environment.clone()),
+            migration_id: Some(record.deployment.migration_id.clone()),
+            deployment_id: Some(record.deployment.id.clone()),
+            detail: "{}".into(),
+            events: None,
+        });
+    }
+    if let Some(last) = record.audits.last_mut() {
+        last.events = events_column(event.as_slice())?;
+    }
+    for audit in &record.audits {
+        service.store.insert_audit(&mut *tx, audit).await?;
     }
     Ok(())
 }

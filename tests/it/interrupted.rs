@@ -284,37 +284,12 @@ async fn wait_state(
 
 #[tokio::test]
 async fn sigkill_during_a_non_transactional_script_never_runs_it_again_from_the_top() {
-    let (store, dev) = tokio::join!(
-        TestDatabase::create("k9store"),
-        TestDatabase::create("k9dev")
-    );
+    let (store, dev, dir, config, token) = daemon_setup("k9").await;
     let target = dev.client().await;
     target
         .batch_execute("CREATE TABLE counter (n int)")
         .await
         .unwrap();
-    let dir = std::env::temp_dir().join(format!("sluice-k9-{}", dev.name));
-    let config = dir.join("config");
-    std::fs::create_dir_all(&config).unwrap();
-    let shipped = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config");
-    for file in ["sluice.yml", "environments.yml", "approval_matrix.yml"] {
-        std::fs::copy(shipped.join(file), config.join(file)).unwrap();
-    }
-    let token = sluice::auth::new_token().unwrap();
-    let roles = USERS
-        .iter()
-        .find(|(n, _)| *n == "dev")
-        .unwrap()
-        .1
-        .join(", ");
-    std::fs::write(
-        config.join("users.yml"),
-        format!(
-            "users:\n  - name: dev\n    roles: [{roles}]\n    token_sha256: \"{}\"\n",
-            sluice::auth::token_sha256(&token)
-        ),
-    )
-    .unwrap();
     let http = reqwest::Client::new();
 
     let mut daemon = start_daemon(&config, &dir, &store.url, &dev.url);
@@ -470,4 +445,44 @@ async fn a_failed_non_transactional_rollback_resumes_when_requested_again() {
         "{log:?}"
     );
     app.stop().await;
+}
+
+/// A store and a development target, a configuration folder with one user (dev), its token.
+pub(crate) async fn daemon_setup(
+    name: &str,
+) -> (
+    TestDatabase,
+    TestDatabase,
+    std::path::PathBuf,
+    std::path::PathBuf,
+    String,
+) {
+    let (store_name, dev_name) = (format!("{name}store"), format!("{name}dev"));
+    let (store, dev) = tokio::join!(
+        TestDatabase::create(&store_name),
+        TestDatabase::create(&dev_name)
+    );
+    let dir = std::env::temp_dir().join(format!("sluice-{name}-{}", dev.name));
+    let config = dir.join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    let shipped = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config");
+    for file in ["sluice.yml", "environments.yml", "approval_matrix.yml"] {
+        std::fs::copy(shipped.join(file), config.join(file)).unwrap();
+    }
+    let token = sluice::auth::new_token().unwrap();
+    let roles = USERS
+        .iter()
+        .find(|(n, _)| *n == "dev")
+        .unwrap()
+        .1
+        .join(", ");
+    std::fs::write(
+        config.join("users.yml"),
+        format!(
+            "users:\n  - name: dev\n    roles: [{roles}]\n    token_sha256: \"{}\"\n",
+            sluice::auth::token_sha256(&token)
+        ),
+    )
+    .unwrap();
+    (store, dev, dir, config, token)
 }

@@ -2,8 +2,7 @@
 //! to a collector served by the test; a caller's `traceparent` (REST header, gRPC metadata)
 //! becomes the parent of the request's span.
 
-use crate::harness::{TestDatabase, USERS};
-use crate::interrupted::{Daemon, start_daemon_with};
+use crate::interrupted::{Daemon, daemon_setup as setup, start_daemon_with};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -92,32 +91,7 @@ async fn a_callers_traceparent_becomes_the_parent_of_the_requests_span_over_rest
     let _ = rustls::crypto::ring::default_provider().install_default();
     let collector = Collector::default();
     let port = collector.start().await;
-    let (store, dev) = tokio::join!(
-        TestDatabase::create("otelstore"),
-        TestDatabase::create("oteldev")
-    );
-    let dir = std::env::temp_dir().join(format!("sluice-otel-{}", dev.name));
-    let config = dir.join("config");
-    std::fs::create_dir_all(&config).unwrap();
-    let shipped = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config");
-    for file in ["sluice.yml", "environments.yml", "approval_matrix.yml"] {
-        std::fs::copy(shipped.join(file), config.join(file)).unwrap();
-    }
-    let token = sluice::auth::new_token().unwrap();
-    let roles = USERS
-        .iter()
-        .find(|(n, _)| *n == "dev")
-        .unwrap()
-        .1
-        .join(", ");
-    std::fs::write(
-        config.join("users.yml"),
-        format!(
-            "users:\n  - name: dev\n    roles: [{roles}]\n    token_sha256: \"{}\"\n",
-            sluice::auth::token_sha256(&token)
-        ),
-    )
-    .unwrap();
+    let (store, dev, dir, config, token) = setup("otel").await;
     let endpoint = format!("http://127.0.0.1:{port}");
     let mut daemon: Daemon = start_daemon_with(
         &config,
@@ -216,6 +190,7 @@ async fn a_callers_traceparent_becomes_the_parent_of_the_requests_span_over_rest
             .count()
             >= 2
             && story_spans.iter().any(|s| s.name == "apply development")
+            && story_spans.iter().any(|s| s.name == "record development")
         {
             break;
         }
@@ -240,6 +215,16 @@ async fn a_callers_traceparent_becomes_the_parent_of_the_requests_span_over_rest
         "{apply:?}"
     );
     assert!(attribute(apply, "sluice.risk").contains("low"), "{apply:?}");
+    // The outcome's write to the state store joins the trace too.
+    let record = story_spans
+        .iter()
+        .find(|s| s.name == "record development")
+        .unwrap_or_else(|| panic!("no record span: {story_spans:#?}"));
+    assert_eq!(record.parent_span_id, request.span_id);
+    assert!(
+        attribute(record, "sluice.outcome").contains("applied"),
+        "{record:?}"
+    );
     let statements: Vec<&Span> = story_spans
         .iter()
         .filter(|s| s.name == "postgresql statement")
@@ -260,6 +245,78 @@ async fn a_callers_traceparent_becomes_the_parent_of_the_requests_span_over_rest
         "{statements:#?}"
     );
 
+    daemon.child.kill().unwrap();
+    daemon.child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A collector that is down costs dropped spans, nothing else: requests are answered and
+/// migrations applied.
+#[tokio::test]
+async fn a_collector_that_is_down_costs_only_the_spans() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    // A port nothing listens on.
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let (store, dev, dir, config, token) = setup("oteldown").await;
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let mut daemon: Daemon = start_daemon_with(
+        &config,
+        &dir,
+        &store.url,
+        &dev.url,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+        ],
+    );
+    let http = reqwest::Client::new();
+    let mut last = String::new();
+    for n in 0..5 {
+        let response = http
+            .post(format!("{}/api/v1/migrations", daemon.rest))
+            .bearer_auth(&token)
+            .header(
+                "traceparent",
+                format!("00-{:032x}-00f067aa0ba902b7-01", n + 1),
+            )
+            .json(&crate::harness::migration(
+                &format!("Untraced {n}"),
+                "low",
+                &format!("CREATE TABLE untraced_{n} (id int);"),
+                None,
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success());
+        last = response.json::<serde_json::Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    }
+    let mut state = serde_json::Value::Null;
+    for _ in 0..400 {
+        state = http
+            .get(format!(
+                "{}/api/v1/deployments/{last}@development",
+                daemon.rest
+            ))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if state["state"] == "applied" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(state["state"], "applied", "{state}");
     daemon.child.kill().unwrap();
     daemon.child.wait().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
