@@ -236,7 +236,12 @@ async fn metrics_count_statements_approvals_backups_grpc_calls_and_notifications
     let id = app
         .submit(
             "dev",
-            migration("Counted", "low", "CREATE TABLE counted (id int);", None),
+            migration(
+                "Counted",
+                "low",
+                "CREATE TABLE counted (id int);",
+                Some("DROP TABLE counted;"),
+            ),
         )
         .await;
     app.wait_for_state(&format!("{id}@development"), &["applied"])
@@ -250,6 +255,19 @@ async fn metrics_count_statements_approvals_backups_grpc_calls_and_notifications
             .any(|r| r.header("x-sluice-event") == "applied" && r.json["environment"] == "staging")
     })
     .await;
+    // Staging rolled back with the down script.
+    let (status, body) = app
+        .post(
+            "dba",
+            &format!("/api/v1/deployments/{staging}/rollback"),
+            serde_json::json!({"reason": "metrics rollback"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let rolled = app
+        .wait_for_state(&staging, &["rolled_back", "failed"])
+        .await;
+    assert_eq!(rolled["state"], "rolled_back", "{rolled}");
     // One gRPC call that succeeds and one the server refuses.
     let mut client = app.grpc().await;
     client
@@ -281,6 +299,8 @@ async fn metrics_count_statements_approvals_backups_grpc_calls_and_notifications
         assert!(n >= 1.0, "{prefix}: {text}");
     };
     at_least_one("sluice_statement_duration_seconds_count{environment=\"staging\",outcome=\"ok\"}");
+    at_least_one("sluice_deployments_total{environment=\"staging\",outcome=\"applied\"}");
+    at_least_one("sluice_deployments_total{environment=\"staging\",outcome=\"rolled_back\"}");
     at_least_one("sluice_approval_wait_seconds_count{environment=\"staging\",role=\"data_ops\"}");
     at_least_one("sluice_backups_total{environment=\"staging\",outcome=\"taken\"}");
     at_least_one("sluice_backup_duration_seconds_count{environment=\"staging\"}");
