@@ -300,6 +300,7 @@ impl MySqlSession {
     }
 
     #[allow(clippy::too_many_arguments)]
+    #[tracing::instrument(name = "history_write", skip_all, fields(otel.name = "history write", db.namespace = %script.namespace))]
     async fn record(
         &mut self,
         script: &Script<'_>,
@@ -421,6 +422,7 @@ impl super::steps::StepDriver for MySqlSession {
         MySqlSession::entry(self, migration_id).await
     }
 
+    #[tracing::instrument(name = "history_write", skip_all, fields(otel.name = "history write", db.namespace = %script.namespace))]
     async fn record(
         &mut self,
         script: &Script<'_>,

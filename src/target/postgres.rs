@@ -281,6 +281,7 @@ impl PgSession {
     }
 
     #[allow(clippy::too_many_arguments)]
+    #[tracing::instrument(name = "history_write", skip_all, fields(otel.name = "history write", db.namespace = %script.namespace))]
     async fn record(
         &self,
         script: &Script<'_>,
@@ -460,6 +461,7 @@ impl super::steps::StepDriver for PgSession {
         PgSession::entry(self, migration_id).await
     }
 
+    #[tracing::instrument(name = "history_write", skip_all, fields(otel.name = "history write", db.namespace = %script.namespace))]
     async fn record(
         &mut self,
         script: &Script<'_>,

@@ -211,6 +211,7 @@ impl SqliteSession {
     }
 
     #[allow(clippy::too_many_arguments)]
+    #[tracing::instrument(name = "history_write", skip_all, fields(otel.name = "history write", db.namespace = %script.namespace))]
     async fn record(
         &mut self,
         script: &Script<'_>,
@@ -364,6 +365,7 @@ impl super::steps::StepDriver for SqliteSession {
         SqliteSession::entry(self, migration_id).await
     }
 
+    #[tracing::instrument(name = "history_write", skip_all, fields(otel.name = "history write", db.namespace = %script.namespace))]
     async fn record(
         &mut self,
         script: &Script<'_>,

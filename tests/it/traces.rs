@@ -215,6 +215,13 @@ async fn a_callers_traceparent_becomes_the_parent_of_the_requests_span_over_rest
         "{apply:?}"
     );
     assert!(attribute(apply, "sluice.risk").contains("low"), "{apply:?}");
+    // So does the target's history row, written by the run.
+    assert!(
+        story_spans
+            .iter()
+            .any(|s| s.name == "history write" && s.parent_span_id == apply.span_id),
+        "{story_spans:#?}"
+    );
     // The outcome's write to the state store joins the trace too.
     let record = story_spans
         .iter()
