@@ -156,6 +156,54 @@ impl PgSession {
         Ok(session)
     }
 
+    /// The INVALID indexes of the database, as (schema-qualified name, name).
+    async fn invalid_indexes(&self) -> Result<Vec<(String, String)>, TargetError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT format('%I.%I', n.nspname, c.relname), c.relname::text FROM pg_index i \
+                 JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE NOT i.indisvalid",
+                &[],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// A failed CREATE INDEX CONCURRENTLY leaves its index behind, INVALID: it slows every
+    /// write to the table and makes a retry fail ("already exists"). Drops (concurrently) the
+    /// INVALID indexes that appeared during the statement and that it names, and says so.
+    async fn drop_left_invalid_indexes(
+        &mut self,
+        script: &Script<'_>,
+        log: &mut LogBuffer,
+        statement: &crate::lint::Statement,
+        before: &[(String, String)],
+    ) -> Result<(), TargetError> {
+        let text = statement.text.to_lowercase();
+        for (qualified, name) in self.invalid_indexes().await? {
+            if before.iter().any(|(q, _)| *q == qualified) || !text.contains(&name.to_lowercase()) {
+                continue;
+            }
+            let line = match self
+                .client
+                .batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {qualified}"))
+                .await
+            {
+                Ok(()) => LogLine::info(format!(
+                    "the failed statement left the INVALID index {qualified}; dropped it (concurrently), so that a retry builds it again"
+                )),
+                Err(e) => LogLine::info(format!(
+                    "the failed statement left the INVALID index {qualified}, and dropping it failed ({}); drop it by hand (DROP INDEX CONCURRENTLY {qualified}) before a retry",
+                    pg_message(&e)
+                )),
+            };
+            script.emit(log, line);
+        }
+        Ok(())
+    }
+
     fn error(&self, e: tokio_postgres::Error) -> TargetError {
         TargetError::Database {
             url: self.url.clone(),
@@ -494,13 +542,21 @@ impl super::steps::StepDriver for PgSession {
     ) -> Result<Result<(), String>, TargetError> {
         // BEGIN travels with the statement: one round trip.
         let before: &[&str] = if atomic { &["BEGIN"] } else { &[] };
-        Ok(self
-            .run_one(script, log, before, &statement.text)
-            .await?
-            .map_err(|e| {
-                let line = error_line(statement, &e);
-                describe_failure(statement, index, line, &pg_message(&e))
-            }))
+        let builds_index = !atomic && builds_index_concurrently(&statement.text);
+        let invalid_before = if builds_index {
+            self.invalid_indexes().await?
+        } else {
+            Vec::new()
+        };
+        let result = self.run_one(script, log, before, &statement.text).await?;
+        if result.is_err() && builds_index {
+            self.drop_left_invalid_indexes(script, log, statement, &invalid_before)
+                .await?;
+        }
+        Ok(result.map_err(|e| {
+            let line = error_line(statement, &e);
+            describe_failure(statement, index, line, &pg_message(&e))
+        }))
     }
 
     async fn advance(&mut self, migration_id: &str, done: i64) -> Result<(), TargetError> {
@@ -660,5 +716,58 @@ fn error_line(statement: &crate::lint::Statement, e: &tokio_postgres::Error) -> 
             statement.line + before.matches('\n').count()
         }
         _ => statement.line,
+    }
+}
+
+/// Whether a statement builds an index concurrently (CREATE [UNIQUE] INDEX CONCURRENTLY, or
+/// REINDEX ... CONCURRENTLY, whose failure also leaves an INVALID index).
+fn builds_index_concurrently(text: &str) -> bool {
+    // Block comments out first (not nested: enough to find the first words).
+    let mut bare = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("/*") {
+        bare.push_str(&rest[..start]);
+        rest = rest[start..]
+            .find("*/")
+            .map_or("", |end| &rest[start + end + 2..]);
+    }
+    bare.push_str(rest);
+    let words: Vec<String> = bare
+        .lines()
+        .map(|l| l.split("--").next().unwrap_or_default())
+        .flat_map(str::split_whitespace)
+        .map(str::to_lowercase)
+        .collect();
+    let concurrently = words.iter().any(|w| w == "concurrently");
+    match words.first().map(String::as_str) {
+        Some("create") => concurrently && words.iter().take(3).any(|w| w == "index"),
+        Some("reindex") => concurrently,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod index_tests {
+    use super::builds_index_concurrently;
+
+    #[test]
+    fn concurrent_index_builds_are_recognised_through_comments_and_case() {
+        for yes in [
+            "CREATE INDEX CONCURRENTLY a ON t (x)",
+            "create unique index concurrently if not exists a on t (x)",
+            "-- why\nCREATE INDEX\n  CONCURRENTLY a ON t (x)",
+            "/* why */ CREATE UNIQUE INDEX CONCURRENTLY a ON t (x)",
+            "REINDEX INDEX CONCURRENTLY a",
+        ] {
+            assert!(builds_index_concurrently(yes), "{yes}");
+        }
+        for no in [
+            "CREATE INDEX a ON t (x)",
+            "DROP INDEX CONCURRENTLY a",
+            "CREATE TABLE concurrently (index int)",
+            "-- CREATE INDEX CONCURRENTLY a ON t (x)\nSELECT 1",
+        ] {
+            assert!(!builds_index_concurrently(no), "{no}");
+        }
     }
 }

@@ -693,3 +693,86 @@ async fn a_flood_of_notices_is_kept_bounded() {
     assert_eq!(page.lines[0].message, "line 1");
     assert!(page.next_after_id.is_some());
 }
+
+/// A failed CREATE INDEX CONCURRENTLY leaves an INVALID index behind; the worker drops it
+/// (concurrently), says so in the log, and a retry once the cause is fixed builds the index.
+/// An INVALID index that the statement did not create is left alone.
+#[tokio::test]
+async fn a_failed_concurrent_index_leaves_no_invalid_index_and_a_retry_builds_it() {
+    let app = manual_app().await;
+    let target = app.targets["development"].client().await;
+    target
+        .batch_execute(
+            "CREATE TABLE dup (n int); INSERT INTO dup VALUES (1), (1), (2);
+             CREATE TABLE other (n int); INSERT INTO other VALUES (1), (1);",
+        )
+        .await
+        .unwrap();
+    // Someone else's failed build: not Sluice's to drop.
+    let _ = target
+        .batch_execute("CREATE UNIQUE INDEX CONCURRENTLY other_n ON other (n)")
+        .await;
+    let id = app
+        .submit(
+            "dev",
+            migration(
+                "unique n",
+                "low",
+                "-- the duplicates make this fail part-way\nCREATE UNIQUE INDEX CONCURRENTLY dup_n ON dup (n);",
+                Some("DROP INDEX CONCURRENTLY dup_n;"),
+            ),
+        )
+        .await;
+    app.run_worker("development").await;
+    let deployment = format!("{id}@development");
+    let d = app.deployment(&deployment).await;
+    assert_eq!(d["state"], "failed", "{d}");
+    assert!(
+        d["log"].as_array().unwrap().iter().any(|l| {
+            let m = l["message"].as_str().unwrap();
+            m.contains("INVALID index public.dup_n") && m.contains("dropped")
+        }),
+        "{d}"
+    );
+    let invalid: Vec<String> = target
+        .query(
+            "SELECT c.relname::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE NOT i.indisvalid ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        invalid,
+        ["other_n"],
+        "only the index Sluice's statement left"
+    );
+
+    target
+        .batch_execute("DELETE FROM dup WHERE ctid NOT IN (SELECT min(ctid) FROM dup GROUP BY n)")
+        .await
+        .unwrap();
+    let (code, body) = app
+        .post(
+            "dev",
+            &format!("/api/v1/deployments/{deployment}/retry"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    app.run_worker("development").await;
+    let d = app.deployment(&deployment).await;
+    assert_eq!(d["state"], "applied", "{d}");
+    let valid: bool = target
+        .query_one(
+            "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = 'dup_n'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(valid);
+    app.stop().await;
+}
