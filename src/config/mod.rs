@@ -406,7 +406,11 @@ pub struct EnvironmentConfig {
     pub auto_apply: bool,
     pub allow_self_approval: bool,
     pub backup_required: bool,
+    /// How long a statement may wait for its locks in all, across its attempts.
     pub lock_timeout_seconds: u64,
+    /// How long one attempt waits for a lock before giving way to the sessions queued behind
+    /// it (PostgreSQL's lock_timeout per attempt).
+    pub lock_attempt_ms: u64,
     pub statement_timeout_seconds: u64,
     /// When the environment starts no new deployment (an emergency override excepted).
     pub freeze_windows: Vec<crate::domain::freeze::FreezeWindow>,
@@ -455,6 +459,8 @@ struct MigrationEntry {
     timeout: u64,
     #[serde(default = "default_lock_timeout")]
     lock_timeout: u64,
+    #[serde(default = "default_lock_attempt_ms")]
+    lock_attempt_ms: u64,
     #[serde(default)]
     freeze_windows: Vec<FreezeEntry>,
 }
@@ -483,6 +489,7 @@ impl Default for MigrationEntry {
             backup_required: false,
             timeout: default_statement_timeout(),
             lock_timeout: default_lock_timeout(),
+            lock_attempt_ms: default_lock_attempt_ms(),
             freeze_windows: Vec::new(),
         }
     }
@@ -495,7 +502,10 @@ fn default_statement_timeout() -> u64 {
     300
 }
 fn default_lock_timeout() -> u64 {
-    10
+    600
+}
+fn default_lock_attempt_ms() -> u64 {
+    150
 }
 
 #[derive(Debug, Deserialize)]
@@ -779,6 +789,15 @@ fn load_environments(
                 ),
             ));
         }
+        if !(10..=60_000).contains(&entry.migration.lock_attempt_ms) {
+            return Err(err(
+                path,
+                format!(
+                    "environments.{name}.migration.lock_attempt_ms: {} is not between 10 and 60000",
+                    entry.migration.lock_attempt_ms
+                ),
+            ));
+        }
         if entry.migration.lock_timeout == 0 || entry.migration.timeout == 0 {
             return Err(err(
                 path,
@@ -819,6 +838,7 @@ fn load_environments(
             allow_self_approval: entry.migration.allow_self_approval,
             backup_required: entry.migration.backup_required,
             lock_timeout_seconds: entry.migration.lock_timeout,
+            lock_attempt_ms: entry.migration.lock_attempt_ms,
             statement_timeout_seconds: entry.migration.timeout,
             freeze_windows,
         });
@@ -1213,9 +1233,10 @@ mod tests {
         copy_shipped(&dir);
         let envs = std::fs::read_to_string(dir.join("environments.yml")).unwrap();
         let with = |window: &str| {
+            // After production's (the only 1800 s statement timeout).
             envs.replacen(
-                "      lock_timeout: 5\n",
-                &format!("      lock_timeout: 5\n      freeze_windows:\n{window}"),
+                "      timeout: 1800\n",
+                &format!("      timeout: 1800\n      freeze_windows:\n{window}"),
                 1,
             )
         };

@@ -127,6 +127,7 @@ impl Worker {
         TargetSettings {
             url: self.environment.url.expose().to_owned(),
             lock_timeout: Duration::from_secs(self.environment.lock_timeout_seconds),
+            lock_attempt: Duration::from_millis(self.environment.lock_attempt_ms),
             statement_timeout: Duration::from_secs(self.environment.statement_timeout_seconds),
         }
     }

@@ -11,14 +11,54 @@ mod steps;
 
 use crate::lint::Statement;
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How to reach a target and what limits to set there.
 #[derive(Clone)]
 pub struct TargetSettings {
     pub url: String,
+    /// How long a statement may wait for its locks in all (PostgreSQL: across short attempts).
     pub lock_timeout: Duration,
+    /// PostgreSQL: one attempt's lock_timeout; a statement that times out gives way to the
+    /// sessions queued behind it, and tries again after a short pause, until `lock_timeout`.
+    pub lock_attempt: Duration,
     pub statement_timeout: Duration,
+}
+
+/// The attempts of one statement (or transactional script) to get its locks.
+pub(crate) struct LockAttempts {
+    started: Instant,
+    budget: Duration,
+    attempts: u32,
+}
+
+impl LockAttempts {
+    pub(crate) fn new(budget: Duration) -> LockAttempts {
+        LockAttempts {
+            started: Instant::now(),
+            budget,
+            attempts: 0,
+        }
+    }
+
+    /// After a lock timeout: how long to pause before the next attempt (50 ms doubling to
+    /// 400 ms, with jitter), or None once the budget is spent.
+    pub(crate) fn next_pause(&mut self) -> Option<Duration> {
+        self.attempts += 1;
+        let doubled = 50u64 << self.attempts.min(3);
+        let mut byte = [0u8; 1];
+        let _ = getrandom::fill(&mut byte);
+        let pause = Duration::from_millis(doubled / 2 + doubled * u64::from(byte[0]) / 510);
+        (self.started.elapsed() + pause < self.budget).then_some(pause)
+    }
+
+    pub(crate) fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    pub(crate) fn waited(&self) -> Duration {
+        self.started.elapsed()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -197,7 +237,8 @@ pub fn executable(statements: &[Statement]) -> Vec<(usize, &Statement)> {
 
 /// An open, locked connection to one target.
 pub enum TargetSession {
-    Postgres(postgres::PgSession),
+    // Boxed: a PostgreSQL session carries its client, notices and prepared statements.
+    Postgres(Box<postgres::PgSession>),
     Sqlite(sqlite::SqliteSession),
     MySql(mysql::MySqlSession),
 }
@@ -219,9 +260,9 @@ pub async fn open(settings: &TargetSettings, owner: &str) -> Result<TargetSessio
             mysql::MySqlSession::open(settings).await?,
         ))
     } else {
-        Ok(TargetSession::Postgres(
+        Ok(TargetSession::Postgres(Box::new(
             postgres::PgSession::open(settings).await?,
-        ))
+        )))
     }
 }
 

@@ -2,13 +2,13 @@
 //! written (DO blocks included), and the connection hands us every NOTICE the server raises.
 
 use super::{
-    HistoryEntry, LogBuffer, LogLine, RunReport, Script, TargetError, TargetSettings,
+    HistoryEntry, LockAttempts, LogBuffer, LogLine, RunReport, Script, TargetError, TargetSettings,
     describe_failure, executable, wrapper_notes,
 };
 use crate::config::redact_url;
 use futures_util::StreamExt;
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
@@ -47,6 +47,9 @@ pub struct PgSession {
     history: String,
     /// Sent before every script: forgets whatever the previous one set for the session.
     reset: String,
+    /// How long a statement may wait for its locks in all, and in one attempt.
+    lock_budget: Duration,
+    lock_attempt: Duration,
 }
 
 impl PgSession {
@@ -113,6 +116,8 @@ impl PgSession {
             url,
             history: "sluice_schema_history".into(),
             reset,
+            lock_budget: settings.lock_timeout,
+            lock_attempt: settings.lock_attempt,
         };
         let locked: bool = session
             .client
@@ -294,6 +299,55 @@ impl PgSession {
         Ok(result)
     }
 
+    /// Runs the script in one transaction (left open for the caller to finish), giving way
+    /// when a lock is not granted within one attempt's lock_timeout: rolled back (nothing
+    /// applied), a pause, another attempt, until the lock budget is spent. Returns the
+    /// failure description, if any.
+    async fn run_giving_way(
+        &mut self,
+        script: &Script<'_>,
+        log: &mut LogBuffer,
+    ) -> Result<Option<String>, TargetError> {
+        let mut attempts = LockAttempts::new(self.lock_budget);
+        Ok(loop {
+            match self.run_in_transaction(script, log).await? {
+                Some((message, true)) => {
+                    // Waiting longer would queue every session that touches the table behind
+                    // this one: give way, and try again in a moment.
+                    self.client
+                        .batch_execute("ROLLBACK")
+                        .await
+                        .map_err(|e| self.error(e))?;
+                    match attempts.next_pause() {
+                        Some(pause) => {
+                            script.emit(
+                                log,
+                                lock_wait_line(
+                                    &attempts,
+                                    self.lock_attempt,
+                                    self.lock_budget,
+                                    pause,
+                                ),
+                            );
+                            tokio::time::sleep(pause).await;
+                        }
+                        None => {
+                            // The budget is spent: fail as the last attempt did, in a fresh
+                            // transaction for the record below.
+                            self.client
+                                .batch_execute("BEGIN")
+                                .await
+                                .map_err(|e| self.error(e))?;
+                            break Some(gave_up(&message, &attempts));
+                        }
+                    }
+                }
+                Some((message, false)) => break Some(message),
+                None => break None,
+            }
+        })
+    }
+
     /// Runs the statements in one transaction (the session reset first, BEGIN with the first
     /// statement, to save round trips); returns the failure description if one fails. The
     /// transaction is left open for the caller to finish.
@@ -301,20 +355,22 @@ impl PgSession {
         &mut self,
         script: &Script<'_>,
         log: &mut LogBuffer,
-    ) -> Result<Option<String>, TargetError> {
+    ) -> Result<Option<(String, bool)>, TargetError> {
         let reset = self.reset.clone();
-        let mut before: Vec<&str> = vec![&reset, "BEGIN"];
+        let attempt = format!(
+            "SET LOCAL lock_timeout = '{}ms'",
+            self.lock_attempt.as_millis().max(1)
+        );
+        let mut before: Vec<&str> = vec![&reset, "BEGIN", &attempt];
         for (index, statement) in executable(script.statements) {
             let result = self
                 .run_one(script, log, &std::mem::take(&mut before), &statement.text)
                 .await?;
             if let Err(e) = result {
                 let line = error_line(statement, &e);
-                return Ok(Some(describe_failure(
-                    statement,
-                    index,
-                    line,
-                    &pg_message(&e),
+                return Ok(Some((
+                    describe_failure(statement, index, line, &pg_message(&e)),
+                    lock_timed_out(&e),
                 )));
             }
         }
@@ -366,7 +422,7 @@ impl PgSession {
         }
         let mut log = wrapper_notes(script);
         let started = Instant::now();
-        let failure = self.run_in_transaction(script, &mut log).await?;
+        let failure = self.run_giving_way(script, &mut log).await?;
         let execution_ms = started.elapsed().as_millis() as i64;
         let total = executable(script.statements).len() as i64;
         match &failure {
@@ -445,7 +501,7 @@ impl PgSession {
         }
         let mut log = wrapper_notes(script);
         let started = Instant::now();
-        let failure = self.run_in_transaction(script, &mut log).await?;
+        let failure = self.run_giving_way(script, &mut log).await?;
         let execution_ms = started.elapsed().as_millis() as i64;
         if failure.is_none() {
             super::steps::StepDriver::remove_history(self, script.migration_id).await?;
@@ -540,23 +596,72 @@ impl super::steps::StepDriver for PgSession {
         statement: &crate::lint::Statement,
         atomic: bool,
     ) -> Result<Result<(), String>, TargetError> {
-        // BEGIN travels with the statement: one round trip.
-        let before: &[&str] = if atomic { &["BEGIN"] } else { &[] };
-        let builds_index = !atomic && builds_index_concurrently(&statement.text);
-        let invalid_before = if builds_index {
-            self.invalid_indexes().await?
+        // BEGIN travels with the statement: one round trip. Each attempt waits for its locks
+        // no longer than one attempt's lock_timeout (SET, not SET LOCAL, outside a transaction).
+        let local = format!(
+            "SET LOCAL lock_timeout = '{}ms'",
+            self.lock_attempt.as_millis().max(1)
+        );
+        let attempt = local.replace("SET LOCAL", "SET");
+        let before: Vec<&str> = if atomic {
+            vec!["BEGIN", &local]
         } else {
-            Vec::new()
+            vec![&attempt]
         };
-        let result = self.run_one(script, log, before, &statement.text).await?;
-        if result.is_err() && builds_index {
-            self.drop_left_invalid_indexes(script, log, statement, &invalid_before)
-                .await?;
+        let builds_index = !atomic && builds_index_concurrently(&statement.text);
+        let mut attempts = LockAttempts::new(self.lock_budget);
+        loop {
+            let invalid_before = if builds_index {
+                self.invalid_indexes().await?
+            } else {
+                Vec::new()
+            };
+            let result = self.run_one(script, log, &before, &statement.text).await?;
+            if result.is_err() && builds_index {
+                self.drop_left_invalid_indexes(script, log, statement, &invalid_before)
+                    .await?;
+            }
+            match result {
+                Ok(()) => return Ok(Ok(())),
+                Err(e) => {
+                    let line = error_line(statement, &e);
+                    let message = describe_failure(statement, index, line, &pg_message(&e));
+                    if !lock_timed_out(&e) {
+                        return Ok(Err(message));
+                    }
+                    if atomic {
+                        self.client
+                            .batch_execute("ROLLBACK")
+                            .await
+                            .map_err(|e| self.error(e))?;
+                    }
+                    match attempts.next_pause() {
+                        Some(pause) => {
+                            script.emit(
+                                log,
+                                lock_wait_line(
+                                    &attempts,
+                                    self.lock_attempt,
+                                    self.lock_budget,
+                                    pause,
+                                ),
+                            );
+                            tokio::time::sleep(pause).await;
+                        }
+                        None => {
+                            if atomic {
+                                // end_step rolls back the transaction the caller expects.
+                                self.client
+                                    .batch_execute("BEGIN")
+                                    .await
+                                    .map_err(|e| self.error(e))?;
+                            }
+                            return Ok(Err(gave_up(&message, &attempts)));
+                        }
+                    }
+                }
+            }
         }
-        Ok(result.map_err(|e| {
-            let line = error_line(statement, &e);
-            describe_failure(statement, index, line, &pg_message(&e))
-        }))
     }
 
     async fn advance(&mut self, migration_id: &str, done: i64) -> Result<(), TargetError> {
@@ -744,6 +849,37 @@ fn builds_index_concurrently(text: &str) -> bool {
         Some("reindex") => concurrently,
         _ => false,
     }
+}
+
+/// Whether a statement failed for want of a lock within lock_timeout.
+fn lock_timed_out(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE)
+}
+
+/// The log's line for an attempt that gave way.
+fn lock_wait_line(
+    attempts: &LockAttempts,
+    attempt: Duration,
+    budget: Duration,
+    pause: Duration,
+) -> LogLine {
+    LogLine::info(format!(
+        "attempt {}: a lock was not granted within {} ms (another session holds it); gave way to the sessions queued behind, nothing applied; trying again in {} ms ({} s of the {} s lock budget spent)",
+        attempts.attempts(),
+        attempt.as_millis(),
+        pause.as_millis(),
+        attempts.waited().as_secs(),
+        budget.as_secs()
+    ))
+}
+
+/// The failure once the lock budget is spent.
+fn gave_up(message: &str, attempts: &LockAttempts) -> String {
+    format!(
+        "{message}\n  gave up waiting for locks after {} attempts over {} s (environment's lock_timeout)",
+        attempts.attempts(),
+        attempts.waited().as_secs()
+    )
 }
 
 #[cfg(test)]
