@@ -320,6 +320,7 @@ impl PgSession {
                         .map_err(|e| self.error(e))?;
                     match attempts.next_pause() {
                         Some(pause) => {
+                            crate::telemetry::lock_gave_way(script.environment);
                             script.emit(
                                 log,
                                 lock_wait_line(
@@ -637,6 +638,7 @@ impl super::steps::StepDriver for PgSession {
                     }
                     match attempts.next_pause() {
                         Some(pause) => {
+                            crate::telemetry::lock_gave_way(script.environment);
                             script.emit(
                                 log,
                                 lock_wait_line(

@@ -63,6 +63,10 @@ fn describe() {
         metrics::Unit::Seconds,
         "How long each statement of a migration took on its target, by environment and outcome."
     );
+    metrics::describe_counter!(
+        "sluice_lock_wait_retries_total",
+        "Attempts of a migration's statement that gave way because a lock was not granted in time, by environment."
+    );
     metrics::describe_histogram!(
         "sluice_approval_wait_seconds",
         metrics::Unit::Seconds,
@@ -156,6 +160,18 @@ pub fn statement_ran(environment: &str, seconds: f64, ok: bool) {
         "outcome" => if ok { "ok" } else { "error" }
     )
     .record(seconds);
+}
+
+/// A statement gave way: its lock was not granted within one attempt (PostgreSQL).
+pub fn lock_gave_way(environment: &str) {
+    if recorder().is_none() {
+        return;
+    }
+    metrics::counter!(
+        "sluice_lock_wait_retries_total",
+        "environment" => environment.to_owned()
+    )
+    .increment(1);
 }
 
 /// An approval recorded, `seconds` after the deployment was submitted.
@@ -370,6 +386,14 @@ fn escape(value: &str) -> String {
 pub async fn render(service: &Service) -> Result<String, ServiceError> {
     let mut out = String::new();
     if let Some(handle) = recorder() {
+        // Series that alerts use exist from the start, at 0, per environment.
+        for env in &service.config.environments {
+            metrics::counter!(
+                "sluice_lock_wait_retries_total",
+                "environment" => env.name.to_string()
+            )
+            .increment(0);
+        }
         handle.run_upkeep();
         out.push_str(&handle.render());
     }

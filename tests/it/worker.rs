@@ -849,5 +849,21 @@ async fn a_blocked_migration_gives_way_to_readers_and_applies_when_the_blocker_e
         })
         .count();
     assert!(gave_way >= 2, "{d}");
+    // Counted for Prometheus too (the counter is the process's: at least these).
+    let metrics = reqwest::get(format!("{}/metrics", app.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let retries: f64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("sluice_lock_wait_retries_total{environment=\"development\"} ")
+        })
+        .unwrap_or_else(|| panic!("{metrics}"))
+        .parse()
+        .unwrap();
+    assert!(retries >= gave_way as f64, "{retries} < {gave_way}");
     app.stop().await;
 }
