@@ -299,6 +299,51 @@ impl PgSession {
         Ok(result)
     }
 
+    /// After an attempt whose lock was not granted in time: waiting longer would queue every
+    /// session that touches the table behind this one, so the attempt's transaction (if it
+    /// ran in one) is rolled back, nothing applied, and the next attempt follows a pause
+    /// (true). Once the lock budget is spent, false, with a fresh transaction open where the
+    /// attempt had one, for the caller to close as a failure.
+    async fn give_way(
+        &mut self,
+        script: &Script<'_>,
+        log: &mut LogBuffer,
+        attempts: &mut LockAttempts,
+        in_transaction: bool,
+    ) -> Result<bool, TargetError> {
+        if in_transaction {
+            self.client
+                .batch_execute("ROLLBACK")
+                .await
+                .map_err(|e| self.error(e))?;
+        }
+        let Some(pause) = attempts.next_pause() else {
+            if in_transaction {
+                self.client
+                    .batch_execute("BEGIN")
+                    .await
+                    .map_err(|e| self.error(e))?;
+            }
+            return Ok(false);
+        };
+        crate::telemetry::lock_gave_way(script.environment);
+        script.emit(
+            log,
+            lock_wait_line(attempts, self.lock_attempt, self.lock_budget, pause),
+        );
+        tokio::time::sleep(pause).await;
+        Ok(true)
+    }
+
+    /// `SET [LOCAL] lock_timeout` to one attempt's.
+    fn attempt_timeout(&self, local: bool) -> String {
+        format!(
+            "SET {}lock_timeout = '{}ms'",
+            if local { "LOCAL " } else { "" },
+            self.lock_attempt.as_millis().max(1)
+        )
+    }
+
     /// Runs the script in one transaction (left open for the caller to finish), giving way
     /// when a lock is not granted within one attempt's lock_timeout: rolled back (nothing
     /// applied), a pause, another attempt, until the lock budget is spent. Returns the
@@ -312,35 +357,8 @@ impl PgSession {
         Ok(loop {
             match self.run_in_transaction(script, log).await? {
                 Some((message, true)) => {
-                    // Waiting longer would queue every session that touches the table behind
-                    // this one: give way, and try again in a moment.
-                    self.client
-                        .batch_execute("ROLLBACK")
-                        .await
-                        .map_err(|e| self.error(e))?;
-                    match attempts.next_pause() {
-                        Some(pause) => {
-                            crate::telemetry::lock_gave_way(script.environment);
-                            script.emit(
-                                log,
-                                lock_wait_line(
-                                    &attempts,
-                                    self.lock_attempt,
-                                    self.lock_budget,
-                                    pause,
-                                ),
-                            );
-                            tokio::time::sleep(pause).await;
-                        }
-                        None => {
-                            // The budget is spent: fail as the last attempt did, in a fresh
-                            // transaction for the record below.
-                            self.client
-                                .batch_execute("BEGIN")
-                                .await
-                                .map_err(|e| self.error(e))?;
-                            break Some(gave_up(&message, &attempts));
-                        }
+                    if !self.give_way(script, log, &mut attempts, true).await? {
+                        break Some(gave_up(&message, &attempts));
                     }
                 }
                 Some((message, false)) => break Some(message),
@@ -358,10 +376,7 @@ impl PgSession {
         log: &mut LogBuffer,
     ) -> Result<Option<(String, bool)>, TargetError> {
         let reset = self.reset.clone();
-        let attempt = format!(
-            "SET LOCAL lock_timeout = '{}ms'",
-            self.lock_attempt.as_millis().max(1)
-        );
+        let attempt = self.attempt_timeout(true);
         let mut before: Vec<&str> = vec![&reset, "BEGIN", &attempt];
         for (index, statement) in executable(script.statements) {
             let result = self
@@ -599,11 +614,8 @@ impl super::steps::StepDriver for PgSession {
     ) -> Result<Result<(), String>, TargetError> {
         // BEGIN travels with the statement: one round trip. Each attempt waits for its locks
         // no longer than one attempt's lock_timeout (SET, not SET LOCAL, outside a transaction).
-        let local = format!(
-            "SET LOCAL lock_timeout = '{}ms'",
-            self.lock_attempt.as_millis().max(1)
-        );
-        let attempt = local.replace("SET LOCAL", "SET");
+        let local = self.attempt_timeout(true);
+        let attempt = self.attempt_timeout(false);
         let before: Vec<&str> = if atomic {
             vec!["BEGIN", &local]
         } else {
@@ -630,36 +642,8 @@ impl super::steps::StepDriver for PgSession {
                     if !lock_timed_out(&e) {
                         return Ok(Err(message));
                     }
-                    if atomic {
-                        self.client
-                            .batch_execute("ROLLBACK")
-                            .await
-                            .map_err(|e| self.error(e))?;
-                    }
-                    match attempts.next_pause() {
-                        Some(pause) => {
-                            crate::telemetry::lock_gave_way(script.environment);
-                            script.emit(
-                                log,
-                                lock_wait_line(
-                                    &attempts,
-                                    self.lock_attempt,
-                                    self.lock_budget,
-                                    pause,
-                                ),
-                            );
-                            tokio::time::sleep(pause).await;
-                        }
-                        None => {
-                            if atomic {
-                                // end_step rolls back the transaction the caller expects.
-                                self.client
-                                    .batch_execute("BEGIN")
-                                    .await
-                                    .map_err(|e| self.error(e))?;
-                            }
-                            return Ok(Err(gave_up(&message, &attempts)));
-                        }
+                    if !self.give_way(script, log, &mut attempts, atomic).await? {
+                        return Ok(Err(gave_up(&message, &attempts)));
                     }
                 }
             }

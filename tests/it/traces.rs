@@ -127,6 +127,43 @@ async fn a_callers_traceparent_becomes_the_parent_of_the_requests_span_over_rest
         "{span:?}"
     );
 
+    // A hostile or broken traceparent (bad hex, the invalid all-zero trace id, 8 KB of junk)
+    // is ignored: the request is served and its span starts a trace of its own.
+    for junk in [
+        "00-zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz-00f067aa0ba902b7-01".to_owned(),
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01".to_owned(),
+        format!("00-{}", "f".repeat(8192)),
+    ] {
+        let response = reqwest::Client::new()
+            .get(format!("{}/api/v1/environments/staging", daemon.rest))
+            .bearer_auth(&token)
+            .header("traceparent", junk)
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success());
+    }
+    let mut roots = Vec::new();
+    for _ in 0..200 {
+        roots = collector
+            .spans
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, s)| attribute(s, "url.path").contains("/api/v1/environments/staging"))
+            .map(|(_, s)| s.clone())
+            .collect::<Vec<Span>>();
+        if roots.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(roots.len(), 3, "{roots:#?}");
+    for root in &roots {
+        assert!(root.parent_span_id.is_empty(), "{root:?}");
+        assert_ne!(hex::encode(&root.trace_id), "0".repeat(32));
+    }
+
     // gRPC: the same through metadata.
     let grpc_trace = "0af7651916cd43dd8448eb211c80319c";
     let mut client =
