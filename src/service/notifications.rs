@@ -694,14 +694,15 @@ impl Service {
                 },
             )
             .await?;
-        tx.commit().await?;
-        self.signals.outbox.notify_one();
-        let mut conn = self.store.conn().await?;
+        // The row as the requeue left it: read before the commit, since the
+        // notifier may deliver it the moment the commit lands.
         let row = self
             .store
-            .outbox_row(&mut conn, id)
+            .outbox_row(&mut tx, id)
             .await?
             .ok_or_else(|| ServiceError::NotFound(format!("no notification {id}")))?;
+        tx.commit().await?;
+        self.signals.outbox.notify_one();
         Ok(NotificationView::from_row(row))
     }
 
