@@ -412,6 +412,9 @@ pub struct EnvironmentConfig {
     /// it (PostgreSQL's lock_timeout per attempt).
     pub lock_attempt_ms: u64,
     pub statement_timeout_seconds: u64,
+    /// PostgreSQL: how long a running statement may keep other sessions waiting for its locks
+    /// before the blocking watchdog cancels it and fails the deployment (0: never).
+    pub blocking_limit_seconds: u64,
     /// When the environment starts no new deployment (an emergency override excepted).
     pub freeze_windows: Vec<crate::domain::freeze::FreezeWindow>,
 }
@@ -462,6 +465,8 @@ struct MigrationEntry {
     #[serde(default = "default_lock_attempt_ms")]
     lock_attempt_ms: u64,
     #[serde(default)]
+    blocking_limit: u64,
+    #[serde(default)]
     freeze_windows: Vec<FreezeEntry>,
 }
 
@@ -490,6 +495,7 @@ impl Default for MigrationEntry {
             timeout: default_statement_timeout(),
             lock_timeout: default_lock_timeout(),
             lock_attempt_ms: default_lock_attempt_ms(),
+            blocking_limit: 0,
             freeze_windows: Vec::new(),
         }
     }
@@ -798,6 +804,17 @@ fn load_environments(
                 ),
             ));
         }
+        if entry.migration.blocking_limit > 0
+            && entry.migration.blocking_limit * 1000 <= entry.migration.lock_attempt_ms
+        {
+            return Err(err(
+                path,
+                format!(
+                    "environments.{name}.migration.blocking_limit: {} s is not longer than lock_attempt_ms ({} ms): the watchdog would cancel statements that only wait their turn",
+                    entry.migration.blocking_limit, entry.migration.lock_attempt_ms
+                ),
+            ));
+        }
         if entry.migration.lock_timeout == 0 || entry.migration.timeout == 0 {
             return Err(err(
                 path,
@@ -840,6 +857,7 @@ fn load_environments(
             lock_timeout_seconds: entry.migration.lock_timeout,
             lock_attempt_ms: entry.migration.lock_attempt_ms,
             statement_timeout_seconds: entry.migration.timeout,
+            blocking_limit_seconds: entry.migration.blocking_limit,
             freeze_windows,
         });
     }
@@ -1176,6 +1194,33 @@ mod tests {
         assert!(e.contains("environments.yml"), "{e}");
         assert!(e.contains("auto_aprove"), "{e}");
         assert!(e.contains("environments.development.migration"), "{e}");
+    }
+
+    #[test]
+    fn lock_settings_are_validated() {
+        let dir = temp_dir("locks");
+        copy_shipped(&dir);
+        let shipped = std::fs::read_to_string(dir.join("environments.yml")).unwrap();
+        for (from, to, expected) in [
+            (
+                "lock_attempt_ms: 150",
+                "lock_attempt_ms: 5",
+                "environments.development.migration.lock_attempt_ms: 5 is not between 10 and 60000",
+            ),
+            (
+                "lock_attempt_ms: 150\n      blocking_limit: 10",
+                "lock_attempt_ms: 2000\n      blocking_limit: 2",
+                "environments.staging.migration.blocking_limit: 2 s is not longer than lock_attempt_ms (2000 ms)",
+            ),
+            ("blocking_limit: 0", "blocking_limit: -1", "blocking_limit"),
+        ] {
+            assert!(shipped.contains(from), "{from}");
+            write(&dir, "environments.yml", &shipped.replacen(from, to, 1));
+            let e = Config::load_with_env(&dir, &|_| None)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(expected), "{e}");
+        }
     }
 
     #[test]

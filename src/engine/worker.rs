@@ -129,6 +129,8 @@ impl Worker {
             lock_timeout: Duration::from_secs(self.environment.lock_timeout_seconds),
             lock_attempt: Duration::from_millis(self.environment.lock_attempt_ms),
             statement_timeout: Duration::from_secs(self.environment.statement_timeout_seconds),
+            blocking_limit: (self.environment.blocking_limit_seconds > 0)
+                .then(|| Duration::from_secs(self.environment.blocking_limit_seconds)),
         }
     }
 

@@ -5,6 +5,7 @@
 //! and line. Knows nothing of approvals or the state store.
 
 mod mysql;
+mod pg_watch;
 mod postgres;
 mod sqlite;
 mod steps;
@@ -23,6 +24,9 @@ pub struct TargetSettings {
     /// sessions queued behind it, and tries again after a short pause, until `lock_timeout`.
     pub lock_attempt: Duration,
     pub statement_timeout: Duration,
+    /// PostgreSQL: how long a statement may keep other sessions waiting for its locks before
+    /// the blocking watchdog cancels it (None: no watchdog).
+    pub blocking_limit: Option<Duration>,
 }
 
 /// The attempts of one statement (or transactional script) to get its locks.
@@ -58,6 +62,11 @@ impl LockAttempts {
 
     pub(crate) fn waited(&self) -> Duration {
         self.started.elapsed()
+    }
+
+    /// Whether the lock budget is spent.
+    pub(crate) fn spent(&self) -> bool {
+        self.started.elapsed() >= self.budget
     }
 }
 

@@ -1,6 +1,7 @@
 //! PostgreSQL targets, through tokio-postgres: the simple query protocol runs each statement as
 //! written (DO blocks included), and the connection hands us every NOTICE the server raises.
 
+use super::pg_watch::{Observed, Peer, Watch};
 use super::{
     HistoryEntry, LockAttempts, LogBuffer, LogLine, RunReport, Script, TargetError, TargetSettings,
     describe_failure, executable, wrapper_notes,
@@ -50,6 +51,12 @@ pub struct PgSession {
     /// How long a statement may wait for its locks in all, and in one attempt.
     lock_budget: Duration,
     lock_attempt: Duration,
+    /// The second connection that watches this one's locks (None when it could not be had).
+    watch: Option<Watch>,
+    /// What the watch saw during the statement that runs (or ran last).
+    observed: std::sync::Mutex<Observed>,
+    /// Whether sluice_lock_waiting_seconds was set for this environment and not yet reset.
+    lock_gauge_set: bool,
 }
 
 impl PgSession {
@@ -118,16 +125,28 @@ impl PgSession {
             reset,
             lock_budget: settings.lock_timeout,
             lock_attempt: settings.lock_attempt,
+            watch: None,
+            observed: Default::default(),
+            lock_gauge_set: false,
         };
-        let locked: bool = session
+        let row = session
             .client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&RUNNER_LOCK_KEY])
+            .query_one(
+                "SELECT pg_try_advisory_lock($1), pg_backend_pid()",
+                &[&RUNNER_LOCK_KEY],
+            )
             .await
-            .map_err(|e| session.error(e))?
-            .get(0);
-        if !locked {
+            .map_err(|e| session.error(e))?;
+        if !row.get::<_, bool>(0) {
             return Err(TargetError::Busy { url: session.url });
         }
+        session.watch = Watch::open(
+            &config,
+            row.get(1),
+            settings.blocking_limit,
+            settings.lock_attempt,
+        )
+        .await;
         session
             .client
             .batch_execute(&format!("{}; {HISTORY_DDL}", session.reset))
@@ -209,6 +228,18 @@ impl PgSession {
         Ok(())
     }
 
+    /// What a statement's failure says: the watchdog's reason when it cancelled the statement,
+    /// otherwise the server's message.
+    fn failure_message(&self, e: &tokio_postgres::Error) -> String {
+        let observed = self.observed.lock().unwrap_or_else(|p| p.into_inner());
+        match (&observed.cancelled, e.code()) {
+            (Some(reason), Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)) => {
+                format!("{reason} ({})", pg_message(e))
+            }
+            _ => pg_message(e),
+        }
+    }
+
     fn error(&self, e: tokio_postgres::Error) -> TargetError {
         TargetError::Database {
             url: self.url.clone(),
@@ -265,9 +296,19 @@ impl PgSession {
         let started = std::time::Instant::now();
         let span =
             crate::telemetry::traces::statement_span("postgresql", script.namespace, statement);
+        *self.observed.get_mut().unwrap_or_else(|p| p.into_inner()) = Observed::default();
         let (prepared, result) = {
             let client = &self.client;
             let notices = &mut self.notices;
+            let observed = &self.observed;
+            let watch = self.watch.as_ref();
+            let watching = async move {
+                match watch {
+                    Some(watch) => watch.watch(observed, statement).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::pin!(watching);
             let run = async {
                 let before = futures_util::future::try_join_all(
                     before.iter().map(|sql| client.batch_execute(sql)),
@@ -282,6 +323,7 @@ impl PgSession {
                     biased;
                     Some(line) = notices.recv() => script.emit(log, line),
                     done = &mut run => break done,
+                    () = &mut watching => {}
                 }
             }
         };
@@ -295,6 +337,21 @@ impl PgSession {
             "sluice.outcome",
             if result.is_ok() { "ok" } else { "error" },
         );
+        if self.lock_gauge_set && !result.as_ref().is_err_and(lock_timed_out) {
+            // The statement no longer waits for locks.
+            crate::telemetry::lock_waiting(script.environment, 0.0);
+            self.lock_gauge_set = false;
+        }
+        if result.is_err()
+            && self
+                .observed
+                .get_mut()
+                .unwrap_or_else(|p| p.into_inner())
+                .cancelled
+                .is_some()
+        {
+            crate::telemetry::watchdog_cancelled(script.environment);
+        }
         self.drain_notices(script, log);
         Ok(result)
     }
@@ -318,6 +375,8 @@ impl PgSession {
                 .map_err(|e| self.error(e))?;
         }
         let Some(pause) = attempts.next_pause() else {
+            crate::telemetry::lock_waiting(script.environment, 0.0);
+            self.lock_gauge_set = false;
             if in_transaction {
                 self.client
                     .batch_execute("BEGIN")
@@ -327,12 +386,74 @@ impl PgSession {
             return Ok(false);
         };
         crate::telemetry::lock_gave_way(script.environment);
+        crate::telemetry::lock_waiting(script.environment, attempts.waited().as_secs_f64());
+        self.lock_gauge_set = true;
+        let holders = std::mem::take(
+            &mut self
+                .observed
+                .get_mut()
+                .unwrap_or_else(|p| p.into_inner())
+                .holders,
+        );
+        let waits_out = self.watch.is_some() && !holders.is_empty();
         script.emit(
             log,
-            lock_wait_line(attempts, self.lock_attempt, self.lock_budget, pause),
+            lock_wait_line(
+                attempts,
+                self.lock_attempt,
+                self.lock_budget,
+                &holders,
+                (!waits_out).then_some(pause),
+            ),
         );
-        tokio::time::sleep(pause).await;
+        match &self.watch {
+            Some(watch) if waits_out => {
+                let waited = Instant::now();
+                let ended = self
+                    .wait_out(watch, &holders, attempts, script.environment)
+                    .await;
+                script.emit(
+                    log,
+                    LogLine::info(match ended {
+                        true => format!(
+                            "the holder's transaction ended after {:.1} s; attempt {} starts",
+                            waited.elapsed().as_secs_f64(),
+                            attempts.attempts() + 1
+                        ),
+                        false => format!(
+                            "still held after {:.1} s; attempt {} starts",
+                            waited.elapsed().as_secs_f64(),
+                            attempts.attempts() + 1
+                        ),
+                    }),
+                );
+            }
+            _ => tokio::time::sleep(pause).await,
+        }
         Ok(true)
+    }
+
+    /// Waits until the transactions that held the locks end (looking every 20 ms), for
+    /// `HOLDER_RECHECK` at most (then an attempt tells afresh), or until the lock budget is
+    /// spent. Whether they ended.
+    async fn wait_out(
+        &self,
+        watch: &Watch,
+        holders: &[Peer],
+        attempts: &LockAttempts,
+        environment: &str,
+    ) -> bool {
+        let started = Instant::now();
+        loop {
+            if !watch.still_open(holders).await {
+                return true;
+            }
+            if started.elapsed() >= HOLDER_RECHECK || attempts.spent() {
+                return false;
+            }
+            crate::telemetry::lock_waiting(environment, attempts.waited().as_secs_f64());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// `SET [LOCAL] lock_timeout` to one attempt's.
@@ -362,7 +483,10 @@ impl PgSession {
                     }
                 }
                 Some((message, false)) => break Some(message),
-                None => break None,
+                None => {
+                    got_locks(script, log, &attempts);
+                    break None;
+                }
             }
         })
     }
@@ -385,7 +509,7 @@ impl PgSession {
             if let Err(e) = result {
                 let line = error_line(statement, &e);
                 return Ok(Some((
-                    describe_failure(statement, index, line, &pg_message(&e)),
+                    describe_failure(statement, index, line, &self.failure_message(&e)),
                     lock_timed_out(&e),
                 )));
             }
@@ -555,6 +679,9 @@ impl PgSession {
     }
 
     pub async fn close(self) {
+        if let Some(watch) = self.watch {
+            watch.close().await;
+        }
         let _ = self
             .client
             .execute("SELECT pg_advisory_unlock($1)", &[&RUNNER_LOCK_KEY])
@@ -635,10 +762,14 @@ impl super::steps::StepDriver for PgSession {
                     .await?;
             }
             match result {
-                Ok(()) => return Ok(Ok(())),
+                Ok(()) => {
+                    got_locks(script, log, &attempts);
+                    return Ok(Ok(()));
+                }
                 Err(e) => {
                     let line = error_line(statement, &e);
-                    let message = describe_failure(statement, index, line, &pg_message(&e));
+                    let message =
+                        describe_failure(statement, index, line, &self.failure_message(&e));
                     if !lock_timed_out(&e) {
                         return Ok(Err(message));
                     }
@@ -842,21 +973,59 @@ fn lock_timed_out(e: &tokio_postgres::Error) -> bool {
     e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE)
 }
 
-/// The log's line for an attempt that gave way.
+/// The longest an attempt waits for holders to end before it tries anyway (a holder the
+/// watch did not see may have been the one in the way).
+const HOLDER_RECHECK: Duration = Duration::from_secs(10);
+
+/// The log's line for an attempt that gave way: who held the lock, and when the next attempt
+/// comes (after `pause`, or when the holders' transactions end).
 fn lock_wait_line(
     attempts: &LockAttempts,
     attempt: Duration,
     budget: Duration,
-    pause: Duration,
+    holders: &[Peer],
+    pause: Option<Duration>,
 ) -> LogLine {
+    let held = if holders.is_empty() {
+        "another session holds it".to_owned()
+    } else {
+        format!(
+            "held by {}",
+            holders
+                .iter()
+                .map(Peer::describe)
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    };
+    let next = match pause {
+        Some(pause) => format!("trying again in {} ms", pause.as_millis()),
+        None => format!(
+            "the next attempt starts when {} transaction ends",
+            if holders.len() == 1 { "that" } else { "each" }
+        ),
+    };
     LogLine::info(format!(
-        "attempt {}: a lock was not granted within {} ms (another session holds it); gave way to the sessions queued behind, nothing applied; trying again in {} ms ({} s of the {} s lock budget spent)",
+        "attempt {}: a lock was not granted within {} ms ({held}); gave way to the sessions queued behind, nothing applied; {next} ({} s of the {} s lock budget spent)",
         attempts.attempts(),
         attempt.as_millis(),
-        pause.as_millis(),
         attempts.waited().as_secs(),
         budget.as_secs()
     ))
+}
+
+/// After attempts that gave way, the one that got its locks says so.
+fn got_locks(script: &Script<'_>, log: &mut LogBuffer, attempts: &LockAttempts) {
+    if attempts.attempts() > 0 {
+        script.emit(
+            log,
+            LogLine::info(format!(
+                "attempt {} got its locks, {:.1} s after the first began",
+                attempts.attempts() + 1,
+                attempts.waited().as_secs_f64()
+            )),
+        );
+    }
 }
 
 /// The failure once the lock budget is spent.

@@ -67,6 +67,15 @@ fn describe() {
         "sluice_lock_wait_retries_total",
         "Attempts of a migration's statement that gave way because a lock was not granted in time, by environment."
     );
+    metrics::describe_gauge!(
+        "sluice_lock_waiting_seconds",
+        metrics::Unit::Seconds,
+        "How long the running migration's statement has been waiting for locks other sessions hold (0: not waiting), by environment."
+    );
+    metrics::describe_counter!(
+        "sluice_blocking_watchdog_cancels_total",
+        "Statements the blocking watchdog cancelled because they kept other sessions waiting too long, by environment."
+    );
     metrics::describe_histogram!(
         "sluice_approval_wait_seconds",
         metrics::Unit::Seconds,
@@ -169,6 +178,30 @@ pub fn lock_gave_way(environment: &str) {
     }
     metrics::counter!(
         "sluice_lock_wait_retries_total",
+        "environment" => environment.to_owned()
+    )
+    .increment(1);
+}
+
+/// How long the running statement has been waiting for locks (0: it is not waiting).
+pub fn lock_waiting(environment: &str, seconds: f64) {
+    if recorder().is_none() {
+        return;
+    }
+    metrics::gauge!(
+        "sluice_lock_waiting_seconds",
+        "environment" => environment.to_owned()
+    )
+    .set(seconds);
+}
+
+/// The blocking watchdog cancelled a migration's statement (PostgreSQL).
+pub fn watchdog_cancelled(environment: &str) {
+    if recorder().is_none() {
+        return;
+    }
+    metrics::counter!(
+        "sluice_blocking_watchdog_cancels_total",
         "environment" => environment.to_owned()
     )
     .increment(1);
@@ -388,11 +421,14 @@ pub async fn render(service: &Service) -> Result<String, ServiceError> {
     if let Some(handle) = recorder() {
         // Series that alerts use exist from the start, at 0, per environment.
         for env in &service.config.environments {
-            metrics::counter!(
+            for name in [
                 "sluice_lock_wait_retries_total",
-                "environment" => env.name.to_string()
-            )
-            .increment(0);
+                "sluice_blocking_watchdog_cancels_total",
+            ] {
+                metrics::counter!(name, "environment" => env.name.to_string()).increment(0);
+            }
+            metrics::gauge!("sluice_lock_waiting_seconds", "environment" => env.name.to_string())
+                .increment(0.0);
         }
         handle.run_upkeep();
         out.push_str(&handle.render());

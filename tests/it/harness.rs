@@ -592,11 +592,9 @@ pub fn with_freeze_window(text: String, anchors: &[&str]) -> String {
 }
 
 /// The end of production's settings in the shipped environments.yml.
-pub const PRODUCTION_SETTINGS_END: &str =
-    "      timeout: 1800\n      lock_timeout: 600\n      lock_attempt_ms: 150\n";
+pub const PRODUCTION_SETTINGS_END: &str = "      timeout: 1800\n      lock_timeout: 600\n      lock_attempt_ms: 150\n      blocking_limit: 10\n";
 /// The end of staging's settings in the shipped environments.yml.
-pub const STAGING_SETTINGS_END: &str =
-    "      timeout: 600\n      lock_timeout: 600\n      lock_attempt_ms: 150\n";
+pub const STAGING_SETTINGS_END: &str = "      timeout: 600\n      lock_timeout: 600\n      lock_attempt_ms: 150\n      blocking_limit: 10\n";
 
 pub fn migration(description: &str, risk: &str, up: &str, down: Option<&str>) -> Value {
     serde_json::json!({

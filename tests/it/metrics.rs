@@ -7,14 +7,14 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 /// The value of the sample `name{labels}` (labels as the text format writes them, in order).
-fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
+pub(crate) fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
     let key = format!("{name}{{{labels}}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&key))
         .map(|v| v.trim().parse().unwrap())
 }
 
-async fn scrape(base: &str) -> String {
+pub(crate) async fn scrape(base: &str) -> String {
     let response = reqwest::get(format!("{base}/metrics")).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let kind = response.headers()["content-type"]
