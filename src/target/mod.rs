@@ -68,6 +68,41 @@ impl LockAttempts {
     pub(crate) fn spent(&self) -> bool {
         self.started.elapsed() >= self.budget
     }
+
+    /// The log's line for the attempt that just gave way: who held the lock (`held`), and
+    /// when the next attempt comes (`next`).
+    pub(crate) fn gave_way_line(&self, attempt: Duration, held: &str, next: &str) -> LogLine {
+        LogLine::info(format!(
+            "attempt {}: a lock was not granted within {} ms ({held}); gave way to the sessions queued behind, nothing applied; {next} ({} s of the {} s lock budget spent)",
+            self.attempts,
+            attempt.as_millis(),
+            self.waited().as_secs(),
+            self.budget.as_secs()
+        ))
+    }
+
+    /// After attempts that gave way, the one that got its locks says so.
+    pub(crate) fn got_locks(&self, script: &Script<'_>, log: &mut LogBuffer) {
+        if self.attempts > 0 {
+            script.emit(
+                log,
+                LogLine::info(format!(
+                    "attempt {} got its locks, {:.1} s after the first began",
+                    self.attempts + 1,
+                    self.waited().as_secs_f64()
+                )),
+            );
+        }
+    }
+
+    /// The failure once the lock budget is spent.
+    pub(crate) fn gave_up(&self, message: &str) -> String {
+        format!(
+            "{message}\n  gave up waiting for locks after {} attempts over {} s (environment's lock_timeout)",
+            self.attempts,
+            self.waited().as_secs()
+        )
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

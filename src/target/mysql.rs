@@ -5,15 +5,15 @@
 //! `max_execution_time` (which covers SELECTs only), whichever the server has.
 
 use super::{
-    HistoryEntry, LogLine, RunReport, Script, TargetError, TargetSettings, describe_failure,
-    executable, wrapper_notes,
+    HistoryEntry, LockAttempts, LogBuffer, LogLine, RunReport, Script, TargetError, TargetSettings,
+    describe_failure, executable, wrapper_notes,
 };
 use crate::config::redact_url;
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
 use sqlx::{AssertSqlSafe, ConnectOptions, Row};
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// User-level locks are server-wide: the name carries the database's, so runners of different
 /// databases on one server do not exclude each other.
@@ -96,6 +96,11 @@ pub struct MySqlSession {
     /// Sent before every script: the session as it was opened (see SESSION_RESET), the
     /// timeouts again, and the target database selected again (a script's USE does not stick).
     reset: Vec<String>,
+    /// How long a statement may wait for metadata locks in all, and in one attempt (the
+    /// server's lock_wait_timeout counts whole seconds: MariaDB takes 0, no wait at all;
+    /// MySQL's least is 1 s).
+    lock_budget: Duration,
+    lock_attempt: Duration,
 }
 
 impl MySqlSession {
@@ -117,6 +122,8 @@ impl MySqlSession {
             conn,
             url,
             reset: Vec::new(),
+            lock_budget: settings.lock_timeout,
+            lock_attempt: settings.lock_attempt,
         };
         let locked: Option<i64> =
             sqlx::query(AssertSqlSafe(format!("SELECT GET_LOCK({LOCK_NAME}, 0)")))
@@ -130,12 +137,22 @@ impl MySqlSession {
         }
         let lock_seconds = settings.lock_timeout.as_secs().max(1);
         let statement_seconds = settings.statement_timeout.as_secs().max(1);
-        let mut reset = vec![
-            session.read_session_variables().await?,
-            format!(
-                "SET SESSION lock_wait_timeout = {lock_seconds}, SESSION innodb_lock_wait_timeout = {lock_seconds}"
-            ),
-        ];
+        // A DDL statement waits for its metadata lock one attempt at a time, so that the
+        // sessions queued behind it are not held (row locks keep the whole budget: InnoDB's
+        // readers do not queue behind them).
+        let attempt_seconds = settings.lock_attempt.as_secs();
+        let attempt = format!(
+            "SET SESSION lock_wait_timeout = {attempt_seconds}, SESSION innodb_lock_wait_timeout = {lock_seconds}"
+        );
+        session.exec(attempt.clone()).await?;
+        let effective: i64 = sqlx::query("SELECT CAST(@@SESSION.lock_wait_timeout AS SIGNED)")
+            .fetch_one(&mut session.conn)
+            .await
+            .map_err(|e| session.error(e))?
+            .try_get(0)
+            .map_err(|e| session.error(e))?;
+        session.lock_attempt = Duration::from_secs(effective.max(0) as u64);
+        let mut reset = vec![session.read_session_variables().await?, attempt];
         if !database.is_empty() {
             reset.push(format!("USE `{database}`"));
         }
@@ -263,13 +280,15 @@ impl MySqlSession {
             .all(is_data_statement)
     }
 
-    /// Runs one statement; the database's error, worded for the deployment, if it fails.
+    /// Runs one statement; the database's error, worded for the deployment, if it fails, and
+    /// whether it failed for want of a lock (error 1205: a metadata lock within
+    /// lock_wait_timeout, or a row lock within innodb_lock_wait_timeout).
     async fn run_statement(
         &mut self,
         script: &Script<'_>,
         statement: &crate::lint::Statement,
         index: usize,
-    ) -> Result<(), String> {
+    ) -> Result<(), (String, bool)> {
         let result = crate::telemetry::traces::observed_statement(
             "mysql",
             script.environment,
@@ -279,6 +298,9 @@ impl MySqlSession {
         )
         .await;
         result.map(|_| ()).map_err(|e| {
+            let lock_timeout = matches!(&e, sqlx::Error::Database(db)
+                if db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                    .is_some_and(|db| db.number() == 1205));
             let message = match &e {
                 sqlx::Error::Database(db) => match db.code() {
                     Some(code) => format!("{} (error {code})", db.message()),
@@ -286,17 +308,72 @@ impl MySqlSession {
                 },
                 other => other.to_string(),
             };
-            describe_failure(statement, index, statement.line, &message)
+            (
+                describe_failure(statement, index, statement.line, &message),
+                lock_timeout,
+            )
         })
     }
 
-    async fn run_statements(&mut self, script: &Script<'_>) -> Option<String> {
+    async fn run_statements(&mut self, script: &Script<'_>) -> Option<(String, bool)> {
         for (index, statement) in executable(script.statements) {
             if let Err(failure) = self.run_statement(script, statement, index).await {
                 return Some(failure);
             }
         }
         None
+    }
+
+    /// After an attempt that waited in vain for a lock (rolled back by the caller where it ran
+    /// in a transaction): the log's line and the pause before the next attempt, or false once
+    /// the lock budget is spent.
+    async fn give_way(
+        &self,
+        script: &Script<'_>,
+        log: &mut LogBuffer,
+        attempts: &mut LockAttempts,
+    ) -> bool {
+        let Some(pause) = attempts.next_pause() else {
+            return false;
+        };
+        crate::telemetry::lock_gave_way(script.environment);
+        script.emit(
+            log,
+            attempts.gave_way_line(
+                self.lock_attempt,
+                "another session holds it",
+                &format!("trying again in {} ms", pause.as_millis()),
+            ),
+        );
+        tokio::time::sleep(pause).await;
+        true
+    }
+
+    /// Runs the script in one transaction (left open for the caller to finish), starting over
+    /// when a lock is not granted within an attempt. The failure description, if any.
+    async fn run_giving_way(
+        &mut self,
+        script: &Script<'_>,
+        log: &mut LogBuffer,
+    ) -> Result<Option<String>, TargetError> {
+        let mut attempts = LockAttempts::new(self.lock_budget);
+        loop {
+            self.exec("START TRANSACTION".into()).await?;
+            match self.run_statements(script).await {
+                None => {
+                    attempts.got_locks(script, log);
+                    return Ok(None);
+                }
+                Some((message, true)) => {
+                    self.exec("ROLLBACK".into()).await?;
+                    if !self.give_way(script, log, &mut attempts).await {
+                        self.exec("START TRANSACTION".into()).await?;
+                        return Ok(Some(attempts.gave_up(&message)));
+                    }
+                }
+                Some((message, false)) => return Ok(Some(message)),
+            }
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -335,8 +412,7 @@ impl MySqlSession {
         let total = executable(script.statements).len() as i64;
         self.reset_session().await?;
         let started = Instant::now();
-        self.exec("START TRANSACTION".into()).await?;
-        let failure = self.run_statements(script).await;
+        let failure = self.run_giving_way(script, &mut log).await?;
         let execution_ms = started.elapsed().as_millis() as i64;
         match &failure {
             None => {
@@ -366,11 +442,10 @@ impl MySqlSession {
         if !Self::transactional(script) {
             return super::steps::rollback_in_steps(self, script).await;
         }
-        let log = wrapper_notes(script);
+        let mut log = wrapper_notes(script);
         self.reset_session().await?;
         let started = Instant::now();
-        self.exec("START TRANSACTION".into()).await?;
-        let failure = self.run_statements(script).await;
+        let failure = self.run_giving_way(script, &mut log).await?;
         let execution_ms = started.elapsed().as_millis() as i64;
         if failure.is_none() {
             super::steps::StepDriver::remove_history(self, script.migration_id).await?;
@@ -448,15 +523,32 @@ impl super::steps::StepDriver for MySqlSession {
     async fn run_step(
         &mut self,
         script: &Script<'_>,
-        _log: &mut super::LogBuffer,
+        log: &mut super::LogBuffer,
         index: usize,
         statement: &crate::lint::Statement,
         atomic: bool,
     ) -> Result<Result<(), String>, TargetError> {
-        if atomic {
-            self.exec("START TRANSACTION".into()).await?;
+        let mut attempts = LockAttempts::new(self.lock_budget);
+        loop {
+            if atomic {
+                self.exec("START TRANSACTION".into()).await?;
+            }
+            match self.run_statement(script, statement, index).await {
+                Ok(()) => {
+                    attempts.got_locks(script, log);
+                    return Ok(Ok(()));
+                }
+                Err((message, false)) => return Ok(Err(message)),
+                Err((message, true)) => {
+                    if atomic {
+                        self.exec("ROLLBACK".into()).await?;
+                    }
+                    if !self.give_way(script, log, &mut attempts).await {
+                        return Ok(Err(attempts.gave_up(&message)));
+                    }
+                }
+            }
         }
-        Ok(self.run_statement(script, statement, index).await)
     }
 
     async fn advance(&mut self, migration_id: &str, done: i64) -> Result<(), TargetError> {

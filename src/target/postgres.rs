@@ -396,15 +396,17 @@ impl PgSession {
                 .holders,
         );
         let waits_out = self.watch.is_some() && !holders.is_empty();
+        let next = if waits_out {
+            format!(
+                "the next attempt starts when {} transaction ends",
+                if holders.len() == 1 { "that" } else { "each" }
+            )
+        } else {
+            format!("trying again in {} ms", pause.as_millis())
+        };
         script.emit(
             log,
-            lock_wait_line(
-                attempts,
-                self.lock_attempt,
-                self.lock_budget,
-                &holders,
-                (!waits_out).then_some(pause),
-            ),
+            attempts.gave_way_line(self.lock_attempt, &held_by(&holders), &next),
         );
         match &self.watch {
             Some(watch) if waits_out => {
@@ -479,12 +481,12 @@ impl PgSession {
             match self.run_in_transaction(script, log).await? {
                 Some((message, true)) => {
                     if !self.give_way(script, log, &mut attempts, true).await? {
-                        break Some(gave_up(&message, &attempts));
+                        break Some(attempts.gave_up(&message));
                     }
                 }
                 Some((message, false)) => break Some(message),
                 None => {
-                    got_locks(script, log, &attempts);
+                    attempts.got_locks(script, log);
                     break None;
                 }
             }
@@ -763,7 +765,7 @@ impl super::steps::StepDriver for PgSession {
             }
             match result {
                 Ok(()) => {
-                    got_locks(script, log, &attempts);
+                    attempts.got_locks(script, log);
                     return Ok(Ok(()));
                 }
                 Err(e) => {
@@ -774,7 +776,7 @@ impl super::steps::StepDriver for PgSession {
                         return Ok(Err(message));
                     }
                     if !self.give_way(script, log, &mut attempts, atomic).await? {
-                        return Ok(Err(gave_up(&message, &attempts)));
+                        return Ok(Err(attempts.gave_up(&message)));
                     }
                 }
             }
@@ -977,64 +979,13 @@ fn lock_timed_out(e: &tokio_postgres::Error) -> bool {
 /// watch did not see may have been the one in the way).
 const HOLDER_RECHECK: Duration = Duration::from_secs(10);
 
-/// The log's line for an attempt that gave way: who held the lock, and when the next attempt
-/// comes (after `pause`, or when the holders' transactions end).
-fn lock_wait_line(
-    attempts: &LockAttempts,
-    attempt: Duration,
-    budget: Duration,
-    holders: &[Peer],
-    pause: Option<Duration>,
-) -> LogLine {
-    let held = if holders.is_empty() {
-        "another session holds it".to_owned()
-    } else {
-        format!(
-            "held by {}",
-            holders
-                .iter()
-                .map(Peer::describe)
-                .collect::<Vec<_>>()
-                .join("; ")
-        )
-    };
-    let next = match pause {
-        Some(pause) => format!("trying again in {} ms", pause.as_millis()),
-        None => format!(
-            "the next attempt starts when {} transaction ends",
-            if holders.len() == 1 { "that" } else { "each" }
-        ),
-    };
-    LogLine::info(format!(
-        "attempt {}: a lock was not granted within {} ms ({held}); gave way to the sessions queued behind, nothing applied; {next} ({} s of the {} s lock budget spent)",
-        attempts.attempts(),
-        attempt.as_millis(),
-        attempts.waited().as_secs(),
-        budget.as_secs()
-    ))
-}
-
-/// After attempts that gave way, the one that got its locks says so.
-fn got_locks(script: &Script<'_>, log: &mut LogBuffer, attempts: &LockAttempts) {
-    if attempts.attempts() > 0 {
-        script.emit(
-            log,
-            LogLine::info(format!(
-                "attempt {} got its locks, {:.1} s after the first began",
-                attempts.attempts() + 1,
-                attempts.waited().as_secs_f64()
-            )),
-        );
+/// Who held the lock an attempt waited for, as the log says it.
+fn held_by(holders: &[Peer]) -> String {
+    if holders.is_empty() {
+        return "another session holds it".to_owned();
     }
-}
-
-/// The failure once the lock budget is spent.
-fn gave_up(message: &str, attempts: &LockAttempts) -> String {
-    format!(
-        "{message}\n  gave up waiting for locks after {} attempts over {} s (environment's lock_timeout)",
-        attempts.attempts(),
-        attempts.waited().as_secs()
-    )
+    let named: Vec<String> = holders.iter().map(Peer::describe).collect();
+    format!("held by {}", named.join("; "))
 }
 
 #[cfg(test)]

@@ -306,3 +306,75 @@ async fn hash_comments_and_delimiter_blocks_apply_on_mariadb() {
     assert_eq!(statements, 3);
     app.stop().await;
 }
+
+/// MariaDB: a DDL statement waiting for a metadata lock another transaction holds queues every
+/// later reader of the table behind it. Each attempt waits no longer than lock_attempt_ms
+/// (MariaDB: not at all), then gives way and tries again, and the migration applies once the
+/// holder commits. Before, it waited for the whole lock_timeout (600 s) with every reader
+/// stuck behind it.
+#[tokio::test]
+async fn a_ddl_waiting_for_a_metadata_lock_gives_way_to_readers() {
+    use sqlx::Executor;
+    let app = spawn_app_with(options()).await;
+    let db = &app.mysql_targets["development"];
+    let mut setup = db.connect().await;
+    setup
+        .execute("CREATE TABLE hot (id INT); INSERT INTO hot VALUES (1)")
+        .await
+        .unwrap();
+    let mut blocker = db.connect().await;
+    blocker.execute("START TRANSACTION").await.unwrap();
+    blocker.execute("SELECT * FROM hot").await.unwrap();
+    let id = app
+        .submit(
+            "dev",
+            migration(
+                "add column",
+                "low",
+                "ALTER TABLE hot ADD COLUMN note TEXT;",
+                None,
+            ),
+        )
+        .await;
+    let service = app.service().clone();
+    let env = app.config.environments[0].clone();
+    let worker = tokio::spawn(async move {
+        sluice::engine::Worker::new(service, env, tokio_util::sync::CancellationToken::new())
+            .run_once()
+            .await
+    });
+    let mut reader = db.connect().await;
+    let mut slowest = std::time::Duration::ZERO;
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while std::time::Instant::now() < until {
+        let t = std::time::Instant::now();
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            sqlx::query("SELECT COUNT(*) FROM hot").fetch_one(&mut reader),
+        )
+        .await;
+        assert!(read.is_ok(), "a reader waited 5 s behind the migration");
+        slowest = slowest.max(t.elapsed());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        slowest < std::time::Duration::from_millis(2_000),
+        "a reader waited {slowest:?} behind the migration"
+    );
+    blocker.execute("COMMIT").await.unwrap();
+    worker.await.unwrap().unwrap();
+    let d = app.deployment(&format!("{id}@development")).await;
+    assert_eq!(d["state"], "applied", "{d}");
+    let log = d["log"].to_string();
+    assert!(log.contains("a lock was not granted within"), "{log}");
+    assert!(log.contains("got its locks"), "{log}");
+    let columns: i64 = sqlx::query(
+        "SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = 'hot' AND column_name = 'note'",
+    )
+    .fetch_one(&mut setup)
+    .await
+    .unwrap()
+    .get(0);
+    assert_eq!(columns, 1);
+    app.stop().await;
+}
