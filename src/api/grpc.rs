@@ -100,6 +100,42 @@ fn opt(value: Option<String>) -> String {
     value.unwrap_or_default()
 }
 
+fn dry_run(v: crate::service::DryRunView) -> pb::DryRun {
+    pb::DryRun {
+        deployment_id: v.deployment_id,
+        at: v.at,
+        by: v.by,
+        checksum: v.checksum,
+        stale: v.stale,
+        outcome: v.report.outcome,
+        duration_ms: v.report.duration_ms,
+        statements: v
+            .report
+            .statements
+            .into_iter()
+            .map(|s| pb::DryRunStatement {
+                index: s.index as u32,
+                line: s.line as u32,
+                status: s.status,
+                duration_ms: s.duration_ms,
+                reason: s.reason.unwrap_or_default(),
+            })
+            .collect(),
+        locks: v
+            .report
+            .locks
+            .into_iter()
+            .map(|l| pb::DryRunLock {
+                relation: l.relation,
+                mode: l.mode,
+                blocks: l.blocks,
+            })
+            .collect(),
+        error: v.report.error.unwrap_or_default(),
+        log: v.report.log,
+    }
+}
+
 fn deployment(v: DeploymentView) -> pb::Deployment {
     pb::Deployment {
         id: v.id,
@@ -155,6 +191,7 @@ fn deployment(v: DeploymentView) -> pb::Deployment {
                 message: l.message,
             })
             .collect(),
+        dry_run: v.dry_run.map(dry_run),
     }
 }
 
@@ -478,6 +515,16 @@ impl pb::sluice_server::Sluice for GrpcApi {
         let r = request.into_inner();
         let view = self.service.retry(&caller, &r.deployment_id).await?;
         Ok(Response::new(deployment(view)))
+    }
+
+    async fn dry_run(
+        &self,
+        request: Request<pb::DeploymentActionRequest>,
+    ) -> Result<Response<pb::DryRun>, Status> {
+        let caller = self.caller(&request)?;
+        let r = request.into_inner();
+        let view = self.service.dry_run(&caller, &r.deployment_id).await?;
+        Ok(Response::new(dry_run(view)))
     }
 
     async fn rollback(

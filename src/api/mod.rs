@@ -44,6 +44,7 @@ pub fn router(service: Service) -> Router {
         .route("/api/v1/deployments/{id}/cancel", post(cancel))
         .route("/api/v1/deployments/{id}/retry", post(retry))
         .route("/api/v1/deployments/{id}/rollback", post(rollback))
+        .route("/api/v1/deployments/{id}/dry-run", post(dry_run))
         .route(
             "/api/v1/deployments/{id}/override",
             post(emergency_override),
@@ -418,6 +419,14 @@ async fn retry(
     Path(id): Path<String>,
 ) -> ApiResult<crate::service::DeploymentView> {
     Ok(Json(service.retry(&caller, &id).await?))
+}
+
+async fn dry_run(
+    State(service): State<Service>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+) -> ApiResult<crate::service::DryRunView> {
+    Ok(Json(service.dry_run(&caller, &id).await?))
 }
 
 async fn rollback(

@@ -95,6 +95,15 @@ pub(super) enum Command {
         #[arg(long)]
         wait: bool,
     },
+    /// Try a migration on an environment's database without applying it: its script runs in a
+    /// transaction that is rolled back. Prints whether it runs, how long it took and the locks
+    /// it took; approvers see the result in `status --verbose`. (The two arguments may come in
+    /// either order.)
+    #[command(name = "dry-run")]
+    DryRun {
+        migration_id: String,
+        environment: String,
+    },
     /// Retry a failed deployment (after fixing its cause).
     Retry {
         environment: String,

@@ -317,6 +317,41 @@ pub(super) async fn remote(client: &mut Client, command: Command, output: Output
                 }
             }
         }
+        Command::DryRun {
+            migration_id,
+            environment,
+        } => {
+            // Either order: `dry-run <id> <env>` as documented, or `<env> <id>` as retry takes.
+            let (migration_id, environment) =
+                if migration_id.parse::<crate::domain::MigrationId>().is_err()
+                    && environment.parse::<crate::domain::MigrationId>().is_ok()
+                {
+                    (environment, migration_id)
+                } else {
+                    (migration_id, environment)
+                };
+            let request = client.request(pb::DeploymentActionRequest {
+                deployment_id: format!("{migration_id}@{environment}"),
+                reason: String::new(),
+            })?;
+            let run = client
+                .inner
+                .dry_run(request)
+                .await
+                .map_err(|s| client.failed(s))?
+                .into_inner();
+            match output {
+                Output::Json => print_json(&run)?,
+                Output::Table => super::render::print_dry_run(&run, ""),
+            }
+            if run.outcome == "error" {
+                return Err(Failure::operation(format!(
+                    "the dry run of {} failed; nothing was applied",
+                    run.deployment_id
+                )));
+            }
+            Ok(())
+        }
         Command::Retry {
             environment,
             migration_id,

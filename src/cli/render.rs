@@ -113,7 +113,54 @@ pub(super) fn print_status(status: &pb::EnvironmentStatus, verbose: bool) {
                     println!("      error: {}", printable(line));
                 }
             }
+            if let Some(run) = &d.dry_run {
+                print_dry_run(run, "      ");
+            }
         }
+    }
+}
+
+/// A dry run's result, each line after `indent`.
+pub(super) fn print_dry_run(run: &pb::DryRun, indent: &str) {
+    println!(
+        "{indent}dry run {} by {} at {}: {} in {} ms{}",
+        run.deployment_id,
+        run.by,
+        run.at,
+        run.outcome,
+        run.duration_ms,
+        if run.stale {
+            " (stale: the scripts changed since)"
+        } else {
+            ""
+        }
+    );
+    for s in &run.statements {
+        let mut line = format!(
+            "{indent}  statement {} (line {}): {}",
+            s.index, s.line, s.status
+        );
+        if let Some(ms) = s.duration_ms {
+            line.push_str(&format!(", {ms} ms"));
+        }
+        if !s.reason.is_empty() {
+            line.push_str(&format!(": {}", printable(&s.reason)));
+        }
+        println!("{line}");
+    }
+    for lock in &run.locks {
+        println!(
+            "{indent}  lock {} on {} (blocks {})",
+            lock.mode,
+            printable(&lock.relation),
+            lock.blocks
+        );
+    }
+    for line in run.error.lines() {
+        println!("{indent}  error: {}", printable(line));
+    }
+    for line in &run.log {
+        println!("{indent}  log: {}", printable(line));
     }
 }
 

@@ -80,9 +80,7 @@ impl Worker {
     /// The target database's name (`db.namespace` of statement spans): the URL's path, or the
     /// SQLite file's name.
     fn namespace(&self) -> String {
-        let url = self.environment.url.expose();
-        let path = url.split(['?', '#']).next().unwrap_or_default();
-        path.rsplit('/').next().unwrap_or_default().to_owned()
+        crate::service::database_name(self.environment.url.expose())
     }
 
     pub fn environment(&self) -> &EnvironmentConfig {
@@ -124,14 +122,7 @@ impl Worker {
     }
 
     fn settings(&self) -> TargetSettings {
-        TargetSettings {
-            url: self.environment.url.expose().to_owned(),
-            lock_timeout: Duration::from_secs(self.environment.lock_timeout_seconds),
-            lock_attempt: Duration::from_millis(self.environment.lock_attempt_ms),
-            statement_timeout: Duration::from_secs(self.environment.statement_timeout_seconds),
-            blocking_limit: (self.environment.blocking_limit_seconds > 0)
-                .then(|| Duration::from_secs(self.environment.blocking_limit_seconds)),
-        }
+        TargetSettings::for_environment(&self.environment)
     }
 
     async fn locked(&self) -> Result<bool, ServiceError> {

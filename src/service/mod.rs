@@ -5,6 +5,7 @@
 
 mod approvals;
 mod clock;
+mod dry_run;
 mod environments;
 pub mod events;
 mod lifecycle;
@@ -16,6 +17,7 @@ mod submit;
 mod views;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use dry_run::{DryRunView, database_name};
 pub use events::{EventBus, EventKind};
 pub use notifications::{ChannelView, Notice, NotificationView, TestResult};
 pub use reminders::ScheduledRound;

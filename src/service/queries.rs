@@ -54,21 +54,32 @@ impl Service {
         Ok(out)
     }
 
-    pub async fn deployment(&self, id: &str) -> Result<DeploymentView> {
+    /// A deployment and its migration, read (not for a change): 422 for a malformed id, 404
+    /// for an unknown one.
+    pub(super) async fn read_deployment(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        id: &str,
+    ) -> Result<(DeploymentRow, MigrationRow)> {
         domain::parse_deployment_id(id)?;
-        let mut conn = self.store.conn().await?;
         let d = self
             .store
-            .deployment(&mut conn, id, false)
+            .deployment(conn, id, false)
             .await?
             .ok_or_else(|| ServiceError::NotFound(format!("no deployment \"{id}\"")))?;
         let migration = self
             .store
-            .migration(&mut conn, &d.migration_id)
+            .migration(conn, &d.migration_id)
             .await?
             .ok_or_else(|| {
                 ServiceError::NotFound(format!("no migration \"{}\"", d.migration_id))
             })?;
+        Ok((d, migration))
+    }
+
+    pub async fn deployment(&self, id: &str) -> Result<DeploymentView> {
+        let mut conn = self.store.conn().await?;
+        let (d, migration) = self.read_deployment(&mut conn, id).await?;
         let approvals = self.store.approvals(&mut conn, id).await?;
         let mut view = self.deployment_view(&d, &migration, &approvals)?;
         view.reviews = self
@@ -79,6 +90,14 @@ impl Service {
             .map(ReviewView::from)
             .collect();
         view.review_owed = view.reviews.iter().any(|r| r.reviewer.is_none());
+        if let Some(run) = self
+            .store
+            .dry_runs(&mut conn, std::slice::from_ref(&d.id))
+            .await?
+            .pop()
+        {
+            view.dry_run = Some(DryRunView::from_row(run, &migration.checksum)?);
+        }
         view.log = Some(
             self.store
                 .logs(&mut conn, id)

@@ -91,6 +91,9 @@ pub struct DeploymentView {
     /// Some review an emergency override owes is not recorded yet.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub review_owed: bool,
+    /// The latest dry run (single-deployment view and environment status).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dry_run: Option<super::DryRunView>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -174,6 +177,7 @@ impl DeploymentView {
             log: None,
             reviews: Vec::new(),
             review_owed: false,
+            dry_run: None,
         }
     }
 }

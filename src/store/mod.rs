@@ -53,6 +53,7 @@ const SQLITE_SCHEMA: &[(i64, &str)] = &[
         5,
         include_str!("../../migrations/sqlite/0005_trace_context.sql"),
     ),
+    (6, include_str!("../../migrations/sqlite/0006_dry_runs.sql")),
 ];
 const POSTGRES_SCHEMA: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
@@ -72,7 +73,22 @@ const POSTGRES_SCHEMA: &[(i64, &str)] = &[
         5,
         include_str!("../../migrations/postgres/0005_trace_context.sql"),
     ),
+    (
+        6,
+        include_str!("../../migrations/postgres/0006_dry_runs.sql"),
+    ),
 ];
+
+/// A deployment's latest dry run; `report` is the target's `DryRunReport` as JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DryRunRow {
+    pub deployment_id: String,
+    pub at: i64,
+    pub actor: String,
+    pub checksum: String,
+    pub outcome: String,
+    pub report: String,
+}
 
 #[derive(Clone)]
 pub struct Store {
@@ -826,6 +842,59 @@ impl Store {
             .execute(&mut **tx)
             .await?;
         Ok(done.rows_affected() > 0)
+    }
+
+    /// Keeps a deployment's latest dry run (replacing the one before).
+    pub async fn put_dry_run(
+        &self,
+        conn: &mut AnyConnection,
+        run: &DryRunRow,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO dry_runs (deployment_id, at, actor, checksum, outcome, report) VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (deployment_id) DO UPDATE SET at = EXCLUDED.at, actor = EXCLUDED.actor, checksum = EXCLUDED.checksum, \
+             outcome = EXCLUDED.outcome, report = EXCLUDED.report",
+        )
+        .bind(&run.deployment_id)
+        .bind(run.at)
+        .bind(&run.actor)
+        .bind(&run.checksum)
+        .bind(&run.outcome)
+        .bind(&run.report)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    /// The latest dry run of each of these deployments.
+    pub async fn dry_runs(
+        &self,
+        conn: &mut AnyConnection,
+        deployment_ids: &[String],
+    ) -> Result<Vec<DryRunRow>, StoreError> {
+        let mut runs = Vec::new();
+        for chunk in deployment_ids.chunks(500) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT deployment_id, at, actor, checksum, outcome, report FROM dry_runs WHERE deployment_id IN ({})",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(id);
+            }
+            for row in query.fetch_all(&mut *conn).await? {
+                runs.push(DryRunRow {
+                    deployment_id: row.try_get("deployment_id")?,
+                    at: row.try_get("at")?,
+                    actor: row.try_get("actor")?,
+                    checksum: row.try_get("checksum")?,
+                    outcome: row.try_get("outcome")?,
+                    report: row.try_get("report")?,
+                });
+            }
+        }
+        Ok(runs)
     }
 
     pub async fn insert_audit(

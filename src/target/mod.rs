@@ -4,6 +4,7 @@
 //! runners never apply to one database, and reports the database's own error with the statement
 //! and line. Knows nothing of approvals or the state store.
 
+pub mod dry_run;
 mod mysql;
 mod pg_watch;
 mod postgres;
@@ -27,6 +28,20 @@ pub struct TargetSettings {
     /// PostgreSQL: how long a statement may keep other sessions waiting for its locks before
     /// the blocking watchdog cancels it (None: no watchdog).
     pub blocking_limit: Option<Duration>,
+}
+
+impl TargetSettings {
+    /// The settings an environment gives its target.
+    pub fn for_environment(env: &crate::config::EnvironmentConfig) -> TargetSettings {
+        TargetSettings {
+            url: env.url.expose().to_owned(),
+            lock_timeout: Duration::from_secs(env.lock_timeout_seconds),
+            lock_attempt: Duration::from_millis(env.lock_attempt_ms),
+            statement_timeout: Duration::from_secs(env.statement_timeout_seconds),
+            blocking_limit: (env.blocking_limit_seconds > 0)
+                .then(|| Duration::from_secs(env.blocking_limit_seconds)),
+        }
+    }
 }
 
 /// The attempts of one statement (or transactional script) to get its locks.
@@ -98,9 +113,10 @@ impl LockAttempts {
     /// The failure once the lock budget is spent.
     pub(crate) fn gave_up(&self, message: &str) -> String {
         format!(
-            "{message}\n  gave up waiting for locks after {} attempts over {} s (environment's lock_timeout)",
+            "{message}\n  gave up waiting for locks after {} attempts over {} s (the lock budget: {} s)",
             self.attempts,
-            self.waited().as_secs()
+            self.waited().as_secs(),
+            self.budget.as_secs()
         )
     }
 }
@@ -326,6 +342,19 @@ impl TargetSession {
             TargetSession::Postgres(s) => s.apply(script).await,
             TargetSession::Sqlite(s) => s.apply(script).await,
             TargetSession::MySql(s) => s.apply(script).await,
+        }
+    }
+
+    /// Applies the script in a transaction and rolls it back: whether it runs, how long it
+    /// takes, which locks it takes. Nothing is recorded.
+    pub async fn dry_run(
+        &mut self,
+        script: &Script<'_>,
+    ) -> Result<dry_run::DryRunReport, TargetError> {
+        match self {
+            TargetSession::Postgres(s) => s.dry_run(script).await,
+            TargetSession::Sqlite(s) => dry_run::dry_run(s, script, Duration::ZERO).await,
+            TargetSession::MySql(s) => s.dry_run(script).await,
         }
     }
 

@@ -480,6 +480,47 @@ impl MySqlSession {
     }
 }
 
+impl super::dry_run::DryRunDriver for MySqlSession {
+    fn not_in_transaction(&self, statement: &crate::lint::Statement) -> Option<String> {
+        (!is_data_statement(statement)).then(|| {
+            "MySQL commits DDL implicitly, so it cannot be tried and rolled back".to_owned()
+        })
+    }
+
+    async fn begin(&mut self) -> Result<(), TargetError> {
+        self.reset_session().await?;
+        self.exec("START TRANSACTION".into()).await
+    }
+
+    async fn run(
+        &mut self,
+        script: &Script<'_>,
+        _log: &mut LogBuffer,
+        index: usize,
+        statement: &crate::lint::Statement,
+    ) -> Result<Result<(), (String, bool)>, TargetError> {
+        Ok(self.run_statement(script, statement, index).await)
+    }
+
+    async fn locks(&mut self) -> Vec<super::dry_run::DryRunLock> {
+        Vec::new()
+    }
+
+    async fn rollback(&mut self) -> Result<(), TargetError> {
+        self.exec("ROLLBACK".into()).await
+    }
+}
+
+impl MySqlSession {
+    pub async fn dry_run(
+        &mut self,
+        script: &Script<'_>,
+    ) -> Result<super::dry_run::DryRunReport, TargetError> {
+        let attempt = self.lock_attempt;
+        super::dry_run::dry_run(self, script, attempt).await
+    }
+}
+
 impl super::steps::StepDriver for MySqlSession {
     fn opening_note(&self) -> Option<&'static str> {
         Some("MySQL commits DDL implicitly: the script runs statement by statement")

@@ -53,6 +53,8 @@ pub struct PgSession {
     lock_attempt: Duration,
     /// The second connection that watches this one's locks (None when it could not be had).
     watch: Option<Watch>,
+    /// The session's backend pid.
+    pid: i32,
     /// What the watch saw during the statement that runs (or ran last).
     observed: std::sync::Mutex<Observed>,
     /// Whether sluice_lock_waiting_seconds was set for this environment and not yet reset.
@@ -126,6 +128,7 @@ impl PgSession {
             lock_budget: settings.lock_timeout,
             lock_attempt: settings.lock_attempt,
             watch: None,
+            pid: 0,
             observed: Default::default(),
             lock_gauge_set: false,
         };
@@ -140,6 +143,7 @@ impl PgSession {
         if !row.get::<_, bool>(0) {
             return Err(TargetError::Busy { url: session.url });
         }
+        session.pid = row.get(1);
         session.watch = Watch::open(
             &config,
             row.get(1),
@@ -859,6 +863,84 @@ impl super::steps::StepDriver for PgSession {
 
     fn drain(&mut self, script: &Script<'_>, log: &mut LogBuffer) {
         self.drain_notices(script, log);
+    }
+}
+
+impl super::dry_run::DryRunDriver for PgSession {
+    fn not_in_transaction(&self, statement: &crate::lint::Statement) -> Option<String> {
+        statement.requires_no_transaction().then(|| {
+            "it cannot run inside a transaction block (PostgreSQL), so it cannot be tried and rolled back".to_owned()
+        })
+    }
+
+    async fn begin(&mut self) -> Result<(), TargetError> {
+        let sql = format!("{}; BEGIN; {}", self.reset, self.attempt_timeout(true));
+        self.client
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| self.error(e))
+    }
+
+    async fn run(
+        &mut self,
+        script: &Script<'_>,
+        log: &mut LogBuffer,
+        index: usize,
+        statement: &crate::lint::Statement,
+    ) -> Result<Result<(), (String, bool)>, TargetError> {
+        let result = self.run_one(script, log, &[], &statement.text).await?;
+        Ok(result.map_err(|e| {
+            let line = error_line(statement, &e);
+            let lock = lock_timed_out(&e);
+            let mut message = self.failure_message(&e);
+            if lock {
+                let holders = std::mem::take(
+                    &mut self
+                        .observed
+                        .get_mut()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .holders,
+                );
+                message = format!("{message} ({})", held_by(&holders));
+            }
+            (describe_failure(statement, index, line, &message), lock)
+        }))
+    }
+
+    async fn locks(&mut self) -> Vec<super::dry_run::DryRunLock> {
+        // Asked inside the transaction: the relations the script created have their names.
+        const LOCKS: &str = "SELECT format('%I.%I', n.nspname, c.relname), l.mode \
+             FROM pg_locks l LEFT JOIN pg_class c ON c.oid = l.relation LEFT JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE l.pid = $1 AND l.locktype = 'relation' AND l.granted \
+               AND coalesce(n.nspname, '') NOT IN ('pg_catalog', 'information_schema', 'pg_toast') \
+             ORDER BY 1, 2";
+        match self.client.query(LOCKS, &[&self.pid]).await {
+            Ok(rows) => rows
+                .iter()
+                .map(|r| super::dry_run::DryRunLock::new(r.get(0), r.get(1)))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the dry run's locks");
+                Vec::new()
+            }
+        }
+    }
+
+    async fn rollback(&mut self) -> Result<(), TargetError> {
+        self.client
+            .batch_execute("ROLLBACK")
+            .await
+            .map_err(|e| self.error(e))
+    }
+}
+
+impl PgSession {
+    pub async fn dry_run(
+        &mut self,
+        script: &Script<'_>,
+    ) -> Result<super::dry_run::DryRunReport, TargetError> {
+        let attempt = self.lock_attempt;
+        super::dry_run::dry_run(self, script, attempt).await
     }
 }
 

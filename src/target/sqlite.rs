@@ -351,6 +351,40 @@ impl SqliteSession {
     }
 }
 
+impl super::dry_run::DryRunDriver for SqliteSession {
+    fn not_in_transaction(&self, statement: &crate::lint::Statement) -> Option<String> {
+        statement.requires_no_transaction().then(|| {
+            "it cannot run inside a transaction, so it cannot be tried and rolled back".to_owned()
+        })
+    }
+
+    async fn begin(&mut self) -> Result<(), TargetError> {
+        self.exec("BEGIN IMMEDIATE").await
+    }
+
+    async fn run(
+        &mut self,
+        script: &Script<'_>,
+        _log: &mut super::LogBuffer,
+        index: usize,
+        statement: &crate::lint::Statement,
+    ) -> Result<Result<(), (String, bool)>, TargetError> {
+        Ok(self
+            .run_statement(script, statement, index)
+            .await
+            .map_err(|message| (message, false)))
+    }
+
+    async fn locks(&mut self) -> Vec<super::dry_run::DryRunLock> {
+        // SQLite locks the whole database file while a transaction writes.
+        Vec::new()
+    }
+
+    async fn rollback(&mut self) -> Result<(), TargetError> {
+        self.exec("ROLLBACK").await
+    }
+}
+
 impl super::steps::StepDriver for SqliteSession {
     fn atomic(&self, statement: &crate::lint::Statement) -> bool {
         !statement.requires_no_transaction()

@@ -378,3 +378,91 @@ async fn a_ddl_waiting_for_a_metadata_lock_gives_way_to_readers() {
     assert_eq!(columns, 1);
     app.stop().await;
 }
+
+/// MariaDB dry runs: data statements run in a transaction and are rolled back; DDL commits
+/// implicitly, so it is reported as not dry-runnable and nothing after it runs.
+#[tokio::test]
+async fn dry_runs_on_mariadb_roll_data_back_and_do_not_touch_ddl() {
+    use sqlx::Executor;
+    let app = spawn_app_with(options()).await;
+    let db = &app.mysql_targets["staging"];
+    let mut conn = db.connect().await;
+    conn.execute("CREATE TABLE counters (n INT); INSERT INTO counters VALUES (1)")
+        .await
+        .unwrap();
+    let data = app
+        .submit(
+            "dev",
+            migration(
+                "bump",
+                "low",
+                "UPDATE counters SET n = n + 1 WHERE n > 0;\nINSERT INTO counters VALUES (5);",
+                None,
+            ),
+        )
+        .await;
+    let (status, run) = app
+        .post(
+            "lead",
+            &format!("/api/v1/deployments/{data}@staging/dry-run"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{run}");
+    assert_eq!(run["outcome"], "ok", "{run}");
+    let sum: i64 = sqlx::query("SELECT CAST(SUM(n) AS SIGNED) FROM counters")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(sum, 1, "rolled back");
+    let ddl = app
+        .submit(
+            "dev",
+            migration(
+                "ddl",
+                "low",
+                "INSERT INTO counters VALUES (7);\nALTER TABLE counters ADD COLUMN note TEXT;\nINSERT INTO counters VALUES (8, 'x');",
+                None,
+            ),
+        )
+        .await;
+    let (status, run) = app
+        .post(
+            "lead",
+            &format!("/api/v1/deployments/{ddl}@staging/dry-run"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{run}");
+    assert_eq!(run["outcome"], "partial", "{run}");
+    let statuses: Vec<&str> = run["statements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["ok", "not_dry_runnable", "not_run"], "{run}");
+    assert!(
+        run["statements"][1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("commits DDL implicitly"),
+        "{run}"
+    );
+    let columns: i64 = sqlx::query(
+        "SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = 'counters'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap()
+    .get(0);
+    assert_eq!(columns, 1, "the ALTER did not run");
+    let rows: i64 = sqlx::query("SELECT COUNT(*) FROM counters")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 1, "the INSERT before it was rolled back");
+    app.stop().await;
+}

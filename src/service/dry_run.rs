@@ -1,0 +1,139 @@
+//! Dry runs (issue 9): a deployment's up script applied in a transaction on its environment's
+//! target and rolled back, before approval. The result is kept with the deployment (the latest
+//! one, with the checksum it ran) and shown wherever the deployment is, so approvers see
+//! whether it runs, for how long, and which locks it takes.
+
+use super::*;
+use crate::store::DryRunRow;
+use crate::target::{self, TargetError, TargetSettings, dry_run::DryRunReport};
+
+/// A deployment's latest dry run, as the APIs show it.
+#[derive(Debug, Clone, serde::Serialize, PartialEq)]
+pub struct DryRunView {
+    pub deployment_id: String,
+    pub at: String,
+    pub by: String,
+    /// The checksum of the scripts it ran.
+    pub checksum: String,
+    /// The scripts changed since: this dry run says nothing of the current version.
+    pub stale: bool,
+    #[serde(flatten)]
+    pub report: DryRunReport,
+}
+
+impl DryRunView {
+    pub(super) fn from_row(row: DryRunRow, current_checksum: &str) -> Result<DryRunView> {
+        let report: DryRunReport = serde_json::from_str(&row.report).map_err(|e| {
+            ServiceError::Unexpected(anyhow::anyhow!(
+                "the stored dry run of {} does not read: {e}",
+                row.deployment_id
+            ))
+        })?;
+        Ok(DryRunView {
+            stale: row.checksum != current_checksum,
+            deployment_id: row.deployment_id,
+            at: format_millis(row.at),
+            by: row.actor,
+            checksum: row.checksum,
+            report,
+        })
+    }
+}
+
+impl Service {
+    /// Applies the deployment's up script in a transaction on its target and rolls it back;
+    /// keeps and returns what happened. Operators (developers too where the environment
+    /// approves itself), for a deployment that has not run: awaiting approval, approved,
+    /// queued, or failed.
+    pub async fn dry_run(&self, caller: &Caller, deployment_id: &str) -> Result<DryRunView> {
+        let (deployment, migration) = {
+            let mut conn = self.store.conn().await?;
+            self.read_deployment(&mut conn, deployment_id).await?
+        };
+        let env = self.environment(&deployment.environment)?;
+        self.require_operator(caller, env, "dry-run")?;
+        if !matches!(
+            deployment.state,
+            DeploymentState::AwaitingApproval
+                | DeploymentState::Approved
+                | DeploymentState::Queued
+                | DeploymentState::Failed
+        ) {
+            return Err(ServiceError::Conflict(format!(
+                "deployment {deployment_id} is {}; a dry run tries a migration that has not run (awaiting_approval, approved, queued or failed)",
+                deployment.state
+            )));
+        }
+        let dialect = if target::is_mysql(env.url.expose()) {
+            lint::Dialect::MySql
+        } else {
+            lint::Dialect::Postgres
+        };
+        let statements = check_script("up_sql", &migration.up_sql, dialect)?;
+        let settings = TargetSettings::for_environment(env);
+        let unavailable = |e: TargetError| match e {
+            TargetError::Busy { .. } => ServiceError::Conflict(format!(
+                "a runner is applying migrations to {} now; try the dry run again when it has finished",
+                env.name
+            )),
+            other => ServiceError::Unavailable(format!("dry run of {deployment_id}: {other}")),
+        };
+        let mut session = target::open(&settings, &format!("dry-run:{}", caller.name))
+            .await
+            .map_err(unavailable)?;
+        let namespace = database_name(env.url.expose());
+        let script = target::Script {
+            migration_id: &migration.id,
+            checksum: &migration.checksum,
+            applied_by: caller.name.as_str(),
+            environment: env.name.as_str(),
+            namespace: &namespace,
+            statements: &statements,
+            observer: None,
+        };
+        let result = session.dry_run(&script).await;
+        session.close().await;
+        let report = result.map_err(unavailable)?;
+        let row = DryRunRow {
+            deployment_id: deployment.id.clone(),
+            at: self.now(),
+            actor: caller.name.to_string(),
+            checksum: migration.checksum.clone(),
+            outcome: report.outcome.clone(),
+            report: serde_json::to_string(&report)
+                .map_err(|e| ServiceError::Unexpected(anyhow::Error::new(e)))?,
+        };
+        let mut tx = self.store.begin().await?;
+        self.store.put_dry_run(&mut tx, &row).await?;
+        self.store
+            .insert_audit(
+                &mut tx,
+                &AuditRow {
+                    id: 0,
+                    at: row.at,
+                    actor: row.actor.clone(),
+                    action: "dry_run".into(),
+                    environment: Some(deployment.environment.clone()),
+                    migration_id: Some(migration.id.clone()),
+                    deployment_id: Some(deployment.id.clone()),
+                    detail: serde_json::json!({
+                        "outcome": report.outcome,
+                        "duration_ms": report.duration_ms,
+                        "checksum": migration.checksum,
+                        "error": report.error,
+                    })
+                    .to_string(),
+                    events: None,
+                },
+            )
+            .await?;
+        tx.commit().await?;
+        DryRunView::from_row(row, &migration.checksum)
+    }
+}
+
+/// The database's name in a target URL (for traces).
+pub fn database_name(url: &str) -> String {
+    let path = url.split(['?', '#']).next().unwrap_or_default();
+    path.rsplit('/').next().unwrap_or_default().to_owned()
+}
