@@ -278,6 +278,40 @@ fn environment(v: EnvironmentStatus) -> pb::EnvironmentStatus {
                 owed_since: o.owed_since,
             })
             .collect(),
+        drift: v.drift.map(recorded_drift),
+    }
+}
+
+fn differences(v: Vec<crate::target::schema::SchemaDifference>) -> Vec<pb::SchemaDifference> {
+    v.into_iter()
+        .map(|d| pb::SchemaDifference {
+            object: d.object,
+            change: d.change,
+            before: d.before.unwrap_or_default(),
+            after: d.after.unwrap_or_default(),
+        })
+        .collect()
+}
+
+fn recorded_drift(v: crate::service::RecordedDrift) -> pb::RecordedDrift {
+    pb::RecordedDrift {
+        found_at: v.found_at,
+        difference_count: v.difference_count as u32,
+        differences: differences(v.differences),
+    }
+}
+
+fn drift(v: crate::service::DriftView) -> pb::Drift {
+    pb::Drift {
+        environment: v.environment,
+        reference_at: v.reference_at.unwrap_or_default(),
+        reference_hash: v.reference_hash.unwrap_or_default(),
+        live_hash: v.live_hash,
+        checked_at: v.checked_at,
+        drifted: v.drifted,
+        difference_count: v.difference_count as u32,
+        differences: differences(v.differences),
+        recorded: v.recorded.map(recorded_drift),
     }
 }
 
@@ -614,6 +648,30 @@ impl pb::sluice_server::Sluice for GrpcApi {
             .environment_status(&request.into_inner().environment)
             .await?;
         Ok(Response::new(environment(view)))
+    }
+
+    async fn get_drift(
+        &self,
+        request: Request<pb::DriftRequest>,
+    ) -> Result<Response<pb::Drift>, Status> {
+        let caller = self.caller(&request)?;
+        let view = self
+            .service
+            .drift(&caller, &request.into_inner().environment)
+            .await?;
+        Ok(Response::new(drift(view)))
+    }
+
+    async fn accept_drift(
+        &self,
+        request: Request<pb::DriftRequest>,
+    ) -> Result<Response<pb::Drift>, Status> {
+        let caller = self.caller(&request)?;
+        let view = self
+            .service
+            .accept_drift(&caller, &request.into_inner().environment)
+            .await?;
+        Ok(Response::new(drift(view)))
     }
 
     async fn list_audit(

@@ -53,6 +53,10 @@ pub fn router(service: Service) -> Router {
         .route("/api/v1/environments/{env}", get(environment))
         .route("/api/v1/environments/{env}/lock", post(lock).delete(unlock))
         .route("/api/v1/environments/{env}/migrate", post(migrate))
+        .route(
+            "/api/v1/environments/{env}/drift",
+            get(get_drift).delete(accept_drift),
+        )
         .route("/api/v1/audit", get(audit))
         .route("/api/v1/deployments/{id}/review", post(review))
         .route("/api/v1/notifications", get(notifications))
@@ -437,6 +441,22 @@ async fn rollback(
 ) -> ApiResult<crate::service::DeploymentView> {
     let body = optional_reason(body).await?;
     Ok(Json(service.rollback(&caller, &id, &body.reason).await?))
+}
+
+async fn get_drift(
+    State(service): State<Service>,
+    Authenticated(caller): Authenticated,
+    Path(env): Path<String>,
+) -> ApiResult<crate::service::DriftView> {
+    Ok(Json(service.drift(&caller, &env).await?))
+}
+
+async fn accept_drift(
+    State(service): State<Service>,
+    Authenticated(caller): Authenticated,
+    Path(env): Path<String>,
+) -> ApiResult<crate::service::DriftView> {
+    Ok(Json(service.accept_drift(&caller, &env).await?))
 }
 
 async fn environments(

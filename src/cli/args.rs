@@ -104,6 +104,14 @@ pub(super) enum Command {
         migration_id: String,
         environment: String,
     },
+    /// Compare an environment's live schema with the one Sluice left there: changes made
+    /// outside Sluice. Exits 1 when the schema drifted.
+    Drift {
+        environment: String,
+        /// Make the live schema the reference and clear the recorded drift (operators).
+        #[arg(long)]
+        accept: bool,
+    },
     /// Retry a failed deployment (after fixing its cause).
     Retry {
         environment: String,

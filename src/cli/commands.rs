@@ -352,6 +352,31 @@ pub(super) async fn remote(client: &mut Client, command: Command, output: Output
             }
             Ok(())
         }
+        Command::Drift {
+            environment,
+            accept,
+        } => {
+            let request = client.request(pb::DriftRequest {
+                environment: environment.clone(),
+            })?;
+            let drift = if accept {
+                client.inner.accept_drift(request).await
+            } else {
+                client.inner.get_drift(request).await
+            }
+            .map_err(|s| client.failed(s))?
+            .into_inner();
+            match output {
+                Output::Json => print_json(&drift)?,
+                Output::Table => super::render::print_drift(&drift, accept),
+            }
+            if drift.drifted && !accept {
+                return Err(Failure::operation(format!(
+                    "the schema of {environment} drifted from what Sluice applied"
+                )));
+            }
+            Ok(())
+        }
         Command::Retry {
             environment,
             migration_id,

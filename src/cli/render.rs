@@ -73,6 +73,15 @@ pub(super) fn print_status(status: &pb::EnvironmentStatus, verbose: bool) {
             printable(&status.target_error)
         );
     }
+    if let Some(drift) = &status.drift {
+        println!(
+            "drift        {} schema changes made outside Sluice, found at {}; approvals given before are void (`sluice drift {}`; `--accept` to take them)",
+            drift.difference_count, drift.found_at, status.name
+        );
+        if verbose {
+            print_differences(&drift.differences, drift.difference_count, "      ");
+        }
+    }
     match &status.last_applied {
         Some(d) => println!("last applied {} at {}", d.migration_id, d.finished_at),
         None => println!("last applied none"),
@@ -117,6 +126,67 @@ pub(super) fn print_status(status: &pb::EnvironmentStatus, verbose: bool) {
                 print_dry_run(run, "      ");
             }
         }
+    }
+}
+
+pub(super) fn print_drift(drift: &pb::Drift, accepted: bool) {
+    if drift.reference_at.is_empty() {
+        println!(
+            "{}: no reference schema yet (the first worker round or drift check takes it); live schema {}",
+            drift.environment,
+            short(&drift.live_hash)
+        );
+        return;
+    }
+    if accepted {
+        println!(
+            "{}: the live schema ({}) is the reference now",
+            drift.environment,
+            short(&drift.live_hash)
+        );
+        return;
+    }
+    if drift.drifted {
+        println!(
+            "{}: {} differences from the schema Sluice left at {} ({} -> {})",
+            drift.environment,
+            drift.difference_count,
+            drift.reference_at,
+            short(&drift.reference_hash),
+            short(&drift.live_hash)
+        );
+        print_differences(&drift.differences, drift.difference_count, "  ");
+    } else {
+        println!(
+            "{}: no drift: the live schema is the one Sluice left at {} ({})",
+            drift.environment,
+            drift.reference_at,
+            short(&drift.live_hash)
+        );
+    }
+    if let Some(recorded) = &drift.recorded {
+        println!(
+            "recorded at {}: {} differences; approvals given before are void until re-approved (`sluice drift {} --accept` makes the live schema the reference)",
+            recorded.found_at, recorded.difference_count, drift.environment
+        );
+    }
+}
+
+fn short(hash: &str) -> &str {
+    hash.get(..12).unwrap_or(hash)
+}
+
+fn print_differences(differences: &[pb::SchemaDifference], count: u32, indent: &str) {
+    for d in differences {
+        let what = match d.change.as_str() {
+            "added" => printable(&d.after),
+            "removed" => printable(&d.before),
+            _ => format!("{} -> {}", printable(&d.before), printable(&d.after)),
+        };
+        println!("{indent}{:<8} {}: {what}", d.change, printable(&d.object));
+    }
+    if (differences.len() as u32) < count {
+        println!("{indent}... and {} more", count - differences.len() as u32);
     }
 }
 

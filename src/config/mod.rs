@@ -286,14 +286,23 @@ pub struct SchedulerSettings {
     /// How often deadlines are checked (seconds).
     #[serde(default = "default_tick")]
     pub tick_seconds: u64,
+    /// How often each environment's live schema is compared with the one Sluice left there
+    /// (seconds; 0: never, but the worker still checks before it applies).
+    #[serde(default = "default_drift_check")]
+    pub drift_check_seconds: u64,
 }
 
 impl Default for SchedulerSettings {
     fn default() -> Self {
         SchedulerSettings {
             tick_seconds: default_tick(),
+            drift_check_seconds: default_drift_check(),
         }
     }
+}
+
+fn default_drift_check() -> u64 {
+    300
 }
 
 fn default_tick() -> u64 {

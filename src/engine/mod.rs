@@ -82,6 +82,30 @@ impl Engine {
                 }
             }
         }
+        let drift_every = service.config.settings.scheduler.drift_check_seconds;
+        if drift_every > 0 {
+            let service = service.clone();
+            let cancel = cancel.clone();
+            tracker.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_secs(drift_every)) => {}
+                    }
+                    for env in &service.config.environments {
+                        let name = env.name.as_str();
+                        match service.check_drift(name).await {
+                            Ok(true) => tracing::warn!(
+                                environment = name,
+                                "the schema drifted from what Sluice applied; approvals given before are void"
+                            ),
+                            Ok(false) => {}
+                            Err(e) => tracing::warn!(environment = name, error = %e, "drift check failed"),
+                        }
+                    }
+                }
+            });
+        }
         let tick = Duration::from_secs(service.config.settings.scheduler.tick_seconds.max(1));
         let scheduler_cancel = cancel.clone();
         tracker.spawn(async move {

@@ -178,12 +178,37 @@ impl Worker {
                 return Ok(Outcome::TargetUnavailable(e.to_string()));
             }
         };
+        // A change made outside Sluice since the last reference is recorded (and voids the
+        // approvals given against the schema as it was) before anything is applied.
+        match session.schema_snapshot().await {
+            Ok(live) => {
+                if let Err(e) = self.service.note_drift(env_name, &live).await {
+                    tracing::warn!(environment = env_name, error = %e, "cannot check for drift");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(environment = env_name, error = %e, "cannot read the schema to check for drift")
+            }
+        }
         // Read the queue only once the target's lock is ours: whatever another runner did
         // before is recorded by then.
         let result = match self.open_deployments().await {
             Ok(open) => self.work(&mut session, open, locked).await,
             Err(e) => Err(e),
         };
+        if matches!(result, Ok(Outcome::Worked { .. })) {
+            // The schema this round left is the reference drift checks compare with.
+            match session.schema_snapshot().await {
+                Ok(snapshot) => {
+                    if let Err(e) = self.service.record_snapshot(env_name, &snapshot).await {
+                        tracing::warn!(environment = env_name, error = %e, "cannot keep the schema snapshot");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(environment = env_name, error = %e, "cannot read the schema for its snapshot")
+                }
+            }
+        }
         session.close().await;
         match &result {
             Ok(Outcome::TargetUnavailable(message)) => {

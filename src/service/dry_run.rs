@@ -5,7 +5,7 @@
 
 use super::*;
 use crate::store::DryRunRow;
-use crate::target::{self, TargetError, TargetSettings, dry_run::DryRunReport};
+use crate::target::{self, dry_run::DryRunReport};
 
 /// A deployment's latest dry run, as the APIs show it.
 #[derive(Debug, Clone, serde::Serialize, PartialEq)]
@@ -70,17 +70,9 @@ impl Service {
             lint::Dialect::Postgres
         };
         let statements = check_script("up_sql", &migration.up_sql, dialect)?;
-        let settings = TargetSettings::for_environment(env);
-        let unavailable = |e: TargetError| match e {
-            TargetError::Busy { .. } => ServiceError::Conflict(format!(
-                "a runner is applying migrations to {} now; try the dry run again when it has finished",
-                env.name
-            )),
-            other => ServiceError::Unavailable(format!("dry run of {deployment_id}: {other}")),
-        };
-        let mut session = target::open(&settings, &format!("dry-run:{}", caller.name))
-            .await
-            .map_err(unavailable)?;
+        let mut session = self
+            .open_target(env, &format!("dry-run:{}", caller.name), "dry run")
+            .await?;
         let namespace = database_name(env.url.expose());
         let script = target::Script {
             migration_id: &migration.id,
@@ -93,7 +85,7 @@ impl Service {
         };
         let result = session.dry_run(&script).await;
         session.close().await;
-        let report = result.map_err(unavailable)?;
+        let report = result.map_err(|e| super::drift::target_unavailable(env, "dry run", e))?;
         let row = DryRunRow {
             deployment_id: deployment.id.clone(),
             at: self.now(),

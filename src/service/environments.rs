@@ -363,6 +363,7 @@ impl Service {
                 .push(review.role);
         }
         let mut status = EnvironmentStatus::new(env, lock, queue, last_applied);
+        status.drift = self.recorded_drift(&mut conn, env.name.as_str()).await?;
         status.owed_reviews = owed.into_values().collect();
         status.freeze = frozen.map(|(window, until)| FreezeView { window, until });
         if let Some((message, since)) = self.signals.target_error(env.name.as_str()) {

@@ -5,6 +5,7 @@
 
 mod approvals;
 mod clock;
+mod drift;
 mod dry_run;
 mod environments;
 pub mod events;
@@ -17,6 +18,7 @@ mod submit;
 mod views;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use drift::{DriftView, RecordedDrift};
 pub use dry_run::{DryRunView, database_name};
 pub use events::{EventBus, EventKind};
 pub use notifications::{ChannelView, Notice, NotificationView, TestResult};

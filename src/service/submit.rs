@@ -352,28 +352,20 @@ impl Service {
             // Every approval given before an amendment is void, whatever checksum the scripts
             // take later (amending back to an approved version does not revive them).
             let voided = self.store.delete_approvals(&mut tx, &d.id).await?;
-            self.commit_change(
-                &mut tx,
-                &mut d,
-                at,
-                Change {
-                    event: DeploymentEvent::Amend,
-                    actor: caller.name.as_str(),
-                    action: "approvals_voided",
-                    detail: serde_json::json!({
-                        "reason": "the migration's scripts changed",
-                        "checksum": checksum,
-                        "voided": voided.iter().map(|a| serde_json::json!({
-                            "approver": a.approver, "role": a.role, "checksum": a.checksum,
-                        })).collect::<Vec<_>>(),
-                    }),
-                    events: Vec::new(),
-                },
-            )
-            .await?;
-            if env.auto_approve {
-                self.advance_approved(&mut tx, &mut d, env, at, "sluice", "auto_approved")
-                    .await?;
+            let reason = "the migration's scripts changed";
+            if self
+                .reopen_for_approval(
+                    &mut tx,
+                    &mut d,
+                    env,
+                    at,
+                    caller.name.as_str(),
+                    reason,
+                    &checksum,
+                    &voided,
+                )
+                .await?
+            {
                 wake.push(d.environment.clone());
             }
             changed.push(d);
@@ -384,5 +376,49 @@ impl Service {
             self.signals.wake(&env);
         }
         self.migration(&migration.id).await
+    }
+}
+
+impl Service {
+    /// Sends a deployment whose approvals were just deleted (`voided`) back to awaiting
+    /// approval, audited with `reason`; re-approves it at once where the environment approves
+    /// itself. Whether it was re-approved (its worker should be woken).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn reopen_for_approval(
+        &self,
+        tx: &mut Tx,
+        d: &mut DeploymentRow,
+        env: &EnvironmentConfig,
+        at: i64,
+        actor: &str,
+        reason: &str,
+        checksum: &str,
+        voided: &[ApprovalRow],
+    ) -> Result<bool> {
+        self.commit_change(
+            tx,
+            d,
+            at,
+            Change {
+                event: DeploymentEvent::Amend,
+                actor,
+                action: "approvals_voided",
+                detail: serde_json::json!({
+                    "reason": reason,
+                    "checksum": checksum,
+                    "voided": voided.iter().map(|a| serde_json::json!({
+                        "approver": a.approver, "role": a.role, "checksum": a.checksum,
+                    })).collect::<Vec<_>>(),
+                }),
+                events: Vec::new(),
+            },
+        )
+        .await?;
+        if env.auto_approve {
+            self.advance_approved(tx, d, env, at, "sluice", "auto_approved")
+                .await?;
+            return Ok(true);
+        }
+        Ok(false)
     }
 }

@@ -280,6 +280,9 @@ pub struct EnvironmentStatus {
     pub target_error_since: Option<String>,
     /// Emergency deployments here whose post-deployment review is still owed.
     pub owed_reviews: Vec<OwedReviewView>,
+    /// Changes to the target's schema made outside Sluice, found by the scheduler's check and
+    /// not yet accepted.
+    pub drift: Option<super::RecordedDrift>,
 }
 
 impl EnvironmentStatus {
@@ -314,6 +317,7 @@ impl EnvironmentStatus {
             target_error_since: None,
             freeze: None,
             owed_reviews: Vec::new(),
+            drift: None,
         }
     }
 }

@@ -54,6 +54,10 @@ const SQLITE_SCHEMA: &[(i64, &str)] = &[
         include_str!("../../migrations/sqlite/0005_trace_context.sql"),
     ),
     (6, include_str!("../../migrations/sqlite/0006_dry_runs.sql")),
+    (
+        7,
+        include_str!("../../migrations/sqlite/0007_schema_snapshots.sql"),
+    ),
 ];
 const POSTGRES_SCHEMA: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
@@ -77,7 +81,24 @@ const POSTGRES_SCHEMA: &[(i64, &str)] = &[
         6,
         include_str!("../../migrations/postgres/0006_dry_runs.sql"),
     ),
+    (
+        7,
+        include_str!("../../migrations/postgres/0007_schema_snapshots.sql"),
+    ),
 ];
+
+/// An environment's reference schema (`snapshot`: the target's `SchemaSnapshot` as JSON) and
+/// the drift found against it (`drift`: the differences as JSON).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotRow {
+    pub environment: String,
+    pub at: i64,
+    pub hash: String,
+    pub snapshot: String,
+    pub drift_found_at: Option<i64>,
+    pub drift_hash: Option<String>,
+    pub drift: Option<String>,
+}
 
 /// A deployment's latest dry run; `report` is the target's `DryRunReport` as JSON.
 #[derive(Debug, Clone, PartialEq)]
@@ -842,6 +863,76 @@ impl Store {
             .execute(&mut **tx)
             .await?;
         Ok(done.rows_affected() > 0)
+    }
+
+    /// Replaces an environment's reference schema (a drift found before stays recorded).
+    pub async fn put_snapshot(
+        &self,
+        conn: &mut AnyConnection,
+        environment: &str,
+        at: i64,
+        hash: &str,
+        snapshot: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO schema_snapshots (environment, at, hash, snapshot) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (environment) DO UPDATE SET at = EXCLUDED.at, hash = EXCLUDED.hash, snapshot = EXCLUDED.snapshot",
+        )
+        .bind(environment)
+        .bind(at)
+        .bind(hash)
+        .bind(snapshot)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn snapshot(
+        &self,
+        conn: &mut AnyConnection,
+        environment: &str,
+    ) -> Result<Option<SnapshotRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT environment, at, hash, snapshot, drift_found_at, drift_hash, drift FROM schema_snapshots WHERE environment = $1",
+        )
+        .bind(environment)
+        .fetch_optional(conn)
+        .await?;
+        row.map(|row| {
+            Ok(SnapshotRow {
+                environment: row.try_get("environment")?,
+                at: row.try_get("at")?,
+                hash: row.try_get("hash")?,
+                snapshot: row.try_get("snapshot")?,
+                drift_found_at: row.try_get("drift_found_at")?,
+                drift_hash: row.try_get("drift_hash")?,
+                drift: row.try_get("drift")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Records (or, with `None`, clears) the drift found against an environment's reference.
+    pub async fn set_drift(
+        &self,
+        conn: &mut AnyConnection,
+        environment: &str,
+        drift: Option<(i64, &str, &str)>,
+    ) -> Result<(), StoreError> {
+        let (at, hash, text) = match drift {
+            Some((at, hash, text)) => (Some(at), Some(hash), Some(text)),
+            None => (None, None, None),
+        };
+        sqlx::query(
+            "UPDATE schema_snapshots SET drift_found_at = $2, drift_hash = $3, drift = $4 WHERE environment = $1",
+        )
+        .bind(environment)
+        .bind(at)
+        .bind(hash)
+        .bind(text)
+        .execute(conn)
+        .await?;
+        Ok(())
     }
 
     /// Keeps a deployment's latest dry run (replacing the one before).

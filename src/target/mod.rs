@@ -8,6 +8,7 @@ pub mod dry_run;
 mod mysql;
 mod pg_watch;
 mod postgres;
+pub mod schema;
 mod sqlite;
 mod steps;
 
@@ -355,6 +356,15 @@ impl TargetSession {
             TargetSession::Postgres(s) => s.dry_run(script).await,
             TargetSession::Sqlite(s) => dry_run::dry_run(s, script, Duration::ZERO).await,
             TargetSession::MySql(s) => s.dry_run(script).await,
+        }
+    }
+
+    /// The target's schema as its catalogs describe it (Sluice's own tables left out).
+    pub async fn schema_snapshot(&mut self) -> Result<schema::SchemaSnapshot, TargetError> {
+        match self {
+            TargetSession::Postgres(s) => s.schema_snapshot().await,
+            TargetSession::Sqlite(s) => s.schema_snapshot().await,
+            TargetSession::MySql(s) => s.schema_snapshot().await,
         }
     }
 

@@ -512,6 +512,29 @@ impl super::dry_run::DryRunDriver for MySqlSession {
 }
 
 impl MySqlSession {
+    pub async fn schema_snapshot(&mut self) -> Result<super::schema::SchemaSnapshot, TargetError> {
+        let rows = sqlx::query(super::schema::MYSQL)
+            .fetch_all(&mut self.conn)
+            .await
+            .map_err(|e| self.error(e))?;
+        // information_schema's texts come back as strings or as bytes, by server and column.
+        let text = |row: &sqlx::mysql::MySqlRow, i: usize| -> String {
+            row.try_get::<Option<String>, _>(i)
+                .ok()
+                .flatten()
+                .or_else(|| {
+                    row.try_get::<Option<Vec<u8>>, _>(i)
+                        .ok()
+                        .flatten()
+                        .map(|b| String::from_utf8_lossy(&b).into_owned())
+                })
+                .unwrap_or_default()
+        };
+        Ok(super::schema::SchemaSnapshot(
+            rows.iter().map(|r| (text(r, 0), text(r, 1))).collect(),
+        ))
+    }
+
     pub async fn dry_run(
         &mut self,
         script: &Script<'_>,

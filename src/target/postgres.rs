@@ -935,6 +935,24 @@ impl super::dry_run::DryRunDriver for PgSession {
 }
 
 impl PgSession {
+    pub async fn schema_snapshot(&mut self) -> Result<super::schema::SchemaSnapshot, TargetError> {
+        let rows = self
+            .client
+            .query(super::schema::POSTGRES, &[])
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(super::schema::SchemaSnapshot(
+            rows.iter()
+                .map(|r| {
+                    (
+                        r.get::<_, Option<String>>(0).unwrap_or_default(),
+                        r.get::<_, Option<String>>(1).unwrap_or_default(),
+                    )
+                })
+                .collect(),
+        ))
+    }
+
     pub async fn dry_run(
         &mut self,
         script: &Script<'_>,

@@ -351,6 +351,22 @@ impl SqliteSession {
     }
 }
 
+impl SqliteSession {
+    pub async fn schema_snapshot(&mut self) -> Result<super::schema::SchemaSnapshot, TargetError> {
+        let rows = sqlx::query(super::schema::SQLITE)
+            .fetch_all(&mut self.conn)
+            .await
+            .map_err(|e| self.error(e))?;
+        let mut snapshot = super::schema::SchemaSnapshot::default();
+        for row in rows {
+            let object: String = row.try_get(0).map_err(|e| self.error(e))?;
+            let sql: String = row.try_get(1).map_err(|e| self.error(e))?;
+            snapshot.0.insert(object, sql);
+        }
+        Ok(snapshot)
+    }
+}
+
 impl super::dry_run::DryRunDriver for SqliteSession {
     fn not_in_transaction(&self, statement: &crate::lint::Statement) -> Option<String> {
         statement.requires_no_transaction().then(|| {

@@ -568,6 +568,19 @@ impl TestApp {
         }
     }
 
+    /// Runs SQL on an environment's SQLite target file behind Sluice's back.
+    pub async fn sqlite_execute(&self, environment: &str, sql: &str) {
+        use sqlx::ConnectOptions;
+        let dir = self.sqlite_dir.as_ref().expect("SQLite targets");
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(dir.join(format!("{environment}.db")));
+        let mut conn = options.connect().await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+
     pub async fn stop(mut self) {
         if let Some(running) = self.running.take() {
             running.stop().await;
