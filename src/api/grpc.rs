@@ -136,6 +136,31 @@ fn dry_run(v: crate::service::DryRunView) -> pb::DryRun {
     }
 }
 
+fn rollback_test(v: crate::service::RollbackTestView) -> pb::RollbackTest {
+    pb::RollbackTest {
+        deployment_id: v.deployment_id,
+        at: v.at,
+        by: v.by,
+        checksum: v.checksum,
+        stale: v.stale,
+        outcome: v.report.outcome,
+        steps: v
+            .report
+            .steps
+            .into_iter()
+            .map(|s| pb::RollbackTestStep {
+                step: s.step,
+                ok: s.ok,
+                duration_ms: s.duration_ms,
+                error: s.error.unwrap_or_default(),
+            })
+            .collect(),
+        findings: v.report.findings,
+        left_by_down: differences(v.report.left_by_down),
+        second_up_differs: differences(v.report.second_up_differs),
+    }
+}
+
 fn deployment(v: DeploymentView) -> pb::Deployment {
     pb::Deployment {
         id: v.id,
@@ -192,6 +217,7 @@ fn deployment(v: DeploymentView) -> pb::Deployment {
             })
             .collect(),
         dry_run: v.dry_run.map(dry_run),
+        rollback_test: v.rollback_test.map(rollback_test),
     }
 }
 
@@ -559,6 +585,19 @@ impl pb::sluice_server::Sluice for GrpcApi {
         let r = request.into_inner();
         let view = self.service.dry_run(&caller, &r.deployment_id).await?;
         Ok(Response::new(dry_run(view)))
+    }
+
+    async fn test_rollback(
+        &self,
+        request: Request<pb::DeploymentActionRequest>,
+    ) -> Result<Response<pb::RollbackTest>, Status> {
+        let caller = self.caller(&request)?;
+        let r = request.into_inner();
+        let view = self
+            .service
+            .test_rollback(&caller, &r.deployment_id)
+            .await?;
+        Ok(Response::new(rollback_test(view)))
     }
 
     async fn rollback(

@@ -46,6 +46,10 @@ pub fn router(service: Service) -> Router {
         .route("/api/v1/deployments/{id}/rollback", post(rollback))
         .route("/api/v1/deployments/{id}/dry-run", post(dry_run))
         .route(
+            "/api/v1/deployments/{id}/rollback-test",
+            post(test_rollback),
+        )
+        .route(
             "/api/v1/deployments/{id}/override",
             post(emergency_override),
         )
@@ -431,6 +435,14 @@ async fn dry_run(
     Path(id): Path<String>,
 ) -> ApiResult<crate::service::DryRunView> {
     Ok(Json(service.dry_run(&caller, &id).await?))
+}
+
+async fn test_rollback(
+    State(service): State<Service>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+) -> ApiResult<crate::service::RollbackTestView> {
+    Ok(Json(service.test_rollback(&caller, &id).await?))
 }
 
 async fn rollback(

@@ -104,6 +104,14 @@ pub(super) enum Command {
         migration_id: String,
         environment: String,
     },
+    /// Test a migration's rollback script: up, down and up again on a scratch copy of an
+    /// environment's schema (default: the first environment), the schemas compared. Approvers
+    /// see the result; environments may require a passing one before approval.
+    #[command(name = "test-rollback")]
+    TestRollback {
+        migration_id: String,
+        environment: Option<String>,
+    },
     /// Compare an environment's live schema with the one Sluice left there: changes made
     /// outside Sluice. Exits 1 when the schema drifted.
     Drift {

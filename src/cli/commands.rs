@@ -352,6 +352,48 @@ pub(super) async fn remote(client: &mut Client, command: Command, output: Output
             }
             Ok(())
         }
+        Command::TestRollback {
+            migration_id,
+            environment,
+        } => {
+            let environment = match environment {
+                Some(environment) => environment,
+                None => {
+                    let request = client.request(pb::ListEnvironmentsRequest {})?;
+                    let list = client
+                        .inner
+                        .list_environments(request)
+                        .await
+                        .map_err(|s| client.failed(s))?
+                        .into_inner();
+                    list.environments
+                        .first()
+                        .map(|e| e.name.clone())
+                        .ok_or_else(|| Failure::operation("the daemon has no environment"))?
+                }
+            };
+            let request = client.request(pb::DeploymentActionRequest {
+                deployment_id: format!("{migration_id}@{environment}"),
+                reason: String::new(),
+            })?;
+            let test = client
+                .inner
+                .test_rollback(request)
+                .await
+                .map_err(|s| client.failed(s))?
+                .into_inner();
+            match output {
+                Output::Json => print_json(&test)?,
+                Output::Table => super::render::print_rollback_test(&test, ""),
+            }
+            if test.outcome != "passed" {
+                return Err(Failure::operation(format!(
+                    "the rollback test of {} failed",
+                    test.deployment_id
+                )));
+            }
+            Ok(())
+        }
         Command::Drift {
             environment,
             accept,

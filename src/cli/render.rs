@@ -125,6 +125,9 @@ pub(super) fn print_status(status: &pb::EnvironmentStatus, verbose: bool) {
             if let Some(run) = &d.dry_run {
                 print_dry_run(run, "      ");
             }
+            if let Some(test) = &d.rollback_test {
+                print_rollback_test(test, "      ");
+            }
         }
     }
 }
@@ -188,6 +191,46 @@ fn print_differences(differences: &[pb::SchemaDifference], count: u32, indent: &
     if (differences.len() as u32) < count {
         println!("{indent}... and {} more", count - differences.len() as u32);
     }
+}
+
+/// A rollback test's result, each line after `indent`.
+pub(super) fn print_rollback_test(test: &pb::RollbackTest, indent: &str) {
+    println!(
+        "{indent}rollback test {} by {} at {}: {}{}",
+        test.deployment_id,
+        test.by,
+        test.at,
+        test.outcome,
+        if test.stale {
+            " (stale: the scripts changed since)"
+        } else {
+            ""
+        }
+    );
+    for step in &test.steps {
+        println!(
+            "{indent}  {:<9} {} in {} ms",
+            step.step,
+            if step.ok { "ok" } else { "failed" },
+            step.duration_ms
+        );
+        for line in step.error.lines() {
+            println!("{indent}    error: {}", printable(line));
+        }
+    }
+    for finding in &test.findings {
+        println!("{indent}  finding: {}", printable(finding));
+    }
+    print_differences(
+        &test.left_by_down,
+        test.left_by_down.len() as u32,
+        &format!("{indent}  left by down: "),
+    );
+    print_differences(
+        &test.second_up_differs,
+        test.second_up_differs.len() as u32,
+        &format!("{indent}  second up: "),
+    );
 }
 
 /// A dry run's result, each line after `indent`.

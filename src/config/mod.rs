@@ -136,6 +136,14 @@ pub struct BackupSettings {
     /// The mysqldump (or mariadb-dump) program for MySQL and MariaDB targets.
     #[serde(default = "default_mysqldump")]
     pub mysqldump: String,
+    /// The pg_restore program (rollback tests restore a target's schema into a scratch
+    /// database with it).
+    #[serde(default = "default_pg_restore")]
+    pub pg_restore: String,
+}
+
+fn default_pg_restore() -> String {
+    "pg_restore".into()
 }
 
 impl Default for BackupSettings {
@@ -144,6 +152,7 @@ impl Default for BackupSettings {
             dir: default_backup_dir(),
             pg_dump: default_pg_dump(),
             mysqldump: default_mysqldump(),
+            pg_restore: default_pg_restore(),
         }
     }
 }
@@ -424,6 +433,8 @@ pub struct EnvironmentConfig {
     /// PostgreSQL: how long a running statement may keep other sessions waiting for its locks
     /// before the blocking watchdog cancels it and fails the deployment (0: never).
     pub blocking_limit_seconds: u64,
+    /// No approval is taken without a passing rollback test of the current scripts.
+    pub require_rollback_test: bool,
     /// When the environment starts no new deployment (an emergency override excepted).
     pub freeze_windows: Vec<crate::domain::freeze::FreezeWindow>,
 }
@@ -476,6 +487,8 @@ struct MigrationEntry {
     #[serde(default)]
     blocking_limit: u64,
     #[serde(default)]
+    require_rollback_test: bool,
+    #[serde(default)]
     freeze_windows: Vec<FreezeEntry>,
 }
 
@@ -505,6 +518,7 @@ impl Default for MigrationEntry {
             lock_timeout: default_lock_timeout(),
             lock_attempt_ms: default_lock_attempt_ms(),
             blocking_limit: 0,
+            require_rollback_test: false,
             freeze_windows: Vec::new(),
         }
     }
@@ -867,6 +881,7 @@ fn load_environments(
             lock_attempt_ms: entry.migration.lock_attempt_ms,
             statement_timeout_seconds: entry.migration.timeout,
             blocking_limit_seconds: entry.migration.blocking_limit,
+            require_rollback_test: entry.migration.require_rollback_test,
             freeze_windows,
         });
     }

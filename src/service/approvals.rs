@@ -156,6 +156,8 @@ impl Service {
             reviewed_checksum,
         };
         let progress = check_approval(policy, &records, &request)?;
+        self.require_rollback_test(&mut tx, env, &deployment, &migration)
+            .await?;
         let approval = ApprovalRow {
             deployment_id: deployment.id.clone(),
             approver: caller.name.to_string(),

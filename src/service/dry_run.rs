@@ -4,32 +4,35 @@
 //! whether it runs, for how long, and which locks it takes.
 
 use super::*;
-use crate::store::DryRunRow;
-use crate::target::{self, dry_run::DryRunReport};
+use crate::store::{CheckKind, CheckRow};
+use crate::target::{self, dry_run::DryRunReport, rollback_test::RollbackTestReport};
 
-/// A deployment's latest dry run, as the APIs show it.
+/// A check kept with a deployment (its latest dry run or rollback test), as the APIs show it.
 #[derive(Debug, Clone, serde::Serialize, PartialEq)]
-pub struct DryRunView {
+pub struct CheckView<R> {
     pub deployment_id: String,
     pub at: String,
     pub by: String,
     /// The checksum of the scripts it ran.
     pub checksum: String,
-    /// The scripts changed since: this dry run says nothing of the current version.
+    /// The scripts changed since: this check says nothing of the current version.
     pub stale: bool,
     #[serde(flatten)]
-    pub report: DryRunReport,
+    pub report: R,
 }
 
-impl DryRunView {
-    pub(super) fn from_row(row: DryRunRow, current_checksum: &str) -> Result<DryRunView> {
-        let report: DryRunReport = serde_json::from_str(&row.report).map_err(|e| {
+pub type DryRunView = CheckView<DryRunReport>;
+pub type RollbackTestView = CheckView<RollbackTestReport>;
+
+impl<R: serde::de::DeserializeOwned> CheckView<R> {
+    pub(super) fn from_row(row: CheckRow, current_checksum: &str) -> Result<CheckView<R>> {
+        let report: R = serde_json::from_str(&row.report).map_err(|e| {
             ServiceError::Unexpected(anyhow::anyhow!(
-                "the stored dry run of {} does not read: {e}",
+                "the stored check of {} does not read: {e}",
                 row.deployment_id
             ))
         })?;
-        Ok(DryRunView {
+        Ok(CheckView {
             stale: row.checksum != current_checksum,
             deployment_id: row.deployment_id,
             at: format_millis(row.at),
@@ -37,6 +40,93 @@ impl DryRunView {
             checksum: row.checksum,
             report,
         })
+    }
+}
+
+impl Service {
+    /// Keeps a check's report with the deployment and audits it, in one transaction.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn keep_check<R: serde::Serialize + serde::de::DeserializeOwned>(
+        &self,
+        kind: CheckKind,
+        caller: &Caller,
+        deployment: &DeploymentRow,
+        migration: &MigrationRow,
+        outcome: &str,
+        report: R,
+        action: &str,
+        mut detail: serde_json::Value,
+    ) -> Result<CheckView<R>> {
+        let row = CheckRow {
+            deployment_id: deployment.id.clone(),
+            at: self.now(),
+            actor: caller.name.to_string(),
+            checksum: migration.checksum.clone(),
+            outcome: outcome.to_owned(),
+            report: serde_json::to_string(&report)
+                .map_err(|e| ServiceError::Unexpected(anyhow::Error::new(e)))?,
+        };
+        detail["outcome"] = outcome.into();
+        detail["checksum"] = migration.checksum.clone().into();
+        let mut tx = self.store.begin().await?;
+        self.store.put_check(&mut tx, kind, &row).await?;
+        self.store
+            .insert_audit(
+                &mut tx,
+                &AuditRow {
+                    id: 0,
+                    at: row.at,
+                    actor: row.actor.clone(),
+                    action: action.to_owned(),
+                    environment: Some(deployment.environment.clone()),
+                    migration_id: Some(migration.id.clone()),
+                    deployment_id: Some(deployment.id.clone()),
+                    detail: detail.to_string(),
+                    events: None,
+                },
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(CheckView {
+            deployment_id: row.deployment_id,
+            at: format_millis(row.at),
+            by: row.actor,
+            checksum: row.checksum,
+            stale: false,
+            report,
+        })
+    }
+
+    /// Fills a deployment view's latest dry run and rollback test.
+    pub(super) async fn attach_checks(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        views: &mut [DeploymentView],
+    ) -> Result<()> {
+        let ids: Vec<String> = views.iter().map(|v| v.id.clone()).collect();
+        let mut dry: HashMap<String, CheckRow> = self
+            .store
+            .checks(conn, CheckKind::DryRun, &ids)
+            .await?
+            .into_iter()
+            .map(|r| (r.deployment_id.clone(), r))
+            .collect();
+        let mut tests: HashMap<String, CheckRow> = self
+            .store
+            .checks(conn, CheckKind::RollbackTest, &ids)
+            .await?
+            .into_iter()
+            .map(|r| (r.deployment_id.clone(), r))
+            .collect();
+        for view in views {
+            if let Some(row) = dry.remove(&view.id) {
+                view.dry_run = Some(CheckView::from_row(row, &view.checksum)?);
+            }
+            if let Some(row) = tests.remove(&view.id) {
+                view.rollback_test = Some(CheckView::from_row(row, &view.checksum)?);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -86,41 +176,22 @@ impl Service {
         let result = session.dry_run(&script).await;
         session.close().await;
         let report = result.map_err(|e| super::drift::target_unavailable(env, "dry run", e))?;
-        let row = DryRunRow {
-            deployment_id: deployment.id.clone(),
-            at: self.now(),
-            actor: caller.name.to_string(),
-            checksum: migration.checksum.clone(),
-            outcome: report.outcome.clone(),
-            report: serde_json::to_string(&report)
-                .map_err(|e| ServiceError::Unexpected(anyhow::Error::new(e)))?,
-        };
-        let mut tx = self.store.begin().await?;
-        self.store.put_dry_run(&mut tx, &row).await?;
-        self.store
-            .insert_audit(
-                &mut tx,
-                &AuditRow {
-                    id: 0,
-                    at: row.at,
-                    actor: row.actor.clone(),
-                    action: "dry_run".into(),
-                    environment: Some(deployment.environment.clone()),
-                    migration_id: Some(migration.id.clone()),
-                    deployment_id: Some(deployment.id.clone()),
-                    detail: serde_json::json!({
-                        "outcome": report.outcome,
-                        "duration_ms": report.duration_ms,
-                        "checksum": migration.checksum,
-                        "error": report.error,
-                    })
-                    .to_string(),
-                    events: None,
-                },
-            )
-            .await?;
-        tx.commit().await?;
-        DryRunView::from_row(row, &migration.checksum)
+        let detail = serde_json::json!({
+            "duration_ms": report.duration_ms,
+            "error": report.error,
+        });
+        let outcome = report.outcome.clone();
+        self.keep_check(
+            CheckKind::DryRun,
+            caller,
+            &deployment,
+            &migration,
+            &outcome,
+            report,
+            "dry_run",
+            detail,
+        )
+        .await
     }
 }
 

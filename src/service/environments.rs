@@ -294,14 +294,6 @@ impl Service {
             })
             .collect();
         let plan = domain::queue::plan(&entries, frozen.clone());
-        let open_ids: Vec<String> = open.iter().map(|d| d.id.clone()).collect();
-        let mut dry_runs: HashMap<String, crate::store::DryRunRow> = self
-            .store
-            .dry_runs(&mut conn, &open_ids)
-            .await?
-            .into_iter()
-            .map(|r| (r.deployment_id.clone(), r))
-            .collect();
         let mut queue = Vec::new();
         for (d, planned) in open.iter().zip(plan) {
             let Some(m) = migrations.get(&d.migration_id) else {
@@ -310,9 +302,6 @@ impl Service {
             let approvals = approvals_by_deployment.remove(&d.id).unwrap_or_default();
             let mut view = self.deployment_view(d, m, &approvals)?;
             view.blocked_by = planned.blocked_by;
-            if let Some(run) = dry_runs.remove(&d.id) {
-                view.dry_run = Some(DryRunView::from_row(run, &m.checksum)?);
-            }
             if view.blocked_by.is_none() && d.state == DeploymentState::Approved {
                 view.blocked_by = Some(format!(
                     "approved; waits for `migrate {}` (auto_apply is off)",
@@ -325,6 +314,7 @@ impl Service {
             }
             queue.push(view);
         }
+        self.attach_checks(&mut conn, &mut queue).await?;
         let last = self
             .store
             .last_applied(&mut conn, env.name.as_str(), 1)

@@ -13,13 +13,14 @@ mod lifecycle;
 pub mod notifications;
 mod queries;
 mod reminders;
+mod rollback_test;
 mod signals;
 mod submit;
 mod views;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use drift::{DriftView, RecordedDrift};
-pub use dry_run::{DryRunView, database_name};
+pub use dry_run::{CheckView, DryRunView, RollbackTestView, database_name};
 pub use events::{EventBus, EventKind};
 pub use notifications::{ChannelView, Notice, NotificationView, TestResult};
 pub use reminders::ScheduledRound;

@@ -90,14 +90,8 @@ impl Service {
             .map(ReviewView::from)
             .collect();
         view.review_owed = view.reviews.iter().any(|r| r.reviewer.is_none());
-        if let Some(run) = self
-            .store
-            .dry_runs(&mut conn, std::slice::from_ref(&d.id))
-            .await?
-            .pop()
-        {
-            view.dry_run = Some(DryRunView::from_row(run, &migration.checksum)?);
-        }
+        self.attach_checks(&mut conn, std::slice::from_mut(&mut view))
+            .await?;
         view.log = Some(
             self.store
                 .logs(&mut conn, id)

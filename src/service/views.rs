@@ -94,6 +94,9 @@ pub struct DeploymentView {
     /// The latest dry run (single-deployment view and environment status).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dry_run: Option<super::DryRunView>,
+    /// The latest rollback test (single-deployment view and environment status).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollback_test: Option<super::RollbackTestView>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -178,6 +181,7 @@ impl DeploymentView {
             reviews: Vec::new(),
             review_owed: false,
             dry_run: None,
+            rollback_test: None,
         }
     }
 }

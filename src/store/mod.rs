@@ -58,6 +58,10 @@ const SQLITE_SCHEMA: &[(i64, &str)] = &[
         7,
         include_str!("../../migrations/sqlite/0007_schema_snapshots.sql"),
     ),
+    (
+        8,
+        include_str!("../../migrations/sqlite/0008_rollback_tests.sql"),
+    ),
 ];
 const POSTGRES_SCHEMA: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
@@ -85,6 +89,10 @@ const POSTGRES_SCHEMA: &[(i64, &str)] = &[
         7,
         include_str!("../../migrations/postgres/0007_schema_snapshots.sql"),
     ),
+    (
+        8,
+        include_str!("../../migrations/postgres/0008_rollback_tests.sql"),
+    ),
 ];
 
 /// An environment's reference schema (`snapshot`: the target's `SchemaSnapshot` as JSON) and
@@ -100,9 +108,26 @@ pub struct SnapshotRow {
     pub drift: Option<String>,
 }
 
-/// A deployment's latest dry run; `report` is the target's `DryRunReport` as JSON.
+/// The checks kept with a deployment, the latest of each kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckKind {
+    DryRun,
+    RollbackTest,
+}
+
+impl CheckKind {
+    fn table(self) -> &'static str {
+        match self {
+            CheckKind::DryRun => "dry_runs",
+            CheckKind::RollbackTest => "rollback_tests",
+        }
+    }
+}
+
+/// A deployment's latest check of a kind; `report` is the target's report (`DryRunReport`,
+/// `RollbackTestReport`) as JSON.
 #[derive(Debug, Clone, PartialEq)]
-pub struct DryRunRow {
+pub struct CheckRow {
     pub deployment_id: String,
     pub at: i64,
     pub actor: String,
@@ -935,17 +960,19 @@ impl Store {
         Ok(())
     }
 
-    /// Keeps a deployment's latest dry run (replacing the one before).
-    pub async fn put_dry_run(
+    /// Keeps a deployment's latest check of a kind (replacing the one before).
+    pub async fn put_check(
         &self,
         conn: &mut AnyConnection,
-        run: &DryRunRow,
+        kind: CheckKind,
+        run: &CheckRow,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO dry_runs (deployment_id, at, actor, checksum, outcome, report) VALUES ($1, $2, $3, $4, $5, $6) \
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {} (deployment_id, at, actor, checksum, outcome, report) VALUES ($1, $2, $3, $4, $5, $6) \
              ON CONFLICT (deployment_id) DO UPDATE SET at = EXCLUDED.at, actor = EXCLUDED.actor, checksum = EXCLUDED.checksum, \
              outcome = EXCLUDED.outcome, report = EXCLUDED.report",
-        )
+            kind.table()
+        )))
         .bind(&run.deployment_id)
         .bind(run.at)
         .bind(&run.actor)
@@ -957,17 +984,19 @@ impl Store {
         Ok(())
     }
 
-    /// The latest dry run of each of these deployments.
-    pub async fn dry_runs(
+    /// The latest check of a kind of each of these deployments.
+    pub async fn checks(
         &self,
         conn: &mut AnyConnection,
+        kind: CheckKind,
         deployment_ids: &[String],
-    ) -> Result<Vec<DryRunRow>, StoreError> {
+    ) -> Result<Vec<CheckRow>, StoreError> {
         let mut runs = Vec::new();
         for chunk in deployment_ids.chunks(500) {
             let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let sql = format!(
-                "SELECT deployment_id, at, actor, checksum, outcome, report FROM dry_runs WHERE deployment_id IN ({})",
+                "SELECT deployment_id, at, actor, checksum, outcome, report FROM {} WHERE deployment_id IN ({})",
+                kind.table(),
                 placeholders.join(", ")
             );
             let mut query = sqlx::query(AssertSqlSafe(sql));
@@ -975,7 +1004,7 @@ impl Store {
                 query = query.bind(id);
             }
             for row in query.fetch_all(&mut *conn).await? {
-                runs.push(DryRunRow {
+                runs.push(CheckRow {
                     deployment_id: row.try_get("deployment_id")?,
                     at: row.try_get("at")?,
                     actor: row.try_get("actor")?,

@@ -974,17 +974,23 @@ pub async fn backup(
         url: url.clone(),
         message: format!("backup with {pg_dump} failed: {message}"),
     };
-    let config: tokio_postgres::Config = settings
-        .url
+    let mut command = pg_program(&settings.url, pg_dump, None).map_err(fail)?;
+    command.arg("--format=custom").arg("--file").arg(file);
+    super::run_dump(command, file, fail, "PostgreSQL", "backup.pg_dump").await
+}
+
+/// A PostgreSQL client program (pg_dump, pg_restore) pointed at the URL's server and database
+/// (or `dbname`), credentials in its environment, never on its command line.
+pub(super) fn pg_program(
+    url: &str,
+    program: &str,
+    dbname: Option<&str>,
+) -> Result<tokio::process::Command, String> {
+    let config: tokio_postgres::Config = url
         .parse()
-        .map_err(|e: tokio_postgres::Error| fail(e.to_string()))?;
-    let mut command = tokio::process::Command::new(pg_dump);
-    command
-        .arg("--format=custom")
-        .arg("--no-password")
-        .arg("--file")
-        .arg(file)
-        .env_remove("PGPASSWORD");
+        .map_err(|e: tokio_postgres::Error| e.to_string())?;
+    let mut command = tokio::process::Command::new(program);
+    command.arg("--no-password").env_remove("PGPASSWORD");
     if let Some(tokio_postgres::config::Host::Tcp(host)) = config.get_hosts().first() {
         command.env("PGHOST", host);
     }
@@ -997,10 +1003,10 @@ pub async fn backup(
     if let Some(password) = config.get_password() {
         command.env("PGPASSWORD", String::from_utf8_lossy(password).into_owned());
     }
-    if let Some(dbname) = config.get_dbname() {
+    if let Some(dbname) = dbname.or(config.get_dbname()) {
         command.env("PGDATABASE", dbname);
     }
-    super::run_dump(command, file, fail, "PostgreSQL", "backup.pg_dump").await
+    Ok(command)
 }
 
 /// The server's message with its SQLSTATE, detail and hint.
