@@ -233,6 +233,10 @@ fn migration(v: MigrationView) -> pb::Migration {
                     risk: f["risk"].as_str().unwrap_or("").into(),
                     message: f["message"].as_str().unwrap_or("").into(),
                     rule: f["rule"].as_str().unwrap_or("").into(),
+                    column: f["column"].as_i64().unwrap_or(0),
+                    fix: f["fix"].as_str().unwrap_or("").into(),
+                    script: f["script"].as_str().unwrap_or("").into(),
+                    ignored: f["ignored"].as_str().unwrap_or("").into(),
                 })
                 .collect()
         })

@@ -16,9 +16,9 @@ pub struct Cli {
     /// API token (see `sluice token new`).
     #[arg(long, global = true, env = "SLUICE_TOKEN", hide_env_values = true)]
     pub(super) token: Option<String>,
-    /// How to print results.
+    /// How to print results (sarif and github: `validate` only, for CI tools).
     #[arg(long, global = true, value_enum, default_value = "table")]
-    pub(super) output: Output,
+    pub(super) output: OutputArg,
     #[command(subcommand)]
     pub(super) command: Command,
 }
@@ -44,6 +44,15 @@ impl From<DialectArg> for crate::lint::Dialect {
 pub(super) enum Output {
     Table,
     Json,
+}
+
+/// `--output` as given: `validate` also speaks SARIF 2.1.0 and GitHub annotations.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(super) enum OutputArg {
+    Table,
+    Json,
+    Sarif,
+    Github,
 }
 
 #[derive(Subcommand)]

@@ -25,13 +25,13 @@ pub(super) fn new_token(user: &str, roles: &[String]) -> CliResult {
 pub(super) fn validate(
     paths: &[PathBuf],
     dialect: crate::lint::Dialect,
-    output: Output,
+    format: OutputArg,
 ) -> CliResult {
     let mut all = Vec::new();
     for path in paths {
         let problems = scripts::validate_file(path, dialect);
-        if output == Output::Table {
-            if problems.is_empty() {
+        if format == OutputArg::Table {
+            if problems.iter().all(|p| !p.counts()) {
                 println!("{}: ok", path.display());
             }
             for problem in &problems {
@@ -40,19 +40,25 @@ pub(super) fn validate(
         }
         all.extend(problems);
     }
-    if output == Output::Json {
-        let list: Vec<serde_json::Value> = all
-            .iter()
-            .map(|p| serde_json::json!({"path": p.path, "line": p.line, "message": p.message}))
-            .collect();
-        print_json(&list)?;
+    match format {
+        OutputArg::Json => {
+            let list: Vec<serde_json::Value> = all.iter().map(super::lint_output::json).collect();
+            print_json(&list)?;
+        }
+        OutputArg::Sarif => print_json(&super::lint_output::sarif(&all))?,
+        OutputArg::Github => {
+            for problem in &all {
+                println!("{}", super::lint_output::github(problem));
+            }
+        }
+        OutputArg::Table => {}
     }
-    if all.is_empty() {
+    let counted = all.iter().filter(|p| p.counts()).count();
+    if counted == 0 {
         Ok(())
     } else {
         Err(Failure::operation(format!(
-            "{} finding(s) in {} script(s)",
-            all.len(),
+            "{counted} finding(s) in {} script(s)",
             paths.len()
         )))
     }

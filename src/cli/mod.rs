@@ -10,6 +10,7 @@ mod args;
 mod client;
 mod commands;
 mod follow;
+mod lint_output;
 mod notifications;
 mod render;
 pub mod scripts;
@@ -150,7 +151,17 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
 }
 
 async fn run(cli: Cli) -> CliResult {
-    let output = cli.output;
+    let format = cli.output;
+    let output = match format {
+        OutputArg::Table => Output::Table,
+        OutputArg::Json => Output::Json,
+        _ if matches!(cli.command, Command::Validate { .. }) => Output::Table,
+        _ => {
+            return Err(Failure::usage(
+                "--output sarif and --output github are for `sluice validate`; other commands print table or json",
+            ));
+        }
+    };
     match cli.command {
         Command::Server { .. } => unreachable!("handled before the runtime starts"),
         Command::CheckConfig { config_dir } => {
@@ -182,7 +193,7 @@ async fn run(cli: Cli) -> CliResult {
             clap_complete::generate(shell, &mut Cli::command(), "sluice", &mut std::io::stdout());
             Ok(())
         }
-        Command::Validate { scripts, dialect } => validate(&scripts, dialect.into(), output),
+        Command::Validate { scripts, dialect } => validate(&scripts, dialect.into(), format),
         Command::New {
             kind,
             description,

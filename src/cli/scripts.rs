@@ -22,16 +22,71 @@ pub struct Header {
 }
 
 /// A problem in a script file, with where it is.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Problem {
     pub path: PathBuf,
     pub line: usize,
+    /// 1-based; 0 when only the line is known.
+    pub column: usize,
     pub message: String,
+    /// The finding's rule; None for errors (header, syntax, forbidden statements).
+    pub rule: Option<String>,
+    /// The finding's risk; None for errors.
+    pub risk: Option<crate::domain::Risk>,
+    pub fix: Option<String>,
+    /// The reason of the `-- sluice:ignore` that silenced it: shown, not counted.
+    pub ignored: Option<String>,
+    /// A rollback script's finding that does not raise the risk (it drops what the up
+    /// script made): shown, not counted.
+    pub rollback_note: bool,
+}
+
+impl Problem {
+    fn new(path: &Path, line: usize, message: String) -> Problem {
+        Problem {
+            path: path.to_owned(),
+            line,
+            message,
+            ..Problem::default()
+        }
+    }
+
+    /// Whether it fails validation (not when silenced or a rollback script's note).
+    pub fn counts(&self) -> bool {
+        self.ignored.is_none() && !self.rollback_note
+    }
+
+    /// error (errors, high risk), warning (medium) or note (low, silenced, rollback notes).
+    pub fn level(&self) -> &'static str {
+        use crate::domain::Risk;
+        match (!self.counts(), self.risk) {
+            (true, _) | (false, Some(Risk::Low)) => "note",
+            (false, Some(Risk::Medium)) => "warning",
+            _ => "error",
+        }
+    }
 }
 
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}: {}", self.path.display(), self.line, self.message)
+        write!(f, "{}:{}", self.path.display(), self.line)?;
+        if self.column > 0 {
+            write!(f, ":{}", self.column)?;
+        }
+        write!(f, ": {}", self.message)?;
+        if let Some(rule) = &self.rule {
+            write!(f, " [{rule}]")?;
+        }
+        if let Some(reason) = &self.ignored {
+            write!(f, " (ignored: {reason})")?;
+        }
+        if self.rollback_note {
+            write!(f, " (rollback script: undoes the up script, not counted)")?;
+        }
+        if let Some(fix) = &self.fix {
+            write!(f, "\n    fix: {fix}")?;
+        }
+        Ok(())
     }
 }
 
@@ -44,12 +99,10 @@ fn kind_label(kind: MigrationKind) -> &'static str {
 }
 
 /// Reads the header block (leading `-- Key: value` comment lines).
+/// (A Problem is large for an error; this runs once per script file.)
+#[allow(clippy::result_large_err)]
 pub fn read_header(path: &Path, text: &str) -> Result<Header, Problem> {
-    let problem = |line: usize, message: String| Problem {
-        path: path.to_owned(),
-        line,
-        message,
-    };
+    let problem = |line: usize, message: String| Problem::new(path, line, message);
     let mut fields: Vec<(usize, String, String)> = Vec::new();
     for (index, line) in text.lines().enumerate() {
         let trimmed = line.trim();
@@ -208,11 +261,7 @@ const ROLLBACK_TEMPLATE: &str = "DROP TABLE IF EXISTS example_table;\n";
 /// Checks one script file without a daemon: header, lexing, forbidden statements, findings.
 /// Returns the problems (errors and findings), each with its line.
 pub fn validate_file(path: &Path, dialect: crate::lint::Dialect) -> Vec<Problem> {
-    let at = |line: usize, message: String| Problem {
-        path: path.to_owned(),
-        line,
-        message,
-    };
+    let at = |line: usize, message: String| Problem::new(path, line, message);
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) => return vec![at(0, format!("cannot read: {e}"))],
@@ -234,25 +283,61 @@ pub fn validate_file(path: &Path, dialect: crate::lint::Dialect) -> Vec<Problem>
             for (line, problem) in crate::lint::transaction_control_problems(&statements) {
                 problems.push(at(line, problem));
             }
-            let findings = crate::lint::analyse(&text, &statements, dialect);
+            // The rollback script is linted with it (its own problems under its own path).
+            let down = header
+                .as_ref()
+                .map(|h| rollback_path(path, h))
+                .filter(|p| p.exists())
+                .and_then(|p| {
+                    let text = std::fs::read_to_string(&p).ok()?;
+                    match crate::lint::split_statements_for(&text, dialect) {
+                        Ok(statements) => Some((p, text, statements)),
+                        Err(e) => {
+                            problems.push(Problem::new(&p, e.line, e.message));
+                            None
+                        }
+                    }
+                });
+            let findings = crate::lint::analyse_migration(
+                &text,
+                &statements,
+                down.as_ref()
+                    .map(|(_, text, s)| (text.as_str(), s.as_slice())),
+                dialect,
+            );
             let declared = header.as_ref().map(|h| h.risk);
             for finding in findings {
                 let note = match declared {
-                    Some(risk) if risk < finding.risk => format!(
+                    Some(risk) if risk < finding.risk && finding.raises_risk() => format!(
                         " (raises the declared risk {} to {})",
                         risk.as_str().to_uppercase(),
                         finding.risk.as_str().to_uppercase()
                     ),
                     _ => String::new(),
                 };
-                problems.push(at(
-                    finding.line,
-                    format!(
-                        "{} risk: {}{note}",
-                        finding.risk.as_str().to_uppercase(),
-                        finding.message
-                    ),
-                ));
+                let file = match (&finding.script, &down) {
+                    (Some(_), Some((down_path, _, _))) => down_path.as_path(),
+                    _ => path,
+                };
+                problems.push(Problem {
+                    column: finding.column,
+                    rule: Some(finding.rule.clone()),
+                    risk: Some(finding.risk),
+                    fix: finding.fix.clone(),
+                    ignored: finding.ignored.clone(),
+                    rollback_note: finding.script.is_some()
+                        && finding.ignored.is_none()
+                        && !finding.raises_risk(),
+                    ..Problem::new(
+                        file,
+                        finding.line,
+                        format!(
+                            "{} risk: {}{note}",
+                            finding.risk.as_str().to_uppercase(),
+                            finding.message
+                        ),
+                    )
+                });
             }
         }
     }
@@ -295,11 +380,9 @@ mod tests {
         assert_eq!(header.ticket, "PROJ-123");
         assert_eq!(header.author.as_deref(), Some("john.doe"));
         assert_eq!(rollback_path(&second, &header), rollback);
-        assert!(
-            validate_file(&second, crate::lint::Dialect::Postgres).is_empty(),
-            "{:?}",
-            validate_file(&second, crate::lint::Dialect::Postgres)
-        );
+        // The template's rollback drops the table its up script creates: a note, not a failure.
+        let problems = validate_file(&second, crate::lint::Dialect::Postgres);
+        assert!(problems.iter().all(|p| !p.counts()), "{problems:?}");
         let _ = std::fs::remove_dir_all(&root);
     }
 
@@ -319,7 +402,10 @@ mod tests {
             .collect();
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems[0].ends_with("bad.sql:6: \"ROLLBACK\" is not allowed in a migration: it would end or split the transaction Sluice runs the script in"), "{problems:?}");
-        assert!(problems[1].contains("bad.sql:5: HIGH risk"), "{problems:?}");
+        assert!(
+            problems[1].contains("bad.sql:5:1: HIGH risk"),
+            "{problems:?}"
+        );
         std::fs::write(&path, "SELECT 1;\n").unwrap();
         let problems: Vec<String> = validate_file(&path, crate::lint::Dialect::Postgres)
             .iter()

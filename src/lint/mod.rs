@@ -627,11 +627,57 @@ fn push_statement(statements: &mut Vec<Statement>, text: &str, line: usize) {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Finding {
     pub line: usize,
+    /// 1-based, in characters.
+    pub column: usize,
     pub risk: Risk,
-    /// The squawk rule that found it (e.g. `ban-drop-column`), or `sluice` for Sluice's own.
+    /// The squawk rule that found it (e.g. `ban-drop-column`), or Sluice's own (`sluice-...`).
     pub rule: String,
     pub message: String,
+    /// The safer way to do it, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+    /// `down` for a finding in the rollback script (absent: the up script).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub script: Option<String>,
+    /// The reason of a `-- sluice:ignore <rule> <reason>` above the statement: shown to
+    /// approvers, and the finding no longer raises the risk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ignored: Option<String>,
 }
+
+impl Finding {
+    fn new(
+        (line, column): (usize, usize),
+        risk: Risk,
+        rule: &str,
+        message: impl Into<String>,
+        fix: Option<&str>,
+    ) -> Finding {
+        Finding {
+            line,
+            column,
+            risk,
+            rule: rule.to_owned(),
+            message: message.into(),
+            fix: fix.map(str::to_owned),
+            script: None,
+            ignored: None,
+        }
+    }
+
+    /// Whether it raises the migration's risk: not when ignored with a reason, and not a
+    /// rollback script's own findings (dropping what the up script made is its job), except
+    /// that it drops data the up script did not create.
+    pub fn raises_risk(&self) -> bool {
+        self.ignored.is_none()
+            && (self.script.as_deref() != Some("down") || self.rule == DOWN_DROPS_DATA)
+    }
+}
+
+/// The rule of a rollback script that drops a table or column the up script did not create.
+pub const DOWN_DROPS_DATA: &str = "sluice-down-drops-data";
+
+const FIX_WHERE: &str = "add a WHERE clause naming the rows; to change every row of a large table, work in batches by key range";
 
 /// The risk a squawk rule's violation carries, or `None` for rules that do not raise it (style
 /// advice, and rules about transactions and timeouts that Sluice itself takes care of).
@@ -655,14 +701,25 @@ fn rule_risk(rule: squawk_linter::Rule) -> Option<Risk> {
         | R::AddingSerialPrimaryKeyField
         | R::DisallowedUniqueConstraint
         | R::RenamingColumn
-        | R::RenamingTable
-        | R::BanDropNotNull => Some(Risk::Medium),
+        | R::RenamingTable => Some(Risk::Medium),
         _ => None,
     }
 }
 
 fn line_of(sql: &str, offset: usize) -> usize {
-    sql[..offset.min(sql.len())].matches('\n').count() + 1
+    position(sql, offset).0
+}
+
+/// The 1-based line and column (in characters) of a byte offset.
+fn position(sql: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(sql.len());
+    while !sql.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &sql[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
 }
 
 /// Which SQL the targets speak: decides which analysis a script gets.
@@ -696,17 +753,235 @@ pub fn analyse(sql: &str, statements: &[Statement], dialect: Dialect) -> Vec<Fin
         };
         findings.sort_by(|a, b| (a.line, &a.rule, &a.message).cmp(&(b.line, &b.rule, &b.message)));
         findings.dedup_by(|a, b| a.line == b.line && a.message == b.message);
+        apply_ignores(&sql, &statements, &mut findings);
         findings
     })
 }
 
-fn high(line: usize, message: impl Into<String>) -> Finding {
-    Finding {
-        line,
-        risk: Risk::High,
-        rule: "sluice".into(),
-        message: message.into(),
+/// A migration's findings: the up script's, and the down script's marked `down` (they raise
+/// the risk only where the down script drops a table or column the up script did not create:
+/// rolling back would lose data).
+pub fn analyse_migration(
+    up: &str,
+    up_statements: &[Statement],
+    down: Option<(&str, &[Statement])>,
+    dialect: Dialect,
+) -> Vec<Finding> {
+    let mut findings = analyse(up, up_statements, dialect);
+    let Some((down, down_statements)) = down else {
+        return findings;
+    };
+    let (created_tables, created_columns) = named_objects(up_statements, "CREATE", "ADD");
+    let (dropped_tables, dropped_columns) = named_objects(down_statements, "DROP", "DROP");
+    for f in analyse(down, down_statements, dialect) {
+        findings.push(Finding {
+            script: Some("down".into()),
+            ..f
+        });
     }
+    let lost = |what: String, line: usize| Finding {
+        script: Some("down".into()),
+        ..Finding::new(
+            (line, 1),
+            Risk::High,
+            DOWN_DROPS_DATA,
+            format!(
+                "the rollback drops {what}, which the up script did not create: rolling back loses its data"
+            ),
+            Some(
+                "keep the data when undoing: rename or copy it instead of dropping it, or ship no down script and undo by hand",
+            ),
+        )
+    };
+    for (table, line) in dropped_tables {
+        if !created_tables.iter().any(|(t, _)| *t == table) {
+            findings.push(lost(format!("the table {table}"), line));
+        }
+    }
+    for ((table, column), line) in dropped_columns {
+        let made = created_tables.iter().any(|(t, _)| *t == table)
+            || created_columns
+                .iter()
+                .any(|((t, c), _)| *t == table && *c == column);
+        if !made {
+            findings.push(lost(format!("the column {table}.{column}"), line));
+        }
+    }
+    findings
+}
+
+/// A name as the database folds it: unquoted names in lower case, quoted ones as written.
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    Word(String, String),
+    Dot,
+    Comma,
+    Other,
+}
+
+fn name_tokens(text: &str) -> Vec<Tok> {
+    let mut out = Vec::new();
+    let mut offset = 0usize;
+    for token in tokenize(text) {
+        let len = token.len as usize;
+        let raw = &text[offset..offset + len];
+        offset += len;
+        match token.kind {
+            TokenKind::Ident => out.push(Tok::Word(raw.to_ascii_uppercase(), raw.to_lowercase())),
+            TokenKind::QuotedIdent { .. } => {
+                let inner = raw.trim_matches('"').replace("\"\"", "\"");
+                out.push(Tok::Word(String::new(), inner));
+            }
+            TokenKind::Dot => out.push(Tok::Dot),
+            TokenKind::Comma => out.push(Tok::Comma),
+            TokenKind::Backtick => {}
+            kind if is_trivia(kind) => {}
+            _ => out.push(Tok::Other),
+        }
+    }
+    out
+}
+
+/// The tables (`CREATE TABLE x` / `DROP TABLE x, y`) and columns (`ALTER TABLE t ADD|DROP
+/// [COLUMN] c`) the statements name with `table_verb` / `column_verb`, each with its line;
+/// schema qualification left out.
+#[allow(clippy::type_complexity)]
+fn named_objects(
+    statements: &[Statement],
+    table_verb: &str,
+    column_verb: &str,
+) -> (Vec<(String, usize)>, Vec<((String, String), usize)>) {
+    let mut tables = Vec::new();
+    let mut columns = Vec::new();
+    for statement in statements {
+        let toks = name_tokens(&statement.text);
+        let word = |i: usize| match toks.get(i) {
+            Some(Tok::Word(upper, _)) => upper.as_str(),
+            _ => "",
+        };
+        // A possibly qualified name from `i`: its last part, and where it ends.
+        let name_at = |mut i: usize| -> Option<(String, usize)> {
+            let mut last = None;
+            while let Some(Tok::Word(_, name)) = toks.get(i) {
+                last = Some(name.clone());
+                if toks.get(i + 1) == Some(&Tok::Dot) {
+                    i += 2;
+                } else {
+                    i += 1;
+                    break;
+                }
+            }
+            last.map(|n| (n, i))
+        };
+        let skip = |mut i: usize, words: &[&str]| {
+            while words.contains(&word(i)) {
+                i += 1;
+            }
+            i
+        };
+        let first = word(0);
+        if first == table_verb {
+            let i = skip(1, &["UNLOGGED", "TEMP", "TEMPORARY", "GLOBAL", "LOCAL"]);
+            if word(i) == "TABLE" {
+                let mut i = skip(i + 1, &["IF", "NOT", "EXISTS"]);
+                while let Some((name, end)) = name_at(i) {
+                    tables.push((name, statement.line));
+                    if table_verb != "DROP" || toks.get(end) != Some(&Tok::Comma) {
+                        break;
+                    }
+                    i = end + 1;
+                }
+            }
+        } else if first == "ALTER" && word(1) == "TABLE" {
+            let i = skip(2, &["IF", "EXISTS", "ONLY"]);
+            let Some((table, mut i)) = name_at(i) else {
+                continue;
+            };
+            while i < toks.len() {
+                if word(i) == column_verb {
+                    let j = skip(i + 1, &["COLUMN", "IF", "NOT", "EXISTS"]);
+                    let refused = [
+                        "CONSTRAINT",
+                        "DEFAULT",
+                        "NOT",
+                        "INDEX",
+                        "KEY",
+                        "PRIMARY",
+                        "FOREIGN",
+                        "UNIQUE",
+                        "CHECK",
+                        "PARTITION",
+                        "EXPRESSION",
+                        "IDENTITY",
+                    ];
+                    if !refused.contains(&word(i + 1))
+                        && let Some(Tok::Word(_, column)) = toks.get(j)
+                    {
+                        columns.push(((table.clone(), column.clone()), statement.line));
+                    }
+                }
+                i += 1;
+            }
+        }
+    }
+    (tables, columns)
+}
+
+/// `-- sluice:ignore <rule> <reason>` in the comment lines right above a statement silences
+/// that rule's findings on it: they stay, with the reason, and no longer raise the risk. A
+/// directive without a reason, or one that silences nothing, is itself a (low) finding.
+fn apply_ignores(sql: &str, statements: &[Statement], findings: &mut Vec<Finding>) {
+    let lines: Vec<&str> = sql.lines().collect();
+    let mut starts: Vec<usize> = statements.iter().map(|s| s.line).collect();
+    starts.sort_unstable();
+    starts.dedup();
+    let mut directives: Vec<(usize, usize, String, String, bool)> = Vec::new();
+    for &start in &starts {
+        let mut line = start;
+        while line > 1 {
+            line -= 1;
+            let text = lines.get(line - 1).map_or("", |l| l.trim());
+            let Some(comment) = text.strip_prefix("--") else {
+                break;
+            };
+            let Some(rest) = comment.trim_start().strip_prefix("sluice:ignore") else {
+                continue;
+            };
+            let mut parts = rest.trim().splitn(2, char::is_whitespace);
+            let rule = parts.next().unwrap_or_default().to_owned();
+            let reason = parts.next().unwrap_or_default().trim().to_owned();
+            directives.push((line, start, rule, reason, false));
+        }
+    }
+    for finding in findings.iter_mut() {
+        let Some(&start) = starts.iter().rev().find(|&&s| s <= finding.line) else {
+            continue;
+        };
+        for directive in directives.iter_mut() {
+            if directive.1 == start && directive.2 == finding.rule && !directive.3.is_empty() {
+                finding.ignored = Some(directive.3.clone());
+                directive.4 = true;
+            }
+        }
+    }
+    for (line, _, rule, reason, used) in directives {
+        let problem = if rule.is_empty() || reason.is_empty() {
+            "needs a rule and a reason (-- sluice:ignore <rule> <reason>): it silences nothing"
+                .to_owned()
+        } else if !used {
+            format!("silences nothing: the statement below has no {rule} finding")
+        } else {
+            continue;
+        };
+        findings.push(Finding::new(
+            (line, 1),
+            Risk::Low,
+            "sluice-ignore",
+            format!("sluice:ignore {problem}"),
+            None,
+        ));
+    }
+    findings.sort_by(|a, b| (a.line, &a.rule, &a.message).cmp(&(b.line, &b.rule, &b.message)));
 }
 
 fn analyse_postgres(sql: &str, statements: &[Statement]) -> Vec<Finding> {
@@ -722,16 +997,13 @@ fn analyse_postgres(sql: &str, statements: &[Statement]) -> Vec<Finding> {
         .into_iter()
         .filter_map(|violation| {
             let risk = rule_risk(violation.code)?;
-            let mut message = violation.message.clone();
-            if let Some(help) = &violation.help {
-                message.push_str(&format!(" ({help})"));
-            }
-            Some(Finding {
-                line: line_of(sql, usize::from(violation.text_range.start())),
+            Some(Finding::new(
+                position(sql, usize::from(violation.text_range.start())),
                 risk,
-                rule: violation.code.to_string(),
-                message,
-            })
+                &violation.code.to_string(),
+                violation.message.clone(),
+                violation.help.as_deref(),
+            ))
         })
         .collect();
     findings.extend(tree_findings(sql, &parsed.tree()));
@@ -749,7 +1021,10 @@ fn tree_findings(sql: &str, tree: &squawk_syntax::SourceFile) -> Vec<Finding> {
     use SyntaxKind as K;
     let mut findings = Vec::new();
     for node in tree.syntax().descendants() {
-        let line = line_of(sql, usize::from(node.text_range().start()));
+        let at = position(sql, usize::from(node.text_range().start()));
+        let high = |rule: &str, message: String, fix: Option<&str>| {
+            Finding::new(at, Risk::High, rule, message, fix)
+        };
         match node.kind() {
             K::DELETE | K::UPDATE => {
                 // A body of a function is not run by defining it.
@@ -760,35 +1035,64 @@ fn tree_findings(sql: &str, tree: &squawk_syntax::SourceFile) -> Vec<Finding> {
                 {
                     continue;
                 }
-                let verb = if node.kind() == K::DELETE {
-                    "deletes"
+                let (verb, rule) = if node.kind() == K::DELETE {
+                    ("deletes", "sluice-unguarded-delete")
                 } else {
-                    "changes"
+                    ("changes", "sluice-unguarded-update")
                 };
                 let condition = node
                     .children()
                     .find(|c| matches!(c.kind(), K::WHERE_CLAUSE | K::WHERE_CURRENT_OF));
                 match condition {
                     None => findings.push(high(
-                        line,
+                        rule,
                         format!("{verb} every row of a table (no WHERE clause)"),
+                        Some(FIX_WHERE),
                     )),
                     Some(clause)
                         if clause.kind() == K::WHERE_CLAUSE
                             && !clause.descendants().any(|d| d.kind() == K::NAME_REF) =>
                     {
                         findings.push(high(
-                            line,
+                            rule,
                             format!(
                                 "{verb} every row of a table or none (the WHERE clause names no column: \"{}\")",
                                 excerpt(clause.text().to_string().trim())
                             ),
+                            Some(FIX_WHERE),
+                        ))
+                    }
+                    Some(clause)
+                        if node.kind() == K::DELETE
+                            && clause.descendants().any(|d| {
+                                d.kind() == K::BIN_EXPR
+                                    && d.children().any(|c| c.kind() == K::NOT_IN)
+                                    && d.descendants().any(|s| s.kind() == K::SELECT)
+                            }) =>
+                    {
+                        findings.push(Finding::new(
+                            at,
+                            Risk::Medium,
+                            "sluice-delete-not-in-subquery",
+                            "deletes the rows NOT IN a subquery: it deletes nothing at all once the subquery yields one NULL, and on a large table it cannot use an anti-join",
+                            Some("use NOT EXISTS (SELECT 1 FROM ... WHERE ... = outer.key), and delete in batches on a large table"),
                         ))
                     }
                     Some(_) => {}
                 }
             }
-            K::TRUNCATE => findings.push(high(line, "truncates a table")),
+            K::DROP_SEQUENCE => findings.push(Finding::new(
+                at,
+                Risk::Medium,
+                "sluice-drop-sequence",
+                "drops a sequence: a column default or an application that still draws from it fails",
+                Some("first drop the defaults that use it (ALTER TABLE ... ALTER COLUMN ... DROP DEFAULT) and check that no code calls nextval on it"),
+            )),
+            K::TRUNCATE => findings.push(high(
+                "sluice-truncate",
+                "truncates a table".into(),
+                None,
+            )),
             K::DO | K::CREATE_FUNCTION | K::CREATE_PROCEDURE => {
                 let place = if node.kind() == K::DO {
                     "a DO block"
@@ -803,14 +1107,19 @@ fn tree_findings(sql: &str, tree: &squawk_syntax::SourceFile) -> Vec<Finding> {
                     let words = body_words(token.text());
                     if words.iter().any(|w| w == "EXECUTE") {
                         findings.push(high(
-                            line,
+                            "sluice-dynamic-sql",
                             format!("{place} runs dynamic SQL (EXECUTE), which Sluice cannot analyse: a reviewer must read what it builds"),
+                            Some("write the statements out where the script can be read, or list what the EXECUTE builds in the description"),
                         ));
                     } else if let Some(word) = words
                         .iter()
                         .find(|w| matches!(w.as_str(), "TRUNCATE" | "DROP"))
                     {
-                        findings.push(high(line, format!("{place} contains {word}")));
+                        findings.push(high(
+                            "sluice-destructive-body",
+                            format!("{place} contains {word}"),
+                            None,
+                        ));
                     }
                 }
             }
@@ -868,22 +1177,42 @@ fn token_finding(statement: &Statement) -> Option<Finding> {
     let words = words_of(&statement.text);
     let first = words.first().map(String::as_str);
     let has = |w: &str| words.iter().any(|x| x == w);
-    let message = match first {
-        Some("TRUNCATE") => "truncates a table".to_owned(),
-        Some("DELETE") if !has("WHERE") => "deletes every row of a table (no WHERE clause)".into(),
-        Some("UPDATE") if !has("WHERE") => "changes every row of a table (no WHERE clause)".into(),
+    let (rule, message, fix) = match first {
+        Some("TRUNCATE") => ("sluice-truncate", "truncates a table".to_owned(), None),
+        Some("DELETE") if !has("WHERE") => (
+            "sluice-unguarded-delete",
+            "deletes every row of a table (no WHERE clause)".into(),
+            Some(FIX_WHERE),
+        ),
+        Some("UPDATE") if !has("WHERE") => (
+            "sluice-unguarded-update",
+            "changes every row of a table (no WHERE clause)".into(),
+            Some(FIX_WHERE),
+        ),
         Some("DROP")
             if matches!(
                 words.get(1).map(String::as_str),
                 Some("TABLE" | "DATABASE" | "SCHEMA")
             ) =>
         {
-            format!("drops a {}", words[1].to_ascii_lowercase())
+            (
+                "sluice-drop-table",
+                format!("drops a {}", words[1].to_ascii_lowercase()),
+                None,
+            )
         }
-        Some("ALTER") if mysql_drops_a_column(&words) => "drops a column".into(),
+        Some("ALTER") if mysql_drops_a_column(&words) => {
+            ("sluice-drop-column", "drops a column".into(), None)
+        }
         _ => return None,
     };
-    Some(high(statement.line, message))
+    Some(Finding::new(
+        (statement.line, 1),
+        Risk::High,
+        rule,
+        message,
+        fix,
+    ))
 }
 
 /// `ALTER TABLE t DROP [COLUMN] c`: MySQL lets COLUMN be left out; DROP INDEX/KEY/FOREIGN KEY/
@@ -949,26 +1278,26 @@ fn mysql_findings(line: usize, ast: &sqlparser::ast::Statement) -> Vec<Finding> 
     use sqlparser::ast::{
         AlterColumnOperation, AlterTableOperation as Op, ObjectType, Statement as S,
     };
-    let medium = |message: String| Finding {
-        line,
-        risk: Risk::Medium,
-        rule: "sluice-mysql".into(),
-        message,
-    };
-    let high = |message: String| Finding {
-        line,
-        risk: Risk::High,
-        rule: "sluice-mysql".into(),
-        message,
-    };
-    let unguarded = |verb: &str, selection: &Option<sqlparser::ast::Expr>| match selection {
-        None => Some(high(format!(
-            "{verb} every row of a table (no WHERE clause)"
-        ))),
-        Some(expr) if constant_condition(expr) => Some(high(format!(
-            "{verb} every row of a table or none (the WHERE clause names no column: \"{expr}\")"
-        ))),
-        Some(_) => None,
+    let medium =
+        |rule: &str, message: String| Finding::new((line, 1), Risk::Medium, rule, message, None);
+    let high =
+        |rule: &str, message: String| Finding::new((line, 1), Risk::High, rule, message, None);
+    let unguarded = |verb: &str, rule: &str, selection: &Option<sqlparser::ast::Expr>| {
+        let mut finding = match selection {
+            None => high(
+                rule,
+                format!("{verb} every row of a table (no WHERE clause)"),
+            ),
+            Some(expr) if constant_condition(expr) => high(
+                rule,
+                format!(
+                    "{verb} every row of a table or none (the WHERE clause names no column: \"{expr}\")"
+                ),
+            ),
+            Some(_) => return None,
+        };
+        finding.fix = Some(FIX_WHERE.into());
+        Some(finding)
     };
     let mut findings = Vec::new();
     match ast {
@@ -980,15 +1309,26 @@ fn mysql_findings(line: usize, ast: &sqlparser::ast::Statement) -> Vec<Finding> 
         ) =>
         {
             let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-            findings.push(high(format!(
-                "drops {} {}",
-                object_type.to_string().to_ascii_lowercase(),
-                names.join(", ")
-            )));
+            findings.push(high(
+                "sluice-drop-table",
+                format!(
+                    "drops {} {}",
+                    object_type.to_string().to_ascii_lowercase(),
+                    names.join(", ")
+                ),
+            ));
         }
-        S::Truncate(_) => findings.push(high("truncates a table".into())),
-        S::Delete(delete) => findings.extend(unguarded("deletes", &delete.selection)),
-        S::Update(update) => findings.extend(unguarded("changes", &update.selection)),
+        S::Truncate(_) => findings.push(high("sluice-truncate", "truncates a table".into())),
+        S::Delete(delete) => findings.extend(unguarded(
+            "deletes",
+            "sluice-unguarded-delete",
+            &delete.selection,
+        )),
+        S::Update(update) => findings.extend(unguarded(
+            "changes",
+            "sluice-unguarded-update",
+            &update.selection,
+        )),
         S::AlterTable(alter) => {
             let table = &alter.name;
             for operation in &alter.operations {
@@ -996,32 +1336,44 @@ fn mysql_findings(line: usize, ast: &sqlparser::ast::Statement) -> Vec<Finding> 
                     Op::DropColumn { column_names, .. } => {
                         let names: Vec<String> =
                             column_names.iter().map(|n| n.to_string()).collect();
-                        findings.push(high(format!(
-                            "drops the column {} of {table}",
-                            names.join(", ")
-                        )));
+                        findings.push(high(
+                            "sluice-drop-column",
+                            format!("drops the column {} of {table}", names.join(", ")),
+                        ));
                     }
-                    Op::DropPrimaryKey { .. } => {
-                        findings.push(high(format!("drops the primary key of {table}")))
-                    }
-                    Op::ChangeColumn { old_name, .. } => findings.push(medium(format!(
-                        "changes the column {old_name} of {table} (a type change rebuilds the table under a lock)"
-                    ))),
-                    Op::ModifyColumn { col_name, .. } => findings.push(medium(format!(
-                        "modifies the column {col_name} of {table} (a type change rebuilds the table under a lock)"
-                    ))),
+                    Op::DropPrimaryKey { .. } => findings.push(high(
+                        "sluice-drop-primary-key",
+                        format!("drops the primary key of {table}"),
+                    )),
+                    Op::ChangeColumn { old_name, .. } => findings.push(medium(
+                        "sluice-change-column",
+                        format!(
+                            "changes the column {old_name} of {table} (a type change rebuilds the table under a lock)"
+                        ),
+                    )),
+                    Op::ModifyColumn { col_name, .. } => findings.push(medium(
+                        "sluice-change-column",
+                        format!(
+                            "modifies the column {col_name} of {table} (a type change rebuilds the table under a lock)"
+                        ),
+                    )),
                     Op::AlterColumn {
                         column_name,
                         op: AlterColumnOperation::SetDataType { .. },
-                    } => findings.push(medium(format!(
-                        "changes the type of {column_name} of {table}"
-                    ))),
-                    Op::RenameColumn { old_column_name, .. } => findings.push(medium(format!(
-                        "renames the column {old_column_name} of {table} (code that reads the old name breaks)"
-                    ))),
-                    Op::RenameTable { .. } => findings.push(medium(format!(
-                        "renames the table {table} (code that reads the old name breaks)"
-                    ))),
+                    } => findings.push(medium(
+                        "sluice-change-column",
+                        format!("changes the type of {column_name} of {table}"),
+                    )),
+                    Op::RenameColumn { old_column_name, .. } => findings.push(medium(
+                        "sluice-rename-column",
+                        format!(
+                            "renames the column {old_column_name} of {table} (code that reads the old name breaks)"
+                        ),
+                    )),
+                    Op::RenameTable { .. } => findings.push(medium(
+                        "sluice-rename-table",
+                        format!("renames the table {table} (code that reads the old name breaks)"),
+                    )),
                     _ => {}
                 }
             }
@@ -1035,6 +1387,7 @@ fn mysql_findings(line: usize, ast: &sqlparser::ast::Statement) -> Vec<Finding> 
 pub fn effective_risk(declared: Risk, findings: &[Finding]) -> Risk {
     findings
         .iter()
+        .filter(|f| f.raises_risk())
         .map(|f| f.risk)
         .fold(declared, std::cmp::max)
 }
@@ -1398,5 +1751,119 @@ END $$;
         let lines: Vec<(usize, Risk)> = findings.iter().map(|f| (f.line, f.risk)).collect();
         // prefer-bigint-over-int and prefer-text-field are advice: they raise nothing.
         assert_eq!(lines, [(1, Risk::High), (3, Risk::High)], "{findings:?}");
+    }
+}
+
+#[cfg(test)]
+mod ci_lint_tests {
+    use super::*;
+
+    fn pg(sql: &str) -> Vec<Finding> {
+        analyse(sql, &split_statements(sql).unwrap(), Dialect::Postgres)
+    }
+
+    fn migration(up: &str, down: &str) -> Vec<Finding> {
+        let up_statements = split_statements(up).unwrap();
+        let down_statements = split_statements(down).unwrap();
+        analyse_migration(
+            up,
+            &up_statements,
+            Some((down, &down_statements)),
+            Dialect::Postgres,
+        )
+    }
+
+    #[test]
+    fn findings_carry_rule_line_column_and_fix() {
+        let findings = pg("SELECT 1;\n  DELETE FROM users;\nCREATE INDEX i ON t (x);");
+        let delete = findings
+            .iter()
+            .find(|f| f.rule == "sluice-unguarded-delete")
+            .unwrap();
+        assert_eq!((delete.line, delete.column), (2, 3));
+        assert!(delete.fix.as_deref().unwrap().contains("WHERE"));
+        let index = findings
+            .iter()
+            .find(|f| f.rule == "require-concurrent-index-creation")
+            .unwrap();
+        assert_eq!((index.line, index.column), (3, 1));
+        assert!(index.fix.is_some(), "squawk's help is the fix: {index:?}");
+    }
+
+    #[test]
+    fn drop_not_null_is_no_finding_but_not_in_deletes_and_drop_sequence_are() {
+        assert!(pg("ALTER TABLE t ALTER COLUMN c DROP NOT NULL;").is_empty());
+        let findings =
+            pg("DELETE FROM orders WHERE customer_id NOT IN (SELECT id FROM customers);");
+        assert_eq!(findings.len(), 1, "{findings:?}");
+        assert_eq!(findings[0].rule, "sluice-delete-not-in-subquery");
+        assert_eq!(findings[0].risk, Risk::Medium);
+        assert!(findings[0].fix.as_deref().unwrap().contains("NOT EXISTS"));
+        // A NOT IN list is fine.
+        assert!(pg("DELETE FROM orders WHERE state NOT IN ('open', 'held');").is_empty());
+        let findings = pg("DROP SEQUENCE IF EXISTS order_seq;");
+        assert_eq!(findings[0].rule, "sluice-drop-sequence", "{findings:?}");
+        assert_eq!(findings[0].risk, Risk::Medium);
+    }
+
+    #[test]
+    fn sluice_ignore_silences_one_rule_on_the_next_statement_with_its_reason() {
+        let sql = "-- sluice:ignore sluice-unguarded-delete the table holds one row of settings\n\
+                   DELETE FROM settings;\n\
+                   DELETE FROM audit_copy;\n";
+        let findings = pg(sql);
+        let silenced: Vec<&Finding> = findings.iter().filter(|f| f.ignored.is_some()).collect();
+        assert_eq!(silenced.len(), 1, "{findings:?}");
+        assert_eq!(silenced[0].line, 2);
+        assert_eq!(
+            silenced[0].ignored.as_deref(),
+            Some("the table holds one row of settings")
+        );
+        // The second DELETE still counts: the risk is high.
+        assert_eq!(effective_risk(Risk::Low, &findings), Risk::High);
+        let only =
+            "-- why\n-- sluice:ignore sluice-unguarded-delete one row\nDELETE FROM settings;";
+        assert_eq!(effective_risk(Risk::Low, &pg(only)), Risk::Low);
+        // Another rule's name, or no reason: silences nothing, and says so.
+        for bad in [
+            "-- sluice:ignore ban-drop-table because\nDELETE FROM settings;",
+            "-- sluice:ignore sluice-unguarded-delete\nDELETE FROM settings;",
+        ] {
+            let findings = pg(bad);
+            assert_eq!(effective_risk(Risk::Low, &findings), Risk::High, "{bad}");
+            assert!(
+                findings
+                    .iter()
+                    .any(|f| f.rule == "sluice-ignore" && f.line == 1 && f.risk == Risk::Low),
+                "{findings:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_down_script_raises_the_risk_only_when_it_drops_what_the_up_script_did_not_create() {
+        let undoes = migration(
+            "CREATE TABLE prefs (id int);\nALTER TABLE users ADD COLUMN theme text;",
+            "ALTER TABLE users DROP COLUMN theme;\nDROP TABLE prefs;",
+        );
+        assert!(
+            undoes.iter().all(|f| f.script.as_deref() == Some("down")),
+            "{undoes:?}"
+        );
+        assert_eq!(effective_risk(Risk::Low, &undoes), Risk::Low, "{undoes:?}");
+        let loses = migration(
+            "ALTER TABLE users ADD COLUMN theme text;",
+            "ALTER TABLE users DROP COLUMN theme, DROP COLUMN email;\nDROP TABLE IF EXISTS public.\"Orders\", prefs;",
+        );
+        let lost: Vec<&str> = loses
+            .iter()
+            .filter(|f| f.rule == DOWN_DROPS_DATA)
+            .map(|f| f.message.as_str())
+            .collect();
+        assert_eq!(lost.len(), 3, "{loses:?}");
+        assert!(lost.iter().any(|m| m.contains("the column users.email")));
+        assert!(lost.iter().any(|m| m.contains("the table Orders")));
+        assert!(lost.iter().any(|m| m.contains("the table prefs")));
+        assert_eq!(effective_risk(Risk::Low, &loses), Risk::High);
     }
 }

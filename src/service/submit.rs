@@ -54,10 +54,16 @@ pub(super) fn read_scripts(
     dialect: lint::Dialect,
 ) -> Result<ReadScripts> {
     let statements = check_script("up_sql", up_sql, dialect)?;
-    if let Some(down) = down_sql {
-        check_script("down_sql", down, dialect)?;
-    }
-    let findings = lint::analyse(up_sql, &statements, dialect);
+    let down_statements = match down_sql {
+        Some(down) => Some(check_script("down_sql", down, dialect)?),
+        None => None,
+    };
+    let findings = lint::analyse_migration(
+        up_sql,
+        &statements,
+        down_sql.zip(down_statements.as_deref()),
+        dialect,
+    );
     Ok(ReadScripts {
         effective_risk: lint::effective_risk(declared, &findings),
         findings,

@@ -378,3 +378,127 @@ async fn exit_codes_tell_failure_usage_and_reach_apart() {
     let _ = std::fs::remove_dir_all(&dir);
     app.stop().await;
 }
+
+/// `validate` for CI: rule ids, line and column, the fix, `-- sluice:ignore` with its reason,
+/// the rollback script linted too (dropping what the up script did not create), and the
+/// findings as JSON, SARIF 2.1.0 and GitHub annotations.
+#[tokio::test]
+async fn validate_speaks_json_sarif_and_github_annotations() {
+    let app = spawn_app().await;
+    let dir = std::env::temp_dir().join(format!("sluice-lint-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("scripts")).unwrap();
+    std::fs::create_dir_all(dir.join("rollbacks")).unwrap();
+    let script = "scripts/001_20261129_120000_prune.sql";
+    std::fs::write(
+        dir.join(script),
+        "-- Type: DATA_MIGRATION\n-- Description: prune\n-- Risk: LOW\n-- Estimated-Duration: 5m\n-- Author: dev\n-- Ticket: T-1\n-- Rollback: rollbacks/prune_rollback.sql\n\
+         ALTER TABLE users ADD COLUMN pruned boolean;\n\
+         -- sluice:ignore sluice-unguarded-delete the table holds one settings row\n\
+         DELETE FROM settings;\n\
+         UPDATE users SET pruned = true;\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("rollbacks/prune_rollback.sql"),
+        "ALTER TABLE users DROP COLUMN pruned;\nALTER TABLE users DROP COLUMN email;\n",
+    )
+    .unwrap();
+
+    let table = sluice(&app, None, &dir, &["validate", script]).await;
+    assert_eq!(table.code, 1, "{}", table.stdout);
+    assert!(
+        table.stdout.contains(&format!("{script}:11:1: HIGH risk: changes every row of a table (no WHERE clause) (raises the declared risk LOW to HIGH) [sluice-unguarded-update]"))
+            && table.stdout.contains("    fix: add a WHERE clause")
+            && table.stdout.contains("(ignored: the table holds one settings row)")
+            && table.stdout.contains("rollbacks/prune_rollback.sql:2:1: HIGH risk: the rollback drops the column users.email"),
+        "{}",
+        table.stdout
+    );
+
+    let json = sluice(&app, None, &dir, &["validate", "--output", "json", script]).await;
+    assert_eq!(json.code, 1);
+    let list: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    let update = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["rule"] == "sluice-unguarded-update")
+        .unwrap();
+    assert_eq!(update["line"], 11);
+    assert_eq!(update["column"], 1);
+    assert_eq!(update["severity"], "error");
+    assert_eq!(update["risk"], "high");
+    assert!(update["fix"].as_str().unwrap().contains("WHERE"));
+
+    let sarif = sluice(&app, None, &dir, &["validate", "--output", "sarif", script]).await;
+    assert_eq!(sarif.code, 1);
+    let log: serde_json::Value = serde_json::from_str(&sarif.stdout).unwrap();
+    assert_eq!(log["version"], "2.1.0");
+    assert_eq!(log["runs"][0]["tool"]["driver"]["name"], "sluice");
+    let results = log["runs"][0]["results"].as_array().unwrap();
+    let ignored = results
+        .iter()
+        .find(|r| r["ruleId"] == "sluice-unguarded-delete")
+        .unwrap();
+    assert_eq!(ignored["level"], "note");
+    assert_eq!(
+        ignored["suppressions"][0]["justification"],
+        "the table holds one settings row"
+    );
+    let location = &results
+        .iter()
+        .find(|r| r["ruleId"] == "sluice-down-drops-data")
+        .unwrap()["locations"][0]["physicalLocation"];
+    assert_eq!(
+        location["artifactLocation"]["uri"],
+        "rollbacks/prune_rollback.sql"
+    );
+    assert_eq!(location["region"]["startLine"], 2);
+    assert!(
+        log["runs"][0]["tool"]["driver"]["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["id"] == "sluice-unguarded-update")
+    );
+
+    let github = sluice(
+        &app,
+        None,
+        &dir,
+        &["validate", "--output", "github", script],
+    )
+    .await;
+    assert_eq!(github.code, 1);
+    assert!(
+        github.stdout.lines().any(|l| l.starts_with(&format!(
+            "::error file={script},line=11,col=1,title=sluice-unguarded-update::HIGH risk: changes every row"
+        ))),
+        "{}",
+        github.stdout
+    );
+    assert!(
+        github.stdout.lines().any(|l| l.starts_with("::notice ")
+            && l.contains("Ignored: the table holds one settings row")),
+        "{}",
+        github.stdout
+    );
+
+    // Only validate speaks SARIF.
+    let usage = sluice(
+        &app,
+        Some("dev"),
+        &dir,
+        &["status", "staging", "--output", "sarif"],
+    )
+    .await;
+    assert_eq!(usage.code, 2, "{}", usage.stderr);
+    assert!(
+        usage.stderr.contains("are for `sluice validate`"),
+        "{}",
+        usage.stderr
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    app.stop().await;
+}

@@ -632,3 +632,80 @@ async fn a_removed_user_loses_access_even_when_the_file_keeps_its_old_mtime() {
     assert_eq!(status, StatusCode::OK);
     app.stop().await;
 }
+
+/// What approvers see of a migration's analysis: the rollback script linted too (dropping a
+/// column the up script did not create makes it high risk), `-- sluice:ignore` with its reason
+/// (the finding stays, the risk does not rise), rule, line, column and fix over REST and gRPC.
+#[tokio::test]
+async fn findings_show_rule_position_fix_ignores_and_the_rollback_script() {
+    let app = spawn_app().await;
+    let (status, m) = app
+        .post(
+            "dev",
+            "/api/v1/migrations",
+            migration(
+                "tidy",
+                "low",
+                "ALTER TABLE users ADD COLUMN tidy boolean;",
+                Some("ALTER TABLE users DROP COLUMN tidy;\nALTER TABLE users DROP COLUMN email;"),
+            ),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{m}");
+    assert_eq!(m["effective_risk"], "high", "{m}");
+    let lost = m["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["rule"] == "sluice-down-drops-data")
+        .unwrap_or_else(|| panic!("{m}"));
+    assert_eq!(lost["script"], "down");
+    assert_eq!(lost["line"], 2);
+    assert!(lost["message"].as_str().unwrap().contains("users.email"));
+
+    let (_, m) = app
+        .post(
+            "dev",
+            "/api/v1/migrations",
+            migration(
+                "reset settings",
+                "low",
+                "-- sluice:ignore sluice-unguarded-delete settings holds one row, rewritten below\nDELETE FROM settings;\nINSERT INTO settings VALUES (1);",
+                None,
+            ),
+        )
+        .await;
+    assert_eq!(m["effective_risk"], "low", "{m}");
+    let finding = &m["findings"][0];
+    assert_eq!(finding["rule"], "sluice-unguarded-delete");
+    assert_eq!(
+        finding["ignored"],
+        "settings holds one row, rewritten below"
+    );
+    assert_eq!(
+        (finding["line"].as_i64(), finding["column"].as_i64()),
+        (Some(2), Some(1))
+    );
+    let mut grpc = app.grpc().await;
+    let got = grpc
+        .get_migration(app.grpc_request(
+            "dev",
+            sluice::api::grpc::pb::GetMigrationRequest {
+                id: m["id"].as_str().unwrap().to_owned(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        got.findings[0].ignored,
+        "settings holds one row, rewritten below"
+    );
+    assert!(
+        got.findings[0].fix.contains("WHERE"),
+        "{:?}",
+        got.findings[0]
+    );
+    assert_eq!(got.findings[0].column, 1);
+    app.stop().await;
+}
