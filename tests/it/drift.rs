@@ -264,3 +264,39 @@ async fn drift_is_found_on_mariadb_and_sqlite_targets() {
         app.stop().await;
     }
 }
+
+/// The scheduler checks every `scheduler.drift_check_seconds` on its own.
+#[tokio::test]
+async fn the_scheduler_finds_drift_on_its_own() {
+    let app = spawn_app_with(AppOptions {
+        edit_config: Some(|config| config.settings.scheduler.drift_check_seconds = 1),
+        ..AppOptions::default()
+    })
+    .await;
+    // The first check takes the reference; then a change behind Sluice's back.
+    for _ in 0..100 {
+        let (_, drift) = app
+            .get("dev", "/api/v1/environments/production/drift")
+            .await;
+        if drift["reference_at"].is_string() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    app.targets["production"]
+        .client()
+        .await
+        .batch_execute("CREATE TABLE hand_made (id int)")
+        .await
+        .unwrap();
+    let mut status = Value::Null;
+    for _ in 0..100 {
+        status = app.get("dev", "/api/v1/environments/production").await.1;
+        if !status["drift"].is_null() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(status["drift"]["difference_count"], 2, "{status}");
+    app.stop().await;
+}
