@@ -404,6 +404,7 @@ impl Worker {
                 {
                     Some(Ok(statements)) => {
                         let observer = self.observer(d);
+                        let lock_wait = self.lock_wait_observer(d);
                         let script = Script {
                             migration_id: &m.id,
                             checksum: &m.checksum,
@@ -412,6 +413,7 @@ impl Worker {
                             namespace: &self.namespace(),
                             statements: &statements,
                             observer: Some(&observer),
+                            lock_wait: Some(&lock_wait),
                         };
                         let span = crate::telemetry::traces::deployment_span(
                             "rollback",
@@ -421,6 +423,7 @@ impl Worker {
                             d.trace_context.as_deref(),
                         );
                         let result = session.rollback(&script).instrument(span.clone()).await;
+                        lock_wait(None);
                         span.record(
                             "sluice.outcome",
                             match &result {
@@ -707,6 +710,7 @@ impl Worker {
                 }
             };
             let observer = self.observer(d);
+            let lock_wait = self.lock_wait_observer(d);
             let script = Script {
                 migration_id: &m.id,
                 checksum: &m.checksum,
@@ -715,6 +719,7 @@ impl Worker {
                 namespace: &self.namespace(),
                 statements: &statements,
                 observer: Some(&observer),
+                lock_wait: Some(&lock_wait),
             };
             let span = crate::telemetry::traces::deployment_span(
                 "apply",
@@ -724,6 +729,7 @@ impl Worker {
                 d.trace_context.as_deref(),
             );
             let result = session.apply(&script).instrument(span.clone()).await;
+            lock_wait(None);
             span.record(
                 "sluice.outcome",
                 match &result {
@@ -892,6 +898,19 @@ impl Worker {
                     message: line.message.clone(),
                 },
             )
+        }
+    }
+
+    /// Tells environment status who holds the lock a running deployment waits for.
+    fn lock_wait_observer(
+        &self,
+        d: &DeploymentRow,
+    ) -> impl Fn(Option<String>) + Send + Sync + use<> {
+        let service = self.service.clone();
+        let id = d.id.clone();
+        move |holder: Option<String>| {
+            let at = millis(service.clock.now());
+            service.signals.report_lock_wait(&id, holder, at);
         }
     }
 

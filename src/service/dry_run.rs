@@ -172,6 +172,7 @@ impl Service {
             namespace: &namespace,
             statements: &statements,
             observer: None,
+            lock_wait: None,
         };
         let result = session.dry_run(&script).await;
         session.close().await;

@@ -302,6 +302,12 @@ impl Service {
             let approvals = approvals_by_deployment.remove(&d.id).unwrap_or_default();
             let mut view = self.deployment_view(d, m, &approvals)?;
             view.blocked_by = planned.blocked_by;
+            if let Some((holder, since)) = self.signals.lock_wait(&d.id) {
+                view.blocked_by = Some(format!(
+                    "running, waiting for a lock since {}: {holder}",
+                    format_millis(since)
+                ));
+            }
             if view.blocked_by.is_none() && d.state == DeploymentState::Approved {
                 view.blocked_by = Some(format!(
                     "approved; waits for `migrate {}` (auto_apply is off)",

@@ -59,6 +59,7 @@ impl Service {
             namespace: &namespace,
             statements,
             observer: None,
+            lock_wait: None,
         };
         let report = target::rollback_test::run(
             &TargetSettings::for_environment(env),

@@ -17,6 +17,9 @@ pub struct WorkerSignals {
     pub events: EventBus,
     /// When each worker of this daemon last finished a round (ms), for /metrics.
     last_rounds: Mutex<HashMap<String, i64>>,
+    /// Running deployments of this daemon waiting for a lock: who holds it, and since when
+    /// (ms), for environment status.
+    lock_waits: Mutex<HashMap<String, (String, i64)>>,
     /// Wakes the fan-out when a commit wrote audit records carrying events.
     pub fan_out: Arc<Notify>,
     /// Wakes the notifier when rows are written to the outbox.
@@ -39,6 +42,7 @@ impl WorkerSignals {
             target_errors: Mutex::default(),
             events: EventBus::default(),
             last_rounds: Mutex::default(),
+            lock_waits: Mutex::default(),
             fan_out: Arc::new(Notify::new()),
             outbox: Arc::new(Notify::new()),
         }
@@ -80,6 +84,28 @@ impl WorkerSignals {
                 errors.remove(environment);
             }
         }
+    }
+
+    /// A running deployment waits for a lock (`Some(who holds it)`) or no longer does.
+    pub fn report_lock_wait(&self, deployment_id: &str, waiting: Option<String>, at: i64) {
+        let mut waits = self.lock_waits.lock().unwrap_or_else(|p| p.into_inner());
+        match waiting {
+            Some(text) => {
+                let since = waits.get(deployment_id).map_or(at, |(_, since)| *since);
+                waits.insert(deployment_id.to_owned(), (text, since));
+            }
+            None => {
+                waits.remove(deployment_id);
+            }
+        }
+    }
+
+    pub fn lock_wait(&self, deployment_id: &str) -> Option<(String, i64)> {
+        self.lock_waits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(deployment_id)
+            .cloned()
     }
 
     pub fn target_error(&self, environment: &str) -> Option<(String, i64)> {

@@ -156,7 +156,7 @@ pub(super) async fn dry_run<D: DryRunDriver>(
                             }
                             None => {
                                 driver.begin().await?;
-                                error = Some(attempts.gave_up(&message));
+                                error = Some(attempts.gave_up(script, &message));
                             }
                         }
                     } else {

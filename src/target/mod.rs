@@ -101,6 +101,7 @@ impl LockAttempts {
     /// After attempts that gave way, the one that got its locks says so.
     pub(crate) fn got_locks(&self, script: &Script<'_>, log: &mut LogBuffer) {
         if self.attempts > 0 {
+            script.waiting(None);
             script.emit(
                 log,
                 LogLine::info(format!(
@@ -113,7 +114,8 @@ impl LockAttempts {
     }
 
     /// The failure once the lock budget is spent.
-    pub(crate) fn gave_up(&self, message: &str) -> String {
+    pub(crate) fn gave_up(&self, script: &Script<'_>, message: &str) -> String {
+        script.waiting(None);
         format!(
             "{message}\n  gave up waiting for locks after {} attempts over {} s (the lock budget: {} s)",
             self.attempts,
@@ -149,7 +151,12 @@ pub struct Script<'a> {
     pub namespace: &'a str,
     pub statements: &'a [Statement],
     pub observer: Option<LogObserver<'a>>,
+    /// Told when a statement starts waiting for a lock (who holds it) and when it stops.
+    pub lock_wait: Option<LockWaitObserver<'a>>,
 }
+
+/// Called with who holds the lock a statement waits for, or `None` once it waits no more.
+pub type LockWaitObserver<'a> = &'a (dyn Fn(Option<String>) + Send + Sync);
 
 impl Script<'_> {
     /// Adds a line to the log and tells the observer at once.
@@ -158,6 +165,12 @@ impl Script<'_> {
             observe(&line);
         }
         log.push(line);
+    }
+
+    fn waiting(&self, holder: Option<String>) {
+        if let Some(tell) = self.lock_wait {
+            tell(holder);
+        }
     }
 
     /// A script runs in one transaction unless one of its statements refuses to.

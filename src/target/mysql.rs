@@ -337,6 +337,10 @@ impl MySqlSession {
             return false;
         };
         crate::telemetry::lock_gave_way(script.environment);
+        script.waiting(Some(format!(
+            "another session holds it (attempt {})",
+            attempts.attempts()
+        )));
         script.emit(
             log,
             attempts.gave_way_line(
@@ -368,7 +372,7 @@ impl MySqlSession {
                     self.exec("ROLLBACK".into()).await?;
                     if !self.give_way(script, log, &mut attempts).await {
                         self.exec("START TRANSACTION".into()).await?;
-                        return Ok(Some(attempts.gave_up(&message)));
+                        return Ok(Some(attempts.gave_up(script, &message)));
                     }
                 }
                 Some((message, false)) => return Ok(Some(message)),
@@ -608,7 +612,7 @@ impl super::steps::StepDriver for MySqlSession {
                         self.exec("ROLLBACK".into()).await?;
                     }
                     if !self.give_way(script, log, &mut attempts).await {
-                        return Ok(Err(attempts.gave_up(&message)));
+                        return Ok(Err(attempts.gave_up(script, &message)));
                     }
                 }
             }

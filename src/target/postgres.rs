@@ -408,10 +408,9 @@ impl PgSession {
         } else {
             format!("trying again in {} ms", pause.as_millis())
         };
-        script.emit(
-            log,
-            attempts.gave_way_line(self.lock_attempt, &held_by(&holders), &next),
-        );
+        let held = held_by(&holders);
+        script.waiting(Some(format!("{held} (attempt {})", attempts.attempts())));
+        script.emit(log, attempts.gave_way_line(self.lock_attempt, &held, &next));
         match &self.watch {
             Some(watch) if waits_out => {
                 let waited = Instant::now();
@@ -485,7 +484,7 @@ impl PgSession {
             match self.run_in_transaction(script, log).await? {
                 Some((message, true)) => {
                     if !self.give_way(script, log, &mut attempts, true).await? {
-                        break Some(attempts.gave_up(&message));
+                        break Some(attempts.gave_up(script, &message));
                     }
                 }
                 Some((message, false)) => break Some(message),
@@ -780,7 +779,7 @@ impl super::steps::StepDriver for PgSession {
                         return Ok(Err(message));
                     }
                     if !self.give_way(script, log, &mut attempts, atomic).await? {
-                        return Ok(Err(attempts.gave_up(&message)));
+                        return Ok(Err(attempts.gave_up(script, &message)));
                     }
                 }
             }

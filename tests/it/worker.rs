@@ -840,8 +840,27 @@ async fn a_blocked_migration_gives_way_to_readers_and_applies_when_the_blocker_e
         slowest < std::time::Duration::from_millis(2_000),
         "a reader waited {slowest:?} behind the migration"
     );
+    // Status says who it waits for.
+    let (_, status) = app.get("dev", "/api/v1/environments/development").await;
+    let running = status["queue"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["migration_id"] == id.as_str())
+        .unwrap_or_else(|| panic!("{status}"));
+    let blocked_by = running["blocked_by"].as_str().unwrap_or_default();
+    assert!(
+        blocked_by.starts_with("running, waiting for a lock since ")
+            && blocked_by.contains(&format!("held by pid {blocker_pid} ")),
+        "{running}"
+    );
     blocker.batch_execute("COMMIT").await.unwrap();
     worker.await.unwrap().unwrap();
+    let (_, status) = app.get("dev", "/api/v1/environments/development").await;
+    assert!(
+        !status.to_string().contains("waiting for a lock"),
+        "{status}"
+    );
     let d = app.deployment(&format!("{id}@development")).await;
     assert_eq!(d["state"], "applied", "{d}");
     let log: Vec<&str> = d["log"]
