@@ -683,9 +683,20 @@ pub async fn backup(
         url: url.clone(),
         message: format!("backup with {program} failed: {message}"),
     };
-    let normalised = settings.url.replacen("mariadb://", "mysql://", 1);
-    let parsed =
-        url_parts(&normalised).ok_or_else(|| fail("cannot read the database URL".into()))?;
+    let command = dump_command(&settings.url, program, file, false).map_err(fail)?;
+    super::run_dump(command, file, fail, "MySQL/MariaDB", "backup.mysqldump").await
+}
+
+/// mysqldump of the URL's database into `file` (only its schema when `schema_only`), the
+/// password in its environment, never on its command line.
+pub(super) fn dump_command(
+    url: &str,
+    program: &str,
+    file: &std::path::Path,
+    schema_only: bool,
+) -> Result<tokio::process::Command, String> {
+    let normalised = url.replacen("mariadb://", "mysql://", 1);
+    let parsed = url_parts(&normalised).ok_or_else(|| "cannot read the database URL".to_owned())?;
     let mut command = tokio::process::Command::new(program);
     command
         .arg("--single-transaction")
@@ -693,13 +704,15 @@ pub async fn backup(
         .arg(format!("--host={}", parsed.host))
         .arg(format!("--port={}", parsed.port))
         .arg(format!("--user={}", parsed.user))
-        .arg(format!("--result-file={}", file.display()))
-        .arg(&parsed.database)
-        .env_remove("MYSQL_PWD");
+        .arg(format!("--result-file={}", file.display()));
+    if schema_only {
+        command.arg("--no-data").arg("--skip-comments");
+    }
+    command.arg(&parsed.database).env_remove("MYSQL_PWD");
     if let Some(password) = &parsed.password {
         command.env("MYSQL_PWD", password);
     }
-    super::run_dump(command, file, fail, "MySQL/MariaDB", "backup.mysqldump").await
+    Ok(command)
 }
 
 struct UrlParts {

@@ -3,7 +3,8 @@
 //! and compare schema snapshots: the down script must bring back the schema as it was before
 //! the up script, and the up script must apply again to the same result. PostgreSQL: the
 //! scratch database is created on the target's server from `pg_dump --schema-only` (restored
-//! with pg_restore) and dropped after, whatever happens. SQLite: a copy of the file.
+//! with pg_restore) and dropped after, whatever happens. MySQL/MariaDB: the same from
+//! `mysqldump --no-data`. SQLite: a copy of the file.
 
 use super::schema::{SchemaDifference, SchemaSnapshot};
 use super::{Script, TargetError, TargetSession, TargetSettings};
@@ -159,6 +160,11 @@ enum Scratch {
     Sqlite {
         file: std::path::PathBuf,
     },
+    MySql {
+        url: String,
+        name: String,
+        admin: sqlx::mysql::MySqlConnection,
+    },
 }
 
 impl Scratch {
@@ -183,9 +189,9 @@ impl Scratch {
             return Ok(Scratch::Sqlite { file });
         }
         if super::is_mysql(&settings.url) {
-            return Err(fail(
-                "a rollback test needs a PostgreSQL or SQLite target (MySQL and MariaDB are not supported yet)".into(),
-            ));
+            return Scratch::create_mysql(settings, programs, name)
+                .await
+                .map_err(fail);
         }
         let config: tokio_postgres::Config = settings
             .url
@@ -220,6 +226,67 @@ impl Scratch {
         if let Err(e) = scratch.copy_schema(settings, programs).await {
             scratch.drop().await;
             return Err(fail(e));
+        }
+        Ok(scratch)
+    }
+
+    /// MySQL/MariaDB: `mysqldump --no-data` of the target, run statement by statement (split
+    /// as the mysql client splits) in a scratch database on the same server.
+    async fn create_mysql(
+        settings: &TargetSettings,
+        programs: &BackupSettings,
+        name: String,
+    ) -> Result<Scratch, String> {
+        use sqlx::{ConnectOptions, Connection};
+        let normalised = settings.url.replacen("mariadb://", "mysql://", 1);
+        let options: sqlx::mysql::MySqlConnectOptions =
+            normalised.parse().map_err(|e: sqlx::Error| e.to_string())?;
+        let mut admin = options.connect().await.map_err(|e| e.to_string())?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE `{name}`")))
+            .execute(&mut admin)
+            .await
+            .map_err(|e| {
+                format!("cannot create the scratch database {name} for the rollback test (the target's user needs CREATE): {e}")
+            })?;
+        let scratch = Scratch::MySql {
+            url: with_database(&normalised, &name),
+            name,
+            admin,
+        };
+        let copied: Result<(), String> = async {
+            let Scratch::MySql { url, name, .. } = &scratch else {
+                unreachable!()
+            };
+            let file = std::env::temp_dir().join(format!("{name}.sql"));
+            let dump = super::mysql::dump_command(&settings.url, &programs.mysqldump, &file, true)?;
+            let dumped = run_program(dump, &programs.mysqldump, "backup.mysqldump").await;
+            let text = std::fs::read_to_string(&file);
+            let _ = std::fs::remove_file(&file);
+            dumped?;
+            let text = text.map_err(|e| e.to_string())?;
+            let statements = crate::lint::split_statements_for(&text, crate::lint::Dialect::MySql)
+                .map_err(|e| {
+                    format!(
+                        "the schema dump does not read at line {}: {}",
+                        e.line, e.message
+                    )
+                })?;
+            let mut conn = sqlx::mysql::MySqlConnection::connect(url)
+                .await
+                .map_err(|e| e.to_string())?;
+            for statement in &statements {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(statement.text.clone()))
+                    .execute(&mut conn)
+                    .await
+                    .map_err(|e| format!("restoring the schema (line {}): {e}", statement.line))?;
+            }
+            let _ = conn.close().await;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = copied {
+            scratch.drop().await;
+            return Err(e);
         }
         Ok(scratch)
     }
@@ -261,7 +328,7 @@ impl Scratch {
     fn settings(&self, base: &TargetSettings) -> TargetSettings {
         let mut settings = base.clone();
         settings.url = match self {
-            Scratch::Postgres { url, .. } => url.clone(),
+            Scratch::Postgres { url, .. } | Scratch::MySql { url, .. } => url.clone(),
             Scratch::Sqlite { file } => format!("sqlite://{}", file.display()),
         };
         settings
@@ -286,6 +353,18 @@ impl Scratch {
             }
             Scratch::Sqlite { file } => {
                 let _ = std::fs::remove_file(&file);
+            }
+            Scratch::MySql {
+                name, mut admin, ..
+            } => {
+                if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS `{name}`"
+                )))
+                .execute(&mut admin)
+                .await
+                {
+                    tracing::warn!(database = %name, error = %e, "cannot drop the rollback test's scratch database");
+                }
             }
         }
     }

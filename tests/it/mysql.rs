@@ -466,3 +466,77 @@ async fn dry_runs_on_mariadb_roll_data_back_and_do_not_touch_ddl() {
     assert_eq!(rows, 1, "the INSERT before it was rolled back");
     app.stop().await;
 }
+
+/// MariaDB rollback tests: the schema copied with mysqldump --no-data into a scratch database,
+/// up, down and up again there; a forgotten index is a finding; nothing is left behind.
+#[tokio::test]
+async fn rollback_tests_on_mariadb_catch_a_forgotten_index() {
+    use sqlx::Executor;
+    let app = spawn_app_with(options()).await;
+    let db = &app.mysql_targets["staging"];
+    let mut conn = db.connect().await;
+    conn.execute("CREATE TABLE orders (id INT PRIMARY KEY, customer INT NOT NULL)")
+        .await
+        .unwrap();
+    let up = "ALTER TABLE orders ADD COLUMN note TEXT;\nCREATE INDEX orders_customer ON orders (customer);";
+    let good = app
+        .submit(
+            "dev",
+            migration(
+                "good",
+                "low",
+                up,
+                Some("DROP INDEX orders_customer ON orders;\nALTER TABLE orders DROP COLUMN note;"),
+            ),
+        )
+        .await;
+    let forgetful = app
+        .submit(
+            "dev",
+            migration(
+                "forgetful",
+                "low",
+                up,
+                Some("ALTER TABLE orders DROP COLUMN note;"),
+            ),
+        )
+        .await;
+    let (status, test) = app
+        .post(
+            "dev",
+            &format!("/api/v1/deployments/{good}@staging/rollback-test"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{test}");
+    assert_eq!(test["outcome"], "passed", "{test}");
+    let (_, test) = app
+        .post(
+            "dev",
+            &format!("/api/v1/deployments/{forgetful}@staging/rollback-test"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(test["outcome"], "failed", "{test}");
+    assert_eq!(
+        test["left_by_down"][0]["object"], "index orders.orders_customer",
+        "{test}"
+    );
+    let scratch: i64 = sqlx::query(
+        "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE 'sluice\\_rollback\\_test\\_%'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap()
+    .get(0);
+    assert_eq!(scratch, 0, "scratch databases are dropped");
+    let columns: i64 = sqlx::query(
+        "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'orders'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap()
+    .get(0);
+    assert_eq!(columns, 2, "the target is untouched");
+    app.stop().await;
+}
