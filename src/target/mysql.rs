@@ -328,7 +328,7 @@ impl MySqlSession {
     /// in a transaction): the log's line and the pause before the next attempt, or false once
     /// the lock budget is spent.
     async fn give_way(
-        &self,
+        &mut self,
         script: &Script<'_>,
         log: &mut LogBuffer,
         attempts: &mut LockAttempts,
@@ -337,20 +337,63 @@ impl MySqlSession {
             return false;
         };
         crate::telemetry::lock_gave_way(script.environment);
-        script.waiting(Some(format!(
-            "another session holds it (attempt {})",
-            attempts.attempts()
-        )));
+        let held = self.open_transactions().await;
+        script.waiting(Some(format!("{held} (attempt {})", attempts.attempts())));
         script.emit(
             log,
             attempts.gave_way_line(
                 self.lock_attempt,
-                "another session holds it",
+                &held,
                 &format!("trying again in {} ms", pause.as_millis()),
             ),
         );
         tokio::time::sleep(pause).await;
         true
+    }
+
+    /// Who may hold the lock: MySQL/MariaDB do not say which session holds a metadata lock
+    /// without a plugin, but the holder is one with an open transaction (the oldest first).
+    async fn open_transactions(&mut self) -> String {
+        let rows = sqlx::query(
+            "SELECT CAST(t.trx_mysql_thread_id AS SIGNED), CAST(COALESCE(p.USER, '') AS CHAR), \
+                    CAST(TIMESTAMPDIFF(SECOND, t.trx_started, NOW()) AS SIGNED), \
+                    CAST(LEFT(COALESCE(p.INFO, t.trx_query, ''), 120) AS CHAR) \
+               FROM information_schema.INNODB_TRX t \
+               LEFT JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id \
+              WHERE t.trx_mysql_thread_id <> CONNECTION_ID() \
+              ORDER BY t.trx_started LIMIT 5",
+        )
+        .fetch_all(&mut self.conn)
+        .await;
+        let sessions: Vec<String> = match rows {
+            Ok(rows) => rows
+                .iter()
+                .map(|r| {
+                    let id: i64 = r.try_get(0).unwrap_or_default();
+                    let user: String = r.try_get(1).unwrap_or_default();
+                    let open: i64 = r.try_get(2).unwrap_or_default();
+                    let query: String = r.try_get(3).unwrap_or_default();
+                    let query: String = query.split_whitespace().collect::<Vec<_>>().join(" ");
+                    if query.is_empty() {
+                        format!("id {id} (user {user}, transaction open {open} s, idle)")
+                    } else {
+                        format!("id {id} (user {user}, transaction open {open} s, query: {query})")
+                    }
+                })
+                .collect(),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot list open transactions");
+                Vec::new()
+            }
+        };
+        if sessions.is_empty() {
+            "another session holds it".to_owned()
+        } else {
+            format!(
+                "another session holds it; sessions with open transactions: {}",
+                sessions.join("; ")
+            )
+        }
     }
 
     /// Runs the script in one transaction (left open for the caller to finish), starting over

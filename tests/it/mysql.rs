@@ -323,6 +323,11 @@ async fn a_ddl_waiting_for_a_metadata_lock_gives_way_to_readers() {
         .await
         .unwrap();
     let mut blocker = db.connect().await;
+    let blocker_id: i64 = sqlx::query("SELECT CAST(CONNECTION_ID() AS SIGNED)")
+        .fetch_one(&mut blocker)
+        .await
+        .unwrap()
+        .get(0);
     blocker.execute("START TRANSACTION").await.unwrap();
     blocker.execute("SELECT * FROM hot").await.unwrap();
     let id = app
@@ -367,6 +372,12 @@ async fn a_ddl_waiting_for_a_metadata_lock_gives_way_to_readers() {
     assert_eq!(d["state"], "applied", "{d}");
     let log = d["log"].to_string();
     assert!(log.contains("a lock was not granted within"), "{log}");
+    assert!(
+        log.contains(&format!(
+            "sessions with open transactions: id {blocker_id} (user root"
+        )),
+        "{log}"
+    );
     assert!(log.contains("got its locks"), "{log}");
     let columns: i64 = sqlx::query(
         "SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = 'hot' AND column_name = 'note'",
