@@ -301,13 +301,7 @@ impl MySqlSession {
             let lock_timeout = matches!(&e, sqlx::Error::Database(db)
                 if db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
                     .is_some_and(|db| db.number() == 1205));
-            let message = match &e {
-                sqlx::Error::Database(db) => match db.code() {
-                    Some(code) => format!("{} (error {code})", db.message()),
-                    None => db.message().to_owned(),
-                },
-                other => other.to_string(),
-            };
+            let message = server_message(&e);
             (
                 describe_failure(statement, index, statement.line, &message),
                 lock_timeout,
@@ -728,6 +722,23 @@ pub async fn backup(
     };
     let command = dump_command(&settings.url, program, file, false).map_err(fail)?;
     super::run_dump(command, file, fail, "MySQL/MariaDB", "backup.mysqldump").await
+}
+
+/// The server's error as the mysql client shows it: `ERROR 1364 (HY000): Field 'created_at'
+/// doesn't have a default value`.
+fn server_message(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(db) => {
+            match db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+                Some(my) => match my.code() {
+                    Some(state) => format!("ERROR {} ({state}): {}", my.number(), my.message()),
+                    None => format!("ERROR {}: {}", my.number(), my.message()),
+                },
+                None => db.message().to_owned(),
+            }
+        }
+        other => other.to_string(),
+    }
 }
 
 /// mysqldump of the URL's database into `file` (only its schema when `schema_only`), the

@@ -141,7 +141,7 @@ async fn a_data_script_is_one_transaction_with_its_history_row() {
     assert!(
         error.starts_with("statement 3 (line 3): ")
             && error.contains("missing_table")
-            && error.contains("(error 42S02)"),
+            && error.contains(": ERROR 1146 (42S02): Table '"),
         "{error}"
     );
     let mut conn = app.mysql_targets["development"].connect().await;
