@@ -274,5 +274,9 @@ pub(super) enum TokenCommand {
         /// Roles, comma separated: developer, data_ops, data_ops_lead, dba, tech_lead, cto, admin.
         #[arg(long, value_delimiter = ',', default_value = "developer")]
         roles: Vec<String>,
+        /// Append the entry to this users.yml (checked before it is written; the daemon
+        /// picks it up without a restart).
+        #[arg(long, value_name = "USERS_YML")]
+        add_to: Option<PathBuf>,
     },
 }

@@ -2,7 +2,7 @@
 
 use super::*;
 
-pub(super) fn new_token(user: &str, roles: &[String]) -> CliResult {
+pub(super) fn new_token(user: &str, roles: &[String], add_to: Option<&Path>) -> CliResult {
     let name: crate::domain::UserName = user
         .parse()
         .map_err(|e: crate::domain::DomainError| Failure::usage(e.to_string()))?;
@@ -13,13 +13,64 @@ pub(super) fn new_token(user: &str, roles: &[String]) -> CliResult {
     let token = crate::auth::new_token()
         .map_err(|e| Failure::operation(format!("cannot read random bytes: {e}")))?;
     let hash = crate::auth::token_sha256(&token);
+    let entry = format!(
+        "  - name: {name}\n    roles: [{}]\n    token_sha256: \"{hash}\"\n",
+        roles.join(", ")
+    );
+    if let Some(path) = add_to {
+        add_user(path, &entry)?;
+        println!("token (give it to {name}; it is shown only once): {token}");
+        println!("added {name} to {}", path.display());
+        return Ok(());
+    }
     println!("token (give it to {name}; it is shown only once): {token}");
     println!();
     println!("add to users.yml:");
-    println!("  - name: {name}");
-    println!("    roles: [{}]", roles.join(", "));
-    println!("    token_sha256: \"{hash}\"");
+    print!("{entry}");
     Ok(())
+}
+
+/// Appends a user entry to users.yml: `users: []` (or a file without `users:`) becomes a
+/// list first; the result is loaded as the daemon loads it before it replaces the file, so a
+/// duplicate name or a broken file is refused and the file is left as it was.
+fn add_user(path: &Path, entry: &str) -> CliResult {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => {
+            return Err(Failure::operation(format!(
+                "cannot read {}: {e}",
+                path.display()
+            )));
+        }
+    };
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let list = lines
+        .iter()
+        .position(|l| l.trim_end() == "users: []" || l.trim_end() == "users:");
+    match list {
+        Some(i) => lines[i] = "users:".into(),
+        None => lines.push("users:".into()),
+    }
+    let mut updated = lines.join("\n");
+    updated.push('\n');
+    updated.push_str(entry);
+    let temporary = path.with_extension("yml.new");
+    std::fs::write(&temporary, &updated)
+        .map_err(|e| Failure::operation(format!("cannot write {}: {e}", temporary.display())))?;
+    if let Err(e) = crate::config::load_users(&temporary) {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(Failure::operation(format!(
+            "{} was left as it was: with the new entry it would not load: {}",
+            path.display(),
+            e.to_string().replace(
+                &temporary.display().to_string(),
+                &path.display().to_string()
+            )
+        )));
+    }
+    std::fs::rename(&temporary, path)
+        .map_err(|e| Failure::operation(format!("cannot replace {}: {e}", path.display())))
 }
 
 pub(super) fn validate(

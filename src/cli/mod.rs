@@ -26,7 +26,7 @@ use crate::api::grpc::pb::sluice_client::SluiceClient;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use std::collections::{BTreeMap, HashSet};
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
@@ -187,8 +187,13 @@ async fn run(cli: Cli) -> CliResult {
             Ok(())
         }
         Command::Token {
-            command: TokenCommand::New { user, roles },
-        } => new_token(&user, &roles),
+            command:
+                TokenCommand::New {
+                    user,
+                    roles,
+                    add_to,
+                },
+        } => new_token(&user, &roles, add_to.as_deref()),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "sluice", &mut std::io::stdout());
             Ok(())

@@ -576,8 +576,9 @@ pub struct User {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct UsersFile {
+    /// `users:` with nothing under it (the shipped file) is an empty list.
     #[serde(default)]
-    users: Vec<UserEntry>,
+    users: Option<Vec<UserEntry>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -995,7 +996,7 @@ pub fn load_users(path: &Path) -> Result<Vec<User>, ConfigError> {
     let mut names = BTreeSet::new();
     let mut hashes = BTreeSet::new();
     let mut users = Vec::new();
-    for (i, entry) in file.users.into_iter().enumerate() {
+    for (i, entry) in file.users.unwrap_or_default().into_iter().enumerate() {
         let at = format!("users[{i}]");
         let name: UserName = entry
             .name

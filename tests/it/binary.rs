@@ -135,3 +135,91 @@ fn token_new_prints_a_token_and_its_users_entry() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown role \"cfo\""));
 }
+
+/// The shipped users.yml takes the printed entry as a plain append, and `--add-to` appends it
+/// itself, checked first: a second entry of the same name is refused and the file kept.
+#[test]
+fn token_new_adds_its_entry_to_users_yml() {
+    let dir = std::env::temp_dir().join(format!("sluice-users-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("users.yml");
+    let shipped = std::fs::read_to_string(shipped_config().join("users.yml")).unwrap();
+
+    // A plain append of the printed entry to the shipped file loads.
+    let printed = sluice()
+        .args(["token", "new", "--user", "dave", "--roles", "developer"])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8(printed.stdout).unwrap();
+    let entry: String = printed
+        .lines()
+        .skip_while(|l| !l.starts_with("add to users.yml"))
+        .skip(1)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&file, format!("{shipped}\n{entry}")).unwrap();
+    let users = sluice::config::load_users(&file).unwrap();
+    assert_eq!(users.len(), 1, "{shipped}{entry}");
+
+    // --add-to on the shipped file.
+    std::fs::write(&file, &shipped).unwrap();
+    let added = sluice()
+        .args([
+            "token",
+            "new",
+            "--user",
+            "erin",
+            "--roles",
+            "dba,data_ops",
+            "--add-to",
+        ])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let users = sluice::config::load_users(&file).unwrap();
+    assert_eq!(users.len(), 1);
+    let token = String::from_utf8(added.stdout)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(
+        std::fs::read_to_string(&file)
+            .unwrap()
+            .contains(&sluice::auth::token_sha256(&token))
+    );
+    // The same name again: refused, the file as it was.
+    let before = std::fs::read_to_string(&file).unwrap();
+    let again = sluice()
+        .args(["token", "new", "--user", "erin", "--add-to"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        stderr.contains("was left as it was") && stderr.contains("erin"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), before);
+    // A file that does not exist yet is made.
+    let fresh = dir.join("fresh.yml");
+    let made = sluice()
+        .args(["token", "new", "--user", "fay", "--add-to"])
+        .arg(&fresh)
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    assert_eq!(sluice::config::load_users(&fresh).unwrap().len(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
