@@ -527,6 +527,10 @@ struct MigrateResponse {
     /// With `wait=true`: whether everything queued finished before the timeout.
     #[serde(skip_serializing_if = "Option::is_none")]
     settled: Option<bool>,
+    /// With `wait=true`: why the wait ended before everything finished (the queue halted or
+    /// locked, a freeze, deployments waiting for something; or the timeout).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stopped: Option<String>,
     /// With `wait=true`: the environment once settled.
     #[serde(skip_serializing_if = "Option::is_none")]
     status: Option<crate::service::EnvironmentStatus>,
@@ -545,6 +549,7 @@ async fn migrate(
             Json(MigrateResponse {
                 result,
                 settled: None,
+                stopped: None,
                 status: None,
             }),
         ));
@@ -553,12 +558,21 @@ async fn migrate(
     let settled = service
         .wait_settled(&result.environment, &result.queued, timeout)
         .await?;
+    let stopped = match settled {
+        crate::service::Settled::Done => None,
+        crate::service::Settled::Stopped(why) => Some(why),
+        crate::service::Settled::TimedOut => Some(format!(
+            "the wait timed out after {} s with deployments still queued or running",
+            timeout.as_secs()
+        )),
+    };
     let status = service.environment_status(&env).await?;
     Ok((
         StatusCode::OK,
         Json(MigrateResponse {
             result,
-            settled: Some(settled),
+            settled: Some(stopped.is_none()),
+            stopped,
             status: Some(status),
         }),
     ))

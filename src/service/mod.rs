@@ -21,6 +21,7 @@ mod views;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use drift::{DriftView, RecordedDrift};
 pub use dry_run::{CheckView, DryRunView, RollbackTestView, database_name};
+pub use environments::Settled;
 pub use events::{EventBus, EventKind};
 pub use notifications::{ChannelView, Notice, NotificationView, TestResult};
 pub use reminders::ScheduledRound;

@@ -709,3 +709,73 @@ async fn findings_show_rule_position_fix_ignores_and_the_rollback_script() {
     assert_eq!(got.findings[0].column, 1);
     app.stop().await;
 }
+
+/// `migrate?wait=true` answers as soon as nothing more can happen, saying why: a failure
+/// halting the queue ends the wait at once (it used to wait for the whole timeout).
+#[tokio::test]
+async fn migrate_wait_returns_when_a_failure_halts_the_queue() {
+    let app = spawn_app_with(AppOptions {
+        edit_environments: Some(|text| {
+            text.replacen(
+                "auto_apply: true            # approved",
+                "auto_apply: false           # approved",
+                1,
+            )
+        }),
+        ..AppOptions::default()
+    })
+    .await;
+    let bad = app
+        .submit(
+            "dev",
+            migration("bad", "low", "ALTER TABLE missing ADD COLUMN x int;", None),
+        )
+        .await;
+    let good = app
+        .submit(
+            "dev",
+            migration("good", "low", "CREATE TABLE fine (id int);", None),
+        )
+        .await;
+    let (status, body) = app
+        .post(
+            "dev",
+            "/api/v1/environments/development/migrate?wait=true&timeout_seconds=600",
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["settled"], false, "{body}");
+    let stopped = body["stopped"].as_str().unwrap_or_default();
+    assert!(
+        stopped.contains(&format!(
+            "the queue is halted by the failed deployment {bad}@development"
+        )),
+        "{body}"
+    );
+    assert_eq!(
+        app.deployment(&format!("{good}@development")).await["state"],
+        "queued"
+    );
+    // Cancelling the failure lets the queue go on: the next wait sees it applied.
+    app.post(
+        "dev",
+        &format!("/api/v1/deployments/{bad}@development/cancel"),
+        json!({}),
+    )
+    .await;
+    let (_, body) = app
+        .post(
+            "dev",
+            "/api/v1/environments/development/migrate?wait=true&timeout_seconds=600",
+            json!({}),
+        )
+        .await;
+    assert_eq!(body["settled"], true, "{body}");
+    assert!(body["stopped"].is_null(), "{body}");
+    assert_eq!(
+        app.deployment(&format!("{good}@development")).await["state"],
+        "applied"
+    );
+    app.stop().await;
+}
