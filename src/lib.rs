@@ -137,9 +137,17 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
     health
         .set_serving::<api::grpc::pb::sluice_server::SluiceServer<api::grpc::GrpcApi>>()
         .await;
+    // Both reflection versions: grpcurl 1.8 (still what most package managers ship), grpcui
+    // and older Postman and Kreya speak only v1alpha. The health service's descriptor too, so
+    // `grpcurl ... grpc.health.v1.Health/Check` works through reflection.
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(api::grpc::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(api::grpc::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
     let grpc_shutdown = cancel.clone();
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
@@ -154,6 +162,7 @@ pub async fn start(config: Config, options: StartOptions) -> anyhow::Result<Runn
             .layer(crate::telemetry::GrpcMetricsLayer)
             .add_service(health_service)
             .add_service(reflection)
+            .add_service(reflection_v1alpha)
             .add_service(api::grpc::GrpcApi::server(service.clone()))
             .serve_with_incoming_shutdown(
                 // Without TCP_NODELAY, Nagle's algorithm and delayed ACKs add 40 ms to every

