@@ -35,6 +35,10 @@ pub struct Statement {
     /// Decided from the parse tree (PostgreSQL's grammar) when the script parses, from the
     /// leading keywords otherwise.
     pub control: TransactionControl,
+    /// Must commit before the statements after it run: `ALTER TYPE ... ADD VALUE 'v'` when a
+    /// later statement of the script uses 'v' (PostgreSQL refuses a new enum value in the
+    /// transaction that added it), so the script runs statement by statement.
+    pub commits_alone: bool,
 }
 
 impl Statement {
@@ -57,8 +61,12 @@ impl Statement {
         self.control == TransactionControl::Forbidden
     }
 
-    /// Statements PostgreSQL refuses to run inside a transaction block.
+    /// Statements PostgreSQL refuses to run inside a transaction block (or in one with the
+    /// statements after them: `commits_alone`).
     pub fn requires_no_transaction(&self) -> bool {
+        if self.commits_alone {
+            return true;
+        }
         let concurrently = self.keywords.iter().any(|w| w == "CONCURRENTLY");
         (concurrently
             && (self.starts_with(&["CREATE"])
@@ -318,11 +326,13 @@ pub fn split_statements(sql: &str) -> Result<Vec<Statement>, SplitError> {
     let sql = sql.to_owned();
     on_parser_stack(move || {
         let parse = squawk_syntax::SourceFile::parse(&sql);
-        if parse.errors().is_empty() {
-            Ok(split_parsed(&sql, &parse.tree()))
+        let mut statements = if parse.errors().is_empty() {
+            split_parsed(&sql, &parse.tree())
         } else {
-            Ok(split_at_semicolons(&sql))
-        }
+            split_at_semicolons(&sql)
+        };
+        mark_enum_additions(&mut statements);
+        Ok(statements)
     })
 }
 
@@ -437,6 +447,7 @@ fn split_mysql(sql: &str) -> Result<Vec<Statement>, SplitError> {
             line: line_of(sql, first),
             control: mysql_control(&keywords),
             keywords,
+            commits_alone: false,
         });
     };
     let mut delimiter = ";".to_owned();
@@ -530,6 +541,7 @@ fn split_parsed(sql: &str, tree: &squawk_syntax::SourceFile) -> Vec<Statement> {
             line: line_of(sql, start),
             keywords: keywords_of(text),
             control: control_of_node(node),
+            commits_alone: false,
         });
     }
     statements
@@ -620,7 +632,50 @@ fn push_statement(statements: &mut Vec<Statement>, text: &str, line: usize) {
         line,
         control: control_of_keywords(&keywords),
         keywords,
+        commits_alone: false,
     });
+}
+
+/// Marks each `ALTER TYPE ... ADD VALUE 'v'` whose value a later statement uses: it must
+/// commit first (PostgreSQL: "unsafe use of new value" inside the transaction that added it).
+fn mark_enum_additions(statements: &mut [Statement]) {
+    for i in 0..statements.len() {
+        if !(statements[i].starts_with(&["ALTER", "TYPE"])
+            && statements[i].keywords.iter().any(|w| w == "ADD")
+            && statements[i].keywords.iter().any(|w| w == "VALUE"))
+        {
+            continue;
+        }
+        let Some(value) = added_enum_value(&statements[i].text) else {
+            continue;
+        };
+        let literal = format!("'{}'", value.replace('\'', "''"));
+        if statements[i + 1..]
+            .iter()
+            .any(|s| s.text.contains(&literal))
+        {
+            statements[i].commits_alone = true;
+        }
+    }
+}
+
+/// The value of `ALTER TYPE t ADD VALUE [IF NOT EXISTS] 'v' [BEFORE|AFTER 'w']`.
+fn added_enum_value(text: &str) -> Option<String> {
+    let mut offset = 0usize;
+    let mut after_value = false;
+    for token in tokenize(text) {
+        let len = token.len as usize;
+        let raw = &text[offset..offset + len];
+        offset += len;
+        match token.kind {
+            TokenKind::Ident if raw.eq_ignore_ascii_case("VALUE") => after_value = true,
+            TokenKind::Literal { .. } if after_value && raw.starts_with('\'') => {
+                return Some(raw[1..raw.len().saturating_sub(1)].replace("''", "'"));
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// A reason the analysis raises a migration's risk.
@@ -1865,5 +1920,24 @@ mod ci_lint_tests {
         assert!(lost.iter().any(|m| m.contains("the table Orders")));
         assert!(lost.iter().any(|m| m.contains("the table prefs")));
         assert_eq!(effective_risk(Risk::Low, &loses), Risk::High);
+    }
+}
+
+#[cfg(test)]
+mod enum_tests {
+    use super::*;
+
+    #[test]
+    fn an_added_enum_value_used_later_commits_alone() {
+        let used = split_statements(
+            "ALTER TYPE mood ADD VALUE IF NOT EXISTS 'it''s great' AFTER 'ok';\nINSERT INTO days VALUES ('it''s great');",
+        )
+        .unwrap();
+        assert!(used[0].commits_alone && used[0].requires_no_transaction());
+        assert!(!used[1].requires_no_transaction());
+        let unused =
+            split_statements("ALTER TYPE mood ADD VALUE 'great';\nINSERT INTO days VALUES ('ok');")
+                .unwrap();
+        assert!(!unused[0].requires_no_transaction());
     }
 }

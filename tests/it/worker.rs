@@ -1024,3 +1024,40 @@ async fn the_watchdog_cancels_a_migration_that_keeps_readers_waiting() {
     assert!(cancels >= 1.0, "{cancels}");
     app.stop().await;
 }
+
+/// `ALTER TYPE ... ADD VALUE` and a use of the new value in the same script: PostgreSQL refuses
+/// the use inside the transaction that added it ("unsafe use of new value"), psql runs it fine;
+/// Sluice runs such a script statement by statement (recorded as non-transactional).
+#[tokio::test]
+async fn a_new_enum_value_used_in_the_same_script_applies() {
+    let app = manual_app().await;
+    app.submit(
+        "dev",
+        migration("mood", "low", "CREATE TYPE mood AS ENUM ('ok');", None),
+    )
+    .await;
+    let id = app
+        .submit(
+            "dev",
+            migration(
+                "great days",
+                "low",
+                "ALTER TYPE mood ADD VALUE 'great';\nCREATE TABLE days (m mood DEFAULT 'great');\nINSERT INTO days VALUES ('great');",
+                None,
+            ),
+        )
+        .await;
+    app.run_worker("development").await;
+    let d = app.deployment(&format!("{id}@development")).await;
+    assert_eq!(d["state"], "applied", "{d}");
+    assert_eq!(d["transactional"], false, "{d}");
+    let rows: i64 = app.targets["development"]
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM days WHERE m = 'great'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 1);
+    app.stop().await;
+}
