@@ -218,6 +218,7 @@ fn deployment(v: DeploymentView) -> pb::Deployment {
             .collect(),
         dry_run: v.dry_run.map(dry_run),
         rollback_test: v.rollback_test.map(rollback_test),
+        statements_applied: v.statements_applied,
     }
 }
 
@@ -309,6 +310,7 @@ fn environment(v: EnvironmentStatus) -> pb::EnvironmentStatus {
             })
             .collect(),
         drift: v.drift.map(recorded_drift),
+        partly_applied: v.partly_applied.into_iter().map(deployment).collect(),
     }
 }
 

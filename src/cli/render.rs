@@ -73,6 +73,15 @@ pub(super) fn print_status(status: &pb::EnvironmentStatus, verbose: bool) {
             printable(&status.target_error)
         );
     }
+    for d in &status.partly_applied {
+        println!(
+            "partly applied {} (cancelled): statements 1 to {} stay applied; a data_ops_lead may `sluice rollback {} {}`",
+            d.id,
+            d.statements_applied.unwrap_or_default(),
+            status.name,
+            d.migration_id
+        );
+    }
     if let Some(drift) = &status.drift {
         println!(
             "drift        {} schema changes made outside Sluice, found at {}; approvals given before are void (`sluice drift {}`; `--accept` to take them)",

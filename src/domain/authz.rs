@@ -111,6 +111,12 @@ pub fn may_manage_notifications(
     roles: &[Role],
     what: &str,
 ) -> Result<(), DomainError> {
+    may_lead(caller, roles, what)
+}
+
+/// What only a data_ops_lead or an admin may do (`what`, e.g. "roll back a cancelled
+/// deployment").
+pub fn may_lead(caller: &UserName, roles: &[Role], what: &str) -> Result<(), DomainError> {
     if roles
         .iter()
         .any(|r| matches!(r, Role::DataOpsLead | Role::Admin))

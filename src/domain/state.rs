@@ -159,7 +159,9 @@ impl DeploymentState {
             (S::Running, E::Fail) => S::Failed,
             (S::Running, E::Requeue) => S::Queued,
             (S::Failed, E::Retry) => S::Queued,
-            (S::Applied | S::Failed, E::RequestRollback) => S::RollingBack,
+            // A cancelled deployment may be partly applied (a script run statement by
+            // statement that failed part-way): the service decides whether it is.
+            (S::Applied | S::Failed | S::Cancelled, E::RequestRollback) => S::RollingBack,
             (S::RollingBack, E::RollbackSucceeded) => S::RolledBack,
             (S::RollingBack, E::RollbackFailed) => S::Failed,
             (S::RollingBack, E::Requeue) => S::RollingBack,
@@ -265,6 +267,8 @@ mod tests {
 
     proptest::proptest! {
         /// A terminal state absorbs every event: whatever happens afterwards, it stays put.
+        /// The one exception: a cancelled deployment may be rolled back (one that ran
+        /// statement by statement may be partly applied; the service checks that it is).
         #[test]
         fn terminal_states_absorb_every_event(
             events in proptest::collection::vec(0usize..EVENTS.len(), 0..40)
@@ -272,6 +276,9 @@ mod tests {
             let mut state = S::AwaitingApproval;
             let mut reached_terminal: Option<S> = None;
             for index in events {
+                if state == S::Cancelled && EVENTS[index] == E::RequestRollback {
+                    continue;
+                }
                 if let Ok(next) = state.on(EVENTS[index]) {
                     state = next;
                 }
@@ -293,6 +300,11 @@ mod tests {
             let mut approved = false;
             let mut ran = false;
             for index in events {
+                // Rolling back a cancelled deployment is for one that ran (so was approved)
+                // and stopped part-way: the service refuses it for any other (tested there).
+                if state == S::Cancelled && EVENTS[index] == E::RequestRollback {
+                    continue;
+                }
                 let Ok(next) = state.on(EVENTS[index]) else { continue };
                 if next == S::Approved { approved = true; }
                 if next == S::Running { proptest::prop_assert!(approved); ran = true; }

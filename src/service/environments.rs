@@ -411,6 +411,22 @@ impl Service {
         }
         let mut status = EnvironmentStatus::new(env, lock, queue, last_applied);
         status.drift = self.recorded_drift(&mut conn, env.name.as_str()).await?;
+        let cancelled = self
+            .store
+            .deployments_in_states(&mut conn, env.name.as_str(), &[DeploymentState::Cancelled])
+            .await?;
+        for d in cancelled
+            .iter()
+            .rev()
+            .filter(|d| super::lifecycle::partly_applied(d).is_some())
+            .take(20)
+        {
+            if let Some(m) = self.store.migration(&mut conn, &d.migration_id).await? {
+                status
+                    .partly_applied
+                    .push(self.deployment_view(d, &m, &[])?);
+            }
+        }
         status.owed_reviews = owed.into_values().collect();
         status.freeze = frozen.map(|(window, until)| FreezeView { window, until });
         if let Some((message, since)) = self.signals.target_error(env.name.as_str()) {

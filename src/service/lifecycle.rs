@@ -129,6 +129,20 @@ impl Service {
         let (mut deployment, migration) = self.load_for_change(&mut tx, deployment_id).await?;
         let env = self.environment(&deployment.environment)?;
         self.require_operator(caller, env, "roll back")?;
+        if deployment.state == DeploymentState::Cancelled {
+            // Only one that ran statement by statement and stopped part-way holds anything
+            // to undo; undoing what someone chose to cancel is a lead's decision.
+            if partly_applied(&deployment).is_none() {
+                return Err(ServiceError::Conflict(format!(
+                    "deployment {deployment_id} is cancelled and nothing of it is applied; there is nothing to roll back"
+                )));
+            }
+            domain::authz::may_lead(
+                &caller.name,
+                &caller.roles,
+                "roll back a cancelled deployment",
+            )?;
+        }
         let needs_down =
             deployment.state == DeploymentState::Applied || deployment.transactional == Some(false);
         if needs_down && migration.down_sql.is_none() {
@@ -208,4 +222,33 @@ impl Service {
         self.publish(&expired);
         Ok(expired.len())
     }
+}
+
+/// How many statements of a deployment that ran statement by statement and stopped part-way
+/// are applied (failed or cancelled since), as its error says; None when none is.
+pub(super) fn partly_applied(d: &DeploymentRow) -> Option<i64> {
+    if d.transactional != Some(false)
+        || !matches!(
+            d.state,
+            DeploymentState::Failed | DeploymentState::Cancelled
+        )
+    {
+        return None;
+    }
+    let error = d.error.as_deref()?;
+    let number = |rest: &str| -> Option<i64> {
+        rest.chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .ok()
+    };
+    let done = if let Some(rest) = error.strip_prefix("interrupted after statement ") {
+        number(rest)?
+    } else if let Some(rest) = error.strip_prefix("statement ") {
+        number(rest)? - 1
+    } else {
+        return None;
+    };
+    (done > 0).then_some(done)
 }

@@ -97,6 +97,10 @@ pub struct DeploymentView {
     /// The latest rollback test (single-deployment view and environment status).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rollback_test: Option<super::RollbackTestView>,
+    /// A script run statement by statement that stopped part-way (failed, or cancelled since):
+    /// how many of its statements are applied. A rollback undoes them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub statements_applied: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -182,6 +186,7 @@ impl DeploymentView {
             review_owed: false,
             dry_run: None,
             rollback_test: None,
+            statements_applied: super::lifecycle::partly_applied(d),
         }
     }
 }
@@ -284,6 +289,8 @@ pub struct EnvironmentStatus {
     pub target_error_since: Option<String>,
     /// Emergency deployments here whose post-deployment review is still owed.
     pub owed_reviews: Vec<OwedReviewView>,
+    /// Cancelled deployments that left part of their script applied (not rolled back).
+    pub partly_applied: Vec<DeploymentView>,
     /// Changes to the target's schema made outside Sluice, found by the scheduler's check and
     /// not yet accepted.
     pub drift: Option<super::RecordedDrift>,
@@ -321,6 +328,7 @@ impl EnvironmentStatus {
             target_error_since: None,
             freeze: None,
             owed_reviews: Vec::new(),
+            partly_applied: Vec::new(),
             drift: None,
         }
     }

@@ -1061,3 +1061,92 @@ async fn a_new_enum_value_used_in_the_same_script_applies() {
     assert_eq!(rows, 1);
     app.stop().await;
 }
+
+/// A script run statement by statement that failed part-way and was then cancelled still has
+/// part of it applied: status shows it, and a data_ops_lead may roll it back (it used to be
+/// "cannot roll back a deployment that is cancelled" forever).
+#[tokio::test]
+async fn a_cancelled_partial_apply_is_shown_and_can_be_rolled_back_by_a_lead() {
+    let app = manual_app().await;
+    let id = app
+        .submit(
+            "dev",
+            migration(
+                "half",
+                "low",
+                "CREATE TABLE part_a (id int);\nCREATE INDEX CONCURRENTLY part_a_id ON part_a (id);\nALTER TABLE missing ADD COLUMN x int;",
+                Some("DROP TABLE IF EXISTS part_a;"),
+            ),
+        )
+        .await;
+    let whole = app
+        .submit(
+            "dev",
+            migration(
+                "whole",
+                "low",
+                "ALTER TABLE missing ADD COLUMN y int;",
+                None,
+            ),
+        )
+        .await;
+    let deployment = format!("{id}@development");
+    app.run_worker("development").await;
+    let d = app.deployment(&deployment).await;
+    assert_eq!(d["state"], "failed", "{d}");
+    assert_eq!(d["statements_applied"], 2, "{d}");
+    let (status, body) = app
+        .post(
+            "dev",
+            &format!("/api/v1/deployments/{deployment}/cancel"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, env) = app.get("dev", "/api/v1/environments/development").await;
+    assert_eq!(env["partly_applied"][0]["id"], deployment.as_str(), "{env}");
+    assert_eq!(env["partly_applied"][0]["statements_applied"], 2, "{env}");
+
+    let path = format!("/api/v1/deployments/{deployment}/rollback");
+    let (status, body) = app
+        .post("dba", &path, json!({"reason": "undo the half"}))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(body.to_string().contains("data_ops_lead"), "{body}");
+    let (status, body) = app
+        .post("lead", &path, json!({"reason": "undo the half"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["state"], "rolling_back", "{body}");
+    app.run_worker("development").await;
+    assert_eq!(app.deployment(&deployment).await["state"], "rolled_back");
+    assert!(!app.table_exists("development", "part_a").await);
+    let (_, env) = app.get("dev", "/api/v1/environments/development").await;
+    assert!(
+        env["partly_applied"].as_array().unwrap().is_empty(),
+        "{env}"
+    );
+
+    // A cancelled deployment that ran in one transaction left nothing to undo.
+    app.run_worker("development").await;
+    let whole = format!("{whole}@development");
+    app.post(
+        "dev",
+        &format!("/api/v1/deployments/{whole}/cancel"),
+        json!({}),
+    )
+    .await;
+    let (status, body) = app
+        .post(
+            "lead",
+            &format!("/api/v1/deployments/{whole}/rollback"),
+            json!({"reason": "x"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body.to_string().contains("nothing of it is applied"),
+        "{body}"
+    );
+    app.stop().await;
+}
