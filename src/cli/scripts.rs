@@ -276,9 +276,6 @@ pub fn validate_file(path: &Path, dialect: crate::lint::Dialect) -> Vec<Problem>
     };
     match crate::lint::split_statements_for(&text, dialect) {
         Err(e) => problems.push(at(e.line, e.message)),
-        Ok(statements) if statements.is_empty() => {
-            problems.push(at(1, "the script has no SQL statement".into()))
-        }
         Ok(statements) => {
             for (line, problem) in crate::lint::transaction_control_problems(&statements) {
                 problems.push(at(line, problem));

@@ -148,13 +148,10 @@ pub fn check_script(
     if dialect == lint::Dialect::Both {
         check_script(field, sql, lint::Dialect::MySql)?;
     }
+    // A script with no statement (empty, or comments only: common in real folders) is a
+    // no-op: applied, it is recorded; as a down script it means "nothing to undo".
     let statements = lint::split_statements_for(sql, dialect)
         .map_err(|e| ServiceError::Invalid(format!("{field}: {e}")))?;
-    if statements.is_empty() {
-        return Err(ServiceError::Invalid(format!(
-            "{field}: the script has no SQL statement"
-        )));
-    }
     if let Some((line, problem)) = lint::transaction_control_problems(&statements)
         .into_iter()
         .next()

@@ -1150,3 +1150,87 @@ async fn a_cancelled_partial_apply_is_shown_and_can_be_rolled_back_by_a_lead() {
     );
     app.stop().await;
 }
+
+/// A script with no SQL (empty, or comments only, common in real migration folders) is a
+/// no-op: applied and recorded; an empty down script means "nothing to undo" and rolls back as
+/// a no-op, while a missing one cannot be undone.
+#[tokio::test]
+async fn empty_and_comment_only_scripts_are_no_op_migrations() {
+    let app = manual_app().await;
+    let noop = app
+        .submit(
+            "dev",
+            migration("placeholder", "low", "-- kept for numbering\n", Some("")),
+        )
+        .await;
+    let real = app
+        .submit(
+            "dev",
+            migration(
+                "real",
+                "low",
+                "CREATE TABLE kept (id int);",
+                Some("-- nothing to undo: the table stays\n"),
+            ),
+        )
+        .await;
+    let none = app
+        .submit(
+            "dev",
+            migration("no down", "low", "CREATE TABLE other (id int);", None),
+        )
+        .await;
+    app.run_worker("development").await;
+    for id in [&noop, &real, &none] {
+        assert_eq!(
+            app.deployment(&format!("{id}@development")).await["state"],
+            "applied"
+        );
+    }
+    let recorded: i64 = app.targets["development"]
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM sluice_schema_history WHERE migration_id = $1 AND success",
+            &[&noop],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(recorded, 1, "the no-op is recorded as applied");
+    for id in [&none, &real, &noop] {
+        let (status, body) = app
+            .post(
+                "dev",
+                &format!("/api/v1/deployments/{id}@development/rollback"),
+                json!({"reason": "undo"}),
+            )
+            .await;
+        if id == &none {
+            assert_eq!(status, StatusCode::CONFLICT, "{body}");
+            assert!(body.to_string().contains("has no down_sql"), "{body}");
+            app.post(
+                "dev",
+                &format!("/api/v1/deployments/{id}@development/cancel"),
+                json!({}),
+            )
+            .await;
+        } else {
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+    }
+    app.run_worker("development").await;
+    assert_eq!(
+        app.deployment(&format!("{real}@development")).await["state"],
+        "rolled_back"
+    );
+    assert!(
+        app.table_exists("development", "kept").await,
+        "nothing undone"
+    );
+    assert_eq!(
+        app.deployment(&format!("{noop}@development")).await["state"],
+        "rolled_back"
+    );
+    app.stop().await;
+}
