@@ -401,6 +401,7 @@ async fn main() {
 
     let mut setup = SluiceClient::connect(daemon.grpc.clone()).await.unwrap();
     let submit = |i: usize| pb::SubmitMigrationRequest {
+        id: String::new(),
         kind: "schema_change".into(),
         description: format!("bench {i}"),
         risk: "low".into(),

@@ -436,6 +436,7 @@ impl pb::sluice_server::Sluice for GrpcApi {
         let caller = self.caller(&request)?;
         let r = request.into_inner();
         let submit = service::SubmitRequest {
+            id: (!r.id.is_empty()).then_some(r.id),
             kind: parse_enum("kind", &r.kind)?,
             description: r.description,
             risk: parse_enum("risk", &r.risk)?,

@@ -258,8 +258,13 @@ async fn submit(
     Authenticated(caller): Authenticated,
     Json(request): Json<SubmitRequest>,
 ) -> Result<(StatusCode, Json<crate::service::MigrationView>), ApiError> {
-    let view = service.submit(&caller, request).await?;
-    Ok((StatusCode::CREATED, Json(view)))
+    let (view, created) = service.submit_or_resubmit(&caller, request).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(view)))
 }
 
 #[derive(Deserialize)]

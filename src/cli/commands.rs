@@ -712,6 +712,7 @@ pub(super) async fn submit(client: &mut Client, paths: &[PathBuf], output: Outpu
             }
         };
         let request = client.request(pb::SubmitMigrationRequest {
+            id: header.id.clone().unwrap_or_default(),
             kind: header.kind.as_str().into(),
             description: header.description.clone(),
             risk: header.risk.as_str().into(),

@@ -355,6 +355,11 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.starts_with("up_sql: line 2:"), "{e}");
-        assert!(check_script("down_sql", "-- nothing\n", lint::Dialect::Postgres).is_err());
+        // No statement at all is a no-op script, not an error (issue 10).
+        assert!(
+            check_script("down_sql", "-- nothing\n", lint::Dialect::Postgres)
+                .unwrap()
+                .is_empty()
+        );
     }
 }

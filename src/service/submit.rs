@@ -6,6 +6,11 @@ use super::*;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitRequest {
+    /// The id the migration's file carries (`sluice new` writes it): kept as the migration's
+    /// id. Submitting it again with the same scripts changes nothing; with other scripts it is
+    /// an amendment. Absent: the server makes one.
+    #[serde(default)]
+    pub id: Option<String>,
     pub kind: MigrationKind,
     pub description: String,
     pub risk: Risk,
@@ -80,7 +85,25 @@ pub(super) fn approval_deadline(policy: &domain::ApprovalPolicy, at: i64) -> Opt
 
 impl Service {
     pub async fn submit(&self, caller: &Caller, request: SubmitRequest) -> Result<MigrationView> {
+        Ok(self.submit_or_resubmit(caller, request).await?.0)
+    }
+
+    /// Submits a migration; with the id of one that exists, resubmits it: the same scripts
+    /// change nothing, other scripts amend it (with the amendment's rules), other metadata is
+    /// refused. Whether a migration was created.
+    pub async fn submit_or_resubmit(
+        &self,
+        caller: &Caller,
+        request: SubmitRequest,
+    ) -> Result<(MigrationView, bool)> {
         use domain::text;
+        let given_id = match &request.id {
+            Some(id) => Some(
+                id.parse::<MigrationId>()
+                    .map_err(|e: DomainError| ServiceError::Invalid(format!("id: {e}")))?,
+            ),
+            None => None,
+        };
         text::field("description", &request.description, text::DESCRIPTION)?;
         text::field("ticket", &request.ticket, text::TICKET)?;
         text::field(
@@ -133,6 +156,12 @@ impl Service {
         let at = millis(now);
 
         let mut tx = self.store.begin().await?;
+        if let Some(id) = &given_id
+            && let Some(existing) = self.store.migration(&mut tx, id.as_str()).await?
+        {
+            drop(tx);
+            return self.resubmit(caller, existing, request, &checksum).await;
+        }
         let mut dependencies = Vec::new();
         for (i, dependency) in request.depends_on.iter().enumerate() {
             let id: MigrationId = dependency
@@ -146,7 +175,14 @@ impl Service {
             dependencies.push(id.to_string());
         }
         let seq = self.store.next_migration_seq(&mut tx).await?;
-        let id = MigrationId::compose(seq, &now.format("%Y%m%d_%H%M%S").to_string(), description);
+        let request_id_given = given_id.is_some();
+        let (request_kind, request_risk) = (request.kind, request.risk);
+        let id = match given_id {
+            Some(id) => id,
+            None => {
+                MigrationId::compose(seq, &now.format("%Y%m%d_%H%M%S").to_string(), description)
+            }
+        };
         let migration = MigrationRow {
             id: id.to_string(),
             seq,
@@ -166,7 +202,29 @@ impl Service {
             submitted_at: at,
             updated_at: at,
         };
-        self.store.insert_migration(&mut tx, &migration).await?;
+        if let Err(e) = self.store.insert_migration(&mut tx, &migration).await {
+            // Two submissions of one new id at once: the second finds the first's.
+            drop(tx);
+            if request_id_given {
+                let mut conn = self.store.conn().await?;
+                if let Some(existing) = self.store.migration(&mut conn, &migration.id).await? {
+                    drop(conn);
+                    let request = SubmitRequest {
+                        id: Some(migration.id.clone()),
+                        kind: request_kind,
+                        description: migration.description.clone(),
+                        risk: request_risk,
+                        ticket: migration.ticket.clone(),
+                        estimated_duration: migration.estimated_duration.clone(),
+                        up_sql: migration.up_sql.clone(),
+                        down_sql: migration.down_sql.clone(),
+                        depends_on: migration.depends_on.clone(),
+                    };
+                    return self.resubmit(caller, existing, request, &checksum).await;
+                }
+            }
+            return Err(e.into());
+        }
         let mut created = Vec::new();
         for env in &self.config.environments {
             let policy = self.config.matrix.policy(&env.name, effective);
@@ -249,7 +307,64 @@ impl Service {
         for env in wake {
             self.signals.wake(&env);
         }
-        self.migration(&id.to_string()).await
+        Ok((self.migration(&id.to_string()).await?, true))
+    }
+
+    /// A submission of an id that exists: nothing changes when the scripts are the same; other
+    /// scripts are an amendment (its rules apply); other metadata is refused, naming it.
+    async fn resubmit(
+        &self,
+        caller: &Caller,
+        existing: MigrationRow,
+        request: SubmitRequest,
+        checksum: &str,
+    ) -> Result<(MigrationView, bool)> {
+        let fields = [
+            ("kind", existing.kind.as_str(), request.kind.as_str()),
+            (
+                "description",
+                existing.description.as_str(),
+                request.description.trim(),
+            ),
+            (
+                "risk",
+                existing.declared_risk.as_str(),
+                request.risk.as_str(),
+            ),
+            ("ticket", existing.ticket.as_str(), request.ticket.trim()),
+            (
+                "estimated_duration",
+                existing.estimated_duration.as_str(),
+                request.estimated_duration.trim(),
+            ),
+        ];
+        if let Some((field, was, now)) = fields.iter().find(|(_, was, now)| was != now) {
+            return Err(ServiceError::Conflict(format!(
+                "migration {} exists with {field} \"{was}\", not \"{now}\"; a resubmission may change only its scripts (submit it under another id for a new migration)",
+                existing.id
+            )));
+        }
+        if existing.depends_on != request.depends_on {
+            return Err(ServiceError::Conflict(format!(
+                "migration {} exists with other depends_on; a resubmission may change only its scripts",
+                existing.id
+            )));
+        }
+        if existing.checksum == checksum {
+            return Ok((self.migration(&existing.id).await?, false));
+        }
+        let view = self
+            .amend(
+                caller,
+                &existing.id,
+                AmendRequest {
+                    up_sql: request.up_sql,
+                    down_sql: request.down_sql,
+                    reason: "submitted again with other scripts".into(),
+                },
+            )
+            .await?;
+        Ok((view, false))
     }
 
     /// Replaces a migration's scripts before it has touched any target. The checksum changes,

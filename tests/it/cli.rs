@@ -95,6 +95,19 @@ async fn the_seed_quick_start_through_the_cli() {
         .unwrap()
         .to_owned();
     assert!(id.starts_with("001_"), "{}", submitted.stdout);
+    // The id is the one `new` wrote in the file's name and header.
+    assert!(
+        script.ends_with(&format!("scripts/{id}.sql")),
+        "{script} vs {id}"
+    );
+    // Submitting the same file again changes nothing.
+    let again = sluice(&app, Some("dev"), &dir, &["submit", &script]).await;
+    ok(&again);
+    assert!(
+        again.stdout.contains(&format!("submitted as {id}")),
+        "{}",
+        again.stdout
+    );
 
     ok(&sluice(
         &app,

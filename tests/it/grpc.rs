@@ -54,6 +54,7 @@ async fn story_over_grpc(app: &TestApp) -> String {
         .submit_migration(app.grpc_request(
             "dev",
             pb::SubmitMigrationRequest {
+                id: String::new(),
                 kind: "schema_change".into(),
                 description: "parity story".into(),
                 risk: "medium".into(),
@@ -237,6 +238,7 @@ async fn errors_map_to_status_codes() {
         .submit_migration(app.grpc_request(
             "dev",
             pb::SubmitMigrationRequest {
+                id: String::new(),
                 kind: "schema_chnage".into(),
                 risk: "low".into(),
                 ..Default::default()

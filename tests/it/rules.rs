@@ -779,3 +779,92 @@ async fn migrate_wait_returns_when_a_failure_halts_the_queue() {
     );
     app.stop().await;
 }
+
+/// The id a migration's file carries is the id the server keeps; submitting it again with the
+/// same scripts changes nothing, with other scripts amends it, with other metadata is refused;
+/// two submissions of one new id at once make one migration.
+#[tokio::test]
+async fn a_submitted_id_is_kept_and_resubmission_is_idempotent() {
+    let app = spawn_app_with(AppOptions {
+        background_workers: false,
+        ..AppOptions::default()
+    })
+    .await;
+    let id = "007_20261129_101500_add_flags";
+    let body = |up: &str, description: &str| {
+        let mut m = migration(description, "low", up, None);
+        m["id"] = json!(id);
+        m
+    };
+    let (status, first) = app
+        .post(
+            "dev",
+            "/api/v1/migrations",
+            body("CREATE TABLE flags (id int);", "add flags"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    assert_eq!(first["id"], id);
+    let (status, again) = app
+        .post(
+            "dev",
+            "/api/v1/migrations",
+            body("CREATE TABLE flags (id int);", "add flags"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["checksum"], first["checksum"]);
+    let (status, amended) = app
+        .post(
+            "dev",
+            "/api/v1/migrations",
+            body("CREATE TABLE flags (id int, on_ boolean);", "add flags"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{amended}");
+    assert_ne!(amended["checksum"], first["checksum"]);
+    let (_, audit) = app
+        .get("admin", &format!("/api/v1/audit?migration_id={id}"))
+        .await;
+    assert!(audit.to_string().contains("\"amended\""), "{audit}");
+    let (status, refused) = app
+        .post(
+            "dev",
+            "/api/v1/migrations",
+            body("CREATE TABLE flags (id int);", "other words"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    assert!(refused.to_string().contains("description"), "{refused}");
+    // Another person's migration: amending it needs an operator.
+    let (status, body2) = app
+        .post(
+            "dev2",
+            "/api/v1/migrations",
+            body("CREATE TABLE flags (x int);", "add flags"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body2}");
+    let mut bad = migration("x", "low", "SELECT 1;", None);
+    bad["id"] = json!("not an id");
+    let (status, body3) = app.post("dev", "/api/v1/migrations", bad).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body3}");
+    assert!(
+        body3.to_string().contains("id: invalid migration id"),
+        "{body3}"
+    );
+
+    // Two at once.
+    let twin = || {
+        let mut m = migration("twin", "low", "CREATE TABLE twin (id int);", None);
+        m["id"] = json!("008_20261129_101600_twin");
+        app.post("dev", "/api/v1/migrations", m)
+    };
+    let (a, b) = tokio::join!(twin(), twin());
+    let mut codes = [a.0.as_u16(), b.0.as_u16()];
+    codes.sort_unstable();
+    assert_eq!(codes, [200, 201], "{} {}", a.1, b.1);
+    let d = app.deployment("008_20261129_101600_twin@development").await;
+    assert_eq!(d["state"], "queued", "one deployment, auto-approved: {d}");
+    app.stop().await;
+}
