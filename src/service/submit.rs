@@ -44,6 +44,21 @@ pub(super) fn validate_duration(value: &str) -> Result<()> {
     }
 }
 
+/// A submission checked and its scripts read, ready to be written.
+pub(super) struct Prepared {
+    pub(super) request: SubmitRequest,
+    pub(super) given_id: Option<MigrationId>,
+    pub(super) scripts: ReadScripts,
+}
+
+/// What writing a submission made.
+pub(super) struct Inserted {
+    pub(super) id: String,
+    pub(super) created: Vec<DeploymentRow>,
+    /// Environments whose worker has something queued now.
+    pub(super) wake: Vec<String>,
+}
+
 /// What Sluice knows of a migration's scripts once it has read them.
 pub(super) struct ReadScripts {
     findings: Vec<lint::Finding>,
@@ -96,6 +111,45 @@ impl Service {
         caller: &Caller,
         request: SubmitRequest,
     ) -> Result<(MigrationView, bool)> {
+        let prepared = self.prepare(request)?;
+        let now = self.clock.now();
+        let mut tx = self.store.begin().await?;
+        if let Some(id) = &prepared.given_id
+            && let Some(existing) = self.store.migration(&mut tx, id.as_str()).await?
+        {
+            drop(tx);
+            let checksum = prepared.scripts.checksum.clone();
+            return self.resubmit(caller, existing, prepared.request, &checksum).await;
+        }
+        // Kept for a second submission of the same new id racing this one.
+        let retry = prepared
+            .given_id
+            .as_ref()
+            .map(|id| (id.to_string(), prepared.request.clone(), prepared.scripts.checksum.clone()));
+        let inserted = match self.insert_prepared(&mut tx, caller, prepared, now).await {
+            Ok(inserted) => inserted,
+            Err(e) => {
+                drop(tx);
+                if let Some((id, request, checksum)) = retry {
+                    let mut conn = self.store.conn().await?;
+                    if let Some(existing) = self.store.migration(&mut conn, &id).await? {
+                        drop(conn);
+                        return self.resubmit(caller, existing, request, &checksum).await;
+                    }
+                }
+                return Err(e);
+            }
+        };
+        tx.commit().await?;
+        self.publish(&inserted.created);
+        for env in &inserted.wake {
+            self.signals.wake(env);
+        }
+        Ok((self.migration(&inserted.id).await?, true))
+    }
+
+    /// Checks a submission's fields and reads its scripts (no I/O).
+    pub(super) fn prepare(&self, request: SubmitRequest) -> Result<Prepared> {
         use domain::text;
         let given_id = match &request.id {
             Some(id) => Some(
@@ -142,52 +196,65 @@ impl Service {
             ));
         }
         validate_duration(&request.estimated_duration)?;
-        let ReadScripts {
-            findings,
-            effective_risk: effective,
-            checksum,
-        } = read_scripts(
+        let scripts = read_scripts(
             &request.up_sql,
             request.down_sql.as_deref(),
             request.risk,
             self.dialect(),
         )?;
-        let now = self.clock.now();
-        let at = millis(now);
+        Ok(Prepared {
+            request,
+            given_id,
+            scripts,
+        })
+    }
 
-        let mut tx = self.store.begin().await?;
-        if let Some(id) = &given_id
-            && let Some(existing) = self.store.migration(&mut tx, id.as_str()).await?
-        {
-            drop(tx);
-            return self.resubmit(caller, existing, request, &checksum).await;
-        }
+    /// Writes a prepared submission in `tx`: the migration, a deployment per environment
+    /// (auto-approved where the environment approves itself), the audit record and its events.
+    pub(super) async fn insert_prepared(
+        &self,
+        tx: &mut Tx,
+        caller: &Caller,
+        prepared: Prepared,
+        now: DateTime<Utc>,
+    ) -> Result<Inserted> {
+        let at = millis(now);
+        let Prepared {
+            request,
+            given_id,
+            scripts:
+                ReadScripts {
+                    findings,
+                    effective_risk: effective,
+                    checksum,
+                },
+        } = prepared;
         let mut dependencies = Vec::new();
         for (i, dependency) in request.depends_on.iter().enumerate() {
             let id: MigrationId = dependency
                 .parse()
                 .map_err(|e: DomainError| ServiceError::Invalid(format!("depends_on[{i}]: {e}")))?;
-            if self.store.migration(&mut tx, id.as_str()).await?.is_none() {
+            if self.store.migration(tx, id.as_str()).await?.is_none() {
                 return Err(ServiceError::Invalid(format!(
                     "depends_on[{i}]: no migration \"{id}\" exists"
                 )));
             }
             dependencies.push(id.to_string());
         }
-        let seq = self.store.next_migration_seq(&mut tx).await?;
-        let request_id_given = given_id.is_some();
-        let (request_kind, request_risk) = (request.kind, request.risk);
+        let seq = self.store.next_migration_seq(tx).await?;
         let id = match given_id {
             Some(id) => id,
-            None => {
-                MigrationId::compose(seq, &now.format("%Y%m%d_%H%M%S").to_string(), description)
-            }
+            None => MigrationId::compose(
+                seq,
+                &now.format("%Y%m%d_%H%M%S").to_string(),
+                request.description.trim(),
+            ),
         };
         let migration = MigrationRow {
             id: id.to_string(),
             seq,
             kind: request.kind.as_str().into(),
-            description: description.into(),
+            description: request.description.trim().into(),
             declared_risk: request.risk.as_str().into(),
             effective_risk: effective.as_str().into(),
             findings: serde_json::to_string(&findings).unwrap_or_else(|_| "[]".into()),
@@ -202,29 +269,7 @@ impl Service {
             submitted_at: at,
             updated_at: at,
         };
-        if let Err(e) = self.store.insert_migration(&mut tx, &migration).await {
-            // Two submissions of one new id at once: the second finds the first's.
-            drop(tx);
-            if request_id_given {
-                let mut conn = self.store.conn().await?;
-                if let Some(existing) = self.store.migration(&mut conn, &migration.id).await? {
-                    drop(conn);
-                    let request = SubmitRequest {
-                        id: Some(migration.id.clone()),
-                        kind: request_kind,
-                        description: migration.description.clone(),
-                        risk: request_risk,
-                        ticket: migration.ticket.clone(),
-                        estimated_duration: migration.estimated_duration.clone(),
-                        up_sql: migration.up_sql.clone(),
-                        down_sql: migration.down_sql.clone(),
-                        depends_on: migration.depends_on.clone(),
-                    };
-                    return self.resubmit(caller, existing, request, &checksum).await;
-                }
-            }
-            return Err(e.into());
-        }
+        self.store.insert_migration(tx, &migration).await?;
         let mut created = Vec::new();
         for env in &self.config.environments {
             let policy = self.config.matrix.policy(&env.name, effective);
@@ -261,7 +306,7 @@ impl Service {
                 draft.whole_migration = true;
                 draft.migration = Some(&migration);
                 draft.approvals = Some(&[]);
-                events.extend(self.notify_deployment(&mut tx, first, at, draft).await?);
+                events.extend(self.notify_deployment(tx, first, at, draft).await?);
             }
             for (d, env) in created.iter().zip(&self.config.environments) {
                 if !env.auto_approve {
@@ -271,7 +316,7 @@ impl Service {
                     );
                     draft.migration = Some(&migration);
                     draft.approvals = Some(&[]);
-                    events.extend(self.notify_deployment(&mut tx, d, at, draft).await?);
+                    events.extend(self.notify_deployment(tx, d, at, draft).await?);
                 }
             }
         }
@@ -289,25 +334,24 @@ impl Service {
             }),
         );
         self.store
-            .insert_audit(&mut tx, &notifications::carrying(entry, &events)?)
+            .insert_audit(tx, &notifications::carrying(entry, &events)?)
             .await?;
         let mut wake = Vec::new();
         for (deployment, env) in created.iter_mut().zip(&self.config.environments) {
-            self.store.insert_deployment(&mut tx, deployment).await?;
+            self.store.insert_deployment(tx, deployment).await?;
             if env.auto_approve {
-                self.advance_approved(&mut tx, deployment, env, at, "sluice", "auto_approved")
+                self.advance_approved(tx, deployment, env, at, "sluice", "auto_approved")
                     .await?;
                 if deployment.state == DeploymentState::Queued {
                     wake.push(env.name.to_string());
                 }
             }
         }
-        tx.commit().await?;
-        self.publish(&created);
-        for env in wake {
-            self.signals.wake(&env);
-        }
-        Ok((self.migration(&id.to_string()).await?, true))
+        Ok(Inserted {
+            id: id.to_string(),
+            created,
+            wake,
+        })
     }
 
     /// A submission of an id that exists: nothing changes when the scripts are the same; other
