@@ -23,7 +23,8 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/sluice_descriptor.bin"));
 
 /// The largest request message accepted (the same limit as REST bodies).
-pub const MESSAGE_LIMIT: usize = super::BODY_LIMIT;
+/// The largest request: a batch of migrations (a whole folder), as over REST.
+pub const MESSAGE_LIMIT: usize = super::BATCH_BODY_LIMIT;
 
 impl From<ServiceError> for Status {
     fn from(e: ServiceError) -> Self {
@@ -98,6 +99,20 @@ fn parse_enum<T: serde::de::DeserializeOwned>(field: &str, value: &str) -> Resul
 
 fn opt(value: Option<String>) -> String {
     value.unwrap_or_default()
+}
+
+fn submit_request(r: pb::SubmitMigrationRequest) -> Result<service::SubmitRequest, Status> {
+    Ok(service::SubmitRequest {
+        id: (!r.id.is_empty()).then_some(r.id),
+        kind: parse_enum("kind", &r.kind)?,
+        description: r.description,
+        risk: parse_enum("risk", &r.risk)?,
+        ticket: r.ticket,
+        estimated_duration: r.estimated_duration,
+        up_sql: r.up_sql,
+        down_sql: r.down_sql,
+        depends_on: r.depends_on,
+    })
 }
 
 fn dry_run(v: crate::service::DryRunView) -> pb::DryRun {
@@ -434,20 +449,44 @@ impl pb::sluice_server::Sluice for GrpcApi {
         request: Request<pb::SubmitMigrationRequest>,
     ) -> Result<Response<pb::Migration>, Status> {
         let caller = self.caller(&request)?;
-        let r = request.into_inner();
-        let submit = service::SubmitRequest {
-            id: (!r.id.is_empty()).then_some(r.id),
-            kind: parse_enum("kind", &r.kind)?,
-            description: r.description,
-            risk: parse_enum("risk", &r.risk)?,
-            ticket: r.ticket,
-            estimated_duration: r.estimated_duration,
-            up_sql: r.up_sql,
-            down_sql: r.down_sql,
-            depends_on: r.depends_on,
-        };
+        let submit = submit_request(request.into_inner())?;
         let view = self.service.submit(&caller, submit).await?;
         Ok(Response::new(migration(view)))
+    }
+
+    async fn submit_migrations(
+        &self,
+        request: Request<pb::SubmitMigrationsRequest>,
+    ) -> Result<Response<pb::SubmitMigrationsResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let r = request.into_inner();
+        let total = r.migrations.len();
+        let mut requests = Vec::with_capacity(total);
+        for (i, m) in r.migrations.into_iter().enumerate() {
+            requests.push(submit_request(m).map_err(|s| {
+                Status::invalid_argument(format!("migrations[{i}]: {}", s.message()))
+            })?);
+        }
+        match self.service.submit_batch(&caller, requests).await? {
+            Ok(result) => Ok(Response::new(pb::SubmitMigrationsResponse {
+                created: result.created.into_iter().map(migration).collect(),
+                unchanged: result.unchanged,
+            })),
+            Err(items) => {
+                let listed: Vec<String> = items
+                    .iter()
+                    .map(|e| match &e.id {
+                        Some(id) => format!("migrations[{}] ({id}): {}", e.index, e.message),
+                        None => format!("migrations[{}]: {}", e.index, e.message),
+                    })
+                    .collect();
+                Err(Status::invalid_argument(format!(
+                    "{} of {total} migrations refused; nothing was submitted: {}",
+                    items.len(),
+                    listed.join("; ")
+                )))
+            }
+        }
     }
 
     async fn amend_migration(

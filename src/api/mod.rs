@@ -20,6 +20,8 @@ use std::time::Duration;
 
 /// The largest request body accepted.
 pub const BODY_LIMIT: usize = 1024 * 1024;
+/// A batch of migrations (a whole folder) may be larger.
+pub const BATCH_BODY_LIMIT: usize = 32 * 1024 * 1024;
 
 /// `GET /metrics` alone, for `server.metrics_addr`.
 pub fn metrics_router(service: Service) -> Router {
@@ -37,6 +39,10 @@ pub fn router(service: Service) -> Router {
         .route("/readyz", get(readyz))
         .route("/api/v1/migrations", post(submit).get(list_migrations))
         .route("/api/v1/migrations/{id}", get(get_migration).put(amend))
+        .route(
+            "/api/v1/migrations:batch",
+            post(submit_batch).layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT)),
+        )
         .route("/api/v1/deployments/{id}", get(get_deployment))
         .route("/api/v1/deployments/{id}/log", get(get_deployment_log))
         .route("/api/v1/deployments/{id}/approvals", post(approve))
@@ -140,7 +146,9 @@ impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
         let status = rejection.status();
         let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            format!("request body is larger than {BODY_LIMIT} bytes (1 MiB)")
+            format!(
+                "request body is larger than the limit ({BODY_LIMIT} bytes, 1 MiB; {BATCH_BODY_LIMIT} bytes for migrations:batch)"
+            )
         } else {
             rejection.body_text()
         };
@@ -265,6 +273,35 @@ async fn submit(
         StatusCode::OK
     };
     Ok((status, Json(view)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchRequest {
+    migrations: Vec<SubmitRequest>,
+}
+
+/// Many migrations in one transaction: 201 with what was created (and the ids left
+/// unchanged), or 422 with every item's error and nothing submitted.
+async fn submit_batch(
+    State(service): State<Service>,
+    Authenticated(caller): Authenticated,
+    Json(request): Json<BatchRequest>,
+) -> Result<Response, ApiError> {
+    let total = request.migrations.len();
+    match service.submit_batch(&caller, request.migrations).await? {
+        Ok(result) => Ok((StatusCode::CREATED, axum::Json(result)).into_response()),
+        Err(items) => {
+            let body = axum::Json(serde_json::json!({
+                "error": {
+                    "code": "invalid",
+                    "message": format!("{} of {total} migrations refused; nothing was submitted", items.len()),
+                    "items": items,
+                }
+            }));
+            Ok((StatusCode::UNPROCESSABLE_ENTITY, body).into_response())
+        }
+    }
 }
 
 #[derive(Deserialize)]

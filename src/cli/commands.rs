@@ -694,7 +694,9 @@ pub(super) async fn awaiting_environment(
 }
 
 pub(super) async fn submit(client: &mut Client, paths: &[PathBuf], output: Output) -> CliResult {
-    let mut submitted = Vec::new();
+    // Every file in one request: all are submitted, or none (each refusal named by its file).
+    let mut requests = Vec::with_capacity(paths.len());
+    let mut ids = Vec::with_capacity(paths.len());
     for path in paths {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Failure::operation(format!("{}: cannot read: {e}", path.display())))?;
@@ -711,7 +713,8 @@ pub(super) async fn submit(client: &mut Client, paths: &[PathBuf], output: Outpu
                 )));
             }
         };
-        let request = client.request(pb::SubmitMigrationRequest {
+        ids.push(header.id.clone());
+        requests.push(pb::SubmitMigrationRequest {
             id: header.id.clone().unwrap_or_default(),
             kind: header.kind.as_str().into(),
             description: header.description.clone(),
@@ -721,29 +724,52 @@ pub(super) async fn submit(client: &mut Client, paths: &[PathBuf], output: Outpu
             up_sql: text,
             down_sql,
             depends_on: header.depends_on.clone(),
-        })?;
-        let migration = client
-            .inner
-            .submit_migration(request)
-            .await
-            .map_err(|s| {
-                let failure = client.failed(s);
-                Failure {
-                    code: failure.code,
-                    message: format!("{}: {}", path.display(), failure.message),
-                }
-            })?
-            .into_inner();
-        if output == Output::Table {
+        });
+    }
+    let request = client.request(pb::SubmitMigrationsRequest {
+        migrations: requests,
+    })?;
+    let response = client
+        .inner
+        .submit_migrations(request)
+        .await
+        .map_err(|s| {
+            let mut failure = client.failed(s);
+            // "migrations[i]" is the i-th file.
+            for (i, path) in paths.iter().enumerate().rev() {
+                failure.message = failure
+                    .message
+                    .replace(&format!("migrations[{i}]"), &path.display().to_string());
+            }
+            failure
+        })?
+        .into_inner();
+    let mut created = response.created.iter();
+    for (path, id) in paths.iter().zip(&ids) {
+        if id
+            .as_ref()
+            .is_some_and(|id| response.unchanged.contains(id))
+        {
+            if output == Output::Table {
+                println!(
+                    "{}: {} unchanged (submitted before with the same scripts)",
+                    path.display(),
+                    id.as_deref().unwrap_or_default()
+                );
+            }
+            continue;
+        }
+        if let Some(migration) = created.next()
+            && output == Output::Table
+        {
             println!("{}: submitted as {}", path.display(), migration.id);
             for d in &migration.deployments {
                 println!("  {:<12} {}", d.environment, d.state);
             }
         }
-        submitted.push(migration);
     }
     if output == Output::Json {
-        print_json(&submitted)?;
+        print_json(&response.created)?;
     }
     Ok(())
 }

@@ -26,7 +26,7 @@ pub use events::{EventBus, EventKind};
 pub use notifications::{ChannelView, Notice, NotificationView, TestResult};
 pub use reminders::ScheduledRound;
 pub use signals::WorkerSignals;
-pub use submit::{AmendRequest, SubmitRequest};
+pub use submit::{AmendRequest, BatchItemError, BatchResult, SubmitRequest};
 pub use views::*;
 
 // A helper of one use-case group that another group needs too.

@@ -119,13 +119,18 @@ impl Service {
         {
             drop(tx);
             let checksum = prepared.scripts.checksum.clone();
-            return self.resubmit(caller, existing, prepared.request, &checksum).await;
+            return self
+                .resubmit(caller, existing, prepared.request, &checksum)
+                .await;
         }
         // Kept for a second submission of the same new id racing this one.
-        let retry = prepared
-            .given_id
-            .as_ref()
-            .map(|id| (id.to_string(), prepared.request.clone(), prepared.scripts.checksum.clone()));
+        let retry = prepared.given_id.as_ref().map(|id| {
+            (
+                id.to_string(),
+                prepared.request.clone(),
+                prepared.scripts.checksum.clone(),
+            )
+        });
         let inserted = match self.insert_prepared(&mut tx, caller, prepared, now).await {
             Ok(inserted) => inserted,
             Err(e) => {
@@ -585,5 +590,126 @@ impl Service {
             return Ok(true);
         }
         Ok(false)
+    }
+}
+
+/// The most migrations one batch takes.
+pub const BATCH_LIMIT: usize = 5_000;
+
+/// Why one migration of a batch was refused.
+#[derive(Debug, Clone, serde::Serialize, PartialEq)]
+pub struct BatchItemError {
+    /// Its place in the batch, from 0.
+    pub index: usize,
+    pub id: Option<String>,
+    pub message: String,
+}
+
+/// What a batch submission made.
+#[derive(Debug, Clone, serde::Serialize, PartialEq)]
+pub struct BatchResult {
+    /// The migrations created, in the batch's order.
+    pub created: Vec<MigrationView>,
+    /// Ids that exist already with the same scripts: nothing changed.
+    pub unchanged: Vec<String>,
+}
+
+impl Service {
+    /// Submits many migrations in one transaction: all, or none with every item's error.
+    /// An item may name a migration of the batch before it in `depends_on`. An id that exists
+    /// with the same scripts is left unchanged; with other scripts it is an item error (amend
+    /// it on its own).
+    pub async fn submit_batch(
+        &self,
+        caller: &Caller,
+        requests: Vec<SubmitRequest>,
+    ) -> Result<std::result::Result<BatchResult, Vec<BatchItemError>>> {
+        if requests.is_empty() {
+            return Err(ServiceError::Invalid(
+                "migrations: the batch is empty".into(),
+            ));
+        }
+        if requests.len() > BATCH_LIMIT {
+            return Err(ServiceError::Invalid(format!(
+                "migrations: {} in one batch; at most {BATCH_LIMIT}",
+                requests.len()
+            )));
+        }
+        let mut errors = Vec::new();
+        let mut prepared = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (index, request) in requests.into_iter().enumerate() {
+            let id = request.id.clone();
+            if let Some(id) = &id
+                && !seen.insert(id.clone())
+            {
+                errors.push(BatchItemError {
+                    index,
+                    id: Some(id.clone()),
+                    message: format!("id: \"{id}\" appears twice in the batch"),
+                });
+                continue;
+            }
+            match self.prepare(request) {
+                Ok(p) => prepared.push((index, p)),
+                Err(e) => errors.push(BatchItemError {
+                    index,
+                    id,
+                    message: e.to_string(),
+                }),
+            }
+        }
+        // Even with refusals so far, the rest is written in a transaction that is then rolled
+        // back, so that every item's error (a dependency that does not exist, an id taken by
+        // other scripts) comes back at once.
+        let now = self.clock.now();
+        let mut tx = self.store.begin().await?;
+        let mut inserted = Vec::new();
+        let mut unchanged = Vec::new();
+        for (index, p) in prepared {
+            let id = p.given_id.as_ref().map(|id| id.to_string());
+            if let Some(given) = &id
+                && let Some(existing) = self.store.migration(&mut tx, given).await?
+            {
+                if existing.checksum == p.scripts.checksum {
+                    unchanged.push(given.clone());
+                } else {
+                    errors.push(BatchItemError {
+                        index,
+                        id: id.clone(),
+                        message: format!(
+                            "migration {given} exists with other scripts: amend it on its own (PUT /api/v1/migrations/{given}, or submit that file alone)"
+                        ),
+                    });
+                }
+                continue;
+            }
+            match self.insert_prepared(&mut tx, caller, p, now).await {
+                Ok(done) => inserted.push(done),
+                // A check of the request: the transaction is still good; look at the rest.
+                Err(ServiceError::Invalid(message)) => {
+                    errors.push(BatchItemError { index, id, message })
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        if !errors.is_empty() {
+            errors.sort_by_key(|e| e.index);
+            return Ok(Err(errors));
+        }
+        tx.commit().await?;
+        let mut wake = std::collections::BTreeSet::new();
+        for done in &inserted {
+            self.publish(&done.created);
+            wake.extend(done.wake.iter().cloned());
+        }
+        for env in wake {
+            self.signals.wake(&env);
+        }
+        let mut created = Vec::with_capacity(inserted.len());
+        for done in inserted {
+            created.push(self.migration(&done.id).await?);
+        }
+        Ok(Ok(BatchResult { created, unchanged }))
     }
 }

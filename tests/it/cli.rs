@@ -104,7 +104,7 @@ async fn the_seed_quick_start_through_the_cli() {
     let again = sluice(&app, Some("dev"), &dir, &["submit", &script]).await;
     ok(&again);
     assert!(
-        again.stdout.contains(&format!("submitted as {id}")),
+        again.stdout.contains(&format!("{id} unchanged")),
         "{}",
         again.stdout
     );
@@ -511,6 +511,64 @@ async fn validate_speaks_json_sarif_and_github_annotations() {
         usage.stderr.contains("are for `sluice validate`"),
         "{}",
         usage.stderr
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    app.stop().await;
+}
+
+/// `sluice submit` sends every file in one batch: one refused file submits none, and the error
+/// names the file.
+#[tokio::test]
+async fn submit_sends_a_folder_as_one_batch_and_names_the_refused_file() {
+    let app = spawn_app().await;
+    let dir = std::env::temp_dir().join(format!("sluice-batch-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("scripts")).unwrap();
+    let header = |id: &str| {
+        format!(
+            "-- Migration: {id}\n-- Type: SCHEMA_CHANGE\n-- Description: {id}\n-- Risk: LOW\n-- Estimated-Duration: 1m\n-- Ticket: T-1\n"
+        )
+    };
+    let good = "scripts/001_20240101_000000_good.sql";
+    let bad = "scripts/002_20240102_000000_bad.sql";
+    std::fs::write(
+        dir.join(good),
+        header("001_20240101_000000_good") + "CREATE TABLE good (id int);\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join(bad),
+        header("002_20240102_000000_bad") + "CREATE TABLE bad (id int);\nROLLBACK;\n",
+    )
+    .unwrap();
+    let run = sluice(&app, Some("dev"), &dir, &["submit", good, bad]).await;
+    assert_eq!(run.code, 1, "{} {}", run.stdout, run.stderr);
+    assert!(
+        run.stderr
+            .contains(&format!("{bad} (002_20240102_000000_bad): up_sql: line 8")),
+        "{}",
+        run.stderr
+    );
+    let (_, list) = app.get("dev", "/api/v1/migrations").await;
+    assert!(
+        !list.to_string().contains("001_20240101_000000_good"),
+        "{list}"
+    );
+    std::fs::write(
+        dir.join(bad),
+        header("002_20240102_000000_bad") + "CREATE TABLE bad (id int);\n",
+    )
+    .unwrap();
+    let run = sluice(&app, Some("dev"), &dir, &["submit", good, bad]).await;
+    ok(&run);
+    assert!(
+        run.stdout
+            .contains(&format!("{good}: submitted as 001_20240101_000000_good"))
+            && run
+                .stdout
+                .contains(&format!("{bad}: submitted as 002_20240102_000000_bad")),
+        "{}",
+        run.stdout
     );
     let _ = std::fs::remove_dir_all(&dir);
     app.stop().await;

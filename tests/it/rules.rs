@@ -868,3 +868,131 @@ async fn a_submitted_id_is_kept_and_resubmission_is_idempotent() {
     assert_eq!(d["state"], "queued", "one deployment, auto-approved: {d}");
     app.stop().await;
 }
+
+/// POST /migrations:batch: many migrations in one transaction, an item may depend on one
+/// before it; one bad item refuses them all with every item's error; resubmitted ids with the
+/// same scripts are left unchanged.
+#[tokio::test]
+async fn a_batch_is_all_or_nothing_with_every_items_error() {
+    let app = spawn_app_with(AppOptions {
+        background_workers: false,
+        ..AppOptions::default()
+    })
+    .await;
+    let item = |id: &str, up: &str, depends: &[&str]| {
+        let mut m = migration(id, "low", up, None);
+        m["id"] = json!(id);
+        m["depends_on"] = json!(depends);
+        m
+    };
+    let first = "001_20240101_000000_users";
+    let second = "002_20240102_000000_orders";
+    let (status, refused) = app
+        .post(
+            "dev",
+            "/api/v1/migrations:batch",
+            json!({"migrations": [
+                item(first, "CREATE TABLE users (id int);", &[]),
+                item(second, "CREATE TABLE orders (id int);\nROLLBACK;", &[first]),
+                item("003_20240103_000000_x", "SELECT 1;", &["009_20240109_000000_nowhere"]),
+                item(first, "SELECT 2;", &[]),
+            ]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    let items = refused["error"]["items"].as_array().unwrap();
+    let indexes: Vec<i64> = items.iter().map(|i| i["index"].as_i64().unwrap()).collect();
+    assert_eq!(indexes, [1, 2, 3], "{refused}");
+    assert!(
+        items[0]["message"].as_str().unwrap().contains("line 2"),
+        "{refused}"
+    );
+    assert!(
+        items[1]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no migration"),
+        "{refused}"
+    );
+    assert!(
+        items[2]["message"]
+            .as_str()
+            .unwrap()
+            .contains("appears twice"),
+        "{refused}"
+    );
+    let (_, list) = app.get("dev", "/api/v1/migrations").await;
+    assert!(
+        !list.to_string().contains(first),
+        "nothing was submitted: {list}"
+    );
+
+    let batch = json!({"migrations": [
+        item(first, "CREATE TABLE users (id int);", &[]),
+        item(second, "CREATE TABLE orders (id int);", &[first]),
+    ]});
+    let (status, made) = app
+        .post("dev", "/api/v1/migrations:batch", batch.clone())
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    let ids: Vec<&str> = made["created"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [first, second]);
+    assert_eq!(made["created"][1]["depends_on"], json!([first]));
+    // Again: unchanged; one more item is created alone.
+    let mut again = batch.clone();
+    again["migrations"].as_array_mut().unwrap().push(item(
+        "003_20240103_000000_items",
+        "CREATE TABLE items (id int);",
+        &[second],
+    ));
+    let (status, made) = app.post("dev", "/api/v1/migrations:batch", again).await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    assert_eq!(made["unchanged"], json!([first, second]));
+    assert_eq!(made["created"][0]["id"], "003_20240103_000000_items");
+    // They apply in the batch's order.
+    app.run_worker("development").await;
+    for id in [first, second, "003_20240103_000000_items"] {
+        assert_eq!(
+            app.deployment(&format!("{id}@development")).await["state"],
+            "applied"
+        );
+    }
+    // Over gRPC: a refused item is named.
+    let mut grpc = app.grpc().await;
+    let status = grpc
+        .submit_migrations(app.grpc_request(
+            "dev",
+            sluice::api::grpc::pb::SubmitMigrationsRequest {
+                migrations: vec![sluice::api::grpc::pb::SubmitMigrationRequest {
+                    id: String::new(),
+                    kind: "schema_change".into(),
+                    description: "bad".into(),
+                    risk: "low".into(),
+                    ticket: "T-1".into(),
+                    estimated_duration: "five minutes".into(),
+                    up_sql: "SELECT 1;".into(),
+                    down_sql: None,
+                    depends_on: vec![],
+                }],
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status
+            .message()
+            .contains("migrations[0]: estimated_duration"),
+        "{status:?}"
+    );
+    let (status, body) = app
+        .post("dev", "/api/v1/migrations:batch", json!({"migrations": []}))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    app.stop().await;
+}
