@@ -207,6 +207,25 @@ pub(super) enum Command {
         #[arg(required = true)]
         scripts: Vec<PathBuf>,
     },
+    /// Submit an existing migration folder in one batch, in its own order, each migration
+    /// keeping its version in its id: golang-migrate, Flyway, dbmate or Sluice's own (detected
+    /// when --format is not given). Files need no header; these flags give what they lack.
+    Import {
+        dir: PathBuf,
+        #[arg(long, value_enum)]
+        format: Option<super::import::Format>,
+        /// schema_change, data_migration or hotfix.
+        #[arg(long = "type", default_value = "schema_change")]
+        kind: String,
+        /// The declared risk (the analysis may raise it): low, medium or high.
+        #[arg(long, default_value = "low")]
+        risk: String,
+        #[arg(long, default_value = "IMPORT")]
+        ticket: String,
+        /// Estimated duration of each, e.g. 1m.
+        #[arg(long, default_value = "1m")]
+        duration: String,
+    },
     /// Migrations and their state per environment (or in one environment).
     History {
         environment: Option<String>,

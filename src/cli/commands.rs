@@ -510,6 +510,19 @@ pub(super) async fn remote(client: &mut Client, command: Command, output: Output
             print_deployment(&deployment, output)
         }
         Command::Submit { scripts } => submit(client, &scripts, output).await,
+        Command::Import {
+            dir,
+            format,
+            kind,
+            risk,
+            ticket,
+            duration,
+        } => {
+            import(
+                client, &dir, format, &kind, &risk, &ticket, &duration, output,
+            )
+            .await
+        }
         Command::Watch {
             environment,
             migration_id,
@@ -691,6 +704,105 @@ pub(super) async fn awaiting_environment(
                 role.map(|r| format!(" from {r}")).unwrap_or_default()
             ))
         })
+}
+
+/// `sluice import`: the folder's migrations as one batch, in the source project's order.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn import(
+    client: &mut Client,
+    dir: &Path,
+    format: Option<super::import::Format>,
+    kind: &str,
+    risk: &str,
+    ticket: &str,
+    duration: &str,
+    output: Output,
+) -> CliResult {
+    use super::import::{Format, detect, read_folder};
+    let format = match format {
+        Some(format) => format,
+        None => detect(dir).map_err(Failure::operation)?,
+    };
+    if format == Format::Sluice {
+        let scripts = dir.join("scripts");
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(&scripts)
+            .map_err(|e| Failure::operation(format!("cannot read {}: {e}", scripts.display())))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+            .collect();
+        paths.sort();
+        return submit(client, &paths, output).await;
+    }
+    let (found, skipped) = read_folder(dir, format).map_err(Failure::operation)?;
+    for name in &skipped {
+        eprintln!(
+            "sluice: {name}: not a {} migration, left out",
+            format.name()
+        );
+    }
+    if found.is_empty() {
+        return Err(Failure::operation(format!(
+            "{}: no {} migration found",
+            dir.display(),
+            format.name()
+        )));
+    }
+    let mut requests = Vec::with_capacity(found.len());
+    for m in &found {
+        let id = crate::domain::MigrationId::imported(&m.version, &m.description)
+            .map_err(|e| Failure::operation(format!("{}: {e}", m.source.display())))?;
+        let description = m.description.replace('_', " ");
+        requests.push(pb::SubmitMigrationRequest {
+            id: id.to_string(),
+            kind: kind.to_owned(),
+            description: if description.trim().is_empty() {
+                format!("version {}", m.version)
+            } else {
+                description
+            },
+            risk: risk.to_owned(),
+            ticket: ticket.to_owned(),
+            estimated_duration: duration.to_owned(),
+            up_sql: m.up.clone(),
+            down_sql: m.down.clone(),
+            depends_on: Vec::new(),
+        });
+    }
+    let paths: Vec<PathBuf> = found.iter().map(|m| m.source.clone()).collect();
+    let request = client.request(pb::SubmitMigrationsRequest {
+        migrations: requests,
+    })?;
+    let response = client
+        .inner
+        .submit_migrations(request)
+        .await
+        .map_err(|s| {
+            let mut failure = client.failed(s);
+            for (i, path) in paths.iter().enumerate().rev() {
+                failure.message = failure
+                    .message
+                    .replace(&format!("migrations[{i}]"), &path.display().to_string());
+            }
+            failure
+        })?
+        .into_inner();
+    match output {
+        Output::Json => print_json(&response)?,
+        Output::Table => {
+            for m in &response.created {
+                println!("{}: {}", m.id, m.effective_risk);
+            }
+            println!(
+                "imported {} {} migrations from {}: {} created, {} unchanged",
+                found.len(),
+                format.name(),
+                dir.display(),
+                response.created.len(),
+                response.unchanged.len()
+            );
+        }
+    }
+    Ok(())
 }
 
 pub(super) async fn submit(client: &mut Client, paths: &[PathBuf], output: Output) -> CliResult {

@@ -10,6 +10,7 @@ mod args;
 mod client;
 mod commands;
 mod follow;
+mod import;
 mod lint_output;
 mod notifications;
 mod render;

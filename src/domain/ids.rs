@@ -5,7 +5,10 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 
-/// A migration id: `NNN_YYYYMMDD_HHMMSS_slug`, as the seed framework names its scripts.
+/// A migration id: `NNN_YYYYMMDD_HHMMSS_slug`, as the seed framework names its scripts; or,
+/// for a migration imported from another tool, `V<version>__<slug>` (the version as the tool
+/// numbered it: `V000001__create_users` from golang-migrate, `V20240105120000__add_x` from
+/// dbmate, `V1.2__add_users` from Flyway).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct MigrationId(String);
@@ -52,12 +55,43 @@ pub fn slugify(text: &str) -> String {
     slug
 }
 
+impl MigrationId {
+    /// The id of a migration imported from another tool: `V<version>__<slug>`.
+    pub fn imported(version: &str, description: &str) -> Result<MigrationId, DomainError> {
+        let mut slug = slugify(description);
+        if slug.is_empty() {
+            slug.push_str("migration");
+        }
+        format!("V{version}__{slug}").parse()
+    }
+
+    /// `V<version>__<slug>`: a version of digits, single dots between them, and a slug.
+    fn is_imported(s: &str) -> bool {
+        let Some((version, slug)) = s.strip_prefix('V').and_then(|r| r.split_once("__")) else {
+            return false;
+        };
+        !version.is_empty()
+            && version.len() <= 40
+            && version
+                .split('.')
+                .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()))
+            && !slug.is_empty()
+            && slug.len() <= 100
+            && slug
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    }
+}
+
 impl FromStr for MigrationId {
     type Err = DomainError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if MigrationId::is_imported(s) {
+            return Ok(MigrationId(s.to_owned()));
+        }
         let invalid = || {
             DomainError::Invalid(format!(
-                "invalid migration id \"{s}\": expected NNN_YYYYMMDD_HHMMSS_description, e.g. 001_20261125_101500_add_user_preferences"
+                "invalid migration id \"{s}\": expected NNN_YYYYMMDD_HHMMSS_description (e.g. 001_20261125_101500_add_user_preferences) or, imported, V<version>__description (e.g. V20240105120000__add_x)"
             ))
         };
         let mut parts = s.splitn(4, '_');
@@ -233,5 +267,40 @@ mod tests {
         assert!("eu-west_2".parse::<EnvironmentName>().is_ok());
         assert!("Prod".parse::<EnvironmentName>().is_err());
         assert!("1prod".parse::<EnvironmentName>().is_err());
+    }
+}
+
+#[cfg(test)]
+mod imported_tests {
+    use super::MigrationId;
+
+    #[test]
+    fn imported_ids_keep_the_tools_version() {
+        for ok in [
+            "V000001__create_users",
+            "V20240105120000__add_x",
+            "V1.2.10__add_users",
+        ] {
+            assert!(ok.parse::<MigrationId>().is_ok(), "{ok}");
+        }
+        for bad in [
+            "V__x",
+            "V1..2__x",
+            "V1.__x",
+            "V1__",
+            "V1__Add",
+            "v1__x",
+            "V1_x",
+            "V1__x/../y",
+            "V1a__x",
+        ] {
+            assert!(bad.parse::<MigrationId>().is_err(), "{bad}");
+        }
+        assert_eq!(
+            MigrationId::imported("1.2", "Add users table")
+                .unwrap()
+                .as_str(),
+            "V1.2__add_users_table"
+        );
     }
 }

@@ -573,3 +573,129 @@ async fn submit_sends_a_folder_as_one_batch_and_names_the_refused_file() {
     let _ = std::fs::remove_dir_all(&dir);
     app.stop().await;
 }
+
+/// `sluice import` reads golang-migrate, Flyway and dbmate folders as the tools write them
+/// (no header), keeps each version in its id and applies them in the source's order; a
+/// second import changes nothing.
+#[tokio::test]
+async fn import_reads_golang_migrate_flyway_and_dbmate_folders() {
+    let app = spawn_app().await;
+    let root = std::env::temp_dir().join(format!("sluice-import-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let write = |dir: &str, name: &str, text: &str| {
+        std::fs::create_dir_all(root.join(dir)).unwrap();
+        std::fs::write(root.join(dir).join(name), text).unwrap();
+    };
+    // golang-migrate: version 10 after 9 (numeric order), an empty down.
+    write(
+        "gm",
+        "000009_create_users.up.sql",
+        "CREATE TABLE gm_users (id int);\n",
+    );
+    write(
+        "gm",
+        "000009_create_users.down.sql",
+        "DROP TABLE gm_users;\n",
+    );
+    write(
+        "gm",
+        "000010_add_email.up.sql",
+        "ALTER TABLE gm_users ADD COLUMN email text;\n",
+    );
+    write("gm", "000010_add_email.down.sql", "");
+    // Flyway: 1.10 after 1.9, an undo script, a comment-only migration, a repeatable left out.
+    write("fw", "V1.9__init.sql", "CREATE TABLE fw_items (id int);\n");
+    write(
+        "fw",
+        "V1_10__Add_name.sql",
+        "ALTER TABLE fw_items ADD COLUMN name text;\n",
+    );
+    write(
+        "fw",
+        "U1_10__Add_name.sql",
+        "ALTER TABLE fw_items DROP COLUMN name;\n",
+    );
+    write("fw", "V2__placeholder.sql", "-- intentionally empty\n");
+    write(
+        "fw",
+        "R__views.sql",
+        "CREATE OR REPLACE VIEW v AS SELECT 1;\n",
+    );
+    // dbmate: sections, transaction:false.
+    write(
+        "db",
+        "20240105120000_create_things.sql",
+        "-- migrate:up\nCREATE TABLE db_things (id int);\n\n-- migrate:down\nDROP TABLE db_things;\n",
+    );
+    write(
+        "db",
+        "20240106120000_index_things.sql",
+        "-- migrate:up transaction:false\nCREATE INDEX CONCURRENTLY db_things_id ON db_things (id);\n\n-- migrate:down\nDROP INDEX db_things_id;\n",
+    );
+    for (dir, format, ids) in [
+        (
+            "gm",
+            "golang-migrate",
+            vec!["V000009__create_users", "V000010__add_email"],
+        ),
+        (
+            "fw",
+            "flyway",
+            vec!["V1.9__init", "V1.10__add_name", "V2__placeholder"],
+        ),
+        (
+            "db",
+            "dbmate",
+            vec![
+                "V20240105120000__create_things",
+                "V20240106120000__index_things",
+            ],
+        ),
+    ] {
+        let run = sluice(&app, Some("dev"), &root, &["import", dir]).await;
+        ok(&run);
+        assert!(
+            run.stdout.contains(&format!(
+                "imported {} {format} migrations from {dir}: {} created, 0 unchanged",
+                ids.len(),
+                ids.len()
+            )),
+            "{}",
+            run.stdout
+        );
+        for id in &ids {
+            app.wait_for_state(&format!("{id}@development"), &["applied"])
+                .await;
+        }
+        let again = sluice(&app, Some("dev"), &root, &["import", dir]).await;
+        ok(&again);
+        assert!(again.stdout.contains("0 created"), "{}", again.stdout);
+    }
+    let fw = sluice(&app, Some("dev"), &root, &["import", "fw"]).await;
+    assert!(
+        fw.stderr
+            .contains("R__views.sql: not a flyway migration, left out"),
+        "{}",
+        fw.stderr
+    );
+    let m = app.get("dev", "/api/v1/migrations/V1.10__add_name").await.1;
+    assert_eq!(
+        m["down_sql"], "ALTER TABLE fw_items DROP COLUMN name;\n",
+        "{m}"
+    );
+    let m = app
+        .get("dev", "/api/v1/migrations/V000010__add_email")
+        .await
+        .1;
+    assert_eq!(m["down_sql"], "", "an empty down: nothing to undo: {m}");
+    assert!(app.table_exists("development", "db_things").await);
+    let unknown = sluice(&app, Some("dev"), &root, &["import", "."]).await;
+    assert_eq!(unknown.code, 1);
+    assert!(
+        unknown.stderr.contains("cannot tell the format"),
+        "{}",
+        unknown.stderr
+    );
+    let _ = std::fs::remove_dir_all(&root);
+    app.stop().await;
+}
