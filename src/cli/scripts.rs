@@ -118,14 +118,25 @@ pub fn read_header(path: &Path, text: &str) -> Result<Header, Problem> {
         }
     }
     let get = |key: &str| fields.iter().find(|(_, k, _)| k == key);
+    // A file with no header at all is plain SQL (another tool's migration): say how to take it.
+    let plain = !["type", "risk", "description", "ticket"]
+        .iter()
+        .any(|k| get(k).is_some());
     let required = |key: &str, label: &str| {
         get(key)
             .filter(|(_, _, v)| !v.is_empty())
             .cloned()
             .ok_or_else(|| {
+                let hint = if plain {
+                    "; a plain SQL file (golang-migrate, Flyway, dbmate) is taken by `sluice import <its folder>`"
+                } else {
+                    ""
+                };
                 problem(
                     1,
-                    format!("the header has no \"-- {label}: ...\" line (`sluice new` writes one)"),
+                    format!(
+                        "the header has no \"-- {label}: ...\" line (`sluice new` writes one){hint}"
+                    ),
                 )
             })
     };
@@ -409,6 +420,19 @@ mod tests {
             .map(|p| p.to_string())
             .collect();
         assert!(problems[0].contains("Type"), "{problems:?}");
+        assert!(problems[0].contains("sluice import"), "{problems:?}");
+        // A header missing one line names it, without the plain-SQL hint.
+        std::fs::write(
+            &path,
+            "-- Type: HOTFIX\n-- Description: x\n-- Risk: LOW\nSELECT 1;\n",
+        )
+        .unwrap();
+        let problems: Vec<String> = validate_file(&path, crate::lint::Dialect::Postgres)
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert!(problems[0].contains("\"-- Ticket: ...\""), "{problems:?}");
+        assert!(!problems[0].contains("sluice import"), "{problems:?}");
         let _ = std::fs::remove_dir_all(&root);
     }
 }
