@@ -735,6 +735,23 @@ impl pb::sluice_server::Sluice for GrpcApi {
         Ok(Response::new(environment(view)))
     }
 
+    async fn baseline(
+        &self,
+        request: Request<pb::BaselineRequest>,
+    ) -> Result<Response<pb::BaselineResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let r = request.into_inner();
+        let done = self
+            .service
+            .baseline(&caller, &r.environment, &r.up_to)
+            .await?;
+        Ok(Response::new(pb::BaselineResponse {
+            environment: done.environment,
+            baselined: done.baselined,
+            verified_by: done.verified_by.unwrap_or_default(),
+        }))
+    }
+
     async fn get_drift(
         &self,
         request: Request<pb::DriftRequest>,

@@ -63,6 +63,7 @@ pub fn router(service: Service) -> Router {
         .route("/api/v1/environments/{env}", get(environment))
         .route("/api/v1/environments/{env}/lock", post(lock).delete(unlock))
         .route("/api/v1/environments/{env}/migrate", post(migrate))
+        .route("/api/v1/environments/{env}/baseline", post(baseline))
         .route(
             "/api/v1/environments/{env}/drift",
             get(get_drift).delete(accept_drift),
@@ -495,6 +496,21 @@ async fn rollback(
 ) -> ApiResult<crate::service::DeploymentView> {
     let body = optional_reason(body).await?;
     Ok(Json(service.rollback(&caller, &id, &body.reason).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BaselineBody {
+    up_to: String,
+}
+
+async fn baseline(
+    State(service): State<Service>,
+    Authenticated(caller): Authenticated,
+    Path(env): Path<String>,
+    Json(body): Json<BaselineBody>,
+) -> ApiResult<crate::service::BaselineResult> {
+    Ok(Json(service.baseline(&caller, &env, &body.up_to).await?))
 }
 
 async fn get_drift(

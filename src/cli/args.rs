@@ -226,6 +226,13 @@ pub(super) enum Command {
         #[arg(long, default_value = "1m")]
         duration: String,
     },
+    /// Record the migrations up to one (an id, or an imported version) as applied to an
+    /// environment without running them: a database where they already ran (data_ops_lead).
+    Baseline {
+        environment: String,
+        #[arg(long, value_name = "VERSION_OR_ID")]
+        up_to: String,
+    },
     /// Migrations and their state per environment (or in one environment).
     History {
         environment: Option<String>,

@@ -510,6 +510,36 @@ pub(super) async fn remote(client: &mut Client, command: Command, output: Output
             print_deployment(&deployment, output)
         }
         Command::Submit { scripts } => submit(client, &scripts, output).await,
+        Command::Baseline { environment, up_to } => {
+            let request = client.request(pb::BaselineRequest {
+                environment: environment.clone(),
+                up_to,
+            })?;
+            let done = client
+                .inner
+                .baseline(request)
+                .await
+                .map_err(|s| client.failed(s))?
+                .into_inner();
+            match output {
+                Output::Json => print_json(&done)?,
+                Output::Table => {
+                    for id in &done.baselined {
+                        println!("{id}: recorded as applied");
+                    }
+                    println!(
+                        "{environment}: {} migrations baselined{}",
+                        done.baselined.len(),
+                        if done.verified_by.is_empty() {
+                            " (no other tool's history table to check them against)".to_owned()
+                        } else {
+                            format!(", each found applied in {}", done.verified_by)
+                        }
+                    );
+                }
+            }
+            Ok(())
+        }
         Command::Import {
             dir,
             format,

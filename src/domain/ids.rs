@@ -37,6 +37,15 @@ impl MigrationId {
     }
 }
 
+/// A version's parts as numbers ("1.10" -> [1, 10], "000009" -> [9]), for comparing versions
+/// the way migration tools order them.
+pub fn version_parts(version: &str) -> Vec<u128> {
+    version
+        .split('.')
+        .map(|p| p.parse().unwrap_or(u128::MAX))
+        .collect()
+}
+
 /// Lower-case words joined by underscores, at most 60 characters.
 pub fn slugify(text: &str) -> String {
     let mut slug = String::new();
@@ -63,6 +72,13 @@ impl MigrationId {
             slug.push_str("migration");
         }
         format!("V{version}__{slug}").parse()
+    }
+
+    /// The version of an imported migration's id (`V1.2__x` -> "1.2").
+    pub fn imported_version(&self) -> Option<&str> {
+        MigrationId::is_imported(&self.0)
+            .then(|| self.0[1..].split_once("__").map(|(v, _)| v))
+            .flatten()
     }
 
     /// `V<version>__<slug>`: a version of digits, single dots between them, and a slug.

@@ -12,7 +12,7 @@ pub mod queue;
 mod state;
 pub mod text;
 
-pub use ids::{EnvironmentName, MigrationId, UserName, slugify};
+pub use ids::{EnvironmentName, MigrationId, UserName, slugify, version_parts};
 pub use policy::{ApprovalPolicy, ApprovalRecord, ApprovalRequest, PolicyProgress, check_approval};
 pub use state::{DeploymentEvent, DeploymentState, InvalidTransition};
 

@@ -54,6 +54,9 @@ pub enum DeploymentEvent {
     /// A worker found a deployment marked running whose outcome the target does not show
     /// (the daemon stopped mid-apply): it goes back to the queue.
     Requeue,
+    /// A lead records that the migration already ran on the database outside Sluice (adopting
+    /// an existing project): applied without running.
+    Baseline,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -71,6 +74,7 @@ impl DeploymentEvent {
             DeploymentEvent::Reject => "reject",
             DeploymentEvent::Expire => "expire",
             DeploymentEvent::Cancel => "cancel",
+            DeploymentEvent::Baseline => "baseline",
             DeploymentEvent::Release => "release",
             DeploymentEvent::Start => "start",
             DeploymentEvent::Succeed => "complete",
@@ -165,6 +169,7 @@ impl DeploymentState {
             (S::RollingBack, E::RollbackSucceeded) => S::RolledBack,
             (S::RollingBack, E::RollbackFailed) => S::Failed,
             (S::RollingBack, E::Requeue) => S::RollingBack,
+            (S::AwaitingApproval | S::Approved | S::Queued, E::Baseline) => S::Applied,
             (S::AwaitingApproval | S::Approved | S::Queued | S::Failed, E::Amend) => {
                 S::AwaitingApproval
             }
@@ -201,7 +206,8 @@ mod tests {
     use DeploymentEvent as E;
     use DeploymentState as S;
 
-    const EVENTS: [DeploymentEvent; 15] = [
+    const EVENTS: [DeploymentEvent; 16] = [
+        E::Baseline,
         E::Amend,
         E::PolicySatisfied,
         E::EmergencyOverride,
@@ -303,6 +309,10 @@ mod tests {
                 // Rolling back a cancelled deployment is for one that ran (so was approved)
                 // and stopped part-way: the service refuses it for any other (tested there).
                 if state == S::Cancelled && EVENTS[index] == E::RequestRollback {
+                    continue;
+                }
+                // A baseline records what ran outside Sluice: a lead's statement, audited.
+                if EVENTS[index] == E::Baseline {
                     continue;
                 }
                 let Ok(next) = state.on(EVENTS[index]) else { continue };

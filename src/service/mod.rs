@@ -4,6 +4,7 @@
 //! to and from these methods; no rule lives in a handler.
 
 mod approvals;
+mod baseline;
 mod clock;
 mod drift;
 mod dry_run;
@@ -18,6 +19,7 @@ mod signals;
 mod submit;
 mod views;
 
+pub use baseline::BaselineResult;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use drift::{DriftView, RecordedDrift};
 pub use dry_run::{CheckView, DryRunView, RollbackTestView, database_name};

@@ -137,6 +137,41 @@ pub enum TargetError {
     Database { url: String, message: String },
 }
 
+/// What another migration tool's own history table on the target says is applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToolHistory {
+    /// golang-migrate keeps the last version applied, and whether it stopped half-way.
+    GolangMigrate { version: String, dirty: bool },
+    /// dbmate: every version applied.
+    Dbmate(Vec<String>),
+    /// Flyway: every version that succeeded.
+    Flyway(Vec<String>),
+}
+
+impl ToolHistory {
+    /// The table that told.
+    pub fn table(&self) -> &'static str {
+        match self {
+            ToolHistory::Flyway(_) => "flyway_schema_history",
+            _ => "schema_migrations",
+        }
+    }
+
+    /// Whether the tool records `version` as applied.
+    pub fn has(&self, version: &str) -> bool {
+        let wanted = crate::domain::version_parts(version);
+        match self {
+            ToolHistory::GolangMigrate { version, dirty } => {
+                let last = crate::domain::version_parts(version);
+                wanted < last || (wanted == last && !dirty)
+            }
+            ToolHistory::Dbmate(versions) | ToolHistory::Flyway(versions) => versions
+                .iter()
+                .any(|v| crate::domain::version_parts(v) == wanted),
+        }
+    }
+}
+
 /// Called with each log line as it is produced (server notices as the server sends them).
 pub type LogObserver<'a> = &'a (dyn Fn(&LogLine) + Send + Sync);
 
@@ -370,6 +405,15 @@ impl TargetSession {
             TargetSession::Postgres(s) => s.dry_run(script).await,
             TargetSession::Sqlite(s) => dry_run::dry_run(s, script, Duration::ZERO).await,
             TargetSession::MySql(s) => s.dry_run(script).await,
+        }
+    }
+
+    /// golang-migrate's, dbmate's or Flyway's history table on the target, if there is one.
+    pub async fn tool_history(&mut self) -> Result<Option<ToolHistory>, TargetError> {
+        match self {
+            TargetSession::Postgres(s) => s.tool_history().await,
+            TargetSession::Sqlite(_) => Ok(None),
+            TargetSession::MySql(s) => s.tool_history().await,
         }
     }
 

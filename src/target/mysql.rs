@@ -553,6 +553,54 @@ impl super::dry_run::DryRunDriver for MySqlSession {
 }
 
 impl MySqlSession {
+    pub async fn tool_history(&mut self) -> Result<Option<super::ToolHistory>, TargetError> {
+        let row = sqlx::query(
+            "SELECT \
+               CAST((SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'flyway_schema_history') AS SIGNED), \
+               CAST((SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'schema_migrations') AS SIGNED), \
+               CAST((SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'schema_migrations' AND COLUMN_NAME = 'dirty') AS SIGNED)",
+        )
+        .fetch_one(&mut self.conn)
+        .await
+        .map_err(|e| self.error(e))?;
+        let count = |i: usize| row.try_get::<i64, _>(i).unwrap_or_default() > 0;
+        let (flyway, migrations, dirty) = (count(0), count(1), count(2));
+        let versions = |rows: Vec<sqlx::mysql::MySqlRow>| -> Vec<String> {
+            rows.iter()
+                .filter_map(|r| r.try_get::<Option<String>, _>(0).ok().flatten())
+                .collect()
+        };
+        if flyway {
+            let rows = sqlx::query(
+                "SELECT CAST(version AS CHAR) FROM flyway_schema_history WHERE success AND version IS NOT NULL",
+            )
+            .fetch_all(&mut self.conn)
+            .await
+            .map_err(|e| self.error(e))?;
+            return Ok(Some(super::ToolHistory::Flyway(versions(rows))));
+        }
+        if migrations && dirty {
+            let row = sqlx::query(
+                "SELECT CAST(version AS CHAR), CAST(dirty AS SIGNED) FROM schema_migrations LIMIT 1",
+            )
+            .fetch_optional(&mut self.conn)
+            .await
+            .map_err(|e| self.error(e))?;
+            return Ok(row.map(|r| super::ToolHistory::GolangMigrate {
+                version: r.try_get::<String, _>(0).unwrap_or_default(),
+                dirty: r.try_get::<i64, _>(1).unwrap_or_default() != 0,
+            }));
+        }
+        if migrations {
+            let rows = sqlx::query("SELECT CAST(version AS CHAR) FROM schema_migrations")
+                .fetch_all(&mut self.conn)
+                .await
+                .map_err(|e| self.error(e))?;
+            return Ok(Some(super::ToolHistory::Dbmate(versions(rows))));
+        }
+        Ok(None)
+    }
+
     pub async fn schema_snapshot(&mut self) -> Result<super::schema::SchemaSnapshot, TargetError> {
         let rows = sqlx::query(super::schema::MYSQL)
             .fetch_all(&mut self.conn)

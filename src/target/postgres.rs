@@ -934,6 +934,56 @@ impl super::dry_run::DryRunDriver for PgSession {
 }
 
 impl PgSession {
+    pub async fn tool_history(&mut self) -> Result<Option<super::ToolHistory>, TargetError> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT to_regclass('flyway_schema_history') IS NOT NULL, to_regclass('schema_migrations') IS NOT NULL, \
+                 EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() \
+                         AND table_name = 'schema_migrations' AND column_name = 'dirty')",
+                &[],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        let (flyway, migrations, dirty): (bool, bool, bool) = (row.get(0), row.get(1), row.get(2));
+        let texts = |rows: Vec<tokio_postgres::Row>| -> Vec<String> {
+            rows.iter()
+                .filter_map(|r| r.get::<_, Option<String>>(0))
+                .collect()
+        };
+        if flyway {
+            let rows = self
+                .client
+                .query("SELECT version FROM flyway_schema_history WHERE success AND version IS NOT NULL", &[])
+                .await
+                .map_err(|e| self.error(e))?;
+            return Ok(Some(super::ToolHistory::Flyway(texts(rows))));
+        }
+        if migrations && dirty {
+            let row = self
+                .client
+                .query_opt(
+                    "SELECT version::text, dirty FROM schema_migrations LIMIT 1",
+                    &[],
+                )
+                .await
+                .map_err(|e| self.error(e))?;
+            return Ok(row.map(|r| super::ToolHistory::GolangMigrate {
+                version: r.get(0),
+                dirty: r.get(1),
+            }));
+        }
+        if migrations {
+            let rows = self
+                .client
+                .query("SELECT version::text FROM schema_migrations", &[])
+                .await
+                .map_err(|e| self.error(e))?;
+            return Ok(Some(super::ToolHistory::Dbmate(texts(rows))));
+        }
+        Ok(None)
+    }
+
     pub async fn schema_snapshot(&mut self) -> Result<super::schema::SchemaSnapshot, TargetError> {
         let rows = self
             .client

@@ -996,3 +996,94 @@ async fn a_batch_is_all_or_nothing_with_every_items_error() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     app.stop().await;
 }
+
+/// Baseline: on a database where golang-migrate already ran versions 1 and 2, a lead records
+/// them as applied without running them (checked against schema_migrations); version 3 then
+/// applies as usual. What the other tool does not vouch for is refused.
+#[tokio::test]
+async fn a_baseline_records_what_already_ran_checked_against_the_tools_history() {
+    let app = spawn_app_with(AppOptions {
+        background_workers: false,
+        ..AppOptions::default()
+    })
+    .await;
+    let target = app.targets["staging"].client().await;
+    target
+        .batch_execute(
+            "CREATE TABLE users (id int); CREATE TABLE orders (id int);\
+             CREATE TABLE schema_migrations (version bigint NOT NULL PRIMARY KEY, dirty boolean NOT NULL);\
+             INSERT INTO schema_migrations VALUES (2, false)",
+        )
+        .await
+        .unwrap();
+    let item = |id: &str, up: &str| {
+        let mut m = migration(id, "low", up, None);
+        m["id"] = json!(id);
+        m
+    };
+    let (status, made) = app
+        .post(
+            "dev",
+            "/api/v1/migrations:batch",
+            json!({"migrations": [
+                item("V000001__users", "CREATE TABLE users (id int);"),
+                item("V000002__orders", "CREATE TABLE orders (id int);"),
+                item("V000003__items", "CREATE TABLE items (id int);"),
+            ]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    let path = "/api/v1/environments/staging/baseline";
+    let (status, body) = app.post("ops1", path, json!({"up_to": "2"})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, body) = app.post("lead", path, json!({"up_to": "000003"})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body.to_string()
+            .contains("schema_migrations on staging does not record as applied: V000003__items"),
+        "{body}"
+    );
+    assert_eq!(
+        app.deployment("V000001__users@staging").await["state"],
+        "awaiting_approval",
+        "nothing was baselined"
+    );
+    let (status, body) = app.post("lead", path, json!({"up_to": "2"})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["baselined"],
+        json!(["V000001__users", "V000002__orders"])
+    );
+    assert_eq!(body["verified_by"], "schema_migrations");
+    assert_eq!(
+        app.deployment("V000002__orders@staging").await["state"],
+        "applied"
+    );
+    let recorded: i64 = target
+        .query_one(
+            "SELECT count(*) FROM sluice_schema_history WHERE success AND applied_by = 'baseline by lead'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(recorded, 2);
+    let (_, audit) = app.get("admin", "/api/v1/audit?environment=staging").await;
+    assert!(audit.to_string().contains("\"baselined\""), "{audit}");
+    // Version 3 applies as usual (1 and 2 are not run again: their tables exist).
+    app.approve("ops1", "V000003__items@staging", "data_ops")
+        .await;
+    app.approve("ops2", "V000003__items@staging", "data_ops")
+        .await;
+    // Staging applies after development, as the promotion order wants.
+    app.run_worker("development").await;
+    app.run_worker("staging").await;
+    assert_eq!(
+        app.deployment("V000003__items@staging").await["state"],
+        "applied"
+    );
+    assert!(app.table_exists("staging", "items").await);
+    let (status, body) = app.post("lead", path, json!({"up_to": "2"})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    app.stop().await;
+}
