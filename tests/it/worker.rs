@@ -889,7 +889,8 @@ async fn a_blocked_migration_gives_way_to_readers_and_applies_when_the_blocker_e
         "{log:#?}"
     );
     // Watching, not hammering: a handful of attempts in the 3 s, not one every ~200 ms.
-    assert!(gave_way.len() <= 3, "{log:#?}");
+    // (Blind retries made 8 or more in these 3 s; a loaded box may miss a look or two.)
+    assert!(gave_way.len() <= 4, "{log:#?}");
     let gave_way = gave_way.len();
     // Counted for Prometheus too (the counter is the process's: at least these).
     let metrics = crate::metrics::scrape(&app.base).await;
