@@ -735,6 +735,28 @@ impl pb::sluice_server::Sluice for GrpcApi {
         Ok(Response::new(environment(view)))
     }
 
+    async fn list_backups(
+        &self,
+        request: Request<pb::ListBackupsRequest>,
+    ) -> Result<Response<pb::ListBackupsResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let list = self
+            .service
+            .backups(&caller, &request.into_inner().environment)
+            .await?;
+        Ok(Response::new(pb::ListBackupsResponse {
+            backups: list
+                .into_iter()
+                .map(|b| pb::Backup {
+                    file: b.file,
+                    taken_at: b.taken_at,
+                    size_bytes: b.size_bytes,
+                    preceded: b.preceded.unwrap_or_default(),
+                })
+                .collect(),
+        }))
+    }
+
     async fn baseline(
         &self,
         request: Request<pb::BaselineRequest>,

@@ -64,6 +64,7 @@ pub fn router(service: Service) -> Router {
         .route("/api/v1/environments/{env}/lock", post(lock).delete(unlock))
         .route("/api/v1/environments/{env}/migrate", post(migrate))
         .route("/api/v1/environments/{env}/baseline", post(baseline))
+        .route("/api/v1/environments/{env}/backups", get(backups))
         .route(
             "/api/v1/environments/{env}/drift",
             get(get_drift).delete(accept_drift),
@@ -511,6 +512,14 @@ async fn baseline(
     Json(body): Json<BaselineBody>,
 ) -> ApiResult<crate::service::BaselineResult> {
     Ok(Json(service.baseline(&caller, &env, &body.up_to).await?))
+}
+
+async fn backups(
+    State(service): State<Service>,
+    Authenticated(caller): Authenticated,
+    Path(env): Path<String>,
+) -> ApiResult<Vec<crate::service::BackupView>> {
+    Ok(Json(service.backups(&caller, &env).await?))
 }
 
 async fn get_drift(

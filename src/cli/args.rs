@@ -226,6 +226,9 @@ pub(super) enum Command {
         #[arg(long, default_value = "1m")]
         duration: String,
     },
+    /// The backups taken before changing an environment, newest first: file, size, the
+    /// deployment each preceded.
+    Backups { environment: String },
     /// Record the migrations up to one (an id, or an imported version) as applied to an
     /// environment without running them: a database where they already ran (data_ops_lead).
     Baseline {

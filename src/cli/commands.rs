@@ -510,6 +510,37 @@ pub(super) async fn remote(client: &mut Client, command: Command, output: Output
             print_deployment(&deployment, output)
         }
         Command::Submit { scripts } => submit(client, &scripts, output).await,
+        Command::Backups { environment } => {
+            let request = client.request(pb::ListBackupsRequest {
+                environment: environment.clone(),
+            })?;
+            let list = client
+                .inner
+                .list_backups(request)
+                .await
+                .map_err(|s| client.failed(s))?
+                .into_inner();
+            match output {
+                Output::Json => print_json(&list.backups)?,
+                Output::Table => {
+                    if list.backups.is_empty() {
+                        println!("{environment}: no backup taken");
+                    }
+                    for b in &list.backups {
+                        let size = b
+                            .size_bytes
+                            .map_or("gone".to_owned(), |s| format!("{s} bytes"));
+                        let before = if b.preceded.is_empty() {
+                            String::new()
+                        } else {
+                            format!(", before {}", b.preceded)
+                        };
+                        println!("{}  {}  {size}{before}", b.taken_at, b.file);
+                    }
+                }
+            }
+            Ok(())
+        }
         Command::Baseline { environment, up_to } => {
             let request = client.request(pb::BaselineRequest {
                 environment: environment.clone(),

@@ -4,6 +4,7 @@
 //! to and from these methods; no rule lives in a handler.
 
 mod approvals;
+mod backups;
 mod baseline;
 mod clock;
 mod drift;
@@ -19,6 +20,7 @@ mod signals;
 mod submit;
 mod views;
 
+pub use backups::BackupView;
 pub use baseline::BaselineResult;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use drift::{DriftView, RecordedDrift};

@@ -116,6 +116,23 @@ async fn full_story(backend: Backend) {
             .join("development")
             .exists()
     );
+    // Listed, with its size and the deployment it preceded (operators only).
+    let (status, listed) = app
+        .get("lead", "/api/v1/environments/production/backups")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["file"], file.display().to_string(), "{listed}");
+    assert_eq!(
+        listed[0]["size_bytes"],
+        std::fs::metadata(&file).unwrap().len(),
+        "{listed}"
+    );
+    assert_eq!(listed[0]["preceded"], production.as_str(), "{listed}");
+    let (status, _) = app
+        .get("dev", "/api/v1/environments/production/backups")
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
 
     // Roll production back with the down script.
     let (status, body) = app
