@@ -140,6 +140,10 @@ pub struct BackupSettings {
     /// database with it).
     #[serde(default = "default_pg_restore")]
     pub pg_restore: String,
+    /// How many backups to keep per environment: after a new one, the oldest beyond this
+    /// number are removed (0: keep them all).
+    #[serde(default)]
+    pub keep_per_environment: usize,
 }
 
 fn default_pg_restore() -> String {
@@ -153,6 +157,7 @@ impl Default for BackupSettings {
             pg_dump: default_pg_dump(),
             mysqldump: default_mysqldump(),
             pg_restore: default_pg_restore(),
+            keep_per_environment: 0,
         }
     }
 }

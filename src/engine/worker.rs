@@ -881,7 +881,38 @@ impl Worker {
         recorded
             .await
             .map_err(|e| format!("backup taken ({path}) but not recorded: {e}"))?;
+        if settings.keep_per_environment > 0
+            && let Some(dir) = file.parent()
+        {
+            self.prune_backups(dir, extension, settings.keep_per_environment);
+        }
         Ok(Some(path))
+    }
+
+    /// Removes this environment's oldest backups beyond `keep` (the names sort by the time
+    /// they were taken; only files named as the worker names them are touched).
+    fn prune_backups(&self, dir: &std::path::Path, extension: &str, keep: usize) {
+        let prefix = format!("{}-", self.environment.name);
+        let suffix = format!(".{extension}");
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with(&prefix) && n.ends_with(&suffix))
+            .collect();
+        names.sort();
+        let excess = names.len().saturating_sub(keep);
+        for name in names.into_iter().take(excess) {
+            match std::fs::remove_file(dir.join(&name)) {
+                Ok(()) => {
+                    tracing::info!(environment = %self.environment.name, file = %name, "old backup removed (backup.keep_per_environment)")
+                }
+                Err(e) => {
+                    tracing::warn!(environment = %self.environment.name, file = %name, error = %e, "cannot remove an old backup")
+                }
+            }
+        }
     }
 
     /// Passes each log line to watchers as the target produces it.

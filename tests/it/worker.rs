@@ -1235,3 +1235,52 @@ async fn empty_and_comment_only_scripts_are_no_op_migrations() {
     );
     app.stop().await;
 }
+
+/// backup.keep_per_environment: after each backup the oldest beyond the number are removed;
+/// the list shows the removed one as gone.
+#[tokio::test]
+async fn old_backups_are_removed_beyond_the_retention() {
+    let app = spawn_app_with(AppOptions {
+        background_workers: false,
+        edit_config: Some(|config| config.settings.backup.keep_per_environment = 2),
+        ..AppOptions::default()
+    })
+    .await;
+    for i in 1..=3 {
+        let id = app
+            .submit(
+                "dev",
+                migration(
+                    &format!("table {i}"),
+                    "low",
+                    &format!("CREATE TABLE kept_{i} (id int);"),
+                    None,
+                ),
+            )
+            .await;
+        app.run_worker("development").await;
+        app.approve("ops1", &format!("{id}@staging"), "data_ops")
+            .await;
+        app.approve("ops2", &format!("{id}@staging"), "data_ops")
+            .await;
+        app.run_worker("staging").await;
+        assert_eq!(
+            app.deployment(&format!("{id}@staging")).await["state"],
+            "applied"
+        );
+    }
+    let (_, listed) = app
+        .get("lead", "/api/v1/environments/staging/backups")
+        .await;
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    // Newest first: two kept, the oldest gone.
+    assert!(listed[0]["size_bytes"].as_u64().is_some(), "{listed:?}");
+    assert!(listed[1]["size_bytes"].as_u64().is_some(), "{listed:?}");
+    assert!(listed[2]["size_bytes"].is_null(), "{listed:?}");
+    let files = std::fs::read_dir(app.config.config_dir.join("backups").join("staging"))
+        .unwrap()
+        .count();
+    assert_eq!(files, 2);
+    app.stop().await;
+}
