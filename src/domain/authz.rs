@@ -105,6 +105,24 @@ pub fn may_force(
     Ok(())
 }
 
+/// Running a migration's SQL before it is approved (a dry run, a rollback test) where the
+/// environment takes approvals: never by one of its authors, who could otherwise run
+/// unreviewed SQL there (a function with effects outside the transaction, dblink, ...).
+pub fn may_try_unapproved(
+    caller: &UserName,
+    authors: &[UserName],
+    environment: &str,
+    environment_auto_approves: bool,
+    what: &str,
+) -> Result<(), DomainError> {
+    if environment_auto_approves || !authors.contains(caller) {
+        return Ok(());
+    }
+    Err(DomainError::Forbidden(format!(
+        "{caller} wrote this migration and may not {what} it in {environment} before it is approved: someone who did not write it may"
+    )))
+}
+
 /// Requeueing dead notifications and sending test messages: a data_ops_lead or an admin.
 pub fn may_manage_notifications(
     caller: &UserName,

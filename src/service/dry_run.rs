@@ -142,6 +142,13 @@ impl Service {
         };
         let env = self.environment(&deployment.environment)?;
         self.require_operator(caller, env, "dry-run")?;
+        domain::authz::may_try_unapproved(
+            &caller.name,
+            &super::approvals::authors_of(&migration)?,
+            env.name.as_str(),
+            env.auto_approve,
+            "dry-run",
+        )?;
         if !matches!(
             deployment.state,
             DeploymentState::AwaitingApproval

@@ -31,6 +31,13 @@ impl Service {
                 .roles
                 .iter()
                 .any(|r| policy.required_roles.contains(r));
+        domain::authz::may_try_unapproved(
+            &caller.name,
+            &super::approvals::authors_of(&migration)?,
+            env.name.as_str(),
+            env.auto_approve,
+            "test the rollback of",
+        )?;
         if !allowed {
             return Err(ServiceError::Forbidden(format!(
                 "{} may not test the rollback of {deployment_id}: operators, its authors and its approvers may",

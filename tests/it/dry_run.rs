@@ -48,6 +48,20 @@ async fn a_dry_run_tries_the_script_rolls_it_back_and_shows_approvers_what_it_lo
         StatusCode::FORBIDDEN,
         "a developer outside development: {body}"
     );
+    // An operator may not dry-run SQL they wrote where it needs approval: unreviewed SQL
+    // (a function with effects outside the transaction) would run on the target.
+    let own = app
+        .submit(
+            "lead",
+            migration("lead's own", "low", "SELECT pg_sleep(0);", None),
+        )
+        .await;
+    let own_path = format!("/api/v1/deployments/{own}@staging/dry-run");
+    let (status, body) = app.post("lead", &own_path, json!({})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(body.to_string().contains("wrote this migration"), "{body}");
+    let (status, body) = app.post("dba", &own_path, json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     let (status, run) = app.post("dba", &path, json!({})).await;
     assert_eq!(status, StatusCode::OK, "{run}");
     assert_eq!(run["outcome"], "ok", "{run}");

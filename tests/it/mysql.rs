@@ -514,7 +514,7 @@ async fn rollback_tests_on_mariadb_catch_a_forgotten_index() {
         .await;
     let (status, test) = app
         .post(
-            "dev",
+            "lead",
             &format!("/api/v1/deployments/{good}@staging/rollback-test"),
             json!({}),
         )
@@ -523,7 +523,7 @@ async fn rollback_tests_on_mariadb_catch_a_forgotten_index() {
     assert_eq!(test["outcome"], "passed", "{test}");
     let (_, test) = app
         .post(
-            "dev",
+            "lead",
             &format!("/api/v1/deployments/{forgetful}@staging/rollback-test"),
             json!({}),
         )

@@ -53,10 +53,14 @@ async fn a_rollback_test_catches_a_down_script_that_forgets_an_index() {
         .await;
     let path = |id: &str| format!("/api/v1/deployments/{id}@staging/rollback-test");
 
-    // The author may run it; so may operators and approvers; not a bystander.
+    // Operators and approvers may run it; not a bystander, and not its author where the
+    // environment takes approvals (the up script would run unreviewed on the server).
     let (status, body) = app.post("tech", &path(&good), json!({})).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
-    let (status, test) = app.post("dev", &path(&good), json!({})).await;
+    let (status, body) = app.post("dev", &path(&good), json!({})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(body.to_string().contains("wrote this migration"), "{body}");
+    let (status, test) = app.post("ops2", &path(&good), json!({})).await;
     assert_eq!(status, StatusCode::OK, "{test}");
     assert_eq!(test["outcome"], "passed", "{test}");
     let steps: Vec<&str> = test["steps"]
@@ -86,7 +90,7 @@ async fn a_rollback_test_catches_a_down_script_that_forgets_an_index() {
     let dir = std::env::temp_dir();
     let run = crate::cli::sluice(
         &app,
-        Some("dev"),
+        Some("ops1"),
         &dir,
         &["test-rollback", &forgetful, "staging"],
     )
@@ -179,7 +183,7 @@ async fn a_rollback_test_catches_a_down_script_that_forgets_an_index() {
             migration("broken down", "low", up, Some("DROP TABLE no_such_table;")),
         )
         .await;
-    let (_, test) = app.post("dev", &path(&broken), json!({})).await;
+    let (_, test) = app.post("ops1", &path(&broken), json!({})).await;
     assert_eq!(test["outcome"], "failed", "{test}");
     assert_eq!(test["steps"][1]["ok"], false, "{test}");
     assert!(
@@ -192,7 +196,7 @@ async fn a_rollback_test_catches_a_down_script_that_forgets_an_index() {
     let none = app
         .submit("dev", migration("no down", "low", up, None))
         .await;
-    let (status, body) = app.post("dev", &path(&none), json!({})).await;
+    let (status, body) = app.post("ops1", &path(&none), json!({})).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert!(body.to_string().contains("has no down_sql"), "{body}");
     app.stop().await;
