@@ -830,23 +830,7 @@ pub(super) async fn import(
         });
     }
     let paths: Vec<PathBuf> = found.iter().map(|m| m.source.clone()).collect();
-    let request = client.request(pb::SubmitMigrationsRequest {
-        migrations: requests,
-    })?;
-    let response = client
-        .inner
-        .submit_migrations(request)
-        .await
-        .map_err(|s| {
-            let mut failure = client.failed(s);
-            for (i, path) in paths.iter().enumerate().rev() {
-                failure.message = failure
-                    .message
-                    .replace(&format!("migrations[{i}]"), &path.display().to_string());
-            }
-            failure
-        })?
-        .into_inner();
+    let response = send_batch(client, requests, &paths).await?;
     match output {
         Output::Json => print_json(&response)?,
         Output::Table => {
@@ -864,6 +848,30 @@ pub(super) async fn import(
         }
     }
     Ok(())
+}
+
+/// Sends one batch; a refusal names each item by its file (`paths[i]` for "migrations[i]").
+async fn send_batch(
+    client: &mut Client,
+    migrations: Vec<pb::SubmitMigrationRequest>,
+    paths: &[PathBuf],
+) -> CliResult<pb::SubmitMigrationsResponse> {
+    let request = client.request(pb::SubmitMigrationsRequest { migrations })?;
+    Ok(client
+        .inner
+        .submit_migrations(request)
+        .await
+        .map_err(|s| {
+            let mut failure = client.failed(s);
+            // From the last, so that migrations[1] does not rewrite migrations[10].
+            for (i, path) in paths.iter().enumerate().rev() {
+                failure.message = failure
+                    .message
+                    .replace(&format!("migrations[{i}]"), &path.display().to_string());
+            }
+            failure
+        })?
+        .into_inner())
 }
 
 pub(super) async fn submit(client: &mut Client, paths: &[PathBuf], output: Output) -> CliResult {
@@ -899,24 +907,7 @@ pub(super) async fn submit(client: &mut Client, paths: &[PathBuf], output: Outpu
             depends_on: header.depends_on.clone(),
         });
     }
-    let request = client.request(pb::SubmitMigrationsRequest {
-        migrations: requests,
-    })?;
-    let response = client
-        .inner
-        .submit_migrations(request)
-        .await
-        .map_err(|s| {
-            let mut failure = client.failed(s);
-            // "migrations[i]" is the i-th file.
-            for (i, path) in paths.iter().enumerate().rev() {
-                failure.message = failure
-                    .message
-                    .replace(&format!("migrations[{i}]"), &path.display().to_string());
-            }
-            failure
-        })?
-        .into_inner();
+    let response = send_batch(client, requests, paths).await?;
     let mut created = response.created.iter();
     for (path, id) in paths.iter().zip(&ids) {
         if id
