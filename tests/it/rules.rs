@@ -1103,3 +1103,67 @@ async fn a_baseline_records_what_already_ran_checked_against_the_tools_history()
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     app.stop().await;
 }
+
+/// A baseline writes the target's history row, then the store: a kill -9 between the two
+/// leaves the row and an unchanged deployment. Asked again, the baseline does not write the
+/// row twice, and marks the deployment applied; nothing ran.
+#[tokio::test]
+async fn a_baseline_interrupted_between_its_two_writes_completes_when_asked_again() {
+    let app = spawn_app_with(AppOptions {
+        background_workers: false,
+        ..AppOptions::default()
+    })
+    .await;
+    let mut m = migration(
+        "V7",
+        "low",
+        "CREATE TABLE would_fail_if_run (id int);",
+        None,
+    );
+    m["id"] = json!("V7__once");
+    let made = app.submit("dev", m).await;
+    let checksum = app.deployment(&format!("{made}@staging")).await["checksum"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // What the first write left when the daemon died: the history row, nothing in the store.
+    let target = app.targets["staging"].client().await;
+    target
+        .batch_execute(
+            "CREATE TABLE would_fail_if_run (id int);\
+             CREATE TABLE sluice_schema_history (migration_id TEXT PRIMARY KEY, checksum TEXT NOT NULL, \
+             applied_at TIMESTAMPTZ NOT NULL DEFAULT now(), applied_by TEXT NOT NULL, execution_ms BIGINT NOT NULL, \
+             success BOOLEAN NOT NULL, transactional BOOLEAN NOT NULL, error TEXT, statements_done BIGINT, \
+             statements_total BIGINT, rollback_done BIGINT)",
+        )
+        .await
+        .unwrap();
+    target
+        .execute(
+            "INSERT INTO sluice_schema_history (migration_id, checksum, applied_by, execution_ms, success, transactional) \
+             VALUES ('V7__once', $1, 'baseline by lead', 0, true, true)",
+            &[&checksum],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        app.deployment("V7__once@staging").await["state"],
+        "awaiting_approval"
+    );
+    let (status, body) = app
+        .post(
+            "lead",
+            "/api/v1/environments/staging/baseline",
+            json!({"up_to": "7"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(app.deployment("V7__once@staging").await["state"], "applied");
+    let rows: i64 = target
+        .query_one("SELECT count(*) FROM sluice_schema_history", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 1);
+    app.stop().await;
+}
