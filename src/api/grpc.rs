@@ -757,6 +757,32 @@ impl pb::sluice_server::Sluice for GrpcApi {
         }))
     }
 
+    async fn restore(
+        &self,
+        request: Request<pb::RestoreRequest>,
+    ) -> Result<Response<pb::RestoreResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let r = request.into_inner();
+        let done = self
+            .service
+            .restore(&caller, &r.environment, &r.backup, &r.confirm)
+            .await?;
+        Ok(Response::new(restore_response(done)))
+    }
+
+    async fn reset(
+        &self,
+        request: Request<pb::ResetRequest>,
+    ) -> Result<Response<pb::RestoreResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let r = request.into_inner();
+        let done = self
+            .service
+            .reset(&caller, &r.environment, &r.confirm)
+            .await?;
+        Ok(Response::new(restore_response(done)))
+    }
+
     async fn baseline(
         &self,
         request: Request<pb::BaselineRequest>,
@@ -1022,4 +1048,15 @@ where
     let (sender, receiver) = tokio::sync::mpsc::channel(256);
     tokio::spawn(produce(sender));
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))
+}
+
+fn restore_response(done: crate::service::RestoreResult) -> pb::RestoreResponse {
+    pb::RestoreResponse {
+        environment: done.environment,
+        action: done.action,
+        backup: done.backup.unwrap_or_default(),
+        safety_backup: done.safety_backup.unwrap_or_default(),
+        undone: done.undone,
+        reapplied: done.reapplied,
+    }
 }

@@ -65,6 +65,8 @@ pub fn router(service: Service) -> Router {
         .route("/api/v1/environments/{env}/migrate", post(migrate))
         .route("/api/v1/environments/{env}/baseline", post(baseline))
         .route("/api/v1/environments/{env}/backups", get(backups))
+        .route("/api/v1/environments/{env}/restore", post(restore))
+        .route("/api/v1/environments/{env}/reset", post(reset))
         .route(
             "/api/v1/environments/{env}/drift",
             get(get_drift).delete(accept_drift),
@@ -520,6 +522,41 @@ async fn backups(
     Path(env): Path<String>,
 ) -> ApiResult<Vec<crate::service::BackupView>> {
     Ok(Json(service.backups(&caller, &env).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestoreBody {
+    backup: String,
+    confirm: String,
+}
+
+async fn restore(
+    State(service): State<Service>,
+    Authenticated(caller): Authenticated,
+    Path(env): Path<String>,
+    Json(body): Json<RestoreBody>,
+) -> ApiResult<crate::service::RestoreResult> {
+    Ok(Json(
+        service
+            .restore(&caller, &env, &body.backup, &body.confirm)
+            .await?,
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResetBody {
+    confirm: String,
+}
+
+async fn reset(
+    State(service): State<Service>,
+    Authenticated(caller): Authenticated,
+    Path(env): Path<String>,
+    Json(body): Json<ResetBody>,
+) -> ApiResult<crate::service::RestoreResult> {
+    Ok(Json(service.reset(&caller, &env, &body.confirm).await?))
 }
 
 async fn get_drift(

@@ -229,6 +229,26 @@ pub(super) enum Command {
     /// The backups taken before changing an environment, newest first: file, size, the
     /// deployment each preceded.
     Backups { environment: String },
+    /// Replace everything in an environment's database with one of the backups Sluice took
+    /// of it (data_ops_lead). The environment is locked while it runs and the database as it
+    /// was is kept as a backup first; migrations the backup does not hold go back to
+    /// approved, for `sluice migrate`.
+    Restore {
+        environment: String,
+        /// The backup's file name, as `sluice backups` lists it.
+        backup: String,
+        /// Required: the database is replaced.
+        #[arg(long)]
+        confirm: bool,
+    },
+    /// Empty an environment's database so that its queue can be replayed with `sluice
+    /// migrate` (data_ops_lead; development only unless allow_reset is set).
+    Reset {
+        environment: String,
+        /// Required: everything in the database is dropped.
+        #[arg(long)]
+        confirm: bool,
+    },
     /// Record the migrations up to one (an id, or an imported version) as applied to an
     /// environment without running them: a database where they already ran (data_ops_lead).
     Baseline {

@@ -541,6 +541,50 @@ pub(super) async fn remote(client: &mut Client, command: Command, output: Output
             }
             Ok(())
         }
+        Command::Restore {
+            environment,
+            backup,
+            confirm,
+        } => {
+            if !confirm {
+                return Err(Failure::usage(format!(
+                    "sluice restore replaces everything in the database of {environment} with {backup}; add --confirm to do it"
+                )));
+            }
+            let request = client.request(pb::RestoreRequest {
+                environment: environment.clone(),
+                backup,
+                confirm: environment,
+            })?;
+            let done = client
+                .inner
+                .restore(request)
+                .await
+                .map_err(|s| client.failed(s))?
+                .into_inner();
+            print_restore(&done, output)
+        }
+        Command::Reset {
+            environment,
+            confirm,
+        } => {
+            if !confirm {
+                return Err(Failure::usage(format!(
+                    "sluice reset drops everything in the database of {environment}; add --confirm to do it"
+                )));
+            }
+            let request = client.request(pb::ResetRequest {
+                environment: environment.clone(),
+                confirm: environment,
+            })?;
+            let done = client
+                .inner
+                .reset(request)
+                .await
+                .map_err(|s| client.failed(s))?
+                .into_inner();
+            print_restore(&done, output)
+        }
         Command::Baseline { environment, up_to } => {
             let request = client.request(pb::BaselineRequest {
                 environment: environment.clone(),
@@ -934,6 +978,39 @@ pub(super) async fn submit(client: &mut Client, paths: &[PathBuf], output: Outpu
     }
     if output == Output::Json {
         print_json(&response.created)?;
+    }
+    Ok(())
+}
+
+fn print_restore(done: &pb::RestoreResponse, output: Output) -> CliResult {
+    match output {
+        Output::Json => print_json(done)?,
+        Output::Table => {
+            if done.backup.is_empty() {
+                println!("{}: reset, its database is empty", done.environment);
+            } else {
+                println!("{}: restored from {}", done.environment, done.backup);
+            }
+            if !done.safety_backup.is_empty() {
+                println!(
+                    "the database as it was before is kept in {}",
+                    done.safety_backup
+                );
+            }
+            for id in &done.reapplied {
+                println!("{id}: applied (the restored database holds it)");
+            }
+            for id in &done.undone {
+                println!("{id}: approved again, not applied");
+            }
+            if !done.undone.is_empty() {
+                println!(
+                    "{} migrations wait for `sluice migrate {}` (or cancel those that must not run again)",
+                    done.undone.len(),
+                    done.environment
+                );
+            }
+        }
     }
     Ok(())
 }

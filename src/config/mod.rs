@@ -140,6 +140,10 @@ pub struct BackupSettings {
     /// database with it).
     #[serde(default = "default_pg_restore")]
     pub pg_restore: String,
+    /// The psql program (`sluice restore` replays a PostgreSQL backup through it, in one
+    /// transaction with the removal of what is there).
+    #[serde(default = "default_psql")]
+    pub psql: String,
     /// How many backups to keep per environment: after a new one, the oldest beyond this
     /// number are removed (0: keep them all).
     #[serde(default)]
@@ -150,6 +154,10 @@ fn default_pg_restore() -> String {
     "pg_restore".into()
 }
 
+fn default_psql() -> String {
+    "psql".into()
+}
+
 impl Default for BackupSettings {
     fn default() -> Self {
         BackupSettings {
@@ -157,6 +165,7 @@ impl Default for BackupSettings {
             pg_dump: default_pg_dump(),
             mysqldump: default_mysqldump(),
             pg_restore: default_pg_restore(),
+            psql: default_psql(),
             keep_per_environment: 0,
         }
     }
@@ -442,6 +451,9 @@ pub struct EnvironmentConfig {
     pub require_rollback_test: bool,
     /// When the environment starts no new deployment (an emergency override excepted).
     pub freeze_windows: Vec<crate::domain::freeze::FreezeWindow>,
+    /// `sluice reset` may empty the environment's database (the default only for the
+    /// environment named development).
+    pub allow_reset: bool,
 }
 
 impl EnvironmentConfig {
@@ -495,6 +507,9 @@ struct MigrationEntry {
     require_rollback_test: bool,
     #[serde(default)]
     freeze_windows: Vec<FreezeEntry>,
+    /// Default: only for the environment named development.
+    #[serde(default)]
+    allow_reset: Option<bool>,
 }
 
 /// A freeze window: `schedule` (cron, UTC) + `duration`, or `start` + `end`.
@@ -525,6 +540,7 @@ impl Default for MigrationEntry {
             blocking_limit: 0,
             require_rollback_test: false,
             freeze_windows: Vec::new(),
+            allow_reset: None,
         }
     }
 }
@@ -889,6 +905,10 @@ fn load_environments(
             blocking_limit_seconds: entry.migration.blocking_limit,
             require_rollback_test: entry.migration.require_rollback_test,
             freeze_windows,
+            allow_reset: entry
+                .migration
+                .allow_reset
+                .unwrap_or(name.as_str() == "development"),
         });
     }
     if let Some(missing) = known.iter().find(|name| !seen.contains(**name)) {

@@ -57,6 +57,10 @@ pub enum DeploymentEvent {
     /// A lead records that the migration already ran on the database outside Sluice (adopting
     /// an existing project): applied without running.
     Baseline,
+    /// The target was restored from a backup or reset: its history is the truth. What it no
+    /// longer holds goes back to the queue, approved (applied again only by `migrate`); what
+    /// it holds that Sluice had rolled back is applied again.
+    Restore,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -75,6 +79,7 @@ impl DeploymentEvent {
             DeploymentEvent::Expire => "expire",
             DeploymentEvent::Cancel => "cancel",
             DeploymentEvent::Baseline => "baseline",
+            DeploymentEvent::Restore => "reconcile after a restore",
             DeploymentEvent::Release => "release",
             DeploymentEvent::Start => "start",
             DeploymentEvent::Succeed => "complete",
@@ -170,6 +175,8 @@ impl DeploymentState {
             (S::RollingBack, E::RollbackFailed) => S::Failed,
             (S::RollingBack, E::Requeue) => S::RollingBack,
             (S::AwaitingApproval | S::Approved | S::Queued, E::Baseline) => S::Applied,
+            (S::Applied, E::Restore) => S::Approved,
+            (S::RolledBack, E::Restore) => S::Applied,
             (S::AwaitingApproval | S::Approved | S::Queued | S::Failed, E::Amend) => {
                 S::AwaitingApproval
             }
@@ -206,7 +213,8 @@ mod tests {
     use DeploymentEvent as E;
     use DeploymentState as S;
 
-    const EVENTS: [DeploymentEvent; 16] = [
+    const EVENTS: [DeploymentEvent; 17] = [
+        E::Restore,
         E::Baseline,
         E::Amend,
         E::PolicySatisfied,
@@ -283,6 +291,11 @@ mod tests {
             let mut reached_terminal: Option<S> = None;
             for index in events {
                 if state == S::Cancelled && EVENTS[index] == E::RequestRollback {
+                    continue;
+                }
+                // A restore makes the store follow the target's history, which a backup put
+                // back as it was (tested with the service).
+                if EVENTS[index] == E::Restore {
                     continue;
                 }
                 if let Ok(next) = state.on(EVENTS[index]) {

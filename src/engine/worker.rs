@@ -833,86 +833,13 @@ impl Worker {
         if !self.environment.backup_required {
             return Ok(None);
         }
-        let settings = &self.service.config.settings.backup;
-        let now = self.service.clock.now();
-        let url = self.environment.url.expose();
-        let extension = if url.starts_with("sqlite:") {
-            "sqlite"
-        } else if target::is_mysql(url) {
-            "sql"
-        } else {
-            "dump"
-        };
-        let file = std::path::Path::new(&settings.dir)
-            .join(self.environment.name.as_str())
-            .join(format!(
-                "{}-{}.{extension}",
-                self.environment.name,
-                now.format("%Y%m%dT%H%M%S%.3fZ")
-            ));
-        let started = std::time::Instant::now();
-        let taken = session.backup(&file, &self.settings(), settings).await;
-        crate::telemetry::backup_done(
-            self.environment.name.as_str(),
-            started.elapsed().as_secs_f64(),
-            taken.is_ok(),
-        );
-        taken.map_err(|e| format!("backup before apply failed: {e}"))?;
-        let path = file.display().to_string();
-        tracing::info!(environment = %self.environment.name, %path, "backup taken");
-        let store = &self.service.store;
-        let entry = AuditRow {
-            id: 0,
-            at: millis(now),
-            actor: "sluice".into(),
-            action: "backup_taken".into(),
-            environment: Some(self.environment.name.to_string()),
-            migration_id: None,
-            deployment_id: None,
-            detail: serde_json::json!({"file": path}).to_string(),
-            events: None,
-        };
-        let recorded = async {
-            let mut tx = store.begin().await?;
-            store.insert_audit(&mut tx, &entry).await?;
-            tx.commit().await?;
-            Ok::<_, ServiceError>(())
-        };
-        recorded
+        let path = self
+            .service
+            .take_backup(&self.environment, session)
             .await
-            .map_err(|e| format!("backup taken ({path}) but not recorded: {e}"))?;
-        if settings.keep_per_environment > 0
-            && let Some(dir) = file.parent()
-        {
-            self.prune_backups(dir, extension, settings.keep_per_environment);
-        }
+            .map_err(|e| format!("backup before apply failed: {e}"))?;
+        self.service.prune_backups(&self.environment);
         Ok(Some(path))
-    }
-
-    /// Removes this environment's oldest backups beyond `keep` (the names sort by the time
-    /// they were taken; only files named as the worker names them are touched).
-    fn prune_backups(&self, dir: &std::path::Path, extension: &str, keep: usize) {
-        let prefix = format!("{}-", self.environment.name);
-        let suffix = format!(".{extension}");
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        let mut names: Vec<String> = entries
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|n| n.starts_with(&prefix) && n.ends_with(&suffix))
-            .collect();
-        names.sort();
-        let excess = names.len().saturating_sub(keep);
-        for name in names.into_iter().take(excess) {
-            match std::fs::remove_file(dir.join(&name)) {
-                Ok(()) => {
-                    tracing::info!(environment = %self.environment.name, file = %name, "old backup removed (backup.keep_per_environment)")
-                }
-                Err(e) => {
-                    tracing::warn!(environment = %self.environment.name, file = %name, error = %e, "cannot remove an old backup")
-                }
-            }
-        }
     }
 
     /// Passes each log line to watchers as the target produces it.

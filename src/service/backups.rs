@@ -14,6 +14,93 @@ pub struct BackupView {
 }
 
 impl Service {
+    /// Takes a full backup of the environment's database into the backup folder, named after
+    /// the environment and the time, and records it in the audit (`backup_taken`). The
+    /// file's path.
+    pub async fn take_backup(
+        &self,
+        env: &EnvironmentConfig,
+        session: &mut crate::target::TargetSession,
+    ) -> std::result::Result<String, String> {
+        let settings = &self.config.settings.backup;
+        let now = self.clock.now();
+        let file = std::path::Path::new(&settings.dir)
+            .join(env.name.as_str())
+            .join(format!(
+                "{}-{}.{}",
+                env.name,
+                now.format("%Y%m%dT%H%M%S%.3fZ"),
+                backup_extension(env)
+            ));
+        let started = std::time::Instant::now();
+        let taken = session
+            .backup(
+                &file,
+                &crate::target::TargetSettings::for_environment(env),
+                settings,
+            )
+            .await;
+        crate::telemetry::backup_done(
+            env.name.as_str(),
+            started.elapsed().as_secs_f64(),
+            taken.is_ok(),
+        );
+        taken.map_err(|e| e.to_string())?;
+        let path = file.display().to_string();
+        tracing::info!(environment = %env.name, %path, "backup taken");
+        let mut entry = audit(
+            millis(now),
+            "sluice",
+            "backup_taken",
+            None,
+            None,
+            serde_json::json!({"file": path}),
+        );
+        entry.environment = Some(env.name.to_string());
+        let recorded = async {
+            let mut tx = self.store.begin().await?;
+            self.store.insert_audit(&mut tx, &entry).await?;
+            tx.commit().await?;
+            Ok::<_, ServiceError>(())
+        };
+        recorded
+            .await
+            .map_err(|e| format!("backup taken ({path}) but not recorded: {e}"))?;
+        Ok(path)
+    }
+
+    /// Removes the environment's oldest backups beyond `backup.keep_per_environment` (the
+    /// names sort by the time they were taken; only files named as Sluice names them are
+    /// touched).
+    pub fn prune_backups(&self, env: &EnvironmentConfig) {
+        let keep = self.config.settings.backup.keep_per_environment;
+        if keep == 0 {
+            return;
+        }
+        let dir = std::path::Path::new(&self.config.settings.backup.dir).join(env.name.as_str());
+        let prefix = format!("{}-", env.name);
+        let suffix = format!(".{}", backup_extension(env));
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with(&prefix) && n.ends_with(&suffix))
+            .collect();
+        names.sort();
+        let excess = names.len().saturating_sub(keep);
+        for name in names.into_iter().take(excess) {
+            match std::fs::remove_file(dir.join(&name)) {
+                Ok(()) => {
+                    tracing::info!(environment = %env.name, file = %name, "old backup removed (backup.keep_per_environment)")
+                }
+                Err(e) => {
+                    tracing::warn!(environment = %env.name, file = %name, error = %e, "cannot remove an old backup")
+                }
+            }
+        }
+    }
+
     /// An environment's backups, newest first (operators).
     pub async fn backups(&self, caller: &Caller, environment: &str) -> Result<Vec<BackupView>> {
         let env = self.environment(environment)?;
@@ -71,5 +158,17 @@ impl Service {
         }
         views.reverse();
         Ok(views)
+    }
+}
+
+/// The backup file's extension: what kind of dump it is.
+fn backup_extension(env: &EnvironmentConfig) -> &'static str {
+    let url = env.url.expose();
+    if url.starts_with("sqlite:") {
+        "sqlite"
+    } else if crate::target::is_mysql(url) {
+        "sql"
+    } else {
+        "dump"
     }
 }

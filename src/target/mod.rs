@@ -8,6 +8,7 @@ pub mod dry_run;
 mod mysql;
 mod pg_watch;
 mod postgres;
+mod restore;
 pub mod rollback_test;
 pub mod schema;
 mod sqlite;

@@ -238,6 +238,87 @@ impl MySqlSession {
         Ok(())
     }
 
+    /// Drops every table, view, routine and event of the database (`sluice reset`, and the
+    /// first half of a restore). MySQL's DDL commits statement by statement.
+    pub async fn clear(&mut self) -> Result<(), TargetError> {
+        self.reset_session().await?;
+        self.wait_whole_budget().await?;
+        let objects: Vec<(String, String)> = sqlx::query(
+            "SELECT CAST(kind AS CHAR), CAST(name AS CHAR) FROM ( \
+               SELECT CASE table_type WHEN 'VIEW' THEN 'VIEW' ELSE 'TABLE' END AS kind, table_name AS name, 1 AS ord \
+                 FROM information_schema.tables WHERE table_schema = DATABASE() \
+               UNION ALL SELECT routine_type, routine_name, 2 FROM information_schema.routines WHERE routine_schema = DATABASE() \
+               UNION ALL SELECT 'EVENT', event_name, 3 FROM information_schema.events WHERE event_schema = DATABASE() \
+             ) o ORDER BY ord, kind DESC, name",
+        )
+        .fetch_all(&mut self.conn)
+        .await
+        .map_err(|e| self.error(e))?
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+        self.exec("SET FOREIGN_KEY_CHECKS = 0".into()).await?;
+        let mut result = Ok(());
+        for (kind, name) in objects {
+            let drop = format!("DROP {kind} IF EXISTS `{}`", name.replace('`', "``"));
+            if let Err(e) = self.exec(drop).await {
+                result = Err(e);
+                break;
+            }
+        }
+        let _ = self.exec("SET FOREIGN_KEY_CHECKS = 1".into()).await;
+        result
+    }
+
+    /// A restore or reset waits for its metadata locks for the whole budget at once (the
+    /// environment is locked and the change is the operator's; giving way would leave it
+    /// half-done). The next reset_session puts the attempt back.
+    async fn wait_whole_budget(&mut self) -> Result<(), TargetError> {
+        let seconds = self.lock_budget.as_secs().max(1);
+        self.exec(format!("SET SESSION lock_wait_timeout = {seconds}"))
+            .await
+    }
+
+    /// Replaces the database's objects and rows with those of a mysqldump file, run statement
+    /// by statement as the mysql client runs it.
+    pub async fn restore(&mut self, file: &std::path::Path) -> Result<(), TargetError> {
+        let text = std::fs::read_to_string(file).map_err(|e| TargetError::Database {
+            url: self.url.clone(),
+            message: format!("cannot read the backup {}: {e}", file.display()),
+        })?;
+        let statements = crate::lint::split_statements_for(&text, crate::lint::Dialect::MySql)
+            .map_err(|e| TargetError::Database {
+                url: self.url.clone(),
+                message: format!(
+                    "the backup {} does not read at line {}: {}",
+                    file.display(),
+                    e.line,
+                    e.message
+                ),
+            })?;
+        self.clear().await?;
+        self.wait_whole_budget().await?;
+        for statement in &statements {
+            if let Err(e) = sqlx::raw_sql(AssertSqlSafe(statement.text.clone()))
+                .execute(&mut self.conn)
+                .await
+            {
+                let message = format!(
+                    "restoring {} stopped at line {}: {}; the database is part-restored",
+                    file.display(),
+                    statement.line,
+                    server_message(&e)
+                );
+                let _ = self.reset_session().await;
+                return Err(TargetError::Database {
+                    url: self.url.clone(),
+                    message,
+                });
+            }
+        }
+        self.reset_session().await
+    }
+
     pub async fn history(&mut self) -> Result<HashMap<String, HistoryEntry>, TargetError> {
         let rows = sqlx::query("SELECT migration_id, checksum, success, transactional, statements_done, statements_total, error FROM sluice_schema_history")
             .fetch_all(&mut self.conn)

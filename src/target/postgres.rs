@@ -251,6 +251,22 @@ impl PgSession {
         }
     }
 
+    /// Drops everything in the database's own schemas, in one transaction (`sluice reset`).
+    pub async fn clear(&mut self) -> Result<(), TargetError> {
+        let result = self
+            .client
+            .batch_execute(&format!(
+                "BEGIN; SET LOCAL client_min_messages = warning; {}; COMMIT",
+                super::restore::PG_CLEAR
+            ))
+            .await;
+        if let Err(e) = result {
+            let _ = self.client.batch_execute("ROLLBACK").await;
+            return Err(self.error(e));
+        }
+        Ok(())
+    }
+
     pub async fn history(&mut self) -> Result<HashMap<String, HistoryEntry>, TargetError> {
         let rows = self
             .client

@@ -329,6 +329,128 @@ impl SqliteSession {
         Ok(())
     }
 
+    /// Drops every table, view, index and trigger but the runner lease, in one transaction.
+    pub async fn clear(&mut self) -> Result<(), TargetError> {
+        self.replace_with(None).await
+    }
+
+    /// Replaces everything but the runner lease with what the backup file (a `VACUUM INTO`
+    /// copy) holds, in one transaction: tables and their rows, then indexes, views, triggers
+    /// and AUTOINCREMENT counters.
+    pub async fn restore(&mut self, file: &std::path::Path) -> Result<(), TargetError> {
+        if !file.is_file() {
+            return Err(TargetError::Database {
+                url: self.url.clone(),
+                message: format!("the backup {} is not there", file.display()),
+            });
+        }
+        self.replace_with(Some(file)).await
+    }
+
+    async fn replace_with(&mut self, backup: Option<&std::path::Path>) -> Result<(), TargetError> {
+        if let Some(file) = backup {
+            sqlx::query("ATTACH DATABASE $1 AS sluice_backup")
+                .bind(file.to_string_lossy().into_owned())
+                .execute(&mut self.conn)
+                .await
+                .map_err(|e| self.error(e))?;
+        }
+        let result = self.replace_in_transaction(backup.is_some()).await;
+        if result.is_err() {
+            let _ = sqlx::raw_sql("ROLLBACK").execute(&mut self.conn).await;
+        }
+        if backup.is_some() {
+            let _ = sqlx::raw_sql("DETACH DATABASE sluice_backup")
+                .execute(&mut self.conn)
+                .await;
+        }
+        result
+    }
+
+    async fn replace_in_transaction(&mut self, from_backup: bool) -> Result<(), TargetError> {
+        let quote = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
+        let objects = |schema: &str| {
+            format!(
+                "SELECT type, name, sql FROM {schema}.sqlite_master \
+                 WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name <> 'sluice_runner_lock' AND sql IS NOT NULL \
+                 ORDER BY CASE type WHEN 'table' THEN 1 WHEN 'index' THEN 2 WHEN 'view' THEN 3 ELSE 4 END, name"
+            )
+        };
+        let mut statements = vec![
+            "BEGIN IMMEDIATE".to_owned(),
+            "PRAGMA defer_foreign_keys = ON".to_owned(),
+        ];
+        let existing: Vec<(String, String)> = sqlx::raw_sql(sqlx::AssertSqlSafe(objects("main")))
+            .fetch_all(&mut self.conn)
+            .await
+            .map_err(|e| self.error(e))?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        for (kind, name) in existing.iter().rev() {
+            if kind == "table" || kind == "view" || kind == "trigger" {
+                statements.push(format!(
+                    "DROP {} IF EXISTS main.{}",
+                    kind.to_uppercase(),
+                    quote(name)
+                ));
+            }
+        }
+        let mut has_sequence = false;
+        if from_backup {
+            let wanted: Vec<(String, String, String)> =
+                sqlx::raw_sql(sqlx::AssertSqlSafe(objects("sluice_backup")))
+                    .fetch_all(&mut self.conn)
+                    .await
+                    .map_err(|e| self.error(e))?
+                    .iter()
+                    .map(|r| (r.get(0), r.get(1), r.get(2)))
+                    .collect();
+            for (kind, name, sql) in &wanted {
+                statements.push(sql.clone());
+                if kind == "table" {
+                    statements.push(format!(
+                        "INSERT INTO main.{0} SELECT * FROM sluice_backup.{0}",
+                        quote(name)
+                    ));
+                }
+            }
+            has_sequence = sqlx::query(
+                "SELECT COUNT(*) FROM sluice_backup.sqlite_master WHERE name = 'sqlite_sequence'",
+            )
+            .fetch_one(&mut self.conn)
+            .await
+            .map_err(|e| self.error(e))?
+            .get::<i64, _>(0)
+                > 0;
+        }
+        for statement in statements {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(statement.clone()))
+                .execute(&mut self.conn)
+                .await
+                .map_err(|e| TargetError::Database {
+                    url: self.url.clone(),
+                    message: format!("{e} (in: {statement}); nothing was changed"),
+                })?;
+        }
+        let main_sequence: i64 =
+            sqlx::query("SELECT COUNT(*) FROM main.sqlite_master WHERE name = 'sqlite_sequence'")
+                .fetch_one(&mut self.conn)
+                .await
+                .map_err(|e| self.error(e))?
+                .get(0);
+        if main_sequence > 0 {
+            self.exec("DELETE FROM main.sqlite_sequence").await?;
+            if has_sequence {
+                self.exec(
+                    "INSERT INTO main.sqlite_sequence (name, seq) SELECT name, seq FROM sluice_backup.sqlite_sequence",
+                )
+                .await?;
+            }
+        }
+        self.exec("COMMIT").await
+    }
+
     /// A consistent copy of the database file.
     pub async fn backup(&mut self, file: &std::path::Path) -> Result<(), TargetError> {
         let _ = std::fs::remove_file(file);

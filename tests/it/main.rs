@@ -14,6 +14,7 @@ mod mysql;
 mod notify;
 mod promise;
 mod receivers;
+mod restore;
 mod rollback_test;
 mod rules;
 mod story;

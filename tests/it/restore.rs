@@ -1,0 +1,486 @@
+//! Restore and reset (issue 10): a lead puts an environment's database back as a backup
+//! Sluice took of it, or empties a development database so that its queue can be replayed;
+//! the queue then follows the target's history. PostgreSQL, MariaDB and SQLite targets.
+
+use crate::harness::{AppOptions, Backend, TestApp, migration, spawn_app_with};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sluice::engine::Outcome;
+
+fn options(backend: Backend) -> AppOptions {
+    AppOptions {
+        backend,
+        background_workers: false,
+        ..AppOptions::default()
+    }
+}
+
+/// Submits a migration and applies it to development, then to staging (which takes a
+/// backup before it changes). Its id.
+async fn apply_to_staging(app: &TestApp, description: &str, up: &str, down: &str) -> String {
+    let id = app
+        .submit("dev", migration(description, "low", up, Some(down)))
+        .await;
+    app.run_worker("development").await;
+    app.approve("ops1", &format!("{id}@staging"), "data_ops")
+        .await;
+    app.approve("ops2", &format!("{id}@staging"), "data_ops")
+        .await;
+    let outcome = app.run_worker("staging").await;
+    let d = app.deployment(&format!("{id}@staging")).await;
+    assert_eq!(d["state"], "applied", "{outcome:?} {d}");
+    id
+}
+
+async fn backups(app: &TestApp, environment: &str) -> Vec<Value> {
+    let (status, listed) = app
+        .get(
+            "lead",
+            &format!("/api/v1/environments/{environment}/backups"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    listed.as_array().unwrap().clone()
+}
+
+fn file_name(backup: &Value) -> String {
+    std::path::Path::new(backup["file"].as_str().unwrap())
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+async fn pg_rows(app: &TestApp, environment: &str, sql: &str) -> Vec<String> {
+    let client = app.targets[environment].client().await;
+    client
+        .query(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_backup_taken_before_a_destructive_migration_brings_the_data_back() {
+    let app = spawn_app_with(options(Backend::Postgres)).await;
+    let accounts = apply_to_staging(
+        &app,
+        "accounts with their emails",
+        "CREATE SCHEMA billing;\nCREATE TABLE billing.invoices (id int PRIMARY KEY, amount numeric NOT NULL);\nINSERT INTO billing.invoices VALUES (1, 9.50);\nCREATE TABLE accounts (id int PRIMARY KEY, email text NOT NULL);\nINSERT INTO accounts VALUES (1, 'ada@example.com'), (2, 'bob@example.com');",
+        "DROP TABLE accounts;\nDROP SCHEMA billing CASCADE;",
+    )
+    .await;
+    let destructive = apply_to_staging(
+        &app,
+        "drop the emails",
+        "ALTER TABLE accounts DROP COLUMN email;\nDROP TABLE billing.invoices;\nCREATE TABLE audit_log (id bigint);",
+        "ALTER TABLE accounts ADD COLUMN email text;\nDROP TABLE audit_log;",
+    )
+    .await;
+    // Rows written after the destructive migration are lost by the restore, as in any restore.
+    let listed = backups(&app, "staging").await;
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert_eq!(
+        listed[0]["preceded"],
+        format!("{destructive}@staging"),
+        "{listed:?}"
+    );
+    let before_destructive = file_name(&listed[0]);
+    let path = "/api/v1/environments/staging/restore";
+
+    // Refused, changing nothing: not a lead; no or a wrong confirmation; a file that is not
+    // one of this environment's backups; an unknown field.
+    let body = json!({"backup": before_destructive, "confirm": "staging"});
+    let (status, refused) = app.post("dev", path, body.clone()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{refused}");
+    let (status, refused) = app.post("ops1", path, body.clone()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{refused}");
+    let (status, refused) = app
+        .post(
+            "lead",
+            path,
+            json!({"backup": before_destructive, "confirm": "production"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("confirm: "),
+        "{refused}"
+    );
+    for hostile in [
+        "../../../../etc/passwd".to_owned(),
+        "/etc/passwd".to_owned(),
+        format!("../staging/{before_destructive}"),
+        before_destructive.replace("staging", "production"),
+    ] {
+        let (status, refused) = app
+            .post(
+                "lead",
+                path,
+                json!({"backup": hostile, "confirm": "staging"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{hostile}: {refused}");
+        assert!(
+            refused["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("backup: "),
+            "{refused}"
+        );
+    }
+    let (status, refused) = app
+        .post(
+            "lead",
+            path,
+            json!({"backup": before_destructive, "confirm": "staging", "force": true}),
+        )
+        .await;
+    assert!(status.is_client_error(), "{status} {refused}");
+    let (status, refused) = app
+        .post("lead", "/api/v1/environments/nowhere/restore", body.clone())
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{refused}");
+    assert!(app.table_exists("staging", "audit_log").await);
+    assert_eq!(backups(&app, "staging").await.len(), 2);
+
+    // The restore.
+    let (status, done) = app.post("lead", path, body).await;
+    assert_eq!(status, StatusCode::OK, "{done}");
+    assert_eq!(done["action"], "restore");
+    assert_eq!(done["undone"], json!([destructive]), "{done}");
+    assert_eq!(done["reapplied"], json!([]), "{done}");
+    let safety = done["safety_backup"].as_str().unwrap().to_owned();
+    assert!(std::fs::metadata(&safety).unwrap().len() > 0);
+    // The data is back, in both schemas; what came after the backup is gone.
+    assert_eq!(
+        pg_rows(&app, "staging", "SELECT email FROM accounts ORDER BY id").await,
+        ["ada@example.com", "bob@example.com"]
+    );
+    assert_eq!(
+        pg_rows(&app, "staging", "SELECT amount::text FROM billing.invoices").await,
+        ["9.50"]
+    );
+    assert!(!app.table_exists("staging", "audit_log").await);
+    assert_eq!(
+        pg_rows(
+            &app,
+            "staging",
+            "SELECT migration_id FROM sluice_schema_history ORDER BY migration_id"
+        )
+        .await,
+        [accounts.as_str()]
+    );
+    // The queue follows: the destructive migration waits, approved, for `migrate`; the
+    // environment is unlocked; no drift is seen; the audit says who restored what.
+    assert_eq!(
+        app.deployment(&format!("{destructive}@staging")).await["state"],
+        "approved"
+    );
+    assert_eq!(
+        app.deployment(&format!("{accounts}@staging")).await["state"],
+        "applied"
+    );
+    let (_, status_view) = app.get("lead", "/api/v1/environments/staging").await;
+    assert!(status_view["lock"].is_null(), "{status_view}");
+    assert_eq!(app.run_worker("staging").await, Outcome::Idle);
+    let (_, drift) = app.get("lead", "/api/v1/environments/staging/drift").await;
+    assert_eq!(drift["drifted"], false, "{drift}");
+    let (_, audit) = app.get("admin", "/api/v1/audit?environment=staging").await;
+    let actions: Vec<(&str, &str)> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["actor"].as_str().unwrap(), a["action"].as_str().unwrap()))
+        .collect();
+    for expected in [
+        ("lead", "environment_locked"),
+        ("sluice", "backup_taken"),
+        ("lead", "undone_by_restore"),
+        ("lead", "restored"),
+        ("lead", "environment_unlocked"),
+    ] {
+        assert!(actions.contains(&expected), "{expected:?} in {actions:?}");
+    }
+    // The state before the restore is one of the backups now.
+    let listed = backups(&app, "staging").await;
+    assert_eq!(listed.len(), 3);
+    assert_eq!(listed[0]["file"], safety.as_str());
+
+    // `migrate` applies the destructive migration again, on the restored data.
+    let (status, migrated) = app
+        .post("lead", "/api/v1/environments/staging/migrate", json!({}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{migrated}");
+    app.run_worker("staging").await;
+    assert_eq!(
+        app.deployment(&format!("{destructive}@staging")).await["state"],
+        "applied"
+    );
+    assert!(app.table_exists("staging", "audit_log").await);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_restore_that_fails_part_way_changes_nothing_and_unlocks() {
+    let app = spawn_app_with(options(Backend::Postgres)).await;
+    // A role granted in the backup that no longer exists when it is restored: the replay
+    // fails after everything was dropped, in the same transaction.
+    let role = format!(
+        "sluice_gone_{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let admin = crate::harness::admin_client().await;
+    admin
+        .batch_execute(&format!("CREATE ROLE {role}"))
+        .await
+        .unwrap();
+    apply_to_staging(
+        &app,
+        "granted",
+        &format!("CREATE TABLE granted (id int);\nGRANT SELECT ON granted TO {role};"),
+        "DROP TABLE granted;",
+    )
+    .await;
+    let later = apply_to_staging(
+        &app,
+        "later",
+        "CREATE TABLE later (id int);",
+        "DROP TABLE later;",
+    )
+    .await;
+    for environment in ["development", "staging"] {
+        app.targets[environment]
+            .client()
+            .await
+            .batch_execute(&format!("REVOKE ALL ON granted FROM {role}"))
+            .await
+            .unwrap();
+    }
+    admin
+        .batch_execute(&format!("DROP ROLE {role}"))
+        .await
+        .unwrap();
+    let listed = backups(&app, "staging").await;
+    let (status, failed) = app
+        .post(
+            "lead",
+            "/api/v1/environments/staging/restore",
+            json!({"backup": file_name(&listed[0]), "confirm": "staging"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{failed}");
+    let message = failed["error"]["message"].as_str().unwrap();
+    assert!(message.contains(&role), "{message}");
+    assert!(message.contains("nothing was changed"), "{message}");
+    assert!(app.table_exists("staging", "later").await);
+    assert!(app.table_exists("staging", "granted").await);
+    assert_eq!(
+        app.deployment(&format!("{later}@staging")).await["state"],
+        "applied"
+    );
+    let (_, status_view) = app.get("lead", "/api/v1/environments/staging").await;
+    assert!(status_view["lock"].is_null(), "{status_view}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn development_is_reset_and_its_queue_replayed_but_staging_is_not() {
+    let app = spawn_app_with(options(Backend::Postgres)).await;
+    let first = apply_to_staging(
+        &app,
+        "first",
+        "CREATE TABLE first_table (id int);\nCREATE VIEW first_view AS SELECT id FROM first_table;",
+        "DROP VIEW first_view;\nDROP TABLE first_table;",
+    )
+    .await;
+    let (status, refused) = app
+        .post(
+            "lead",
+            "/api/v1/environments/staging/reset",
+            json!({"confirm": "staging"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("allow_reset"),
+        "{refused}"
+    );
+    let (status, refused) = app
+        .post(
+            "dev",
+            "/api/v1/environments/development/reset",
+            json!({"confirm": "development"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{refused}");
+    let (status, refused) = app
+        .post("lead", "/api/v1/environments/development/reset", json!({}))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert!(app.table_exists("development", "first_table").await);
+
+    let (status, done) = app
+        .post(
+            "lead",
+            "/api/v1/environments/development/reset",
+            json!({"confirm": "development"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{done}");
+    assert_eq!(done["undone"], json!([first]), "{done}");
+    assert!(done["safety_backup"].is_null(), "{done}");
+    assert!(!app.table_exists("development", "first_table").await);
+    assert!(
+        !app.table_exists("development", "sluice_schema_history")
+            .await
+    );
+    assert!(app.table_exists("staging", "first_table").await);
+    assert_eq!(
+        app.deployment(&format!("{first}@development")).await["state"],
+        "approved"
+    );
+    let (status, _) = app
+        .post("dev", "/api/v1/environments/development/migrate", json!({}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    app.run_worker("development").await;
+    assert_eq!(
+        app.deployment(&format!("{first}@development")).await["state"],
+        "applied"
+    );
+    assert!(app.table_exists("development", "first_table").await);
+    app.stop().await;
+}
+
+/// The first column of a query's rows on a MariaDB or SQLite target, as text.
+async fn sqlx_rows(app: &TestApp, environment: &str, sql: &str) -> Vec<String> {
+    use sqlx::{ConnectOptions, Row};
+    if let Some(db) = app.mysql_targets.get(environment) {
+        let mut conn = db.connect().await;
+        return sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+            .fetch_all(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .iter()
+            .map(|r| r.get::<String, _>(0))
+            .collect();
+    }
+    let file = app
+        .sqlite_dir
+        .as_ref()
+        .unwrap()
+        .join(format!("{environment}.db"));
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(file)
+        .connect()
+        .await
+        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+        .fetch_all(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .iter()
+        .map(|r| r.get::<String, _>(0))
+        .collect()
+}
+
+/// The same story on MariaDB (mysqldump's file replayed) and SQLite (the backup copied in,
+/// in one transaction): the data a destructive migration removed is back, the queue follows.
+async fn restore_story(backend: Backend, extra_object: &str) {
+    let app = spawn_app_with(options(backend)).await;
+    apply_to_staging(
+        &app,
+        "accounts",
+        &format!("CREATE TABLE accounts (id int PRIMARY KEY, email varchar(100) NOT NULL);\nINSERT INTO accounts VALUES (1, 'ada@example.com'), (2, 'bob@example.com');\n{extra_object}"),
+        "DROP TABLE accounts;",
+    )
+    .await;
+    let destructive = apply_to_staging(
+        &app,
+        "drop the emails",
+        "DELETE FROM accounts WHERE id = 2;\nCREATE TABLE audit_log (id int);",
+        "DROP TABLE audit_log;",
+    )
+    .await;
+    let listed = backups(&app, "staging").await;
+    let (status, done) = app
+        .post(
+            "lead",
+            "/api/v1/environments/staging/restore",
+            json!({"backup": file_name(&listed[0]), "confirm": "staging"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{done}");
+    assert_eq!(done["undone"], json!([destructive]), "{done}");
+    assert_eq!(
+        sqlx_rows(&app, "staging", "SELECT email FROM accounts ORDER BY id").await,
+        ["ada@example.com", "bob@example.com"]
+    );
+    assert!(!app.table_exists("staging", "audit_log").await);
+    assert_eq!(
+        app.deployment(&format!("{destructive}@staging")).await["state"],
+        "approved"
+    );
+    let (_, status_view) = app.get("lead", "/api/v1/environments/staging").await;
+    assert!(status_view["lock"].is_null(), "{status_view}");
+    assert_eq!(app.run_worker("staging").await, Outcome::Idle);
+    // Development is reset through the CLI (which asks for --confirm): nothing of it is left.
+    let dir = app.config.config_dir.clone();
+    let refused = crate::cli::sluice(&app, Some("lead"), &dir, &["reset", "development"]).await;
+    assert_ne!(refused.code, 0);
+    assert!(refused.stderr.contains("--confirm"), "{}", refused.stderr);
+    assert!(app.table_exists("development", "accounts").await);
+    let done = crate::cli::sluice(
+        &app,
+        Some("lead"),
+        &dir,
+        &["reset", "development", "--confirm"],
+    )
+    .await;
+    crate::cli::ok(&done);
+    assert!(
+        done.stdout
+            .contains("development: reset, its database is empty"),
+        "{}",
+        done.stdout
+    );
+    assert!(
+        done.stdout
+            .contains("2 migrations wait for `sluice migrate development`"),
+        "{}",
+        done.stdout
+    );
+    assert!(!app.table_exists("development", "accounts").await);
+    assert!(!app.table_exists("development", "audit_log").await);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_mariadb_target_is_restored_and_reset() {
+    restore_story(
+        Backend::MySqlTargets,
+        "CREATE VIEW account_emails AS SELECT email FROM accounts;",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_sqlite_target_is_restored_and_reset() {
+    restore_story(
+        Backend::Sqlite,
+        "CREATE TABLE counters (id INTEGER PRIMARY KEY AUTOINCREMENT, n int);\nCREATE INDEX accounts_email ON accounts (email);\nINSERT INTO counters (n) VALUES (1), (2);\nCREATE VIEW account_emails AS SELECT email FROM accounts;",
+    )
+    .await;
+}
