@@ -3,6 +3,8 @@
 //! `{"error": {"code": ..., "message": ...}}`. The gRPC API is in `grpc`.
 
 pub mod grpc;
+mod openapi;
+use openapi::{BatchErrorBody, ErrorBody};
 
 use crate::auth::Caller;
 use crate::domain::Role;
@@ -79,7 +81,8 @@ pub fn router(service: Service) -> Router {
             "/api/v1/notifications/channels/{name}/test",
             post(test_notification),
         )
-        .route("/api/v1/notifications/{id}/retry", post(retry_notification));
+        .route("/api/v1/notifications/{id}/retry", post(retry_notification))
+        .merge(openapi::routes());
     let router = if metrics_here {
         router.route("/metrics", get(metrics))
     } else {
@@ -230,6 +233,7 @@ impl FromRequestParts<Service> for Authenticated {
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
 /// Prometheus metrics (unauthenticated, like the health checks: they carry no ids or secrets).
+#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 async fn metrics(State(service): State<Service>) -> Result<Response, ApiError> {
     let body = crate::telemetry::render(&service).await?;
     Ok((
@@ -242,10 +246,12 @@ async fn metrics(State(service): State<Service>) -> Result<Response, ApiError> {
         .into_response())
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "the daemon runs", body = String, content_type = "text/plain")))]
 async fn healthz() -> &'static str {
     "ok"
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, description = "the state store answers", body = String, content_type = "text/plain"), (status = 503, description = "the state store does not answer", body = ErrorBody)))]
 async fn readyz(State(service): State<Service>) -> Result<&'static str, ApiError> {
     service.store.ping().await.map_err(|e| {
         ApiError::new(
@@ -265,6 +271,7 @@ async fn not_found() -> ApiError {
     )
 }
 
+#[utoipa::path(post, path = "/api/v1/migrations", tag = "migrations", request_body = crate::service::SubmitRequest, responses((status = 201, description = "submitted", body = crate::service::MigrationView), (status = 200, description = "the same id with the same scripts: unchanged", body = crate::service::MigrationView), (status = "4XX", description = "refused: the message names what was wrong; nothing changed", body = ErrorBody), (status = 503, description = "a database Sluice needs does not answer", body = ErrorBody)), security(("bearer" = [])))]
 async fn submit(
     State(service): State<Service>,
     Authenticated(caller): Authenticated,
@@ -279,7 +286,7 @@ async fn submit(
     Ok((status, Json(view)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct BatchRequest {
     migrations: Vec<SubmitRequest>,
@@ -287,6 +294,7 @@ struct BatchRequest {
 
 /// Many migrations in one transaction: 201 with what was created (and the ids left
 /// unchanged), or 422 with every item's error and nothing submitted.
+#[utoipa::path(post, path = "/api/v1/migrations:batch", tag = "migrations", request_body = BatchRequest, responses((status = 201, description = "all submitted, in one transaction", body = crate::service::BatchResult), (status = 422, description = "nothing submitted: every item's error", body = BatchErrorBody), (status = "4XX", description = "refused: the message names what was wrong; nothing changed", body = ErrorBody), (status = 503, description = "a database Sluice needs does not answer", body = ErrorBody)), security(("bearer" = [])))]
 async fn submit_batch(
     State(service): State<Service>,
     Authenticated(caller): Authenticated,
@@ -308,7 +316,7 @@ async fn submit_batch(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
     #[serde(default = "default_limit")]
@@ -320,9 +328,10 @@ fn default_limit() -> i64 {
     100
 }
 
+#[utoipa::path(get, path = "/api/v1/migrations", tag = "migrations", params(ListQuery), responses((status = 200, description = "newest first", body = Vec<crate::service::MigrationSummary>), (status = "4XX", description = "refused: the message names what was wrong; nothing changed", body = ErrorBody), (status = 503, description = "a database Sluice needs does not answer", body = ErrorBody)), security(("bearer" = [])))]
 async fn list_migrations(
     State(service): State<Service>,
-    Authenticated(_): Authenticated,
+    Authenticated(_caller): Authenticated,
     Query(query): Query<ListQuery>,
 ) -> ApiResult<Vec<crate::service::MigrationSummary>> {
     Ok(Json(
@@ -332,14 +341,16 @@ async fn list_migrations(
     ))
 }
 
+#[utoipa::path(get, path = "/api/v1/migrations/{id}", tag = "migrations", params(("id" = String, Path, description = "the migration id")), responses((status = 200, description = "the migration with every deployment", body = crate::service::MigrationView), (status = "4XX", description = "refused: the message names what was wrong; nothing changed", body = ErrorBody), (status = 503, description = "a database Sluice needs does not answer", body = ErrorBody)), security(("bearer" = [])))]
 async fn get_migration(
     State(service): State<Service>,
-    Authenticated(_): Authenticated,
+    Authenticated(_caller): Authenticated,
     Path(id): Path<String>,
 ) -> ApiResult<crate::service::MigrationView> {
     Ok(Json(service.migration(&id).await?))
 }
 
+#[utoipa::path(put, path = "/api/v1/migrations/{id}", tag = "migrations", request_body = crate::service::AmendRequest, params(("id" = String, Path, description = "the migration id")), responses((status = 200, description = "amended: every approval is void", body = crate::service::MigrationView), (status = "4XX", description = "refused: the message names what was wrong; nothing changed", body = ErrorBody), (status = 503, description = "a database Sluice needs does not answer", body = ErrorBody)), security(("bearer" = [])))]
 async fn amend(
     State(service): State<Service>,
     Authenticated(caller): Authenticated,
@@ -349,6 +360,7 @@ async fn amend(
     Ok(Json(service.amend(&caller, &id, request).await?))
 }
 
+#[utoipa::path(post, path = "/api/v1/deployments/{id}/override", tag = "deployments", request_body = ReasonBody, params(("id" = String, Path, description = "the deployment id, <migration id>@<environment>")), responses((status = 200, description = "approved by override; a review is owed", body = crate::service::DeploymentView), (status = "4XX", description = "refused: the message names what was wrong; nothing changed", body = ErrorBody), (status = 503, description = "a database Sluice needs does not answer", body = ErrorBody)), security(("bearer" = [])))]
 async fn emergency_override(
     State(service): State<Service>,
     Authenticated(caller): Authenticated,
@@ -362,24 +374,26 @@ async fn emergency_override(
     ))
 }
 
+#[utoipa::path(get, path = "/api/v1/deployments/{id}", tag = "deployments", params(("id" = String, Path, description = "the deployment id, <migration id>@<environment>")), responses((status = 200, description = "the deployment", body = crate::service::DeploymentView), (status = "4XX", description = "refused: the message names what was wrong; nothing changed", body = ErrorBody), (status = 503, description = "a database Sluice needs does not answer", body = ErrorBody)), security(("bearer" = [])))]
 async fn get_deployment(
     State(service): State<Service>,
-    Authenticated(_): Authenticated,
+    Authenticated(_caller): Authenticated,
     Path(id): Path<String>,
 ) -> ApiResult<crate::service::DeploymentView> {
     Ok(Json(service.deployment(&id).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 struct LogQuery {
     after_id: Option<i64>,
     limit: Option<i64>,
 }
 
+#[utoipa::path(get, path = "/api/v1/deployments/{id}/log", tag = "deployments", params(("id" = String, Path, description = "the deployment id, <migration id>@<environment>"), LogQuery), responses((status = 200, description = "log lines after after_id", body = crate::service::LogPage), (status = "4XX", description = "refused: the message names what was wrong; nothing changed", body = ErrorBody), (status = 503, description = "a database Sluice needs does not answer", body = ErrorBody)), security(("bearer" = [])))]
 async fn get_deployment_log(
     State(service): State<Service>,
-    Authenticated(_): Authenticated,
+    Authenticated(_caller): Authenticated,
     Path(id): Path<String>,
     Query(query): Query<LogQuery>,
 ) -> ApiResult<crate::service::LogPage> {
@@ -390,7 +404,7 @@ async fn get_deployment_log(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ApproveBody {
     role: Role,
@@ -401,6 +415,7 @@ struct ApproveBody {
     checksum: Option<String>,
 }
 
+#[utoipa::path(post, path = "/api/v1/deployments/{id}/approvals", tag = "deployments", request_body = ApproveBody, params(("id" = String, Path, description = "the deployment id, <migration id>@<environment>")), responses((status = 200, description = "approved for that role", body = crate::service::DeploymentView), (status = "4XX", description = "refused: the message names what was wrong; nothing changed", body = ErrorBody), (status = 503, description = "a database Sluice needs does not answer", body = ErrorBody)), security(("bearer" = [])))]
 async fn approve(
     State(service): State<Service>,
     Authenticated(caller): Authenticated,
@@ -420,20 +435,21 @@ async fn approve(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CommentBody {
     #[serde(default)]
     comment: String,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ReasonBody {
     #[serde(default)]
     reason: String,
 }
 
+#[utoipa::path(post, path = "/api/v1/deployments/{id}/reject", tag = "deployments", request_body = CommentBody, params(("id" = String, Path, description = "the deployment id, <migration id>@<environment>")), responses((status = 200, description = "rejected", body = crate::service::DeploymentView), (status = "4XX", description = "refused: the message names what was wrong; nothing changed", body = ErrorBody), (status = 503, description = "a database Sluice needs does not answer", body = ErrorBody)), security(("bearer" = [])))]
 async fn reject(
     State(service): State<Service>,
     Authenticated(caller): Authenticated,
@@ -457,6 +473,7 @@ async fn optional_reason(body: axum::body::Bytes) -> Result<ReasonBody, ApiError
     })
 }
 
+#[utoipa::path(post, path = "/api/v1/deployments/{id}/cancel", tag = "deployments", request_body = ReasonBody, params(("id" = String, Path, description = "the deployment id, <migration id>@<environment>")), responses((status = 200, description = "cancelled (the body may be absent)", body = crate::service::DeploymentView), (status = "4XX", description = "refused: the message names what was wrong; nothing changed", body = ErrorBody), (status = 503, description = "a database Sluice needs does not answer", body = ErrorBody)), security(("bearer" = [])))]
 async fn cancel(
     State(service): State<Service>,
     Authenticated(caller): Authenticated,
@@ -467,6 +484,7 @@ async fn cancel(
     Ok(Json(service.cancel(&caller, &id, &body.reason).await?))
 }
 
+#[utoipa::path(post, path = "/api/v1/deployments/{id}/retry", tag = "deployments", params(("id" = String, Path, description = "the deployment id, <migration id>@<environment>")), responses((status = 200, description = "queued again", body = crate::service::DeploymentView), (status = "4XX", description = "refused: the message names what was wrong; nothing changed", body = ErrorBody), (status = 503, description = "a database Sluice needs does not answer", body = ErrorBody)), security(("bearer" = [])))]
 async fn retry(
     State(service): State<Service>,
     Authenticated(caller): Authenticated,
@@ -475,6 +493,7 @@ async fn retry(
     Ok(Json(service.retry(&caller, &id).await?))
 }
 
+#[utoipa::path(post, path = "/api/v1/deployments/{id}/dry-run", tag = "deployments", params(("id" = String, Path, description = "the deployment id, <migration id>@<environment>")), responses((status = 200, description = "the scripts ran in a transaction rolled back", body = crate::service::DryRunView), (status = "4XX", description = "refused: the message names what was wrong; nothing changed", body = ErrorBody), (status = 503, description = "a database Sluice needs does not answer", body = ErrorBody)), security(("bearer" = [])))]
 async fn dry_run(
     State(service): State<Service>,
     Authenticated(caller): Authenticated,
@@ -483,6 +502,7 @@ async fn dry_run(
     Ok(Json(service.dry_run(&caller, &id).await?))
 }
 
+#[utoipa::path(post, path = "/api/v1/deployments/{id}/rollback-test", tag = "deployments", params(("id" = String, Path, description = "the deployment id, <migration id>@<environment>")), responses((status = 200, description = "up, down, up again on a scratch copy", body = crate::service::RollbackTestView), (status = "4XX", description = "refused: the message names what was wrong; nothing changed", body = ErrorBody), (status = 503, description = "a database Sluice needs does not answer", body = ErrorBody)), security(("bearer" = [])))]
 async fn test_rollback(
     State(service): State<Service>,
     Authenticated(caller): Authenticated,
@@ -491,6 +511,7 @@ async fn test_rollback(
     Ok(Json(service.test_rollback(&caller, &id).await?))
 }
 
+#[utoipa::path(post, path = "/api/v1/deployments/{id}/rollback", tag = "deployments", request_body = ReasonBody, params(("id" = String, Path, description = "the deployment id, <migration id>@<environment>")), responses((status = 200, description = "rolling back (the body may be absent)", body = crate::service::DeploymentView), (status = "4XX", description = "refused: the message names what was wrong; nothing changed", body = ErrorBody), (status = 503, description = "a database Sluice needs does not answer", body = ErrorBody)), security(("bearer" = [])))]
 async fn rollback(
     State(service): State<Service>,
     Authenticated(caller): Authenticated,
@@ -501,12 +522,13 @@ async fn rollback(
     Ok(Json(service.rollback(&caller, &id, &body.reason).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct BaselineBody {
     up_to: String,
 }
 
+#[utoipa::path(post, path = "/api/v1/environments/{env}/baseline", tag = "environments", request_body = BaselineBody, params(("env" = String, Path, description = "the environment name")), responses((status = 200, description = "recorded as applied without running", body = crate::service::BaselineResult), (status = "4XX", description = "refused: the message names what was wrong; nothing changed", body = ErrorBody), (status = 503, description = "a database Sluice needs does not answer", body = ErrorBody)), security(("bearer" = [])))]
 async fn baseline(
     State(service): State<Service>,
     Authenticated(caller): Authenticated,
@@ -516,6 +538,7 @@ async fn baseline(
     Ok(Json(service.baseline(&caller, &env, &body.up_to).await?))
 }
 
+#[utoipa::path(get, path = "/api/v1/environments/{env}/backups", tag = "environments", params(("env" = String, Path, description = "the environment name")), responses((status = 200, description = "newest first", body = Vec<crate::service::BackupView>), (status = "4XX", description = "refused: the message names what was wrong; nothing changed", body = ErrorBody), (status = 503, description = "a database Sluice needs does not answer", body = ErrorBody)), security(("bearer" = [])))]
 async fn backups(
     State(service): State<Service>,
     Authenticated(caller): Authenticated,
@@ -524,13 +547,14 @@ async fn backups(
     Ok(Json(service.backups(&caller, &env).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RestoreBody {
     backup: String,
     confirm: String,
 }
 
+#[utoipa::path(post, path = "/api/v1/environments/{env}/restore", tag = "environments", request_body = RestoreBody, params(("env" = String, Path, description = "the environment name")), responses((status = 200, description = "restored; the queue follows the restored history", body = crate::service::RestoreResult), (status = "4XX", description = "refused: the message names what was wrong; nothing changed", body = ErrorBody), (status = 503, description = "a database Sluice needs does not answer", body = ErrorBody)), security(("bearer" = [])))]
 async fn restore(
     State(service): State<Service>,
     Authenticated(caller): Authenticated,
@@ -544,12 +568,13 @@ async fn restore(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ResetBody {
     confirm: String,
 }
 
+#[utoipa::path(post, path = "/api/v1/environments/{env}/reset", tag = "environments", request_body = ResetBody, params(("env" = String, Path, description = "the environment name")), responses((status = 200, description = "emptied; applied migrations approved again", body = crate::service::RestoreResult), (status = "4XX", description = "refused: the message names what was wrong; nothing changed", body = ErrorBody), (status = 503, description = "a database Sluice needs does not answer", body = ErrorBody)), security(("bearer" = [])))]
 async fn reset(
     State(service): State<Service>,
     Authenticated(caller): Authenticated,
@@ -559,6 +584,7 @@ async fn reset(
     Ok(Json(service.reset(&caller, &env, &body.confirm).await?))
 }
 
+#[utoipa::path(get, path = "/api/v1/environments/{env}/drift", tag = "environments", params(("env" = String, Path, description = "the environment name")), responses((status = 200, description = "the live schema against the reference", body = crate::service::DriftView), (status = "4XX", description = "refused: the message names what was wrong; nothing changed", body = ErrorBody), (status = 503, description = "a database Sluice needs does not answer", body = ErrorBody)), security(("bearer" = [])))]
 async fn get_drift(
     State(service): State<Service>,
     Authenticated(caller): Authenticated,
@@ -567,6 +593,7 @@ async fn get_drift(
     Ok(Json(service.drift(&caller, &env).await?))
 }
 
+#[utoipa::path(delete, path = "/api/v1/environments/{env}/drift", tag = "environments", params(("env" = String, Path, description = "the environment name")), responses((status = 200, description = "the live schema is the reference now", body = crate::service::DriftView), (status = "4XX", description = "refused: the message names what was wrong; nothing changed", body = ErrorBody), (status = 503, description = "a database Sluice needs does not answer", body = ErrorBody)), security(("bearer" = [])))]
 async fn accept_drift(
     State(service): State<Service>,
     Authenticated(caller): Authenticated,
@@ -575,21 +602,24 @@ async fn accept_drift(
     Ok(Json(service.accept_drift(&caller, &env).await?))
 }
 
+#[utoipa::path(get, path = "/api/v1/environments", tag = "environments", responses((status = 200, description = "every environment in promotion order", body = Vec<crate::service::EnvironmentStatus>), (status = "4XX", description = "refused: the message names what was wrong; nothing changed", body = ErrorBody), (status = 503, description = "a database Sluice needs does not answer", body = ErrorBody)), security(("bearer" = [])))]
 async fn environments(
     State(service): State<Service>,
-    Authenticated(_): Authenticated,
+    Authenticated(_caller): Authenticated,
 ) -> ApiResult<Vec<crate::service::EnvironmentStatus>> {
     Ok(Json(service.environments().await?))
 }
 
+#[utoipa::path(get, path = "/api/v1/environments/{env}", tag = "environments", params(("env" = String, Path, description = "the environment name")), responses((status = 200, description = "its queue, lock, freeze and last applied", body = crate::service::EnvironmentStatus), (status = "4XX", description = "refused: the message names what was wrong; nothing changed", body = ErrorBody), (status = 503, description = "a database Sluice needs does not answer", body = ErrorBody)), security(("bearer" = [])))]
 async fn environment(
     State(service): State<Service>,
-    Authenticated(_): Authenticated,
+    Authenticated(_caller): Authenticated,
     Path(env): Path<String>,
 ) -> ApiResult<crate::service::EnvironmentStatus> {
     Ok(Json(service.environment_status(&env).await?))
 }
 
+#[utoipa::path(post, path = "/api/v1/environments/{env}/lock", tag = "environments", request_body = ReasonBody, params(("env" = String, Path, description = "the environment name")), responses((status = 200, description = "locked", body = crate::service::EnvironmentStatus), (status = "4XX", description = "refused: the message names what was wrong; nothing changed", body = ErrorBody), (status = 503, description = "a database Sluice needs does not answer", body = ErrorBody)), security(("bearer" = [])))]
 async fn lock(
     State(service): State<Service>,
     Authenticated(caller): Authenticated,
@@ -603,6 +633,7 @@ async fn lock(
     ))
 }
 
+#[utoipa::path(delete, path = "/api/v1/environments/{env}/lock", tag = "environments", params(("env" = String, Path, description = "the environment name")), responses((status = 200, description = "unlocked", body = crate::service::EnvironmentStatus), (status = "4XX", description = "refused: the message names what was wrong; nothing changed", body = ErrorBody), (status = 503, description = "a database Sluice needs does not answer", body = ErrorBody)), security(("bearer" = [])))]
 async fn unlock(
     State(service): State<Service>,
     Authenticated(caller): Authenticated,
@@ -611,7 +642,7 @@ async fn unlock(
     Ok(Json(service.unlock_environment(&caller, &env).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 struct MigrateQuery {
     #[serde(default)]
@@ -624,7 +655,7 @@ fn default_wait() -> u64 {
     600
 }
 
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, utoipa::ToSchema)]
 struct MigrateResponse {
     #[serde(flatten)]
     result: crate::service::MigrateResult,
@@ -640,6 +671,7 @@ struct MigrateResponse {
     status: Option<crate::service::EnvironmentStatus>,
 }
 
+#[utoipa::path(post, path = "/api/v1/environments/{env}/migrate", tag = "environments", params(("env" = String, Path, description = "the environment name"), MigrateQuery), responses((status = 202, description = "released to the worker", body = MigrateResponse), (status = 200, description = "wait=true: settled, or why it stopped", body = MigrateResponse), (status = "4XX", description = "refused: the message names what was wrong; nothing changed", body = ErrorBody), (status = 503, description = "a database Sluice needs does not answer", body = ErrorBody)), security(("bearer" = [])))]
 async fn migrate(
     State(service): State<Service>,
     Authenticated(caller): Authenticated,
@@ -682,7 +714,7 @@ async fn migrate(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 struct AuditQuery {
     environment: Option<String>,
@@ -697,9 +729,10 @@ fn default_audit_limit() -> i64 {
     500
 }
 
+#[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(AuditQuery), responses((status = 200, description = "oldest first after after_id", body = Vec<crate::service::AuditView>), (status = "4XX", description = "refused: the message names what was wrong; nothing changed", body = ErrorBody), (status = 503, description = "a database Sluice needs does not answer", body = ErrorBody)), security(("bearer" = [])))]
 async fn audit(
     State(service): State<Service>,
-    Authenticated(_): Authenticated,
+    Authenticated(_caller): Authenticated,
     Query(query): Query<AuditQuery>,
 ) -> ApiResult<Vec<crate::service::AuditView>> {
     Ok(Json(
@@ -715,6 +748,7 @@ async fn audit(
     ))
 }
 
+#[utoipa::path(post, path = "/api/v1/deployments/{id}/review", tag = "deployments", request_body = CommentBody, params(("id" = String, Path, description = "the deployment id, <migration id>@<environment>")), responses((status = 200, description = "the review an override owes, recorded", body = crate::service::DeploymentView), (status = "4XX", description = "refused: the message names what was wrong; nothing changed", body = ErrorBody), (status = 503, description = "a database Sluice needs does not answer", body = ErrorBody)), security(("bearer" = [])))]
 async fn review(
     State(service): State<Service>,
     Authenticated(caller): Authenticated,
@@ -724,7 +758,7 @@ async fn review(
     Ok(Json(service.review(&caller, &id, &body.comment).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 struct NotificationsQuery {
     #[serde(default = "default_notification_state")]
@@ -736,6 +770,7 @@ fn default_notification_state() -> String {
     "pending".into()
 }
 
+#[utoipa::path(get, path = "/api/v1/notifications", tag = "notifications", params(NotificationsQuery), responses((status = 200, description = "undelivered notifications", body = Vec<crate::service::NotificationView>), (status = "4XX", description = "refused: the message names what was wrong; nothing changed", body = ErrorBody), (status = 503, description = "a database Sluice needs does not answer", body = ErrorBody)), security(("bearer" = [])))]
 async fn notifications(
     State(service): State<Service>,
     Authenticated(caller): Authenticated,
@@ -748,6 +783,7 @@ async fn notifications(
     ))
 }
 
+#[utoipa::path(post, path = "/api/v1/notifications/{id}/retry", tag = "notifications", params(("id" = String, Path, description = "the notification id")), responses((status = 200, description = "pending again", body = crate::service::NotificationView), (status = "4XX", description = "refused: the message names what was wrong; nothing changed", body = ErrorBody), (status = 503, description = "a database Sluice needs does not answer", body = ErrorBody)), security(("bearer" = [])))]
 async fn retry_notification(
     State(service): State<Service>,
     Authenticated(caller): Authenticated,
@@ -756,6 +792,7 @@ async fn retry_notification(
     Ok(Json(service.retry_notification(&caller, &id).await?))
 }
 
+#[utoipa::path(get, path = "/api/v1/notifications/channels", tag = "notifications", responses((status = 200, description = "the configured channels", body = Vec<crate::service::ChannelView>), (status = "4XX", description = "refused: the message names what was wrong; nothing changed", body = ErrorBody), (status = 503, description = "a database Sluice needs does not answer", body = ErrorBody)), security(("bearer" = [])))]
 async fn notification_channels(
     State(service): State<Service>,
     Authenticated(caller): Authenticated,
@@ -763,6 +800,7 @@ async fn notification_channels(
     Ok(Json(service.notification_channels(&caller).await?))
 }
 
+#[utoipa::path(post, path = "/api/v1/notifications/channels/{name}/test", tag = "notifications", params(("name" = String, Path, description = "the channel name")), responses((status = 200, description = "what the channel answered", body = crate::service::TestResult), (status = "4XX", description = "refused: the message names what was wrong; nothing changed", body = ErrorBody), (status = 503, description = "a database Sluice needs does not answer", body = ErrorBody)), security(("bearer" = [])))]
 async fn test_notification(
     State(service): State<Service>,
     Authenticated(caller): Authenticated,

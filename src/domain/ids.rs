@@ -9,7 +9,9 @@ use std::str::FromStr;
 /// for a migration imported from another tool, `V<version>__<slug>` (the version as the tool
 /// numbered it: `V000001__create_users` from golang-migrate, `V20240105120000__add_x` from
 /// dbmate, `V1.2__add_users` from Flyway).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct MigrationId(String);
 
@@ -153,7 +155,9 @@ impl fmt::Display for MigrationId {
 }
 
 /// An environment name: lower-case letters, digits, `-` and `_`, starting with a letter.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct EnvironmentName(String);
 
@@ -200,7 +204,9 @@ impl fmt::Display for EnvironmentName {
 }
 
 /// A user name from users.yml.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct UserName(String);
 

@@ -33,7 +33,19 @@ pub enum DomainError {
 }
 
 /// The roles of the approval matrix and of the operator permissions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 // Deserialized through FromStr, so that a value of the wrong type (`"risk": 5`) is a data
 // error naming what is allowed, not a syntax error.
 #[serde(rename_all = "snake_case", try_from = "String")]
@@ -98,7 +110,19 @@ impl FromStr for Role {
 }
 
 /// Declared or analysed risk of a migration. Ordered: low < medium < high.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 // Deserialized through FromStr, so that a value of the wrong type (`"risk": 5`) is a data
 // error naming what is allowed, not a syntax error.
 #[serde(rename_all = "lowercase", try_from = "String")]
@@ -140,7 +164,7 @@ impl fmt::Display for Risk {
 }
 
 /// What sort of change a migration is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 // Deserialized through FromStr, so that a value of the wrong type (`"risk": 5`) is a data
 // error naming what is allowed, not a syntax error.
 #[serde(rename_all = "snake_case", try_from = "String")]

@@ -8,7 +8,19 @@ use std::fmt;
 use std::str::FromStr;
 
 /// One kind of notification event. Channels route on these names (notifications.yml `events:`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case", try_from = "String")]
 pub enum NoticeKind {
     Submitted,

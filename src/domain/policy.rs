@@ -5,7 +5,7 @@ use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// What an environment requires for a migration of a given effective risk.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ApprovalPolicy {
     /// Each entry must be filled by a distinct person signing as that role. A role may appear
     /// more than once (two data_ops approvers).
@@ -29,7 +29,7 @@ pub struct ApprovalRecord {
 }
 
 /// How far the approvals of a deployment are from satisfying its policy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct PolicyProgress {
     pub satisfied: bool,
     /// Roles still to be filled, one entry per missing approval.

@@ -3,7 +3,7 @@
 
 use super::*;
 
-#[derive(Debug, Clone, serde::Serialize, PartialEq)]
+#[derive(Debug, Clone, serde::Serialize, PartialEq, utoipa::ToSchema)]
 pub struct BackupView {
     pub file: String,
     pub taken_at: String,

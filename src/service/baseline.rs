@@ -8,7 +8,7 @@ use super::*;
 use crate::target::{Script, ToolHistory};
 
 /// What a baseline recorded.
-#[derive(Debug, Clone, serde::Serialize, PartialEq)]
+#[derive(Debug, Clone, serde::Serialize, PartialEq, utoipa::ToSchema)]
 pub struct BaselineResult {
     pub environment: String,
     /// The migrations now recorded as applied, in order.

@@ -13,7 +13,7 @@ use crate::target::{self, TargetError, TargetSession, TargetSettings};
 const LISTED: usize = 200;
 
 /// What the live schema looks like beside the reference.
-#[derive(Debug, Clone, serde::Serialize, PartialEq)]
+#[derive(Debug, Clone, serde::Serialize, PartialEq, utoipa::ToSchema)]
 pub struct DriftView {
     pub environment: String,
     /// The reference: when it was taken and its hash (none before the first apply or check).
@@ -30,7 +30,7 @@ pub struct DriftView {
 }
 
 /// A drift the scheduler found and recorded (shown in environment status).
-#[derive(Debug, Clone, serde::Serialize, PartialEq)]
+#[derive(Debug, Clone, serde::Serialize, PartialEq, utoipa::ToSchema)]
 pub struct RecordedDrift {
     pub found_at: String,
     pub difference_count: usize,

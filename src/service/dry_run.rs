@@ -8,7 +8,7 @@ use crate::store::{CheckKind, CheckRow};
 use crate::target::{self, dry_run::DryRunReport, rollback_test::RollbackTestReport};
 
 /// A check kept with a deployment (its latest dry run or rollback test), as the APIs show it.
-#[derive(Debug, Clone, serde::Serialize, PartialEq)]
+#[derive(Debug, Clone, serde::Serialize, PartialEq, utoipa::ToSchema)]
 pub struct CheckView<R> {
     pub deployment_id: String,
     pub at: String,

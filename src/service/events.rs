@@ -8,7 +8,7 @@ use crate::store::DeploymentRow;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct DeploymentEvent {
     pub deployment_id: String,
     pub migration_id: String,
@@ -17,7 +17,7 @@ pub struct DeploymentEvent {
     pub kind: EventKind,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     State {

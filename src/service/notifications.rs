@@ -10,7 +10,7 @@ use serde::Serialize;
 
 /// One notification event as channels render it: self-contained, so that what is sent says
 /// what was true when the event happened, however late it is delivered.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Notice {
     pub event_id: String,
     pub kind: NoticeKind,
@@ -43,7 +43,7 @@ pub struct Notice {
     pub note: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NoticeMigration {
     pub id: String,
     pub description: String,
@@ -56,13 +56,13 @@ pub struct NoticeMigration {
     pub why: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NoticeApproval {
     pub approver: String,
     pub role: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NoticeRecipient {
     pub name: String,
     pub email: Option<String>,
@@ -88,7 +88,7 @@ impl Notice {
 
 /// An event as its audit record carries it until the notifier fans it out: the notice, and
 /// what routing and ordering need.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Event {
     pub notice: Notice,
     /// Rows with one key are sent in order: the migration's id, or `environment:<name>`.
@@ -115,7 +115,7 @@ pub fn carrying(mut entry: AuditRow, events: &[Event]) -> Result<AuditRow> {
 }
 
 /// An undelivered notification, as the API lists it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct NotificationView {
     pub id: i64,
     pub event_id: String,
@@ -158,7 +158,7 @@ impl NotificationView {
 }
 
 /// A channel's health.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct ChannelView {
     pub name: String,
     #[serde(rename = "type")]
@@ -175,7 +175,7 @@ pub struct ChannelView {
 }
 
 /// What a test message got back.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct TestResult {
     pub channel: String,
     pub delivered: bool,

@@ -11,7 +11,7 @@ use crate::target::TargetSession;
 use std::path::{Path, PathBuf};
 
 /// What a restore or a reset did.
-#[derive(Debug, Clone, serde::Serialize, PartialEq)]
+#[derive(Debug, Clone, serde::Serialize, PartialEq, utoipa::ToSchema)]
 pub struct RestoreResult {
     pub environment: String,
     /// restore or reset.

@@ -3,7 +3,7 @@
 use super::*;
 
 /// A submission, as the REST API receives it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitRequest {
     /// The id the migration's file carries (`sluice new` writes it): kept as the migration's
@@ -24,7 +24,7 @@ pub struct SubmitRequest {
 }
 
 /// New scripts for a migration that has not touched any target yet.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AmendRequest {
     pub up_sql: String,
@@ -597,7 +597,7 @@ impl Service {
 pub const BATCH_LIMIT: usize = 5_000;
 
 /// Why one migration of a batch was refused.
-#[derive(Debug, Clone, serde::Serialize, PartialEq)]
+#[derive(Debug, Clone, serde::Serialize, PartialEq, utoipa::ToSchema)]
 pub struct BatchItemError {
     /// Its place in the batch, from 0.
     pub index: usize,
@@ -606,7 +606,7 @@ pub struct BatchItemError {
 }
 
 /// What a batch submission made.
-#[derive(Debug, Clone, serde::Serialize, PartialEq)]
+#[derive(Debug, Clone, serde::Serialize, PartialEq, utoipa::ToSchema)]
 pub struct BatchResult {
     /// The migrations created, in the batch's order.
     pub created: Vec<MigrationView>,

@@ -7,7 +7,7 @@ use crate::store::{ApprovalRow, AuditRow, DeploymentRow, LockRow, LogRow, Migrat
 use serde::Serialize;
 use std::collections::BTreeMap;
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct ApprovalView {
     pub approver: String,
     pub role: String,
@@ -17,7 +17,7 @@ pub struct ApprovalView {
     pub current: bool,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct LogView {
     pub at: String,
     pub level: String,
@@ -35,7 +35,7 @@ impl From<LogRow> for LogView {
 }
 
 /// One page of a deployment's log.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct LogPage {
     pub deployment_id: String,
     /// Each line with its id, oldest first.
@@ -44,7 +44,7 @@ pub struct LogPage {
     pub next_after_id: Option<i64>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct LogPageLine {
     pub id: i64,
     pub at: String,
@@ -52,7 +52,7 @@ pub struct LogPageLine {
     pub message: String,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct DeploymentView {
     pub id: String,
     pub migration_id: String,
@@ -103,7 +103,7 @@ pub struct DeploymentView {
     pub statements_applied: Option<i64>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct ReviewView {
     pub role: String,
     pub owed_since: String,
@@ -125,7 +125,7 @@ impl From<crate::store::ReviewRow> for ReviewView {
 }
 
 /// A deployment whose post-emergency review is owed, for environment status.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct OwedReviewView {
     pub deployment_id: String,
     pub migration_id: String,
@@ -191,7 +191,7 @@ impl DeploymentView {
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct MigrationView {
     pub id: String,
     pub kind: String,
@@ -233,7 +233,7 @@ impl MigrationView {
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct MigrationSummary {
     pub id: String,
     pub kind: String,
@@ -261,14 +261,14 @@ impl MigrationSummary {
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct LockView {
     pub locked_by: String,
     pub reason: String,
     pub locked_at: String,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct EnvironmentStatus {
     pub name: String,
     pub database: String,
@@ -334,13 +334,13 @@ impl EnvironmentStatus {
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct FreezeView {
     pub window: String,
     pub until: String,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct AuditView {
     pub id: i64,
     pub at: String,
@@ -367,7 +367,7 @@ impl From<AuditRow> for AuditView {
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct MigrateResult {
     pub environment: String,
     /// Deployments this call released from approved to queued.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 /// How long a dry run tries to get its locks in all: it answers a person waiting for it.
 pub const DRY_RUN_LOCK_BUDGET: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct DryRunReport {
     /// `ok` (every statement ran), `error` (one failed), `partial` (a statement that cannot
     /// run in a transaction stopped it; what came before ran).
@@ -29,7 +29,7 @@ pub struct DryRunReport {
     pub log: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct DryRunStatement {
     /// 1-based, as errors count statements.
     pub index: usize,
@@ -42,7 +42,7 @@ pub struct DryRunStatement {
     pub reason: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct DryRunLock {
     /// Schema-qualified; a relation the script itself created is named by the script.
     pub relation: String,

@@ -12,7 +12,7 @@ use crate::config::{BackupSettings, redact_url};
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct RollbackTestReport {
     /// passed, or failed (a step failed, or the schemas differ).
     pub outcome: String,
@@ -25,7 +25,7 @@ pub struct RollbackTestReport {
     pub second_up_differs: Vec<SchemaDifference>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct RollbackTestStep {
     /// up, down or up again.
     pub step: String,

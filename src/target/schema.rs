@@ -8,11 +8,11 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
 /// "column public.accounts.note" -> "text NOT NULL DEFAULT ''".
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SchemaSnapshot(pub BTreeMap<String, String>);
 
 /// One object that differs between a reference snapshot and the live schema.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SchemaDifference {
     /// "column public.accounts.note"
     pub object: String,

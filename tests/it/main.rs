@@ -12,6 +12,7 @@ mod interrupted;
 mod metrics;
 mod mysql;
 mod notify;
+mod openapi;
 mod promise;
 mod receivers;
 mod restore;
