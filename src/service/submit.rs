@@ -54,6 +54,7 @@ pub(super) struct Prepared {
 /// What writing a submission made.
 pub(super) struct Inserted {
     pub(super) id: String,
+    pub(super) migration: MigrationRow,
     pub(super) created: Vec<DeploymentRow>,
     /// Environments whose worker has something queued now.
     pub(super) wake: Vec<String>,
@@ -214,6 +215,42 @@ impl Service {
         })
     }
 
+    /// `prepare` of many submissions, spread over the machine's cores; in the given order.
+    #[allow(clippy::type_complexity)]
+    async fn prepare_all(
+        &self,
+        todo: Vec<(usize, SubmitRequest)>,
+    ) -> Result<Vec<(usize, Option<String>, Result<Prepared>)>> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let share = todo.len().div_ceil(cores).max(16);
+        let mut shares = Vec::new();
+        let mut rest = todo.into_iter();
+        loop {
+            let part: Vec<_> = rest.by_ref().take(share).collect();
+            if part.is_empty() {
+                break;
+            }
+            let service = self.clone();
+            shares.push(tokio::task::spawn_blocking(move || {
+                part.into_iter()
+                    .map(|(index, request)| {
+                        let id = request.id.clone();
+                        (index, id, service.prepare(request))
+                    })
+                    .collect::<Vec<_>>()
+            }));
+        }
+        let mut out = Vec::new();
+        for share in shares {
+            out.extend(
+                share
+                    .await
+                    .map_err(|e| ServiceError::Unexpected(anyhow::Error::new(e)))?,
+            );
+        }
+        Ok(out)
+    }
+
     /// Writes a prepared submission in `tx`: the migration, a deployment per environment
     /// (auto-approved where the environment approves itself), the audit record and its events.
     pub(super) async fn insert_prepared(
@@ -354,6 +391,7 @@ impl Service {
         }
         Ok(Inserted {
             id: id.to_string(),
+            migration,
             created,
             wake,
         })
@@ -638,9 +676,9 @@ impl Service {
         let mut errors = Vec::new();
         let mut prepared = Vec::new();
         let mut seen = std::collections::HashSet::new();
+        let mut todo = Vec::with_capacity(requests.len());
         for (index, request) in requests.into_iter().enumerate() {
-            let id = request.id.clone();
-            if let Some(id) = &id
+            if let Some(id) = &request.id
                 && !seen.insert(id.clone())
             {
                 errors.push(BatchItemError {
@@ -650,7 +688,12 @@ impl Service {
                 });
                 continue;
             }
-            match self.prepare(request) {
+            todo.push((index, request));
+        }
+        // Reading the scripts (parse, lint, risk) is CPU work: on blocking threads, one share
+        // per core, off the runtime's threads.
+        for (index, id, result) in self.prepare_all(todo).await? {
+            match result {
                 Ok(p) => prepared.push((index, p)),
                 Err(e) => errors.push(BatchItemError {
                     index,
@@ -706,9 +749,16 @@ impl Service {
         for env in wake {
             self.signals.wake(&env);
         }
+        // The views from what was written (a new migration has no approval yet): the same as
+        // reading each back, without five queries a migration.
         let mut created = Vec::with_capacity(inserted.len());
         for done in inserted {
-            created.push(self.migration(&done.id).await?);
+            let views = done
+                .created
+                .iter()
+                .map(|d| self.deployment_view(d, &done.migration, &[]))
+                .collect::<Result<Vec<_>>>()?;
+            created.push(MigrationView::new(done.migration, views));
         }
         Ok(Ok(BatchResult { created, unchanged }))
     }

@@ -943,6 +943,16 @@ async fn a_batch_is_all_or_nothing_with_every_items_error() {
         .collect();
     assert_eq!(ids, [first, second]);
     assert_eq!(made["created"][1]["depends_on"], json!([first]));
+    // What the batch answers is what reading each back gives.
+    for view in made["created"].as_array().unwrap() {
+        let (_, read) = app
+            .get(
+                "dev",
+                &format!("/api/v1/migrations/{}", view["id"].as_str().unwrap()),
+            )
+            .await;
+        assert_eq!(&read, view);
+    }
     // Again: unchanged; one more item is created alone.
     let mut again = batch.clone();
     again["migrations"].as_array_mut().unwrap().push(item(
