@@ -609,6 +609,7 @@ impl Worker {
         let claimed_at = self.now();
         let mut claimed = Vec::new();
         {
+            let mut audits = Vec::with_capacity(batch.len());
             let mut tx = store.begin().await?;
             for &index in &batch {
                 let d = &mut open[index];
@@ -637,9 +638,10 @@ impl Worker {
                     )
                     .await?;
                 audit.events = events_column(event.as_slice())?;
-                store.insert_audit(&mut tx, &audit).await?;
+                audits.push(audit);
                 claimed.push(index);
             }
+            store.insert_audits(&mut tx, &audits).await?;
             tx.commit().await?;
             self.service.events_written();
         }

@@ -1038,6 +1038,51 @@ impl Store {
         Ok(())
     }
 
+    /// Many audit records, in order, a hundred to a statement (a worker's claim of a run
+    /// writes one per deployment).
+    pub async fn insert_audits(
+        &self,
+        conn: &mut AnyConnection,
+        entries: &[AuditRow],
+    ) -> Result<(), StoreError> {
+        for chunk in entries.chunks(100) {
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let b = i * 8;
+                    format!(
+                        "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                        b + 1,
+                        b + 2,
+                        b + 3,
+                        b + 4,
+                        b + 5,
+                        b + 6,
+                        b + 7,
+                        b + 8
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO audit_log (at, actor, action, environment, migration_id, deployment_id, detail, events) VALUES {}",
+                rows.join(", ")
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for entry in chunk {
+                query = query
+                    .bind(entry.at)
+                    .bind(&entry.actor)
+                    .bind(&entry.action)
+                    .bind(&entry.environment)
+                    .bind(&entry.migration_id)
+                    .bind(&entry.deployment_id)
+                    .bind(&entry.detail)
+                    .bind(&entry.events);
+            }
+            query.execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
+
     pub async fn audit(
         &self,
         conn: &mut AnyConnection,
