@@ -285,6 +285,27 @@ pub fn validate_file(path: &Path, dialect: crate::lint::Dialect) -> Vec<Problem>
             None
         }
     };
+    // PostgreSQL's grammar reads every statement: a typo fails here, not on development.
+    let syntax = |file: &Path, text: &str, problems: &mut Vec<Problem>| {
+        if dialect == crate::lint::Dialect::MySql {
+            return;
+        }
+        for p in crate::lint::syntax_problems(text) {
+            problems.push(Problem {
+                column: p.column,
+                ..Problem::new(file, p.line, format!("syntax error: {}", p.message))
+            });
+        }
+    };
+    syntax(path, &text, &mut problems);
+    if let Some(down) = header
+        .as_ref()
+        .map(|h| rollback_path(path, h))
+        .filter(|p| p.exists())
+        && let Ok(down_text) = std::fs::read_to_string(&down)
+    {
+        syntax(&down, &down_text, &mut problems);
+    }
     match crate::lint::split_statements_for(&text, dialect) {
         Err(e) => problems.push(at(e.line, e.message)),
         Ok(statements) => {

@@ -336,6 +336,64 @@ pub fn split_statements(sql: &str) -> Result<Vec<Statement>, SplitError> {
     })
 }
 
+/// A statement PostgreSQL's grammar does not read, where (1-based line and column).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyntaxProblem {
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+/// The syntax errors of a PostgreSQL script, as squawk's parser (PostgreSQL's grammar) finds
+/// them: `SELEC 1`, `CREAT TABLE`, `(id int,,`, an unclosed parenthesis. The first of each
+/// line only (one mistake makes the parser report several).
+pub fn syntax_problems(sql: &str) -> Vec<SyntaxProblem> {
+    let owned = sql.to_owned();
+    on_parser_stack(move || {
+        let parse = squawk_syntax::SourceFile::parse(&owned);
+        let mut problems: Vec<SyntaxProblem> = Vec::new();
+        for error in parse.errors() {
+            let (line, column) = position(&owned, usize::from(error.range().start()));
+            if problems.iter().any(|p| p.line == line) {
+                continue;
+            }
+            problems.push(SyntaxProblem {
+                line,
+                column,
+                message: readable(error.message()),
+            });
+        }
+        problems
+    })
+}
+
+/// squawk names tokens by kind (`expected R_PAREN`): the characters read better.
+fn readable(message: &str) -> String {
+    [
+        ("R_PAREN", "\")\""),
+        ("L_PAREN", "\"(\""),
+        ("SEMICOLON", "\";\""),
+        ("COMMA", "\",\""),
+        ("R_BRACK", "\"]\""),
+        ("L_BRACK", "\"[\""),
+        ("DOT", "\".\""),
+        ("EQ", "\"=\""),
+    ]
+    .iter()
+    .fold(message.to_owned(), |text, (kind, shown)| {
+        text.split(' ')
+            .map(|word| {
+                if word == *kind {
+                    (*shown).to_owned()
+                } else {
+                    word.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    })
+}
+
 /// Splits a script the way the targets of `dialect` read it: MySQL/MariaDB scripts with the
 /// MySQL client's rules (`#` comments, backslash escapes in strings, `DELIMITER` blocks for
 /// procedures and triggers); everything else with PostgreSQL's grammar.
@@ -1449,6 +1507,31 @@ pub fn effective_risk(declared: Risk, findings: &[Finding]) -> Risk {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn syntax_problems_name_line_and_column_and_pass_real_world_scripts() {
+        for (sql, line) in [
+            ("SELEC 1;", 1),
+            ("SELECT 1;\nCREAT TABLE t (id int);", 2),
+            ("CREATE TABLE t (id int,, name text);", 1),
+            ("CREATE TABLE t (\n  id int\n;", 2),
+        ] {
+            let problems = syntax_problems(sql);
+            assert!(!problems.is_empty(), "{sql}");
+            assert_eq!(problems[0].line, line, "{sql}: {problems:?}");
+        }
+        let real = "-- comment; with a semicolon\nBEGIN;\nCREATE TABLE users (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, email text NOT NULL);\n\
+            CREATE INDEX CONCURRENTLY users_email ON users (email);\n\
+            DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_type WHERE typname = 'mood') THEN CREATE TYPE mood AS ENUM ('ok'); END IF; END $$;\n\
+            ALTER TYPE mood ADD VALUE IF NOT EXISTS 'sad';\n\
+            CREATE OR REPLACE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $fn$ BEGIN NEW.updated_at := now(); RETURN NEW; END $fn$;\n\
+            CREATE TABLE events (id int, at timestamptz) PARTITION BY RANGE (at);\n\
+            COMMENT ON TABLE users IS 'people; really';\n\
+            GRANT SELECT ON users TO PUBLIC;\n\
+            INSERT INTO users (email) VALUES ('a@b') ON CONFLICT DO NOTHING;\n\
+            COMMIT;\n";
+        assert_eq!(syntax_problems(real), []);
+    }
+
     use super::*;
     use proptest::prelude::*;
 
