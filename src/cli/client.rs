@@ -59,6 +59,20 @@ impl Client {
                     status.message()
                 ),
             },
+            // An HTTP server that is not gRPC answered (Sluice's REST port answers JSON,
+            // whose `{` tonic reads as a compression flag of 123).
+            _ if status.message().contains("invalid compression flag")
+                || status.message().contains("invalid content-type") =>
+            {
+                Failure {
+                    code: 3,
+                    message: format!(
+                        "cannot talk to sluice at {}: an HTTP server answered, not gRPC ({}); this looks like Sluice's REST port: the CLI speaks gRPC, on port 50051 by default (server.grpc_addr); set --server or SLUICE_ADDR to it",
+                        self.server,
+                        status.message()
+                    ),
+                }
+            }
             _ => Failure::operation(status.message().to_owned()),
         }
     }

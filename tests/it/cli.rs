@@ -766,3 +766,29 @@ async fn validate_finds_syntax_errors_with_line_and_column() {
     ok(&sluice(&app, None, &dir, &["validate", good.to_str().unwrap()]).await);
     app.stop().await;
 }
+
+/// The CLI pointed at the REST port says so, and exits 3 ("cannot reach"), instead of
+/// "protocol error: received message with invalid compression flag: 123" with exit 1.
+#[tokio::test]
+async fn the_cli_pointed_at_the_rest_port_says_so() {
+    let app = spawn_app().await;
+    let dir = std::env::temp_dir();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "--server",
+            &app.base,
+            "--token",
+            app.token("dev"),
+            "status",
+            "development",
+        ])
+        .current_dir(&dir)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("REST port"), "{stderr}");
+    assert!(stderr.contains("50051"), "{stderr}");
+    app.stop().await;
+}
