@@ -516,6 +516,9 @@ impl pb::sluice_server::Sluice for GrpcApi {
     ) -> Result<Response<pb::ListMigrationsResponse>, Status> {
         self.caller(&request)?;
         let r = request.into_inner();
+        if !r.environment.is_empty() {
+            self.service.environment(&r.environment)?;
+        }
         let limit = if r.limit <= 0 { 100 } else { r.limit };
         let list = self.service.list_migrations(limit, r.before_seq).await?;
         Ok(Response::new(pb::ListMigrationsResponse {

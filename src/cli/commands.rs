@@ -250,6 +250,9 @@ pub(super) async fn remote(client: &mut Client, command: Command, output: Output
             environment,
             checksum,
         } => {
+            // A mistyped role is said as such, before anything is looked up.
+            role.parse::<crate::domain::Role>()
+                .map_err(|e| Failure::usage(e.to_string()))?;
             let me = client
                 .inner
                 .who_am_i(client.request(pb::WhoAmIRequest {})?)
@@ -636,6 +639,7 @@ pub(super) async fn remote(client: &mut Client, command: Command, output: Output
             let request = client.request(pb::ListMigrationsRequest {
                 limit,
                 before_seq: None,
+                environment: environment.clone().unwrap_or_default(),
             })?;
             let list = client
                 .inner

@@ -102,8 +102,9 @@ impl FromStr for Role {
             .find(|r| r.as_str() == s)
             .ok_or_else(|| {
                 DomainError::Invalid(format!(
-                    "unknown role \"{s}\" (known: {})",
-                    Role::ALL.map(|r| r.as_str()).join(", ")
+                    "unknown role \"{s}\" (known: {}){}",
+                    Role::ALL.map(|r| r.as_str()).join(", "),
+                    text::did_you_mean(s, Role::ALL.map(|r| r.as_str()))
                 ))
             })
     }

@@ -82,3 +82,38 @@ mod tests {
         assert!(script("up_sql", &"x".repeat(SCRIPT_BYTES + 1)).is_err());
     }
 }
+
+/// The known name closest to a mistyped one, when it is close enough to be meant
+/// (`prodution` -> `production`, `dataops` -> `data_ops`): `; did you mean "production"?`, or
+/// nothing.
+pub fn did_you_mean<'a>(given: &str, known: impl IntoIterator<Item = &'a str>) -> String {
+    let given = given.to_lowercase();
+    known
+        .into_iter()
+        .map(|k| (strsim::jaro_winkler(&given, &k.to_lowercase()), k))
+        .filter(|(score, _)| *score >= 0.85)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, k)| format!("; did you mean \"{k}\"?"))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod suggestion_tests {
+    use super::did_you_mean;
+
+    #[test]
+    fn close_names_are_suggested_and_far_ones_are_not() {
+        let envs = ["development", "staging", "production"];
+        assert_eq!(
+            did_you_mean("prodution", envs),
+            "; did you mean \"production\"?"
+        );
+        assert_eq!(did_you_mean("STAGING", envs), "; did you mean \"staging\"?");
+        assert_eq!(did_you_mean("qa", envs), "");
+        let roles = ["developer", "data_ops", "data_ops_lead", "dba"];
+        assert_eq!(
+            did_you_mean("dataops", roles),
+            "; did you mean \"data_ops\"?"
+        );
+    }
+}

@@ -286,8 +286,12 @@ impl Service {
             .and_then(|n| self.config.environment(&n))
             .ok_or_else(|| {
                 ServiceError::NotFound(format!(
-                    "unknown environment \"{name}\" (known: {})",
-                    self.config.environment_names()
+                    "unknown environment \"{name}\" (known: {}){}",
+                    self.config.environment_names(),
+                    domain::text::did_you_mean(
+                        name,
+                        self.config.environments.iter().map(|e| e.name.as_str())
+                    )
                 ))
             })
     }

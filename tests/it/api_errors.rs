@@ -105,7 +105,7 @@ async fn bad_requests_are_named_and_change_nothing() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(
         body["error"]["message"],
-        "unknown environment \"prodution\" (known: development, staging, production)"
+        "unknown environment \"prodution\" (known: development, staging, production); did you mean \"production\"?"
     );
     let (status, _) = app
         .get("dev", "/api/v1/deployments/001_20260101_000000_x@staging")

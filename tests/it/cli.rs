@@ -350,6 +350,53 @@ async fn exit_codes_tell_failure_usage_and_reach_apart() {
         "{}",
         unknown_env.stderr
     );
+    assert!(
+        unknown_env.stderr.contains("did you mean \"production\"?"),
+        "{}",
+        unknown_env.stderr
+    );
+    // Every command that names an environment or a role checks it the same way.
+    let history = sluice(&app, Some("dev"), &dir, &["history", "prodution"]).await;
+    assert_eq!(history.code, 1, "{}{}", history.stdout, history.stderr);
+    assert!(
+        history.stderr.contains("unknown environment \"prodution\"")
+            && history.stderr.contains("did you mean \"production\"?"),
+        "{}",
+        history.stderr
+    );
+    let audit = sluice(
+        &app,
+        Some("dev"),
+        &dir,
+        &["audit", "--environment", "stagin"],
+    )
+    .await;
+    assert_eq!(audit.code, 1, "{}{}", audit.stdout, audit.stderr);
+    assert!(
+        audit.stderr.contains("did you mean \"staging\"?"),
+        "{}",
+        audit.stderr
+    );
+    let role = sluice(
+        &app,
+        Some("ops1"),
+        &dir,
+        &[
+            "approve",
+            "001_20240101_000000_x",
+            "dataops",
+            "ops1",
+            "fine",
+        ],
+    )
+    .await;
+    assert_eq!(role.code, 2, "{}", role.stderr);
+    assert!(
+        role.stderr.contains("unknown role \"dataops\"")
+            && role.stderr.contains("did you mean \"data_ops\"?"),
+        "{}",
+        role.stderr
+    );
     let invalid = dir.join("invalid.sql");
     std::fs::write(
         &invalid,
