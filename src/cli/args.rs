@@ -17,7 +17,7 @@ pub struct Cli {
     #[arg(long, global = true, env = "SLUICE_TOKEN", hide_env_values = true)]
     pub(super) token: Option<String>,
     /// How to print results (sarif and github: `validate` only, for CI tools).
-    #[arg(long, global = true, value_enum, default_value = "table")]
+    #[arg(short = 'o', long, global = true, value_enum, default_value = "table")]
     pub(super) output: OutputArg,
     #[command(subcommand)]
     pub(super) command: Command,
@@ -255,6 +255,17 @@ pub(super) enum Command {
         environment: String,
         #[arg(long, value_name = "VERSION_OR_ID")]
         up_to: String,
+    },
+    /// Everything about one migration (like `kubectl describe`): its scripts' findings and, per
+    /// environment, state, approvals (void when the scripts changed since), errors with the
+    /// failing statement, timings; `--log` adds each deployment's log (NOTICEs included).
+    Show {
+        migration_id: String,
+        /// Only this environment's deployment.
+        environment: Option<String>,
+        /// Print the deployments' logs too.
+        #[arg(long)]
+        log: bool,
     },
     /// Migrations and their state per environment (or in one environment).
     History {

@@ -635,6 +635,11 @@ pub(super) async fn remote(client: &mut Client, command: Command, output: Output
             environment,
             migration_id,
         } => watch(client, &environment, migration_id, output).await,
+        Command::Show {
+            migration_id,
+            environment,
+            log,
+        } => super::render::show(client, &migration_id, environment.as_deref(), log, output).await,
         Command::History { environment, limit } => {
             let request = client.request(pb::ListMigrationsRequest {
                 limit,

@@ -299,3 +299,188 @@ pub(super) fn printable(text: &str) -> String {
     }
     out
 }
+
+/// `sluice show`: the migration, then each deployment (in promotion order), with its log when
+/// asked. JSON: the migration as the API gives it, each deployment's log in full.
+pub(super) async fn show(
+    client: &mut Client,
+    migration_id: &str,
+    environment: Option<&str>,
+    with_log: bool,
+    output: Output,
+) -> CliResult {
+    let request = client.request(pb::GetMigrationRequest {
+        id: migration_id.to_owned(),
+    })?;
+    let mut migration = client
+        .inner
+        .get_migration(request)
+        .await
+        .map_err(|s| client.failed(s))?
+        .into_inner();
+    if let Some(env) = environment {
+        if !migration.deployments.iter().any(|d| d.environment == env) {
+            let known: Vec<&str> = migration
+                .deployments
+                .iter()
+                .map(|d| d.environment.as_str())
+                .collect();
+            return Err(Failure::operation(format!(
+                "unknown environment \"{env}\" (known: {}){}",
+                known.join(", "),
+                crate::domain::text::did_you_mean(env, known.iter().copied())
+            )));
+        }
+        migration.deployments.retain(|d| d.environment == env);
+    }
+    if with_log {
+        for d in &mut migration.deployments {
+            d.log = deployment_log(client, &d.id).await?;
+        }
+    }
+    if output == Output::Json {
+        return print_json(&migration);
+    }
+    let m = &migration;
+    println!("migration    {}", m.id);
+    println!("description  {}", printable(&m.description));
+    println!("kind         {}", m.kind);
+    println!("author       {}", m.author);
+    println!("ticket       {}", printable(&m.ticket));
+    println!("submitted    {}", m.submitted_at);
+    let raised = if m.effective_risk != m.declared_risk {
+        format!(" (declared {}, raised by a finding)", m.declared_risk)
+    } else {
+        String::new()
+    };
+    println!("risk         {}{raised}", m.effective_risk);
+    println!("checksum     {}", m.checksum);
+    if !m.depends_on.is_empty() {
+        println!("depends on   {}", m.depends_on.join(", "));
+    }
+    println!(
+        "rollback     {}",
+        match &m.down_sql {
+            Some(down) if down.trim().is_empty() => "empty (nothing to undo)",
+            Some(_) => "yes",
+            None => "none: not undoable",
+        }
+    );
+    if !m.findings.is_empty() {
+        println!("findings");
+        for f in &m.findings {
+            let script = if f.script.is_empty() { "up" } else { &f.script };
+            let ignored = if f.ignored.is_empty() {
+                String::new()
+            } else {
+                format!(" (ignored: {})", f.ignored)
+            };
+            println!(
+                "  {script} line {}: {} {} [{}]{ignored}",
+                f.line,
+                f.risk.to_uppercase(),
+                printable(&f.message),
+                f.rule
+            );
+        }
+    }
+    for d in &m.deployments {
+        println!();
+        println!("{}  {}", d.environment, d.state);
+        if !d.blocked_by.is_empty() {
+            println!("  waiting      {}", printable(&d.blocked_by));
+        }
+        let needed = still_needed(d);
+        if !needed.is_empty() && d.state == "awaiting_approval" {
+            println!("  needs        {needed}");
+            if !d.deadline_at.is_empty() {
+                println!("  deadline     {}", d.deadline_at);
+            }
+        }
+        for a in &d.approvals {
+            let void = if a.current {
+                ""
+            } else {
+                " (void: the scripts changed since)"
+            };
+            println!(
+                "  approved     {} as {} at {}{void}: {}",
+                a.approver,
+                a.role,
+                a.approved_at,
+                printable(&a.comment)
+            );
+        }
+        if !d.emergency_reason.is_empty() {
+            println!("  emergency    {}", printable(&d.emergency_reason));
+        }
+        if !d.started_at.is_empty() {
+            println!("  started      {}", d.started_at);
+        }
+        if !d.finished_at.is_empty() {
+            let took = d
+                .execution_ms
+                .map(|ms| {
+                    format!(
+                        " ({ms} ms{})",
+                        match d.transactional {
+                            Some(false) => ", statement by statement",
+                            _ => "",
+                        }
+                    )
+                })
+                .unwrap_or_default();
+            println!("  finished     {}{took}", d.finished_at);
+        }
+        if !d.error.is_empty() {
+            println!(
+                "  error        {}",
+                printable(&d.error).replace('\n', "\n               ")
+            );
+        }
+        if with_log {
+            if d.log.is_empty() {
+                println!("  log          (empty)");
+            } else {
+                println!("  log");
+                for line in &d.log {
+                    println!(
+                        "    {} {:<7} {}",
+                        line.at,
+                        line.level,
+                        printable(&line.message)
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A deployment's whole log, page by page.
+async fn deployment_log(client: &mut Client, deployment_id: &str) -> CliResult<Vec<pb::LogLine>> {
+    let mut lines = Vec::new();
+    let mut after = None;
+    loop {
+        let request = client.request(pb::GetDeploymentLogRequest {
+            deployment_id: deployment_id.to_owned(),
+            after_id: after,
+            limit: Some(5_000),
+        })?;
+        let page = client
+            .inner
+            .get_deployment_log(request)
+            .await
+            .map_err(|s| client.failed(s))?
+            .into_inner();
+        lines.extend(page.lines.into_iter().map(|l| pb::LogLine {
+            at: l.at,
+            level: l.level,
+            message: l.message,
+        }));
+        match page.next_after_id {
+            Some(next) => after = Some(next),
+            None => return Ok(lines),
+        }
+    }
+}

@@ -839,3 +839,109 @@ async fn the_cli_pointed_at_the_rest_port_says_so() {
     assert!(stderr.contains("50051"), "{stderr}");
     app.stop().await;
 }
+
+/// `sluice show`: everything about a migration, per environment; `--log` with the NOTICEs a
+/// finished deployment left; errors with the failing statement; JSON that parses.
+#[tokio::test]
+async fn show_describes_a_migration_with_its_log_and_errors() {
+    let app = spawn_app().await;
+    let dir = std::env::temp_dir().join(format!("sluice-cli-show-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let shown = app
+        .submit(
+            "dev",
+            crate::harness::migration(
+                "shown",
+                "low",
+                "CREATE TABLE shown (id int);\nDO $$ BEGIN RAISE NOTICE 'copied % rows', 3; END $$;",
+                Some("DROP TABLE shown;"),
+            ),
+        )
+        .await;
+    let broken = app
+        .submit(
+            "dev",
+            crate::harness::migration("broken", "low", "SELECT 1;\nSELECT 1/0;", None),
+        )
+        .await;
+    app.wait_for_state(&format!("{shown}@development"), &["applied"])
+        .await;
+    app.wait_for_state(&format!("{broken}@development"), &["failed"])
+        .await;
+
+    let all = sluice(&app, Some("dev"), &dir, &["show", &shown]).await;
+    ok(&all);
+    for expected in [
+        format!("migration    {shown}"),
+        "development  applied".to_owned(),
+        "staging  awaiting_approval".to_owned(),
+        "needs        data_ops".to_owned(),
+        "rollback     yes".to_owned(),
+    ] {
+        assert!(all.stdout.contains(&expected), "{expected}: {}", all.stdout);
+    }
+    assert!(!all.stdout.contains("copied 3 rows"), "{}", all.stdout);
+    let logged = sluice(
+        &app,
+        Some("dev"),
+        &dir,
+        &["show", &shown, "development", "--log"],
+    )
+    .await;
+    ok(&logged);
+    assert!(logged.stdout.contains("copied 3 rows"), "{}", logged.stdout);
+    assert!(!logged.stdout.contains("staging"), "{}", logged.stdout);
+
+    let failed = sluice(&app, Some("dev"), &dir, &["show", &broken, "development"]).await;
+    ok(&failed);
+    assert!(
+        failed.stdout.contains("development  failed"),
+        "{}",
+        failed.stdout
+    );
+    assert!(
+        failed.stdout.contains("division by zero") && failed.stdout.contains("statement 2"),
+        "{}",
+        failed.stdout
+    );
+    assert!(
+        failed.stdout.contains("none: not undoable"),
+        "{}",
+        failed.stdout
+    );
+
+    let json = sluice(
+        &app,
+        Some("dev"),
+        &dir,
+        &["-o", "json", "show", &shown, "--log"],
+    )
+    .await;
+    ok(&json);
+    let parsed: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(parsed["id"], shown.as_str());
+    assert_eq!(parsed["deployments"].as_array().unwrap().len(), 3);
+
+    let unknown = sluice(&app, Some("dev"), &dir, &["show", &shown, "prodution"]).await;
+    assert_eq!(unknown.code, 1);
+    assert!(
+        unknown.stderr.contains("did you mean \"production\"?"),
+        "{}",
+        unknown.stderr
+    );
+    let missing = sluice(
+        &app,
+        Some("dev"),
+        &dir,
+        &["show", "001_20200101_000000_nothing"],
+    )
+    .await;
+    assert_eq!(missing.code, 1);
+    assert!(
+        missing.stderr.contains("no migration"),
+        "{}",
+        missing.stderr
+    );
+    app.stop().await;
+}
