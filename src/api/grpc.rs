@@ -840,6 +840,10 @@ impl pb::sluice_server::Sluice for GrpcApi {
                 migration_id: r.migration_id,
                 actor: r.actor,
                 after_id: r.after_id,
+                before_id: r.before_id,
+                since: crate::service::parse_time("since", r.since.as_deref())?,
+                until: crate::service::parse_time("until", r.until.as_deref())?,
+                newest_first: r.newest_first,
                 limit: if r.limit <= 0 { 500 } else { r.limit.min(5000) },
             })
             .await?;

@@ -721,6 +721,14 @@ struct AuditQuery {
     migration_id: Option<String>,
     actor: Option<String>,
     after_id: Option<i64>,
+    /// Only records older than this id (paging with order=desc).
+    before_id: Option<i64>,
+    /// RFC 3339: only records at or after this time.
+    since: Option<String>,
+    /// RFC 3339: only records at or before this time.
+    until: Option<String>,
+    /// asc (oldest first, the default) or desc.
+    order: Option<String>,
     #[serde(default = "default_audit_limit")]
     limit: i64,
 }
@@ -742,6 +750,19 @@ async fn audit(
                 migration_id: query.migration_id,
                 actor: query.actor,
                 after_id: query.after_id,
+                before_id: query.before_id,
+                since: crate::service::parse_time("since", query.since.as_deref())?,
+                until: crate::service::parse_time("until", query.until.as_deref())?,
+                newest_first: match query.order.as_deref() {
+                    None | Some("asc") => false,
+                    Some("desc") => true,
+                    Some(other) => {
+                        return Err(ServiceError::Invalid(format!(
+                            "order: \"{other}\" is neither asc nor desc"
+                        ))
+                        .into());
+                    }
+                },
                 limit: query.limit.clamp(1, 5000),
             })
             .await?,

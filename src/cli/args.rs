@@ -281,6 +281,17 @@ pub(super) enum Command {
         migration: Option<String>,
         #[arg(long)]
         actor: Option<String>,
+        /// Only what happened since: a duration back from now (30m, 2h, 7d) or an RFC 3339
+        /// time (2026-11-29T10:00:00Z).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only what happened until: a duration back from now or an RFC 3339 time.
+        #[arg(long)]
+        until: Option<String>,
+        /// Oldest first (newest first by default).
+        #[arg(long)]
+        oldest_first: bool,
+        /// How many records (the newest, unless --oldest-first).
         #[arg(long, default_value_t = 100)]
         limit: i64,
     },

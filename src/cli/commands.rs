@@ -678,6 +678,9 @@ pub(super) async fn remote(client: &mut Client, command: Command, output: Output
             environment,
             migration,
             actor,
+            since,
+            until,
+            oldest_first,
             limit,
         } => {
             let request = client.request(pb::ListAuditRequest {
@@ -686,6 +689,16 @@ pub(super) async fn remote(client: &mut Client, command: Command, output: Output
                 actor,
                 after_id: None,
                 limit,
+                before_id: None,
+                since: since
+                    .as_deref()
+                    .map(|s| point_in_time("--since", s))
+                    .transpose()?,
+                until: until
+                    .as_deref()
+                    .map(|s| point_in_time("--until", s))
+                    .transpose()?,
+                newest_first: !oldest_first,
             })?;
             let audit = client
                 .inner
@@ -696,6 +709,14 @@ pub(super) async fn remote(client: &mut Client, command: Command, output: Output
             match output {
                 Output::Json => print_json(&audit),
                 Output::Table => {
+                    if audit.entries.is_empty() {
+                        println!("no audit record matches");
+                    } else {
+                        println!(
+                            "{:<24}  {:<12}  {:<22}  {:<40}  detail",
+                            "at", "actor", "action", "subject"
+                        );
+                    }
                     for e in &audit.entries {
                         let subject = if e.deployment_id.is_empty() {
                             if e.migration_id.is_empty() {
@@ -706,7 +727,14 @@ pub(super) async fn remote(client: &mut Client, command: Command, output: Output
                         } else {
                             e.deployment_id.clone()
                         };
-                        println!("{}  {:<10}  {:<20}  {}", e.at, e.actor, e.action, subject);
+                        println!(
+                            "{:<24}  {:<12}  {:<22}  {:<40}  {}",
+                            e.at,
+                            e.actor,
+                            e.action,
+                            subject,
+                            audit_detail(&e.detail_json)
+                        );
                     }
                     Ok(())
                 }
@@ -1022,4 +1050,53 @@ fn print_restore(done: &pb::RestoreResponse, output: Output) -> CliResult {
         }
     }
     Ok(())
+}
+
+/// `--since 2h` or `--since 2026-11-29T10:00:00Z`, as the RFC 3339 time the API takes.
+fn point_in_time(flag: &str, value: &str) -> CliResult<String> {
+    let value = value.trim();
+    if chrono::DateTime::parse_from_rfc3339(value).is_ok() {
+        return Ok(value.to_owned());
+    }
+    let (number, unit) = value.split_at(
+        value
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(value.len()),
+    );
+    let seconds = match (number.parse::<i64>(), unit) {
+        (Ok(n), "s") => Some(n),
+        (Ok(n), "m") => Some(n * 60),
+        (Ok(n), "h") => Some(n * 3_600),
+        (Ok(n), "d") => Some(n * 86_400),
+        _ => None,
+    };
+    match seconds {
+        Some(s) => Ok((chrono::Utc::now() - chrono::Duration::seconds(s))
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+        None => Err(Failure::usage(format!(
+            "{flag} {value}: give a duration back from now (30m, 2h, 7d) or an RFC 3339 time (2026-11-29T10:00:00Z)"
+        ))),
+    }
+}
+
+/// An audit record's detail on one line: its fields as key=value, at most 100 characters.
+fn audit_detail(detail: &str) -> String {
+    let text = match serde_json::from_str::<serde_json::Value>(detail) {
+        Ok(serde_json::Value::Object(map)) => map
+            .iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| match v {
+                serde_json::Value::String(s) => format!("{k}={s}"),
+                other => format!("{k}={other}"),
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => detail.to_owned(),
+    };
+    let flat = printable(&text).replace('\n', " ");
+    if flat.chars().count() > 100 {
+        format!("{}...", flat.chars().take(97).collect::<String>())
+    } else {
+        flat
+    }
 }

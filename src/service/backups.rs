@@ -119,6 +119,7 @@ impl Service {
                         actor: None,
                         after_id: Some(after),
                         limit: 5_000,
+                        ..Default::default()
                     },
                 )
                 .await?;

@@ -179,3 +179,17 @@ impl Service {
         })
     }
 }
+
+/// An RFC 3339 time given by a caller, as Unix milliseconds; the error names the field.
+pub fn parse_time(field: &str, value: Option<&str>) -> Result<Option<i64>> {
+    let Some(value) = value.filter(|v| !v.trim().is_empty()) else {
+        return Ok(None);
+    };
+    chrono::DateTime::parse_from_rfc3339(value.trim())
+        .map(|t| Some(t.timestamp_millis()))
+        .map_err(|e| {
+            ServiceError::Invalid(format!(
+                "{field}: \"{value}\" is not an RFC 3339 time such as 2026-11-29T10:00:00Z ({e})"
+            ))
+        })
+}

@@ -241,6 +241,13 @@ pub struct AuditFilter {
     pub migration_id: Option<String>,
     pub actor: Option<String>,
     pub after_id: Option<i64>,
+    /// Only records older than this one (paging newest first).
+    pub before_id: Option<i64>,
+    /// Only records at or after / at or before these times (Unix milliseconds).
+    pub since: Option<i64>,
+    pub until: Option<i64>,
+    /// Newest first (the CLI's default); oldest first otherwise (the API's, for paging on).
+    pub newest_first: bool,
     pub limit: i64,
 }
 
@@ -1088,16 +1095,21 @@ impl Store {
         conn: &mut AnyConnection,
         filter: &AuditFilter,
     ) -> Result<Vec<AuditRow>, StoreError> {
-        let rows = sqlx::query(
+        let order = if filter.newest_first { "DESC" } else { "ASC" };
+        let rows = sqlx::query(AssertSqlSafe(format!(
             "SELECT id, at, actor, action, environment, migration_id, deployment_id, detail FROM audit_log \
              WHERE ($1 IS NULL OR environment = $1) AND ($2 IS NULL OR migration_id = $2) AND ($3 IS NULL OR actor = $3) AND id > $4 \
-             ORDER BY id LIMIT $5",
-        )
+             AND id < $6 AND at >= $7 AND at <= $8 \
+             ORDER BY id {order} LIMIT $5"
+        )))
         .bind(&filter.environment)
         .bind(&filter.migration_id)
         .bind(&filter.actor)
         .bind(filter.after_id.unwrap_or(0))
         .bind(filter.limit)
+        .bind(filter.before_id.unwrap_or(i64::MAX))
+        .bind(filter.since.unwrap_or(i64::MIN))
+        .bind(filter.until.unwrap_or(i64::MAX))
         .fetch_all(conn)
         .await?;
         rows.iter()

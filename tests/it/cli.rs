@@ -945,3 +945,130 @@ async fn show_describes_a_migration_with_its_log_and_errors() {
     );
     app.stop().await;
 }
+
+/// `audit` shows the newest first, so that `--limit` keeps the recent activity; `--since` and
+/// `--until` bound it (durations or RFC 3339); each record's detail is a column. REST takes
+/// `order=desc`, `since`, `until`, `before_id`, naming a bad value.
+#[tokio::test]
+async fn audit_lists_the_newest_first_within_since_and_until() {
+    let app = spawn_app().await;
+    let dir = std::env::temp_dir();
+    for reason in ["first lock", "second lock", "third lock"] {
+        let (status, body) = app
+            .post(
+                "lead",
+                "/api/v1/environments/staging/lock",
+                serde_json::json!({"reason": reason}),
+            )
+            .await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+        let (status, _) = app
+            .delete("lead", "/api/v1/environments/staging/lock")
+            .await;
+        assert_eq!(status, reqwest::StatusCode::OK);
+    }
+    let recent = sluice(
+        &app,
+        Some("dev"),
+        &dir,
+        &["audit", "--environment", "staging", "--limit", "2"],
+    )
+    .await;
+    ok(&recent);
+    let lines: Vec<&str> = recent.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", recent.stdout);
+    assert!(lines[0].starts_with("at "), "{}", recent.stdout);
+    assert!(
+        lines[1].contains("environment_unlocked"),
+        "{}",
+        recent.stdout
+    );
+    assert!(
+        lines[2].contains("environment_locked") && lines[2].contains("reason=third lock"),
+        "{}",
+        recent.stdout
+    );
+    let oldest = sluice(
+        &app,
+        Some("dev"),
+        &dir,
+        &[
+            "audit",
+            "--environment",
+            "staging",
+            "--limit",
+            "1",
+            "--oldest-first",
+        ],
+    )
+    .await;
+    ok(&oldest);
+    assert!(
+        oldest.stdout.contains("reason=first lock"),
+        "{}",
+        oldest.stdout
+    );
+    let none = sluice(
+        &app,
+        Some("dev"),
+        &dir,
+        &["audit", "--environment", "staging", "--until", "1h"],
+    )
+    .await;
+    ok(&none);
+    assert!(
+        none.stdout.contains("no audit record matches"),
+        "{}",
+        none.stdout
+    );
+    let since = sluice(
+        &app,
+        Some("dev"),
+        &dir,
+        &["audit", "--environment", "staging", "--since", "10m"],
+    )
+    .await;
+    ok(&since);
+    assert_eq!(since.stdout.lines().count(), 7, "{}", since.stdout);
+    let bad = sluice(&app, Some("dev"), &dir, &["audit", "--since", "yesterday"]).await;
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(bad.stderr.contains("--since yesterday"), "{}", bad.stderr);
+
+    let (status, newest) = app
+        .get(
+            "dev",
+            "/api/v1/audit?environment=staging&order=desc&limit=1",
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{newest}");
+    assert_eq!(newest[0]["action"], "environment_unlocked");
+    let id = newest[0]["id"].as_i64().unwrap();
+    let (_, before) = app
+        .get(
+            "dev",
+            &format!("/api/v1/audit?environment=staging&order=desc&limit=1&before_id={id}"),
+        )
+        .await;
+    assert_eq!(before[0]["action"], "environment_locked", "{before}");
+    assert_eq!(before[0]["detail"]["reason"], "third lock", "{before}");
+    let (status, refused) = app.get("dev", "/api/v1/audit?since=yesterday").await;
+    assert_eq!(
+        status,
+        reqwest::StatusCode::UNPROCESSABLE_ENTITY,
+        "{refused}"
+    );
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("since: "),
+        "{refused}"
+    );
+    let (status, refused) = app.get("dev", "/api/v1/audit?order=sideways").await;
+    assert_eq!(
+        status,
+        reqwest::StatusCode::UNPROCESSABLE_ENTITY,
+        "{refused}"
+    );
+    app.stop().await;
+}
