@@ -940,6 +940,7 @@ impl pb::sluice_server::Sluice for GrpcApi {
         Ok(Response::new(pb::WhoAmIResponse {
             name: caller.name.to_string(),
             roles: caller.roles.iter().map(|r| r.to_string()).collect(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
         }))
     }
 

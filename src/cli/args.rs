@@ -267,6 +267,8 @@ pub(super) enum Command {
         #[arg(long)]
         log: bool,
     },
+    /// Who the token is (user and roles), which daemon answers and its version.
+    Whoami,
     /// Migrations and their state per environment (or in one environment).
     History {
         environment: Option<String>,

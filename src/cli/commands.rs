@@ -640,6 +640,35 @@ pub(super) async fn remote(client: &mut Client, command: Command, output: Output
             environment,
             log,
         } => super::render::show(client, &migration_id, environment.as_deref(), log, output).await,
+        Command::Whoami => {
+            let me = client
+                .inner
+                .who_am_i(client.request(pb::WhoAmIRequest {})?)
+                .await
+                .map_err(|s| client.failed(s))?
+                .into_inner();
+            match output {
+                Output::Json => print_json(&serde_json::json!({
+                    "name": me.name,
+                    "roles": me.roles,
+                    "server": client.server,
+                    "server_version": me.version,
+                    "cli_version": env!("CARGO_PKG_VERSION"),
+                })),
+                Output::Table => {
+                    println!("user     {}", me.name);
+                    println!("roles    {}", me.roles.join(", "));
+                    println!("server   {} (sluice {})", client.server, me.version);
+                    if me.version != env!("CARGO_PKG_VERSION") {
+                        println!(
+                            "note     this CLI is sluice {}: another version than the daemon's",
+                            env!("CARGO_PKG_VERSION")
+                        );
+                    }
+                    Ok(())
+                }
+            }
+        }
         Command::History { environment, limit } => {
             let request = client.request(pb::ListMigrationsRequest {
                 limit,
@@ -655,20 +684,56 @@ pub(super) async fn remote(client: &mut Client, command: Command, output: Output
             match output {
                 Output::Json => print_json(&list),
                 Output::Table => {
+                    // Environments in promotion order, one column each.
+                    let columns: Vec<String> = match &environment {
+                        Some(env) => vec![env.clone()],
+                        None => client
+                            .inner
+                            .list_environments(client.request(pb::ListEnvironmentsRequest {})?)
+                            .await
+                            .map_err(|s| client.failed(s))?
+                            .into_inner()
+                            .environments
+                            .into_iter()
+                            .map(|e| e.name)
+                            .collect(),
+                    };
+                    if list.migrations.is_empty() {
+                        println!("no migration yet");
+                        return Ok(());
+                    }
+                    let id_width = list
+                        .migrations
+                        .iter()
+                        .map(|m| m.id.len())
+                        .max()
+                        .unwrap_or(2);
+                    let author_width = list
+                        .migrations
+                        .iter()
+                        .map(|m| m.author.chars().count())
+                        .max()
+                        .unwrap_or(6)
+                        .max(6);
+                    let width = |env: &String| env.len().max(17);
+                    let mut header = format!(
+                        "{:<id_width$}  {:<6}  {:<author_width$}",
+                        "id", "risk", "author"
+                    );
+                    for env in &columns {
+                        header.push_str(&format!("  {:<w$}", env, w = width(env)));
+                    }
+                    println!("{}", header.trim_end());
                     for m in &list.migrations {
-                        let states = match &environment {
-                            Some(env) => m.states.get(env).cloned().unwrap_or_default(),
-                            None => m
-                                .states
-                                .iter()
-                                .map(|(env, state)| format!("{env}={state}"))
-                                .collect::<Vec<_>>()
-                                .join(" "),
-                        };
-                        println!(
-                            "{}  {:<6}  {:<10}  {}",
-                            m.id, m.effective_risk, m.author, states
+                        let mut line = format!(
+                            "{:<id_width$}  {:<6}  {:<author_width$}",
+                            m.id, m.effective_risk, m.author
                         );
+                        for env in &columns {
+                            let state = m.states.get(env).map_or("-", String::as_str);
+                            line.push_str(&format!("  {:<w$}", state, w = width(env)));
+                        }
+                        println!("{}", line.trim_end());
                     }
                     Ok(())
                 }

@@ -75,6 +75,9 @@ pub(super) async fn migrate(
         };
     };
     if result.queued.is_empty() {
+        if output == Output::Json {
+            return print_json(&result);
+        }
         println!("{environment}: nothing to apply");
         return Ok(());
     }

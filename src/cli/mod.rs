@@ -59,6 +59,7 @@ type CliResult<T = ()> = Result<T, Failure>;
 /// Runs the command line and returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let json = cli.output == OutputArg::Json && !matches!(cli.command, Command::Validate { .. });
     let result = match cli.command {
         Command::Server { ref config_dir } => run_server(config_dir.clone()),
         _ => match tokio::runtime::Runtime::new() {
@@ -70,6 +71,19 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
             if !failure.message.is_empty() {
+                if json {
+                    // With --output json, stdout is always one JSON document: the error too,
+                    // shaped as the REST API's.
+                    let code = match failure.code {
+                        2 => "usage",
+                        3 => "unreachable_or_unauthorized",
+                        _ => "failed",
+                    };
+                    println!(
+                        "{}",
+                        serde_json::json!({"error": {"code": code, "exit_code": failure.code, "message": failure.message}})
+                    );
+                }
                 eprintln!("sluice: {}", failure.message);
             }
             ExitCode::from(failure.code)

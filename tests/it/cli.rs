@@ -223,10 +223,38 @@ async fn the_seed_quick_start_through_the_cli() {
 
     let history = sluice(&app, Some("dev"), &dir, &["history"]).await;
     ok(&history);
-    assert!(
-        history.stdout.contains("staging=rolled_back"),
+    // A header, environments in promotion order, one column each.
+    let header = history.stdout.lines().next().unwrap();
+    assert!(header.starts_with("id "), "{}", history.stdout);
+    let (dev, staging, prod) = (
+        header.find("development").unwrap(),
+        header.find("staging").unwrap(),
+        header.find("production").unwrap(),
+    );
+    assert!(dev < staging && staging < prod, "{header}");
+    let row = history
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(id.as_str()))
+        .unwrap();
+    assert_eq!(
+        row.get(staging..staging + 11),
+        Some("rolled_back"),
         "{}",
         history.stdout
+    );
+    let whoami = sluice(&app, Some("dev"), &dir, &["whoami"]).await;
+    ok(&whoami);
+    assert!(whoami.stdout.contains("user     dev"), "{}", whoami.stdout);
+    assert!(
+        whoami.stdout.contains("roles    developer"),
+        "{}",
+        whoami.stdout
+    );
+    assert!(
+        whoami.stdout.contains(env!("CARGO_PKG_VERSION")),
+        "{}",
+        whoami.stdout
     );
     let audit = sluice(&app, Some("admin"), &dir, &["audit", "--migration", &id]).await;
     ok(&audit);
@@ -1070,5 +1098,49 @@ async fn audit_lists_the_newest_first_within_since_and_until() {
         reqwest::StatusCode::UNPROCESSABLE_ENTITY,
         "{refused}"
     );
+    app.stop().await;
+}
+
+/// With `--output json` stdout is one JSON document whatever happens: an error is
+/// `{"error": {"code", "exit_code", "message"}}`, and `migrate --wait` with nothing to apply
+/// prints the API's answer.
+#[tokio::test]
+async fn json_output_is_json_for_errors_and_empty_migrations_too() {
+    let app = spawn_app().await;
+    let dir = std::env::temp_dir();
+    let failed = sluice(
+        &app,
+        Some("dev"),
+        &dir,
+        &["-o", "json", "status", "prodution"],
+    )
+    .await;
+    assert_eq!(failed.code, 1);
+    let error: serde_json::Value =
+        serde_json::from_str(&failed.stdout).unwrap_or_else(|e| panic!("{e}: {}", failed.stdout));
+    assert_eq!(error["error"]["code"], "failed");
+    assert_eq!(error["error"]["exit_code"], 1);
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown environment \"prodution\""),
+        "{error}"
+    );
+    let denied = sluice(&app, None, &dir, &["-o", "json", "status", "development"]).await;
+    let error: serde_json::Value = serde_json::from_str(&denied.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}{}", denied.stdout, denied.stderr));
+    assert_eq!(error["error"]["exit_code"], denied.code);
+    let nothing = sluice(
+        &app,
+        Some("lead"),
+        &dir,
+        &["-o", "json", "migrate", "development", "--wait"],
+    )
+    .await;
+    ok(&nothing);
+    let parsed: serde_json::Value =
+        serde_json::from_str(&nothing.stdout).unwrap_or_else(|e| panic!("{e}: {}", nothing.stdout));
+    assert_eq!(parsed["environment"], "development", "{parsed}");
     app.stop().await;
 }
