@@ -253,12 +253,7 @@ pub(super) async fn remote(client: &mut Client, command: Command, output: Output
             // A mistyped role is said as such, before anything is looked up.
             role.parse::<crate::domain::Role>()
                 .map_err(|e| Failure::usage(e.to_string()))?;
-            let me = client
-                .inner
-                .who_am_i(client.request(pb::WhoAmIRequest {})?)
-                .await
-                .map_err(|s| client.failed(s))?
-                .into_inner();
+            let me = who_am_i(client).await?;
             if me.name != approver {
                 return Err(Failure::operation(format!(
                     "the approver named ({approver}) is not the token's user ({}); approvals are signed by the token's owner",
@@ -641,12 +636,7 @@ pub(super) async fn remote(client: &mut Client, command: Command, output: Output
             log,
         } => super::render::show(client, &migration_id, environment.as_deref(), log, output).await,
         Command::Whoami => {
-            let me = client
-                .inner
-                .who_am_i(client.request(pb::WhoAmIRequest {})?)
-                .await
-                .map_err(|s| client.failed(s))?
-                .into_inner();
+            let me = who_am_i(client).await?;
             match output {
                 Output::Json => print_json(&serde_json::json!({
                     "name": me.name,
@@ -1164,4 +1154,14 @@ fn audit_detail(detail: &str) -> String {
     } else {
         flat
     }
+}
+
+/// The token's user and roles, and the daemon's version.
+async fn who_am_i(client: &mut Client) -> CliResult<pb::WhoAmIResponse> {
+    Ok(client
+        .inner
+        .who_am_i(client.request(pb::WhoAmIRequest {})?)
+        .await
+        .map_err(|s| client.failed(s))?
+        .into_inner())
 }
