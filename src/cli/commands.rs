@@ -164,6 +164,7 @@ pub(super) fn new_migration(
     let description = ask("Description", description, None)?;
     let risk = ask("Risk", risk, Some("LOW"))?.parse().map_err(usage)?;
     let duration = ask("Duration", duration, Some("5m"))?;
+    scripts::check_duration(&duration).map_err(|e| Failure::usage(format!("duration: {e}")))?;
     let default_author = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
     let author = ask("Author", author, Some(&default_author))?;
     let ticket = ask("Ticket", ticket, None)?;

@@ -150,11 +150,15 @@ pub fn read_header(path: &Path, text: &str) -> Result<Header, Problem> {
         .map_err(|e: crate::domain::DomainError| problem(line, format!("Risk: {e}")))?;
     let (_, _, description) = required("description", "Description")?;
     let (_, _, ticket) = required("ticket", "Ticket")?;
-    let estimated_duration = get("estimated-duration")
-        .or_else(|| get("duration"))
-        .map(|(_, _, v)| v.clone())
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| "5m".into());
+    let estimated_duration = match get("estimated-duration").or_else(|| get("duration")) {
+        Some((line, _, value)) if !value.is_empty() => {
+            // The same rule as the server's: refused here, not only at submit.
+            check_duration(value)
+                .map_err(|e| problem(*line, format!("Estimated-Duration: {e}")))?;
+            value.clone()
+        }
+        _ => "5m".into(),
+    };
     let depends_on = get("depends-on")
         .map(|(_, _, v)| {
             v.split([',', ' '])
@@ -176,6 +180,16 @@ pub fn read_header(path: &Path, text: &str) -> Result<Header, Problem> {
             .map(|(_, _, v)| v.clone())
             .filter(|v| !v.is_empty()),
     })
+}
+
+/// An estimated duration as the server takes it (30s, 5m, 2h, 1h30m).
+pub fn check_duration(value: &str) -> Result<(), String> {
+    match crate::domain::freeze::parse_duration(value) {
+        Some(_) => Ok(()),
+        None => Err(format!(
+            "\"{value}\" is not a duration like 30s, 5m, 2h or 1h30m"
+        )),
+    }
 }
 
 /// Where a script's rollback is: the header's `Rollback:` (relative to the folder holding
@@ -267,6 +281,23 @@ DO $$\nDECLARE\n    batch_size INTEGER := 1000;\n    processed INTEGER := 0;\n  
 const HOTFIX_TEMPLATE: &str = "-- Hotfix: the smallest change that fixes the problem, guarded so it touches only bad rows.\n\
 UPDATE configuration\nSET value = 'fixed_value'\nWHERE key = 'problematic_setting'\n  AND value = 'problematic_value';\n";
 
+/// The line where a template's example statement, left as `sluice new` wrote it, begins.
+fn template_left(text: &str) -> Option<usize> {
+    [SCHEMA_TEMPLATE, DATA_TEMPLATE, HOTFIX_TEMPLATE]
+        .iter()
+        .filter_map(|template| {
+            // The template's statements, without its leading comment lines.
+            let body: String = template
+                .lines()
+                .skip_while(|l| l.starts_with("--"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            text.find(&body)
+        })
+        .map(|offset| text[..offset].matches('\n').count() + 1)
+        .min()
+}
+
 const ROLLBACK_TEMPLATE: &str = "DROP TABLE IF EXISTS example_table;\n";
 
 /// Checks one script file without a daemon: header, lexing, forbidden statements, findings.
@@ -298,6 +329,12 @@ pub fn validate_file(path: &Path, dialect: crate::lint::Dialect) -> Vec<Problem>
         }
     };
     syntax(path, &text, &mut problems);
+    if let Some(line) = template_left(&text) {
+        problems.push(at(
+            line,
+            "the template's example is still here (example_table, legacy_table or problematic_setting): write the migration in its place".into(),
+        ));
+    }
     if let Some(down) = header
         .as_ref()
         .map(|h| rollback_path(path, h))
@@ -305,6 +342,16 @@ pub fn validate_file(path: &Path, dialect: crate::lint::Dialect) -> Vec<Problem>
         && let Ok(down_text) = std::fs::read_to_string(&down)
     {
         syntax(&down, &down_text, &mut problems);
+        if let Some(line) = down_text
+            .lines()
+            .position(|l| l.trim() == ROLLBACK_TEMPLATE.trim())
+        {
+            problems.push(Problem::new(
+                &down,
+                line + 1,
+                "the template's rollback is still here (DROP TABLE IF EXISTS example_table): undo what the migration does".into(),
+            ));
+        }
     }
     match crate::lint::split_statements_for(&text, dialect) {
         Err(e) => problems.push(at(e.line, e.message)),
@@ -409,7 +456,27 @@ mod tests {
         assert_eq!(header.ticket, "PROJ-123");
         assert_eq!(header.author.as_deref(), Some("john.doe"));
         assert_eq!(rollback_path(&second, &header), rollback);
-        // The template's rollback drops the table its up script creates: a note, not a failure.
+        // Untouched, the template is not a migration yet: its example and its rollback are
+        // named, each in its own file.
+        let problems = validate_file(&second, crate::lint::Dialect::Postgres);
+        let counted: Vec<String> = problems
+            .iter()
+            .filter(|p| p.counts())
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(counted.len(), 2, "{counted:?}");
+        assert!(counted[0].contains("template's example"), "{counted:?}");
+        assert!(
+            counted
+                .iter()
+                .any(|c| c.contains("_rollback.sql:") && c.contains("template's rollback")),
+            "{counted:?}"
+        );
+        // Edited, it passes; the rollback dropping the table the up script creates is a note.
+        for file in [&second, &rollback] {
+            let text = std::fs::read_to_string(file).unwrap();
+            std::fs::write(file, text.replace("example_table", "user_preferences")).unwrap();
+        }
         let problems = validate_file(&second, crate::lint::Dialect::Postgres);
         assert!(problems.iter().all(|p| !p.counts()), "{problems:?}");
         let _ = std::fs::remove_dir_all(&root);

@@ -83,7 +83,87 @@ async fn the_seed_quick_start_through_the_cli() {
         script.contains("scripts/001_") && script.ends_with("_add_user_preferences_table.sql"),
         "{script}"
     );
+    // The template as `new` wrote it is not a migration yet: validate says so, and passes
+    // once the example is replaced (here by the seed's table).
+    let untouched = sluice(&app, None, &dir, &["validate", &script]).await;
+    assert_eq!(untouched.code, 1, "{}", untouched.stdout);
+    assert!(
+        untouched
+            .stdout
+            .contains("the template's example is still here")
+            && untouched
+                .stdout
+                .contains("the template's rollback is still here"),
+        "{}",
+        untouched.stdout
+    );
+    let rollback = dir.join("rollbacks").join(format!(
+        "{}_rollback.sql",
+        std::path::Path::new(&script)
+            .file_stem()
+            .unwrap()
+            .to_string_lossy()
+    ));
+    for file in [dir.join(&script), rollback] {
+        let text = std::fs::read_to_string(&file).unwrap();
+        std::fs::write(&file, text.replace("example_table", "user_preferences")).unwrap();
+    }
     ok(&sluice(&app, None, &dir, &["validate", &script]).await);
+    let five_minutes = sluice(
+        &app,
+        None,
+        &dir,
+        &[
+            "new",
+            "--type",
+            "HOTFIX",
+            "--description",
+            "x",
+            "--risk",
+            "LOW",
+            "--duration",
+            "five minutes",
+            "--author",
+            "dev",
+            "--ticket",
+            "T-1",
+        ],
+    )
+    .await;
+    assert_eq!(five_minutes.code, 2, "{}", five_minutes.stderr);
+    assert!(
+        five_minutes
+            .stderr
+            .contains("\"five minutes\" is not a duration"),
+        "{}",
+        five_minutes.stderr
+    );
+    let edited = std::fs::read_to_string(dir.join(&script)).unwrap();
+    let bad_duration = dir.join("bad_duration.sql");
+    std::fs::write(
+        &bad_duration,
+        edited.replace(
+            "-- Estimated-Duration: 5m",
+            "-- Estimated-Duration: five minutes",
+        ),
+    )
+    .unwrap();
+    let refused = sluice(
+        &app,
+        None,
+        &dir,
+        &["validate", bad_duration.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(refused.code, 1);
+    assert!(
+        refused
+            .stdout
+            .contains("Estimated-Duration: \"five minutes\" is not a duration"),
+        "{}",
+        refused.stdout
+    );
+    std::fs::remove_file(&bad_duration).unwrap();
 
     let submitted = sluice(&app, Some("dev"), &dir, &["submit", &script]).await;
     ok(&submitted);
@@ -118,7 +198,7 @@ async fn the_seed_quick_start_through_the_cli() {
     .await);
     app.wait_for_state(&format!("{id}@development"), &["applied"])
         .await;
-    assert!(app.table_exists("development", "example_table").await);
+    assert!(app.table_exists("development", "user_preferences").await);
     // Watching a deployment that already rests prints its state and ends with its outcome.
     let watched = sluice(&app, Some("dev"), &dir, &["watch", "development", &id]).await;
     ok(&watched);
@@ -166,7 +246,7 @@ async fn the_seed_quick_start_through_the_cli() {
     .await);
     app.wait_for_state(&format!("{id}@staging"), &["applied"])
         .await;
-    assert!(app.table_exists("staging", "example_table").await);
+    assert!(app.table_exists("staging", "user_preferences").await);
 
     let status = sluice(&app, Some("ops1"), &dir, &["status", "staging"]).await;
     ok(&status);
@@ -219,7 +299,7 @@ async fn the_seed_quick_start_through_the_cli() {
     )
     .await;
     ok(&rollback);
-    assert!(!app.table_exists("staging", "example_table").await);
+    assert!(!app.table_exists("staging", "user_preferences").await);
 
     let history = sluice(&app, Some("dev"), &dir, &["history"]).await;
     ok(&history);
