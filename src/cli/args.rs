@@ -341,10 +341,11 @@ pub(super) enum NotifyCommand {
 pub(super) enum TokenCommand {
     /// Print a new random token and the users.yml entry that grants it.
     New {
-        /// The user's name in users.yml.
-        #[arg(long, default_value = "alice")]
+        /// The user's name in users.yml (required: no one gets a token by default).
+        #[arg(long)]
         user: String,
-        /// Roles, comma separated: developer, data_ops, data_ops_lead, dba, tech_lead, cto, admin.
+        /// Roles, comma separated ("data_ops, dba" too): developer, data_ops, data_ops_lead,
+        /// dba, tech_lead, cto, admin.
         #[arg(long, value_delimiter = ',', default_value = "developer")]
         roles: Vec<String>,
         /// Append the entry to this users.yml (checked before it is written; the daemon

@@ -6,7 +6,17 @@ pub(super) fn new_token(user: &str, roles: &[String], add_to: Option<&Path>) -> 
     let name: crate::domain::UserName = user
         .parse()
         .map_err(|e: crate::domain::DomainError| Failure::usage(e.to_string()))?;
-    for role in roles {
+    let roles: Vec<String> = roles
+        .iter()
+        .map(|r| r.trim().to_owned())
+        .filter(|r| !r.is_empty())
+        .collect();
+    if roles.is_empty() {
+        return Err(Failure::usage(
+            "--roles: name at least one role (developer, data_ops, data_ops_lead, dba, tech_lead, cto, admin)",
+        ));
+    }
+    for role in &roles {
         role.parse::<crate::domain::Role>()
             .map_err(|e| Failure::usage(e.to_string()))?;
     }

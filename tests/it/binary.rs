@@ -15,6 +15,9 @@ fn shipped_config() -> std::path::PathBuf {
 
 #[tokio::test]
 async fn server_reads_sluice_variables_and_environment_urls() {
+    // reqwest is built without a default TLS provider: installed here too, so that the test
+    // does not depend on another test having installed it first.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let store = TestDatabase::create("binstore").await;
     let prod = TestDatabase::create("binprod").await;
     let data = std::env::temp_dir().join(format!("sluice-bin-{}", std::process::id()));
@@ -128,8 +131,23 @@ fn token_new_prints_a_token_and_its_users_entry() {
         "{text}"
     );
     assert!(text.contains("roles: [dba, data_ops]"), "{text}");
+    // Roles with spaces after the commas, as people type them.
+    let spaced = sluice()
+        .args(["token", "new", "--user", "erin", "--roles", "data_ops, dba"])
+        .output()
+        .unwrap();
+    assert!(
+        spaced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&spaced.stderr)
+    );
+    assert!(String::from_utf8_lossy(&spaced.stdout).contains("roles: [data_ops, dba]"));
+    // No user named: no token for a made-up one.
+    let nameless = sluice().args(["token", "new"]).output().unwrap();
+    assert_eq!(nameless.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&nameless.stderr).contains("--user"));
     let bad = sluice()
-        .args(["token", "new", "--roles", "cfo"])
+        .args(["token", "new", "--user", "frank", "--roles", "cfo"])
         .output()
         .unwrap();
     assert!(!bad.status.success());

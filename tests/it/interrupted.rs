@@ -457,6 +457,8 @@ pub(crate) async fn daemon_setup(
     std::path::PathBuf,
     String,
 ) {
+    // reqwest is built without a default TLS provider: install it whatever test runs first.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let (store_name, dev_name) = (format!("{name}store"), format!("{name}dev"));
     let (store, dev) = tokio::join!(
         TestDatabase::create(&store_name),

@@ -981,6 +981,7 @@ async fn freeze_windows_announce_their_start_and_end_once_on_a_sqlite_store() {
 
 #[tokio::test]
 async fn events_pending_when_the_daemon_is_killed_are_delivered_after_its_restart() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     use crate::interrupted::{call, start_daemon};
     let (store, dev) = tokio::join!(
         TestDatabase::create("n9store"),
