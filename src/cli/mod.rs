@@ -103,9 +103,11 @@ fn run_server(config_dir: PathBuf) -> CliResult {
             .map_err(|e| Failure::operation(format!("cannot start logging and tracing: {e}")))?
     };
     if config.users.is_empty() {
+        let users = config_dir.join("users.yml");
         tracing::warn!(
-            "{} lists no users: every API call will be refused until you add one (run `sluice token new`)",
-            config_dir.join("users.yml").display()
+            "{} lists no users: every API call will be refused until you add one (sluice token new --user <name> --roles <roles> --add-to {})",
+            users.display(),
+            users.display()
         );
     }
     let result = runtime.block_on(async move {

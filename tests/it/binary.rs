@@ -33,7 +33,9 @@ async fn server_reads_sluice_variables_and_environment_urls() {
         .env_remove("DEV_DB_URL")
         .env_remove("STAGING_DB_URL")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::from(
+            std::fs::File::create(data.join("server.log")).unwrap(),
+        ))
         .spawn()
         .expect("sluice starts");
     let stdout = child.stdout.take().unwrap();
@@ -72,6 +74,10 @@ async fn server_reads_sluice_variables_and_environment_urls() {
     let _ = Command::new("kill").arg(child.id().to_string()).status();
     let status = child.wait().unwrap();
     assert!(status.success(), "SIGTERM shuts down cleanly: {status}");
+    // Its log, written to a file, has no terminal colour codes.
+    let log = std::fs::read_to_string(data.join("server.log")).unwrap();
+    assert!(log.contains("INFO"), "{log}");
+    assert!(!log.contains('\u{1b}'), "{log}");
     // SLUICE__STORE__URL replaced the default SQLite store under ./data.
     assert!(!data.join("data/sluice.db").exists());
     let _ = std::fs::remove_dir_all(&data);
