@@ -753,16 +753,7 @@ async fn audit(
                 before_id: query.before_id,
                 since: crate::service::parse_time("since", query.since.as_deref())?,
                 until: crate::service::parse_time("until", query.until.as_deref())?,
-                newest_first: match query.order.as_deref() {
-                    None | Some("asc") => false,
-                    Some("desc") => true,
-                    Some(other) => {
-                        return Err(ServiceError::Invalid(format!(
-                            "order: \"{other}\" is neither asc nor desc"
-                        ))
-                        .into());
-                    }
-                },
+                newest_first: crate::service::newest_first(query.order.as_deref())?,
                 limit: query.limit.clamp(1, 5000),
             })
             .await?,

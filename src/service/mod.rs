@@ -29,7 +29,7 @@ pub use dry_run::{CheckView, DryRunView, RollbackTestView, database_name};
 pub use environments::Settled;
 pub use events::{EventBus, EventKind};
 pub use notifications::{ChannelView, Notice, NotificationView, TestResult};
-pub use queries::parse_time;
+pub use queries::{newest_first, parse_time};
 pub use reminders::ScheduledRound;
 pub use restore::RestoreResult;
 pub use signals::WorkerSignals;

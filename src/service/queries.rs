@@ -193,3 +193,14 @@ pub fn parse_time(field: &str, value: Option<&str>) -> Result<Option<i64>> {
             ))
         })
 }
+
+/// `order=asc` (the default: oldest first) or `order=desc`; the error names the field.
+pub fn newest_first(order: Option<&str>) -> Result<bool> {
+    match order {
+        None | Some("asc") => Ok(false),
+        Some("desc") => Ok(true),
+        Some(other) => Err(ServiceError::Invalid(format!(
+            "order: \"{other}\" is neither asc nor desc"
+        ))),
+    }
+}

@@ -484,3 +484,114 @@ async fn a_sqlite_target_is_restored_and_reset() {
     )
     .await;
 }
+
+/// Two migrations applied to staging, the second destructive; the backup taken before it.
+async fn destructive_setup(app: &TestApp) -> (String, String) {
+    apply_to_staging(
+        app,
+        "accounts",
+        "CREATE TABLE accounts (id int PRIMARY KEY, email text NOT NULL);\nINSERT INTO accounts VALUES (1, 'ada@example.com');",
+        "DROP TABLE accounts;",
+    )
+    .await;
+    let destructive = apply_to_staging(
+        app,
+        "drop the emails",
+        "ALTER TABLE accounts DROP COLUMN email;",
+        "ALTER TABLE accounts ADD COLUMN email text;",
+    )
+    .await;
+    let listed = backups(app, "staging").await;
+    (destructive, file_name(&listed[0]))
+}
+
+/// Two leads restoring at once: one restores, the other is told the target is busy (or
+/// restores the same backup after it); either way the data is back once, the queue follows,
+/// the environment ends unlocked, and each restore that answered 200 is audited once.
+#[tokio::test]
+async fn two_restores_at_once_end_coherently() {
+    let app = spawn_app_with(options(Backend::Postgres)).await;
+    let (destructive, backup) = destructive_setup(&app).await;
+    let body = json!({"backup": backup, "confirm": "staging"});
+    let path = "/api/v1/environments/staging/restore";
+    let ((a, first), (b, second)) = tokio::join!(
+        app.post("lead", path, body.clone()),
+        app.post("admin", path, body.clone())
+    );
+    for (status, answer) in [(a, &first), (b, &second)] {
+        assert!(
+            status == StatusCode::OK || status == StatusCode::CONFLICT,
+            "{status} {answer}"
+        );
+    }
+    let done = [a, b].iter().filter(|s| **s == StatusCode::OK).count();
+    assert!(done >= 1, "{first} {second}");
+    assert_eq!(
+        pg_rows(&app, "staging", "SELECT email FROM accounts").await,
+        ["ada@example.com"]
+    );
+    assert_eq!(
+        app.deployment(&format!("{destructive}@staging")).await["state"],
+        "approved"
+    );
+    let (_, status_view) = app.get("lead", "/api/v1/environments/staging").await;
+    assert!(status_view["lock"].is_null(), "{status_view}");
+    let (_, audit) = app
+        .get("admin", "/api/v1/audit?environment=staging&limit=5000")
+        .await;
+    let restored = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["action"] == "restored")
+        .count();
+    assert_eq!(restored, done, "{audit}");
+    app.stop().await;
+}
+
+/// A restore whose daemon died mid-way leaves its lock (nothing new starts). Restoring again
+/// under that lock completes: the data is back, the queue follows, each migration has one
+/// history row, and the lock stays for the operator to lift, as any lock already there.
+#[tokio::test]
+async fn a_restore_again_under_the_lock_a_dead_one_left_completes() {
+    let app = spawn_app_with(options(Backend::Postgres)).await;
+    let (destructive, backup) = destructive_setup(&app).await;
+    let (status, _) = app
+        .post(
+            "lead",
+            "/api/v1/environments/staging/lock",
+            json!({"reason": format!("restore from {backup} in progress")}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, done) = app
+        .post(
+            "lead",
+            "/api/v1/environments/staging/restore",
+            json!({"backup": backup, "confirm": "staging"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{done}");
+    assert_eq!(done["undone"], json!([destructive]));
+    assert_eq!(
+        pg_rows(&app, "staging", "SELECT email FROM accounts").await,
+        ["ada@example.com"]
+    );
+    assert_eq!(
+        pg_rows(
+            &app,
+            "staging",
+            "SELECT count(*)::text FROM sluice_schema_history"
+        )
+        .await,
+        ["1"]
+    );
+    let (_, status_view) = app.get("lead", "/api/v1/environments/staging").await;
+    assert!(status_view["lock"].is_object(), "{status_view}");
+    // Nothing starts while it stays locked, even once released.
+    let (status, refused) = app
+        .post("lead", "/api/v1/environments/staging/migrate", json!({}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    app.stop().await;
+}
