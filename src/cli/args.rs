@@ -9,16 +9,35 @@ pub struct Cli {
     #[arg(
         long,
         global = true,
+        help_heading = "Global options",
         env = "SLUICE_ADDR",
         default_value = "http://127.0.0.1:50051"
     )]
     pub(super) server: String,
     /// API token (see `sluice token new`).
-    #[arg(long, global = true, env = "SLUICE_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_TOKEN",
+        hide_env_values = true,
+        help_heading = "Global options"
+    )]
     pub(super) token: Option<String>,
     /// How to print results (sarif and github: `validate` only, for CI tools).
-    #[arg(short = 'o', long, global = true, value_enum, default_value = "table")]
+    #[arg(
+        short = 'o',
+        long,
+        global = true,
+        value_enum,
+        default_value = "table",
+        help_heading = "Global options"
+    )]
     pub(super) output: OutputArg,
+    /// Answer yes to confirmations: rollback, cancel, --force, migrate in the last environment
+    /// of the promotion order, restore, reset, amending a submitted migration. Without a
+    /// terminal to ask at, these are refused unless --yes is given.
+    #[arg(short = 'y', long, global = true, help_heading = "Global options")]
+    pub(super) yes: bool,
     #[command(subcommand)]
     pub(super) command: Command,
 }
@@ -237,7 +256,7 @@ pub(super) enum Command {
         environment: String,
         /// The backup's file name, as `sluice backups` lists it.
         backup: String,
-        /// Required: the database is replaced.
+        /// The same as --yes: the database is replaced without asking.
         #[arg(long)]
         confirm: bool,
     },
@@ -245,7 +264,7 @@ pub(super) enum Command {
     /// migrate` (data_ops_lead; development only unless allow_reset is set).
     Reset {
         environment: String,
-        /// Required: everything in the database is dropped.
+        /// The same as --yes: everything in the database is dropped without asking.
         #[arg(long)]
         confirm: bool,
     },

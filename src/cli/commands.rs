@@ -194,25 +194,24 @@ pub(super) fn new_migration(
     Ok(())
 }
 
-pub(super) async fn remote(client: &mut Client, command: Command, output: Output) -> CliResult {
+pub(super) async fn remote(
+    client: &mut Client,
+    command: Command,
+    output: Output,
+    yes: bool,
+) -> CliResult {
     match command {
         Command::Migrate {
             environment,
             wait,
             force: _,
             emergency,
-        } => migrate(client, &environment, wait, emergency, output).await,
+        } => migrate(client, &environment, wait, emergency, output, yes).await,
         Command::Status {
             environment,
             verbose,
         } => {
-            let request = client.request(pb::GetEnvironmentStatusRequest { environment })?;
-            let status = client
-                .inner
-                .get_environment_status(request)
-                .await
-                .map_err(|s| client.failed(s))?
-                .into_inner();
+            let status = environment_status(client, &environment).await?;
             match output {
                 Output::Json => print_json(&status),
                 Output::Table => {
@@ -233,6 +232,10 @@ pub(super) async fn remote(client: &mut Client, command: Command, output: Output
                 None => "requested with `sluice rollback`".into(),
             };
             let deployment_id = format!("{migration_id}@{environment}");
+            if !yes {
+                let plan = rollback_plan(client, &migration_id, &environment).await?;
+                confirm(yes, &plan, Ask::YesNo)?;
+            }
             let request = client.request(pb::DeploymentActionRequest {
                 deployment_id: deployment_id.clone(),
                 reason,
@@ -248,7 +251,11 @@ pub(super) async fn remote(client: &mut Client, command: Command, output: Output
             }
             println!("{deployment_id}: {}", deployment.state);
             if wait {
-                let outcomes = follow(client, &environment, &[deployment_id]).await?;
+                let ids = [deployment_id];
+                let outcomes = tokio::select! {
+                    outcomes = follow(client, &environment, &ids) => outcomes?,
+                    _ = tokio::signal::ctrl_c() => return Err(interrupted(&environment)),
+                };
                 return finish(outcomes, output);
             }
             Ok(())
@@ -424,19 +431,11 @@ pub(super) async fn remote(client: &mut Client, command: Command, output: Output
         } => {
             let environment = match environment {
                 Some(environment) => environment,
-                None => {
-                    let request = client.request(pb::ListEnvironmentsRequest {})?;
-                    let list = client
-                        .inner
-                        .list_environments(request)
-                        .await
-                        .map_err(|s| client.failed(s))?
-                        .into_inner();
-                    list.environments
-                        .first()
-                        .map(|e| e.name.clone())
-                        .ok_or_else(|| Failure::operation("the daemon has no environment"))?
-                }
+                None => environment_names(client)
+                    .await?
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| Failure::operation("the daemon has no environment"))?,
             };
             let request = client.request(pb::DeploymentActionRequest {
                 deployment_id: format!("{migration_id}@{environment}"),
@@ -506,6 +505,20 @@ pub(super) async fn remote(client: &mut Client, command: Command, output: Output
             migration_id,
             reason,
         } => {
+            if !yes {
+                let d = deployment_of(client, &migration_id, &environment).await?;
+                let plan = match d.state.as_str() {
+                    "failed" => format!(
+                        "cancel {}: the failed deployment is skipped and the queue of {environment} moves on; what the script left applied stays as it is",
+                        d.id
+                    ),
+                    state => format!(
+                        "cancel {} ({state}): the migration will not run in {environment}",
+                        d.id
+                    ),
+                };
+                confirm(yes, &plan, Ask::YesNo)?;
+            }
             let request = client.request(pb::DeploymentActionRequest {
                 deployment_id: format!("{migration_id}@{environment}"),
                 reason,
@@ -518,7 +531,7 @@ pub(super) async fn remote(client: &mut Client, command: Command, output: Output
                 .into_inner();
             print_deployment(&deployment, output)
         }
-        Command::Submit { scripts } => submit(client, &scripts, output).await,
+        Command::Submit { scripts } => submit(client, &scripts, output, yes).await,
         Command::Backups { environment } => {
             let request = client.request(pb::ListBackupsRequest {
                 environment: environment.clone(),
@@ -555,11 +568,13 @@ pub(super) async fn remote(client: &mut Client, command: Command, output: Output
             backup,
             confirm,
         } => {
-            if !confirm {
-                return Err(Failure::usage(format!(
-                    "sluice restore replaces everything in the database of {environment} with {backup}; add --confirm to do it"
-                )));
-            }
+            confirm_typed(
+                yes || confirm,
+                &format!(
+                    "sluice restore replaces everything in the database of {environment} with {backup} (the database as it is now is backed up first)"
+                ),
+                &environment,
+            )?;
             let request = client.request(pb::RestoreRequest {
                 environment: environment.clone(),
                 backup,
@@ -577,11 +592,13 @@ pub(super) async fn remote(client: &mut Client, command: Command, output: Output
             environment,
             confirm,
         } => {
-            if !confirm {
-                return Err(Failure::usage(format!(
-                    "sluice reset drops everything in the database of {environment}; add --confirm to do it"
-                )));
-            }
+            confirm_typed(
+                yes || confirm,
+                &format!(
+                    "sluice reset drops everything in the database of {environment}, its migration history included"
+                ),
+                &environment,
+            )?;
             let request = client.request(pb::ResetRequest {
                 environment: environment.clone(),
                 confirm: environment,
@@ -633,7 +650,7 @@ pub(super) async fn remote(client: &mut Client, command: Command, output: Output
             duration,
         } => {
             import(
-                client, &dir, format, &kind, &risk, &ticket, &duration, output,
+                client, &dir, format, &kind, &risk, &ticket, &duration, output, yes,
             )
             .await
         }
@@ -688,16 +705,7 @@ pub(super) async fn remote(client: &mut Client, command: Command, output: Output
                     // Environments in promotion order, one column each.
                     let columns: Vec<String> = match &environment {
                         Some(env) => vec![env.clone()],
-                        None => client
-                            .inner
-                            .list_environments(client.request(pb::ListEnvironmentsRequest {})?)
-                            .await
-                            .map_err(|s| client.failed(s))?
-                            .into_inner()
-                            .environments
-                            .into_iter()
-                            .map(|e| e.name)
-                            .collect(),
+                        None => environment_names(client).await?,
                     };
                     if list.migrations.is_empty() {
                         println!("no migration yet");
@@ -864,10 +872,11 @@ pub(super) async fn remote(client: &mut Client, command: Command, output: Output
     }
 }
 
-/// The first environment, in promotion order, where the migration awaits approval (and, with
-/// a role, where that role can still sign).
-/// The checksum of a migration's scripts as the daemon has them now.
-pub(super) async fn current_checksum(client: &mut Client, migration_id: &str) -> CliResult<String> {
+/// A migration with its deployments.
+pub(super) async fn migration_of(
+    client: &mut Client,
+    migration_id: &str,
+) -> CliResult<pb::Migration> {
     let request = client.request(pb::GetMigrationRequest {
         id: migration_id.to_owned(),
     })?;
@@ -876,24 +885,77 @@ pub(super) async fn current_checksum(client: &mut Client, migration_id: &str) ->
         .get_migration(request)
         .await
         .map_err(|s| client.failed(s))?
-        .into_inner()
-        .checksum)
+        .into_inner())
 }
 
+/// One deployment of a migration (refused, naming the environments it has, when it has none
+/// there).
+async fn deployment_of(
+    client: &mut Client,
+    migration_id: &str,
+    environment: &str,
+) -> CliResult<pb::Deployment> {
+    let request = client.request(pb::GetDeploymentRequest {
+        id: format!("{migration_id}@{environment}"),
+    })?;
+    Ok(client
+        .inner
+        .get_deployment(request)
+        .await
+        .map_err(|s| client.failed(s))?
+        .into_inner())
+}
+
+/// What `rollback` will do, for its confirmation: the deployment and the first lines of the
+/// rollback script that will run.
+async fn rollback_plan(
+    client: &mut Client,
+    migration_id: &str,
+    environment: &str,
+) -> CliResult<String> {
+    let d = deployment_of(client, migration_id, environment).await?;
+    let migration = migration_of(client, migration_id).await?;
+    let mut plan = format!(
+        "roll back {} ({}{}): its rollback script runs on {environment}'s database",
+        d.id,
+        d.state,
+        if d.finished_at.is_empty() {
+            String::new()
+        } else {
+            format!(" at {}", d.finished_at)
+        }
+    );
+    match migration.down_sql.as_deref() {
+        Some(down) => {
+            let lines: Vec<&str> = down
+                .lines()
+                .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with("--"))
+                .collect();
+            for line in lines.iter().take(8) {
+                plan.push_str(&format!("\n  | {}", printable(line)));
+            }
+            if lines.len() > 8 {
+                plan.push_str(&format!("\n  | ... ({} more lines)", lines.len() - 8));
+            }
+        }
+        None => plan.push_str("\n  (it has no rollback script: the daemon will refuse)"),
+    }
+    Ok(plan)
+}
+
+/// The checksum of a migration's scripts as the daemon has them now.
+pub(super) async fn current_checksum(client: &mut Client, migration_id: &str) -> CliResult<String> {
+    Ok(migration_of(client, migration_id).await?.checksum)
+}
+
+/// The first environment, in promotion order, where the migration awaits approval (and, with
+/// a role, where that role can still sign).
 pub(super) async fn awaiting_environment(
     client: &mut Client,
     migration_id: &str,
     role: Option<&str>,
 ) -> CliResult<String> {
-    let request = client.request(pb::GetMigrationRequest {
-        id: migration_id.to_owned(),
-    })?;
-    let migration = client
-        .inner
-        .get_migration(request)
-        .await
-        .map_err(|s| client.failed(s))?
-        .into_inner();
+    let migration = migration_of(client, migration_id).await?;
     migration
         .deployments
         .iter()
@@ -925,6 +987,7 @@ pub(super) async fn import(
     ticket: &str,
     duration: &str,
     output: Output,
+    yes: bool,
 ) -> CliResult {
     use super::import::{Format, detect, read_folder};
     let format = match format {
@@ -939,7 +1002,7 @@ pub(super) async fn import(
             .filter(|p| p.extension().is_some_and(|x| x == "sql"))
             .collect();
         paths.sort();
-        return submit(client, &paths, output).await;
+        return submit(client, &paths, output, yes).await;
     }
     let (found, skipped) = read_folder(dir, format).map_err(Failure::operation)?;
     for name in &skipped {
@@ -1021,10 +1084,18 @@ async fn send_batch(
         .into_inner())
 }
 
-pub(super) async fn submit(client: &mut Client, paths: &[PathBuf], output: Output) -> CliResult {
-    // Every file in one request: all are submitted, or none (each refusal named by its file).
-    let mut requests = Vec::with_capacity(paths.len());
-    let mut ids = Vec::with_capacity(paths.len());
+pub(super) async fn submit(
+    client: &mut Client,
+    paths: &[PathBuf],
+    output: Output,
+    yes: bool,
+) -> CliResult {
+    // Every new file in one request: all are submitted, or none (each refusal named by its
+    // file). A file whose migration exists with other scripts amends it, after its diff is
+    // shown and confirmed: every approval of it is void then.
+    let mut batch = Vec::with_capacity(paths.len());
+    let mut batch_paths = Vec::with_capacity(paths.len());
+    let mut amends = Vec::new();
     for path in paths {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Failure::operation(format!("{}: cannot read: {e}", path.display())))?;
@@ -1041,8 +1112,7 @@ pub(super) async fn submit(client: &mut Client, paths: &[PathBuf], output: Outpu
                 )));
             }
         };
-        ids.push(header.id.clone());
-        requests.push(pb::SubmitMigrationRequest {
+        let request = pb::SubmitMigrationRequest {
             id: header.id.clone().unwrap_or_default(),
             kind: header.kind.as_str().into(),
             description: header.description.clone(),
@@ -1052,37 +1122,175 @@ pub(super) async fn submit(client: &mut Client, paths: &[PathBuf], output: Outpu
             up_sql: text,
             down_sql,
             depends_on: header.depends_on.clone(),
-        });
-    }
-    let response = send_batch(client, requests, paths).await?;
-    let mut created = response.created.iter();
-    for (path, id) in paths.iter().zip(&ids) {
-        if id
-            .as_ref()
-            .is_some_and(|id| response.unchanged.contains(id))
+        };
+        if let Some(id) = &header.id
+            && let Some(existing) = existing_migration(client, id).await?
+            && (existing.up_sql != request.up_sql || existing.down_sql != request.down_sql)
         {
-            if output == Output::Table {
-                println!(
-                    "{}: {} unchanged (submitted before with the same scripts)",
-                    path.display(),
-                    id.as_deref().unwrap_or_default()
-                );
-            }
+            amends.push((path.clone(), existing, request));
             continue;
         }
-        if let Some(migration) = created.next()
-            && output == Output::Table
-        {
-            println!("{}: submitted as {}", path.display(), migration.id);
-            for d in &migration.deployments {
-                println!("  {:<12} {}", d.environment, d.state);
+        batch.push(request);
+        batch_paths.push(path.clone());
+    }
+    // Asked before anything is sent: a "no" changes nothing at all.
+    let mut plans = Vec::new();
+    for (path, existing, request) in &amends {
+        let plan = amend_plan(path, existing, request);
+        if yes {
+            if output == Output::Table {
+                println!("{plan}");
+            }
+        } else {
+            plans.push(plan);
+        }
+    }
+    if !plans.is_empty() {
+        confirm(false, &plans.join("\n"), Ask::YesNo)?;
+    }
+    let mut submitted = Vec::new();
+    if !batch.is_empty() {
+        let ids: Vec<Option<String>> = batch
+            .iter()
+            .map(|r| Some(r.id.clone()).filter(|id| !id.is_empty()))
+            .collect();
+        let response = send_batch(client, batch, &batch_paths).await?;
+        let mut created = response.created.into_iter();
+        for (path, id) in batch_paths.iter().zip(&ids) {
+            if let Some(id) = id
+                && response.unchanged.contains(id)
+            {
+                if output == Output::Table {
+                    println!(
+                        "{}: {id} unchanged (submitted before with the same scripts)",
+                        path.display()
+                    );
+                }
+                continue;
+            }
+            if let Some(migration) = created.next() {
+                if output == Output::Table {
+                    print_submitted(&format!("{}: submitted as", path.display()), &migration);
+                }
+                submitted.push(migration);
             }
         }
     }
+    for (path, _, request) in amends {
+        let id = request.id.clone();
+        let request = client.request(request)?;
+        let migration = client
+            .inner
+            .submit_migration(request)
+            .await
+            .map_err(|s| {
+                let mut failure = client.failed(s);
+                failure.message = format!("{}: {}", path.display(), failure.message);
+                failure
+            })?
+            .into_inner();
+        if output == Output::Table {
+            print_submitted(
+                &format!(
+                    "{}: amended {id}; its approvals are void, approve again:",
+                    path.display()
+                ),
+                &migration,
+            );
+        }
+        submitted.push(migration);
+    }
     if output == Output::Json {
-        print_json(&response.created)?;
+        print_json(&submitted)?;
     }
     Ok(())
+}
+
+/// A migration as the daemon has it, or None when the id is not taken.
+async fn existing_migration(client: &mut Client, id: &str) -> CliResult<Option<pb::Migration>> {
+    let request = client.request(pb::GetMigrationRequest { id: id.to_owned() })?;
+    match client.inner.get_migration(request).await {
+        Ok(response) => Ok(Some(response.into_inner())),
+        Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
+        Err(status) => Err(client.failed(status)),
+    }
+}
+
+/// What amending a migration with a file's scripts changes: a unified diff of each script.
+fn amend_plan(
+    path: &Path,
+    existing: &pb::Migration,
+    request: &pb::SubmitMigrationRequest,
+) -> String {
+    let mut plan = format!(
+        "{}: {} exists with other scripts; submitting amends it: every approval is void and each deployment that has not run goes back to awaiting approval",
+        path.display(),
+        existing.id
+    );
+    let mut diff = |label: &str, was: &str, now: &str| {
+        if was == now {
+            return;
+        }
+        let text = similar::TextDiff::from_lines(was, now)
+            .unified_diff()
+            .context_radius(2)
+            .header(
+                &format!("{label} (submitted)"),
+                &format!("{label} ({})", path.display()),
+            )
+            .to_string();
+        plan.push('\n');
+        plan.push_str(&printable(text.trim_end()));
+    };
+    diff("up", &existing.up_sql, &request.up_sql);
+    diff(
+        "rollback",
+        existing.down_sql.as_deref().unwrap_or(""),
+        request.down_sql.as_deref().unwrap_or(""),
+    );
+    plan
+}
+
+/// A submitted migration: its effective risk and why, and per environment its state and who
+/// must still approve it there.
+fn print_submitted(title: &str, m: &pb::Migration) {
+    println!("{title} {}", m.id);
+    let effective = m.effective_risk.to_uppercase();
+    if m.effective_risk == m.declared_risk {
+        println!("  risk {effective}");
+    } else {
+        println!(
+            "  risk {effective} (declared {}; raised by the analysis)",
+            m.declared_risk.to_uppercase()
+        );
+        for f in m
+            .findings
+            .iter()
+            .filter(|f| f.ignored.is_empty() && f.risk == m.effective_risk)
+        {
+            let script = if f.script == "down" { "rollback " } else { "" };
+            println!(
+                "    {script}line {}: {} ({})",
+                f.line,
+                printable(&f.message),
+                f.rule
+            );
+        }
+    }
+    let width = m
+        .deployments
+        .iter()
+        .map(|d| d.environment.len())
+        .max()
+        .unwrap_or(0);
+    for d in &m.deployments {
+        let needs = if d.state == "awaiting_approval" {
+            format!(": needs {}", needs(d))
+        } else {
+            String::new()
+        };
+        println!("  {:<width$}  {}{needs}", d.environment, d.state);
+    }
 }
 
 fn print_restore(done: &pb::RestoreResponse, output: Output) -> CliResult {

@@ -8,17 +8,23 @@ pub(super) async fn migrate(
     wait: bool,
     emergency: Option<String>,
     output: Output,
+    yes: bool,
 ) -> CliResult {
+    let status = environment_status(client, environment).await?;
     if let Some(reason) = emergency {
-        let request = client.request(pb::GetEnvironmentStatusRequest {
-            environment: environment.to_owned(),
-        })?;
-        let status = client
-            .inner
-            .get_environment_status(request)
-            .await
-            .map_err(|s| client.failed(s))?
-            .into_inner();
+        if !yes && !status.pending_approvals.is_empty() {
+            let mut plan = format!(
+                "emergency override in {environment} ({reason}): these are approved without their full set of approvals, your override recorded as an approval, a review owed afterwards:"
+            );
+            for d in &status.pending_approvals {
+                plan.push_str(&format!(
+                    "\n  {} (missing: {})",
+                    d.id,
+                    d.missing_roles.join(", ")
+                ));
+            }
+            confirm_typed(false, &plan, environment)?;
+        }
         for d in &status.pending_approvals {
             let request = client.request(pb::DeploymentActionRequest {
                 deployment_id: d.id.clone(),
@@ -30,6 +36,25 @@ pub(super) async fn migrate(
                 .await
                 .map_err(|s| client.failed(s))?;
             eprintln!("{}: emergency override ({reason}); a review is owed", d.id);
+        }
+    } else if !yes && status.lock.is_none() {
+        // The last environment of the promotion order (production): say what will run first.
+        // The last environment of the promotion order (production, usually).
+        let last = environment_names(client).await?.pop().unwrap_or_default();
+        let approved: Vec<&pb::Deployment> = status
+            .queue
+            .iter()
+            .filter(|d| d.state == "approved")
+            .collect();
+        if last == environment && !approved.is_empty() {
+            let mut plan = format!("apply to {environment}, in this order:");
+            for d in approved {
+                plan.push_str(&format!(
+                    "\n  {} ({} risk)",
+                    d.migration_id, d.effective_risk
+                ));
+            }
+            confirm(false, &plan, Ask::YesNo)?;
         }
     }
     // Subscribe before releasing anything, so that no event falls in between.
@@ -75,14 +100,140 @@ pub(super) async fn migrate(
         };
     };
     if result.queued.is_empty() {
+        nothing_to_apply(client, environment, output).await?;
         if output == Output::Json {
-            return print_json(&result);
+            print_json(&result)?;
         }
-        println!("{environment}: nothing to apply");
         return Ok(());
     }
-    let outcomes = follow_stream(client, environment, events, &result.queued).await?;
+    let outcomes = tokio::select! {
+        outcomes = follow_stream(client, environment, events, &result.queued) => outcomes?,
+        _ = tokio::signal::ctrl_c() => return Err(interrupted(environment)),
+    };
     finish(outcomes, output)
+}
+
+/// Ctrl-C while following: the work goes on at the daemon; say how to see it.
+pub(super) fn interrupted(environment: &str) -> Failure {
+    Failure {
+        code: 130,
+        message: format!(
+            "interrupted: the deployments go on in the daemon; follow them with `sluice watch {environment}` or see `sluice status {environment}`"
+        ),
+    }
+}
+
+pub(super) async fn environment_status(
+    client: &mut Client,
+    environment: &str,
+) -> CliResult<pb::EnvironmentStatus> {
+    let request = client.request(pb::GetEnvironmentStatusRequest {
+        environment: environment.to_owned(),
+    })?;
+    Ok(client
+        .inner
+        .get_environment_status(request)
+        .await
+        .map_err(|s| client.failed(s))?
+        .into_inner())
+}
+
+/// The environments' names in promotion order.
+pub(super) async fn environment_names(client: &mut Client) -> CliResult<Vec<String>> {
+    let request = client.request(pb::ListEnvironmentsRequest {})?;
+    let list = client
+        .inner
+        .list_environments(request)
+        .await
+        .map_err(|s| client.failed(s))?
+        .into_inner();
+    Ok(list.environments.into_iter().map(|e| e.name).collect())
+}
+
+/// `migrate --wait` released nothing: why, and whether that is a success (everything approved
+/// is applied) or not (something waits for approvals, or the queue is halted).
+async fn nothing_to_apply(client: &mut Client, environment: &str, output: Output) -> CliResult {
+    let status = environment_status(client, environment).await?;
+    let say = |line: String| {
+        if output == Output::Table {
+            println!("{line}");
+        }
+    };
+    if !status.halted_by.is_empty() {
+        return Err(Failure::operation(format!(
+            "{environment}: nothing can run: {}",
+            halted_reason(client, environment, &status.halted_by).await
+        )));
+    }
+    if !status.pending_approvals.is_empty() {
+        let mut message = format!(
+            "{environment}: nothing to apply: {} awaiting approval",
+            status.pending_approvals.len()
+        );
+        for d in &status.pending_approvals {
+            message.push_str(&format!("\n  {} needs {}", d.migration_id, needs(d)));
+        }
+        return Err(Failure::operation(message));
+    }
+    match &status.last_applied {
+        Some(last) if status.auto_apply => say(format!(
+            "{environment}: nothing to apply: auto_apply applies approved migrations here as they come; the last, {}, was applied at {}",
+            last.migration_id, last.finished_at
+        )),
+        Some(last) => say(format!(
+            "{environment}: nothing to apply: everything approved is applied (the last, {}, at {})",
+            last.migration_id, last.finished_at
+        )),
+        None => say(format!("{environment}: nothing to apply: no migration yet")),
+    }
+    Ok(())
+}
+
+/// "the queue is halted by X (failed: its error); ..." with what to do about it.
+async fn halted_reason(client: &mut Client, environment: &str, halted_by: &str) -> String {
+    let error = match client_deployment(client, halted_by).await {
+        Some(d) if !d.error.is_empty() => format!(
+            " ({}: {})",
+            d.state,
+            printable(d.error.lines().next().unwrap_or_default())
+        ),
+        _ => String::new(),
+    };
+    let migration = halted_by.split('@').next().unwrap_or(halted_by);
+    format!(
+        "the queue is halted by {halted_by}{error}; fix its cause and `sluice retry {environment} {migration}`, or skip it with `sluice cancel {environment} {migration}`"
+    )
+}
+
+/// Who must still approve a deployment, in words.
+pub(super) fn needs(d: &pb::Deployment) -> String {
+    let mut parts = Vec::new();
+    if !d.missing_roles.is_empty() {
+        parts.push(d.missing_roles.join(" + "));
+    }
+    if d.additional_approvals_needed > 0 {
+        parts.push(format!(
+            "{} more approval(s)",
+            d.additional_approvals_needed
+        ));
+    }
+    if parts.is_empty() {
+        "no more approval".into()
+    } else {
+        parts.join(" and ")
+    }
+}
+
+async fn client_deployment(client: &mut Client, id: &str) -> Option<pb::Deployment> {
+    let request = client
+        .request(pb::GetDeploymentRequest { id: id.to_owned() })
+        .ok()?;
+    client
+        .inner
+        .get_deployment(request)
+        .await
+        .ok()
+        .map(|r| r.into_inner())
 }
 
 /// Follows deployments to their outcome over a fresh environment watch.
@@ -226,15 +377,7 @@ pub(super) async fn stuck(
     environment: &str,
     ids: &[String],
 ) -> CliResult<Option<String>> {
-    let request = client.request(pb::GetEnvironmentStatusRequest {
-        environment: environment.to_owned(),
-    })?;
-    let status = client
-        .inner
-        .get_environment_status(request)
-        .await
-        .map_err(|s| client.failed(s))?
-        .into_inner();
+    let status = environment_status(client, environment).await?;
     if let Some(lock) = &status.lock {
         return Ok(Some(format!(
             "{environment} is locked by {}: {}",
@@ -242,7 +385,9 @@ pub(super) async fn stuck(
         )));
     }
     if !status.halted_by.is_empty() && !ids.contains(&status.halted_by) {
-        return Ok(Some(format!("the queue is halted by {}", status.halted_by)));
+        return Ok(Some(
+            halted_reason(client, environment, &status.halted_by).await,
+        ));
     }
     Ok(None)
 }

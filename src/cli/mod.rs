@@ -9,6 +9,7 @@
 mod args;
 mod client;
 mod commands;
+mod confirm;
 mod follow;
 mod import;
 mod lint_output;
@@ -19,6 +20,7 @@ pub mod scripts;
 use args::*;
 use client::*;
 use commands::*;
+use confirm::*;
 use follow::*;
 use render::*;
 
@@ -227,7 +229,7 @@ async fn run(cli: Cli) -> CliResult {
         } => new_migration(kind, description, risk, duration, author, ticket, &dir),
         command => {
             let mut client = Client::connect(&cli.server, cli.token).await?;
-            remote(&mut client, command, output).await
+            remote(&mut client, command, output, cli.yes).await
         }
     }
 }

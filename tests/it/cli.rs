@@ -291,11 +291,30 @@ async fn the_seed_quick_start_through_the_cli() {
     );
     ok(&sluice(&app, Some("lead"), &dir, &["unlock", "production"]).await);
 
-    let rollback = sluice(
+    // A rollback asks first; with no terminal to ask at it shows what would run and needs --yes.
+    let unconfirmed = sluice(
         &app,
         Some("ops1"),
         &dir,
         &["rollback", "staging", &id, "--wait"],
+    )
+    .await;
+    assert_eq!(unconfirmed.code, 2, "{}", unconfirmed.stderr);
+    assert!(
+        unconfirmed
+            .stderr
+            .contains(&format!("roll back {id}@staging (applied"))
+            && unconfirmed.stderr.contains("| DROP TABLE")
+            && unconfirmed.stderr.contains("add --yes"),
+        "{}",
+        unconfirmed.stderr
+    );
+    assert!(app.table_exists("staging", "user_preferences").await);
+    let rollback = sluice(
+        &app,
+        Some("ops1"),
+        &dir,
+        &["rollback", "staging", &id, "--wait", "--yes"],
     )
     .await;
     ok(&rollback);
@@ -392,21 +411,36 @@ async fn exit_codes_tell_failure_usage_and_reach_apart() {
         .to_owned();
     app.wait_for_state(&format!("{id}@development"), &["failed"])
         .await;
-    if failed.code == 0 {
-        // The deployment had already failed before `migrate` ran: nothing was left to apply.
+    // Whether the deployment failed before `migrate` ran (auto_apply) or while --wait followed
+    // it, the exit code is 1 and the database's error is told; before, an already failed
+    // deployment gave "nothing to apply" and exit 0.
+    assert_eq!(failed.code, 1, "{}", failed.stderr);
+    assert!(
+        failed
+            .stderr
+            .contains("relation \"nowhere\" does not exist"),
+        "{}",
+        failed.stderr
+    );
+    // Run again now that it has failed: nothing can run, and it says why and what to do.
+    let halted = sluice(
+        &app,
+        Some("dev"),
+        &dir,
+        &["migrate", "development", "--wait"],
+    )
+    .await;
+    assert_eq!(halted.code, 1, "{}", halted.stderr);
+    for expected in [
+        "nothing can run: the queue is halted by",
+        "relation \"nowhere\" does not exist",
+        "sluice retry development",
+        "sluice cancel development",
+    ] {
         assert!(
-            failed.stdout.contains("nothing to apply"),
-            "{}",
-            failed.stdout
-        );
-    } else {
-        assert_eq!(failed.code, 1, "{}", failed.stderr);
-        assert!(
-            failed
-                .stderr
-                .contains("relation \"nowhere\" does not exist"),
-            "{}",
-            failed.stderr
+            halted.stderr.contains(expected),
+            "{expected}: {}",
+            halted.stderr
         );
     }
     let status = sluice(
@@ -428,11 +462,31 @@ async fn exit_codes_tell_failure_usage_and_reach_apart() {
     ok(&sluice(&app, Some("dev"), &dir, &["retry", "development", &id]).await);
     app.wait_for_state(&format!("{id}@development"), &["failed"])
         .await;
-    ok(&sluice(
+    // Cancel is a dangerous verb: without a terminal to confirm at, it needs --yes, says what
+    // it would do, and changes nothing.
+    let unconfirmed = sluice(
         &app,
         Some("dev"),
         &dir,
         &["cancel", "development", &id, "superseded"],
+    )
+    .await;
+    assert_eq!(unconfirmed.code, 2, "{}", unconfirmed.stderr);
+    assert!(
+        unconfirmed
+            .stderr
+            .contains("the failed deployment is skipped")
+            && unconfirmed.stderr.contains("add --yes"),
+        "{}",
+        unconfirmed.stderr
+    );
+    app.wait_for_state(&format!("{id}@development"), &["failed"])
+        .await;
+    ok(&sluice(
+        &app,
+        Some("dev"),
+        &dir,
+        &["cancel", "development", &id, "superseded", "--yes"],
     )
     .await);
     let cleared = sluice(&app, Some("dev"), &dir, &["status", "development"]).await;

@@ -4,6 +4,7 @@
 mod api_errors;
 mod binary;
 mod cli;
+mod cli_confirm;
 mod drift;
 mod dry_run;
 mod grpc;
