@@ -125,36 +125,60 @@ pub(super) fn validate(
     }
 }
 
-/// Asks on the terminal for a value the flags did not give.
-pub(super) fn ask(label: &str, given: Option<String>, default: Option<&str>) -> CliResult<String> {
-    if let Some(value) = given {
-        return Ok(value);
-    }
-    if !std::io::stdin().is_terminal() {
-        return match default {
-            Some(d) => Ok(d.to_owned()),
-            None => Err(Failure::usage(format!(
-                "--{} is required when not run at a terminal",
-                label.to_ascii_lowercase().replace(' ', "-")
-            ))),
+/// One answer `sluice new` needs: the flag's value when given (checked; a bad one is a usage
+/// error), else asked at the terminal, showing the choices and re-asking after a bad answer
+/// without losing the earlier ones; without a terminal the default, or a usage error naming
+/// the flag.
+struct Question<'a, T> {
+    label: &'a str,
+    flag: &'a str,
+    choices: Option<&'a str>,
+    default: Option<String>,
+    parse: &'a dyn Fn(&str) -> Result<T, String>,
+}
+
+impl<T> Question<'_, T> {
+    fn ask(self, given: Option<String>) -> CliResult<T> {
+        let flag = self.flag;
+        if let Some(value) = given {
+            return (self.parse)(value.trim())
+                .map_err(|e| Failure::usage(format!("--{flag}: {e}")));
+        }
+        let terminal = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+        if !terminal {
+            return match &self.default {
+                Some(d) => (self.parse)(d).map_err(|e| Failure::usage(format!("--{flag}: {e}"))),
+                None => Err(Failure::usage(format!(
+                    "--{flag} is required when not run at a terminal"
+                ))),
+            };
+        }
+        let prompt = match self.choices {
+            Some(choices) => format!("{} ({choices})", self.label),
+            None => self.label.to_owned(),
         };
+        let theme = dialoguer::theme::SimpleTheme;
+        let mut input = dialoguer::Input::<String>::with_theme(&theme).with_prompt(prompt);
+        if let Some(d) = &self.default {
+            input = input.default(d.clone());
+        }
+        let parse = self.parse;
+        let answer = input
+            .validate_with(|value: &String| parse(value.trim()).map(|_| ()))
+            .interact_text()
+            .map_err(terminal_failed)?;
+        parse(answer.trim()).map_err(|e| Failure::usage(format!("--{flag}: {e}")))
     }
-    loop {
-        match default {
-            Some(d) => eprint!("{label} [{d}]: "),
-            None => eprint!("{label}: "),
+}
+
+/// A non-empty text field with the server's limits.
+fn text_answer(name: &'static str, max: usize) -> impl Fn(&str) -> Result<String, String> {
+    move |value: &str| {
+        if value.is_empty() {
+            return Err(format!("{name} is required"));
         }
-        let mut line = String::new();
-        std::io::stdin()
-            .read_line(&mut line)
-            .map_err(|e| Failure::operation(format!("cannot read the terminal: {e}")))?;
-        let value = line.trim();
-        if !value.is_empty() {
-            return Ok(value.to_owned());
-        }
-        if let Some(d) = default {
-            return Ok(d.to_owned());
-        }
+        crate::domain::text::field(name, value, max).map_err(|e| e.to_string())?;
+        Ok(value.to_owned())
     }
 }
 
@@ -167,17 +191,55 @@ pub(super) fn new_migration(
     ticket: Option<String>,
     dir: &std::path::Path,
 ) -> CliResult {
-    let usage = |e: crate::domain::DomainError| Failure::usage(e.to_string());
-    let kind = ask("Type", kind, Some("SCHEMA_CHANGE"))?
-        .parse()
-        .map_err(usage)?;
-    let description = ask("Description", description, None)?;
-    let risk = ask("Risk", risk, Some("LOW"))?.parse().map_err(usage)?;
-    let duration = ask("Duration", duration, Some("5m"))?;
-    scripts::check_duration(&duration).map_err(|e| Failure::usage(format!("duration: {e}")))?;
-    let default_author = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-    let author = ask("Author", author, Some(&default_author))?;
-    let ticket = ask("Ticket", ticket, None)?;
+    use crate::domain::{MigrationKind, Risk, text};
+    let kind = Question {
+        label: "Type",
+        flag: "type",
+        choices: Some("SCHEMA_CHANGE, DATA_MIGRATION, HOTFIX"),
+        default: Some("SCHEMA_CHANGE".into()),
+        parse: &|v: &str| v.parse::<MigrationKind>().map_err(|e| e.to_string()),
+    }
+    .ask(kind)?;
+    let description = Question {
+        label: "Description",
+        flag: "description",
+        choices: None,
+        default: None,
+        parse: &text_answer("description", text::DESCRIPTION),
+    }
+    .ask(description)?;
+    let risk = Question {
+        label: "Risk",
+        flag: "risk",
+        choices: Some("LOW, MEDIUM, HIGH"),
+        default: Some("LOW".into()),
+        parse: &|v: &str| v.parse::<Risk>().map_err(|e| e.to_string()),
+    }
+    .ask(risk)?;
+    let duration = Question {
+        label: "Estimated duration",
+        flag: "duration",
+        choices: Some("30s, 5m, 2h, 1h30m"),
+        default: Some("5m".into()),
+        parse: &|v: &str| scripts::check_duration(v).map(|()| v.to_owned()),
+    }
+    .ask(duration)?;
+    let author = Question {
+        label: "Author",
+        flag: "author",
+        choices: None,
+        default: std::env::var("USER").ok().filter(|u| !u.is_empty()),
+        parse: &text_answer("author", text::NAME),
+    }
+    .ask(author)?;
+    let ticket = Question {
+        label: "Ticket",
+        flag: "ticket",
+        choices: None,
+        default: None,
+        parse: &text_answer("ticket", text::TICKET),
+    }
+    .ask(ticket)?;
     let spec = scripts::NewMigration {
         kind,
         description,

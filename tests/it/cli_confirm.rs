@@ -251,3 +251,159 @@ async fn restore_and_reset_need_yes_or_confirm_without_a_terminal() {
         asked.stderr
     );
 }
+
+/// The CLI in a pseudo-terminal, as a person at a keyboard uses it.
+fn at_terminal(
+    args: &[&str],
+    dir: &std::path::Path,
+    env: &[(&str, String)],
+) -> rexpect::session::PtySession {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
+    command
+        .args(args)
+        .current_dir(dir)
+        .env("TERM", "xterm")
+        .env_remove("NO_COLOR")
+        .env_remove("SLUICE_TOKEN");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    rexpect::session::spawn_command(command, Some(20_000)).expect("the CLI starts in a pty")
+}
+
+fn exit_code(session: &mut rexpect::session::PtySession) -> i32 {
+    match session.process_mut().wait().expect("the CLI ends") {
+        nix::sys::wait::WaitStatus::Exited(_, code) => code,
+        other => panic!("the CLI ended with {other:?}"),
+    }
+}
+
+/// `sluice new` at a terminal: the prompts list the choices, a bad answer is said and asked
+/// again, and what was typed before is kept (before, `Risk [LOW]: SUPER` ended the session).
+#[test]
+fn new_at_a_terminal_re_asks_a_bad_answer_and_keeps_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = at_terminal(&["new"], dir.path(), &[("USER", "tester".into())]);
+    p.exp_string("Type (SCHEMA_CHANGE, DATA_MIGRATION, HOTFIX)")
+        .unwrap();
+    p.send_line("hotfix").unwrap();
+    p.exp_string("Description").unwrap();
+    p.send_line("Fix the flags").unwrap();
+    p.exp_string("Risk (LOW, MEDIUM, HIGH)").unwrap();
+    p.send_line("SUPER").unwrap();
+    p.exp_string("unknown risk \"SUPER\" (known: low, medium, high)")
+        .unwrap();
+    p.send_line("medium").unwrap();
+    p.exp_string("Estimated duration (30s, 5m, 2h, 1h30m)")
+        .unwrap();
+    p.send_line("five minutes").unwrap();
+    p.exp_string("is not a duration").unwrap();
+    p.send_line("10m").unwrap();
+    p.exp_string("Author").unwrap();
+    p.send_line("").unwrap();
+    p.exp_string("Ticket").unwrap();
+    p.send_line("T-42").unwrap();
+    p.exp_string("created").unwrap();
+    p.exp_eof().unwrap();
+    assert_eq!(exit_code(&mut p), 0);
+    let script = std::fs::read_dir(dir.path().join("scripts"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let text = std::fs::read_to_string(&script).unwrap();
+    for line in [
+        "-- Type: HOTFIX",
+        "-- Description: Fix the flags",
+        "-- Risk: MEDIUM",
+        "-- Estimated-Duration: 10m",
+        "-- Author: tester",
+        "-- Ticket: T-42",
+    ] {
+        assert!(text.contains(line), "{line}: {text}");
+    }
+}
+
+/// At a terminal a dangerous verb asks: "n" (or anything but yes) changes nothing, "y" goes on;
+/// reset wants the environment's name typed back.
+#[tokio::test]
+async fn dangerous_verbs_ask_at_a_terminal() {
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path().to_owned();
+    std::fs::create_dir_all(dir.join("scripts")).unwrap();
+    std::fs::create_dir_all(dir.join("rollbacks")).unwrap();
+    std::fs::write(
+        dir.join("scripts/001_20261129_000000_gizmos.sql"),
+        "-- Migration: 001_20261129_000000_gizmos\n-- Type: SCHEMA_CHANGE\n-- Description: gizmos\n-- Risk: LOW\n-- Ticket: T-9\nCREATE TABLE gizmos (id int);\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("rollbacks/001_20261129_000000_gizmos_rollback.sql"),
+        "DROP TABLE gizmos;\n",
+    )
+    .unwrap();
+    let id = first_id(
+        &sluice(
+            &app,
+            Some("dev"),
+            &dir,
+            &["submit", "scripts/001_20261129_000000_gizmos.sql"],
+        )
+        .await
+        .stdout,
+    );
+    app.wait_for_state(&format!("{id}@development"), &["applied"])
+        .await;
+    let env = vec![
+        (
+            "SLUICE_ADDR",
+            format!("http://{}", app.running.as_ref().unwrap().grpc_addr),
+        ),
+        ("SLUICE_TOKEN", app.token("lead").to_owned()),
+    ];
+    let answer = |args: Vec<String>, expect: &'static str, reply: &'static str| {
+        let (dir, env) = (dir.clone(), env.clone());
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let mut p = at_terminal(&args, &dir, &env);
+            let shown = p.exp_string(expect).unwrap();
+            p.send_line(reply).unwrap();
+            let rest = p.exp_eof().unwrap();
+            (exit_code(&mut p), format!("{shown}{expect}{rest}"))
+        })
+    };
+    let rollback = vec!["rollback".to_owned(), "development".into(), id.clone()];
+    let (code, said) = answer(rollback.clone(), "Go on?", "n").await.unwrap();
+    assert_eq!(code, 1, "{said}");
+    assert!(
+        said.contains("| DROP TABLE gizmos;") && said.contains("stopped: nothing was changed"),
+        "{said}"
+    );
+    assert!(app.table_exists("development", "gizmos").await);
+    let (code, said) = answer(rollback, "Go on?", "y").await.unwrap();
+    assert_eq!(code, 0, "{said}");
+    app.wait_for_state(&format!("{id}@development"), &["rolled_back"])
+        .await;
+    assert!(!app.table_exists("development", "gizmos").await);
+
+    // Reset: "yes" is not the environment's name; nothing is dropped.
+    let reset = vec!["reset".to_owned(), "development".into()];
+    let (code, said) = answer(reset, "Type development to go on", "yes")
+        .await
+        .unwrap();
+    assert_eq!(code, 1, "{said}");
+    assert!(said.contains("stopped: nothing was changed"), "{said}");
+    let (status, audit) = app.get("lead", "/api/v1/audit?actor=lead").await;
+    assert_eq!(status, 200, "{audit}");
+    let actions: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    // The query sees the lead's actions (the rollback they confirmed), and no reset among them.
+    assert!(actions.contains(&"rollback_requested"), "{audit}");
+    assert!(!actions.contains(&"reset"), "no reset was made: {audit}");
+}
