@@ -132,6 +132,7 @@ mod tests {
             fix: None,
             ignored: None,
             rollback_note: false,
+            advisory: false,
         };
         assert_eq!(
             github(&p),

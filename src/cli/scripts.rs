@@ -39,6 +39,8 @@ pub struct Problem {
     /// A rollback script's finding that does not raise the risk (it drops what the up
     /// script made): shown, not counted.
     pub rollback_note: bool,
+    /// Only a parser that lags the database's grammar refuses it (MySQL): shown, not counted.
+    pub advisory: bool,
 }
 
 impl Problem {
@@ -53,7 +55,7 @@ impl Problem {
 
     /// Whether it fails validation (not when silenced or a rollback script's note).
     pub fn counts(&self) -> bool {
-        self.ignored.is_none() && !self.rollback_note
+        self.ignored.is_none() && !self.rollback_note && !self.advisory
     }
 
     /// error (errors, high risk), warning (medium) or note (low, silenced, rollback notes).
@@ -82,6 +84,12 @@ impl std::fmt::Display for Problem {
         }
         if self.rollback_note {
             write!(f, " (rollback script: undoes the up script, not counted)")?;
+        }
+        if self.advisory {
+            write!(
+                f,
+                " (sqlparser's MySQL grammar lags MySQL's: check it on development; not counted)"
+            )?;
         }
         if let Some(fix) = &self.fix {
             write!(f, "\n    fix: {fix}")?;
@@ -318,16 +326,35 @@ pub fn validate_file(path: &Path, dialect: crate::lint::Dialect) -> Vec<Problem>
     };
     // PostgreSQL's grammar reads every statement: a typo fails here, not on development.
     let syntax = |file: &Path, text: &str, problems: &mut Vec<Problem>| {
-        if dialect == crate::lint::Dialect::MySql {
-            return;
-        }
-        for p in crate::lint::syntax_problems(text) {
-            problems.push(Problem {
-                column: p.column,
-                ..Problem::new(file, p.line, format!("syntax error: {}", p.message))
-            });
+        use crate::lint::Dialect;
+        let grammars: &[(Dialect, &str)] = match dialect {
+            Dialect::Postgres => &[(Dialect::Postgres, "")],
+            Dialect::MySql => &[(Dialect::MySql, "")],
+            Dialect::Both => &[
+                (Dialect::Postgres, " (PostgreSQL)"),
+                (Dialect::MySql, " (MySQL)"),
+            ],
+        };
+        for (grammar, label) in grammars {
+            let found = match grammar {
+                Dialect::MySql => crate::lint::mysql_syntax_problems(text),
+                _ => crate::lint::syntax_problems(text),
+            };
+            for p in found {
+                let what = if p.certain {
+                    "syntax error"
+                } else {
+                    "not read by the MySQL grammar"
+                };
+                problems.push(Problem {
+                    column: p.column,
+                    advisory: !p.certain,
+                    ..Problem::new(file, p.line, format!("{what}{label}: {}", p.message))
+                });
+            }
         }
     };
+
     syntax(path, &text, &mut problems);
     if let Some(line) = template_left(&text) {
         problems.push(at(

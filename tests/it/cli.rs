@@ -973,6 +973,59 @@ async fn validate_finds_syntax_errors_with_line_and_column() {
     )
     .unwrap();
     ok(&sluice(&app, None, &dir, &["validate", good.to_str().unwrap()]).await);
+
+    // MySQL scripts: typos fail with line and column; what sqlparser's MySQL grammar does not
+    // read (VARCHAR ... BINARY, ENGINE=) is shown and does not fail.
+    let mysql = dir.join("mysql.sql");
+    std::fs::write(
+        &mysql,
+        format!("{header}CREATE TABLE m (id int, name VARCHAR(10) BINARY) ENGINE=InnoDB;\nALTER TABLE m ENGINE=InnoDB;\n"),
+    )
+    .unwrap();
+    let lagging = sluice(
+        &app,
+        None,
+        &dir,
+        &["validate", "--dialect", "mysql", mysql.to_str().unwrap()],
+    )
+    .await;
+    ok(&lagging);
+    assert!(
+        lagging.stdout.contains("not read by the MySQL grammar")
+            && lagging.stdout.contains("not counted"),
+        "{}",
+        lagging.stdout
+    );
+    std::fs::write(
+        &mysql,
+        format!("{header}CREAT TABLE m (id int);\nINSERT INTO m VALUES (1,, 2);\n"),
+    )
+    .unwrap();
+    let typos = sluice(
+        &app,
+        None,
+        &dir,
+        &["validate", "--dialect", "mysql", mysql.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(typos.code, 1, "{}", typos.stdout);
+    let lines = header.lines().count();
+    for expected in [
+        format!(
+            "mysql.sql:{}:1: syntax error: \"CREAT\" starts no MySQL statement; did you mean \"CREATE\"?",
+            lines + 1
+        ),
+        format!(
+            "mysql.sql:{}:25: syntax error: an empty item in a list",
+            lines + 2
+        ),
+    ] {
+        assert!(
+            typos.stdout.contains(&expected),
+            "{expected}: {}",
+            typos.stdout
+        );
+    }
     app.stop().await;
 }
 

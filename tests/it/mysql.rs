@@ -551,3 +551,21 @@ async fn rollback_tests_on_mariadb_catch_a_forgotten_index() {
     assert_eq!(columns, 2, "the target is untouched");
     app.stop().await;
 }
+
+/// The statements `validate --dialect mysql` must never call a syntax error are real MySQL:
+/// MariaDB runs every one of them, in order (the lint unit test checks the other half).
+#[tokio::test]
+async fn the_real_world_mysql_fixture_runs_on_mariadb() {
+    let db = crate::harness::TestMySqlDatabase::create("fixture").await;
+    let mut conn = db.connect().await;
+    let script = include_str!("../fixtures/mysql-real-world.sql");
+    let statements =
+        sluice::lint::split_statements_for(script, sluice::lint::Dialect::MySql).unwrap();
+    assert!(statements.len() > 40, "{}", statements.len());
+    for statement in statements {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(statement.text.clone()))
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("line {}: {}: {e}", statement.line, statement.text));
+    }
+}
