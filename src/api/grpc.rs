@@ -97,10 +97,6 @@ fn parse_enum<T: serde::de::DeserializeOwned>(field: &str, value: &str) -> Resul
     })
 }
 
-fn opt(value: Option<String>) -> String {
-    value.unwrap_or_default()
-}
-
 fn submit_request(r: pb::SubmitMigrationRequest) -> Result<service::SubmitRequest, Status> {
     Ok(service::SubmitRequest {
         id: (!r.id.is_empty()).then_some(r.id),
@@ -198,12 +194,12 @@ fn deployment(v: DeploymentView) -> pb::Deployment {
             .collect(),
         missing_roles: v.missing_roles.iter().map(|r| r.to_string()).collect(),
         additional_approvals_needed: v.additional_approvals_needed,
-        deadline_at: opt(v.deadline_at),
-        emergency_reason: opt(v.emergency_reason),
-        error: opt(v.error),
-        blocked_by: opt(v.blocked_by),
-        started_at: opt(v.started_at),
-        finished_at: opt(v.finished_at),
+        deadline_at: v.deadline_at,
+        emergency_reason: v.emergency_reason,
+        error: v.error,
+        blocked_by: v.blocked_by,
+        started_at: v.started_at,
+        finished_at: v.finished_at,
         execution_ms: v.execution_ms,
         transactional: v.transactional,
         updated_at: v.updated_at,
@@ -216,9 +212,9 @@ fn deployment(v: DeploymentView) -> pb::Deployment {
             .map(|r| pb::Review {
                 role: r.role,
                 owed_since: r.owed_since,
-                reviewer: opt(r.reviewer),
-                comment: opt(r.comment),
-                reviewed_at: opt(r.reviewed_at),
+                reviewer: r.reviewer,
+                comment: r.comment,
+                reviewed_at: r.reviewed_at,
             })
             .collect(),
         log: v
@@ -304,12 +300,12 @@ fn environment(v: EnvironmentStatus) -> pb::EnvironmentStatus {
             reason: l.reason,
             locked_at: l.locked_at,
         }),
-        halted_by: opt(v.halted_by),
+        halted_by: v.halted_by,
         queue: v.queue.into_iter().map(deployment).collect(),
         pending_approvals: v.pending_approvals.into_iter().map(deployment).collect(),
         last_applied: v.last_applied.map(deployment),
-        target_error: opt(v.target_error),
-        target_error_since: opt(v.target_error_since),
+        target_error: v.target_error,
+        target_error_since: v.target_error_since,
         freeze: v.freeze.map(|f| pb::Freeze {
             window: f.window,
             until: f.until,
@@ -369,15 +365,15 @@ fn notification(v: crate::service::NotificationView) -> pb::Notification {
         channel: v.channel,
         kind: v.kind,
         state: v.state,
-        environment: opt(v.environment),
-        migration_id: opt(v.migration_id),
-        deployment_id: opt(v.deployment_id),
+        environment: v.environment,
+        migration_id: v.migration_id,
+        deployment_id: v.deployment_id,
         subject: v.subject,
         attempts: v.attempts,
         created_at: v.created_at,
-        next_attempt_at: opt(v.next_attempt_at),
-        last_attempt_at: opt(v.last_attempt_at),
-        last_error: opt(v.last_error),
+        next_attempt_at: v.next_attempt_at,
+        last_attempt_at: v.last_attempt_at,
+        last_error: v.last_error,
     }
 }
 
@@ -387,9 +383,9 @@ fn audit_entry(v: AuditView) -> pb::AuditEntry {
         at: v.at,
         actor: v.actor,
         action: v.action,
-        environment: opt(v.environment),
-        migration_id: opt(v.migration_id),
-        deployment_id: opt(v.deployment_id),
+        environment: v.environment,
+        migration_id: v.migration_id,
+        deployment_id: v.deployment_id,
         detail_json: v.detail.to_string(),
     }
 }
@@ -398,7 +394,7 @@ fn event(e: service::events::DeploymentEvent) -> pb::DeploymentEvent {
     let (kind, error) = match e.kind {
         EventKind::State { state, error } => (
             pb::deployment_event::Event::State(state.as_str().into()),
-            opt(error),
+            error,
         ),
         EventKind::Log(line) => (
             pb::deployment_event::Event::Log(pb::LogLine {
@@ -406,7 +402,7 @@ fn event(e: service::events::DeploymentEvent) -> pb::DeploymentEvent {
                 level: line.level,
                 message: line.message,
             }),
-            String::new(),
+            None,
         ),
     };
     pb::DeploymentEvent {
@@ -905,13 +901,13 @@ impl pb::sluice_server::Sluice for GrpcApi {
                     name: c.name,
                     r#type: c.kind,
                     enabled: c.enabled,
-                    disabled_reason: opt(c.disabled_reason),
+                    disabled_reason: c.disabled_reason,
                     pending: c.pending,
                     dead: c.dead,
                     delivered: c.delivered,
-                    last_success_at: opt(c.last_success_at),
-                    last_error: opt(c.last_error),
-                    last_error_at: opt(c.last_error_at),
+                    last_success_at: c.last_success_at,
+                    last_error: c.last_error,
+                    last_error_at: c.last_error_at,
                 })
                 .collect(),
         }))
@@ -973,7 +969,7 @@ impl pb::sluice_server::Sluice for GrpcApi {
             event: Some(pb::deployment_event::Event::State(
                 current.state.as_str().into(),
             )),
-            error: current.error.clone().unwrap_or_default(),
+            error: current.error.clone(),
         };
         let done_already = rests(current.state) && !r.follow_resting;
         let stream = async_stream(move |sender| async move {

@@ -201,26 +201,7 @@ pub(super) enum Command {
         force: bool,
     },
     /// Write a new migration script and its rollback from a template.
-    New {
-        /// SCHEMA_CHANGE, DATA_MIGRATION or HOTFIX.
-        #[arg(long = "type")]
-        kind: Option<String>,
-        #[arg(long)]
-        description: Option<String>,
-        /// LOW, MEDIUM or HIGH.
-        #[arg(long)]
-        risk: Option<String>,
-        /// Estimated duration, e.g. 5m.
-        #[arg(long)]
-        duration: Option<String>,
-        #[arg(long)]
-        author: Option<String>,
-        #[arg(long)]
-        ticket: Option<String>,
-        /// The folder holding scripts/ and rollbacks/.
-        #[arg(long, default_value = ".")]
-        dir: PathBuf,
-    },
+    New(NewArgs),
     /// Submit migration scripts (with the metadata `new` wrote in their header).
     Submit {
         #[arg(required = true)]
@@ -372,4 +353,30 @@ pub(super) enum TokenCommand {
         #[arg(long, value_name = "USERS_YML")]
         add_to: Option<PathBuf>,
     },
+}
+
+/// `sluice new`: what the flags give; the rest is asked at a terminal.
+#[derive(clap::Args)]
+pub(super) struct NewArgs {
+    /// SCHEMA_CHANGE, DATA_MIGRATION or HOTFIX.
+    #[arg(long = "type")]
+    pub(super) kind: Option<String>,
+    /// One line: what the migration does (its file name is made from it).
+    #[arg(long)]
+    pub(super) description: Option<String>,
+    /// LOW, MEDIUM or HIGH.
+    #[arg(long)]
+    pub(super) risk: Option<String>,
+    /// Estimated duration, e.g. 5m.
+    #[arg(long)]
+    pub(super) duration: Option<String>,
+    /// Default: $USER.
+    #[arg(long)]
+    pub(super) author: Option<String>,
+    /// The ticket or issue the change is for (PROJ-123).
+    #[arg(long)]
+    pub(super) ticket: Option<String>,
+    /// The folder holding scripts/ and rollbacks/.
+    #[arg(long, default_value = ".")]
+    pub(super) dir: PathBuf,
 }

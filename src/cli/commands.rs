@@ -2,7 +2,12 @@
 
 use super::*;
 
-pub(super) fn new_token(user: &str, roles: &[String], add_to: Option<&Path>) -> CliResult {
+pub(super) fn new_token(
+    user: &str,
+    roles: &[String],
+    add_to: Option<&Path>,
+    output: Output,
+) -> CliResult {
     let name: crate::domain::UserName = user
         .parse()
         .map_err(|e: crate::domain::DomainError| Failure::usage(e.to_string()))?;
@@ -29,6 +34,18 @@ pub(super) fn new_token(user: &str, roles: &[String], add_to: Option<&Path>) -> 
     );
     if let Some(path) = add_to {
         add_user(path, &entry)?;
+    }
+    if output == Output::Json {
+        return print_json(&serde_json::json!({
+            "user": name.as_str(),
+            "roles": roles,
+            "token": token,
+            "token_sha256": hash,
+            "users_yml_entry": entry,
+            "added_to": add_to.map(|p| p.display().to_string()),
+        }));
+    }
+    if let Some(path) = add_to {
         println!("token (give it to {name}; it is shown only once): {token}");
         println!("added {name} to {}", path.display());
         return Ok(());
@@ -182,15 +199,16 @@ fn text_answer(name: &'static str, max: usize) -> impl Fn(&str) -> Result<String
     }
 }
 
-pub(super) fn new_migration(
-    kind: Option<String>,
-    description: Option<String>,
-    risk: Option<String>,
-    duration: Option<String>,
-    author: Option<String>,
-    ticket: Option<String>,
-    dir: &std::path::Path,
-) -> CliResult {
+pub(super) fn new_migration(args: NewArgs, output: Output) -> CliResult {
+    let NewArgs {
+        kind,
+        description,
+        risk,
+        duration,
+        author,
+        ticket,
+        dir,
+    } = args;
     use crate::domain::{MigrationKind, Risk, text};
     let kind = Question {
         label: "Type",
@@ -249,8 +267,16 @@ pub(super) fn new_migration(
         ticket,
     };
     let timestamp = chrono::Utc::now().format("%Y%m%d_%H%M%S").to_string();
-    let (script, rollback) = scripts::write_new(dir, &spec, &timestamp)
+    let (script, rollback) = scripts::write_new(&dir, &spec, &timestamp)
         .map_err(|e| Failure::operation(format!("cannot write the scripts: {e}")))?;
+    if output == Output::Json {
+        let id = script.file_stem().map(|s| s.to_string_lossy().into_owned());
+        return print_json(&serde_json::json!({
+            "id": id,
+            "script": script.display().to_string(),
+            "rollback": rollback.display().to_string(),
+        }));
+    }
     println!("created {}", script.display());
     println!("created {}", rollback.display());
     Ok(())
@@ -311,11 +337,15 @@ pub(super) async fn remote(
             if output == Output::Json && !wait {
                 return print_json(&deployment);
             }
-            println!("{deployment_id}: {}", deployment.state);
+            if output == Output::Json {
+                eprintln!("{deployment_id}: {}", deployment.state);
+            } else {
+                println!("{deployment_id}: {}", deployment.state);
+            }
             if wait {
                 let ids = [deployment_id];
                 let outcomes = tokio::select! {
-                    outcomes = follow(client, &environment, &ids) => outcomes?,
+                    outcomes = follow(client, &environment, &ids, output) => outcomes?,
                     _ = tokio::signal::ctrl_c() => return Err(interrupted(&environment)),
                 };
                 return finish(outcomes, output);
@@ -843,7 +873,26 @@ pub(super) async fn remote(
                 .map_err(|s| client.failed(s))?
                 .into_inner();
             match output {
-                Output::Json => print_json(&audit),
+                // As REST gives it: a list, each record's detail an object.
+                Output::Json => print_json(
+                    &audit
+                        .entries
+                        .iter()
+                        .map(|e| {
+                            serde_json::json!({
+                                "id": e.id,
+                                "at": e.at,
+                                "actor": e.actor,
+                                "action": e.action,
+                                "environment": e.environment,
+                                "migration_id": e.migration_id,
+                                "deployment_id": e.deployment_id,
+                                "detail": serde_json::from_str::<serde_json::Value>(&e.detail_json)
+                                    .unwrap_or(serde_json::Value::String(e.detail_json.clone())),
+                            })
+                        })
+                        .collect::<Vec<_>>(),
+                ),
                 Output::Table => {
                     if audit.entries.is_empty() {
                         println!("no audit record matches");
@@ -854,15 +903,12 @@ pub(super) async fn remote(
                         );
                     }
                     for e in &audit.entries {
-                        let subject = if e.deployment_id.is_empty() {
-                            if e.migration_id.is_empty() {
-                                e.environment.clone()
-                            } else {
-                                e.migration_id.clone()
-                            }
-                        } else {
-                            e.deployment_id.clone()
-                        };
+                        let subject = e
+                            .deployment_id
+                            .as_deref()
+                            .or(e.migration_id.as_deref())
+                            .or(e.environment.as_deref())
+                            .unwrap_or("");
                         println!(
                             "{:<24}  {:<12}  {:<22}  {:<40}  {}",
                             e.at,
@@ -906,7 +952,7 @@ pub(super) async fn remote(
                     let owed: Vec<&str> = deployment
                         .reviews
                         .iter()
-                        .filter(|r| r.reviewer.is_empty())
+                        .filter(|r| r.reviewer.text().is_empty())
                         .map(|r| r.role.as_str())
                         .collect();
                     if owed.is_empty() {
@@ -929,7 +975,7 @@ pub(super) async fn remote(
         | Command::CheckConfig { .. }
         | Command::Token { .. }
         | Command::Validate { .. }
-        | Command::New { .. }
+        | Command::New(_)
         | Command::Completions { .. } => unreachable!("offline commands run before connecting"),
     }
 }
@@ -981,10 +1027,10 @@ async fn rollback_plan(
         "roll back {} ({}{}): its rollback script runs on {environment}'s database",
         d.id,
         d.state,
-        if d.finished_at.is_empty() {
+        if d.finished_at.text().is_empty() {
             String::new()
         } else {
-            format!(" at {}", d.finished_at)
+            format!(" at {}", d.finished_at.text())
         }
     );
     match migration.down_sql.as_deref() {

@@ -107,7 +107,7 @@ pub(super) async fn migrate(
         return Ok(());
     }
     let outcomes = tokio::select! {
-        outcomes = follow_stream(client, environment, events, &result.queued) => outcomes?,
+        outcomes = follow_stream(client, environment, events, &result.queued, output) => outcomes?,
         _ = tokio::signal::ctrl_c() => return Err(interrupted(environment)),
     };
     finish(outcomes, output)
@@ -159,10 +159,10 @@ async fn nothing_to_apply(client: &mut Client, environment: &str, output: Output
             println!("{line}");
         }
     };
-    if !status.halted_by.is_empty() {
+    if !status.halted_by.text().is_empty() {
         return Err(Failure::operation(format!(
             "{environment}: nothing can run: {}",
-            halted_reason(client, environment, &status.halted_by).await
+            halted_reason(client, environment, status.halted_by.text()).await
         )));
     }
     if !status.pending_approvals.is_empty() {
@@ -178,11 +178,13 @@ async fn nothing_to_apply(client: &mut Client, environment: &str, output: Output
     match &status.last_applied {
         Some(last) if status.auto_apply => say(format!(
             "{environment}: nothing to apply: auto_apply applies approved migrations here as they come; the last, {}, was applied at {}",
-            last.migration_id, last.finished_at
+            last.migration_id,
+            last.finished_at.text()
         )),
         Some(last) => say(format!(
             "{environment}: nothing to apply: everything approved is applied (the last, {}, at {})",
-            last.migration_id, last.finished_at
+            last.migration_id,
+            last.finished_at.text()
         )),
         None => say(format!("{environment}: nothing to apply: no migration yet")),
     }
@@ -192,10 +194,10 @@ async fn nothing_to_apply(client: &mut Client, environment: &str, output: Output
 /// "the queue is halted by X (failed: its error); ..." with what to do about it.
 async fn halted_reason(client: &mut Client, environment: &str, halted_by: &str) -> String {
     let error = match client_deployment(client, halted_by).await {
-        Some(d) if !d.error.is_empty() => format!(
+        Some(d) if !d.error.text().is_empty() => format!(
             " ({}: {})",
             d.state,
-            printable(d.error.lines().next().unwrap_or_default())
+            printable(d.error.text().lines().next().unwrap_or_default())
         ),
         _ => String::new(),
     };
@@ -241,6 +243,7 @@ pub(super) async fn follow(
     client: &mut Client,
     environment: &str,
     ids: &[String],
+    output: Output,
 ) -> CliResult<BTreeMap<String, (String, String)>> {
     let request = client.request(pb::WatchEnvironmentRequest {
         environment: environment.to_owned(),
@@ -251,7 +254,7 @@ pub(super) async fn follow(
         .await
         .map_err(|s| client.failed(s))?
         .into_inner();
-    follow_stream(client, environment, events, ids).await
+    follow_stream(client, environment, events, ids, output).await
 }
 
 pub(super) fn resting(state: &str) -> bool {
@@ -268,6 +271,7 @@ pub(super) async fn follow_stream(
     environment: &str,
     mut events: tonic::Streaming<pb::DeploymentEvent>,
     ids: &[String],
+    output: Output,
 ) -> CliResult<BTreeMap<String, (String, String)>> {
     let terminal = std::io::stderr().is_terminal();
     let bars = indicatif::MultiProgress::new();
@@ -296,18 +300,18 @@ pub(super) async fn follow_stream(
             .map_err(|s| client.failed(s))?
             .into_inner();
         if resting(&d.state) {
-            outcomes.insert(id.clone(), (d.state.clone(), d.error.clone()));
+            outcomes.insert(id.clone(), (d.state.clone(), d.error.text().to_owned()));
             if let Some(bar) = progress.get(id) {
                 bar.finish_with_message(d.state.clone());
             } else {
-                println!("{id}: {}", d.state);
+                say(output, format!("{id}: {}", d.state));
             }
         }
     }
     let mut seen_running: HashSet<String> = HashSet::new();
     // A queue that is halted or locked will not move: say so instead of waiting forever.
     if let Some(reason) = stuck(client, environment, ids).await? {
-        give_up(ids, &mut outcomes, &progress, &reason);
+        give_up(ids, &mut outcomes, &progress, &reason, output);
     }
     while outcomes.len() < ids.len() {
         let Some(event) = events.next().await else {
@@ -324,7 +328,7 @@ pub(super) async fn follow_stream(
         if !wanted.contains(&event.deployment_id) || outcomes.contains_key(&event.deployment_id) {
             if halting {
                 let reason = format!("the queue is halted by {}", event.deployment_id);
-                give_up(ids, &mut outcomes, &progress, &reason);
+                give_up(ids, &mut outcomes, &progress, &reason, output);
             }
             continue;
         }
@@ -336,7 +340,7 @@ pub(super) async fn follow_stream(
             && seen_running.contains(&event.deployment_id)
             && let Some(reason) = stuck(client, environment, ids).await?
         {
-            give_up(ids, &mut outcomes, &progress, &reason);
+            give_up(ids, &mut outcomes, &progress, &reason, output);
             continue;
         }
         let bar = progress.get(&event.deployment_id);
@@ -345,24 +349,27 @@ pub(super) async fn follow_stream(
                 if resting(&state) {
                     outcomes.insert(
                         event.deployment_id.clone(),
-                        (state.clone(), event.error.clone()),
+                        (state.clone(), event.error.text().to_owned()),
                     );
                 }
                 match bar {
                     Some(bar) if resting(&state) => bar.finish_with_message(state),
                     Some(bar) => bar.set_message(state),
-                    None => println!("{}: {state}", event.deployment_id),
+                    None => say(output, format!("{}: {state}", event.deployment_id)),
                 }
             }
             Some(pb::deployment_event::Event::Log(line)) => match bar {
                 Some(bar) => {
                     bar.set_message(format!("{}: {}", line.level, printable(&line.message)))
                 }
-                None => println!(
-                    "{}: {}: {}",
-                    event.deployment_id,
-                    line.level,
-                    printable(&line.message)
+                None => say(
+                    output,
+                    format!(
+                        "{}: {}: {}",
+                        event.deployment_id,
+                        line.level,
+                        printable(&line.message)
+                    ),
                 ),
             },
             Some(pb::deployment_event::Event::Missed(_)) | None => {}
@@ -384,12 +391,20 @@ pub(super) async fn stuck(
             lock.locked_by, lock.reason
         )));
     }
-    if !status.halted_by.is_empty() && !ids.contains(&status.halted_by) {
-        return Ok(Some(
-            halted_reason(client, environment, &status.halted_by).await,
-        ));
+    if let Some(halted_by) = &status.halted_by
+        && !ids.contains(halted_by)
+    {
+        return Ok(Some(halted_reason(client, environment, halted_by).await));
     }
     Ok(None)
+}
+
+/// A progress line: on stdout for people, on stderr when stdout is one JSON document.
+fn say(output: Output, line: String) {
+    match output {
+        Output::Table => println!("{line}"),
+        Output::Json => eprintln!("{line}"),
+    }
 }
 
 /// Ends the wait for every deployment without an outcome yet.
@@ -398,6 +413,7 @@ pub(super) fn give_up(
     outcomes: &mut BTreeMap<String, (String, String)>,
     progress: &BTreeMap<String, indicatif::ProgressBar>,
     reason: &str,
+    output: Output,
 ) {
     for id in ids {
         if outcomes.contains_key(id) {
@@ -406,7 +422,7 @@ pub(super) fn give_up(
         outcomes.insert(id.clone(), ("blocked".into(), reason.to_owned()));
         match progress.get(id) {
             Some(bar) => bar.abandon_with_message(format!("blocked: {reason}")),
-            None => println!("{id}: blocked: {reason}"),
+            None => say(output, format!("{id}: blocked: {reason}")),
         }
     }
 }
@@ -419,7 +435,10 @@ pub(super) fn finish(outcomes: BTreeMap<String, (String, String)>, output: Outpu
     if output == Output::Json {
         let map: BTreeMap<&String, serde_json::Value> = outcomes
             .iter()
-            .map(|(id, (state, error))| (id, serde_json::json!({"state": state, "error": error})))
+            .map(|(id, (state, error))| {
+                let error = Some(error).filter(|e| !e.is_empty());
+                (id, serde_json::json!({"state": state, "error": error}))
+            })
             .collect();
         print_json(&map)?;
     }
@@ -471,17 +490,20 @@ pub(super) async fn watch(
     let mut last_state = String::new();
     while let Some(event) = events.next().await {
         let event = event.map_err(|s| client.failed(s))?;
+        if let Some(pb::deployment_event::Event::State(state)) = &event.event {
+            last_state = state.clone();
+        }
         if output == Output::Json {
-            print_json(&event)?;
+            // A stream: one JSON object a line (JSON Lines).
+            print_json_line(&event)?;
             continue;
         }
         match &event.event {
             Some(pb::deployment_event::Event::State(state)) => {
-                last_state = state.clone();
-                let error = if event.error.is_empty() {
+                let error = if event.error.text().is_empty() {
                     String::new()
                 } else {
-                    format!(": {}", event.error.lines().next().unwrap_or(""))
+                    format!(": {}", event.error.text().lines().next().unwrap_or(""))
                 };
                 println!("{} {} {state}{error}", event.at, event.deployment_id);
             }

@@ -73,9 +73,9 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
             if !failure.message.is_empty() {
-                if json {
+                if json && !JSON_PRINTED.load(std::sync::atomic::Ordering::SeqCst) {
                     // With --output json, stdout is always one JSON document: the error too,
-                    // shaped as the REST API's.
+                    // shaped as the REST API's (unless the answer was printed already).
                     let code = match failure.code {
                         2 => "usage",
                         3 => "unreachable_or_unauthorized",
@@ -186,6 +186,24 @@ async fn run(cli: Cli) -> CliResult {
         Command::CheckConfig { config_dir } => {
             let config = crate::config::Config::load(&config_dir)
                 .map_err(|e| Failure::operation(e.to_string()))?;
+            if output == Output::Json {
+                let channels: Vec<serde_json::Value> = config
+                    .notifications
+                    .channels
+                    .iter()
+                    .map(|c| serde_json::json!({"name": c.name, "type": c.kind.type_name(), "enabled": true, "disabled_reason": null}))
+                    .chain(config.notifications.disabled.iter().map(|(name, why)| {
+                        serde_json::json!({"name": name, "type": null, "enabled": false, "disabled_reason": why})
+                    }))
+                    .collect();
+                return print_json(&serde_json::json!({
+                    "config_dir": config_dir.display().to_string(),
+                    "valid": true,
+                    "environments": config.environments.iter().map(|e| e.name.to_string()).collect::<Vec<_>>(),
+                    "users": config.users.len(),
+                    "notification_channels": channels,
+                }));
+            }
             println!(
                 "{}: configuration is valid ({} environments: {}; {} users)",
                 config_dir.display(),
@@ -212,21 +230,13 @@ async fn run(cli: Cli) -> CliResult {
                     roles,
                     add_to,
                 },
-        } => new_token(&user, &roles, add_to.as_deref()),
+        } => new_token(&user, &roles, add_to.as_deref(), output),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "sluice", &mut std::io::stdout());
             Ok(())
         }
         Command::Validate { scripts, dialect } => validate(&scripts, dialect.into(), format),
-        Command::New {
-            kind,
-            description,
-            risk,
-            duration,
-            author,
-            ticket,
-            dir,
-        } => new_migration(kind, description, risk, duration, author, ticket, &dir),
+        Command::New(args) => new_migration(args, output),
         command => {
             let mut client = Client::connect(&cli.server, cli.token).await?;
             remote(&mut client, command, output, cli.yes).await

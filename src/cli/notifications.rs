@@ -69,11 +69,11 @@ pub(super) async fn list(
                     n.created_at,
                     printable(&n.subject)
                 );
-                if !n.last_error.is_empty() {
-                    println!("{:>54}  last error: {}", "", printable(&n.last_error));
+                if !n.last_error.text().is_empty() {
+                    println!("{:>54}  last error: {}", "", printable(n.last_error.text()));
                 }
-                if !dead && !n.next_attempt_at.is_empty() {
-                    println!("{:>54}  next attempt: {}", "", n.next_attempt_at);
+                if !dead && !n.next_attempt_at.text().is_empty() {
+                    println!("{:>54}  next attempt: {}", "", n.next_attempt_at.text());
                 }
             }
             if dead {
@@ -132,7 +132,11 @@ pub(super) async fn channels(client: &mut Client, output: Output) -> CliResult {
             }
             for c in &list.channels {
                 if !c.enabled {
-                    println!("{:<12} off ({})", c.name, printable(&c.disabled_reason));
+                    println!(
+                        "{:<12} off ({})",
+                        c.name,
+                        printable(c.disabled_reason.text())
+                    );
                     continue;
                 }
                 println!(
@@ -142,18 +146,18 @@ pub(super) async fn channels(client: &mut Client, output: Output) -> CliResult {
                     c.delivered,
                     c.pending,
                     c.dead,
-                    if c.last_success_at.is_empty() {
+                    if c.last_success_at.text().is_empty() {
                         "never"
                     } else {
-                        &c.last_success_at
+                        c.last_success_at.text()
                     }
                 );
-                if !c.last_error.is_empty() {
+                if !c.last_error.text().is_empty() {
                     println!(
                         "{:<12} last error at {}: {}",
                         "",
-                        c.last_error_at,
-                        printable(&c.last_error)
+                        c.last_error_at.text(),
+                        printable(c.last_error.text())
                     );
                 }
             }

@@ -3,8 +3,22 @@
 
 use super::*;
 
+/// Whether the command printed its JSON document: a failure after it (a failed rollback
+/// test's report) is then said on stderr only, so that stdout stays one document.
+pub(super) static JSON_PRINTED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 pub(super) fn print_json<T: serde::Serialize>(value: &T) -> CliResult {
     let text = serde_json::to_string_pretty(value)
+        .map_err(|e| Failure::operation(format!("cannot encode the answer: {e}")))?;
+    println!("{text}");
+    JSON_PRINTED.store(true, std::sync::atomic::Ordering::SeqCst);
+    Ok(())
+}
+
+/// One object of a JSON Lines stream (`watch`).
+pub(super) fn print_json_line<T: serde::Serialize>(value: &T) -> CliResult {
+    let text = serde_json::to_string(value)
         .map_err(|e| Failure::operation(format!("cannot encode the answer: {e}")))?;
     println!("{text}");
     Ok(())
@@ -50,10 +64,10 @@ pub(super) fn print_status(status: &pb::EnvironmentStatus, verbose: bool) {
             freeze.window, freeze.until
         );
     }
-    if !status.halted_by.is_empty() {
+    if !status.halted_by.text().is_empty() {
         println!(
             "halted by    {} (retry, roll back or cancel it)",
-            status.halted_by
+            status.halted_by.text()
         );
     }
     for owed in &status.owed_reviews {
@@ -66,11 +80,11 @@ pub(super) fn print_status(status: &pb::EnvironmentStatus, verbose: bool) {
             status.name
         );
     }
-    if !status.target_error.is_empty() {
+    if !status.target_error.text().is_empty() {
         println!(
             "target       unreachable since {}: {}",
-            status.target_error_since,
-            printable(&status.target_error)
+            status.target_error_since.text(),
+            printable(status.target_error.text())
         );
     }
     for d in &status.partly_applied {
@@ -92,7 +106,11 @@ pub(super) fn print_status(status: &pb::EnvironmentStatus, verbose: bool) {
         }
     }
     match &status.last_applied {
-        Some(d) => println!("last applied {} at {}", d.migration_id, d.finished_at),
+        Some(d) => println!(
+            "last applied {} at {}",
+            d.migration_id,
+            d.finished_at.text()
+        ),
         None => println!("last applied none"),
     }
     if status.queue.is_empty() {
@@ -104,8 +122,8 @@ pub(super) fn print_status(status: &pb::EnvironmentStatus, verbose: bool) {
         let mut line = format!("  {:<60} {:<18}", d.migration_id, d.state);
         if d.state == "awaiting_approval" {
             line.push_str(&format!(" needs: {}", still_needed(d)));
-        } else if !d.blocked_by.is_empty() {
-            line.push_str(&format!(" {}", printable(&d.blocked_by)));
+        } else if !d.blocked_by.text().is_empty() {
+            line.push_str(&format!(" {}", printable(d.blocked_by.text())));
         }
         println!("{line}");
         if verbose {
@@ -123,11 +141,11 @@ pub(super) fn print_status(status: &pb::EnvironmentStatus, verbose: bool) {
                     printable(&a.comment)
                 );
             }
-            if !d.deadline_at.is_empty() {
-                println!("      approval deadline {}", d.deadline_at);
+            if !d.deadline_at.text().is_empty() {
+                println!("      approval deadline {}", d.deadline_at.text());
             }
-            if !d.error.is_empty() {
-                for line in d.error.lines() {
+            if !d.error.text().is_empty() {
+                for line in d.error.text().lines() {
                     println!("      error: {}", printable(line));
                 }
             }
@@ -387,14 +405,14 @@ pub(super) async fn show(
     for d in &m.deployments {
         println!();
         println!("{}  {}", d.environment, d.state);
-        if !d.blocked_by.is_empty() {
-            println!("  waiting      {}", printable(&d.blocked_by));
+        if !d.blocked_by.text().is_empty() {
+            println!("  waiting      {}", printable(d.blocked_by.text()));
         }
         let needed = still_needed(d);
         if !needed.is_empty() && d.state == "awaiting_approval" {
             println!("  needs        {needed}");
-            if !d.deadline_at.is_empty() {
-                println!("  deadline     {}", d.deadline_at);
+            if !d.deadline_at.text().is_empty() {
+                println!("  deadline     {}", d.deadline_at.text());
             }
         }
         for a in &d.approvals {
@@ -411,13 +429,13 @@ pub(super) async fn show(
                 printable(&a.comment)
             );
         }
-        if !d.emergency_reason.is_empty() {
-            println!("  emergency    {}", printable(&d.emergency_reason));
+        if !d.emergency_reason.text().is_empty() {
+            println!("  emergency    {}", printable(d.emergency_reason.text()));
         }
-        if !d.started_at.is_empty() {
-            println!("  started      {}", d.started_at);
+        if !d.started_at.text().is_empty() {
+            println!("  started      {}", d.started_at.text());
         }
-        if !d.finished_at.is_empty() {
+        if !d.finished_at.text().is_empty() {
             let took = d
                 .execution_ms
                 .map(|ms| {
@@ -430,12 +448,12 @@ pub(super) async fn show(
                     )
                 })
                 .unwrap_or_default();
-            println!("  finished     {}{took}", d.finished_at);
+            println!("  finished     {}{took}", d.finished_at.text());
         }
-        if !d.error.is_empty() {
+        if !d.error.text().is_empty() {
             println!(
                 "  error        {}",
-                printable(&d.error).replace('\n', "\n               ")
+                printable(d.error.text()).replace('\n', "\n               ")
             );
         }
         if with_log {
@@ -482,5 +500,16 @@ async fn deployment_log(client: &mut Client, deployment_id: &str) -> CliResult<V
             Some(next) => after = Some(next),
             None => return Ok(lines),
         }
+    }
+}
+
+/// An optional text of the API (absent: null in JSON) where a table wants a string.
+pub(super) trait Text {
+    fn text(&self) -> &str;
+}
+
+impl Text for Option<String> {
+    fn text(&self) -> &str {
+        self.as_deref().unwrap_or("")
     }
 }
