@@ -832,7 +832,7 @@ pub(super) async fn remote(
                         );
                         for env in &columns {
                             let state = m.states.get(env).map_or("-", String::as_str);
-                            line.push_str(&format!("  {:<w$}", state, w = width(env)));
+                            line.push_str(&format!("  {:<w$}", paint(state), w = width(env)));
                         }
                         println!("{}", line.trim_end());
                     }
@@ -1397,7 +1397,7 @@ fn print_submitted(title: &str, m: &pb::Migration) {
         } else {
             String::new()
         };
-        println!("  {:<width$}  {}{needs}", d.environment, d.state);
+        println!("  {:<width$}  {}{needs}", d.environment, paint(&d.state));
     }
 }
 

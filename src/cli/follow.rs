@@ -505,7 +505,12 @@ pub(super) async fn watch(
                 } else {
                     format!(": {}", event.error.text().lines().next().unwrap_or(""))
                 };
-                println!("{} {} {state}{error}", event.at, event.deployment_id);
+                println!(
+                    "{} {} {}{error}",
+                    event.at,
+                    event.deployment_id,
+                    paint(state)
+                );
             }
             Some(pb::deployment_event::Event::Log(line)) => println!(
                 "{} {} {}: {}",

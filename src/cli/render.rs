@@ -24,11 +24,26 @@ pub(super) fn print_json_line<T: serde::Serialize>(value: &T) -> CliResult {
     Ok(())
 }
 
+/// A deployment's state for stdout: coloured at a terminal (failed red, applied green, waiting
+/// yellow, moving cyan, undone magenta); plain when piped or when NO_COLOR is set. Padding
+/// (`{:<18}`) applies to the text, not the colour codes.
+pub(super) fn paint(state: &str) -> console::StyledObject<&str> {
+    let styled = console::style(state).for_stdout();
+    match state {
+        "applied" => styled.green(),
+        "failed" | "rejected" | "expired" | "blocked" => styled.red(),
+        "awaiting_approval" | "approved" => styled.yellow(),
+        "queued" | "running" | "rolling_back" => styled.cyan(),
+        "rolled_back" | "cancelled" => styled.magenta(),
+        _ => styled,
+    }
+}
+
 pub(super) fn print_deployment(deployment: &pb::Deployment, output: Output) -> CliResult {
     match output {
         Output::Json => print_json(deployment),
         Output::Table => {
-            println!("{}: {}", deployment.id, deployment.state);
+            println!("{}: {}", deployment.id, paint(&deployment.state));
             Ok(())
         }
     }
@@ -119,7 +134,7 @@ pub(super) fn print_status(status: &pb::EnvironmentStatus, verbose: bool) {
     }
     println!("queue:");
     for d in &status.queue {
-        let mut line = format!("  {:<60} {:<18}", d.migration_id, d.state);
+        let mut line = format!("  {:<60} {:<18}", d.migration_id, paint(&d.state));
         if d.state == "awaiting_approval" {
             line.push_str(&format!(" needs: {}", still_needed(d)));
         } else if !d.blocked_by.text().is_empty() {
@@ -404,7 +419,7 @@ pub(super) async fn show(
     }
     for d in &m.deployments {
         println!();
-        println!("{}  {}", d.environment, d.state);
+        println!("{}  {}", d.environment, paint(&d.state));
         if !d.blocked_by.text().is_empty() {
             println!("  waiting      {}", printable(d.blocked_by.text()));
         }

@@ -407,3 +407,61 @@ async fn dangerous_verbs_ask_at_a_terminal() {
     assert!(actions.contains(&"rollback_requested"), "{audit}");
     assert!(!actions.contains(&"reset"), "no reset was made: {audit}");
 }
+
+/// At a terminal, states are coloured (applied green); NO_COLOR and pipes get plain text.
+#[tokio::test]
+async fn states_are_coloured_at_a_terminal_unless_no_color() {
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path().to_owned();
+    std::fs::create_dir_all(dir.join("scripts")).unwrap();
+    std::fs::write(
+        dir.join("scripts/001_20261129_000000_paint.sql"),
+        "-- Migration: 001_20261129_000000_paint\n-- Type: SCHEMA_CHANGE\n-- Description: paint\n-- Risk: LOW\n-- Ticket: T-9\nCREATE TABLE paint (id int);\n",
+    )
+    .unwrap();
+    let id = first_id(
+        &sluice(
+            &app,
+            Some("dev"),
+            &dir,
+            &["submit", "scripts/001_20261129_000000_paint.sql"],
+        )
+        .await
+        .stdout,
+    );
+    app.wait_for_state(&format!("{id}@development"), &["applied"])
+        .await;
+    let addr = format!("http://{}", app.running.as_ref().unwrap().grpc_addr);
+    let token = app.token("dev").to_owned();
+    let history = |no_color: bool| {
+        let (dir, addr, token) = (dir.clone(), addr.clone(), token.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut env = vec![("SLUICE_ADDR", addr), ("SLUICE_TOKEN", token)];
+            if no_color {
+                env.push(("NO_COLOR", "1".into()));
+            }
+            let mut p = at_terminal(&["history"], &dir, &env);
+            let text = p.exp_eof().unwrap();
+            assert_eq!(exit_code(&mut p), 0, "{text}");
+            text
+        })
+    };
+    let coloured = history(false).await.unwrap();
+    assert!(coloured.contains("\u{1b}[32mapplied"), "{coloured:?}");
+    assert!(
+        coloured.contains("\u{1b}[33mawaiting_approval"),
+        "{coloured:?}"
+    );
+    let plain = history(true).await.unwrap();
+    assert!(
+        plain.contains("applied") && !plain.contains('\u{1b}'),
+        "{plain:?}"
+    );
+    let piped = sluice(&app, Some("dev"), &dir, &["history"]).await;
+    assert!(
+        piped.stdout.contains("applied") && !piped.stdout.contains('\u{1b}'),
+        "{:?}",
+        piped.stdout
+    );
+}
