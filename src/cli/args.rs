@@ -77,13 +77,20 @@ pub(super) enum OutputArg {
 #[derive(Subcommand)]
 pub(super) enum Command {
     /// Run the daemon: REST and gRPC APIs, one worker per environment, the scheduler.
+    #[command(
+        after_help = "Examples:\n  sluice server\n  sluice server --config-dir /etc/sluice\n  SLUICE_CONFIG_DIR=/etc/sluice sluice server"
+    )]
     Server {
         /// Folder with sluice.yml, environments.yml, approval_matrix.yml and users.yml.
         #[arg(long, env = "SLUICE_CONFIG_DIR", default_value = "config")]
         config_dir: PathBuf,
     },
     /// Check the configuration files and exit.
+    #[command(
+        after_help = "Examples:\n  sluice check-config\n  sluice check-config --config-dir /etc/sluice -o json"
+    )]
     CheckConfig {
+        /// Folder with sluice.yml, environments.yml, approval_matrix.yml and users.yml.
         #[arg(long, env = "SLUICE_CONFIG_DIR", default_value = "config")]
         config_dir: PathBuf,
     },
@@ -93,7 +100,11 @@ pub(super) enum Command {
         command: TokenCommand,
     },
     /// Release every approved deployment of an environment to its worker.
+    #[command(
+        after_help = "Examples:\n  sluice migrate development --wait\n  sluice migrate production --wait --yes        # the last environment asks first\n  sluice migrate production --force --emergency \"Critical security fix\""
+    )]
     Migrate {
+        /// The environment (development, staging, production, ...).
         environment: String,
         /// Follow the deployments until they finish; the exit code is their outcome.
         #[arg(long)]
@@ -106,17 +117,29 @@ pub(super) enum Command {
         emergency: Option<String>,
     },
     /// An environment's queue, pending approvals, lock and last applied migration.
+    #[command(
+        after_help = "Examples:\n  sluice status production\n  sluice status staging --verbose     # approvals, deadlines, errors\n  sluice status development -o json"
+    )]
     Status {
+        /// The environment.
         environment: String,
+        /// Each deployment's approvals, deadline, error and dry run too.
         #[arg(long)]
         verbose: bool,
     },
     /// Roll back a migration in an environment with its rollback script.
+    #[command(
+        after_help = "Examples:\n  sluice rollback staging 003_20261125_101500_add_index --wait\n  sluice rollback production 003_20261125_101500_add_index --force --emergency \"outage\" --yes"
+    )]
     Rollback {
+        /// The environment.
         environment: String,
+        /// The migration's id (`sluice history` lists them).
         migration_id: String,
+        /// With --emergency: mark the rollback as an emergency (the seed's flags).
         #[arg(long, requires = "emergency")]
         force: bool,
+        /// The emergency's reason, recorded as the rollback's reason (needs --force).
         #[arg(long, requires = "force", value_name = "REASON")]
         emergency: Option<String>,
         /// Follow the rollback until it finishes.
@@ -127,41 +150,68 @@ pub(super) enum Command {
     /// transaction that is rolled back. Prints whether it runs, how long it took and the locks
     /// it took; approvers see the result in `status --verbose`. (The two arguments may come in
     /// either order.)
-    #[command(name = "dry-run")]
+    #[command(
+        name = "dry-run",
+        after_help = "Examples:\n  sluice dry-run 003_20261125_101500_add_index production"
+    )]
     DryRun {
+        /// The migration's id.
         migration_id: String,
+        /// The environment whose database it is tried on.
         environment: String,
     },
     /// Test a migration's rollback script: up, down and up again on a scratch copy of an
     /// environment's schema (default: the first environment), the schemas compared. Approvers
     /// see the result; environments may require a passing one before approval.
-    #[command(name = "test-rollback")]
+    #[command(
+        name = "test-rollback",
+        after_help = "Examples:\n  sluice test-rollback 003_20261125_101500_add_index\n  sluice test-rollback 003_20261125_101500_add_index staging"
+    )]
     TestRollback {
+        /// The migration's id.
         migration_id: String,
+        /// Whose schema is copied (default: the first environment of the promotion order).
         environment: Option<String>,
     },
     /// Compare an environment's live schema with the one Sluice left there: changes made
     /// outside Sluice. Exits 1 when the schema drifted.
+    #[command(
+        after_help = "Examples:\n  sluice drift production\n  sluice drift production --accept     # operators: the live schema becomes the reference"
+    )]
     Drift {
+        /// The environment.
         environment: String,
         /// Make the live schema the reference and clear the recorded drift (operators).
         #[arg(long)]
         accept: bool,
     },
     /// Retry a failed deployment (after fixing its cause).
+    #[command(after_help = "Examples:\n  sluice retry development 003_20261125_101500_add_index")]
     Retry {
+        /// The environment.
         environment: String,
+        /// The failed migration's id.
         migration_id: String,
     },
     /// Cancel a deployment that has not run (or skip a failed one).
+    #[command(
+        after_help = "Examples:\n  sluice cancel staging 003_20261125_101500_add_index \"superseded by 004\"\n  sluice cancel development 003_20261125_101500_add_index --yes"
+    )]
     Cancel {
+        /// The environment.
         environment: String,
+        /// The migration's id.
         migration_id: String,
+        /// Why (recorded in the audit trail).
         #[arg(default_value = "")]
         reason: String,
     },
     /// Check migration scripts offline: header, syntax, forbidden statements, risk findings.
+    #[command(
+        after_help = "Examples:\n  sluice validate scripts/003_*.sql\n  sluice validate --dialect mysql scripts/*.sql\n  sluice validate -o sarif scripts/*.sql > sluice.sarif\n  sluice validate -o github scripts/*.sql     # annotations in a GitHub Actions log"
+    )]
     Validate {
+        /// The script files (their rollbacks are found from their headers).
         #[arg(required = true)]
         scripts: Vec<PathBuf>,
         /// The SQL the target databases speak: decides the risk analysis (mysql covers MariaDB;
@@ -170,10 +220,17 @@ pub(super) enum Command {
         dialect: DialectArg,
     },
     /// Approve a migration in the role given (the approver must be the token's user).
+    #[command(
+        after_help = "Examples:\n  sluice approve 003_20261125_101500_add_index dba alice \"index is concurrent\"\n  sluice approve 003_20261125_101500_add_index data_ops alice \"ok\" --environment staging --checksum 9f2c..."
+    )]
     Approve {
+        /// The migration's id.
         migration_id: String,
+        /// The role you approve in: data_ops, data_ops_lead, dba, tech_lead, cto, admin.
         role: String,
+        /// Your user name (the token's user).
         approver: String,
+        /// What you checked (recorded with the approval).
         comment: String,
         /// Default: the first environment of the promotion order where it awaits this role.
         #[arg(long)]
@@ -184,34 +241,60 @@ pub(super) enum Command {
         checksum: Option<String>,
     },
     /// Reject a migration.
+    #[command(
+        after_help = "Examples:\n  sluice reject 003_20261125_101500_add_index \"needs a backfill plan\"\n  sluice reject 003_20261125_101500_add_index \"not during the sale\" --environment production"
+    )]
     Reject {
+        /// The migration's id.
         migration_id: String,
+        /// Why (sent to the author).
         comment: String,
         /// Default: the first environment where it awaits approval.
         #[arg(long)]
         environment: Option<String>,
     },
     /// Lock an environment: nothing new starts there.
-    Lock { environment: String, reason: String },
+    #[command(after_help = "Examples:\n  sluice lock production \"release freeze\"")]
+    Lock {
+        /// The environment.
+        environment: String,
+        /// Why (shown in status and to whoever tries to migrate).
+        reason: String,
+    },
     /// Unlock an environment.
+    #[command(after_help = "Examples:\n  sluice unlock production")]
     Unlock {
+        /// The environment.
         environment: String,
         /// Accepted for the seed's `unlock --force`; unlocking needs an operator role either way.
         #[arg(long)]
         force: bool,
     },
     /// Write a new migration script and its rollback from a template.
+    #[command(
+        after_help = "Examples:\n  sluice new                     # asks for each field at a terminal\n  sluice new --type SCHEMA_CHANGE --description \"Add user preferences\" --risk LOW --duration 5m --ticket PROJ-123"
+    )]
     New(NewArgs),
     /// Submit migration scripts (with the metadata `new` wrote in their header).
+    #[command(
+        after_help = "Examples:\n  sluice submit scripts/003_20261125_101500_add_index.sql\n  sluice submit scripts/*.sql            # one batch: all or none\n  sluice submit scripts/003_*.sql --yes  # a changed file amends its migration without asking"
+    )]
     Submit {
+        /// The script files; each one's rollback is read from its header's `Rollback:` or
+        /// rollbacks/<name>_rollback.sql.
         #[arg(required = true)]
         scripts: Vec<PathBuf>,
     },
     /// Submit an existing migration folder in one batch, in its own order, each migration
     /// keeping its version in its id: golang-migrate, Flyway, dbmate or Sluice's own (detected
     /// when --format is not given). Files need no header; these flags give what they lack.
+    #[command(
+        after_help = "Examples:\n  sluice import db/migrations\n  sluice import db/migration --format flyway --risk medium --ticket ADOPT-1"
+    )]
     Import {
+        /// The folder of migration files.
         dir: PathBuf,
+        /// The folder's tool (default: detected from its file names).
         #[arg(long, value_enum)]
         format: Option<super::import::Format>,
         /// schema_change, data_migration or hotfix.
@@ -220,6 +303,7 @@ pub(super) enum Command {
         /// The declared risk (the analysis may raise it): low, medium or high.
         #[arg(long, default_value = "low")]
         risk: String,
+        /// The ticket recorded with each imported migration.
         #[arg(long, default_value = "IMPORT")]
         ticket: String,
         /// Estimated duration of each, e.g. 1m.
@@ -228,12 +312,20 @@ pub(super) enum Command {
     },
     /// The backups taken before changing an environment, newest first: file, size, the
     /// deployment each preceded.
-    Backups { environment: String },
+    #[command(after_help = "Examples:\n  sluice backups production")]
+    Backups {
+        /// The environment.
+        environment: String,
+    },
     /// Replace everything in an environment's database with one of the backups Sluice took
     /// of it (data_ops_lead). The environment is locked while it runs and the database as it
     /// was is kept as a backup first; migrations the backup does not hold go back to
     /// approved, for `sluice migrate`.
+    #[command(
+        after_help = "Examples:\n  sluice restore staging staging-20261129T101500.000Z.dump     # asks you to type staging\n  sluice restore staging staging-20261129T101500.000Z.dump --yes"
+    )]
     Restore {
+        /// The environment.
         environment: String,
         /// The backup's file name, as `sluice backups` lists it.
         backup: String,
@@ -243,7 +335,11 @@ pub(super) enum Command {
     },
     /// Empty an environment's database so that its queue can be replayed with `sluice
     /// migrate` (data_ops_lead; development only unless allow_reset is set).
+    #[command(
+        after_help = "Examples:\n  sluice reset development     # asks you to type development\n  sluice reset development --yes && sluice migrate development --wait"
+    )]
     Reset {
+        /// The environment.
         environment: String,
         /// The same as --yes: everything in the database is dropped without asking.
         #[arg(long)]
@@ -251,15 +347,22 @@ pub(super) enum Command {
     },
     /// Record the migrations up to one (an id, or an imported version) as applied to an
     /// environment without running them: a database where they already ran (data_ops_lead).
+    #[command(after_help = "Examples:\n  sluice baseline production --up-to 20240105120000")]
     Baseline {
+        /// The environment.
         environment: String,
+        /// The last migration that already ran there: its id or its imported version.
         #[arg(long, value_name = "VERSION_OR_ID")]
         up_to: String,
     },
     /// Everything about one migration (like `kubectl describe`): its scripts' findings and, per
     /// environment, state, approvals (void when the scripts changed since), errors with the
     /// failing statement, timings; `--log` adds each deployment's log (NOTICEs included).
+    #[command(
+        after_help = "Examples:\n  sluice show 003_20261125_101500_add_index\n  sluice show 003_20261125_101500_add_index production --log"
+    )]
     Show {
+        /// The migration's id.
         migration_id: String,
         /// Only this environment's deployment.
         environment: Option<String>,
@@ -268,19 +371,31 @@ pub(super) enum Command {
         log: bool,
     },
     /// Who the token is (user and roles), which daemon answers and its version.
+    #[command(
+        after_help = "Examples:\n  sluice whoami\n  SLUICE_ADDR=http://sluice.internal:50051 sluice whoami"
+    )]
     Whoami,
     /// Migrations and their state per environment (or in one environment).
+    #[command(after_help = "Examples:\n  sluice history\n  sluice history production --limit 10")]
     History {
+        /// Only this environment's column.
         environment: Option<String>,
+        /// How many migrations, newest first.
         #[arg(long, default_value_t = 50)]
         limit: i64,
     },
     /// The audit trail: every state change, who, what, when.
+    #[command(
+        after_help = "Examples:\n  sluice audit --since 2h\n  sluice audit --environment production --actor alice --since 7d\n  sluice audit --migration 003_20261125_101500_add_index --oldest-first"
+    )]
     Audit {
+        /// Only records of this environment.
         #[arg(long)]
         environment: Option<String>,
+        /// Only records of this migration (by id).
         #[arg(long)]
         migration: Option<String>,
+        /// Only what this user (or `sluice`, the daemon) did.
         #[arg(long)]
         actor: Option<String>,
         /// Only what happened since: a duration back from now (30m, 2h, 7d) or an RFC 3339
@@ -299,17 +414,32 @@ pub(super) enum Command {
     },
     /// Follow an environment's deployments as they change (until Ctrl-C), or one migration's
     /// deployment there until it finishes.
+    #[command(
+        after_help = "Examples:\n  sluice watch production\n  sluice watch production 003_20261125_101500_add_index     # exit code = its outcome\n  sluice watch staging -o json | jq .     # JSON Lines"
+    )]
     Watch {
+        /// The environment.
         environment: String,
+        /// Only this migration's deployment, until it finishes.
         migration_id: Option<String>,
     },
     /// Print a shell completion script (bash, zsh, fish, ...).
-    Completions { shell: clap_complete::Shell },
+    #[command(
+        after_help = "Examples:\n  sluice completions bash > /etc/bash_completion.d/sluice\n  sluice completions zsh > \"${fpath[1]}/_sluice\""
+    )]
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
     /// Undelivered notifications (pending, or --dead) with their last error.
+    #[command(
+        after_help = "Examples:\n  sluice notifications\n  sluice notifications --dead\n  sluice notifications --retry 42"
+    )]
     Notifications {
         /// Those given up after their retries ran out.
         #[arg(long)]
         dead: bool,
+        /// How many, newest first.
         #[arg(long, default_value_t = 100)]
         limit: i64,
         /// Put a dead notification back in line, by id (data_ops_lead, admin).
@@ -322,9 +452,15 @@ pub(super) enum Command {
         command: NotifyCommand,
     },
     /// Record the post-deployment review an emergency override owes (as a role you hold).
+    #[command(
+        after_help = "Examples:\n  sluice review 003_20261125_101500_hotfix production \"checked the orders table; fine\""
+    )]
     Review {
+        /// The migration's id.
         migration_id: String,
+        /// The environment where the override was made.
         environment: String,
+        /// What the review found.
         comment: String,
     },
 }
@@ -332,14 +468,22 @@ pub(super) enum Command {
 #[derive(Subcommand)]
 pub(super) enum NotifyCommand {
     /// Send a test message through a channel and print the receiver's answer.
-    Test { channel: String },
+    #[command(after_help = "Examples:\n  sluice notify test slack-data-ops")]
+    Test {
+        /// The channel's name in notifications.yml.
+        channel: String,
+    },
     /// Every channel of notifications.yml: on or off, pending, dead, last success and error.
+    #[command(after_help = "Examples:\n  sluice notify channels")]
     Channels,
 }
 
 #[derive(Subcommand)]
 pub(super) enum TokenCommand {
     /// Print a new random token and the users.yml entry that grants it.
+    #[command(
+        after_help = "Examples:\n  sluice token new --user alice --roles \"data_ops, dba\"\n  sluice token new --user ci --roles developer --add-to config/users.yml"
+    )]
     New {
         /// The user's name in users.yml (required: no one gets a token by default).
         #[arg(long)]

@@ -248,6 +248,59 @@ async fn run(cli: Cli) -> CliResult {
 mod tests {
     use super::printable;
 
+    /// Every command says what each of its arguments is for and shows examples; a new
+    /// argument without a help line fails here.
+    #[test]
+    fn every_command_has_examples_and_every_argument_a_help_line() {
+        use clap::{CommandFactory, Parser};
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", command.get_name());
+            let leaf = command.get_subcommands().next().is_none();
+            if leaf {
+                let examples = command
+                    .get_after_help()
+                    .map(|h| h.to_string())
+                    .unwrap_or_default();
+                if !examples.contains("Examples:") || !examples.contains(&path) {
+                    missing.push(format!("{path}: no examples"));
+                }
+                // Each example parses as the command line it shows.
+                for line in examples.lines().filter(|l| l.contains("sluice ")) {
+                    let shown = line.split("  #").next().unwrap_or(line);
+                    let shown = shown.split(['|', '>']).next().unwrap_or(shown);
+                    let shown = shown.split("&&").next().unwrap_or(shown);
+                    let words = shell_words::split(shown).unwrap_or_default();
+                    let start = words.iter().position(|w| w == "sluice").unwrap_or(0);
+                    if let Err(e) = super::Cli::try_parse_from(&words[start..]) {
+                        missing.push(format!("{path}: example {shown:?} does not parse: {e}"));
+                    }
+                }
+            }
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                if arg.get_help().is_none() {
+                    missing.push(format!("{path} <{id}>: no help line"));
+                }
+            }
+            for sub in command.get_subcommands() {
+                if sub.get_name() != "help" {
+                    walk(sub, &path, missing);
+                }
+            }
+        }
+        let mut missing = Vec::new();
+        let cli = super::Cli::command();
+        for sub in cli.get_subcommands() {
+            if sub.get_name() != "help" {
+                walk(sub, "sluice", &mut missing);
+            }
+        }
+        assert!(missing.is_empty(), "{}", missing.join("\n"));
+    }
+
     #[test]
     fn terminal_escapes_from_the_daemon_are_shown_not_obeyed() {
         assert_eq!(
