@@ -5,15 +5,23 @@ use super::*;
 #[derive(Parser)]
 #[command(name = "sluice", version, about = "Database-migration control plane")]
 pub struct Cli {
-    /// The daemon's gRPC address.
+    /// The daemon's gRPC address [default: the context's, else http://127.0.0.1:50051].
     #[arg(
         long,
         global = true,
         help_heading = "Global options",
-        env = "SLUICE_ADDR",
-        default_value = "http://127.0.0.1:50051"
+        env = "SLUICE_ADDR"
     )]
-    pub(super) server: String,
+    pub(super) server: Option<String>,
+    /// Which context of the CLI's config.yml to use (`sluice context` lists them) [default:
+    /// its current_context].
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "SLUICE_CONTEXT"
+    )]
+    pub(super) context: Option<String>,
     /// API token (see `sluice token new`).
     #[arg(
         long,
@@ -445,6 +453,16 @@ pub(super) enum Command {
         /// Put a dead notification back in line, by id (data_ops_lead, admin).
         #[arg(long, value_name = "ID")]
         retry: Option<String>,
+    },
+    /// The CLI's contexts (like kubectl's): daemons and how to get a token for each, from
+    /// ~/.config/sluice/config.yml (or $SLUICE_CONFIG). Without a name: list them, the current
+    /// one marked; with a name: make it current.
+    #[command(
+        after_help = "Examples:\n  sluice context\n  sluice context staging\n  sluice --context production status production\n\nThe file:\n  current_context: staging\n  contexts:\n    staging:\n      server: https://sluice.staging.internal:50051\n      token_command: pass show sluice/staging\n    local:\n      server: http://127.0.0.1:50051\n      token: <token>      # read only if the file is chmod 600"
+    )]
+    Context {
+        /// The context to make current.
+        name: Option<String>,
     },
     /// Notification channels: their health, and test messages.
     Notify {

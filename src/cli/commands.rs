@@ -976,6 +976,7 @@ pub(super) async fn remote(
         | Command::Token { .. }
         | Command::Validate { .. }
         | Command::New(_)
+        | Command::Context { .. }
         | Command::Completions { .. } => unreachable!("offline commands run before connecting"),
     }
 }

@@ -10,6 +10,7 @@ mod args;
 mod client;
 mod commands;
 mod confirm;
+mod context;
 mod follow;
 mod import;
 mod lint_output;
@@ -237,8 +238,10 @@ async fn run(cli: Cli) -> CliResult {
         }
         Command::Validate { scripts, dialect } => validate(&scripts, dialect.into(), format),
         Command::New(args) => new_migration(args, output),
+        Command::Context { name } => context::command(name, output),
         command => {
-            let mut client = Client::connect(&cli.server, cli.token).await?;
+            let (server, token) = context::resolve(cli.server, cli.token, cli.context)?;
+            let mut client = Client::connect(&server, token).await?;
             remote(&mut client, command, output, cli.yes).await
         }
     }

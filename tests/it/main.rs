@@ -5,6 +5,7 @@ mod api_errors;
 mod binary;
 mod cli;
 mod cli_confirm;
+mod cli_context;
 mod cli_json;
 mod drift;
 mod dry_run;
