@@ -1,6 +1,7 @@
 //! The command line's words: the arguments and subcommands, parsed by clap.
 
 use super::*;
+use clap_complete::ArgValueCandidates;
 
 #[derive(Parser)]
 #[command(name = "sluice", version, about = "Database-migration control plane")]
@@ -113,6 +114,7 @@ pub(super) enum Command {
     )]
     Migrate {
         /// The environment (development, staging, production, ...).
+        #[arg(add = ArgValueCandidates::new(completion::environments))]
         environment: String,
         /// Follow the deployments until they finish; the exit code is their outcome.
         #[arg(long)]
@@ -130,6 +132,7 @@ pub(super) enum Command {
     )]
     Status {
         /// The environment.
+        #[arg(add = ArgValueCandidates::new(completion::environments))]
         environment: String,
         /// Each deployment's approvals, deadline, error and dry run too.
         #[arg(long)]
@@ -141,8 +144,10 @@ pub(super) enum Command {
     )]
     Rollback {
         /// The environment.
+        #[arg(add = ArgValueCandidates::new(completion::environments))]
         environment: String,
         /// The migration's id (`sluice history` lists them).
+        #[arg(add = ArgValueCandidates::new(completion::migrations))]
         migration_id: String,
         /// With --emergency: mark the rollback as an emergency (the seed's flags).
         #[arg(long, requires = "emergency")]
@@ -164,8 +169,10 @@ pub(super) enum Command {
     )]
     DryRun {
         /// The migration's id.
+        #[arg(add = ArgValueCandidates::new(completion::migrations))]
         migration_id: String,
         /// The environment whose database it is tried on.
+        #[arg(add = ArgValueCandidates::new(completion::environments))]
         environment: String,
     },
     /// Test a migration's rollback script: up, down and up again on a scratch copy of an
@@ -177,8 +184,10 @@ pub(super) enum Command {
     )]
     TestRollback {
         /// The migration's id.
+        #[arg(add = ArgValueCandidates::new(completion::migrations))]
         migration_id: String,
         /// Whose schema is copied (default: the first environment of the promotion order).
+        #[arg(add = ArgValueCandidates::new(completion::environments))]
         environment: Option<String>,
     },
     /// Compare an environment's live schema with the one Sluice left there: changes made
@@ -188,6 +197,7 @@ pub(super) enum Command {
     )]
     Drift {
         /// The environment.
+        #[arg(add = ArgValueCandidates::new(completion::environments))]
         environment: String,
         /// Make the live schema the reference and clear the recorded drift (operators).
         #[arg(long)]
@@ -197,8 +207,10 @@ pub(super) enum Command {
     #[command(after_help = "Examples:\n  sluice retry development 003_20261125_101500_add_index")]
     Retry {
         /// The environment.
+        #[arg(add = ArgValueCandidates::new(completion::environments))]
         environment: String,
         /// The failed migration's id.
+        #[arg(add = ArgValueCandidates::new(completion::migrations))]
         migration_id: String,
     },
     /// Cancel a deployment that has not run (or skip a failed one).
@@ -207,8 +219,10 @@ pub(super) enum Command {
     )]
     Cancel {
         /// The environment.
+        #[arg(add = ArgValueCandidates::new(completion::environments))]
         environment: String,
         /// The migration's id.
+        #[arg(add = ArgValueCandidates::new(completion::migrations))]
         migration_id: String,
         /// Why (recorded in the audit trail).
         #[arg(default_value = "")]
@@ -233,15 +247,17 @@ pub(super) enum Command {
     )]
     Approve {
         /// The migration's id.
+        #[arg(add = ArgValueCandidates::new(completion::migrations))]
         migration_id: String,
         /// The role you approve in: data_ops, data_ops_lead, dba, tech_lead, cto, admin.
+        #[arg(add = ArgValueCandidates::new(completion::roles))]
         role: String,
         /// Your user name (the token's user).
         approver: String,
         /// What you checked (recorded with the approval).
         comment: String,
         /// Default: the first environment of the promotion order where it awaits this role.
-        #[arg(long)]
+        #[arg(long, add = ArgValueCandidates::new(completion::environments))]
         environment: Option<String>,
         /// The checksum of the scripts you reviewed (`sluice show`/`status --verbose` print it).
         /// Default: the checksum the daemon shows now, printed before approving.
@@ -254,17 +270,19 @@ pub(super) enum Command {
     )]
     Reject {
         /// The migration's id.
+        #[arg(add = ArgValueCandidates::new(completion::migrations))]
         migration_id: String,
         /// Why (sent to the author).
         comment: String,
         /// Default: the first environment where it awaits approval.
-        #[arg(long)]
+        #[arg(long, add = ArgValueCandidates::new(completion::environments))]
         environment: Option<String>,
     },
     /// Lock an environment: nothing new starts there.
     #[command(after_help = "Examples:\n  sluice lock production \"release freeze\"")]
     Lock {
         /// The environment.
+        #[arg(add = ArgValueCandidates::new(completion::environments))]
         environment: String,
         /// Why (shown in status and to whoever tries to migrate).
         reason: String,
@@ -273,6 +291,7 @@ pub(super) enum Command {
     #[command(after_help = "Examples:\n  sluice unlock production")]
     Unlock {
         /// The environment.
+        #[arg(add = ArgValueCandidates::new(completion::environments))]
         environment: String,
         /// Accepted for the seed's `unlock --force`; unlocking needs an operator role either way.
         #[arg(long)]
@@ -323,6 +342,7 @@ pub(super) enum Command {
     #[command(after_help = "Examples:\n  sluice backups production")]
     Backups {
         /// The environment.
+        #[arg(add = ArgValueCandidates::new(completion::environments))]
         environment: String,
     },
     /// Replace everything in an environment's database with one of the backups Sluice took
@@ -334,6 +354,7 @@ pub(super) enum Command {
     )]
     Restore {
         /// The environment.
+        #[arg(add = ArgValueCandidates::new(completion::environments))]
         environment: String,
         /// The backup's file name, as `sluice backups` lists it.
         backup: String,
@@ -348,6 +369,7 @@ pub(super) enum Command {
     )]
     Reset {
         /// The environment.
+        #[arg(add = ArgValueCandidates::new(completion::environments))]
         environment: String,
         /// The same as --yes: everything in the database is dropped without asking.
         #[arg(long)]
@@ -358,6 +380,7 @@ pub(super) enum Command {
     #[command(after_help = "Examples:\n  sluice baseline production --up-to 20240105120000")]
     Baseline {
         /// The environment.
+        #[arg(add = ArgValueCandidates::new(completion::environments))]
         environment: String,
         /// The last migration that already ran there: its id or its imported version.
         #[arg(long, value_name = "VERSION_OR_ID")]
@@ -371,8 +394,10 @@ pub(super) enum Command {
     )]
     Show {
         /// The migration's id.
+        #[arg(add = ArgValueCandidates::new(completion::migrations))]
         migration_id: String,
         /// Only this environment's deployment.
+        #[arg(add = ArgValueCandidates::new(completion::environments))]
         environment: Option<String>,
         /// Print the deployments' logs too.
         #[arg(long)]
@@ -387,6 +412,7 @@ pub(super) enum Command {
     #[command(after_help = "Examples:\n  sluice history\n  sluice history production --limit 10")]
     History {
         /// Only this environment's column.
+        #[arg(add = ArgValueCandidates::new(completion::environments))]
         environment: Option<String>,
         /// How many migrations, newest first.
         #[arg(long, default_value_t = 50)]
@@ -398,10 +424,10 @@ pub(super) enum Command {
     )]
     Audit {
         /// Only records of this environment.
-        #[arg(long)]
+        #[arg(long, add = ArgValueCandidates::new(completion::environments))]
         environment: Option<String>,
         /// Only records of this migration (by id).
-        #[arg(long)]
+        #[arg(long, add = ArgValueCandidates::new(completion::migrations))]
         migration: Option<String>,
         /// Only what this user (or `sluice`, the daemon) did.
         #[arg(long)]
@@ -427,13 +453,17 @@ pub(super) enum Command {
     )]
     Watch {
         /// The environment.
+        #[arg(add = ArgValueCandidates::new(completion::environments))]
         environment: String,
         /// Only this migration's deployment, until it finishes.
+        #[arg(add = ArgValueCandidates::new(completion::migrations))]
         migration_id: Option<String>,
     },
-    /// Print a shell completion script (bash, zsh, fish, ...).
+    /// Print the shell hook for completion (bash, zsh, fish, elvish, powershell): the shell
+    /// then asks `sluice` itself, which completes environment names, migration ids and roles
+    /// from the daemon (SLUICE_ADDR/SLUICE_TOKEN or the current context).
     #[command(
-        after_help = "Examples:\n  sluice completions bash > /etc/bash_completion.d/sluice\n  sluice completions zsh > \"${fpath[1]}/_sluice\""
+        after_help = "Examples:\n  sluice completions bash\n  echo 'source <(sluice completions bash)' >> ~/.bashrc\n  echo 'source <(sluice completions zsh)' >> ~/.zshrc\n  sluice completions fish > ~/.config/fish/completions/sluice.fish"
     )]
     Completions {
         /// The shell: bash, zsh, fish, elvish or powershell.
@@ -475,8 +505,10 @@ pub(super) enum Command {
     )]
     Review {
         /// The migration's id.
+        #[arg(add = ArgValueCandidates::new(completion::migrations))]
         migration_id: String,
         /// The environment where the override was made.
+        #[arg(add = ArgValueCandidates::new(completion::environments))]
         environment: String,
         /// What the review found.
         comment: String,

@@ -9,6 +9,7 @@
 mod args;
 mod client;
 mod commands;
+mod completion;
 mod confirm;
 mod context;
 mod follow;
@@ -61,6 +62,8 @@ type CliResult<T = ()> = Result<T, Failure>;
 
 /// Runs the command line and returns the process exit code.
 pub fn main() -> ExitCode {
+    // A shell asking for completions (COMPLETE=bash ...) is answered here, and nothing else runs.
+    clap_complete::CompleteEnv::with_factory(Cli::command).complete();
     let cli = Cli::parse();
     let json = cli.output == OutputArg::Json && !matches!(cli.command, Command::Validate { .. });
     let result = match cli.command {
@@ -232,10 +235,7 @@ async fn run(cli: Cli) -> CliResult {
                     add_to,
                 },
         } => new_token(&user, &roles, add_to.as_deref(), output),
-        Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "sluice", &mut std::io::stdout());
-            Ok(())
-        }
+        Command::Completions { shell } => completion::print_hook(shell),
         Command::Validate { scripts, dialect } => validate(&scripts, dialect.into(), format),
         Command::New(args) => new_migration(args, output),
         Command::Context { name } => context::command(name, output),
@@ -273,7 +273,12 @@ mod tests {
                     let shown = shown.split(['|', '>']).next().unwrap_or(shown);
                     let shown = shown.split("&&").next().unwrap_or(shown);
                     let words = shell_words::split(shown).unwrap_or_default();
-                    let start = words.iter().position(|w| w == "sluice").unwrap_or(0);
+                    // `VAR=value sluice ...`: the command after the assignments; lines where
+                    // sluice is not the command (`source <(sluice ...)`) are not parsed.
+                    let start = words.iter().take_while(|w| w.contains('=')).count();
+                    if words.get(start).map(String::as_str) != Some("sluice") {
+                        continue;
+                    }
                     if let Err(e) = super::Cli::try_parse_from(&words[start..]) {
                         missing.push(format!("{path}: example {shown:?} does not parse: {e}"));
                     }

@@ -141,3 +141,129 @@ async fn contexts_pick_the_daemon_and_token_and_flags_win() {
         none.stderr
     );
 }
+
+/// Completion asks the daemon: environment names, migration ids (not file names), roles; in a
+/// real bash through the hook `sluice completions bash` prints.
+#[tokio::test]
+async fn completion_offers_environments_migrations_and_roles_from_the_daemon() {
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("scripts")).unwrap();
+    std::fs::write(
+        dir.path().join("scripts/001_20261129_000000_complete_me.sql"),
+        "-- Migration: 001_20261129_000000_complete_me\n-- Type: SCHEMA_CHANGE\n-- Description: complete me\n-- Risk: LOW\n-- Ticket: T-1\nCREATE TABLE complete_me (id int);\n",
+    )
+    .unwrap();
+    crate::cli::ok(
+        &crate::cli::sluice(
+            &app,
+            Some("dev"),
+            dir.path(),
+            &["submit", "scripts/001_20261129_000000_complete_me.sql"],
+        )
+        .await,
+    );
+    let addr = format!("http://{}", app.running.as_ref().unwrap().grpc_addr);
+    let token = app.token("dev").to_owned();
+    let config = dir.path().join("none.yml");
+    let complete = |index: &'static str, words: &'static [&'static str]| {
+        let (config, addr, token) = (config.clone(), addr.clone(), token.clone());
+        async move {
+            let mut args = vec!["--", "sluice"];
+            args.extend(words);
+            cli(
+                &config,
+                &[
+                    ("COMPLETE", "bash"),
+                    ("_CLAP_COMPLETE_INDEX", index),
+                    ("SLUICE_ADDR", &addr),
+                    ("SLUICE_TOKEN", &token),
+                ],
+                &args,
+            )
+            .await
+        }
+    };
+    let environments = complete("2", &["status", ""]).await;
+    assert_eq!(environments.code, 0, "{}", environments.stderr);
+    for env in ["development", "staging", "production"] {
+        assert!(
+            environments.stdout.lines().any(|l| l == env),
+            "{env}: {}",
+            environments.stdout
+        );
+    }
+    let staging = complete("2", &["status", "st"]).await;
+    assert_eq!(
+        staging.stdout.lines().next(),
+        Some("staging"),
+        "{}",
+        staging.stdout
+    );
+    let ids = complete("2", &["show", "001"]).await;
+    assert!(
+        ids.stdout
+            .lines()
+            .any(|l| l == "001_20261129_000000_complete_me"),
+        "{}",
+        ids.stdout
+    );
+    assert!(
+        !ids.stdout.contains("scripts/"),
+        "no file names: {}",
+        ids.stdout
+    );
+    let roles = complete("3", &["approve", "001_20261129_000000_complete_me", ""]).await;
+    for role in ["data_ops", "dba", "tech_lead", "cto"] {
+        assert!(
+            roles.stdout.lines().any(|l| l == role),
+            "{role}: {}",
+            roles.stdout
+        );
+    }
+    // No daemon: no candidates from it, no error on the terminal.
+    let away = cli(
+        &config,
+        &[
+            ("COMPLETE", "bash"),
+            ("_CLAP_COMPLETE_INDEX", "2"),
+            ("SLUICE_ADDR", "http://127.0.0.1:1"),
+        ],
+        &["--", "sluice", "status", "st"],
+    )
+    .await;
+    assert_eq!(away.code, 0, "{}", away.stderr);
+    assert!(
+        away.stdout.trim().is_empty() && away.stderr.is_empty(),
+        "{}{}",
+        away.stdout,
+        away.stderr
+    );
+
+    // A real bash: the hook `sluice completions bash` prints, then the completion function.
+    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_sluice"))
+        .parent()
+        .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let script = "source <(sluice completions bash)\nCOMP_WORDS=(sluice status pro)\nCOMP_CWORD=2\nCOMP_TYPE=9\n_clap_complete_sluice sluice pro status\nprintf '%s\\n' \"${COMPREPLY[@]}\"\n";
+    let bash = tokio::process::Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .env("PATH", path)
+        .env("SLUICE_ADDR", &addr)
+        .env("SLUICE_TOKEN", &token)
+        .env("SLUICE_CONFIG", &config)
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&bash.stdout);
+    assert!(
+        bash.status.success() && said.lines().any(|l| l == "production"),
+        "{said}{}",
+        String::from_utf8_lossy(&bash.stderr)
+    );
+}
