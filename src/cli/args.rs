@@ -420,7 +420,7 @@ pub(super) enum Command {
     },
     /// The audit trail: every state change, who, what, when.
     #[command(
-        after_help = "Examples:\n  sluice audit --since 2h\n  sluice audit --environment production --actor alice --since 7d\n  sluice audit --migration 003_20261125_101500_add_index --oldest-first"
+        after_help = "Examples:\n  sluice audit --since 2h\n  sluice audit --environment production --actor alice --since 7d\n  sluice audit --migration 003_20261125_101500_add_index --oldest-first\n  sluice audit --after 1042        # what happened since record 1042"
     )]
     Audit {
         /// Only records of this environment.
@@ -442,6 +442,13 @@ pub(super) enum Command {
         /// Oldest first (newest first by default).
         #[arg(long)]
         oldest_first: bool,
+        /// Only records after this id (the id column), oldest first: what happened since you
+        /// last looked.
+        #[arg(long, value_name = "ID")]
+        after: Option<i64>,
+        /// Only records before this id: the page before the one you saw.
+        #[arg(long, value_name = "ID")]
+        before: Option<i64>,
         /// How many records (the newest, unless --oldest-first).
         #[arg(long, default_value_t = 100)]
         limit: i64,

@@ -847,15 +847,17 @@ pub(super) async fn remote(
             since,
             until,
             oldest_first,
+            after,
+            before,
             limit,
         } => {
             let request = client.request(pb::ListAuditRequest {
                 environment,
                 migration_id: migration,
                 actor,
-                after_id: None,
+                after_id: after,
                 limit,
-                before_id: None,
+                before_id: before,
                 since: since
                     .as_deref()
                     .map(|s| point_in_time("--since", s))
@@ -864,7 +866,8 @@ pub(super) async fn remote(
                     .as_deref()
                     .map(|s| point_in_time("--until", s))
                     .transpose()?,
-                newest_first: !oldest_first,
+                // After an id: what came since, in order (polling); newest first otherwise.
+                newest_first: !oldest_first && after.is_none(),
             })?;
             let audit = client
                 .inner
@@ -898,8 +901,8 @@ pub(super) async fn remote(
                         println!("no audit record matches");
                     } else {
                         println!(
-                            "{:<24}  {:<12}  {:<22}  {:<40}  detail",
-                            "at", "actor", "action", "subject"
+                            "{:>6}  {:<24}  {:<12}  {:<22}  {:<40}  detail",
+                            "id", "at", "actor", "action", "subject"
                         );
                     }
                     for e in &audit.entries {
@@ -910,7 +913,8 @@ pub(super) async fn remote(
                             .or(e.environment.as_deref())
                             .unwrap_or("");
                         println!(
-                            "{:<24}  {:<12}  {:<22}  {:<40}  {}",
+                            "{:>6}  {:<24}  {:<12}  {:<22}  {:<40}  {}",
+                            e.id,
                             e.at,
                             e.actor,
                             e.action,

@@ -290,6 +290,7 @@ pub(super) async fn follow_stream(
             progress.insert(id.clone(), bar);
         }
     }
+    let mut seen_running: HashSet<String> = HashSet::new();
     // Deployments that finished before the watch began produce no event: read them once.
     for id in ids {
         let request = client.request(pb::GetDeploymentRequest { id: id.clone() })?;
@@ -306,9 +307,16 @@ pub(super) async fn follow_stream(
             } else {
                 say(output, format!("{id}: {}", d.state));
             }
+        } else {
+            if d.state == "running" {
+                seen_running.insert(id.clone());
+            }
+            // Where it is now (running already, say), not the "queued" the bar began with.
+            if let Some(bar) = progress.get(id) {
+                bar.set_message(d.state.clone());
+            }
         }
     }
-    let mut seen_running: HashSet<String> = HashSet::new();
     // A queue that is halted or locked will not move: say so instead of waiting forever.
     if let Some(reason) = stuck(client, environment, ids).await? {
         give_up(ids, &mut outcomes, &progress, &reason, output);

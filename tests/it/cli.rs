@@ -1192,7 +1192,11 @@ async fn audit_lists_the_newest_first_within_since_and_until() {
     ok(&recent);
     let lines: Vec<&str> = recent.stdout.lines().collect();
     assert_eq!(lines.len(), 3, "{}", recent.stdout);
-    assert!(lines[0].starts_with("at "), "{}", recent.stdout);
+    assert!(
+        lines[0].trim_start().starts_with("id  at "),
+        "{}",
+        recent.stdout
+    );
     assert!(
         lines[1].contains("environment_unlocked"),
         "{}",
@@ -1202,6 +1206,23 @@ async fn audit_lists_the_newest_first_within_since_and_until() {
         lines[2].contains("environment_locked") && lines[2].contains("reason=third lock"),
         "{}",
         recent.stdout
+    );
+    // --after the id of the last lock: what came since, oldest first (the unlock).
+    let third_lock = lines[2].split_whitespace().next().unwrap();
+    let since = sluice(
+        &app,
+        Some("dev"),
+        &dir,
+        &["audit", "--environment", "staging", "--after", third_lock],
+    )
+    .await;
+    ok(&since);
+    let after: Vec<&str> = since.stdout.lines().skip(1).collect();
+    assert_eq!(after.len(), 1, "{}", since.stdout);
+    assert!(
+        after[0].contains("environment_unlocked"),
+        "{}",
+        since.stdout
     );
     let oldest = sluice(
         &app,

@@ -465,3 +465,55 @@ async fn states_are_coloured_at_a_terminal_unless_no_color() {
         piped.stdout
     );
 }
+
+/// Ctrl-C while `migrate --wait` follows a deployment: the CLI says the work goes on in the
+/// daemon and how to follow it, exits 130, and the deployment does finish.
+#[tokio::test]
+async fn ctrl_c_during_migrate_wait_leaves_the_deployment_running() {
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path().to_owned();
+    std::fs::create_dir_all(dir.join("scripts")).unwrap();
+    std::fs::write(
+        dir.join("scripts/001_20261129_000000_slow.sql"),
+        "-- Migration: 001_20261129_000000_slow\n-- Type: DATA_MIGRATION\n-- Description: slow\n-- Risk: LOW\n-- Ticket: T-9\nSELECT pg_sleep(3);\nCREATE TABLE slow_done (id int);\n",
+    )
+    .unwrap();
+    let id = first_id(
+        &sluice(
+            &app,
+            Some("dev"),
+            &dir,
+            &["submit", "scripts/001_20261129_000000_slow.sql"],
+        )
+        .await
+        .stdout,
+    );
+    app.wait_for_state(&format!("{id}@development"), &["running"])
+        .await;
+    let env = vec![
+        (
+            "SLUICE_ADDR",
+            format!("http://{}", app.running.as_ref().unwrap().grpc_addr),
+        ),
+        ("SLUICE_TOKEN", app.token("dev").to_owned()),
+    ];
+    let (code, said) = tokio::task::spawn_blocking(move || {
+        let mut p = at_terminal(&["migrate", "development", "--wait"], &dir, &env);
+        p.exp_string("running").unwrap();
+        p.send_control('c').unwrap();
+        let rest = p.exp_eof().unwrap();
+        (exit_code(&mut p), rest)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 130, "{said}");
+    assert!(
+        said.contains("interrupted: the deployments go on in the daemon")
+            && said.contains("sluice watch development"),
+        "{said}"
+    );
+    app.wait_for_state(&format!("{id}@development"), &["applied"])
+        .await;
+    assert!(app.table_exists("development", "slow_done").await);
+}
