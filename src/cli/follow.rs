@@ -11,21 +11,56 @@ pub(super) async fn migrate(
     yes: bool,
 ) -> CliResult {
     let status = environment_status(client, environment).await?;
-    if let Some(reason) = emergency {
-        if !yes && !status.pending_approvals.is_empty() {
-            let mut plan = format!(
+    let overrides: &[pb::Deployment] = if emergency.is_some() {
+        &status.pending_approvals
+    } else {
+        &[]
+    };
+    if !yes {
+        // What will run, said first: an emergency override anywhere (the environment's name
+        // typed back), a release in the last environment of the promotion order (production,
+        // usually: y/N).
+        let last = environment_names(client).await?.pop().unwrap_or_default();
+        let approved: Vec<&pb::Deployment> = status
+            .queue
+            .iter()
+            .filter(|d| d.state == "approved")
+            .collect();
+        let mut plan = String::new();
+        if let Some(reason) = &emergency
+            && !overrides.is_empty()
+        {
+            plan.push_str(&format!(
                 "emergency override in {environment} ({reason}): these are approved without their full set of approvals, your override recorded as an approval, a review owed afterwards:"
-            );
-            for d in &status.pending_approvals {
+            ));
+            for d in overrides {
                 plan.push_str(&format!(
                     "\n  {} (missing: {})",
                     d.id,
                     d.missing_roles.join(", ")
                 ));
             }
-            confirm_typed(false, &plan, environment)?;
         }
-        for d in &status.pending_approvals {
+        if last == environment && !approved.is_empty() && status.lock.is_none() {
+            if !plan.is_empty() {
+                plan.push('\n');
+            }
+            plan.push_str(&format!("apply to {environment}, in this order:"));
+            for d in approved {
+                plan.push_str(&format!(
+                    "\n  {} ({} risk)",
+                    d.migration_id, d.effective_risk
+                ));
+            }
+        }
+        if !overrides.is_empty() {
+            confirm_typed(false, &plan, environment)?;
+        } else if !plan.is_empty() {
+            confirm(false, &plan, Ask::YesNo)?;
+        }
+    }
+    if let Some(reason) = &emergency {
+        for d in overrides {
             let request = client.request(pb::DeploymentActionRequest {
                 deployment_id: d.id.clone(),
                 reason: reason.clone(),
@@ -36,25 +71,6 @@ pub(super) async fn migrate(
                 .await
                 .map_err(|s| client.failed(s))?;
             eprintln!("{}: emergency override ({reason}); a review is owed", d.id);
-        }
-    } else if !yes && status.lock.is_none() {
-        // The last environment of the promotion order (production): say what will run first.
-        // The last environment of the promotion order (production, usually).
-        let last = environment_names(client).await?.pop().unwrap_or_default();
-        let approved: Vec<&pb::Deployment> = status
-            .queue
-            .iter()
-            .filter(|d| d.state == "approved")
-            .collect();
-        if last == environment && !approved.is_empty() {
-            let mut plan = format!("apply to {environment}, in this order:");
-            for d in approved {
-                plan.push_str(&format!(
-                    "\n  {} ({} risk)",
-                    d.migration_id, d.effective_risk
-                ));
-            }
-            confirm(false, &plan, Ask::YesNo)?;
         }
     }
     // Subscribe before releasing anything, so that no event falls in between.

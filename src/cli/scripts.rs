@@ -328,7 +328,7 @@ pub fn validate_file(path: &Path, dialect: crate::lint::Dialect) -> Vec<Problem>
     let syntax = |file: &Path, text: &str, problems: &mut Vec<Problem>| {
         use crate::lint::Dialect;
         let grammars: &[(Dialect, &str)] = match dialect {
-            Dialect::Postgres => &[(Dialect::Postgres, "")],
+            Dialect::Postgres | Dialect::Sqlite => &[(Dialect::Postgres, "")],
             Dialect::MySql => &[(Dialect::MySql, "")],
             Dialect::Both => &[
                 (Dialect::Postgres, " (PostgreSQL)"),

@@ -114,11 +114,7 @@ impl Worker {
 
     /// How this worker's target reads SQL: statements are split the way it splits them.
     fn dialect(&self) -> crate::lint::Dialect {
-        if target::is_mysql(self.environment.url.expose()) {
-            crate::lint::Dialect::MySql
-        } else {
-            crate::lint::Dialect::Postgres
-        }
+        target::dialect_of(self.environment.url.expose())
     }
 
     fn settings(&self) -> TargetSettings {

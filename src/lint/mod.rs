@@ -322,6 +322,13 @@ fn check_shape(sql: &str) -> Result<(), SplitError> {
 /// server will report) is split at every top-level semicolon, so that nothing can hide a
 /// statement from the checks.
 pub fn split_statements(sql: &str) -> Result<Vec<Statement>, SplitError> {
+    split_statements_as(sql, false)
+}
+
+/// `split_statements`, where `sqlite` keeps a SQLite trigger's `BEGIN ... END` body in one
+/// statement when the script does not parse as PostgreSQL (only for SQLite targets: elsewhere
+/// a word `BEGIN` must not be able to hide the statements after it from the checks).
+fn split_statements_as(sql: &str, sqlite: bool) -> Result<Vec<Statement>, SplitError> {
     check_shape(sql)?;
     let sql = sql.to_owned();
     on_parser_stack(move || {
@@ -329,7 +336,7 @@ pub fn split_statements(sql: &str) -> Result<Vec<Statement>, SplitError> {
         let mut statements = if parse.errors().is_empty() {
             split_parsed(&sql, &parse.tree())
         } else {
-            split_at_semicolons(&sql)
+            split_at_semicolons(&sql, sqlite)
         };
         mark_enum_additions(&mut statements);
         Ok(statements)
@@ -624,6 +631,7 @@ pub fn split_statements_for(sql: &str, dialect: Dialect) -> Result<Vec<Statement
     match dialect {
         Dialect::MySql => split_mysql(sql),
         Dialect::Postgres | Dialect::Both => split_statements(sql),
+        Dialect::Sqlite => split_statements_as(sql, true),
     }
 }
 
@@ -878,11 +886,15 @@ fn control_of_keywords(keywords: &[String]) -> TransactionControl {
 
 /// The fallback splitter: every semicolon outside literals, comments and quoted identifiers
 /// ends a statement.
-fn split_at_semicolons(sql: &str) -> Vec<Statement> {
+fn split_at_semicolons(sql: &str, sqlite: bool) -> Vec<Statement> {
     let mut statements = Vec::new();
     let mut offset = 0usize;
     let mut line = 1usize;
     let mut first: Option<(usize, usize)> = None;
+    // SQLite's `CREATE TRIGGER ... BEGIN ...; ...; END`: the body's semicolons end nothing.
+    // The statement's leading words tell a trigger; BEGIN and CASE open, END closes.
+    let mut words: Vec<String> = Vec::new();
+    let mut depth = 0usize;
     for token in tokenize(sql) {
         let len = token.len as usize;
         let text = &sql[offset..offset + len];
@@ -890,13 +902,35 @@ fn split_at_semicolons(sql: &str) -> Vec<Statement> {
         line += text.matches('\n').count();
         offset += len;
         if token.kind == TokenKind::Semi {
+            if depth > 0 {
+                continue;
+            }
             if let Some((start, first_line)) = first.take() {
                 push_statement(&mut statements, &sql[start..offset - len], first_line);
             }
+            words.clear();
             continue;
         }
         if !is_trivia(token.kind) && first.is_none() {
             first = Some((offset - len, token_line));
+        }
+        if token.kind == TokenKind::Ident {
+            let word = text.to_ascii_uppercase();
+            let trigger = sqlite
+                && matches!(
+                    words.iter().map(String::as_str).collect::<Vec<_>>()[..],
+                    ["CREATE", "TRIGGER", ..] | ["CREATE", "TEMP" | "TEMPORARY", "TRIGGER", ..]
+                );
+            match word.as_str() {
+                "BEGIN" | "CASE" if trigger => depth += 1,
+                "END" if trigger => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+            if words.len() < 3 {
+                words.push(word);
+            }
+        } else if !is_trivia(token.kind) && words.len() < 3 {
+            words.push(String::new());
         }
     }
     if let Some((start, first_line)) = first {
@@ -1063,6 +1097,9 @@ fn position(sql: &str, offset: usize) -> (usize, usize) {
 pub enum Dialect {
     Postgres,
     MySql,
+    /// A SQLite target: PostgreSQL's analysis; split as SQLite reads a script (a trigger's
+    /// `BEGIN ... END` body is one statement).
+    Sqlite,
     /// Environments of both kinds: both analyses, the higher risk wins.
     Both,
 }
@@ -1079,7 +1116,7 @@ pub fn analyse(sql: &str, statements: &[Statement], dialect: Dialect) -> Vec<Fin
     let (sql, statements) = (sql.to_owned(), statements.to_vec());
     on_parser_stack(move || {
         let mut findings = match dialect {
-            Dialect::Postgres => analyse_postgres(&sql, &statements),
+            Dialect::Postgres | Dialect::Sqlite => analyse_postgres(&sql, &statements),
             Dialect::MySql => analyse_mysql(&statements),
             Dialect::Both => {
                 let mut both = analyse_postgres(&sql, &statements);

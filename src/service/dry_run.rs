@@ -161,11 +161,7 @@ impl Service {
                 deployment.state
             )));
         }
-        let dialect = if target::is_mysql(env.url.expose()) {
-            lint::Dialect::MySql
-        } else {
-            lint::Dialect::Postgres
-        };
+        let dialect = target::dialect_of(env.url.expose());
         let statements = check_script("up_sql", &migration.up_sql, dialect)?;
         let mut session = self
             .open_target(env, &format!("dry-run:{}", caller.name), "dry run")

@@ -312,16 +312,20 @@ impl Service {
         )?)
     }
 
-    /// The SQL the targets speak, for the risk analysis: MySQL where every environment is a
-    /// MySQL/MariaDB database, PostgreSQL where none is (SQLite targets get PostgreSQL's rules),
-    /// both otherwise.
+    /// The SQL the targets speak, for the risk analysis and the checks at submission: MySQL
+    /// where every environment is a MySQL/MariaDB database, SQLite's splitting (PostgreSQL's
+    /// rules) where every one is a SQLite file, PostgreSQL where none is MySQL, both otherwise.
     pub(super) fn dialect(&self) -> lint::Dialect {
         let environments = &self.config.environments;
         let mysql = environments
             .iter()
             .filter(|e| crate::target::is_mysql(e.url.expose()))
             .count();
+        let sqlite = environments
+            .iter()
+            .all(|e| crate::target::dialect_of(e.url.expose()) == lint::Dialect::Sqlite);
         match mysql {
+            0 if sqlite => lint::Dialect::Sqlite,
             0 => lint::Dialect::Postgres,
             n if n == environments.len() => lint::Dialect::MySql,
             _ => lint::Dialect::Both,

@@ -50,11 +50,7 @@ impl Service {
                 migration.id
             )));
         };
-        let dialect = if target::is_mysql(env.url.expose()) {
-            lint::Dialect::MySql
-        } else {
-            lint::Dialect::Postgres
-        };
+        let dialect = target::dialect_of(env.url.expose());
         let up_statements = check_script("up_sql", &migration.up_sql, dialect)?;
         let down_statements = check_script("down_sql", down_sql, dialect)?;
         let namespace = database_name(env.url.expose());

@@ -359,6 +359,17 @@ pub fn is_mysql(url: &str) -> bool {
     url.starts_with("mysql://") || url.starts_with("mariadb://")
 }
 
+/// How a target reads a script: statements are split the way its database splits them.
+pub fn dialect_of(url: &str) -> crate::lint::Dialect {
+    if is_mysql(url) {
+        crate::lint::Dialect::MySql
+    } else if url.starts_with("sqlite:") {
+        crate::lint::Dialect::Sqlite
+    } else {
+        crate::lint::Dialect::Postgres
+    }
+}
+
 /// Opens a session: connects, takes the runner lock, sets the timeouts and makes sure the
 /// history table exists.
 pub async fn open(settings: &TargetSettings, owner: &str) -> Result<TargetSession, TargetError> {

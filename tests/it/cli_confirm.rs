@@ -178,6 +178,31 @@ async fn migrate_wait_says_why_nothing_runs_and_production_asks_first() {
     }
     app.wait_for_state(&format!("{id}@staging"), &["applied"])
         .await;
+    // An emergency override asks first too (the environment's name typed back); without a
+    // terminal nothing is overridden.
+    app.wait_for_state(&format!("{id}@production"), &["awaiting_approval"])
+        .await;
+    let forced = sluice(
+        &app,
+        Some("lead"),
+        dir,
+        &["migrate", "production", "--force", "--emergency", "outage"],
+    )
+    .await;
+    assert_eq!(forced.code, 2, "{}", forced.stderr);
+    assert!(
+        forced
+            .stderr
+            .contains("emergency override in production (outage)")
+            && forced
+                .stderr
+                .contains(&format!("{id}@production (missing:"))
+            && forced.stderr.contains("add --yes"),
+        "{}",
+        forced.stderr
+    );
+    app.wait_for_state(&format!("{id}@production"), &["awaiting_approval"])
+        .await;
     for (user, role) in [("lead", "data_ops_lead"), ("dba", "dba")] {
         ok(&sluice(
             &app,

@@ -488,3 +488,52 @@ pub(crate) async fn daemon_setup(
     .unwrap();
     (store, dev, dir, config, token)
 }
+
+/// SQLite: a trigger's `BEGIN ... END` body is one statement (before, it was split at the
+/// body's semicolons: the submission was refused for its `END`, or the apply failed); the
+/// trigger fires afterwards. A PostgreSQL target still splits a `BEGIN` word's script at every
+/// semicolon (nothing hides statements from the checks there).
+#[tokio::test]
+async fn a_sqlite_trigger_body_is_one_statement() {
+    use sqlx::{ConnectOptions, Row};
+    let app = spawn_app_with(AppOptions {
+        backend: Backend::Sqlite,
+        background_workers: false,
+        ..AppOptions::default()
+    })
+    .await;
+    let script = "CREATE TABLE orders (id int, total int);\nCREATE TABLE order_log (order_id int, note text);\nCREATE TRIGGER orders_logged AFTER INSERT ON orders\nWHEN new.total > 0\nBEGIN\n  INSERT INTO order_log VALUES (new.id, CASE WHEN new.total > 100 THEN 'big; really' ELSE 'small' END);\n  UPDATE orders SET total = total WHERE id = new.id;\nEND;\nINSERT INTO orders VALUES (1, 500);\n";
+    let id = app
+        .submit(
+            "dev",
+            migration(
+                "trigger",
+                "low",
+                script,
+                Some("DROP TRIGGER orders_logged;\nDROP TABLE order_log;\nDROP TABLE orders;\n"),
+            ),
+        )
+        .await;
+    app.run_worker("development").await;
+    let d = app.deployment(&format!("{id}@development")).await;
+    assert_eq!(d["state"], "applied", "{d}");
+    let file = app.sqlite_dir.as_ref().unwrap().join("development.db");
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&file)
+        .connect()
+        .await
+        .unwrap();
+    let note: String = sqlx::query("SELECT note FROM order_log WHERE order_id = 1")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(note, "big; really");
+    // PostgreSQL's splitting is unchanged: the word BEGIN hides nothing there.
+    let pg = sluice::lint::split_statements_for(
+        "CREATE TRIGGER t BEGIN; COMMIT; DROP TABLE x; END;",
+        sluice::lint::Dialect::Postgres,
+    )
+    .unwrap();
+    assert_eq!(pg.len(), 4, "{pg:?}");
+}
