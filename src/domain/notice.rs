@@ -41,6 +41,10 @@ pub enum NoticeKind {
     RolledBack,
     EnvironmentLocked,
     EnvironmentUnlocked,
+    /// An environment's database was replaced with a backup Sluice took of it.
+    Restored,
+    /// An environment's database was emptied for its queue to be replayed.
+    Reset,
     FreezeStarted,
     FreezeEnded,
     EmergencyOverride,
@@ -52,7 +56,7 @@ pub enum NoticeKind {
 }
 
 impl NoticeKind {
-    pub const ALL: [NoticeKind; 22] = [
+    pub const ALL: [NoticeKind; 24] = [
         NoticeKind::Submitted,
         NoticeKind::ApprovalRequested,
         NoticeKind::ApprovalRecorded,
@@ -67,6 +71,8 @@ impl NoticeKind {
         NoticeKind::RolledBack,
         NoticeKind::EnvironmentLocked,
         NoticeKind::EnvironmentUnlocked,
+        NoticeKind::Restored,
+        NoticeKind::Reset,
         NoticeKind::FreezeStarted,
         NoticeKind::FreezeEnded,
         NoticeKind::EmergencyOverride,
@@ -93,6 +99,8 @@ impl NoticeKind {
             NoticeKind::RolledBack => "rolled_back",
             NoticeKind::EnvironmentLocked => "environment_locked",
             NoticeKind::EnvironmentUnlocked => "environment_unlocked",
+            NoticeKind::Restored => "restored",
+            NoticeKind::Reset => "reset",
             NoticeKind::FreezeStarted => "freeze_started",
             NoticeKind::FreezeEnded => "freeze_ended",
             NoticeKind::EmergencyOverride => "emergency_override",
@@ -121,6 +129,8 @@ impl NoticeKind {
             NoticeKind::RolledBack => "rolled back",
             NoticeKind::EnvironmentLocked => "environment locked",
             NoticeKind::EnvironmentUnlocked => "environment unlocked",
+            NoticeKind::Restored => "database RESTORED from a backup",
+            NoticeKind::Reset => "database RESET (emptied)",
             NoticeKind::FreezeStarted => "freeze window started",
             NoticeKind::FreezeEnded => "freeze window ended",
             NoticeKind::EmergencyOverride => "EMERGENCY OVERRIDE",

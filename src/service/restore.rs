@@ -361,8 +361,43 @@ impl Service {
             }),
         );
         entry.environment = Some(env.name.to_string());
+        // The channels hear of it as of a lock: a database replaced is news for every operator.
+        let kind = if backup.is_some() {
+            crate::domain::notice::NoticeKind::Restored
+        } else {
+            crate::domain::notice::NoticeKind::Reset
+        };
+        let mut draft = notifications::Draft::new(kind, caller.name.as_str());
+        draft.roles = vec![Role::DataOpsLead, Role::Dba];
+        let mut note = match backup {
+            Some(path) => format!(
+                "from the backup {}",
+                path.file_name().map_or_else(
+                    || path.display().to_string(),
+                    |n| n.to_string_lossy().into_owned()
+                )
+            ),
+            None => "everything dropped, its migration history included".to_owned(),
+        };
+        if let Some(safety) = safety_backup {
+            note.push_str(&format!("; the database as it was is kept as {safety}"));
+        }
+        if !undone.is_empty() {
+            note.push_str(&format!(
+                "; back to approved, for `sluice migrate {}`: {}",
+                env.name,
+                undone.join(", ")
+            ));
+        }
+        if !reapplied.is_empty() {
+            note.push_str(&format!("; applied again: {}", reapplied.join(", ")));
+        }
+        draft.note = Some(note);
+        let events = self.notify_environment(env.name.as_str(), at, draft);
+        let entry = notifications::carrying(entry, events.as_slice())?;
         self.store.insert_audit(&mut tx, &entry).await?;
         tx.commit().await?;
+        self.events_written();
         self.publish(&changed);
         tracing::info!(environment = %env.name, undone = undone.len(), reapplied = reapplied.len(), "{verb} done");
         Ok((undone, reapplied))

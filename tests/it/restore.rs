@@ -595,3 +595,108 @@ async fn a_restore_again_under_the_lock_a_dead_one_left_completes() {
     assert_eq!(status, StatusCode::CONFLICT, "{refused}");
     app.stop().await;
 }
+
+/// A restore and a reset are news for every operator: the channels get a `restored` (or
+/// `reset`) event naming the backup, the safety backup and the migrations back to approved.
+#[tokio::test]
+async fn restore_and_reset_are_announced_to_the_channels() {
+    let hook = crate::receivers::Receiver::start().await;
+    let app = spawn_app_with(AppOptions {
+        backend: Backend::Sqlite,
+        notifications: Some(format!(
+            "channels:\n  audit:\n    type: webhook\n    url: {}\n    secret: test-secret\n    events: [restored, reset]\ndelivery:\n  first_retry_seconds: 0.05\n  max_retry_seconds: 0.2\n",
+            hook.url("/hook")
+        )),
+        ..AppOptions::default()
+    })
+    .await;
+    let first = app
+        .submit(
+            "dev",
+            migration(
+                "gadgets",
+                "low",
+                "CREATE TABLE gadgets (id int);",
+                Some("DROP TABLE gadgets;"),
+            ),
+        )
+        .await;
+    for (user, role) in [("ops1", "data_ops"), ("ops2", "data_ops")] {
+        app.approve(user, &format!("{first}@staging"), role).await;
+    }
+    app.wait_for_state(&format!("{first}@staging"), &["applied"])
+        .await;
+    let second = app
+        .submit(
+            "dev",
+            migration(
+                "widgets",
+                "low",
+                "CREATE TABLE widgets (id int);",
+                Some("DROP TABLE widgets;"),
+            ),
+        )
+        .await;
+    for (user, role) in [("ops1", "data_ops"), ("ops2", "data_ops")] {
+        app.approve(user, &format!("{second}@staging"), role).await;
+    }
+    app.wait_for_state(&format!("{second}@staging"), &["applied"])
+        .await;
+    // The newest backup was taken before the second migration.
+    let listed = backups(&app, "staging").await;
+    let backup = file_name(&listed[0]);
+    let (status, answer) = app
+        .post(
+            "lead",
+            "/api/v1/environments/staging/restore",
+            json!({"backup": backup, "confirm": "staging"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let delivered = hook
+        .wait_for("/hook", "a restored event", |r| {
+            r.iter().any(|r| r.header("x-sluice-event") == "restored")
+        })
+        .await;
+    let event = delivered
+        .iter()
+        .find(|r| r.header("x-sluice-event") == "restored")
+        .unwrap();
+    let text = event.json.to_string();
+    for expected in [
+        "\"environment\":\"staging\"",
+        "lead",
+        &backup,
+        "kept as",
+        &format!("back to approved, for `sluice migrate staging`: {second}"),
+    ] {
+        assert!(text.contains(expected), "{expected}: {text}");
+    }
+    // A reset of development: announced as such.
+    let (status, answer) = app
+        .post(
+            "lead",
+            "/api/v1/environments/development/reset",
+            json!({"confirm": "development"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let delivered = hook
+        .wait_for("/hook", "a reset event", |r| {
+            r.iter().any(|r| r.header("x-sluice-event") == "reset")
+        })
+        .await;
+    let reset = delivered
+        .iter()
+        .find(|r| r.header("x-sluice-event") == "reset")
+        .unwrap();
+    assert!(
+        reset
+            .json
+            .to_string()
+            .contains("\"environment\":\"development\""),
+        "{}",
+        reset.json
+    );
+    app.stop().await;
+}
