@@ -1398,7 +1398,7 @@ fn print_submitted(title: &str, m: &pb::Migration) {
         .unwrap_or(0);
     for d in &m.deployments {
         let needs = if d.state == "awaiting_approval" {
-            format!(": needs {}", needs(d))
+            format!(": needs {}", still_needed(d))
         } else {
             String::new()
         };

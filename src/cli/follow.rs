@@ -187,7 +187,7 @@ async fn nothing_to_apply(client: &mut Client, environment: &str, output: Output
             status.pending_approvals.len()
         );
         for d in &status.pending_approvals {
-            message.push_str(&format!("\n  {} needs {}", d.migration_id, needs(d)));
+            message.push_str(&format!("\n  {} needs {}", d.migration_id, still_needed(d)));
         }
         return Err(Failure::operation(message));
     }
@@ -221,25 +221,6 @@ async fn halted_reason(client: &mut Client, environment: &str, halted_by: &str) 
     format!(
         "the queue is halted by {halted_by}{error}; fix its cause and `sluice retry {environment} {migration}`, or skip it with `sluice cancel {environment} {migration}`"
     )
-}
-
-/// Who must still approve a deployment, in words.
-pub(super) fn needs(d: &pb::Deployment) -> String {
-    let mut parts = Vec::new();
-    if !d.missing_roles.is_empty() {
-        parts.push(d.missing_roles.join(" + "));
-    }
-    if d.additional_approvals_needed > 0 {
-        parts.push(format!(
-            "{} more approval(s)",
-            d.additional_approvals_needed
-        ));
-    }
-    if parts.is_empty() {
-        "no more approval".into()
-    } else {
-        parts.join(" and ")
-    }
 }
 
 async fn client_deployment(client: &mut Client, id: &str) -> Option<pb::Deployment> {

@@ -251,6 +251,31 @@ async fn run(cli: Cli) -> CliResult {
 mod tests {
     use super::printable;
 
+    #[test]
+    fn who_must_still_approve_reads_as_a_person_would_say_it() {
+        use super::{pb, still_needed};
+        let d = |required: &[&str], missing: &[&str], extra: u32| pb::Deployment {
+            required_roles: required.iter().map(|r| r.to_string()).collect(),
+            missing_roles: missing.iter().map(|r| r.to_string()).collect(),
+            additional_approvals_needed: extra,
+            ..Default::default()
+        };
+        // Staging's two data_ops: before it said "data_ops and 1 more approval(s)".
+        assert_eq!(
+            still_needed(&d(&["data_ops"], &["data_ops"], 1)),
+            "2 approvals from data_ops"
+        );
+        assert_eq!(
+            still_needed(&d(&["data_ops"], &[], 1)),
+            "1 more from data_ops"
+        );
+        assert_eq!(
+            still_needed(&d(&["data_ops_lead", "dba"], &["data_ops_lead", "dba"], 0)),
+            "data_ops_lead, dba"
+        );
+        assert_eq!(still_needed(&d(&["dba"], &[], 0)), "no more approval");
+    }
+
     /// Every command says what each of its arguments is for and shows examples; a new
     /// argument without a help line fails here.
     #[test]

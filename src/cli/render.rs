@@ -49,14 +49,19 @@ pub(super) fn print_deployment(deployment: &pb::Deployment, output: Output) -> C
     }
 }
 
+/// Who must still approve: "data_ops_lead, dba", "2 approvals from data_ops" (one role, more
+/// than one approval), "dba, 1 more from data_ops/dba".
 pub(super) fn still_needed(d: &pb::Deployment) -> String {
+    let extra = d.additional_approvals_needed;
+    if extra > 0 && d.required_roles.len() == 1 && d.missing_roles == d.required_roles {
+        return format!("{} approvals from {}", extra + 1, d.required_roles[0]);
+    }
     let mut parts: Vec<String> = d.missing_roles.clone();
-    if d.additional_approvals_needed > 0 {
-        parts.push(format!(
-            "{} more from {}",
-            d.additional_approvals_needed,
-            d.required_roles.join("/")
-        ));
+    if extra > 0 {
+        parts.push(format!("{extra} more from {}", d.required_roles.join("/")));
+    }
+    if parts.is_empty() {
+        return "no more approval".into();
     }
     parts.join(", ")
 }
