@@ -55,6 +55,7 @@ pub struct Cli {
 pub(super) enum DialectArg {
     Postgres,
     Mysql,
+    Sqlite,
     Both,
 }
 
@@ -63,6 +64,7 @@ impl From<DialectArg> for crate::lint::Dialect {
         match d {
             DialectArg::Postgres => crate::lint::Dialect::Postgres,
             DialectArg::Mysql => crate::lint::Dialect::MySql,
+            DialectArg::Sqlite => crate::lint::Dialect::Sqlite,
             DialectArg::Both => crate::lint::Dialect::Both,
         }
     }
@@ -236,8 +238,9 @@ pub(super) enum Command {
         /// The script files (their rollbacks are found from their headers).
         #[arg(required = true)]
         scripts: Vec<PathBuf>,
-        /// The SQL the target databases speak: decides the risk analysis (mysql covers MariaDB;
-        /// both when environments of the two kinds take the scripts).
+        /// The SQL the target databases speak: decides the syntax check and the risk analysis
+        /// (mysql covers MariaDB; sqlite for SQLite files, with PostgreSQL's risk rules; both
+        /// when PostgreSQL and MySQL environments take the scripts).
         #[arg(long, value_enum, default_value = "postgres")]
         dialect: DialectArg,
     },

@@ -88,7 +88,7 @@ impl std::fmt::Display for Problem {
         if self.advisory {
             write!(
                 f,
-                " (sqlparser's MySQL grammar lags MySQL's: check it on development; not counted)"
+                " (sqlparser's grammar lags the database's: check it on development; not counted)"
             )?;
         }
         if let Some(fix) = &self.fix {
@@ -328,7 +328,8 @@ pub fn validate_file(path: &Path, dialect: crate::lint::Dialect) -> Vec<Problem>
     let syntax = |file: &Path, text: &str, problems: &mut Vec<Problem>| {
         use crate::lint::Dialect;
         let grammars: &[(Dialect, &str)] = match dialect {
-            Dialect::Postgres | Dialect::Sqlite => &[(Dialect::Postgres, "")],
+            Dialect::Postgres => &[(Dialect::Postgres, "")],
+            Dialect::Sqlite => &[(Dialect::Sqlite, "")],
             Dialect::MySql => &[(Dialect::MySql, "")],
             Dialect::Both => &[
                 (Dialect::Postgres, " (PostgreSQL)"),
@@ -336,15 +337,16 @@ pub fn validate_file(path: &Path, dialect: crate::lint::Dialect) -> Vec<Problem>
             ],
         };
         for (grammar, label) in grammars {
-            let found = match grammar {
-                Dialect::MySql => crate::lint::mysql_syntax_problems(text),
-                _ => crate::lint::syntax_problems(text),
+            let (found, database) = match grammar {
+                Dialect::MySql => (crate::lint::mysql_syntax_problems(text), "MySQL"),
+                Dialect::Sqlite => (crate::lint::sqlite_syntax_problems(text), "SQLite"),
+                _ => (crate::lint::syntax_problems(text), "PostgreSQL"),
             };
             for p in found {
                 let what = if p.certain {
-                    "syntax error"
+                    "syntax error".to_owned()
                 } else {
-                    "not read by the MySQL grammar"
+                    format!("not read by the {database} grammar")
                 };
                 problems.push(Problem {
                     column: p.column,

@@ -454,17 +454,75 @@ const MYSQL_STATEMENTS: &[&str] = &[
 /// Stored programs (procedure, function, trigger, event bodies) and `/*! ... */` versioned
 /// comments are left to the server.
 pub fn mysql_syntax_problems(sql: &str) -> Vec<SyntaxProblem> {
-    use sqlparser::dialect::MySqlDialect;
-    use sqlparser::parser::{Parser, ParserError};
-    use sqlparser::tokenizer::{Token, Tokenizer};
     // A script the splitter cannot read (an unterminated string) is reported by the splitter's
     // own error, where the script is split; nothing more can be said of its statements.
     let Ok(statements) = split_mysql(sql) else {
         return Vec::new();
     };
+    statement_syntax_problems(
+        sql,
+        &statements,
+        &sqlparser::dialect::MySqlDialect {},
+        MYSQL_STATEMENTS,
+        "MySQL",
+    )
+}
+
+/// The statements SQLite starts with.
+const SQLITE_STATEMENTS: &[&str] = &[
+    "ALTER",
+    "ANALYZE",
+    "ATTACH",
+    "BEGIN",
+    "COMMIT",
+    "CREATE",
+    "DELETE",
+    "DETACH",
+    "DROP",
+    "END",
+    "EXPLAIN",
+    "INSERT",
+    "PRAGMA",
+    "REINDEX",
+    "RELEASE",
+    "REPLACE",
+    "ROLLBACK",
+    "SAVEPOINT",
+    "SELECT",
+    "UPDATE",
+    "VACUUM",
+    "VALUES",
+    "WITH",
+];
+
+/// The syntax problems of a script for a SQLite target, by the same rules as MySQL's (certain:
+/// unknown statement word, empty list item, unbalanced parentheses; uncertain: what only
+/// sqlparser's SQLite grammar refuses), each statement split as SQLite reads the script.
+pub fn sqlite_syntax_problems(sql: &str) -> Vec<SyntaxProblem> {
+    let Ok(statements) = split_statements_as(sql, true) else {
+        return Vec::new();
+    };
+    statement_syntax_problems(
+        sql,
+        &statements,
+        &sqlparser::dialect::SQLiteDialect {},
+        SQLITE_STATEMENTS,
+        "SQLite",
+    )
+}
+
+fn statement_syntax_problems(
+    sql: &str,
+    statements: &[Statement],
+    dialect: &dyn sqlparser::dialect::Dialect,
+    starters: &[&str],
+    database: &str,
+) -> Vec<SyntaxProblem> {
+    use sqlparser::parser::{Parser, ParserError};
+    use sqlparser::tokenizer::{Token, Tokenizer};
     let lines: Vec<&str> = sql.lines().collect();
     let mut problems = Vec::new();
-    for statement in &statements {
+    for statement in statements {
         let stored_program = statement.keywords.first().is_some_and(|k| k == "CREATE")
             && statement
                 .keywords
@@ -497,14 +555,13 @@ pub fn mysql_syntax_problems(sql: &str) -> Vec<SyntaxProblem> {
                 certain: true,
             })
         };
-        let tokens =
-            match Tokenizer::new(&MySqlDialect {}, &statement.text).tokenize_with_location() {
-                Ok(tokens) => tokens,
-                Err(e) => {
-                    certain(at(e.location.line, e.location.column), e.message);
-                    continue;
-                }
-            };
+        let tokens = match Tokenizer::new(dialect, &statement.text).tokenize_with_location() {
+            Ok(tokens) => tokens,
+            Err(e) => {
+                certain(at(e.location.line, e.location.column), e.message);
+                continue;
+            }
+        };
         let significant: Vec<_> = tokens
             .iter()
             .filter(|t| !matches!(t.token, Token::Whitespace(_) | Token::EOF))
@@ -515,16 +572,13 @@ pub fn mysql_syntax_problems(sql: &str) -> Vec<SyntaxProblem> {
             && word.quote_style.is_none()
         {
             let keyword = word.value.to_ascii_uppercase();
-            if !MYSQL_STATEMENTS.contains(&keyword.as_str()) {
+            if !starters.contains(&keyword.as_str()) {
                 certain(
                     at(first.span.start.line, first.span.start.column),
                     format!(
-                        "\"{}\" starts no MySQL statement{}",
+                        "\"{}\" starts no {database} statement{}",
                         word.value,
-                        crate::domain::text::did_you_mean(
-                            &keyword,
-                            MYSQL_STATEMENTS.iter().copied()
-                        )
+                        crate::domain::text::did_you_mean(&keyword, starters.iter().copied())
                     ),
                 );
                 found = true;
@@ -568,7 +622,7 @@ pub fn mysql_syntax_problems(sql: &str) -> Vec<SyntaxProblem> {
         if found {
             continue;
         }
-        let parsed = Parser::new(&MySqlDialect {})
+        let parsed = Parser::new(dialect)
             .with_recursion_limit(MAX_NESTING)
             .try_with_sql(&statement.text)
             .and_then(|mut parser| parser.parse_statements());
@@ -1767,6 +1821,26 @@ pub fn effective_risk(declared: Risk, findings: &[Finding]) -> Risk {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn sqlite_scripts_are_split_and_checked_as_sqlite_reads_them() {
+        let script = "CREATE TABLE orders (id INTEGER PRIMARY KEY AUTOINCREMENT, total int);\nCREATE TRIGGER orders_logged AFTER INSERT ON orders\nBEGIN\n  INSERT INTO order_log VALUES (new.id, 'a; b');\n  UPDATE orders SET total = CASE WHEN total > 0 THEN total ELSE 0 END WHERE id = new.id;\nEND;\nCREATE INDEX orders_total ON orders (total) WHERE total > 0;\n";
+        let statements = split_statements_for(script, Dialect::Sqlite).unwrap();
+        assert_eq!(statements.len(), 3, "{statements:?}");
+        assert!(statements[1].text.ends_with("END"), "{:?}", statements[1]);
+        assert!(transaction_control_problems(&statements).is_empty());
+        assert!(
+            sqlite_syntax_problems(script).iter().all(|p| !p.certain),
+            "{:?}",
+            sqlite_syntax_problems(script)
+        );
+        let typos: Vec<(usize, usize, bool)> =
+            sqlite_syntax_problems("CREAT TABLE a (id int);\nSELECT (1,, 2);\nPRAGM x;\n")
+                .iter()
+                .map(|p| (p.line, p.column, p.certain))
+                .collect();
+        assert_eq!(typos, [(1, 1, true), (2, 11, true), (3, 1, true)]);
+    }
+
     #[test]
     fn mysql_syntax_problems_are_certain_for_typos_and_never_for_statements_mariadb_runs() {
         let script = "SELEC 1;\nCREAT TABLE a (id int);\nCREATE TABLE b (id int,, name text);\nCREATE TABLE c (id int;\n  ALTER TABLE d ADD COLUMN `x` int, ADD y int);\nINSERT INTO e VALUES ('a;b', \"c)\");\n";

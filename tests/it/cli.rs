@@ -974,6 +974,25 @@ async fn validate_finds_syntax_errors_with_line_and_column() {
     .unwrap();
     ok(&sluice(&app, None, &dir, &["validate", good.to_str().unwrap()]).await);
 
+    // SQLite scripts (the default configuration's targets): a trigger's body is read as
+    // SQLite reads it; PostgreSQL's grammar refuses the same file.
+    let sqlite = dir.join("sqlite.sql");
+    std::fs::write(
+        &sqlite,
+        format!("{header}CREATE TABLE o (id INTEGER PRIMARY KEY AUTOINCREMENT);\nCREATE TRIGGER o_logged AFTER INSERT ON o\nBEGIN\n  INSERT INTO o_log VALUES (new.id);\nEND;\n"),
+    )
+    .unwrap();
+    let sqlite = sqlite.to_str().unwrap();
+    ok(&sluice(
+        &app,
+        None,
+        &dir,
+        &["validate", "--dialect", "sqlite", sqlite],
+    )
+    .await);
+    let as_pg = sluice(&app, None, &dir, &["validate", sqlite]).await;
+    assert_eq!(as_pg.code, 1, "{}", as_pg.stdout);
+
     // MySQL scripts: typos fail with line and column; what sqlparser's MySQL grammar does not
     // read (VARCHAR ... BINARY, ENGINE=) is shown and does not fail.
     let mysql = dir.join("mysql.sql");
