@@ -75,6 +75,16 @@ impl Service {
     ) -> Result<EnvironmentStatus> {
         let env = self.environment(environment)?;
         self.require_operator(caller, env, "unlock")?;
+        // A lock a stopped restore or reset left: the queue follows the database first.
+        let left = {
+            let mut conn = self.store.conn().await?;
+            self.store.lock(&mut conn, env.name.as_str()).await?
+        };
+        if let Some(lock) = left
+            && super::restore::left_by_replace(&lock.reason)
+        {
+            self.reconcile_left_by_replace(caller, env).await?;
+        }
         let at = self.now();
         let mut tx = self.store.begin().await?;
         let Some(lock) = self.store.lock(&mut tx, env.name.as_str()).await? else {

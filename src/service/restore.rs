@@ -203,6 +203,8 @@ impl Service {
 
     /// Refuses while a deployment is half-way; locks the environment unless it already is
     /// (that lock then stays as it was). The lock taken, if one was.
+    /// Refuses while a deployment is half-way; locks the environment unless it already is
+    /// (that lock then stays as it was). The lock taken, if one was.
     async fn lock_for(
         &self,
         caller: &Caller,
@@ -311,6 +313,9 @@ impl Service {
             .await?;
         deployments.sort_by_key(|d| d.seq);
         let reason = match backup {
+            _ if verb == RECONCILE => {
+                "the database as a restore or reset that did not finish left it".to_owned()
+            }
             Some(file) => format!("the database was restored from {}", file.display()),
             None => "the database was reset".to_owned(),
         };
@@ -346,7 +351,9 @@ impl Service {
         let mut entry = audit(
             at,
             caller.name.as_str(),
-            if backup.is_some() {
+            if verb == RECONCILE {
+                "reconciled"
+            } else if backup.is_some() {
                 "restored"
             } else {
                 "reset"
@@ -362,7 +369,7 @@ impl Service {
         );
         entry.environment = Some(env.name.to_string());
         // The channels hear of it as of a lock: a database replaced is news for every operator.
-        let kind = if backup.is_some() {
+        let kind = if backup.is_some() || verb == RECONCILE {
             crate::domain::notice::NoticeKind::Restored
         } else {
             crate::domain::notice::NoticeKind::Reset
@@ -370,6 +377,7 @@ impl Service {
         let mut draft = notifications::Draft::new(kind, caller.name.as_str());
         draft.roles = vec![Role::DataOpsLead, Role::Dba];
         let mut note = match backup {
+            _ if verb == RECONCILE => "a restore or reset did not finish (its daemon stopped); on unlocking, the queue follows the database as it was left".to_owned(),
             Some(path) => format!(
                 "from the backup {}",
                 path.file_name().map_or_else(
@@ -401,6 +409,47 @@ impl Service {
         self.publish(&changed);
         tracing::info!(environment = %env.name, undone = undone.len(), reapplied = reapplied.len(), "{verb} done");
         Ok((undone, reapplied))
+    }
+}
+
+/// The verb of making the queue follow a database an unfinished restore or reset left.
+const RECONCILE: &str = "reconcile";
+
+/// Whether a lock is the one a restore or reset takes while it runs (`lock_for`'s reason).
+pub(super) fn left_by_replace(reason: &str) -> bool {
+    reason.ends_with(" in progress")
+        && (reason.starts_with("restore from ") || reason == "reset in progress")
+}
+
+impl Service {
+    /// A restore or reset whose daemon stopped part-way left its lock, and maybe a database
+    /// replaced while the queue still says `applied` for what it lost. Before that lock is
+    /// lifted, the queue follows the database's history as it is (a no-op when the replay had
+    /// not begun). The target's runner lock is taken: a restore still running refuses this.
+    pub(super) async fn reconcile_left_by_replace(
+        &self,
+        caller: &Caller,
+        env: &EnvironmentConfig,
+    ) -> Result<(Vec<String>, Vec<String>)> {
+        let mut session = self
+            .open_target(env, &format!("unlock:{}", caller.name), "unlock")
+            .await?;
+        let done = async {
+            let history = session
+                .history()
+                .await
+                .map_err(|e| super::drift::target_unavailable(env, "unlock", e))?;
+            let changed = self
+                .reconcile(caller, env, &history, None, None, RECONCILE)
+                .await?;
+            if let Ok(snapshot) = session.schema_snapshot().await {
+                self.record_snapshot(env.name.as_str(), &snapshot).await?;
+            }
+            Ok(changed)
+        }
+        .await;
+        session.close().await;
+        done
     }
 }
 

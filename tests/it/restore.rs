@@ -700,3 +700,78 @@ async fn restore_and_reset_are_announced_to_the_channels() {
     );
     app.stop().await;
 }
+
+/// A restore whose daemon stopped after replaying the database and before the queue followed
+/// it leaves its lock and a queue that says `applied` for what the database lost. Unlocking
+/// makes the queue follow the database first: the lost migration is approved again, for
+/// `migrate` (before, it stayed `applied` and was never run again).
+#[tokio::test]
+async fn unlocking_what_a_stopped_restore_left_makes_the_queue_follow_the_database() {
+    let app = spawn_app_with(options(Backend::Postgres)).await;
+    let (destructive, backup) = destructive_setup(&app).await;
+    // What the stopped restore left: its lock, and the database as the backup holds it (the
+    // destructive migration's history row gone).
+    let (status, _) = app
+        .post(
+            "lead",
+            "/api/v1/environments/staging/lock",
+            json!({"reason": format!("restore from {backup} in progress")}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let client = app.targets["staging"].client().await;
+    client
+        .execute(
+            "DELETE FROM sluice_schema_history WHERE migration_id = $1",
+            &[&destructive],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        app.deployment(&format!("{destructive}@staging")).await["state"],
+        "applied"
+    );
+    let (status, answer) = app
+        .delete("lead", "/api/v1/environments/staging/lock")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(
+        app.deployment(&format!("{destructive}@staging")).await["state"],
+        "approved"
+    );
+    let (_, audit) = app
+        .get("lead", "/api/v1/audit?environment=staging&limit=5000")
+        .await;
+    let actions: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    assert!(actions.contains(&"reconciled"), "{actions:?}");
+    assert!(answer["lock"].is_null(), "{answer}");
+    // An ordinary lock is lifted as ever: nothing else changes.
+    let (status, _) = app
+        .post(
+            "lead",
+            "/api/v1/environments/staging/lock",
+            json!({"reason": "release freeze"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = app
+        .delete("lead", "/api/v1/environments/staging/lock")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, audit) = app
+        .get("lead", "/api/v1/audit?environment=staging&limit=5000")
+        .await;
+    let reconciled = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["action"] == "reconciled")
+        .count();
+    assert_eq!(reconciled, 1, "{audit}");
+    app.stop().await;
+}
