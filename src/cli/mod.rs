@@ -4,7 +4,9 @@
 //! arguments.
 //!
 //! Exit codes: 0 success, 1 the operation failed (a failed migration, validation findings,
-//! a refused request), 2 usage error, 3 cannot reach the daemon or not authorized.
+//! a refused request, a confirmation answered no), 2 usage error (a confirmation with no
+//! terminal to ask at included), 3 cannot reach the daemon or not authorized, 130 interrupted
+//! while following (the work goes on in the daemon).
 
 mod args;
 mod client;
