@@ -15,14 +15,22 @@ fn ask<T>(question: impl AsyncFnOnce(&mut Client) -> CliResult<T>) -> Option<T> 
         .enable_all()
         .build()
         .ok()?;
+    // A context's token_command may be slow (a vault, a prompt): it counts in the patience
+    // too, on a thread of its own that is left behind if it does not answer in time.
+    let started = std::time::Instant::now();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let var = |name: &str| std::env::var(name).ok().filter(|s| !s.is_empty());
+        let _ = sender.send(context::resolve(
+            var("SLUICE_ADDR"),
+            var("SLUICE_TOKEN"),
+            var("SLUICE_CONTEXT"),
+        ));
+    });
+    let (server, token) = receiver.recv_timeout(PATIENCE).ok()?.ok()?;
+    let left = PATIENCE.saturating_sub(started.elapsed());
     runtime.block_on(async {
-        let server = std::env::var("SLUICE_ADDR").ok().filter(|s| !s.is_empty());
-        let token = std::env::var("SLUICE_TOKEN").ok().filter(|s| !s.is_empty());
-        let context = std::env::var("SLUICE_CONTEXT")
-            .ok()
-            .filter(|s| !s.is_empty());
-        let (server, token) = context::resolve(server, token, context).ok()?;
-        tokio::time::timeout(PATIENCE, async {
+        tokio::time::timeout(left, async {
             let mut client = Client::connect(&server, token).await.ok()?;
             question(&mut client).await.ok()
         })

@@ -240,6 +240,27 @@ async fn completion_offers_environments_migrations_and_roles_from_the_daemon() {
         away.stderr
     );
 
+    // A context whose token_command hangs (a vault waiting for a passphrase) does not hang
+    // the shell: no candidates, exit 0 (the guard is a minute; the command would take two).
+    let slow = dir.path().join("slow.yml");
+    std::fs::write(
+        &slow,
+        format!("current_context: slow\ncontexts:\n  slow:\n    server: {addr}\n    token_command: sleep 120; echo never\n"),
+    )
+    .unwrap();
+    let patient = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        cli(
+            &slow,
+            &[("COMPLETE", "bash"), ("_CLAP_COMPLETE_INDEX", "2")],
+            &["--", "sluice", "status", "st"],
+        ),
+    )
+    .await
+    .expect("completion gives up on a hanging token_command");
+    assert_eq!(patient.code, 0, "{}", patient.stderr);
+    assert!(patient.stdout.trim().is_empty(), "{}", patient.stdout);
+
     // A real bash: the hook `sluice completions bash` prints, then the completion function.
     let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_sluice"))
         .parent()
