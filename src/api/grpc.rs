@@ -756,6 +756,23 @@ impl pb::sluice_server::Sluice for GrpcApi {
         }))
     }
 
+    async fn take_backup(
+        &self,
+        request: Request<pb::TakeBackupRequest>,
+    ) -> Result<Response<pb::Backup>, Status> {
+        let caller = self.caller(&request)?;
+        let b = self
+            .service
+            .backup_now(&caller, &request.into_inner().environment)
+            .await?;
+        Ok(Response::new(pb::Backup {
+            file: b.file,
+            taken_at: b.taken_at,
+            size_bytes: b.size_bytes,
+            preceded: b.preceded.unwrap_or_default(),
+        }))
+    }
+
     async fn restore(
         &self,
         request: Request<pb::RestoreRequest>,

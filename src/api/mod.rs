@@ -66,7 +66,10 @@ pub fn router(service: Service) -> Router {
         .route("/api/v1/environments/{env}/lock", post(lock).delete(unlock))
         .route("/api/v1/environments/{env}/migrate", post(migrate))
         .route("/api/v1/environments/{env}/baseline", post(baseline))
-        .route("/api/v1/environments/{env}/backups", get(backups))
+        .route(
+            "/api/v1/environments/{env}/backups",
+            get(backups).post(backup_now),
+        )
         .route("/api/v1/environments/{env}/restore", post(restore))
         .route("/api/v1/environments/{env}/reset", post(reset))
         .route(
@@ -545,6 +548,18 @@ async fn backups(
     Path(env): Path<String>,
 ) -> ApiResult<Vec<crate::service::BackupView>> {
     Ok(Json(service.backups(&caller, &env).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/environments/{env}/backups", tag = "environments", params(("env" = String, Path, description = "the environment name")), responses((status = 201, description = "taken now (operators); kept and pruned like the workers' backups", body = crate::service::BackupView), (status = "4XX", description = "refused: the message names what was wrong (409: a deployment is running there); nothing changed", body = ErrorBody), (status = 503, description = "a database Sluice needs does not answer, or the backup program failed", body = ErrorBody)), security(("bearer" = [])))]
+async fn backup_now(
+    State(service): State<Service>,
+    Authenticated(caller): Authenticated,
+    Path(env): Path<String>,
+) -> Result<(StatusCode, Json<crate::service::BackupView>), ApiError> {
+    Ok((
+        StatusCode::CREATED,
+        Json(service.backup_now(&caller, &env).await?),
+    ))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

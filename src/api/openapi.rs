@@ -70,7 +70,7 @@ impl utoipa::Modify for BearerToken {
         submit, list_migrations, get_migration, amend, submit_batch,
         get_deployment, get_deployment_log, approve, reject, cancel, retry, rollback, dry_run,
         test_rollback, emergency_override, review,
-        environments, environment, lock, unlock, migrate, baseline, backups, restore, reset,
+        environments, environment, lock, unlock, migrate, baseline, backups, backup_now, restore, reset,
         get_drift, accept_drift,
         audit,
         notifications, notification_channels, test_notification, retry_notification,

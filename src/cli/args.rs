@@ -112,7 +112,7 @@ pub(super) enum Command {
     },
     /// Release every approved deployment of an environment to its worker.
     #[command(
-        after_help = "Examples:\n  sluice migrate development --wait\n  sluice migrate production --wait --yes        # the last environment asks first\n  sluice migrate production --force --emergency \"Critical security fix\""
+        after_help = "Examples:\n  sluice migrate development --wait\n  sluice migrate production --wait --yes        # the last environment asks first\n  sluice migrate staging --backup --wait\n  sluice migrate production --force --emergency \"Critical security fix\""
     )]
     Migrate {
         /// The environment (development, staging, production, ...).
@@ -121,6 +121,10 @@ pub(super) enum Command {
         /// Follow the deployments until they finish; the exit code is their outcome.
         #[arg(long)]
         wait: bool,
+        /// Take a backup of the database first, whatever backup_required says (the legacy
+        /// `migrate --backup`).
+        #[arg(long)]
+        backup: bool,
         /// With --emergency: approve everything awaiting approval there without the full set.
         #[arg(long, requires = "emergency")]
         force: bool,
@@ -339,6 +343,16 @@ pub(super) enum Command {
         /// Estimated duration of each, e.g. 1m.
         #[arg(long, default_value = "1m")]
         duration: String,
+    },
+    /// Take a backup of an environment's database now (operators; the legacy
+    /// backup-database.sh): kept, listed and restorable like the workers' backups.
+    #[command(
+        after_help = "Examples:\n  sluice backup production\n  sluice backup staging -o json"
+    )]
+    Backup {
+        /// The environment.
+        #[arg(add = ArgValueCandidates::new(completion::environments))]
+        environment: String,
     },
     /// The backups taken before changing an environment, newest first: file, size, the
     /// deployment each preceded.

@@ -2,14 +2,24 @@
 
 use super::*;
 
-pub(super) async fn migrate(
-    client: &mut Client,
-    environment: &str,
-    wait: bool,
-    emergency: Option<String>,
-    output: Output,
-    yes: bool,
-) -> CliResult {
+/// How `migrate` was asked to run.
+pub(super) struct MigrateHow {
+    pub wait: bool,
+    /// A backup first, whatever backup_required says.
+    pub backup: bool,
+    pub emergency: Option<String>,
+    pub output: Output,
+    pub yes: bool,
+}
+
+pub(super) async fn migrate(client: &mut Client, environment: &str, how: MigrateHow) -> CliResult {
+    let MigrateHow {
+        wait,
+        backup,
+        emergency,
+        output,
+        yes,
+    } = how;
     let status = environment_status(client, environment).await?;
     let overrides: &[pb::Deployment] = if emergency.is_some() {
         &status.pending_approvals
@@ -58,6 +68,13 @@ pub(super) async fn migrate(
         } else if !plan.is_empty() {
             confirm(false, &plan, Ask::YesNo)?;
         }
+    }
+    if backup {
+        let b = take_backup(client, environment).await?;
+        say(
+            output,
+            format!("{environment}: backup taken before migrating: {}", b.file),
+        );
     }
     if let Some(reason) = &emergency {
         for d in overrides {

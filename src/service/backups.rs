@@ -22,6 +22,16 @@ impl Service {
         env: &EnvironmentConfig,
         session: &mut crate::target::TargetSession,
     ) -> std::result::Result<String, String> {
+        self.take_backup_as("sluice", env, session).await
+    }
+
+    /// `take_backup`, audited as `actor`'s.
+    async fn take_backup_as(
+        &self,
+        actor: &str,
+        env: &EnvironmentConfig,
+        session: &mut crate::target::TargetSession,
+    ) -> std::result::Result<String, String> {
         let settings = &self.config.settings.backup;
         let now = self.clock.now();
         let file = std::path::Path::new(&settings.dir)
@@ -50,7 +60,7 @@ impl Service {
         tracing::info!(environment = %env.name, %path, "backup taken");
         let mut entry = audit(
             millis(now),
-            "sluice",
+            actor,
             "backup_taken",
             None,
             None,
@@ -99,6 +109,33 @@ impl Service {
                 }
             }
         }
+    }
+
+    /// Takes a backup of the environment's database now, at an operator's request (the legacy
+    /// backup-database.sh, and `migrate --backup`): under the target's runner lock, so no
+    /// deployment starts while it runs (one running: 409, try again after). Kept and pruned
+    /// like the workers' backups; restorable like them.
+    pub async fn backup_now(&self, caller: &Caller, environment: &str) -> Result<BackupView> {
+        let env = self.environment(environment)?;
+        self.require_operator(caller, env, "back up")?;
+        let at = self.now();
+        let mut session = self
+            .open_target(env, &format!("backup:{}", caller.name), "backup")
+            .await?;
+        let taken = self
+            .take_backup_as(caller.name.as_str(), env, &mut session)
+            .await;
+        session.close().await;
+        let file = taken.map_err(|e| {
+            ServiceError::Unavailable(format!("backup of {}: {e}; nothing was changed", env.name))
+        })?;
+        self.prune_backups(env);
+        Ok(BackupView {
+            size_bytes: std::fs::metadata(&file).ok().map(|m| m.len()),
+            file,
+            taken_at: format_millis(at),
+            preceded: None,
+        })
     }
 
     /// An environment's backups, newest first (operators).

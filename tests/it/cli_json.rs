@@ -135,6 +135,7 @@ async fn every_command_prints_one_json_document() {
         ("dev", vec!["test-rollback", id]),
         ("lead", vec!["drift", "development"]),
         ("lead", vec!["backups", "staging"]),
+        ("lead", vec!["backup", "staging"]),
         ("lead", vec!["lock", "production", "freeze"]),
         ("lead", vec!["unlock", "production"]),
         (

@@ -775,3 +775,83 @@ async fn unlocking_what_a_stopped_restore_left_makes_the_queue_follow_the_databa
     assert_eq!(reconciled, 1, "{audit}");
     app.stop().await;
 }
+
+/// A backup on demand (the legacy backup-database.sh and `migrate --backup`): operators only,
+/// audited as theirs, listed first, restorable like the workers' backups.
+#[tokio::test]
+async fn a_backup_taken_on_demand_is_listed_and_restorable() {
+    let app = spawn_app_with(options(Backend::Postgres)).await;
+    let id = apply_to_staging(
+        &app,
+        "notes",
+        "CREATE TABLE notes (id int PRIMARY KEY, body text);\nINSERT INTO notes VALUES (1, 'kept');",
+        "DROP TABLE notes;",
+    )
+    .await;
+    let before = backups(&app, "staging").await.len();
+    let (status, refused) = app
+        .post("dev", "/api/v1/environments/staging/backups", json!({}))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{refused}");
+    let (status, taken) = app
+        .post("lead", "/api/v1/environments/staging/backups", json!({}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{taken}");
+    assert!(taken["size_bytes"].as_u64().unwrap() > 0, "{taken}");
+    let listed = backups(&app, "staging").await;
+    assert_eq!(listed.len(), before + 1);
+    assert_eq!(listed[0]["file"], taken["file"]);
+    let (_, audit) = app
+        .get("lead", "/api/v1/audit?environment=staging&limit=5000")
+        .await;
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["action"] == "backup_taken" && a["actor"] == "lead"),
+        "{audit}"
+    );
+    // The CLI: `backup`, and `migrate --backup` (a backup first, whatever backup_required).
+    let dir = tempfile::tempdir().unwrap();
+    let cli = crate::cli::sluice(&app, Some("lead"), dir.path(), &["backup", "staging"]).await;
+    crate::cli::ok(&cli);
+    assert!(
+        cli.stdout.contains("staging: backup taken: "),
+        "{}",
+        cli.stdout
+    );
+    let migrated = crate::cli::sluice(
+        &app,
+        Some("lead"),
+        dir.path(),
+        &["migrate", "development", "--backup"],
+    )
+    .await;
+    crate::cli::ok(&migrated);
+    assert!(
+        migrated
+            .stdout
+            .contains("development: backup taken before migrating"),
+        "{}",
+        migrated.stdout
+    );
+    assert_eq!(backups(&app, "staging").await.len(), before + 2);
+    // Data changes after the backup, then the backup is restored: the row is back.
+    let client = app.targets["staging"].client().await;
+    client.execute("DELETE FROM notes", &[]).await.unwrap();
+    let (status, done) = app
+        .post(
+            "lead",
+            "/api/v1/environments/staging/restore",
+            json!({"backup": file_name(&taken), "confirm": "staging"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{done}");
+    assert_eq!(
+        pg_rows(&app, "staging", "SELECT body FROM notes").await,
+        ["kept"]
+    );
+    assert_eq!(done["undone"], json!([]), "{id} is in the backup: {done}");
+    app.stop().await;
+}

@@ -18,9 +18,34 @@ pub(super) async fn remote(
         Command::Migrate {
             environment,
             wait,
+            backup,
             force: _,
             emergency,
-        } => migrate(client, &environment, wait, emergency, output, yes).await,
+        } => {
+            let how = MigrateHow {
+                wait,
+                backup,
+                emergency,
+                output,
+                yes,
+            };
+            migrate(client, &environment, how).await
+        }
+        Command::Backup { environment } => {
+            let b = take_backup(client, &environment).await?;
+            match output {
+                Output::Json => print_json(&b),
+                Output::Table => {
+                    println!(
+                        "{environment}: backup taken: {} ({})",
+                        b.file,
+                        b.size_bytes
+                            .map_or("size unknown".to_owned(), |s| format!("{s} bytes"))
+                    );
+                    Ok(())
+                }
+            }
+        }
         Command::Status {
             environment,
             verbose,
@@ -709,6 +734,19 @@ pub(super) async fn remote(
         | Command::Context { .. }
         | Command::Completions { .. } => unreachable!("offline commands run before connecting"),
     }
+}
+
+/// Takes a backup of the environment's database now.
+pub(super) async fn take_backup(client: &mut Client, environment: &str) -> CliResult<pb::Backup> {
+    let request = client.request(pb::TakeBackupRequest {
+        environment: environment.to_owned(),
+    })?;
+    Ok(client
+        .inner
+        .take_backup(request)
+        .await
+        .map_err(|s| client.failed(s))?
+        .into_inner())
 }
 
 /// A migration with its deployments.
