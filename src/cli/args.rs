@@ -128,8 +128,15 @@ pub(super) enum Command {
         /// With --emergency: approve everything awaiting approval there without the full set.
         #[arg(long, requires = "emergency")]
         force: bool,
-        /// The reason for an emergency override (needs --force).
-        #[arg(long, requires = "force", value_name = "REASON")]
+        /// The reason for an emergency override (needs --force; asked at a terminal when
+        /// `--emergency` comes without one, as the legacy tool allowed).
+        #[arg(
+            long,
+            requires = "force",
+            value_name = "REASON",
+            num_args = 0..=1,
+            default_missing_value = ""
+        )]
         emergency: Option<String>,
     },
     /// An environment's queue, pending approvals, lock and last applied migration.
@@ -158,8 +165,15 @@ pub(super) enum Command {
         /// With --emergency: mark the rollback as an emergency (the seed's flags).
         #[arg(long, requires = "emergency")]
         force: bool,
-        /// The emergency's reason, recorded as the rollback's reason (needs --force).
-        #[arg(long, requires = "force", value_name = "REASON")]
+        /// The emergency's reason, recorded as the rollback's reason (needs --force; asked at
+        /// a terminal when `--emergency` comes without one, as the legacy tool allowed).
+        #[arg(
+            long,
+            requires = "force",
+            value_name = "REASON",
+            num_args = 0..=1,
+            default_missing_value = ""
+        )]
         emergency: Option<String>,
         /// Follow the rollback until it finishes.
         #[arg(long)]

@@ -71,3 +71,32 @@ fn confirm_or(yes: bool, plan: &str, ask: Ask, flag: &str) -> CliResult {
 pub(super) fn terminal_failed(e: dialoguer::Error) -> Failure {
     Failure::operation(format!("cannot read the terminal: {e}"))
 }
+
+/// The reason an `--emergency` needs: the one given, else asked at a terminal; without a
+/// terminal an empty reason is a usage error (it is recorded and sent to the channels).
+pub(super) fn emergency_reason(given: Option<String>) -> CliResult<Option<String>> {
+    let Some(given) = given else {
+        return Ok(None);
+    };
+    if !given.trim().is_empty() {
+        return Ok(Some(given.trim().to_owned()));
+    }
+    let terminal = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+    if !terminal {
+        return Err(Failure::usage(
+            "--emergency needs a reason: --emergency \"<why>\" (it is recorded, sent to the channels and owed a review)",
+        ));
+    }
+    let reason: String = dialoguer::Input::with_theme(&dialoguer::theme::SimpleTheme)
+        .with_prompt("Reason for the emergency")
+        .validate_with(|r: &String| {
+            if r.trim().is_empty() {
+                Err("a reason is required")
+            } else {
+                Ok(())
+            }
+        })
+        .interact_text()
+        .map_err(terminal_failed)?;
+    Ok(Some(reason.trim().to_owned()))
+}

@@ -241,7 +241,13 @@ async fn run(cli: Cli) -> CliResult {
         Command::Validate { scripts, dialect } => validate(&scripts, dialect.into(), format),
         Command::New(args) => new_migration(args, output),
         Command::Context { name } => context::command(name, output),
-        command => {
+        mut command => {
+            // What the user must still say comes before any connection: an emergency's reason.
+            if let Command::Migrate { emergency, .. } | Command::Rollback { emergency, .. } =
+                &mut command
+            {
+                *emergency = emergency_reason(emergency.take())?;
+            }
             let (server, token) = context::resolve(cli.server, cli.token, cli.context)?;
             let mut client = Client::connect(&server, token).await?;
             remote(&mut client, command, output, cli.yes).await

@@ -542,3 +542,89 @@ async fn ctrl_c_during_migrate_wait_leaves_the_deployment_running() {
         .await;
     assert!(app.table_exists("development", "slow_done").await);
 }
+
+/// The legacy `rollback <env> <id> --force --emergency` (no reason): at a terminal the reason
+/// is asked for; without one it is a usage error before anything is sent.
+#[tokio::test]
+async fn an_emergency_without_a_reason_is_asked_for_one() {
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path().to_owned();
+    std::fs::create_dir_all(dir.join("scripts")).unwrap();
+    std::fs::create_dir_all(dir.join("rollbacks")).unwrap();
+    std::fs::write(
+        dir.join("scripts/001_20261129_000000_sprockets.sql"),
+        "-- Migration: 001_20261129_000000_sprockets\n-- Type: SCHEMA_CHANGE\n-- Description: sprockets\n-- Risk: LOW\n-- Ticket: T-9\nCREATE TABLE sprockets (id int);\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("rollbacks/001_20261129_000000_sprockets_rollback.sql"),
+        "DROP TABLE sprockets;\n",
+    )
+    .unwrap();
+    let id = first_id(
+        &sluice(
+            &app,
+            Some("dev"),
+            &dir,
+            &["submit", "scripts/001_20261129_000000_sprockets.sql"],
+        )
+        .await
+        .stdout,
+    );
+    app.wait_for_state(&format!("{id}@development"), &["applied"])
+        .await;
+    let unasked = sluice(
+        &app,
+        Some("lead"),
+        &dir,
+        &[
+            "rollback",
+            "development",
+            &id,
+            "--force",
+            "--emergency",
+            "--yes",
+        ],
+    )
+    .await;
+    assert_eq!(unasked.code, 2, "{}", unasked.stderr);
+    assert!(
+        unasked.stderr.contains("--emergency needs a reason"),
+        "{}",
+        unasked.stderr
+    );
+    let env = vec![
+        (
+            "SLUICE_ADDR",
+            format!("http://{}", app.running.as_ref().unwrap().grpc_addr),
+        ),
+        ("SLUICE_TOKEN", app.token("lead").to_owned()),
+    ];
+    let args = [
+        "rollback".to_owned(),
+        "development".into(),
+        id.clone(),
+        "--force".into(),
+        "--emergency".into(),
+        "--yes".into(),
+    ];
+    let (code, said) = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut p = at_terminal(&args, &dir, &env);
+        p.exp_string("Reason for the emergency").unwrap();
+        p.send_line("disk filling up").unwrap();
+        let rest = p.exp_eof().unwrap();
+        (exit_code(&mut p), rest)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{said}");
+    app.wait_for_state(&format!("{id}@development"), &["rolled_back"])
+        .await;
+    let (_, audit) = app.get("lead", "/api/v1/audit?actor=lead").await;
+    assert!(
+        audit.to_string().contains("EMERGENCY: disk filling up"),
+        "{audit}"
+    );
+}
