@@ -248,7 +248,18 @@ pub(super) fn command(use_context: Option<String>, output: Output) -> CliResult 
 fn set_current(path: &Path, name: &str) -> CliResult {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Failure::operation(format!("{}: cannot read: {e}", path.display())))?;
-    let line = format!("current_context: {name}");
+    // A plain name stays plain; any other is written as a YAML double-quoted string.
+    let plain = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    let line = if plain {
+        format!("current_context: {name}")
+    } else {
+        format!(
+            "current_context: {}",
+            serde_json::to_string(name).unwrap_or_default()
+        )
+    };
     let mut replaced = false;
     let mut lines: Vec<String> = text
         .lines()

@@ -122,6 +122,24 @@ async fn contexts_pick_the_daemon_and_token_and_flags_win() {
     );
     let now_away = cli(&config, &[], &["whoami"]).await;
     assert_eq!(now_away.code, 3, "{}", now_away.stderr);
+    // A name YAML would misread unquoted (": ", "#") is written quoted and reads back.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace(
+            "contexts:\n",
+            &format!(
+                "contexts:\n  \"odd: name #1\":\n    server: {addr}\n    token_command: cat {}\n",
+                token_file.display()
+            ),
+        ),
+    )
+    .unwrap();
+    let odd = cli(&config, &[], &["context", "odd: name #1"]).await;
+    assert_eq!(odd.code, 0, "{}", odd.stderr);
+    let me = cli(&config, &[], &["whoami"]).await;
+    assert_eq!(me.code, 0, "{}", me.stderr);
+    assert!(me.stdout.contains("lead"), "{}", me.stdout);
 
     // A broken file is named with its line; nothing else is tried.
     std::fs::write(&config, "contexts:\n  local:\n    sever: x\n").unwrap();
