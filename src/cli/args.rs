@@ -139,14 +139,15 @@ pub(super) enum Command {
         )]
         emergency: Option<String>,
     },
-    /// An environment's queue, pending approvals, lock and last applied migration.
+    /// An environment's queue, pending approvals, lock and last applied migration; without an
+    /// environment, a line for each.
     #[command(
-        after_help = "Examples:\n  sluice status production\n  sluice status staging --verbose     # approvals, deadlines, errors\n  sluice status development -o json"
+        after_help = "Examples:\n  sluice status                 # every environment, a line each\n  sluice status production\n  sluice status staging --verbose     # approvals, deadlines, errors\n  sluice status development -o json"
     )]
     Status {
-        /// The environment.
+        /// The environment (without one: a line per environment, in promotion order).
         #[arg(add = ArgValueCandidates::new(completion::environments))]
-        environment: String,
+        environment: Option<String>,
         /// Each deployment's approvals, deadline, error and dry run too.
         #[arg(long)]
         verbose: bool,

@@ -28,8 +28,13 @@ pub(super) fn print_json_line<T: serde::Serialize>(value: &T) -> CliResult {
 /// yellow, moving cyan, undone magenta); plain when piped or when NO_COLOR is set. Padding
 /// (`{:<18}`) applies to the text, not the colour codes.
 pub(super) fn paint(state: &str) -> console::StyledObject<&str> {
-    let styled = console::style(state).for_stdout();
-    match state {
+    paint_as(state, state)
+}
+
+/// `text` in the colour of the deployment state `like`.
+pub(super) fn paint_as<'a>(text: &'a str, like: &str) -> console::StyledObject<&'a str> {
+    let styled = console::style(text).for_stdout();
+    match like {
         "applied" => styled.green(),
         "failed" | "rejected" | "expired" | "blocked" => styled.red(),
         "awaiting_approval" | "approved" => styled.yellow(),
@@ -64,6 +69,70 @@ pub(super) fn still_needed(d: &pb::Deployment) -> String {
         return "no more approval".into();
     }
     parts.join(", ")
+}
+
+/// `sluice status` without an environment: one line each, in promotion order, saying what
+/// holds it (lock, halt, freeze, unreachable target, drift) and what waits.
+pub(super) fn print_overview(environments: &[pb::EnvironmentStatus]) {
+    let width = environments
+        .iter()
+        .map(|e| e.name.len())
+        .max()
+        .unwrap_or(0)
+        .max("environment".len());
+    println!(
+        "{:<width$}  {:<8}  {:>8}  {:>8}  {:<40}  note",
+        "environment", "state", "waiting", "queued", "last applied"
+    );
+    for e in environments {
+        let (state, note) = if let Some(lock) = &e.lock {
+            (
+                "locked",
+                format!("by {}: {}", lock.locked_by, printable(&lock.reason)),
+            )
+        } else if let Some(halted) = &e.halted_by {
+            ("halted", format!("by {halted}"))
+        } else if let Some(freeze) = &e.freeze {
+            (
+                "frozen",
+                format!("{} until {}", freeze.window, freeze.until),
+            )
+        } else if let Some(error) = &e.target_error {
+            ("down", printable(error))
+        } else {
+            ("ok", String::new())
+        };
+        let mut note = note;
+        if let Some(drift) = &e.drift {
+            if !note.is_empty() {
+                note.push_str("; ");
+            }
+            note.push_str(&format!("drift: {} changes", drift.difference_count));
+        }
+        let queued = e
+            .queue
+            .iter()
+            .filter(|d| d.state != "awaiting_approval")
+            .count();
+        let last = e
+            .last_applied
+            .as_ref()
+            .map_or("none".to_owned(), |d| d.migration_id.clone());
+        let shown = match state {
+            "ok" => paint_as(state, "applied"),
+            "locked" | "frozen" => paint_as(state, "awaiting_approval"),
+            _ => paint_as(state, "failed"),
+        };
+        println!(
+            "{:<width$}  {:<8}  {:>8}  {:>8}  {:<40}  {}",
+            e.name,
+            shown,
+            e.pending_approvals.len(),
+            queued,
+            last,
+            note
+        );
+    }
 }
 
 pub(super) fn print_status(status: &pb::EnvironmentStatus, verbose: bool) {

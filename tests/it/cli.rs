@@ -1371,3 +1371,39 @@ async fn json_output_is_json_for_errors_and_empty_migrations_too() {
     assert_eq!(parsed["environment"], "development", "{parsed}");
     app.stop().await;
 }
+
+/// `sluice status` without an environment: a line per environment in promotion order, saying
+/// what holds each (here a lock) and how many wait.
+#[tokio::test]
+async fn status_without_an_environment_gives_a_line_each() {
+    let app = spawn_app().await;
+    let dir = std::env::temp_dir();
+    ok(&sluice(
+        &app,
+        Some("lead"),
+        &dir,
+        &["lock", "staging", "quarter close"],
+    )
+    .await);
+    let all = sluice(&app, Some("dev"), &dir, &["status"]).await;
+    ok(&all);
+    let lines: Vec<&str> = all.stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{}", all.stdout);
+    assert!(lines[0].starts_with("environment "), "{}", all.stdout);
+    let names: Vec<&str> = lines[1..]
+        .iter()
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(names, ["development", "staging", "production"]);
+    assert!(
+        lines[2].contains("locked") && lines[2].contains("by lead: quarter close"),
+        "{}",
+        all.stdout
+    );
+    assert!(lines[1].contains(" ok "), "{}", all.stdout);
+    let json = sluice(&app, Some("dev"), &dir, &["-o", "json", "status"]).await;
+    ok(&json);
+    let list: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 3, "{list}");
+    assert_eq!(list[1]["lock"]["reason"], "quarter close", "{list}");
+}

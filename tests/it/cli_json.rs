@@ -126,6 +126,7 @@ async fn every_command_prints_one_json_document() {
         ("dev", vec!["submit", script]),
         ("dev", vec!["migrate", "development", "--wait"]),
         ("dev", vec!["status", "development", "--verbose"]),
+        ("dev", vec!["status"]),
         ("dev", vec!["show", id, "--log"]),
         ("dev", vec!["history"]),
         ("dev", vec!["history", "staging"]),

@@ -47,7 +47,26 @@ pub(super) async fn remote(
             }
         }
         Command::Status {
-            environment,
+            environment: None,
+            verbose: _,
+        } => {
+            let request = client.request(pb::ListEnvironmentsRequest {})?;
+            let list = client
+                .inner
+                .list_environments(request)
+                .await
+                .map_err(|s| client.failed(s))?
+                .into_inner();
+            match output {
+                Output::Json => print_json(&list.environments),
+                Output::Table => {
+                    print_overview(&list.environments);
+                    Ok(())
+                }
+            }
+        }
+        Command::Status {
+            environment: Some(environment),
             verbose,
         } => {
             let status = environment_status(client, &environment).await?;
