@@ -435,6 +435,10 @@ pub(super) enum Command {
         #[arg(long)]
         log: bool,
     },
+    /// What awaits your approval: every deployment, in every environment, still needing a
+    /// role you hold (and that you have not approved), with the command to approve it.
+    #[command(after_help = "Examples:\n  sluice pending\n  sluice pending -o json")]
+    Pending,
     /// Who the token is (user and roles), which daemon answers and its version.
     #[command(
         after_help = "Examples:\n  sluice whoami\n  SLUICE_ADDR=http://sluice.internal:50051 sluice whoami"

@@ -1407,3 +1407,80 @@ async fn status_without_an_environment_gives_a_line_each() {
     assert_eq!(list.as_array().unwrap().len(), 3, "{list}");
     assert_eq!(list[1]["lock"]["reason"], "quarter close", "{list}");
 }
+
+/// `sluice pending`: what awaits the caller's approval, across environments, with the command
+/// to give it; gone once they approved.
+#[tokio::test]
+async fn pending_lists_what_awaits_the_callers_approval() {
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    std::fs::create_dir_all(dir.join("scripts")).unwrap();
+    std::fs::write(
+        dir.join("scripts/001_20261129_000000_inbox.sql"),
+        "-- Migration: 001_20261129_000000_inbox\n-- Type: SCHEMA_CHANGE\n-- Description: inbox\n-- Risk: LOW\n-- Ticket: T-1\nCREATE TABLE inbox (id int);\n",
+    )
+    .unwrap();
+    ok(&sluice(
+        &app,
+        Some("dev"),
+        dir,
+        &["submit", "scripts/001_20261129_000000_inbox.sql"],
+    )
+    .await);
+    let id = "001_20261129_000000_inbox";
+    let ops1 = sluice(&app, Some("ops1"), dir, &["pending"]).await;
+    ok(&ops1);
+    assert!(
+        ops1.stdout
+            .contains(&format!("{id}@staging  low risk, by dev"))
+            && ops1
+                .stdout
+                .contains(&format!("sluice approve {id} data_ops ops1"))
+            && !ops1.stdout.contains("@production"),
+        "{}",
+        ops1.stdout
+    );
+    let dba = sluice(&app, Some("dba"), dir, &["-o", "json", "pending"]).await;
+    ok(&dba);
+    let list: serde_json::Value = serde_json::from_str(&dba.stdout).unwrap();
+    assert_eq!(
+        list[0]["deployment_id"],
+        format!("{id}@production"),
+        "{list}"
+    );
+    assert_eq!(list[0]["you_can_approve_as"], serde_json::json!(["dba"]));
+    ok(&sluice(
+        &app,
+        Some("ops1"),
+        dir,
+        &[
+            "approve",
+            id,
+            "data_ops",
+            "ops1",
+            "ok",
+            "--environment",
+            "staging",
+        ],
+    )
+    .await);
+    let after = sluice(&app, Some("ops1"), dir, &["pending"]).await;
+    assert!(
+        after.stdout.contains("nothing awaits your approval"),
+        "{}",
+        after.stdout
+    );
+    let ops2 = sluice(&app, Some("ops2"), dir, &["pending"]).await;
+    assert!(
+        ops2.stdout.contains(&format!("{id}@staging")),
+        "{}",
+        ops2.stdout
+    );
+    let dev = sluice(&app, Some("dev"), dir, &["pending"]).await;
+    assert!(
+        dev.stdout.contains("nothing awaits your approval"),
+        "{}",
+        dev.stdout
+    );
+}

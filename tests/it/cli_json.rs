@@ -127,6 +127,7 @@ async fn every_command_prints_one_json_document() {
         ("dev", vec!["migrate", "development", "--wait"]),
         ("dev", vec!["status", "development", "--verbose"]),
         ("dev", vec!["status"]),
+        ("ops2", vec!["pending"]),
         ("dev", vec!["show", id, "--log"]),
         ("dev", vec!["history"]),
         ("dev", vec!["history", "staging"]),

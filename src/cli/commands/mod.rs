@@ -525,6 +525,7 @@ pub(super) async fn remote(
             environment,
             log,
         } => super::render::show(client, &migration_id, environment.as_deref(), log, output).await,
+        Command::Pending => pending(client, output).await,
         Command::Whoami => {
             let me = who_am_i(client).await?;
             match output {
@@ -753,6 +754,96 @@ pub(super) async fn remote(
         | Command::Context { .. }
         | Command::Completions { .. } => unreachable!("offline commands run before connecting"),
     }
+}
+
+/// `sluice pending`: the deployments still needing a role the caller holds, which they have
+/// not approved yet, in promotion order.
+async fn pending(client: &mut Client, output: Output) -> CliResult {
+    let me = who_am_i(client).await?;
+    let request = client.request(pb::ListEnvironmentsRequest {})?;
+    let environments = client
+        .inner
+        .list_environments(request)
+        .await
+        .map_err(|s| client.failed(s))?
+        .into_inner()
+        .environments;
+    let mut rows = Vec::new();
+    let mut authors: BTreeMap<String, String> = BTreeMap::new();
+    for env in &environments {
+        for d in &env.pending_approvals {
+            let mut roles: Vec<&String> = d
+                .missing_roles
+                .iter()
+                .filter(|r| me.roles.contains(r))
+                .collect();
+            if d.additional_approvals_needed > 0 {
+                roles.extend(d.required_roles.iter().filter(|r| me.roles.contains(r)));
+            }
+            roles.sort();
+            roles.dedup();
+            let approved = d
+                .approvals
+                .iter()
+                .any(|a| a.current && a.approver == me.name);
+            if roles.is_empty() || approved {
+                continue;
+            }
+            if !authors.contains_key(&d.migration_id) {
+                let author = migration_of(client, &d.migration_id).await?.author;
+                authors.insert(d.migration_id.clone(), author);
+            }
+            rows.push((d, roles));
+        }
+    }
+    if output == Output::Json {
+        let list: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(d, roles)| {
+                serde_json::json!({
+                    "deployment_id": d.id,
+                    "migration_id": d.migration_id,
+                    "environment": d.environment,
+                    "effective_risk": d.effective_risk,
+                    "author": authors.get(&d.migration_id),
+                    "deadline_at": d.deadline_at,
+                    "missing_roles": d.missing_roles,
+                    "additional_approvals_needed": d.additional_approvals_needed,
+                    "you_can_approve_as": roles,
+                    "checksum": d.checksum,
+                })
+            })
+            .collect();
+        return print_json(&list);
+    }
+    if rows.is_empty() {
+        println!(
+            "nothing awaits your approval ({}: {})",
+            me.name,
+            me.roles.join(", ")
+        );
+        return Ok(());
+    }
+    for (d, roles) in &rows {
+        let author = authors.get(&d.migration_id).map_or("", String::as_str);
+        let own = if author == me.name {
+            " (yours: where self-approval is off, another must sign)"
+        } else {
+            ""
+        };
+        println!(
+            "{}  {} risk, by {author}{own}; needs {}; deadline {}",
+            d.id,
+            d.effective_risk,
+            still_needed(d),
+            d.deadline_at.text()
+        );
+        println!(
+            "  sluice show {} {}   then   sluice approve {} {} {} \"<what you checked>\" --environment {}",
+            d.migration_id, d.environment, d.migration_id, roles[0], me.name, d.environment
+        );
+    }
+    Ok(())
 }
 
 /// Takes a backup of the environment's database now.
