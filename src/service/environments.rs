@@ -423,11 +423,10 @@ impl Service {
         status.drift = self.recorded_drift(&mut conn, env.name.as_str()).await?;
         let cancelled = self
             .store
-            .deployments_in_states(&mut conn, env.name.as_str(), &[DeploymentState::Cancelled])
+            .cancelled_step_by_step(&mut conn, env.name.as_str())
             .await?;
         for d in cancelled
             .iter()
-            .rev()
             .filter(|d| super::lifecycle::partly_applied(d).is_some())
             .take(20)
         {

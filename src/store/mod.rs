@@ -712,6 +712,25 @@ impl Store {
         rows.iter().map(deployment_from_row).collect()
     }
 
+    /// Cancelled deployments of an environment that ran statement by statement (the only ones
+    /// that can have left part of their script applied), newest first: the environment status
+    /// reads these, not every cancelled deployment there ever was.
+    pub async fn cancelled_step_by_step(
+        &self,
+        conn: &mut AnyConnection,
+        environment: &str,
+    ) -> Result<Vec<DeploymentRow>, StoreError> {
+        let sql = format!(
+            "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE environment = $1 AND state = $2 AND transactional = 0 ORDER BY seq DESC"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(environment)
+            .bind(DeploymentState::Cancelled.as_str())
+            .fetch_all(conn)
+            .await?;
+        rows.iter().map(deployment_from_row).collect()
+    }
+
     /// The states of the given migrations' deployments in one environment.
     pub async fn states_in_environment(
         &self,
