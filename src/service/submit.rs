@@ -406,36 +406,8 @@ impl Service {
         request: SubmitRequest,
         checksum: &str,
     ) -> Result<(MigrationView, bool)> {
-        let fields = [
-            ("kind", existing.kind.as_str(), request.kind.as_str()),
-            (
-                "description",
-                existing.description.as_str(),
-                request.description.trim(),
-            ),
-            (
-                "risk",
-                existing.declared_risk.as_str(),
-                request.risk.as_str(),
-            ),
-            ("ticket", existing.ticket.as_str(), request.ticket.trim()),
-            (
-                "estimated_duration",
-                existing.estimated_duration.as_str(),
-                request.estimated_duration.trim(),
-            ),
-        ];
-        if let Some((field, was, now)) = fields.iter().find(|(_, was, now)| was != now) {
-            return Err(ServiceError::Conflict(format!(
-                "migration {} exists with {field} \"{was}\", not \"{now}\"; a resubmission may change only its scripts (submit it under another id for a new migration)",
-                existing.id
-            )));
-        }
-        if existing.depends_on != request.depends_on {
-            return Err(ServiceError::Conflict(format!(
-                "migration {} exists with other depends_on; a resubmission may change only its scripts",
-                existing.id
-            )));
+        if let Some(refusal) = metadata_conflict(&existing, &request) {
+            return Err(ServiceError::Conflict(refusal));
         }
         if existing.checksum == checksum {
             return Ok((self.migration(&existing.id).await?, false));
@@ -643,6 +615,43 @@ pub struct BatchItemError {
     pub message: String,
 }
 
+/// Why a resubmission with this metadata is refused: only a migration's scripts may change
+/// after it is submitted.
+fn metadata_conflict(existing: &MigrationRow, request: &SubmitRequest) -> Option<String> {
+    let fields = [
+        ("kind", existing.kind.as_str(), request.kind.as_str()),
+        (
+            "description",
+            existing.description.as_str(),
+            request.description.trim(),
+        ),
+        (
+            "risk",
+            existing.declared_risk.as_str(),
+            request.risk.as_str(),
+        ),
+        ("ticket", existing.ticket.as_str(), request.ticket.trim()),
+        (
+            "estimated_duration",
+            existing.estimated_duration.as_str(),
+            request.estimated_duration.trim(),
+        ),
+    ];
+    if let Some((field, was, now)) = fields.iter().find(|(_, was, now)| was != now) {
+        return Some(format!(
+            "migration {} exists with {field} \"{was}\", not \"{now}\"; a resubmission may change only its scripts (submit it under another id for a new migration)",
+            existing.id
+        ));
+    }
+    if existing.depends_on != request.depends_on {
+        return Some(format!(
+            "migration {} exists with other depends_on; a resubmission may change only its scripts",
+            existing.id
+        ));
+    }
+    None
+}
+
 /// What a batch submission made.
 #[derive(Debug, Clone, serde::Serialize, PartialEq, utoipa::ToSchema)]
 pub struct BatchResult {
@@ -714,7 +723,13 @@ impl Service {
             if let Some(given) = &id
                 && let Some(existing) = self.store.migration(&mut tx, given).await?
             {
-                if existing.checksum == p.scripts.checksum {
+                if let Some(refusal) = metadata_conflict(&existing, &p.request) {
+                    errors.push(BatchItemError {
+                        index,
+                        id: id.clone(),
+                        message: refusal,
+                    });
+                } else if existing.checksum == p.scripts.checksum {
                     unchanged.push(given.clone());
                 } else {
                     errors.push(BatchItemError {

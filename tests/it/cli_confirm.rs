@@ -70,8 +70,9 @@ async fn submit_tells_the_risk_and_amends_a_changed_file_after_showing_its_diff(
     for expected in [
         "001_20261129_000000_flags exists with other scripts; submitting amends it",
         "every approval is void",
-        "-UPDATE missing_flags SET flag = 1;",
-        "+CREATE TABLE flags (id int, flag int);",
+        // Real lines, not escaped ones.
+        "\n-UPDATE missing_flags SET flag = 1;\n",
+        "\n+CREATE TABLE flags (id int, flag int);\n",
         "add --yes",
     ] {
         assert!(
@@ -626,5 +627,58 @@ async fn an_emergency_without_a_reason_is_asked_for_one() {
     assert!(
         audit.to_string().contains("EMERGENCY: disk filling up"),
         "{audit}"
+    );
+}
+
+/// A file submitted again with the same scripts but another header (the risk raised, say) is
+/// not "unchanged": a submitted migration's metadata cannot change, and the answer says which
+/// field and what to do (before, the batch answered "unchanged" and kept the old risk).
+#[tokio::test]
+async fn a_changed_header_with_the_same_scripts_is_refused_not_unchanged() {
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    std::fs::create_dir_all(dir.join("scripts")).unwrap();
+    let script = dir.join("scripts/001_20261129_000000_meta.sql");
+    let text = "-- Migration: 001_20261129_000000_meta\n-- Type: SCHEMA_CHANGE\n-- Description: meta\n-- Risk: LOW\n-- Ticket: T-1\nCREATE TABLE meta (id int);\n";
+    std::fs::write(&script, text).unwrap();
+    let script = script.to_str().unwrap();
+    ok(&sluice(&app, Some("dev"), dir, &["submit", script]).await);
+    std::fs::write(script, text.replace("-- Risk: LOW", "-- Risk: HIGH")).unwrap();
+    let again = sluice(&app, Some("dev"), dir, &["submit", script]).await;
+    assert_eq!(again.code, 1, "{}{}", again.stdout, again.stderr);
+    assert!(
+        again.stderr.contains(script) && again.stderr.contains("risk \"low\", not \"high\""),
+        "{}",
+        again.stderr
+    );
+    let (_, m) = app
+        .get("dev", "/api/v1/migrations/001_20261129_000000_meta")
+        .await;
+    assert_eq!(m["declared_risk"], "low", "{m}");
+    // Over REST, a batch with the same scripts and another risk: refused too (it answered
+    // "unchanged" before).
+    let (status, answer) = app
+        .post(
+            "dev",
+            "/api/v1/migrations:batch",
+            serde_json::json!({"migrations": [{
+                "id": "001_20261129_000000_meta",
+                "kind": "schema_change",
+                "description": "meta",
+                "risk": "high",
+                "ticket": "T-1",
+                "estimated_duration": "5m",
+                "up_sql": m["up_sql"],
+                "down_sql": m["down_sql"],
+            }]}),
+        )
+        .await;
+    assert_eq!(status, 422, "{answer}");
+    assert!(
+        answer
+            .to_string()
+            .contains("risk \\\"low\\\", not \\\"high\\\""),
+        "{answer}"
     );
 }

@@ -153,6 +153,13 @@ pub(in crate::cli) async fn submit(
             && let Some(existing) = existing_migration(client, id).await?
             && (existing.up_sql != request.up_sql || existing.down_sql != request.down_sql)
         {
+            // Only the scripts of a submitted migration may change: said before asking.
+            if let Some((field, was, now)) = metadata_change(&existing, &request) {
+                return Err(Failure::operation(format!(
+                    "{}: {id} exists with {field} \"{was}\", not \"{now}\": a submitted migration's scripts may be amended, not its {field}; for a new migration, `sluice new` gives it another id",
+                    path.display()
+                )));
+            }
             amends.push((path.clone(), existing, request));
             continue;
         }
@@ -242,6 +249,39 @@ async fn existing_migration(client: &mut Client, id: &str) -> CliResult<Option<p
     }
 }
 
+/// The first header field a file changes against the submitted migration, if any.
+fn metadata_change(
+    existing: &pb::Migration,
+    request: &pb::SubmitMigrationRequest,
+) -> Option<(&'static str, String, String)> {
+    [
+        ("kind", existing.kind.clone(), request.kind.clone()),
+        (
+            "description",
+            existing.description.trim().to_owned(),
+            request.description.trim().to_owned(),
+        ),
+        ("risk", existing.declared_risk.clone(), request.risk.clone()),
+        (
+            "ticket",
+            existing.ticket.trim().to_owned(),
+            request.ticket.trim().to_owned(),
+        ),
+        (
+            "estimated_duration",
+            existing.estimated_duration.trim().to_owned(),
+            request.estimated_duration.trim().to_owned(),
+        ),
+        (
+            "depends_on",
+            existing.depends_on.join(", "),
+            request.depends_on.join(", "),
+        ),
+    ]
+    .into_iter()
+    .find(|(_, was, now)| was != now)
+}
+
 /// What amending a migration with a file's scripts changes: a unified diff of each script.
 fn amend_plan(
     path: &Path,
@@ -265,8 +305,11 @@ fn amend_plan(
                 &format!("{label} ({})", path.display()),
             )
             .to_string();
-        plan.push('\n');
-        plan.push_str(&printable(text.trim_end()));
+        // Each line shown, not obeyed (a script may hold terminal escapes); the lines kept.
+        for line in text.trim_end().lines() {
+            plan.push('\n');
+            plan.push_str(&printable(line));
+        }
     };
     diff("up", &existing.up_sql, &request.up_sql);
     diff(
