@@ -30,12 +30,17 @@ pub(super) async fn migrate(client: &mut Client, environment: &str, how: Migrate
         // What will run, said first: an emergency override anywhere (the environment's name
         // typed back), a release in the last environment of the promotion order (production,
         // usually: y/N).
-        let last = environment_names(client).await?.pop().unwrap_or_default();
         let approved: Vec<&pb::Deployment> = status
             .queue
             .iter()
             .filter(|d| d.state == "approved")
             .collect();
+        // Asked of the daemon only when something would run.
+        let last = if approved.is_empty() {
+            String::new()
+        } else {
+            environment_names(client).await?.pop().unwrap_or_default()
+        };
         let mut plan = String::new();
         if let Some(reason) = &emergency
             && !overrides.is_empty()
