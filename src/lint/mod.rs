@@ -945,10 +945,11 @@ fn split_at_semicolons(sql: &str, sqlite: bool) -> Vec<Statement> {
     let mut offset = 0usize;
     let mut line = 1usize;
     let mut first: Option<(usize, usize)> = None;
-    // SQLite's `CREATE TRIGGER ... BEGIN ...; ...; END`: the body's semicolons end nothing.
-    // The statement's leading words tell a trigger; BEGIN and CASE open, END closes.
+    // SQLite's `CREATE TRIGGER ... BEGIN ...; ...; END;`: SQLite's own rule (sqlite3_complete):
+    // in a trigger, a semicolon ends the statement only right after the word END. Names such
+    // as `begin` open nothing, so nothing after the trigger's END can be swallowed by it.
     let mut words: Vec<String> = Vec::new();
-    let mut depth = 0usize;
+    let mut last_word_is_end = false;
     for token in tokenize(sql) {
         let len = token.len as usize;
         let text = &sql[offset..offset + len];
@@ -956,35 +957,35 @@ fn split_at_semicolons(sql: &str, sqlite: bool) -> Vec<Statement> {
         line += text.matches('\n').count();
         offset += len;
         if token.kind == TokenKind::Semi {
-            if depth > 0 {
+            let trigger = sqlite
+                && matches!(
+                    words.iter().map(String::as_str).collect::<Vec<_>>()[..],
+                    ["CREATE", "TRIGGER", ..] | ["CREATE", "TEMP" | "TEMPORARY", "TRIGGER", ..]
+                );
+            if trigger && !last_word_is_end {
                 continue;
             }
             if let Some((start, first_line)) = first.take() {
                 push_statement(&mut statements, &sql[start..offset - len], first_line);
             }
             words.clear();
+            last_word_is_end = false;
             continue;
         }
-        if !is_trivia(token.kind) && first.is_none() {
+        if is_trivia(token.kind) {
+            continue;
+        }
+        if first.is_none() {
             first = Some((offset - len, token_line));
         }
-        if token.kind == TokenKind::Ident {
-            let word = text.to_ascii_uppercase();
-            let trigger = sqlite
-                && matches!(
-                    words.iter().map(String::as_str).collect::<Vec<_>>()[..],
-                    ["CREATE", "TRIGGER", ..] | ["CREATE", "TEMP" | "TEMPORARY", "TRIGGER", ..]
-                );
-            match word.as_str() {
-                "BEGIN" | "CASE" if trigger => depth += 1,
-                "END" if trigger => depth = depth.saturating_sub(1),
-                _ => {}
-            }
-            if words.len() < 3 {
-                words.push(word);
-            }
-        } else if !is_trivia(token.kind) && words.len() < 3 {
-            words.push(String::new());
+        let word = if token.kind == TokenKind::Ident {
+            text.to_ascii_uppercase()
+        } else {
+            String::new()
+        };
+        last_word_is_end = word == "END";
+        if words.len() < 3 {
+            words.push(word);
         }
     }
     if let Some((start, first_line)) = first {
@@ -1839,6 +1840,24 @@ mod tests {
                 .map(|p| (p.line, p.column, p.certain))
                 .collect();
         assert_eq!(typos, [(1, 1, true), (2, 11, true), (3, 1, true)]);
+    }
+
+    /// A hostile script must not hide a statement inside a "trigger": a table or trigger named
+    /// `begin` (SQLite takes it as a name) must not open a body that swallows what follows.
+    #[test]
+    fn a_sqlite_trigger_hides_no_statement_after_its_end() {
+        for script in [
+            "CREATE TRIGGER t AFTER INSERT ON begin BEGIN SELECT 1; END; DROP TABLE users;",
+            "CREATE TRIGGER begin AFTER INSERT ON a BEGIN SELECT 1; END; DROP TABLE users;",
+            "CREATE TRIGGER t AFTER INSERT ON a BEGIN SELECT CASE WHEN 1 THEN 2 ELSE 3 END FROM a; END; DROP TABLE users;",
+        ] {
+            let statements = split_statements_for(script, Dialect::Sqlite).unwrap();
+            let last = statements.last().unwrap();
+            assert_eq!(last.text, "DROP TABLE users", "{script}: {statements:?}");
+            assert!(statements[0].text.ends_with("END"), "{statements:?}");
+            let (risk, _) = risk_of(script, Dialect::Sqlite);
+            assert_eq!(risk, Risk::High, "{script}: the DROP TABLE is seen");
+        }
     }
 
     #[test]
