@@ -855,3 +855,47 @@ async fn a_backup_taken_on_demand_is_listed_and_restorable() {
     assert_eq!(done["undone"], json!([]), "{id} is in the backup: {done}");
     app.stop().await;
 }
+
+/// Two operators asking for a backup at once: each is taken (one after the other) or told the
+/// target is busy (409); every backup answered 201 is listed once, with its own file.
+#[tokio::test]
+async fn two_backups_at_once_end_coherently() {
+    let app = spawn_app_with(options(Backend::Postgres)).await;
+    apply_to_staging(
+        &app,
+        "gears",
+        "CREATE TABLE gears (id int);",
+        "DROP TABLE gears;",
+    )
+    .await;
+    let before = backups(&app, "staging").await.len();
+    let path = "/api/v1/environments/staging/backups";
+    let ((a, first), (b, second)) = tokio::join!(
+        app.post("lead", path, json!({})),
+        app.post("admin", path, json!({}))
+    );
+    let mut files = Vec::new();
+    for (status, answer) in [(a, &first), (b, &second)] {
+        match status {
+            StatusCode::CREATED => files.push(answer["file"].as_str().unwrap().to_owned()),
+            StatusCode::CONFLICT => assert!(
+                answer.to_string().contains("try the backup again"),
+                "{answer}"
+            ),
+            other => panic!("{other}: {answer}"),
+        }
+    }
+    assert!(!files.is_empty(), "{first} {second}");
+    files.sort();
+    files.dedup();
+    let listed = backups(&app, "staging").await;
+    assert_eq!(listed.len(), before + files.len(), "{listed:?}");
+    for file in &files {
+        assert_eq!(
+            listed.iter().filter(|b| b["file"] == file.as_str()).count(),
+            1,
+            "{file}: {listed:?}"
+        );
+    }
+    app.stop().await;
+}
