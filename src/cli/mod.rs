@@ -117,6 +117,10 @@ fn run_server(config_dir: PathBuf) -> CliResult {
             users.display(),
             users.display()
         );
+    } else {
+        for warning in config.warnings() {
+            tracing::warn!("{warning}");
+        }
     }
     let result = runtime.block_on(async move {
         let running = crate::start(config, crate::StartOptions::default())
@@ -208,6 +212,7 @@ async fn run(cli: Cli) -> CliResult {
                     "environments": config.environments.iter().map(|e| e.name.to_string()).collect::<Vec<_>>(),
                     "users": config.users.len(),
                     "notification_channels": channels,
+                    "warnings": config.warnings(),
                 }));
             }
             println!(
@@ -226,6 +231,9 @@ async fn run(cli: Cli) -> CliResult {
             }
             for (name, why) in &config.notifications.disabled {
                 println!("notification channel {name}: off ({why})");
+            }
+            for warning in config.warnings() {
+                println!("warning: {warning}");
             }
             Ok(())
         }

@@ -14,7 +14,7 @@ pub mod text;
 
 pub use ids::{EnvironmentName, MigrationId, UserName, slugify, version_parts};
 pub use policy::{ApprovalPolicy, ApprovalRecord, ApprovalRequest, PolicyProgress, check_approval};
-pub use state::{DeploymentEvent, DeploymentState, InvalidTransition};
+pub use state::{DeploymentEvent, DeploymentState, Effect, InvalidTransition, Transition, WayOnBy};
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -251,9 +251,17 @@ pub fn start_blocker(facts: &StartFacts<'_>) -> Option<String> {
         && let Some((previous_env, state)) = facts.previous_environment
         && state != Some(DeploymentState::Applied)
     {
+        let way_on = match state {
+            Some(DeploymentState::RolledBack) => {
+                "; retry it there or amend the migration, or cancel it here"
+            }
+            Some(DeploymentState::Failed) => "; retry, roll back or cancel it there",
+            None => "; it has no deployment there",
+            _ => "",
+        };
         let state = state.map_or("absent", |s| s.as_str());
         return Some(format!(
-            "must be applied in {previous_env} first (it is {state} there)"
+            "must be applied in {previous_env} first (it is {state} there{way_on})"
         ));
     }
     None

@@ -9,6 +9,7 @@ mod cli_context;
 mod cli_json;
 mod drift;
 mod dry_run;
+mod flow;
 mod grpc;
 mod harness;
 mod interrupted;
