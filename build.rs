@@ -27,6 +27,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .field_attribute("sluice.v1.Deployment.reviews", SKIP_EMPTY_LIST)
         .field_attribute("sluice.v1.Deployment.review_owed", SKIP_FALSE)
         .field_attribute("sluice.v1.Finding.fix", SKIP_EMPTY_TEXT)
+        // A watch event's `{"state": ...}` in snake_case, as every other field.
+        .type_attribute(
+            "sluice.v1.DeploymentEvent.event",
+            "#[serde(rename_all = \"snake_case\")]",
+        )
         .field_attribute("sluice.v1.Finding.script", SKIP_EMPTY_TEXT)
         .field_attribute("sluice.v1.Finding.ignored", SKIP_EMPTY_TEXT)
         .build_client(true)

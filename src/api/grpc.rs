@@ -750,7 +750,7 @@ impl pb::sluice_server::Sluice for GrpcApi {
                     file: b.file,
                     taken_at: b.taken_at,
                     size_bytes: b.size_bytes,
-                    preceded: b.preceded.unwrap_or_default(),
+                    preceded: b.preceded,
                 })
                 .collect(),
         }))
@@ -769,7 +769,7 @@ impl pb::sluice_server::Sluice for GrpcApi {
             file: b.file,
             taken_at: b.taken_at,
             size_bytes: b.size_bytes,
-            preceded: b.preceded.unwrap_or_default(),
+            preceded: b.preceded,
         }))
     }
 

@@ -197,7 +197,8 @@ pub(super) enum Command {
         environment: String,
     },
     /// Test a migration's rollback script: up, down and up again on a scratch copy of an
-    /// environment's schema (default: the first environment), the schemas compared. Approvers
+    /// environment's schema (default: the first environment, in promotion order, where it is not
+    /// applied), the schemas compared. Approvers
     /// see the result; environments may require a passing one before approval.
     #[command(
         name = "test-rollback",
@@ -207,7 +208,8 @@ pub(super) enum Command {
         /// The migration's id.
         #[arg(add = ArgValueCandidates::new(completion::migrations))]
         migration_id: String,
-        /// Whose schema is copied (default: the first environment of the promotion order).
+        /// Whose schema is copied (default: the first environment of the promotion order where
+        /// the migration is not applied).
         #[arg(add = ArgValueCandidates::new(completion::environments))]
         environment: Option<String>,
     },

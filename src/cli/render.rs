@@ -407,6 +407,15 @@ pub(super) fn printable(text: &str) -> String {
     out
 }
 
+/// Text of many lines made safe for a terminal line by line: the lines kept as lines (each
+/// after the first indented by `indent`), tabs kept, every other control character shown.
+pub(super) fn printable_lines(text: &str, indent: &str) -> String {
+    text.lines()
+        .map(printable)
+        .collect::<Vec<_>>()
+        .join(&format!("\n{indent}"))
+}
+
 /// `sluice show`: the migration, then each deployment (in promotion order), with its log when
 /// asked. JSON: the migration as the API gives it, each deployment's log in full.
 pub(super) async fn show(
@@ -542,7 +551,7 @@ pub(super) async fn show(
         if !d.error.text().is_empty() {
             println!(
                 "  error        {}",
-                printable(d.error.text()).replace('\n', "\n               ")
+                printable_lines(d.error.text(), "               ")
             );
         }
         if with_log {

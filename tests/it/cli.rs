@@ -1345,7 +1345,7 @@ async fn json_output_is_json_for_errors_and_empty_migrations_too() {
     assert_eq!(failed.code, 1);
     let error: serde_json::Value =
         serde_json::from_str(&failed.stdout).unwrap_or_else(|e| panic!("{e}: {}", failed.stdout));
-    assert_eq!(error["error"]["code"], "failed");
+    assert_eq!(error["error"]["code"], "not_found");
     assert_eq!(error["error"]["exit_code"], 1);
     assert!(
         error["error"]["message"]

@@ -6,6 +6,7 @@ mod binary;
 mod cli;
 mod cli_confirm;
 mod cli_context;
+mod cli_edges;
 mod cli_json;
 mod drift;
 mod dry_run;
