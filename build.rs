@@ -23,6 +23,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .field_attribute("sluice.v1.Deployment.dry_run", SKIP_NONE)
         .field_attribute("sluice.v1.Deployment.rollback_test", SKIP_NONE)
         .field_attribute("sluice.v1.Deployment.statements_applied", SKIP_NONE)
+        .field_attribute("sluice.v1.Deployment.rejection", SKIP_NONE)
+        .field_attribute("sluice.v1.Migration.previous_versions", SKIP_EMPTY_LIST)
         .field_attribute("sluice.v1.Deployment.log", SKIP_EMPTY_LIST)
         .field_attribute("sluice.v1.Deployment.reviews", SKIP_EMPTY_LIST)
         .field_attribute("sluice.v1.Deployment.review_owed", SKIP_FALSE)
