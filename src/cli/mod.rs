@@ -19,6 +19,7 @@ mod import;
 mod lint_output;
 mod notifications;
 mod render;
+mod review;
 pub mod scripts;
 
 use args::*;

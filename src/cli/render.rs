@@ -471,6 +471,16 @@ pub(super) async fn show(
     };
     println!("risk         {}{raised}", m.effective_risk);
     println!("checksum     {}", m.checksum);
+    if let Some(v) = m.previous_versions.first() {
+        println!(
+            "amended      {} at {}; before: {} ({}); `sluice show {} --diff` shows what changed",
+            v.replaced_by,
+            v.replaced_at,
+            v.checksum,
+            super::review::where_reviewed(v),
+            m.id
+        );
+    }
     if !m.depends_on.is_empty() {
         println!("depends on   {}", m.depends_on.join(", "));
     }
@@ -520,11 +530,20 @@ pub(super) async fn show(
                 " (void: the scripts changed since)"
             };
             println!(
-                "  approved     {} as {} at {}{void}: {}",
+                "  approved     {} as {} at {} (checksum {}){void}: {}",
                 a.approver,
                 a.role,
                 a.approved_at,
+                a.checksum,
                 printable(&a.comment)
+            );
+        }
+        if let Some(r) = &d.rejection {
+            println!(
+                "  rejected     by {} at {}: {}",
+                r.by,
+                r.at,
+                printable_lines(&r.reason, "               ")
             );
         }
         if !d.emergency_reason.text().is_empty() {

@@ -224,11 +224,24 @@ async fn the_seed_quick_start_through_the_cli() {
         "{}",
         impostor.stderr
     );
+    // Without a terminal an approval names the checksum of the scripts read.
+    let checksum = app.deployment(&format!("{id}@staging")).await["checksum"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let first = sluice(
         &app,
         Some("ops1"),
         &dir,
-        &["approve", &id, "data_ops", "ops1", "lgtm"],
+        &[
+            "approve",
+            &id,
+            "data_ops",
+            "ops1",
+            "lgtm",
+            "--checksum",
+            &checksum,
+        ],
     )
     .await;
     ok(&first);
@@ -241,7 +254,15 @@ async fn the_seed_quick_start_through_the_cli() {
         &app,
         Some("ops2"),
         &dir,
-        &["approve", &id, "data_ops", "ops2", "ship it"],
+        &[
+            "approve",
+            &id,
+            "data_ops",
+            "ops2",
+            "ship it",
+            "--checksum",
+            &checksum,
+        ],
     )
     .await);
     app.wait_for_state(&format!("{id}@staging"), &["applied"])
@@ -1450,6 +1471,7 @@ async fn pending_lists_what_awaits_the_callers_approval() {
         "{list}"
     );
     assert_eq!(list[0]["you_can_approve_as"], serde_json::json!(["dba"]));
+    let checksum = list[0]["checksum"].as_str().unwrap().to_owned();
     ok(&sluice(
         &app,
         Some("ops1"),
@@ -1462,6 +1484,8 @@ async fn pending_lists_what_awaits_the_callers_approval() {
             "ok",
             "--environment",
             "staging",
+            "--checksum",
+            &checksum,
         ],
     )
     .await);

@@ -4,6 +4,7 @@
 mod api_errors;
 mod binary;
 mod cli;
+mod cli_approve;
 mod cli_confirm;
 mod cli_context;
 mod cli_edges;

@@ -144,40 +144,15 @@ pub(super) async fn remote(
                 Some(e) => e,
                 None => awaiting_environment(client, &migration_id, Some(&role)).await?,
             };
-            let checksum = match checksum {
-                Some(c) => c,
-                None => {
-                    let shown = current_checksum(client, &migration_id).await?;
-                    if output == Output::Table {
-                        println!("approving {migration_id} with the checksum {shown}");
-                    }
-                    shown
-                }
-            };
-            let request = client.request(pb::ApproveRequest {
-                deployment_id: format!("{migration_id}@{environment}"),
+            let args = super::review::ApproveArgs {
+                migration_id,
                 role,
+                approver,
                 comment,
+                environment,
                 checksum,
-            })?;
-            let deployment = client
-                .inner
-                .approve(request)
-                .await
-                .map_err(|s| client.failed(s))?
-                .into_inner();
-            match output {
-                Output::Json => print_json(&deployment),
-                Output::Table => {
-                    println!("{}: {}", deployment.id, deployment.state);
-                    if !deployment.missing_roles.is_empty()
-                        || deployment.additional_approvals_needed > 0
-                    {
-                        println!("  still needed: {}", still_needed(&deployment));
-                    }
-                    Ok(())
-                }
-            }
+            };
+            super::review::approve(client, args, output, yes).await
         }
         Command::Reject {
             migration_id,
@@ -529,9 +504,14 @@ pub(super) async fn remote(
         } => watch(client, &environment, migration_id, output).await,
         Command::Show {
             migration_id,
+            sql: false,
+            diff: false,
             environment,
             log,
         } => super::render::show(client, &migration_id, environment.as_deref(), log, output).await,
+        Command::Show {
+            migration_id, diff, ..
+        } => super::review::show_scripts(client, &migration_id, diff, output).await,
         Command::Pending => pending(client, output).await,
         Command::Whoami => {
             let me = who_am_i(client).await?;
@@ -935,11 +915,6 @@ async fn rollback_plan(
         None => plan.push_str("\n  (it has no rollback script: the daemon will refuse)"),
     }
     Ok(plan)
-}
-
-/// The checksum of a migration's scripts as the daemon has them now.
-pub(super) async fn current_checksum(client: &mut Client, migration_id: &str) -> CliResult<String> {
-    Ok(migration_of(client, migration_id).await?.checksum)
 }
 
 /// The first environment, in promotion order, where the migration awaits approval (and, with
