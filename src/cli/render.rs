@@ -218,10 +218,11 @@ pub(super) fn print_status(status: &pb::EnvironmentStatus, verbose: bool) {
         if verbose {
             for a in &d.approvals {
                 println!(
-                    "      approved by {} as {} at {}{}: {}",
+                    "      approved by {} as {} at {} (checksum {}){}: {}",
                     a.approver,
                     a.role,
                     a.approved_at,
+                    a.checksum,
                     if a.current {
                         ""
                     } else {

@@ -343,3 +343,55 @@ pub(super) async fn approve(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_script_keeps_its_lines_and_tabs_and_shows_other_control_characters() {
+        assert_eq!(
+            printable_script("a\tb\nc\r\n\u{1b}[2J"),
+            "a\tb\nc\\u{d}\n\\u{1b}[2J"
+        );
+    }
+
+    #[test]
+    fn the_command_to_run_is_quoted_for_a_shell() {
+        assert_eq!(shell_word("data_ops"), "data_ops");
+        assert_eq!(shell_word("read it"), "'read it'");
+        assert_eq!(shell_word("it's"), r"'it'\''s'");
+        assert_eq!(shell_word(""), "''");
+    }
+
+    #[test]
+    fn the_version_compared_with_is_the_newest_reviewed_elsewhere_first() {
+        let version = |checksum: &str, approved: &[&str], applied: &[&str]| pb::MigrationVersion {
+            checksum: checksum.into(),
+            approved_in: approved.iter().map(|e| e.to_string()).collect(),
+            applied_in: applied.iter().map(|e| e.to_string()).collect(),
+            ..Default::default()
+        };
+        let m = pb::Migration {
+            previous_versions: vec![
+                version("c3", &[], &[]),
+                version("c2", &["staging"], &[]),
+                version("c1", &[], &["development"]),
+            ],
+            ..Default::default()
+        };
+        let pick = |env| reviewed_before(&m, env).map(|v| v.checksum.as_str());
+        assert_eq!(pick(Some("production")), Some("c2"));
+        // Approving in staging: development's applied version is from another environment.
+        assert_eq!(pick(Some("staging")), Some("c1"));
+        assert_eq!(pick(None), Some("c2"));
+        let only_here = pb::Migration {
+            previous_versions: vec![version("c2", &["staging"], &[])],
+            ..Default::default()
+        };
+        assert_eq!(
+            reviewed_before(&only_here, Some("staging")).map(|v| v.checksum.as_str()),
+            Some("c2")
+        );
+    }
+}
