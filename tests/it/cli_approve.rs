@@ -285,3 +285,50 @@ async fn approve_at_a_terminal_shows_what_it_approves_and_sends_that_checksum() 
         "no was said: nothing sent"
     );
 }
+
+/// The replaced versions are kept on the SQLite store too; amending back to a version and away
+/// again keeps one row for it, with its latest replacement.
+#[tokio::test]
+async fn replaced_versions_are_kept_on_the_sqlite_store_too() {
+    let app = crate::harness::spawn_app_with(crate::harness::AppOptions {
+        backend: crate::harness::Backend::Sqlite,
+        ..Default::default()
+    })
+    .await;
+    let (status, body) = app
+        .post(
+            "lead",
+            "/api/v1/environments/development/lock",
+            serde_json::json!({"reason": "hold"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let id = app
+        .submit(
+            "dev",
+            crate::harness::migration("kept", "low", "CREATE TABLE kept (a int);", None),
+        )
+        .await;
+    let amend = |up: &'static str| {
+        let (app, id) = (&app, id.clone());
+        async move {
+            let (status, body) = app
+                .request(
+                    reqwest::Method::PUT,
+                    Some("dev"),
+                    &format!("/api/v1/migrations/{id}"),
+                    Some(serde_json::json!({"up_sql": up})),
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+            body
+        }
+    };
+    amend("CREATE TABLE kept (b int);").await;
+    amend("CREATE TABLE kept (a int);").await;
+    let now = amend("CREATE TABLE kept (b int);").await;
+    let versions = now["previous_versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 1, "{now}");
+    assert_eq!(versions[0]["up_sql"], "CREATE TABLE kept (a int);", "{now}");
+    assert_eq!(versions[0]["replaced_by"], "dev", "{now}");
+}
