@@ -521,6 +521,10 @@ impl Service {
             }
         }
         let old_down_sql = migration.down_sql.clone();
+        // The version replaced is kept: approvers are shown what changed since they read it.
+        self.store
+            .keep_migration_version(&mut tx, &migration, at, caller.name.as_str())
+            .await?;
         let old_checksum = std::mem::replace(&mut migration.checksum, checksum.clone());
         // Whoever writes a version of the scripts is one of their authors from now on.
         if !migration.authors.iter().any(|a| a == caller.name.as_str()) {

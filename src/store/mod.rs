@@ -63,6 +63,10 @@ const SQLITE_SCHEMA: &[(i64, &str)] = &[
         include_str!("../../migrations/sqlite/0008_rollback_tests.sql"),
     ),
     (
+        9,
+        include_str!("../../migrations/sqlite/0009_migration_versions.sql"),
+    ),
+    (
         10,
         include_str!("../../migrations/sqlite/0010_undo_sql.sql"),
     ),
@@ -96,6 +100,10 @@ const POSTGRES_SCHEMA: &[(i64, &str)] = &[
     (
         8,
         include_str!("../../migrations/postgres/0008_rollback_tests.sql"),
+    ),
+    (
+        9,
+        include_str!("../../migrations/postgres/0009_migration_versions.sql"),
     ),
     (
         10,
@@ -212,6 +220,16 @@ pub struct ApprovalRow {
     pub comment: String,
     pub checksum: String,
     pub approved_at: i64,
+}
+
+/// A version of a migration's scripts that an amendment replaced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MigrationVersionRow {
+    pub checksum: String,
+    pub up_sql: String,
+    pub down_sql: Option<String>,
+    pub replaced_at: i64,
+    pub replaced_by: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -515,6 +533,54 @@ impl Store {
             )));
         }
         Ok(())
+    }
+
+    /// Keeps the scripts of a version an amendment replaces (`m` as it was before).
+    pub async fn keep_migration_version(
+        &self,
+        tx: &mut Tx,
+        m: &MigrationRow,
+        replaced_at: i64,
+        replaced_by: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO migration_versions (migration_id, checksum, up_sql, down_sql, replaced_at, replaced_by) VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (migration_id, checksum) DO UPDATE SET replaced_at = excluded.replaced_at, replaced_by = excluded.replaced_by",
+        )
+        .bind(&m.id)
+        .bind(&m.checksum)
+        .bind(&m.up_sql)
+        .bind(&m.down_sql)
+        .bind(replaced_at)
+        .bind(replaced_by)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// The versions of a migration's scripts that amendments replaced, newest first.
+    pub async fn migration_versions(
+        &self,
+        conn: &mut AnyConnection,
+        migration_id: &str,
+    ) -> Result<Vec<MigrationVersionRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT checksum, up_sql, down_sql, replaced_at, replaced_by FROM migration_versions WHERE migration_id = $1 ORDER BY replaced_at DESC",
+        )
+        .bind(migration_id)
+        .fetch_all(conn)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(MigrationVersionRow {
+                    checksum: row.try_get("checksum")?,
+                    up_sql: row.try_get("up_sql")?,
+                    down_sql: row.try_get("down_sql")?,
+                    replaced_at: row.try_get("replaced_at")?,
+                    replaced_by: row.try_get("replaced_by")?,
+                })
+            })
+            .collect()
     }
 
     pub async fn migration(

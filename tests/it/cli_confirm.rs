@@ -166,12 +166,26 @@ async fn migrate_wait_says_why_nothing_runs_and_production_asks_first() {
     );
 
     // Approved through staging and production, production's migrate asks first.
+    let checksum = app.deployment(&format!("{id}@staging")).await["checksum"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     for (user, role) in [("ops1", "data_ops"), ("ops2", "data_ops")] {
         ok(&sluice(
             &app,
             Some(user),
             dir,
-            &["approve", &id, role, user, "ok", "--environment", "staging"],
+            &[
+                "approve",
+                &id,
+                role,
+                user,
+                "ok",
+                "--environment",
+                "staging",
+                "--checksum",
+                &checksum,
+            ],
         )
         .await);
     }
@@ -215,6 +229,8 @@ async fn migrate_wait_says_why_nothing_runs_and_production_asks_first() {
                 "ok",
                 "--environment",
                 "production",
+                "--checksum",
+                &checksum,
             ],
         )
         .await);
@@ -277,7 +293,7 @@ async fn restore_and_reset_need_yes_or_confirm_without_a_terminal() {
 }
 
 /// The CLI in a pseudo-terminal, as a person at a keyboard uses it.
-fn at_terminal(
+pub(crate) fn at_terminal(
     args: &[&str],
     dir: &std::path::Path,
     env: &[(&str, String)],
@@ -295,7 +311,7 @@ fn at_terminal(
     rexpect::session::spawn_command(command, Some(20_000)).expect("the CLI starts in a pty")
 }
 
-fn exit_code(session: &mut rexpect::session::PtySession) -> i32 {
+pub(crate) fn exit_code(session: &mut rexpect::session::PtySession) -> i32 {
     match session.process_mut().wait().expect("the CLI ends") {
         nix::sys::wait::WaitStatus::Exited(_, code) => code,
         other => panic!("the CLI ended with {other:?}"),
