@@ -379,6 +379,17 @@ impl Service {
                 view.blocked_by = None;
                 view.out_of_order = true;
             }
+            // The worker starts nothing in a locked environment (`Outcome::Locked`): a queued
+            // deployment says so rather than look free to start.
+            if let Some(lock) = &lock
+                && d.state == DeploymentState::Queued
+                && view.blocked_by.is_none()
+            {
+                view.blocked_by = Some(format!(
+                    "{} is locked by {}: {} (nothing new starts until it is unlocked)",
+                    env.name, lock.locked_by, lock.reason
+                ));
+            }
             queue.push(view);
         }
         self.attach_checks(&mut conn, &mut queue).await?;
