@@ -3,39 +3,6 @@
 use super::*;
 
 impl Service {
-    /// Applies a simple caller-driven transition with its audit entry.
-    pub(super) async fn transition(
-        &self,
-        caller: &Caller,
-        deployment_id: &str,
-        event: DeploymentEvent,
-        action: &str,
-        detail: serde_json::Value,
-        authorize: impl FnOnce(&DeploymentRow, &MigrationRow) -> Result<()>,
-    ) -> Result<DeploymentView> {
-        let at = self.now();
-        let mut tx = self.store.begin().await?;
-        let (mut deployment, migration) = self.load_for_change(&mut tx, deployment_id).await?;
-        authorize(&deployment, &migration)?;
-        self.commit_change(
-            &mut tx,
-            &mut deployment,
-            at,
-            Change {
-                event,
-                actor: caller.name.as_str(),
-                action,
-                detail,
-                events: Vec::new(),
-            },
-        )
-        .await?;
-        tx.commit().await?;
-        self.publish([&deployment]);
-        self.signals.wake(&deployment.environment);
-        self.deployment(deployment_id).await
-    }
-
     pub async fn reject(
         &self,
         caller: &Caller,
@@ -48,23 +15,57 @@ impl Service {
                 "comment: say why the deployment is rejected".into(),
             ));
         }
-        self.transition(
-            caller,
-            deployment_id,
-            DeploymentEvent::Reject,
-            "rejected",
-            serde_json::json!({"comment": comment}),
-            |d, _| {
-                let allowed = self.policy_for(d)?.allowed_roles();
-                Ok(domain::authz::may_reject(
-                    &caller.name,
-                    &caller.roles,
-                    &allowed,
-                    &d.environment,
-                )?)
+        // A rejected deployment never reaches its environment, so neither does the migration
+        // reach the later ones: it is withdrawn from them as a cancel would (else they wait
+        // for ever for an environment that will never apply it).
+        let at = self.now();
+        let mut tx = self.store.begin().await?;
+        let (mut deployment, migration) = self.load_for_change(&mut tx, deployment_id).await?;
+        let allowed = self.policy_for(&deployment)?.allowed_roles();
+        domain::authz::may_reject(
+            &caller.name,
+            &caller.roles,
+            &allowed,
+            &deployment.environment,
+        )?;
+        self.commit_change(
+            &mut tx,
+            &mut deployment,
+            at,
+            Change {
+                event: DeploymentEvent::Reject,
+                actor: caller.name.as_str(),
+                action: "rejected",
+                detail: serde_json::json!({"comment": comment}),
+                events: Vec::new(),
             },
         )
-        .await
+        .await?;
+        let env = self.environment(&deployment.environment)?;
+        let cause = format!(
+            "rejected in {} by {}: {}",
+            env.name,
+            caller.name,
+            comment.trim()
+        );
+        let mut changed = vec![deployment];
+        changed.extend(
+            self.withdraw_from_later(
+                &mut tx,
+                env,
+                &migration.id,
+                caller.name.as_str(),
+                &cause,
+                at,
+            )
+            .await?,
+        );
+        tx.commit().await?;
+        self.publish(&changed);
+        for d in &changed {
+            self.signals.wake(&d.environment);
+        }
+        self.deployment(deployment_id).await
     }
 
     /// Cancels a deployment and withdraws its migration from every later environment of the
@@ -104,6 +105,51 @@ impl Service {
             },
         )
         .await?;
+        let mut changed = vec![deployment];
+        let cause = format!(
+            "cancelled in {} by {}{}",
+            env.name,
+            caller.name,
+            if reason.trim().is_empty() {
+                String::new()
+            } else {
+                format!(": {}", reason.trim())
+            }
+        );
+        changed.extend(
+            self.withdraw_from_later(
+                &mut tx,
+                env,
+                &migration.id,
+                caller.name.as_str(),
+                &cause,
+                at,
+            )
+            .await?,
+        );
+        tx.commit().await?;
+        self.publish(&changed);
+        for d in &changed {
+            self.signals.wake(&d.environment);
+        }
+        self.deployment(deployment_id).await
+    }
+
+    /// Withdraws a migration from every environment after `env` in the promotion order: its
+    /// deployments there that can still be cancelled end as cancelled, audited with `cause`
+    /// (e.g. "cancelled in development by dev: reason"). Called when the migration can no
+    /// longer be applied in `env` (cancelled, rejected or expired there), so that nothing
+    /// waits for ever on an environment the migration will never reach, and later
+    /// migrations pass it. The earlier environments keep what they applied.
+    pub(super) async fn withdraw_from_later(
+        &self,
+        tx: &mut Tx,
+        env: &EnvironmentConfig,
+        migration_id: &str,
+        actor: &str,
+        cause: &str,
+        at: i64,
+    ) -> Result<Vec<DeploymentRow>> {
         let later: Vec<&EnvironmentConfig> = self
             .config
             .environments
@@ -111,53 +157,40 @@ impl Service {
             .skip_while(|e| e.name != env.name)
             .skip(1)
             .collect();
-        let mut changed = vec![deployment];
-        if !later.is_empty() {
-            let withdrawn_reason = format!(
-                "withdrawn: cancelled in {} by {}{}",
-                env.name,
-                caller.name,
-                if reason.trim().is_empty() {
-                    String::new()
-                } else {
-                    format!(": {}", reason.trim())
-                }
-            );
-            for mut other in self
-                .store
-                .deployments_of_migration(&mut tx, &migration.id)
-                .await?
+        let mut changed = Vec::new();
+        if later.is_empty() {
+            return Ok(changed);
+        }
+        let reason = format!("withdrawn: {cause}");
+        for mut other in self
+            .store
+            .deployments_of_migration(tx, migration_id)
+            .await?
+        {
+            if !later.iter().any(|e| e.name.as_str() == other.environment)
+                || other.state.on(DeploymentEvent::Cancel).is_err()
             {
-                if !later.iter().any(|e| e.name.as_str() == other.environment)
-                    || other.state.on(DeploymentEvent::Cancel).is_err()
-                {
-                    continue;
-                }
-                self.commit_change(
-                    &mut tx,
-                    &mut other,
-                    at,
-                    Change {
-                        event: DeploymentEvent::Cancel,
-                        actor: caller.name.as_str(),
-                        action: "cancelled",
-                        detail: serde_json::json!({
-                            "reason": withdrawn_reason,
-                            "cancelled_in": env.name.as_str(),
-                        }),
-                        events: Vec::new(),
-                    },
-                )
-                .await?;
-                changed.push(other);
+                continue;
             }
+            self.commit_change(
+                tx,
+                &mut other,
+                at,
+                Change {
+                    event: DeploymentEvent::Cancel,
+                    actor,
+                    action: "cancelled",
+                    detail: serde_json::json!({
+                        "reason": reason,
+                        "cancelled_in": env.name.as_str(),
+                    }),
+                    events: Vec::new(),
+                },
+            )
+            .await?;
+            changed.push(other);
         }
-        tx.commit().await?;
-        self.publish(&changed);
-        for d in &changed {
-            self.signals.wake(&d.environment);
-        }
-        self.deployment(deployment_id).await
+        Ok(changed)
     }
 
     /// Retries a failed deployment (back to the queue), or one rolled back (back to approval,
@@ -326,6 +359,7 @@ impl Service {
         let mut tx = self.store.begin().await?;
         let overdue = self.store.overdue(&mut tx, at).await?;
         let mut expired = Vec::with_capacity(overdue.len());
+        let mut withdrawn_later = Vec::new();
         for mut d in overdue {
             let deadline = d.deadline_at.map(format_millis);
             let change = Change {
@@ -336,7 +370,20 @@ impl Service {
                 events: Vec::new(),
             };
             match self.commit_change(&mut tx, &mut d, at, change).await {
-                Ok(()) => expired.push(d),
+                Ok(()) => {
+                    // Never applied here, so never in the later environments either.
+                    let env = self.environment(&d.environment)?;
+                    let cause = format!(
+                        "expired in {} (its approval deadline {} passed)",
+                        env.name,
+                        deadline.as_deref().unwrap_or("-")
+                    );
+                    let withdrawn = self
+                        .withdraw_from_later(&mut tx, env, &d.migration_id, "sluice", &cause, at)
+                        .await?;
+                    expired.push(d);
+                    withdrawn_later.extend(withdrawn);
+                }
                 // Approved, cancelled or expired by another replica since it was read: the
                 // other writer's outcome stands (the conditional write changed nothing).
                 Err(ServiceError::Conflict(_)) => continue,
@@ -345,6 +392,10 @@ impl Service {
         }
         tx.commit().await?;
         self.publish(&expired);
+        self.publish(&withdrawn_later);
+        for d in &withdrawn_later {
+            self.signals.wake(&d.environment);
+        }
         Ok(expired.len())
     }
 }
