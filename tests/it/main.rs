@@ -12,6 +12,7 @@ mod cli_json;
 mod drift;
 mod dry_run;
 mod flow;
+mod flow_property;
 mod grpc;
 mod harness;
 mod interrupted;
