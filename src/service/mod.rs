@@ -269,6 +269,49 @@ impl Service {
         Ok(())
     }
 
+    /// An amendment voids every approval of the old checksum, those of deployments that have
+    /// ended (rejected, expired, cancelled) too: no transition leaves an ended state, so
+    /// `commit_change` never reaches them, yet an approval of a script that no longer exists
+    /// must not stay listed as if given to the new one. Audited (`approvals_voided`, naming
+    /// them) when there were any.
+    pub(super) async fn void_ended_approvals(
+        &self,
+        tx: &mut Tx,
+        deployment: &DeploymentRow,
+        at: i64,
+        actor: &str,
+        reason: &str,
+    ) -> Result<()> {
+        debug_assert!(deployment.state.is_terminal());
+        let voided = self.store.delete_approvals(tx, &deployment.id).await?;
+        if voided.is_empty() {
+            return Ok(());
+        }
+        let detail = serde_json::json!({
+            "reason": reason,
+            "voided": voided
+                .iter()
+                .map(|a| serde_json::json!({
+                    "approver": a.approver, "role": a.role, "checksum": a.checksum,
+                }))
+                .collect::<Vec<_>>(),
+        });
+        self.store
+            .insert_audit(
+                tx,
+                &audit(
+                    at,
+                    actor,
+                    "approvals_voided",
+                    Some(deployment),
+                    None,
+                    detail,
+                ),
+            )
+            .await?;
+        Ok(())
+    }
+
     pub fn new(config: Arc<Config>, store: Store, clock: Arc<dyn Clock>) -> Service {
         let signals = Arc::new(WorkerSignals::new(&config));
         let users = Arc::new(std::sync::RwLock::new(Arc::new(config.users.clone())));

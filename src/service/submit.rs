@@ -559,8 +559,21 @@ impl Service {
         let mut wake = Vec::new();
         let mut changed = Vec::new();
         for mut d in deployments {
+            if d.state.is_terminal() {
+                // Ended (rejected, expired, cancelled): it stays so, but the approvals it
+                // holds were given to the old scripts.
+                self.void_ended_approvals(
+                    &mut tx,
+                    &d,
+                    at,
+                    caller.name.as_str(),
+                    "the migration's scripts changed",
+                )
+                .await?;
+                continue;
+            }
             if d.state.on(DeploymentEvent::Amend).is_err() {
-                continue; // finished deployments (rejected, cancelled, ...) stay as they are
+                continue; // running or rolling back: refused above
             }
             let env = self.environment(&d.environment)?;
             d.effective_risk = effective.as_str().into();
