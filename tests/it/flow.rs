@@ -488,3 +488,142 @@ async fn drift_voids_an_emergency_override_with_the_approvals() {
     assert!(why.contains("must be applied in staging first"), "{why}");
     app.stop().await;
 }
+
+/// A rejection or an expiry in staging withdraws the migration from production, as a cancel
+/// does: production no longer waits for ever for a staging that will never apply it, and later
+/// migrations pass it. A queued deployment held by a lock says so. (Found by flow_property.)
+#[tokio::test]
+async fn rejecting_or_expiring_in_staging_withdraws_the_migration_from_production() {
+    let app = spawn_app_with(AppOptions {
+        backend: crate::harness::Backend::Sqlite,
+        background_workers: false,
+        manual_clock: true,
+        ..AppOptions::default()
+    })
+    .await;
+    let rejected = app
+        .submit(
+            "dev",
+            migration("rejected", "low", "CREATE TABLE rj (id int);", None),
+        )
+        .await;
+    let expired = app
+        .submit(
+            "dev",
+            migration("expired", "low", "CREATE TABLE ex (id int);", None),
+        )
+        .await;
+    let later = app
+        .submit(
+            "dev",
+            migration("passes", "low", "CREATE TABLE la (id int);", None),
+        )
+        .await;
+    app.run_worker("development").await;
+    // Production approved for all three before staging decides.
+    for id in [&rejected, &expired, &later] {
+        let production = format!("{id}@production");
+        app.approve("lead", &production, "data_ops_lead").await;
+        app.approve("dba", &production, "dba").await;
+    }
+    let (status, value) = app
+        .post(
+            "ops1",
+            &format!("/api/v1/deployments/{rejected}@staging/reject"),
+            json!({"comment": "wrong table"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{value}");
+    let d = app.deployment(&format!("{rejected}@production")).await;
+    assert_eq!(d["state"], "cancelled", "{d}");
+    let (_, audit) = app
+        .get("admin", &format!("/api/v1/audit?migration_id={rejected}"))
+        .await;
+    assert!(
+        audit
+            .to_string()
+            .contains("withdrawn: rejected in staging by ops1: wrong table"),
+        "{audit}"
+    );
+    // Staging's deadline (72 h) passes for `expired`; `later` was approved in time.
+    approve_staging(&app, &later).await;
+    app.clock
+        .as_ref()
+        .unwrap()
+        .advance(chrono::Duration::hours(73));
+    assert_eq!(app.service().expire_overdue().await.unwrap(), 1);
+    assert_eq!(state(&app, &format!("{expired}@staging")).await, "expired");
+    assert_eq!(
+        state(&app, &format!("{expired}@production")).await,
+        "cancelled"
+    );
+    // Nothing else holds `later` in staging but a lock, and status says so.
+    let (status, value) = app
+        .post(
+            "ops1",
+            "/api/v1/environments/staging/lock",
+            json!({"reason": "hold"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{value}");
+    let why = blocked_by(&app, "staging", &later).await;
+    assert!(why.contains("locked by ops1"), "{why}");
+    let (status, value) = app
+        .delete("ops1", "/api/v1/environments/staging/lock")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{value}");
+    app.run_worker("staging").await;
+    assert_eq!(state(&app, &format!("{later}@staging")).await, "applied");
+    let (status, value) = app
+        .post("ops1", "/api/v1/environments/production/migrate", json!({}))
+        .await;
+    assert!(status.is_success(), "{value}");
+    app.run_worker("production").await;
+    assert_eq!(state(&app, &format!("{later}@production")).await, "applied");
+    app.stop().await;
+}
+
+/// An amendment voids the approvals of the old checksum on deployments that have ended too: no
+/// approval of a script that no longer exists stays listed. (Found by flow_property.)
+#[tokio::test]
+async fn an_amendment_voids_the_approvals_of_deployments_that_have_ended() {
+    let app = spawn_app_with(AppOptions {
+        backend: crate::harness::Backend::Sqlite,
+        background_workers: false,
+        ..AppOptions::default()
+    })
+    .await;
+    let id = app
+        .submit(
+            "dev",
+            migration("ended", "low", "CREATE TABLE en (id int);", None),
+        )
+        .await;
+    let staging = format!("{id}@staging");
+    app.approve("ops1", &staging, "data_ops").await;
+    let (status, value) = app
+        .post(
+            "ops2",
+            &format!("/api/v1/deployments/{staging}/reject"),
+            json!({"comment": "not yet"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{value}");
+    let (status, value) = app
+        .request(
+            reqwest::Method::PUT,
+            Some("dev"),
+            &format!("/api/v1/migrations/{id}"),
+            Some(json!({"up_sql": "CREATE TABLE en2 (id int);", "reason": "v2"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{value}");
+    let d = app.deployment(&staging).await;
+    assert_eq!(d["state"], "rejected", "{d}");
+    assert!(d["approvals"].as_array().unwrap().is_empty(), "{d}");
+    let (_, audit) = app
+        .get("admin", &format!("/api/v1/audit?migration_id={id}"))
+        .await;
+    assert!(audit.to_string().contains("approvals_voided"), "{audit}");
+    app.stop().await;
+}

@@ -12,7 +12,7 @@
 //! hand, a manual clock). A failure prints the seed and the steps taken; replay one sequence
 //! with `SLUICE_FLOW_SEED=<seed> cargo test --test it flow_property::`.
 //! `SLUICE_FLOW_SEQUENCES` changes how many sequences run (default 20), `SLUICE_FLOW_STEPS` how
-//! many steps each takes (default 25).
+//! many steps each takes (default 25), `SLUICE_FLOW_BASE_SEED` the first seed (to explore).
 
 use crate::harness::{AppOptions, Backend, TestApp, spawn_app_with};
 use reqwest::{Method, StatusCode};
@@ -799,7 +799,8 @@ async fn random_event_sequences_reach_no_dead_end_and_keep_no_stale_approval() {
         return;
     }
     let sequences = env_number("SLUICE_FLOW_SEQUENCES").unwrap_or(20);
+    let base = env_number("SLUICE_FLOW_BASE_SEED").unwrap_or(BASE_SEED);
     for i in 0..sequences {
-        sequence(BASE_SEED + i, steps).await;
+        sequence(base + i, steps).await;
     }
 }
