@@ -246,18 +246,38 @@ impl Worker {
             };
             let entry = history.get(&d.migration_id);
             let applied_here = entry.is_some_and(|e| e.success && e.checksum == m.checksum);
+            // Every statement of a script run statement by statement is recorded as done, but
+            // its runner stopped before the row said "applied": progress n of n is applied.
+            let completed_here = d.state == DeploymentState::Running
+                && entry.is_some_and(|e| e.all_statements_done() && e.checksum == m.checksum);
             match d.state {
-                DeploymentState::Running | DeploymentState::Queued if applied_here => {
+                DeploymentState::Running | DeploymentState::Queued
+                    if applied_here || completed_here =>
+                {
+                    if completed_here && let Err(e) = session.mark_complete(&d.migration_id).await {
+                        return Ok(Outcome::TargetUnavailable(e.to_string()));
+                    }
                     if d.state == DeploymentState::Queued {
                         d.state = d.state.on(DeploymentEvent::Start)?;
                     }
                     d.state = d.state.on(DeploymentEvent::Succeed)?;
+                    d.transactional = entry.map(|e| e.transactional).or(d.transactional);
+                    d.last_action = Some("apply".into());
                     d.finished_at = Some(self.now());
                     d.updated_at = self.now();
                     let audit = self.audit(
                         d,
                         "applied",
-                        serde_json::json!({"reconciled": "the target's sluice_schema_history records it as applied"}),
+                        if completed_here {
+                            serde_json::json!({
+                                "reconciled": "the daemon stopped after the script's last statement, before recording it as applied; the target's sluice_schema_history records every statement as done",
+                                "statements_done": entry.and_then(|e| e.statements_done),
+                                "statements_total": entry.and_then(|e| e.statements_total),
+                                "checksum": m.checksum,
+                            })
+                        } else {
+                            serde_json::json!({"reconciled": "the target's sluice_schema_history records it as applied"})
+                        },
                     );
                     reconciled.push((index, audit));
                 }

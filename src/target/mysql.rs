@@ -835,6 +835,17 @@ impl super::steps::StepDriver for MySqlSession {
             .map_err(|e| self.error(e))?;
         Ok(())
     }
+
+    async fn mark_complete(&mut self, migration_id: &str) -> Result<(), TargetError> {
+        sqlx::query(
+            "UPDATE sluice_schema_history SET success = TRUE, error = NULL WHERE migration_id = ? AND NOT success AND statements_done IS NOT NULL AND statements_total IS NOT NULL AND statements_done >= statements_total",
+        )
+        .bind(migration_id)
+        .execute(&mut self.conn)
+        .await
+        .map_err(|e| self.error(e))?;
+        Ok(())
+    }
 }
 
 /// Runs mysqldump (mariadb-dump) against the target; the password goes through the

@@ -877,6 +877,20 @@ impl super::steps::StepDriver for PgSession {
         Ok(())
     }
 
+    async fn mark_complete(&mut self, migration_id: &str) -> Result<(), TargetError> {
+        self.client
+            .execute(
+                &format!(
+                    "UPDATE {} SET success = true, error = NULL WHERE migration_id = $1 AND NOT success AND statements_done IS NOT NULL AND statements_total IS NOT NULL AND statements_done >= statements_total",
+                    self.history
+                ),
+                &[&migration_id],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
     fn drain(&mut self, script: &Script<'_>, log: &mut LogBuffer) {
         self.drain_notices(script, log);
     }

@@ -622,4 +622,15 @@ impl super::steps::StepDriver for SqliteSession {
             .map_err(|e| self.error(e))?;
         Ok(())
     }
+
+    async fn mark_complete(&mut self, migration_id: &str) -> Result<(), TargetError> {
+        sqlx::query(
+            "UPDATE sluice_schema_history SET success = 1, error = NULL WHERE migration_id = $1 AND success = 0 AND statements_done IS NOT NULL AND statements_total IS NOT NULL AND statements_done >= statements_total",
+        )
+        .bind(migration_id)
+        .execute(&mut self.conn)
+        .await
+        .map_err(|e| self.error(e))?;
+        Ok(())
+    }
 }
