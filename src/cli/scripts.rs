@@ -385,7 +385,7 @@ pub fn validate_file(path: &Path, dialect: crate::lint::Dialect) -> Vec<Problem>
     match crate::lint::split_statements_for(&text, dialect) {
         Err(e) => problems.push(at(e.line, e.message)),
         Ok(statements) => {
-            for (line, problem) in crate::lint::transaction_control_problems(&statements) {
+            for (line, problem) in crate::lint::script_problems(&statements, dialect) {
                 problems.push(at(line, problem));
             }
             // The rollback script is linted with it (its own problems under its own path).
