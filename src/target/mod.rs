@@ -134,8 +134,26 @@ pub enum TargetError {
         "another runner holds the migration lock on {url}; nothing was applied (it is released when that runner finishes)"
     )]
     Busy { url: String },
+    /// The target answered and refused something Sluice itself sent (its history write, the
+    /// end of a transaction): the session still works.
     #[error("target {url}: {message}")]
     Database { url: String, message: String },
+    /// The session ended or can no longer be used (the connection closed, the server ended the
+    /// session, the protocol went out of step). Whether the target is unreachable or the
+    /// script itself ended its session only a new connection tells (the worker tries one).
+    #[error("the session with target {url} ended: {message}")]
+    Session { url: String, message: String },
+}
+
+impl TargetError {
+    /// Whether the session ended or the target could not be reached (as opposed to a refusal
+    /// on a session that still works).
+    pub fn session_lost(&self) -> bool {
+        matches!(
+            self,
+            TargetError::Connect { .. } | TargetError::Session { .. }
+        )
+    }
 }
 
 /// What another migration tool's own history table on the target says is applied.
