@@ -256,17 +256,35 @@ impl SqliteSession {
         let execution_ms = started.elapsed().as_millis() as i64;
         match &failure {
             None => {
-                self.record(
-                    script,
-                    execution_ms,
-                    true,
-                    true,
-                    None,
-                    Some(total),
-                    Some(total),
-                )
-                .await?;
-                self.exec("COMMIT").await?;
+                let recorded = match self
+                    .record(
+                        script,
+                        execution_ms,
+                        true,
+                        true,
+                        None,
+                        Some(total),
+                        Some(total),
+                    )
+                    .await
+                {
+                    Ok(()) => self.exec("COMMIT").await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = recorded {
+                    // Whatever the script did that made the history write fail (a dropped or
+                    // altered sluice_schema_history), none of it stays.
+                    let _ = self.exec("ROLLBACK").await;
+                    return Err(match e {
+                        TargetError::Database { url, message } => TargetError::Database {
+                            url,
+                            message: format!(
+                                "the script ran, but Sluice could not record it in sluice_schema_history ({message}); its transaction was rolled back, nothing of it is applied"
+                            ),
+                        },
+                        other => other,
+                    });
+                }
             }
             Some(message) => {
                 self.exec("ROLLBACK").await?;

@@ -1532,3 +1532,65 @@ async fn a_target_lost_mid_apply_is_retried_later_and_shown_without_a_record_per
     assert!(status["target_error"].is_null(), "{status}");
     app.stop().await;
 }
+
+/// SQLite: when Sluice's history write after a script fails (here a trigger the test puts on
+/// the history table refuses it), the script's transaction is rolled back at once: the
+/// deployment fails with the reason, and the schema Sluice keeps as the drift reference is the
+/// database's, not the uncommitted script's (before, the transaction stayed open until the
+/// round ended and the reference taken in it held the script's table: the next round found
+/// drift that never was).
+#[tokio::test]
+async fn a_refused_history_write_on_sqlite_rolls_the_script_back_before_anything_else() {
+    use sqlx::ConnectOptions;
+    let app = spawn_app_with(AppOptions {
+        backend: crate::harness::Backend::Sqlite,
+        background_workers: false,
+        ..AppOptions::default()
+    })
+    .await;
+    let first = app
+        .submit(
+            "dev",
+            migration("first", "low", "CREATE TABLE first_t (id int);", None),
+        )
+        .await;
+    app.run_worker("development").await;
+    assert_eq!(
+        app.deployment(&format!("{first}@development")).await["state"],
+        "applied"
+    );
+    let file = app.sqlite_dir.as_ref().unwrap().join("development.db");
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&file)
+        .connect()
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "CREATE TRIGGER refuse_success BEFORE INSERT ON sluice_schema_history WHEN NEW.success = 1 BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    drop(conn);
+    let id = app
+        .submit(
+            "dev",
+            migration("refused", "low", "CREATE TABLE never_t (id int);", None),
+        )
+        .await;
+    let deployment = format!("{id}@development");
+    app.run_worker("development").await;
+    let d = app.deployment(&deployment).await;
+    assert_eq!(d["state"], "failed", "{d}");
+    assert!(
+        d["error"].as_str().unwrap().contains("refused by the test"),
+        "{d}"
+    );
+    assert!(!app.table_exists("development", "never_t").await);
+    app.run_worker("development").await;
+    let (_, drift) = app
+        .get("dev", "/api/v1/environments/development/drift")
+        .await;
+    assert_eq!(drift["drifted"], false, "{drift}");
+    app.stop().await;
+}
