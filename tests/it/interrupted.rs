@@ -310,6 +310,85 @@ async fn pg_history(client: &tokio_postgres::Client, migration_id: &str) -> (boo
     (row.get(0), row.get(1))
 }
 
+/// MariaDB, the same cut while the daemon lives: the worker's session is killed during the
+/// final history write, after the last statement. The worker looks with a new session, finds 2
+/// of 2 statements done, and the deployment is applied in that round (before, it failed as
+/// "interrupted: the target connection failed ...").
+#[tokio::test]
+async fn a_mariadb_session_killed_after_the_last_statement_leaves_it_applied() {
+    use sqlx::Row;
+    let app = spawn_app_with(AppOptions {
+        backend: Backend::MySqlTargets,
+        background_workers: false,
+        ..AppOptions::default()
+    })
+    .await;
+    let first = app
+        .submit(
+            "dev",
+            migration("first", "low", "CREATE TABLE before_t (id int);", None),
+        )
+        .await;
+    app.run_worker("development").await;
+    assert_eq!(
+        app.deployment(&format!("{first}@development")).await["state"],
+        "applied"
+    );
+    let mut admin = app.mysql_targets["development"].connect().await;
+    sqlx::raw_sql(
+        // Only the worker's own final write (it sets applied_at), not the one that marks the
+        // row complete afterwards.
+        "CREATE TRIGGER hold_success BEFORE UPDATE ON sluice_schema_history FOR EACH ROW SET @held = IF(NEW.success AND NEW.applied_at <> OLD.applied_at, SLEEP(60), 0)",
+    )
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let id = app
+        .submit(
+            "dev",
+            migration(
+                "two ddl",
+                "low",
+                "CREATE TABLE one_t (id int);\nCREATE TABLE two_t (id int);\n",
+                None,
+            ),
+        )
+        .await;
+    let deployment = format!("{id}@development");
+    let worker = development_round_in_background(&app);
+    let mut held = None;
+    for _ in 0..400 {
+        let row = sqlx::query(
+            "SELECT id FROM information_schema.processlist WHERE state = 'User sleep' AND info LIKE 'SET @held%'",
+        )
+        .fetch_optional(&mut admin)
+        .await
+        .unwrap();
+        if let Some(row) = row {
+            held = Some(row.get::<i64, _>(0));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let held = held.expect("the final history write never started");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("KILL CONNECTION {held}")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    worker
+        .await
+        .unwrap()
+        .expect("the round ends without an error");
+    sqlx::raw_sql("DROP TRIGGER hold_success")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let d = app.deployment(&deployment).await;
+    assert_eq!(d["state"], "applied", "{d}");
+    assert_eq!(mariadb_history(&mut admin, &id).await, (true, 2));
+    app.stop().await;
+}
+
 /// PostgreSQL, the same as above: a script with CREATE INDEX CONCURRENTLY, its final history
 /// write held by a trigger while the worker's round is dropped and its backend terminated.
 /// The target records 2 of 2 statements done: the next round marks it applied.
