@@ -1237,23 +1237,36 @@ async fn scripts_sluice_cannot_run_or_that_write_its_history_are_refused_at_vali
         "{body}"
     );
 
-    // `sluice validate`, offline, says the same of a file.
+    // `sluice validate`, offline, says the same of a file and of its rollback script.
     let dir = std::env::temp_dir().join(format!("sluice-unrunnable-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("001_20240101_000000_load.sql");
+    std::fs::create_dir_all(dir.join("scripts")).unwrap();
+    std::fs::create_dir_all(dir.join("rollbacks")).unwrap();
+    let file = dir.join("scripts/001_20240101_000000_load.sql");
     std::fs::write(
         &file,
         "-- Migration: 001_20240101_000000_load\n-- Type: DATA_MIGRATION\n-- Description: load rows\n-- Risk: LOW\n-- Estimated-Duration: 1m\n-- Ticket: T-1\nCREATE TABLE loaded (n int);\nCOPY loaded FROM STDIN;\n",
     )
     .unwrap();
+    std::fs::write(
+        dir.join("rollbacks/001_20240101_000000_load_rollback.sql"),
+        "DROP TABLE loaded;\nDELETE FROM sluice_schema_history WHERE migration_id = '001_20240101_000000_load';\n",
+    )
+    .unwrap();
     let run = crate::cli::sluice(&app, None, &dir, &["validate", file.to_str().unwrap()]).await;
     assert_eq!(run.code, 1, "{} {}", run.stdout, run.stderr);
     assert!(
-        run.stdout.contains(":8")
+        run.stdout.contains("001_20240101_000000_load.sql:8")
             && run
                 .stdout
                 .contains("COPY ... FROM STDIN reads its rows from the client"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains("001_20240101_000000_load_rollback.sql:2")
+            && run.stdout.contains("changes sluice_schema_history"),
         "{}",
         run.stdout
     );
