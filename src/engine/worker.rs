@@ -258,19 +258,27 @@ impl Worker {
             let applied_here = entry.is_some_and(|e| e.success && e.checksum == m.checksum);
             // Every statement of a script run statement by statement is recorded as done, but
             // its runner stopped before the row said "applied": progress n of n is applied.
-            let completed_here = d.state == DeploymentState::Running
+            // A deployment already failed that way (the final history write refused, or a
+            // daemon before this rule) is applied too: nothing is left to run.
+            let completed_here = (d.state == DeploymentState::Running
+                || (d.state == DeploymentState::Failed
+                    && d.last_action.as_deref() == Some("apply")))
                 && entry.is_some_and(|e| e.all_statements_done() && e.checksum == m.checksum);
             match d.state {
-                DeploymentState::Running | DeploymentState::Queued
-                    if applied_here || completed_here =>
+                DeploymentState::Running | DeploymentState::Queued | DeploymentState::Failed
+                    if (applied_here && d.state != DeploymentState::Failed) || completed_here =>
                 {
                     if completed_here && let Err(e) = session.mark_complete(&d.migration_id).await {
                         return Ok(Outcome::TargetUnavailable(e.to_string()));
+                    }
+                    if d.state == DeploymentState::Failed {
+                        d.state = d.state.on(DeploymentEvent::Retry)?;
                     }
                     if d.state == DeploymentState::Queued {
                         d.state = d.state.on(DeploymentEvent::Start)?;
                     }
                     d.state = d.state.on(DeploymentEvent::Succeed)?;
+                    d.error = None;
                     d.transactional = entry.map(|e| e.transactional).or(d.transactional);
                     d.last_action = Some("apply".into());
                     d.finished_at = Some(self.now());
@@ -280,7 +288,7 @@ impl Worker {
                         "applied",
                         if completed_here {
                             serde_json::json!({
-                                "reconciled": "the daemon stopped after the script's last statement, before recording it as applied; the target's sluice_schema_history records every statement as done",
+                                "reconciled": "the script's last statement ran, but its runner stopped (or its history write failed) before recording it as applied; the target's sluice_schema_history records every statement as done",
                                 "statements_done": entry.and_then(|e| e.statements_done),
                                 "statements_total": entry.and_then(|e| e.statements_total),
                                 "checksum": m.checksum,

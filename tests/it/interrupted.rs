@@ -389,6 +389,75 @@ async fn a_mariadb_session_killed_after_the_last_statement_leaves_it_applied() {
     app.stop().await;
 }
 
+/// MariaDB: a deployment already failed although the target records every statement of it as
+/// done (here the final history write was refused, by a trigger the test then drops; a daemon
+/// before this fix left the same after a crash) is applied by the next round's reconcile: no
+/// retry needed, and the queue behind it moves. Before, it stayed failed as "interrupted after
+/// statement 2 of 2", halting the queue.
+#[tokio::test]
+async fn a_failed_mariadb_deployment_with_every_statement_done_is_reconciled_as_applied() {
+    let app = spawn_app_with(AppOptions {
+        backend: Backend::MySqlTargets,
+        background_workers: false,
+        ..AppOptions::default()
+    })
+    .await;
+    let first = app
+        .submit(
+            "dev",
+            migration("first", "low", "CREATE TABLE before_t (id int);", None),
+        )
+        .await;
+    app.run_worker("development").await;
+    assert_eq!(
+        app.deployment(&format!("{first}@development")).await["state"],
+        "applied"
+    );
+    let mut admin = app.mysql_targets["development"].connect().await;
+    sqlx::raw_sql(
+        "CREATE TRIGGER refuse_success BEFORE UPDATE ON sluice_schema_history FOR EACH ROW BEGIN IF NEW.success AND NEW.applied_at <> OLD.applied_at THEN SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'refused by the test'; END IF; END",
+    )
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let id = app
+        .submit(
+            "dev",
+            migration(
+                "two ddl",
+                "low",
+                "CREATE TABLE one_t (id int);\nCREATE TABLE two_t (id int);\n",
+                None,
+            ),
+        )
+        .await;
+    let behind = app
+        .submit(
+            "dev",
+            migration("behind", "low", "CREATE TABLE behind_t (id int);", None),
+        )
+        .await;
+    let deployment = format!("{id}@development");
+    app.run_worker("development").await;
+    let d = app.deployment(&deployment).await;
+    assert_eq!(d["state"], "failed", "{d}");
+    assert_eq!(mariadb_history(&mut admin, &id).await, (false, 2));
+    sqlx::raw_sql("DROP TRIGGER refuse_success")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+
+    app.run_worker("development").await;
+    let d = app.deployment(&deployment).await;
+    assert_eq!(d["state"], "applied", "{d}");
+    assert!(d["error"].is_null(), "{d}");
+    assert_eq!(mariadb_history(&mut admin, &id).await, (true, 2));
+    app.run_worker("development").await;
+    let d = app.deployment(&format!("{behind}@development")).await;
+    assert_eq!(d["state"], "applied", "{d}");
+    app.stop().await;
+}
+
 /// PostgreSQL, the same as above: a script with CREATE INDEX CONCURRENTLY, its final history
 /// write held by a trigger while the worker's round is dropped and its backend terminated.
 /// The target records 2 of 2 statements done: the next round marks it applied.
