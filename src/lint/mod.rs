@@ -135,12 +135,14 @@ pub fn unrunnable_problems(statements: &[Statement], dialect: Dialect) -> Vec<(u
         .iter()
         .filter_map(|statement| {
             let words = significant_words(&statement.text, dialect)?;
-            unrunnable_reason(&words).map(|reason| {
-                (
-                    statement.line,
-                    format!("\"{}\" {reason}", excerpt(&statement.text)),
-                )
-            })
+            unrunnable_reason(&words)
+                .or_else(|| do_block_reason(&statement.text, &words, dialect))
+                .map(|reason| {
+                    (
+                        statement.line,
+                        format!("\"{}\" {reason}", excerpt(&statement.text)),
+                    )
+                })
         })
         .collect()
 }
@@ -167,11 +169,37 @@ fn significant_words(text: &str, dialect: Dialect) -> Option<Vec<String>> {
                 Token::Comma => Some(",".into()),
                 Token::LParen => Some("(".into()),
                 Token::RParen => Some(")".into()),
+                Token::SemiColon => Some(";".into()),
                 Token::Whitespace(_) => None,
                 _ => Some(String::new()),
             })
             .collect(),
     )
+}
+
+/// A PostgreSQL `DO` block's body is statements too: each of them (split at `;` and after
+/// BEGIN, THEN, ELSE, LOOP) is held to `unrunnable_reason`. What it builds as text and runs
+/// with EXECUTE is found when it runs.
+fn do_block_reason(text: &str, words: &[String], dialect: Dialect) -> Option<String> {
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    if words.first().map(String::as_str) != Some("do") || dialect == Dialect::MySql {
+        return None;
+    }
+    let tokens = Tokenizer::new(&sqlparser::dialect::PostgreSqlDialect {}, text)
+        .tokenize()
+        .ok()?;
+    let body = tokens.into_iter().find_map(|token| match token {
+        Token::DollarQuotedString(body) => Some(body.value),
+        Token::SingleQuotedString(body) => Some(body),
+        _ => None,
+    })?;
+    let body_words = significant_words(&body, Dialect::Postgres)?;
+    body_words
+        .split(|w| matches!(w.as_str(), ";" | "begin" | "then" | "else" | "loop"))
+        .find_map(|part| {
+            let start = part.iter().position(|w| !w.is_empty())?;
+            unrunnable_reason(&part[start..])
+        })
 }
 
 /// Why a statement (as `significant_words`) cannot run in a migration, if it cannot.
@@ -2211,6 +2239,14 @@ END $$;
                 Dialect::MySql,
             ),
             ("drop table sluice_schema_history;", Dialect::Sqlite),
+            (
+                "DO $$ BEGIN DELETE FROM sluice_schema_history; END $$;",
+                Dialect::Postgres,
+            ),
+            (
+                "DO $body$\nBEGIN\n  IF true THEN\n    DROP TABLE sluice_schema_history;\n  END IF;\nEND\n$body$;",
+                Dialect::Postgres,
+            ),
         ] {
             let found = unrunnable(sql, dialect);
             assert_eq!(found.len(), 1, "{sql}: {found:?}");
@@ -2241,6 +2277,10 @@ END $$;
             ),
             ("DROP TABLE sluice_schema_history_copy;", Dialect::Postgres),
             ("SELECT * FROM `sluice_schema_history`;", Dialect::MySql),
+            (
+                "DO $$ BEGIN PERFORM count(*) FROM sluice_schema_history; RAISE NOTICE 'DROP TABLE sluice_schema_history'; END $$;",
+                Dialect::Postgres,
+            ),
         ] {
             assert!(unrunnable(sql, dialect).is_empty(), "{sql}");
         }
