@@ -1125,7 +1125,6 @@ pub(super) fn pg_program(
     Ok(command)
 }
 
-/// The server's message with its SQLSTATE, detail and hint.
 /// Whether an error means the session is gone or unusable: the connection closed, an error
 /// that is not the server's answer to a statement (I/O, a message out of protocol), or a FATAL
 /// one (the server ends the session after it).
@@ -1137,6 +1136,7 @@ fn session_ended(e: &tokio_postgres::Error) -> bool {
         }
 }
 
+/// The server's message with its SQLSTATE, detail and hint.
 fn pg_message(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => {
