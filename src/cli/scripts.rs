@@ -385,7 +385,7 @@ pub fn validate_file(path: &Path, dialect: crate::lint::Dialect) -> Vec<Problem>
     match crate::lint::split_statements_for(&text, dialect) {
         Err(e) => problems.push(at(e.line, e.message)),
         Ok(statements) => {
-            for (line, problem) in crate::lint::transaction_control_problems(&statements) {
+            for (line, problem) in crate::lint::script_problems(&statements, dialect) {
                 problems.push(at(line, problem));
             }
             // The rollback script is linted with it (its own problems under its own path).
@@ -396,7 +396,15 @@ pub fn validate_file(path: &Path, dialect: crate::lint::Dialect) -> Vec<Problem>
                 .and_then(|p| {
                     let text = std::fs::read_to_string(&p).ok()?;
                     match crate::lint::split_statements_for(&text, dialect) {
-                        Ok(statements) => Some((p, text, statements)),
+                        Ok(statements) => {
+                            // Submission checks the rollback script the same way.
+                            for (line, problem) in
+                                crate::lint::script_problems(&statements, dialect)
+                            {
+                                problems.push(Problem::new(&p, line, problem));
+                            }
+                            Some((p, text, statements))
+                        }
                         Err(e) => {
                             problems.push(Problem::new(&p, e.line, e.message));
                             None

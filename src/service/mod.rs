@@ -159,7 +159,9 @@ pub fn check_script(
     // no-op: applied, it is recorded; as a down script it means "nothing to undo".
     let statements = lint::split_statements_for(sql, dialect)
         .map_err(|e| ServiceError::Invalid(format!("{field}: {e}")))?;
-    if let Some((line, problem)) = lint::transaction_control_problems(&statements)
+    // Transaction control, statements Sluice cannot run (COPY FROM STDIN, LOAD DATA LOCAL
+    // INFILE) and writes to its history table: the same check as `sluice validate`.
+    if let Some((line, problem)) = lint::script_problems(&statements, dialect)
         .into_iter()
         .next()
     {
