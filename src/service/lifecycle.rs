@@ -128,11 +128,31 @@ impl Service {
                 .deployments_of_migration(&mut tx, &migration.id)
                 .await?
             {
-                if !later.iter().any(|e| e.name.as_str() == other.environment)
-                    || other.state.on(DeploymentEvent::Cancel).is_err()
-                {
+                let Some(later_env) = later
+                    .iter()
+                    .find(|e| e.name.as_str() == other.environment)
+                else {
+                    continue;
+                };
+                if other.state.on(DeploymentEvent::Cancel).is_err() {
                     continue;
                 }
+                // Withdrawing is cancelling there too: a developer who may cancel anything in
+                // development (it approves itself) may not reach production through it.
+                domain::authz::may_change_own_or_operate(
+                    &caller.name,
+                    &caller.roles,
+                    &authors,
+                    later_env.name.as_str(),
+                    later_env.auto_approve,
+                    "cancel",
+                )
+                .map_err(|e| {
+                    ServiceError::Forbidden(format!(
+                        "cancelling {} in {} withdraws it from {} too, where {e}",
+                        migration.id, env.name, later_env.name
+                    ))
+                })?;
                 self.commit_change(
                     &mut tx,
                     &mut other,
