@@ -6,6 +6,7 @@
 pub mod authz;
 pub mod freeze;
 mod ids;
+pub mod lock;
 pub mod notice;
 mod policy;
 pub mod queue;

@@ -1,6 +1,8 @@
 //! Environments: lock, unlock, migrate, and status (through the one queue planner).
 
 use super::*;
+use crate::domain::lock::Work;
+use sqlx::AnyConnection;
 
 pub(super) fn locked_error(env: &EnvironmentConfig, lock: &LockRow, prefix: &str) -> ServiceError {
     ServiceError::Conflict(format!(
@@ -13,6 +15,21 @@ pub(super) fn locked_error(env: &EnvironmentConfig, lock: &LockRow, prefix: &str
 }
 
 impl Service {
+    /// The environment's lock, if it stops `work` there: the domain's one lock rule
+    /// (`domain::lock::lock_stops`) fed with the stored lock. Everything that asks whether a
+    /// lock is in the way (migrate, the waits, the worker) asks here.
+    pub async fn lock_stopping(
+        &self,
+        conn: &mut AnyConnection,
+        environment: &str,
+        work: Work,
+    ) -> Result<Option<LockRow>> {
+        let lock = self.store.lock(conn, environment).await?;
+        let stops =
+            domain::lock::lock_stops(lock.as_ref().map(Into::into).as_ref(), work).is_some();
+        Ok(lock.filter(|_| stops))
+    }
+
     pub async fn lock_environment(
         &self,
         caller: &Caller,
@@ -29,20 +46,24 @@ impl Service {
         }
         let at = self.now();
         let mut tx = self.store.begin().await?;
-        if let Some(lock) = self.store.lock(&mut tx, env.name.as_str()).await? {
-            return Err(locked_error(env, &lock, "already "));
+        let lock = LockRow {
+            environment: env.name.to_string(),
+            locked_by: caller.name.to_string(),
+            reason: reason.trim().into(),
+            locked_at: at,
+        };
+        // One conditional insert: of concurrent lock requests exactly one takes the lock; the
+        // others read the lock that won (committed by then) and are told who holds it.
+        if !self.store.insert_lock(&mut tx, &lock).await? {
+            let held = self.store.lock(&mut tx, env.name.as_str()).await?;
+            return Err(match held {
+                Some(held) => locked_error(env, &held, "already "),
+                None => ServiceError::Conflict(format!(
+                    "{} was locked and unlocked by someone else while you asked; look at `sluice status {}` and lock again if it is still needed",
+                    env.name, env.name
+                )),
+            });
         }
-        self.store
-            .insert_lock(
-                &mut tx,
-                &LockRow {
-                    environment: env.name.to_string(),
-                    locked_by: caller.name.to_string(),
-                    reason: reason.trim().into(),
-                    locked_at: at,
-                },
-            )
-            .await?;
         let mut entry = audit(
             at,
             caller.name.as_str(),
@@ -87,13 +108,18 @@ impl Service {
         }
         let at = self.now();
         let mut tx = self.store.begin().await?;
-        let Some(lock) = self.store.lock(&mut tx, env.name.as_str()).await? else {
+        // One conditional delete: of concurrent unlocks exactly one removes the lock (and
+        // writes the audit record); the others find nothing to remove.
+        let Some(lock) = self
+            .store
+            .delete_lock(&mut tx, env.name.as_str(), None)
+            .await?
+        else {
             return Err(ServiceError::Conflict(format!(
                 "{} is not locked",
                 env.name
             )));
         };
-        self.store.delete_lock(&mut tx, env.name.as_str()).await?;
         let mut entry = audit(
             at,
             caller.name.as_str(),
@@ -129,7 +155,10 @@ impl Service {
         self.require_operator(caller, env, "migrate")?;
         let at = self.now();
         let mut tx = self.store.begin().await?;
-        if let Some(lock) = self.store.lock(&mut tx, env.name.as_str()).await? {
+        if let Some(lock) = self
+            .lock_stopping(&mut tx, env.name.as_str(), Work::Release)
+            .await?
+        {
             return Err(locked_error(env, &lock, ""));
         }
         let mut approved = self

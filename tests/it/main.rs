@@ -12,6 +12,7 @@ mod dry_run;
 mod grpc;
 mod harness;
 mod interrupted;
+mod locks;
 mod metrics;
 mod mysql;
 mod notify;
