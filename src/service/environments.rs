@@ -211,91 +211,6 @@ impl Service {
             queued: queued.into_iter().map(|d| d.id).collect(),
         })
     }
-
-    /// Waits until none of the given deployments of `environment` is queued, running or rolling
-    /// back; or until nothing more can happen to those still queued (the queue is halted or
-    /// locked, a freeze holds, they wait for something: the reason is returned); or until the
-    /// timeout passes. One query per poll, however many deployments are waited for; the
-    /// planner is asked at most every 200 ms, once none of them runs.
-    pub async fn wait_settled(
-        &self,
-        environment: &str,
-        ids: &[String],
-        timeout: std::time::Duration,
-    ) -> Result<Settled> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let wanted: std::collections::HashSet<&String> = ids.iter().collect();
-        let mut next_look = tokio::time::Instant::now();
-        loop {
-            let busy = {
-                let mut conn = self.store.conn().await?;
-                self.store
-                    .deployments_in_states(
-                        &mut conn,
-                        environment,
-                        &[
-                            DeploymentState::Queued,
-                            DeploymentState::Running,
-                            DeploymentState::RollingBack,
-                        ],
-                    )
-                    .await?
-            };
-            let mine: Vec<&DeploymentRow> =
-                busy.iter().filter(|d| wanted.contains(&d.id)).collect();
-            if mine.is_empty() {
-                return Ok(Settled::Done);
-            }
-            let now = tokio::time::Instant::now();
-            if mine.iter().all(|d| d.state == DeploymentState::Queued) && now >= next_look {
-                next_look = now + std::time::Duration::from_millis(200);
-                if let Some(reason) = self.stuck(environment, &mine).await? {
-                    return Ok(Settled::Stopped(reason));
-                }
-            }
-            if now >= deadline {
-                return Ok(Settled::TimedOut);
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Why none of these queued deployments can start now, if none can.
-    async fn stuck(&self, environment: &str, queued: &[&DeploymentRow]) -> Result<Option<String>> {
-        let status = self.environment_status(environment).await?;
-        if let Some(failed) = &status.halted_by {
-            return Ok(Some(format!(
-                "the queue is halted by the failed deployment {failed} (retry, roll back or cancel it)"
-            )));
-        }
-        if let Some(lock) = &status.lock {
-            return Ok(Some(format!(
-                "{environment} is locked by {}: {}",
-                lock.locked_by, lock.reason
-            )));
-        }
-        let mut reasons = Vec::new();
-        for d in queued {
-            match status.queue.iter().find(|q| q.id == d.id) {
-                Some(view) => match &view.blocked_by {
-                    Some(why) => reasons.push(format!("{}: {why}", d.id)),
-                    None => return Ok(None),
-                },
-                None => return Ok(None),
-            }
-        }
-        Ok(Some(reasons.join("; ")))
-    }
-}
-
-/// How a wait for released deployments ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Settled {
-    /// None of them is queued, running or rolling back any more.
-    Done,
-    /// Those still queued cannot start now, for this reason.
-    Stopped(String),
-    TimedOut,
 }
 
 impl Service {
@@ -385,6 +300,7 @@ impl Service {
             .collect();
         let plan = domain::queue::plan(&entries, frozen.clone());
         let mut queue = Vec::new();
+        let mut blockers = Vec::new();
         for (d, planned) in open.iter().zip(plan) {
             let Some(m) = migrations.get(&d.migration_id) else {
                 continue;
@@ -409,7 +325,10 @@ impl Service {
                 view.out_of_order = true;
             }
             queue.push(view);
+            blockers.push(planned.blocker);
         }
+        self.fill_needs(env, lock.as_ref(), &mut queue, &blockers)
+            .await?;
         self.attach_checks(&mut conn, &mut queue).await?;
         let last = self
             .store

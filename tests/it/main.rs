@@ -25,4 +25,5 @@ mod rules;
 mod story;
 mod tidy;
 mod traces;
+mod waits;
 mod worker;
