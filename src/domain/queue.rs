@@ -178,6 +178,45 @@ mod tests {
     }
 
     #[test]
+    fn each_wait_is_given_as_a_fact_and_said_as_before() {
+        let mut unapproved_before = entry("002", S::Queued, false);
+        unapproved_before.previous_environment = Some(("staging", Some(S::AwaitingApproval)));
+        let plan_ = plan(
+            &[
+                entry("001", S::Failed, false),
+                entry("003", S::Queued, false),
+            ],
+            None,
+        );
+        assert_eq!(
+            plan_[1].blocker,
+            Some(Blocker::Earlier {
+                migration_id: "001".into(),
+                state: S::Failed
+            })
+        );
+        assert_eq!(
+            plan_[1].blocked_by,
+            plan_[1].blocker.as_ref().map(ToString::to_string)
+        );
+        let plan_ = plan(&[unapproved_before], None);
+        assert_eq!(
+            plan_[0].blocker,
+            Some(Blocker::PreviousEnvironment {
+                environment: "staging".into(),
+                state: Some(S::AwaitingApproval)
+            })
+        );
+        assert_eq!(
+            plan_[0].blocked_by.as_deref(),
+            Some("must be applied in staging first (it is awaiting_approval there)")
+        );
+        let plan_ = plan(&[entry("001", S::Queued, false)], freeze());
+        assert!(matches!(plan_[0].blocker, Some(Blocker::Frozen { .. })));
+        assert!(!plan_[0].start);
+    }
+
+    #[test]
     fn an_emergency_goes_ahead_of_merely_waiting_deployments_in_a_freeze() {
         let entries = [
             entry("001", S::Queued, false),

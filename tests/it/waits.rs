@@ -229,3 +229,47 @@ async fn rest_waiters_over_the_cap_are_refused_before_anything_is_released() {
     assert_eq!(app.service().migrate_waiters(), 0);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_rest_wait_ends_when_the_environment_is_locked_and_names_the_holder() {
+    let app = app_without_workers().await;
+    let id = app
+        .submit(
+            "dev",
+            migration("held", "low", "CREATE TABLE held (id int);", None),
+        )
+        .await;
+    let deployment = format!("{id}@development");
+    app.wait_for_state(&deployment, &["queued"]).await;
+    let wait = "/api/v1/environments/development/migrate?wait=true&timeout_seconds=60";
+    let ((status, body), ()) = tokio::join!(app.post("dev", wait, json!({})), async {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        while app.service().migrate_waiters() < 1 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the wait never began"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let (status, body) = app
+            .post(
+                "lead",
+                "/api/v1/environments/development/lock",
+                json!({"reason": "incident 42"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    });
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["settled"], false, "{body}");
+    let stopped = body["stopped"].as_str().unwrap_or_default();
+    assert!(
+        stopped.contains(&deployment)
+            && stopped.contains("locked by lead")
+            && stopped.contains("incident 42")
+            && stopped.contains("sluice unlock development"),
+        "{body}"
+    );
+    assert_eq!(app.deployment(&deployment).await["state"], "queued");
+    app.stop().await;
+}
