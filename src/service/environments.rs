@@ -86,6 +86,7 @@ impl Service {
         self.signals
             .lock_generation(env.name.as_str())
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.signals.lock_changed();
         self.environment_status(environment).await
     }
 
@@ -145,6 +146,7 @@ impl Service {
         tx.commit().await?;
         self.events_written();
         self.signals.wake(env.name.as_str());
+        self.signals.lock_changed();
         self.environment_status(environment).await
     }
 

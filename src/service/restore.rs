@@ -260,6 +260,7 @@ impl Service {
         self.signals
             .lock_generation(env.name.as_str())
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.signals.lock_changed();
         Ok(Some(lock))
     }
 
@@ -287,6 +288,7 @@ impl Service {
             entry.environment = Some(env.name.to_string());
             self.store.insert_audit(&mut tx, &entry).await?;
             tx.commit().await?;
+            self.signals.lock_changed();
             Ok(())
         };
         if let Err(e) = released.await {

@@ -20,9 +20,10 @@ pub const WAIT_DEFAULT_SECONDS: u64 = 600;
 pub const WAIT_MAX_SECONDS: u64 = 3600;
 /// What a caller refused for too many waiters is told to wait before trying again.
 pub const RETRY_AFTER_SECONDS: u16 = 5;
-/// Changes made through another daemon on the same store, and lock changes, announce no
-/// deployment event here: a waiter looks again this often as well as on every event.
-const LOOK_AGAIN: Duration = Duration::from_secs(2);
+/// Changes made through another daemon on the same store reach this one by no event (see
+/// "Not built yet" in ARCHITECTURE.md): a waiter looks again this often as well as on every
+/// event and lock change of its own daemon.
+const LOOK_AGAIN: Duration = Duration::from_secs(5);
 
 /// How a wait for released deployments ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,8 +66,8 @@ impl Service {
 
     /// Waits until none of the given deployments of `environment` can still move on by itself:
     /// each has ended (or failed), or needs someone (what is needed is returned); or until the
-    /// timeout passes (at most `WAIT_MAX_SECONDS`). Woken by the deployment state changes this
-    /// daemon commits, and every `LOOK_AGAIN` for changes it hears nothing of.
+    /// timeout passes (at most `WAIT_MAX_SECONDS`). Woken by the deployment state changes and
+    /// the lock changes this daemon commits, and every `LOOK_AGAIN` for other daemons' changes.
     pub async fn wait_settled(
         &self,
         _permit: &WaitPermit,
@@ -78,6 +79,8 @@ impl Service {
             tokio::time::Instant::now() + timeout.min(Duration::from_secs(WAIT_MAX_SECONDS));
         // Subscribed before the first look, so that no change falls in between.
         let mut events = self.signals.events.subscribe();
+        let mut lock_changes = self.signals.lock_changes();
+        lock_changes.mark_unchanged();
         loop {
             if let Some(settled) = self.wait_verdict(environment, ids).await? {
                 return Ok(settled);
@@ -97,6 +100,12 @@ impl Service {
                             break;
                         }
                     },
+                    changed = lock_changes.changed() => {
+                        if changed.is_err() {
+                            tokio::time::sleep_until(look_again).await;
+                        }
+                        break;
+                    }
                     _ = tokio::time::sleep_until(look_again) => break,
                 }
             }
