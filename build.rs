@@ -24,10 +24,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .field_attribute("sluice.v1.Deployment.dry_run", SKIP_NONE)
         .field_attribute("sluice.v1.Deployment.rollback_test", SKIP_NONE)
         .field_attribute("sluice.v1.Deployment.statements_applied", SKIP_NONE)
+        .field_attribute("sluice.v1.Deployment.rejection", SKIP_NONE)
+        .field_attribute("sluice.v1.Migration.previous_versions", SKIP_EMPTY_LIST)
         .field_attribute("sluice.v1.Deployment.log", SKIP_EMPTY_LIST)
         .field_attribute("sluice.v1.Deployment.reviews", SKIP_EMPTY_LIST)
         .field_attribute("sluice.v1.Deployment.review_owed", SKIP_FALSE)
         .field_attribute("sluice.v1.Finding.fix", SKIP_EMPTY_TEXT)
+        // A watch event's `{"state": ...}` in snake_case, as every other field.
+        .type_attribute(
+            "sluice.v1.DeploymentEvent.event",
+            "#[serde(rename_all = \"snake_case\")]",
+        )
         .field_attribute("sluice.v1.Finding.script", SKIP_EMPTY_TEXT)
         .field_attribute("sluice.v1.Finding.ignored", SKIP_EMPTY_TEXT)
         .build_client(true)

@@ -191,6 +191,7 @@ fn deployment(v: DeploymentView) -> pb::Deployment {
                 comment: a.comment,
                 approved_at: a.approved_at,
                 current: a.current,
+                checksum: a.checksum,
             })
             .collect(),
         missing_roles: v.missing_roles.iter().map(|r| r.to_string()).collect(),
@@ -232,6 +233,11 @@ fn deployment(v: DeploymentView) -> pb::Deployment {
         dry_run: v.dry_run.map(dry_run),
         rollback_test: v.rollback_test.map(rollback_test),
         statements_applied: v.statements_applied,
+        rejection: v.rejection.map(|r| pb::Rejection {
+            by: r.by,
+            reason: r.reason,
+            at: r.at,
+        }),
     }
 }
 
@@ -271,6 +277,19 @@ fn migration(v: MigrationView) -> pb::Migration {
         up_sql: v.up_sql,
         down_sql: v.down_sql,
         deployments: v.deployments.into_iter().map(deployment).collect(),
+        previous_versions: v
+            .previous_versions
+            .into_iter()
+            .map(|p| pb::MigrationVersion {
+                checksum: p.checksum,
+                up_sql: p.up_sql,
+                down_sql: p.down_sql,
+                replaced_at: p.replaced_at,
+                replaced_by: p.replaced_by,
+                approved_in: p.approved_in,
+                applied_in: p.applied_in,
+            })
+            .collect(),
     }
 }
 
@@ -752,7 +771,7 @@ impl pb::sluice_server::Sluice for GrpcApi {
                     file: b.file,
                     taken_at: b.taken_at,
                     size_bytes: b.size_bytes,
-                    preceded: b.preceded.unwrap_or_default(),
+                    preceded: b.preceded,
                 })
                 .collect(),
         }))
@@ -771,7 +790,7 @@ impl pb::sluice_server::Sluice for GrpcApi {
             file: b.file,
             taken_at: b.taken_at,
             size_bytes: b.size_bytes,
-            preceded: b.preceded.unwrap_or_default(),
+            preceded: b.preceded,
         }))
     }
 

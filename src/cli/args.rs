@@ -197,7 +197,8 @@ pub(super) enum Command {
         environment: String,
     },
     /// Test a migration's rollback script: up, down and up again on a scratch copy of an
-    /// environment's schema (default: the first environment), the schemas compared. Approvers
+    /// environment's schema (default: the first environment, in promotion order, where it is not
+    /// applied), the schemas compared. Approvers
     /// see the result; environments may require a passing one before approval.
     #[command(
         name = "test-rollback",
@@ -207,7 +208,8 @@ pub(super) enum Command {
         /// The migration's id.
         #[arg(add = ArgValueCandidates::new(completion::migrations))]
         migration_id: String,
-        /// Whose schema is copied (default: the first environment of the promotion order).
+        /// Whose schema is copied (default: the first environment of the promotion order where
+        /// the migration is not applied).
         #[arg(add = ArgValueCandidates::new(completion::environments))]
         environment: Option<String>,
     },
@@ -263,9 +265,13 @@ pub(super) enum Command {
         #[arg(long, value_enum, default_value = "postgres")]
         dialect: DialectArg,
     },
-    /// Approve a migration in the role given (the approver must be the token's user).
+    /// Approve a migration in the role given (the approver must be the token's user). The
+    /// approval names the checksum of the scripts read: without --checksum, at a terminal, the
+    /// scripts (or what changed since the version approved or applied before), the findings
+    /// and the checksum are shown and a yes approves that checksum; --yes or no terminal need
+    /// --checksum.
     #[command(
-        after_help = "Examples:\n  sluice approve 003_20261125_101500_add_index dba alice \"index is concurrent\"\n  sluice approve 003_20261125_101500_add_index data_ops alice \"ok\" --environment staging --checksum 9f2c..."
+        after_help = "Examples:\n  sluice approve 003_20261125_101500_add_index dba alice \"index is concurrent\"     # at a terminal: shows the scripts, asks\n  sluice show 003_20261125_101500_add_index --sql     # in a script: read, then name the checksum\n  sluice approve 003_20261125_101500_add_index data_ops alice \"ok\" --environment staging --checksum 9f2c..."
     )]
     Approve {
         /// The migration's id.
@@ -281,8 +287,8 @@ pub(super) enum Command {
         /// Default: the first environment of the promotion order where it awaits this role.
         #[arg(long, add = ArgValueCandidates::new(completion::environments))]
         environment: Option<String>,
-        /// The checksum of the scripts you reviewed (`sluice show`/`status --verbose` print it).
-        /// Default: the checksum the daemon shows now, printed before approving.
+        /// The checksum of the scripts you reviewed (`sluice show` prints it). Default, at a
+        /// terminal: the checksum of the scripts shown before the question.
         #[arg(long)]
         checksum: Option<String>,
     },
@@ -422,7 +428,7 @@ pub(super) enum Command {
     /// environment, state, approvals (void when the scripts changed since), errors with the
     /// failing statement, timings; `--log` adds each deployment's log (NOTICEs included).
     #[command(
-        after_help = "Examples:\n  sluice show 003_20261125_101500_add_index\n  sluice show 003_20261125_101500_add_index production --log"
+        after_help = "Examples:\n  sluice show 003_20261125_101500_add_index\n  sluice show 003_20261125_101500_add_index production --log\n  sluice show 003_20261125_101500_add_index --sql\n  sluice show 003_20261125_101500_add_index --diff"
     )]
     Show {
         /// The migration's id.
@@ -434,6 +440,14 @@ pub(super) enum Command {
         /// Print the deployments' logs too.
         #[arg(long)]
         log: bool,
+        /// Print the up and down scripts as they are (control characters other than newlines
+        /// and tabs shown as \u{..}), and nothing else.
+        #[arg(long, conflicts_with_all = ["diff", "log", "environment"])]
+        sql: bool,
+        /// Print what changed since the version approved or applied before (an amendment
+        /// replaced it), and nothing else.
+        #[arg(long, conflicts_with_all = ["log", "environment"])]
+        diff: bool,
     },
     /// What awaits your approval: every deployment, in every environment, still needing a
     /// role you hold (and that you have not approved), with the command to approve it.

@@ -11,11 +11,19 @@ pub(super) struct Client {
 
 impl Client {
     pub(super) async fn connect(server: &str, token: Option<String>) -> CliResult<Client> {
+        // `127.0.0.1:50051` (no scheme) is the plain-HTTP address it names; without this the
+        // host was read as a scheme.
+        let server = &if server.contains("://") {
+            server.to_owned()
+        } else {
+            format!("http://{server}")
+        };
         let unreachable = |reason: String| Failure {
             code: 3,
             message: format!(
                 "cannot reach sluice at {server} ({reason}); start it with \"sluice server\" or set SLUICE_ADDR"
             ),
+            api_code: Some("unavailable"),
         };
         let endpoint = tonic::transport::Endpoint::from_shared(server.to_owned())
             .map_err(|e| Failure::usage(format!("--server {server}: {e}")))?
@@ -36,6 +44,7 @@ impl Client {
         let token = self.token.as_deref().ok_or_else(|| Failure {
             code: 3,
             message: "no token: pass --token or set SLUICE_TOKEN (an administrator makes one with `sluice token new`)".into(),
+            api_code: Some("unauthenticated"),
         })?;
         let value = format!("Bearer {token}")
             .parse()
@@ -46,10 +55,29 @@ impl Client {
 
     pub(super) fn failed(&self, status: tonic::Status) -> Failure {
         use tonic::Code;
+        // The REST API's code for what the gRPC status says (src/api/grpc.rs maps them once).
+        let api_code = match status.code() {
+            Code::Unauthenticated => "unauthenticated",
+            Code::PermissionDenied => "forbidden",
+            Code::NotFound => "not_found",
+            Code::InvalidArgument => "invalid",
+            Code::FailedPrecondition | Code::AlreadyExists | Code::Aborted => "conflict",
+            Code::Unavailable | Code::DeadlineExceeded => "unavailable",
+            Code::ResourceExhausted => "unavailable",
+            _ => "internal",
+        };
+        let mut failure = self.failed_as(&status);
+        failure.api_code = Some(api_code);
+        failure
+    }
+
+    fn failed_as(&self, status: &tonic::Status) -> Failure {
+        use tonic::Code;
         match status.code() {
             Code::Unauthenticated | Code::PermissionDenied => Failure {
                 code: 3,
                 message: format!("not authorized: {}", status.message()),
+                api_code: None,
             },
             Code::Unavailable => Failure {
                 code: 3,
@@ -58,6 +86,7 @@ impl Client {
                     self.server,
                     status.message()
                 ),
+                api_code: None,
             },
             // An HTTP server that is not gRPC answered (Sluice's REST port answers JSON,
             // whose `{` tonic reads as a compression flag of 123).
@@ -71,6 +100,7 @@ impl Client {
                         self.server,
                         status.message()
                     ),
+                    api_code: None,
                 }
             }
             _ => Failure::operation(status.message().to_owned()),

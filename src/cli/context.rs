@@ -166,6 +166,7 @@ fn run_token_command(context: &str, command: &str) -> CliResult<String> {
                 output.status,
                 String::from_utf8_lossy(&output.stderr).trim()
             ),
+            api_code: Some("unauthenticated"),
         });
     }
     let token = String::from_utf8_lossy(&output.stdout).trim().to_owned();
@@ -175,6 +176,7 @@ fn run_token_command(context: &str, command: &str) -> CliResult<String> {
             message: format!(
                 "context \"{context}\": its token_command `{command}` printed no token"
             ),
+            api_code: Some("unauthenticated"),
         });
     }
     Ok(token)

@@ -158,6 +158,7 @@ pub(super) fn interrupted(environment: &str) -> Failure {
         message: format!(
             "interrupted: the deployments go on in the daemon; follow them with `sluice watch {environment}` or see `sluice status {environment}`"
         ),
+        api_code: None,
     }
 }
 
@@ -360,6 +361,7 @@ pub(super) async fn follow_stream(
                 code: 3,
                 message: "the daemon closed the watch stream before the deployments finished"
                     .into(),
+                api_code: Some("unavailable"),
             });
         };
         let event = event.map_err(|s| client.failed(s))?;

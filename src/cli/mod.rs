@@ -19,6 +19,7 @@ mod import;
 mod lint_output;
 mod notifications;
 mod render;
+mod review;
 pub mod scripts;
 
 use args::*;
@@ -43,6 +44,9 @@ use tonic::transport::Channel;
 pub struct Failure {
     code: u8,
     message: String,
+    /// The API's error code when the daemon refused (not_found, conflict, forbidden, invalid,
+    /// unavailable, ...): what `--output json` prints, as REST does.
+    api_code: Option<&'static str>,
 }
 
 impl Failure {
@@ -50,13 +54,26 @@ impl Failure {
         Failure {
             code: 1,
             message: message.into(),
+            api_code: None,
         }
     }
     fn usage(message: impl Into<String>) -> Failure {
         Failure {
             code: 2,
             message: message.into(),
+            api_code: None,
         }
+    }
+    /// The code `--output json` gives: the API's when the daemon answered with an error;
+    /// otherwise `invalid` for a usage error, `unavailable` when the daemon cannot be reached,
+    /// `failed` when the work itself failed (a migration, a test, a declined confirmation).
+    fn json_code(&self) -> &'static str {
+        self.api_code.unwrap_or(match self.code {
+            2 => "invalid",
+            3 => "unavailable",
+            130 => "interrupted",
+            _ => "failed",
+        })
     }
 }
 
@@ -68,12 +85,25 @@ pub fn main() -> ExitCode {
     clap_complete::CompleteEnv::with_factory(Cli::command).complete();
     let cli = Cli::parse();
     let json = cli.output == OutputArg::Json && !matches!(cli.command, Command::Validate { .. });
-    let result = match cli.command {
+    // `sluice status | head`: once the reader has gone, printing fails (Rust ignores SIGPIPE,
+    // so `println!` panics). That is the reader's choice, not an error: end quietly.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !stdout_closed(info.payload()) {
+            hook(info);
+        }
+    }));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match cli.command {
         Command::Server { ref config_dir } => run_server(config_dir.clone()),
         _ => match tokio::runtime::Runtime::new() {
             Ok(runtime) => runtime.block_on(run(cli)),
             Err(e) => Err(Failure::operation(format!("cannot start the runtime: {e}"))),
         },
+    }));
+    let result = match outcome {
+        Ok(result) => result,
+        Err(payload) if stdout_closed(&*payload) => return ExitCode::SUCCESS,
+        Err(payload) => std::panic::resume_unwind(payload),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -82,11 +112,7 @@ pub fn main() -> ExitCode {
                 if json && !JSON_PRINTED.load(std::sync::atomic::Ordering::SeqCst) {
                     // With --output json, stdout is always one JSON document: the error too,
                     // shaped as the REST API's (unless the answer was printed already).
-                    let code = match failure.code {
-                        2 => "usage",
-                        3 => "unreachable_or_unauthorized",
-                        _ => "failed",
-                    };
+                    let code = failure.json_code();
                     println!(
                         "{}",
                         serde_json::json!({"error": {"code": code, "exit_code": failure.code, "message": failure.message}})
@@ -97,6 +123,16 @@ pub fn main() -> ExitCode {
             ExitCode::from(failure.code)
         }
     }
+}
+
+/// Whether a panic is `println!` finding stdout closed (the reader of a pipe went away).
+fn stdout_closed(payload: &(dyn std::any::Any + Send)) -> bool {
+    let message = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("");
+    message.starts_with("failed printing to stdout") && message.contains("Broken pipe")
 }
 
 fn run_server(config_dir: PathBuf) -> CliResult {
@@ -117,6 +153,10 @@ fn run_server(config_dir: PathBuf) -> CliResult {
             users.display(),
             users.display()
         );
+    } else {
+        for warning in config.warnings() {
+            tracing::warn!("{warning}");
+        }
     }
     let result = runtime.block_on(async move {
         let running = crate::start(config, crate::StartOptions::default())
@@ -208,6 +248,7 @@ async fn run(cli: Cli) -> CliResult {
                     "environments": config.environments.iter().map(|e| e.name.to_string()).collect::<Vec<_>>(),
                     "users": config.users.len(),
                     "notification_channels": channels,
+                    "warnings": config.warnings(),
                 }));
             }
             println!(
@@ -226,6 +267,9 @@ async fn run(cli: Cli) -> CliResult {
             }
             for (name, why) in &config.notifications.disabled {
                 println!("notification channel {name}: off ({why})");
+            }
+            for warning in config.warnings() {
+                println!("warning: {warning}");
             }
             Ok(())
         }
@@ -248,6 +292,7 @@ async fn run(cli: Cli) -> CliResult {
             {
                 *emergency = emergency_reason(emergency.take())?;
             }
+            arguments_in_order(&command)?;
             let (server, token) = context::resolve(cli.server, cli.token, cli.context)?;
             let mut client = Client::connect(&server, token).await?;
             remote(&mut client, command, output, cli.yes).await

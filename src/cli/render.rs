@@ -218,10 +218,11 @@ pub(super) fn print_status(status: &pb::EnvironmentStatus, verbose: bool) {
         if verbose {
             for a in &d.approvals {
                 println!(
-                    "      approved by {} as {} at {}{}: {}",
+                    "      approved by {} as {} at {} (checksum {}){}: {}",
                     a.approver,
                     a.role,
                     a.approved_at,
+                    a.checksum,
                     if a.current {
                         ""
                     } else {
@@ -407,6 +408,15 @@ pub(super) fn printable(text: &str) -> String {
     out
 }
 
+/// Text of many lines made safe for a terminal line by line: the lines kept as lines (each
+/// after the first indented by `indent`), tabs kept, every other control character shown.
+pub(super) fn printable_lines(text: &str, indent: &str) -> String {
+    text.lines()
+        .map(printable)
+        .collect::<Vec<_>>()
+        .join(&format!("\n{indent}"))
+}
+
 /// `sluice show`: the migration, then each deployment (in promotion order), with its log when
 /// asked. JSON: the migration as the API gives it, each deployment's log in full.
 pub(super) async fn show(
@@ -462,6 +472,16 @@ pub(super) async fn show(
     };
     println!("risk         {}{raised}", m.effective_risk);
     println!("checksum     {}", m.checksum);
+    if let Some(v) = m.previous_versions.first() {
+        println!(
+            "amended      {} at {}; before: {} ({}); `sluice show {} --diff` shows what changed",
+            v.replaced_by,
+            v.replaced_at,
+            v.checksum,
+            super::review::where_reviewed(v),
+            m.id
+        );
+    }
     if !m.depends_on.is_empty() {
         println!("depends on   {}", m.depends_on.join(", "));
     }
@@ -511,11 +531,20 @@ pub(super) async fn show(
                 " (void: the scripts changed since)"
             };
             println!(
-                "  approved     {} as {} at {}{void}: {}",
+                "  approved     {} as {} at {} (checksum {}){void}: {}",
                 a.approver,
                 a.role,
                 a.approved_at,
+                a.checksum,
                 printable(&a.comment)
+            );
+        }
+        if let Some(r) = &d.rejection {
+            println!(
+                "  rejected     by {} at {}: {}",
+                r.by,
+                r.at,
+                printable_lines(&r.reason, "               ")
             );
         }
         if !d.emergency_reason.text().is_empty() {
@@ -542,7 +571,7 @@ pub(super) async fn show(
         if !d.error.text().is_empty() {
             println!(
                 "  error        {}",
-                printable(d.error.text()).replace('\n', "\n               ")
+                printable_lines(d.error.text(), "               ")
             );
         }
         if with_log {

@@ -438,6 +438,14 @@ fn redact_key_value_string(text: &str) -> String {
     out.join(" ")
 }
 
+impl EnvironmentConfig {
+    /// Whether an author may approve, dry-run and test the rollback of their own migration
+    /// here without a second person (`domain::authz::authors_act_alone`, the one rule).
+    pub fn authors_act_alone(&self) -> bool {
+        crate::domain::authz::authors_act_alone(self.auto_approve, self.allow_self_approval)
+    }
+}
+
 /// One target environment, validated.
 #[derive(Debug, Clone)]
 pub struct EnvironmentConfig {
@@ -588,6 +596,50 @@ impl ApprovalMatrix {
     pub fn policy(&self, environment: &EnvironmentName, risk: Risk) -> &ApprovalPolicy {
         // Validation guarantees an entry for every configured environment and risk.
         &self.policies[&(environment.clone(), risk)]
+    }
+}
+
+impl Config {
+    /// Policies of the matrix that the users of users.yml can never satisfy (a role no one
+    /// holds, fewer holders than the policy needs): a deployment there would wait for ever.
+    /// Not an error (users are added without a restart), a warning at start and in
+    /// `check-config`. Environments that approve themselves need no approvers.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for env in self.environments.iter().filter(|e| !e.auto_approve) {
+            for risk in Risk::ALL {
+                let policy = self.matrix.policy(&env.name, risk);
+                let mut roles: Vec<Role> = policy.required_roles.clone();
+                roles.sort();
+                roles.dedup();
+                for role in &roles {
+                    let needed = policy.required_roles.iter().filter(|r| *r == role).count();
+                    let holders = self.users.iter().filter(|u| u.roles.contains(role)).count();
+                    if holders < needed {
+                        warnings.push(format!(
+                            "approval_matrix.yml: {}.{}: needs {needed} {role} approval(s) but {holders} user(s) in users.yml hold {role}: such deployments can never be approved (add users, or change the matrix)",
+                            env.name,
+                            risk.as_str().to_uppercase()
+                        ));
+                    }
+                }
+                let approvers = self
+                    .users
+                    .iter()
+                    .filter(|u| u.roles.iter().any(|r| roles.contains(r)))
+                    .count();
+                if (approvers as u32) < policy.required_approvals && !roles.is_empty() {
+                    warnings.push(format!(
+                        "approval_matrix.yml: {}.{}: needs {} distinct approvers but only {approvers} user(s) hold one of its roles ({})",
+                        env.name,
+                        risk.as_str().to_uppercase(),
+                        policy.required_approvals,
+                        roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")
+                    ));
+                }
+            }
+        }
+        warnings
     }
 }
 
@@ -1204,6 +1256,39 @@ mod tests {
             2
         );
         assert!(config.users.is_empty(), "no default users or tokens ship");
+    }
+
+    #[test]
+    fn policies_no_user_can_satisfy_are_warned_about() {
+        let mut config = Config::load_with_env(&shipped_config_dir(), &|_| None).unwrap();
+        let user = |name: &str, roles: &[Role]| User {
+            name: name.parse().unwrap(),
+            roles: roles.to_vec(),
+            token_sha256: String::new(),
+            email: None,
+            slack: None,
+        };
+        config.users = vec![
+            user("a", &[Role::DataOps]),
+            user("b", &[Role::DataOps]),
+            user("lead", &[Role::DataOpsLead]),
+            user("dba", &[Role::Dba]),
+            user("tech", &[Role::TechLead]),
+        ];
+        let warnings = config.warnings();
+        // Nobody holds cto: production HIGH can never be approved; development approves itself.
+        assert!(
+            warnings.iter().any(|w| w.starts_with(
+                "approval_matrix.yml: production.HIGH: needs 1 cto approval(s) but 0 user(s)"
+            )),
+            "{warnings:#?}"
+        );
+        assert!(
+            warnings.iter().all(|w| !w.contains("development.")),
+            "{warnings:#?}"
+        );
+        config.users.push(user("cto", &[Role::Cto]));
+        assert_eq!(config.warnings(), Vec::<String>::new());
     }
 
     #[test]

@@ -31,21 +31,27 @@ pub fn may_operate(
     )))
 }
 
-/// The author of a migration may cancel or amend it; otherwise this is operating.
+/// The authors of a migration (everyone who wrote a version of its scripts) may cancel or
+/// amend it; otherwise this is operating.
 pub fn may_change_own_or_operate(
     caller: &UserName,
     roles: &[Role],
-    author: &str,
+    authors: &[UserName],
     environment: &str,
     environment_auto_approves: bool,
     verb: &str,
 ) -> Result<(), DomainError> {
-    if caller.as_str() == author {
+    if authors.contains(caller) {
         return Ok(());
     }
     may_operate(caller, roles, environment, environment_auto_approves, verb).map_err(|_| {
         DomainError::Forbidden(format!(
-            "{caller} may not {verb} it: only its author ({author}) or an operator (data_ops, data_ops_lead, dba, admin) may"
+            "{caller} may not {verb} it: only its authors ({}) or an operator (data_ops, data_ops_lead, dba, admin) may",
+            authors
+                .iter()
+                .map(UserName::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
         ))
     })
 }
@@ -105,6 +111,14 @@ pub fn may_force(
     Ok(())
 }
 
+/// Whether, in an environment, an author's own word is enough for their own migration: they
+/// may approve it, and dry-run it or test its rollback before anyone approved it. One rule for
+/// all three: true where the environment approves itself (`auto_approve`: no one reviews there
+/// anyway) or allows self-approval.
+pub fn authors_act_alone(environment_auto_approves: bool, allow_self_approval: bool) -> bool {
+    environment_auto_approves || allow_self_approval
+}
+
 /// Running a migration's SQL before it is approved (a dry run, a rollback test) where the
 /// environment takes approvals: never by one of its authors, who could otherwise run
 /// unreviewed SQL there (a function with effects outside the transaction, dblink, ...).
@@ -112,10 +126,10 @@ pub fn may_try_unapproved(
     caller: &UserName,
     authors: &[UserName],
     environment: &str,
-    environment_auto_approves: bool,
+    authors_act_alone: bool,
     what: &str,
 ) -> Result<(), DomainError> {
-    if environment_auto_approves || !authors.contains(caller) {
+    if authors_act_alone || !authors.contains(caller) {
         return Ok(());
     }
     Err(DomainError::Forbidden(format!(
@@ -217,12 +231,26 @@ mod tests {
     fn authors_change_their_own_and_overrides_need_a_lead_and_a_reason() {
         let dev = user("dev");
         assert!(
-            may_change_own_or_operate(&dev, &[Role::Developer], "dev", "staging", false, "cancel")
-                .is_ok()
+            may_change_own_or_operate(
+                &dev,
+                &[Role::Developer],
+                &[user("ann"), dev.clone()],
+                "staging",
+                false,
+                "cancel"
+            )
+            .is_ok()
         );
         assert!(
-            may_change_own_or_operate(&dev, &[Role::Developer], "ann", "staging", false, "cancel")
-                .is_err()
+            may_change_own_or_operate(
+                &dev,
+                &[Role::Developer],
+                &[user("ann")],
+                "staging",
+                false,
+                "cancel"
+            )
+            .is_err()
         );
         let ann = [user("ann")];
         assert!(may_force(&dev, &[Role::Dba], &ann, "outage").is_err());

@@ -131,6 +131,14 @@ impl FromStr for MigrationId {
         {
             return Err(invalid());
         }
+        // The date and time must be a real moment: 20261325 (month 13) or 256000 are typos
+        // that would sort the migration somewhere no one expects.
+        if chrono::NaiveDateTime::parse_from_str(&format!("{date}{time}"), "%Y%m%d%H%M%S").is_err()
+        {
+            return Err(DomainError::Invalid(format!(
+                "invalid migration id \"{s}\": {date}_{time} is not a date and time (YYYYMMDD_HHMMSS, e.g. 20261125_101500)"
+            )));
+        }
         Ok(MigrationId(s.to_owned()))
     }
 }
@@ -278,9 +286,17 @@ mod tests {
             "abc_20261125_101500_x",
             "001_20261125_101500_",
             "001_20261125_101500_Bad",
+            "001_20261325_101500_month_thirteen",
+            "001_20260230_101500_february_30",
+            "001_20261125_256000_hour_25",
         ] {
             assert!(bad.parse::<MigrationId>().is_err(), "{bad}");
         }
+        let e = "001_20261325_101500_x"
+            .parse::<MigrationId>()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("20261325_101500 is not a date and time"), "{e}");
     }
 
     #[test]

@@ -15,7 +15,7 @@ pub mod text;
 
 pub use ids::{EnvironmentName, MigrationId, UserName, slugify, version_parts};
 pub use policy::{ApprovalPolicy, ApprovalRecord, ApprovalRequest, PolicyProgress, check_approval};
-pub use state::{DeploymentEvent, DeploymentState, InvalidTransition};
+pub use state::{DeploymentEvent, DeploymentState, Effect, InvalidTransition, Transition, WayOnBy};
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -314,11 +314,21 @@ impl std::fmt::Display for Blocker {
                 f,
                 "the environment is in the freeze window {window} until {until}; only an emergency override starts now"
             ),
-            Blocker::PreviousEnvironment { environment, state } => write!(
-                f,
-                "must be applied in {environment} first (it is {} there)",
-                state.map_or("absent", |s| s.as_str())
-            ),
+            Blocker::PreviousEnvironment { environment, state } => {
+                let way_on = match state {
+                    Some(DeploymentState::RolledBack) => {
+                        "; retry it there or amend the migration, or cancel it here"
+                    }
+                    Some(DeploymentState::Failed) => "; retry, roll back or cancel it there",
+                    None => "; it has no deployment there",
+                    _ => "",
+                };
+                write!(
+                    f,
+                    "must be applied in {environment} first (it is {} there{way_on})",
+                    state.map_or("absent", |s| s.as_str())
+                )
+            }
         }
     }
 }

@@ -6,7 +6,10 @@
 //!         |--deadline passes--> expired                                        \--rollback--> rolled_back
 //!         \--cancel--> cancelled            applied --rollback--> rolling_back --> rolled_back
 //! emergency override: awaiting_approval --force + reason--> approved (flag emergency; review owed)
+//! rolled_back --retry | amend--> awaiting_approval    applied --amend (first environment)--> rolling_back
 //! ```
+//!
+//! No dead ends: `ways_on` names, for every state, what leads on and who brings it about.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -61,6 +64,55 @@ pub enum DeploymentEvent {
     /// longer holds goes back to the queue, approved (applied again only by `migrate`); what
     /// it holds that Sluice had rolled back is applied again.
     Restore,
+}
+
+/// A change of state and what must happen with it, performed by the one commit path in the
+/// same store transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub from: DeploymentState,
+    pub to: DeploymentState,
+    pub event: DeploymentEvent,
+    pub effects: Vec<Effect>,
+}
+
+impl Transition {
+    pub fn has(&self, effect: Effect) -> bool {
+        self.effects.contains(&effect)
+    }
+}
+
+/// An effect of a transition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Effect {
+    /// Every approval of the deployment is void (they were given to something else: another
+    /// version of the scripts, another schema, a version since undone).
+    VoidApprovals,
+    /// An emergency override's standing goes with the approvals: re-approved, the deployment
+    /// respects freeze windows and the promotion order like any other.
+    ClearEmergency,
+    /// A new approval deadline from the policy, counted from now.
+    NewDeadline,
+    /// The error of the last attempt no longer describes the deployment.
+    ClearError,
+    /// The version applied is rolled back so that the amended one can be applied: once the
+    /// rollback succeeds the deployment goes back to approval.
+    ReapplyAfterRollback,
+}
+
+/// Who brings a way on about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WayOnBy {
+    /// The holders of the roles the policy still needs.
+    Approvers,
+    /// A data_ops_lead or admin who is not an author (an emergency override).
+    Lead,
+    /// An operator of the environment (developers too where it approves itself).
+    Operator,
+    /// The migration's authors, or an operator.
+    AuthorOrOperator,
+    /// The daemon itself (the worker, the scheduler).
+    System,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -135,21 +187,110 @@ impl DeploymentState {
         }
     }
 
-    /// A terminal state absorbs every event.
+    /// A terminal state absorbs every event: the deployment has ended (rejected, expired,
+    /// cancelled) and nothing leads on from it.
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            DeploymentState::RolledBack
-                | DeploymentState::Rejected
-                | DeploymentState::Expired
-                | DeploymentState::Cancelled
+            DeploymentState::Rejected | DeploymentState::Expired | DeploymentState::Cancelled
         )
     }
 
-    /// Whether a later migration in the same environment must wait for this one. Applied and
-    /// terminal deployments are out of the way; everything else holds the queue in id order.
+    /// Whether a later migration in the same environment must wait for this one. Applied,
+    /// rolled back and terminal deployments are out of the way; everything else holds the
+    /// queue in id order. (A rolled-back deployment is not terminal: it may be retried or its
+    /// migration amended, and then it holds the queue again.)
     pub fn holds_queue(self) -> bool {
-        !(self.is_terminal() || self == DeploymentState::Applied)
+        !(self.is_terminal()
+            || self == DeploymentState::Applied
+            || self == DeploymentState::RolledBack)
+    }
+
+    /// The ways on from this state: the events that may leave it, each with who brings it
+    /// about. Empty exactly for the terminal states (the deployment has ended) and `applied`
+    /// (it is done; a rollback is a new decision, not a way on). No dead ends: every other
+    /// state names at least one way on that a person can take, so nothing waits for ever
+    /// on the system alone. The property tests check the list against `on`.
+    pub fn ways_on(self) -> &'static [(DeploymentEvent, WayOnBy)] {
+        use DeploymentEvent as E;
+        use WayOnBy as B;
+        match self {
+            DeploymentState::AwaitingApproval => &[
+                (E::PolicySatisfied, B::Approvers),
+                (E::EmergencyOverride, B::Lead),
+                (E::Reject, B::Approvers),
+                (E::Cancel, B::AuthorOrOperator),
+                (E::Amend, B::AuthorOrOperator),
+                (E::Expire, B::System),
+            ],
+            DeploymentState::Approved => &[
+                (E::Release, B::Operator),
+                (E::Reject, B::Approvers),
+                (E::Cancel, B::AuthorOrOperator),
+                (E::Amend, B::AuthorOrOperator),
+            ],
+            DeploymentState::Queued => &[
+                (E::Start, B::System),
+                (E::Cancel, B::AuthorOrOperator),
+                (E::Amend, B::AuthorOrOperator),
+            ],
+            DeploymentState::Running => &[
+                (E::Succeed, B::System),
+                (E::Fail, B::System),
+                (E::Requeue, B::System),
+            ],
+            DeploymentState::Failed => &[
+                (E::Retry, B::Operator),
+                (E::RequestRollback, B::Operator),
+                (E::Cancel, B::AuthorOrOperator),
+                (E::Amend, B::AuthorOrOperator),
+            ],
+            DeploymentState::RollingBack => &[
+                (E::RollbackSucceeded, B::System),
+                (E::RollbackFailed, B::System),
+            ],
+            DeploymentState::RolledBack => {
+                &[(E::Retry, B::Operator), (E::Amend, B::AuthorOrOperator)]
+            }
+            DeploymentState::Applied
+            | DeploymentState::Rejected
+            | DeploymentState::Expired
+            | DeploymentState::Cancelled => &[],
+        }
+    }
+
+    /// The transition with its effects: what the one commit path must do besides writing the
+    /// new state. Every cause that sends a deployment back to approval voids its approvals
+    /// and its emergency standing here, in one place (amend, drift, a retry after a rollback).
+    pub fn transition(self, event: DeploymentEvent) -> Result<Transition, InvalidTransition> {
+        let to = self.on(event)?;
+        let mut effects = Vec::new();
+        let reopens = to == DeploymentState::AwaitingApproval;
+        let undoes_for_amend = self == DeploymentState::Applied && event == DeploymentEvent::Amend;
+        if reopens || undoes_for_amend {
+            effects.push(Effect::VoidApprovals);
+            effects.push(Effect::ClearEmergency);
+        }
+        if reopens {
+            effects.push(Effect::NewDeadline);
+        }
+        if reopens
+            || matches!(
+                event,
+                DeploymentEvent::Retry | DeploymentEvent::RequestRollback
+            )
+        {
+            effects.push(Effect::ClearError);
+        }
+        if undoes_for_amend {
+            effects.push(Effect::ReapplyAfterRollback);
+        }
+        Ok(Transition {
+            from: self,
+            to,
+            event,
+            effects,
+        })
     }
 
     /// The transition function. Every rule about which event may happen in which state is here.
@@ -177,9 +318,17 @@ impl DeploymentState {
             (S::AwaitingApproval | S::Approved | S::Queued, E::Baseline) => S::Applied,
             (S::Applied, E::Restore) => S::Approved,
             (S::RolledBack, E::Restore) => S::Applied,
-            (S::AwaitingApproval | S::Approved | S::Queued | S::Failed, E::Amend) => {
-                S::AwaitingApproval
-            }
+            // Rolled back is not an end: the deployment may be applied again, after the
+            // approvals the matrix demands for its environment (given again: those before the
+            // rollback were spent on the version that was undone).
+            (S::RolledBack, E::Retry) => S::AwaitingApproval,
+            (
+                S::AwaitingApproval | S::Approved | S::Queued | S::Failed | S::RolledBack,
+                E::Amend,
+            ) => S::AwaitingApproval,
+            // The old version of a migration applied in the first environment is rolled back
+            // (by its own down script) before the amended one is applied there.
+            (S::Applied, E::Amend) => S::RollingBack,
             (state, event) => {
                 return Err(InvalidTransition {
                     state: state.as_str(),
@@ -271,6 +420,42 @@ mod tests {
     }
 
     #[test]
+    fn every_way_on_is_a_transition_the_machine_takes() {
+        for state in DeploymentState::ALL {
+            for (event, _) in state.ways_on() {
+                assert!(state.on(*event).is_ok(), "{state} lists {event:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn only_ended_states_have_no_way_on_and_every_waiting_one_has_a_persons() {
+        for state in DeploymentState::ALL {
+            let ended = state.is_terminal() || state == S::Applied;
+            assert_eq!(state.ways_on().is_empty(), ended, "{state}");
+            // Running and rolling back are the worker's to finish (a crash requeues them);
+            // every other open state can be moved on by a person.
+            if !ended && !matches!(state, S::Running | S::RollingBack) {
+                assert!(
+                    state.ways_on().iter().any(|(_, by)| *by != WayOnBy::System),
+                    "{state} waits on the system alone"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_rolled_back_deployment_is_retried_or_amended_back_to_approval() {
+        assert_eq!(S::RolledBack.on(E::Retry).unwrap(), S::AwaitingApproval);
+        assert_eq!(S::RolledBack.on(E::Amend).unwrap(), S::AwaitingApproval);
+        assert!(!S::RolledBack.holds_queue());
+        let applied_amended = S::Applied.transition(E::Amend).unwrap();
+        assert_eq!(applied_amended.to, S::RollingBack);
+        assert!(applied_amended.has(Effect::ReapplyAfterRollback));
+        assert!(applied_amended.has(Effect::VoidApprovals));
+    }
+
+    #[test]
     fn error_message_names_state_and_event() {
         let err = S::Applied.on(E::Cancel).unwrap_err();
         assert_eq!(
@@ -280,6 +465,27 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// Whatever happens, a deployment is either ended or has a way on; and every
+        /// transition back to approval voids the approvals and the emergency standing with it
+        /// (so no approval survives an amendment, a drift or a retry after a rollback).
+        #[test]
+        fn no_reachable_state_without_a_way_on(
+            events in proptest::collection::vec(0usize..EVENTS.len(), 0..60)
+        ) {
+            let mut state = S::AwaitingApproval;
+            for index in events {
+                let Ok(transition) = state.transition(EVENTS[index]) else { continue };
+                if transition.to == S::AwaitingApproval {
+                    proptest::prop_assert!(transition.has(Effect::VoidApprovals));
+                    proptest::prop_assert!(transition.has(Effect::ClearEmergency));
+                    proptest::prop_assert!(transition.has(Effect::NewDeadline));
+                }
+                state = transition.to;
+                let ended = state.is_terminal() || state == S::Applied;
+                proptest::prop_assert!(ended || !state.ways_on().is_empty(), "{} is a dead end", state);
+            }
+        }
+
         /// A terminal state absorbs every event: whatever happens afterwards, it stays put.
         /// The one exception: a cancelled deployment may be rolled back (one that ran
         /// statement by statement may be partly applied; the service checks that it is).

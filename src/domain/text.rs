@@ -37,6 +37,23 @@ pub fn field(name: &str, value: &str, max_chars: usize) -> Result<(), DomainErro
     Ok(())
 }
 
+/// Checks a one-line field (a description, a ticket): as `field`, and no line break or other
+/// control character, which would let a value forge lines in a chat message or an email.
+pub fn line(name: &str, value: &str, max_chars: usize) -> Result<(), DomainError> {
+    field(name, value, max_chars)?;
+    if let Some((position, c)) = value.char_indices().find(|(_, c)| c.is_control()) {
+        let what = match c {
+            '\n' | '\r' => "a line break".to_owned(),
+            '\t' => "a tab".to_owned(),
+            other => format!("the control character U+{:04X}", u32::from(other)),
+        };
+        return Err(DomainError::Invalid(format!(
+            "{name}: must be one line; it contains {what} (at byte {position})"
+        )));
+    }
+    Ok(())
+}
+
 /// Checks a script: no NUL byte, at most `SCRIPT_BYTES`.
 pub fn script(name: &str, value: &str) -> Result<(), DomainError> {
     if value.len() > SCRIPT_BYTES {
@@ -65,6 +82,22 @@ pub fn printable_prefix(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_line_fields_refuse_line_breaks_and_control_characters() {
+        assert!(line("description", "Add user preferences", DESCRIPTION).is_ok());
+        let e = line("description", "ok\n*APPROVED by cto*", DESCRIPTION)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "description: must be one line; it contains a line break (at byte 2)"
+        );
+        let e = line("ticket", "T-1\u{1b}[31m", TICKET)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("U+001B"), "{e}");
+    }
 
     #[test]
     fn nul_bytes_and_lengths_are_named() {

@@ -179,16 +179,18 @@ impl Worker {
         };
         // A change made outside Sluice since the last reference is recorded (and voids the
         // approvals given against the schema as it was) before anything is applied.
-        match session.schema_snapshot().await {
+        let before = match session.schema_snapshot().await {
             Ok(live) => {
                 if let Err(e) = self.service.note_drift(env_name, &live).await {
                     tracing::warn!(environment = env_name, error = %e, "cannot check for drift");
                 }
+                Some(live)
             }
             Err(e) => {
-                tracing::warn!(environment = env_name, error = %e, "cannot read the schema to check for drift")
+                tracing::warn!(environment = env_name, error = %e, "cannot read the schema to check for drift");
+                None
             }
-        }
+        };
         // Read the queue only once the target's lock is ours: whatever another runner did
         // before is recorded by then.
         let result = match self.open_deployments().await {
@@ -199,7 +201,11 @@ impl Worker {
             // The schema this round left is the reference drift checks compare with.
             match session.schema_snapshot().await {
                 Ok(snapshot) => {
-                    if let Err(e) = self.service.record_snapshot(env_name, &snapshot).await {
+                    if let Err(e) = self
+                        .service
+                        .record_snapshot(env_name, before.as_ref(), &snapshot)
+                        .await
+                    {
                         tracing::warn!(environment = env_name, error = %e, "cannot keep the schema snapshot");
                     }
                 }
@@ -209,6 +215,15 @@ impl Worker {
             }
         }
         session.close().await;
+        if let Ok(Outcome::Worked { rolled_back, .. }) = &result
+            && *rolled_back > 0
+        {
+            // An amended migration's old version is undone here: the amended one goes back
+            // to approval (re-approved and queued again where the environment does that).
+            if let Err(e) = self.service.reopen_amended(env_name).await {
+                tracing::warn!(environment = env_name, error = %e, "cannot reopen the amended deployments");
+            }
+        }
         match &result {
             Ok(Outcome::TargetUnavailable(message)) => {
                 signals.report_target(env_name, Some(message.clone()), self.now())
@@ -395,12 +410,11 @@ impl Worker {
             let run_down = applied || d.transactional == Some(false);
             d.started_at = Some(self.now());
             let mut logs = Vec::new();
+            // An amendment keeps the down script of the version applied here: that version
+            // is the one to undo.
+            let down_sql = d.undo_sql.as_deref().or(m.down_sql.as_deref());
             let outcome: Result<Option<RunReport>, String> = if run_down {
-                match m
-                    .down_sql
-                    .as_deref()
-                    .map(|sql| check_script("down_sql", sql, self.dialect()))
-                {
+                match down_sql.map(|sql| check_script("down_sql", sql, self.dialect())) {
                     Some(Ok(statements)) => {
                         let observer = self.observer(d);
                         let lock_wait = self.lock_wait_observer(d);

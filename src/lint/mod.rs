@@ -1065,7 +1065,8 @@ pub struct Finding {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub script: Option<String>,
     /// The reason of a `-- sluice:ignore <rule> <reason>` above the statement: shown to
-    /// approvers, and the finding no longer raises the risk.
+    /// approvers beside the finding, which still raises the risk (the author's word does not
+    /// lower the approval tier).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ignored: Option<String>,
 }
@@ -1090,12 +1091,13 @@ impl Finding {
         }
     }
 
-    /// Whether it raises the migration's risk: not when ignored with a reason, and not a
-    /// rollback script's own findings (dropping what the up script made is its job), except
-    /// that it drops data the up script did not create.
+    /// Whether it raises the migration's risk: not a rollback script's own findings (dropping
+    /// what the up script made is its job), except that it drops data the up script did not
+    /// create. A `-- sluice:ignore` does not change it: the ignore is written by the
+    /// migration's author, and an author never lowers the approval tier of their own
+    /// migration (the reason is shown to the approvers beside the finding).
     pub fn raises_risk(&self) -> bool {
-        self.ignored.is_none()
-            && (self.script.as_deref() != Some("down") || self.rule == DOWN_DROPS_DATA)
+        self.script.as_deref() != Some("down") || self.rule == DOWN_DROPS_DATA
     }
 }
 
@@ -2354,9 +2356,10 @@ mod ci_lint_tests {
         );
         // The second DELETE still counts: the risk is high.
         assert_eq!(effective_risk(Risk::Low, &findings), Risk::High);
+        // The author's ignore never lowers the tier the matrix uses (issue 19).
         let only =
             "-- why\n-- sluice:ignore sluice-unguarded-delete one row\nDELETE FROM settings;";
-        assert_eq!(effective_risk(Risk::Low, &pg(only)), Risk::Low);
+        assert_eq!(effective_risk(Risk::Low, &pg(only)), Risk::High);
         // Another rule's name, or no reason: silences nothing, and says so.
         for bad in [
             "-- sluice:ignore ban-drop-table because\nDELETE FROM settings;",

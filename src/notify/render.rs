@@ -109,16 +109,18 @@ pub fn slack(notice: &Notice) -> Value {
         "text": {"type": "plain_text", "text": cut(&title(notice), 150)},
     })];
     if let Some(m) = &notice.migration {
+        // What users wrote goes out as plain text: no bold, code fence or quote of theirs is
+        // read as formatting; `<`, `>` and `&` escaped as Slack asks of every text.
         blocks.push(json!({
             "type": "section",
-            "text": {"type": "mrkdwn", "text": cut(&slack_escape(&m.description), 3000)},
+            "text": {"type": "plain_text", "text": cut(&slack_escape(&m.description), 3000), "emoji": false},
         }));
     }
     let fields: Vec<Value> = facts(notice)
         .into_iter()
         .take(10)
         .map(|(label, value)| {
-            json!({"type": "mrkdwn", "text": cut(&format!("*{label}*\n{}", slack_escape(&value)), 2000)})
+            json!({"type": "plain_text", "text": cut(&format!("{label}: {}", slack_escape(&value)), 2000), "emoji": false})
         })
         .collect();
     blocks.push(json!({"type": "section", "fields": fields}));
@@ -138,6 +140,19 @@ pub fn slack(notice: &Notice) -> Value {
         blocks.push(json!({
             "type": "section",
             "text": {"type": "mrkdwn", "text": format!("{}: {ask}", mentions.join(" "))},
+        }));
+    }
+    if !notice.commands.is_empty() {
+        // The commands are built from validated identifiers and fixed words: no user text.
+        let text = notice
+            .commands
+            .iter()
+            .map(|c| format!("`{}`", slack_escape(c)))
+            .collect::<Vec<_>>()
+            .join("\n");
+        blocks.push(json!({
+            "type": "section",
+            "text": {"type": "mrkdwn", "text": cut(&format!("*In a terminal*\n{text}"), 2000)},
         }));
     }
     if let Some(link) = &notice.link {
@@ -170,6 +185,12 @@ pub fn email_text(notice: &Notice) -> String {
     for (label, value) in facts(notice) {
         out.push_str(&format!("{label}: {value}\n"));
     }
+    if !notice.commands.is_empty() {
+        out.push_str("\nIn a terminal:\n");
+        for command in &notice.commands {
+            out.push_str(&format!("  {command}\n"));
+        }
+    }
     if let Some(link) = &notice.link {
         out.push_str(&format!("\n{link}\n"));
     }
@@ -197,6 +218,14 @@ pub fn email_html(notice: &Notice) -> String {
         ));
     }
     out.push_str("</table>");
+    if !notice.commands.is_empty() {
+        out.push_str("<p>In a terminal:</p><pre>");
+        for command in &notice.commands {
+            out.push_str(&html_escape(command));
+            out.push('\n');
+        }
+        out.push_str("</pre>");
+    }
     if let Some(link) = &notice.link {
         out.push_str(&format!(
             "<p><a href=\"{0}\">{0}</a></p>",
@@ -241,7 +270,11 @@ mod tests {
             deadline: Some("2026-11-26T10:00:00.000Z".into()),
             error: None,
             reason: None,
-            link: Some("https://sluice.example/api/v1/deployments/d".into()),
+            link: None,
+            commands: vec![
+                "sluice show 20261125100000_add_index production".into(),
+                "sluice approve 20261125100000_add_index dba <your name> \"<what you checked>\" --environment production".into(),
+            ],
             recipients: vec![NoticeRecipient {
                 name: "dba".into(),
                 email: None,
@@ -254,8 +287,26 @@ mod tests {
 
     #[test]
     fn slack_messages_escape_what_users_wrote_and_mention_approvers() {
-        let message = slack(&notice("<!channel> drop <b>everything</b> & more"));
+        let message = slack(&notice("<!channel> drop *everything* & more\n> quoted"));
         let text = message.to_string();
+        // What users wrote is only ever in plain_text objects (Slack reads no mention, link
+        // or formatting there); every mrkdwn object is Sluice's own words.
+        let mut objects = Vec::new();
+        for block in message["blocks"].as_array().unwrap() {
+            objects.extend(block.get("text").cloned());
+            for field in block["fields"].as_array().into_iter().flatten() {
+                objects.push(field.clone());
+            }
+        }
+        for object in &objects {
+            let body = object["text"].as_str().unwrap();
+            if body.contains("everything") || body.contains("Author") {
+                assert_eq!(object["type"], "plain_text", "{object}");
+            }
+            if object["type"] == "mrkdwn" {
+                assert!(!body.contains("<!channel>"), "{object}");
+            }
+        }
         assert!(!text.contains("<!channel>"), "{text}");
         assert!(text.contains("&lt;!channel&gt;"), "{text}");
         assert!(
@@ -276,5 +327,25 @@ mod tests {
         let html = email_html(&n);
         assert!(!html.contains("<script>"), "{html}");
         assert!(email_text(&n).contains("Still needed: dba"));
+    }
+
+    #[test]
+    fn every_medium_says_what_to_run_and_links_no_rest_url() {
+        let n = notice("add an index");
+        let slack = slack(&n).to_string();
+        let text = email_text(&n);
+        let html = email_html(&n);
+        for body in [&slack, &text, &html] {
+            assert!(
+                body.contains("sluice show 20261125100000_add_index production"),
+                "{body}"
+            );
+            assert!(
+                body.contains("sluice approve 20261125100000_add_index dba"),
+                "{body}"
+            );
+            assert!(!body.contains("/api/v1/"), "{body}");
+            assert!(!body.contains("Open in Sluice"), "{body}");
+        }
     }
 }

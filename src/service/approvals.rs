@@ -150,7 +150,7 @@ impl Service {
             approver_roles: &caller.roles,
             role,
             authors: &authors,
-            allow_self_approval: env.allow_self_approval,
+            allow_self_approval: env.authors_act_alone(),
             environment: env.name.as_str(),
             checksum: &migration.checksum,
             reviewed_checksum,

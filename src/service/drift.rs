@@ -67,8 +67,9 @@ impl Service {
             .map_err(|e| target_unavailable(env, what, e))
     }
 
-    /// Keeps the schema a worker round left as the environment's reference.
-    pub async fn record_snapshot(
+    /// Makes a schema the environment's reference and closes any drift recorded: after a
+    /// restore or a reset the database is what the backup held, nothing made by hand is left.
+    pub async fn reset_reference(
         &self,
         environment: &str,
         snapshot: &SchemaSnapshot,
@@ -79,6 +80,61 @@ impl Service {
         self.store
             .put_snapshot(&mut tx, environment, self.now(), &snapshot.hash(), &text)
             .await?;
+        self.store.set_drift(&mut tx, environment, None).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Keeps the schema a worker round left (`after`; `before`: the schema it found, read
+    /// under the same runner lock) as the environment's reference. The reference is the
+    /// schema right after Sluice's own last apply, never a capture of a hand change: while a
+    /// drift is open, only what the round itself changed (from `before` to `after`) is
+    /// carried into the reference, and the open drift is kept, so `sluice drift` and status
+    /// keep agreeing until an operator accepts it.
+    pub async fn record_snapshot(
+        &self,
+        environment: &str,
+        before: Option<&SchemaSnapshot>,
+        after: &SchemaSnapshot,
+    ) -> Result<()> {
+        let at = self.now();
+        let mut tx = self.store.begin().await?;
+        let reference = self.store.snapshot(&mut tx, environment).await?;
+        let open_drift = reference.as_ref().filter(|r| r.drift_found_at.is_some());
+        let Some(open) = open_drift else {
+            let text = serde_json::to_string(after)
+                .map_err(|e| ServiceError::Unexpected(anyhow::Error::new(e)))?;
+            self.store
+                .put_snapshot(&mut tx, environment, at, &after.hash(), &text)
+                .await?;
+            tx.commit().await?;
+            return Ok(());
+        };
+        let Some(before) = before else {
+            // Without the schema the round started from, what it changed cannot be told
+            // apart from the hand change: the reference stays as it is.
+            return Ok(());
+        };
+        let mut rebased = parse_snapshot(open)?;
+        rebased.carry(before, after);
+        let text = serde_json::to_string(&rebased)
+            .map_err(|e| ServiceError::Unexpected(anyhow::Error::new(e)))?;
+        self.store
+            .put_snapshot(&mut tx, environment, at, &rebased.hash(), &text)
+            .await?;
+        let differences = rebased.differences(after);
+        if differences.is_empty() {
+            // The round undid the hand change itself (a migration that dropped what was
+            // added by hand): nothing differs any more.
+            self.store.set_drift(&mut tx, environment, None).await?;
+        } else {
+            let text = serde_json::to_string(&differences)
+                .map_err(|e| ServiceError::Unexpected(anyhow::Error::new(e)))?;
+            let found_at = open.drift_found_at.unwrap_or(at);
+            self.store
+                .set_drift(&mut tx, environment, Some((found_at, &after.hash(), &text)))
+                .await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -86,13 +142,21 @@ impl Service {
     /// The live schema against the reference (read only).
     pub async fn drift(&self, _caller: &Caller, environment: &str) -> Result<DriftView> {
         let env = self.environment(environment)?;
+        // The comparison is made while the runner lock is held: an apply in progress is
+        // never reported as drift, and no round can replace the reference in between.
         let mut session = self.open_target(env, "sluice-drift", "drift check").await?;
-        let live = session.schema_snapshot().await;
+        let view = async {
+            let live = session
+                .schema_snapshot()
+                .await
+                .map_err(|e| target_unavailable(env, "drift check", e))?;
+            let mut conn = self.store.conn().await?;
+            let reference = self.store.snapshot(&mut conn, env.name.as_str()).await?;
+            self.drift_view(env, reference.as_ref(), &live)
+        }
+        .await;
         session.close().await;
-        let live = live.map_err(|e| target_unavailable(env, "drift check", e))?;
-        let mut conn = self.store.conn().await?;
-        let reference = self.store.snapshot(&mut conn, env.name.as_str()).await?;
-        self.drift_view(env, reference.as_ref(), &live)
+        view
     }
 
     fn drift_view(
@@ -130,10 +194,17 @@ impl Service {
                 Err(TargetError::Busy { .. }) => return Ok(false),
                 Err(e) => return Err(target_unavailable(env, "drift check", e)),
             };
-        let live = session.schema_snapshot().await;
+        // Compared before the runner lock is let go (see `drift`).
+        let noted = async {
+            let live = session
+                .schema_snapshot()
+                .await
+                .map_err(|e| target_unavailable(env, "drift check", e))?;
+            self.note_drift(environment, &live).await
+        }
+        .await;
         session.close().await;
-        let live = live.map_err(|e| target_unavailable(env, "drift check", e))?;
-        self.note_drift(environment, &live).await
+        noted
     }
 
     /// Compares a live schema (read by the caller, who holds the runner lock) with the
@@ -192,8 +263,10 @@ impl Service {
         let mut changed = Vec::new();
         let mut wake = false;
         for mut d in open {
-            let voided = self.store.delete_approvals(&mut tx, &d.id).await?;
-            if voided.is_empty() && d.state == DeploymentState::AwaitingApproval {
+            if d.state == DeploymentState::AwaitingApproval
+                && self.store.approvals(&mut tx, &d.id).await?.is_empty()
+                && d.emergency_reason.is_none()
+            {
                 continue;
             }
             let migration = self
@@ -203,9 +276,6 @@ impl Service {
                 .ok_or_else(|| {
                     ServiceError::Unexpected(anyhow::anyhow!("{} has no migration", d.id))
                 })?;
-            let risk: Risk = d.effective_risk.parse()?;
-            let policy = self.config.matrix.policy(&env.name, risk);
-            d.deadline_at = super::submit::approval_deadline(policy, at);
             let reason = format!(
                 "the schema of {name} drifted from what Sluice applied ({} differences)",
                 differences.len()
@@ -217,9 +287,9 @@ impl Service {
                     env,
                     at,
                     "sluice",
+                    DeploymentEvent::Amend,
                     &reason,
                     &migration.checksum,
-                    &voided,
                 )
                 .await?;
             changed.push(d);

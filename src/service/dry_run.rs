@@ -146,7 +146,7 @@ impl Service {
             &caller.name,
             &super::approvals::authors_of(&migration)?,
             env.name.as_str(),
-            env.auto_approve,
+            env.authors_act_alone(),
             "dry-run",
         )?;
         if !matches!(

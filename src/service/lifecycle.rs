@@ -17,9 +17,6 @@ impl Service {
         let mut tx = self.store.begin().await?;
         let (mut deployment, migration) = self.load_for_change(&mut tx, deployment_id).await?;
         authorize(&deployment, &migration)?;
-        if event == DeploymentEvent::Retry {
-            deployment.error = None;
-        }
         self.commit_change(
             &mut tx,
             &mut deployment,
@@ -70,6 +67,10 @@ impl Service {
         .await
     }
 
+    /// Cancels a deployment and withdraws its migration from every later environment of the
+    /// promotion order (those deployments end as cancelled, with the same reason), so that
+    /// nothing waits for ever on an environment the migration will never reach, and later
+    /// migrations pass it. The earlier environments keep what they applied.
     pub async fn cancel(
         &self,
         caller: &Caller,
@@ -77,44 +78,141 @@ impl Service {
         reason: &str,
     ) -> Result<DeploymentView> {
         domain::text::field("reason", reason, domain::text::REASON)?;
-        self.transition(
-            caller,
-            deployment_id,
-            DeploymentEvent::Cancel,
-            "cancelled",
-            serde_json::json!({"reason": reason}),
-            |d, m| {
-                let env = self.environment(&d.environment)?;
-                Ok(domain::authz::may_change_own_or_operate(
-                    &caller.name,
-                    &caller.roles,
-                    &m.author,
-                    env.name.as_str(),
-                    env.auto_approve,
-                    "cancel",
-                )?)
+        let at = self.now();
+        let mut tx = self.store.begin().await?;
+        let (mut deployment, migration) = self.load_for_change(&mut tx, deployment_id).await?;
+        let env = self.environment(&deployment.environment)?;
+        let authors = super::approvals::authors_of(&migration)?;
+        domain::authz::may_change_own_or_operate(
+            &caller.name,
+            &caller.roles,
+            &authors,
+            env.name.as_str(),
+            env.auto_approve,
+            "cancel",
+        )?;
+        self.commit_change(
+            &mut tx,
+            &mut deployment,
+            at,
+            Change {
+                event: DeploymentEvent::Cancel,
+                actor: caller.name.as_str(),
+                action: "cancelled",
+                detail: serde_json::json!({"reason": reason}),
+                events: Vec::new(),
             },
         )
-        .await
+        .await?;
+        let later: Vec<&EnvironmentConfig> = self
+            .config
+            .environments
+            .iter()
+            .skip_while(|e| e.name != env.name)
+            .skip(1)
+            .collect();
+        let mut changed = vec![deployment];
+        if !later.is_empty() {
+            let withdrawn_reason = format!(
+                "withdrawn: cancelled in {} by {}{}",
+                env.name,
+                caller.name,
+                if reason.trim().is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", reason.trim())
+                }
+            );
+            for mut other in self
+                .store
+                .deployments_of_migration(&mut tx, &migration.id)
+                .await?
+            {
+                if !later.iter().any(|e| e.name.as_str() == other.environment)
+                    || other.state.on(DeploymentEvent::Cancel).is_err()
+                {
+                    continue;
+                }
+                self.commit_change(
+                    &mut tx,
+                    &mut other,
+                    at,
+                    Change {
+                        event: DeploymentEvent::Cancel,
+                        actor: caller.name.as_str(),
+                        action: "cancelled",
+                        detail: serde_json::json!({
+                            "reason": withdrawn_reason,
+                            "cancelled_in": env.name.as_str(),
+                        }),
+                        events: Vec::new(),
+                    },
+                )
+                .await?;
+                changed.push(other);
+            }
+        }
+        tx.commit().await?;
+        self.publish(&changed);
+        for d in &changed {
+            self.signals.wake(&d.environment);
+        }
+        self.deployment(deployment_id).await
     }
 
+    /// Retries a failed deployment (back to the queue), or one rolled back (back to approval,
+    /// as the matrix demands for its environment: the approvals before were spent on the
+    /// version that was undone; where the environment approves itself it is re-approved and,
+    /// with auto_apply, applied again).
     pub async fn retry(&self, caller: &Caller, deployment_id: &str) -> Result<DeploymentView> {
-        self.transition(
-            caller,
-            deployment_id,
-            DeploymentEvent::Retry,
-            "retried",
-            serde_json::json!({}),
-            |d, _| {
-                if d.last_action.as_deref() == Some("rollback") {
-                    return Err(ServiceError::Conflict(format!(
-                        "deployment {deployment_id} failed while rolling back; request the rollback again instead"
-                    )));
-                }
-                self.require_operator(caller, self.environment(&d.environment)?, "retry")
-            },
-        )
-        .await
+        let at = self.now();
+        let mut tx = self.store.begin().await?;
+        let (mut deployment, migration) = self.load_for_change(&mut tx, deployment_id).await?;
+        let env = self.environment(&deployment.environment)?;
+        self.require_operator(caller, env, "retry")?;
+        let wake = match deployment.state {
+            DeploymentState::RolledBack => {
+                self.reopen_for_approval(
+                    &mut tx,
+                    &mut deployment,
+                    env,
+                    at,
+                    caller.name.as_str(),
+                    DeploymentEvent::Retry,
+                    "retried after its rollback: approval starts again",
+                    &migration.checksum,
+                )
+                .await?
+            }
+            DeploymentState::Failed if deployment.last_action.as_deref() == Some("rollback") => {
+                return Err(ServiceError::Conflict(format!(
+                    "deployment {deployment_id} failed while rolling back; request the rollback again (sluice rollback {} {}) or cancel it",
+                    deployment.environment, deployment.migration_id
+                )));
+            }
+            _ => {
+                self.commit_change(
+                    &mut tx,
+                    &mut deployment,
+                    at,
+                    Change {
+                        event: DeploymentEvent::Retry,
+                        actor: caller.name.as_str(),
+                        action: "retried",
+                        detail: serde_json::json!({}),
+                        events: Vec::new(),
+                    },
+                )
+                .await?;
+                true
+            }
+        };
+        tx.commit().await?;
+        self.publish([&deployment]);
+        if wake {
+            self.signals.wake(&deployment.environment);
+        }
+        self.deployment(deployment_id).await
     }
 
     pub async fn rollback(
@@ -151,6 +249,34 @@ impl Service {
                 migration.id
             )));
         }
+        // A later deployment of this environment that failed with part of it applied (its
+        // rollback failed, or it stopped part-way) halts the queue, and its objects sit on
+        // top of this one: rolling this one back first could undo what that one still needs
+        // and leave its objects behind. Refused, naming it, so that what the caller is told
+        // is what runs (rollbacks otherwise run newest first).
+        let failed = self
+            .store
+            .deployments_in_states(&mut tx, &deployment.environment, &[DeploymentState::Failed])
+            .await?;
+        if let Some(other) = failed.iter().find(|d| {
+            d.id != deployment.id
+                && d.seq > deployment.seq
+                && (d.last_action.as_deref() == Some("rollback") || partly_applied(d).is_some())
+        }) {
+            let what = if other.last_action.as_deref() == Some("rollback") {
+                "its rollback failed"
+            } else {
+                "it stopped part-way"
+            };
+            return Err(ServiceError::Conflict(format!(
+                "the queue of {} is halted by {}, which comes later and failed ({what}); deal with it first (sluice rollback {} {} again, or cancel it), then roll {} back",
+                deployment.environment,
+                other.migration_id,
+                other.environment,
+                other.migration_id,
+                migration.id
+            )));
+        }
         if deployment.state == DeploymentState::Applied {
             // Do not pull a migration out from under one that depends on it.
             let later = self
@@ -175,7 +301,6 @@ impl Service {
                 }
             }
         }
-        deployment.error = None;
         self.commit_change(
             &mut tx,
             &mut deployment,

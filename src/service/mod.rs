@@ -201,8 +201,27 @@ impl Service {
         change: Change<'_>,
     ) -> Result<()> {
         let from = deployment.state;
-        deployment.state = deployment.state.on(change.event)?;
+        let transition = deployment.state.transition(change.event)?;
+        deployment.state = transition.to;
         deployment.updated_at = at;
+        let mut voided = Vec::new();
+        if transition.has(domain::Effect::VoidApprovals) {
+            voided = self.store.delete_approvals(tx, &deployment.id).await?;
+        }
+        if transition.has(domain::Effect::ClearEmergency) {
+            deployment.emergency_reason = None;
+        }
+        if transition.has(domain::Effect::ClearError) {
+            deployment.error = None;
+        }
+        if transition.to == DeploymentState::AwaitingApproval {
+            // Whatever version an amendment had to undo is undone by now.
+            deployment.undo_sql = None;
+        }
+        if transition.has(domain::Effect::NewDeadline) {
+            let policy = self.policy_for(deployment)?;
+            deployment.deadline_at = submit::approval_deadline(policy, at);
+        }
         // The call that releases it to the worker is where its trace continues.
         if matches!(
             deployment.state,
@@ -216,6 +235,19 @@ impl Service {
         if let Some(fields) = detail.as_object_mut() {
             fields.insert("from".into(), serde_json::json!(from));
             fields.insert("to".into(), serde_json::json!(deployment.state));
+            if !voided.is_empty() {
+                fields.insert(
+                    "voided".into(),
+                    voided
+                        .iter()
+                        .map(|a| {
+                            serde_json::json!({
+                                "approver": a.approver, "role": a.role, "checksum": a.checksum,
+                            })
+                        })
+                        .collect(),
+                );
+            }
         }
         let reason = ["comment", "reason"]
             .iter()

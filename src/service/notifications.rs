@@ -30,8 +30,13 @@ pub struct Notice {
     pub error: Option<String>,
     /// A rejection's comment, a lock's or override's reason, a review's comment.
     pub reason: Option<String>,
-    /// A link to the deployment (server.public_url), when one is configured.
+    /// A link to a page where the deployment can be read and decided on. None until the web
+    /// dashboard serves such a page: the REST URL is not one (a browser gets 401 there).
     pub link: Option<String>,
+    /// The CLI commands that show the deployment (its scripts, findings and checksum) and,
+    /// where an approval is asked, decide on it: what the reader can run now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub commands: Vec<String>,
     /// The people the event is for (approval requests mention them in Slack; email goes to
     /// them besides a channel's fixed recipients).
     #[serde(default)]
@@ -351,6 +356,23 @@ impl Service {
             })
             .collect();
         let whole = draft.whole_migration;
+        let commands = match environment.filter(|_| !whole) {
+            Some(environment) => {
+                let mut commands = vec![format!("sluice show {} {environment}", migration.id)];
+                let asks = matches!(
+                    draft.kind,
+                    NoticeKind::ApprovalRequested | NoticeKind::Reminder | NoticeKind::Escalation
+                );
+                if asks && let Some(role) = missing_roles.first() {
+                    commands.push(format!(
+                        "sluice approve {} {role} <your name> \"<what you checked>\" --environment {environment}",
+                        migration.id
+                    ));
+                }
+                commands
+            }
+            None => vec![format!("sluice show {}", migration.id)],
+        };
         let notice = Notice {
             event_id: new_event_id(at),
             kind: draft.kind,
@@ -380,11 +402,8 @@ impl Service {
             deadline: deployment.deadline_at.filter(|_| !whole).map(format_millis),
             error: deployment.error.clone(),
             reason: draft.reason,
-            link: if whole {
-                None
-            } else {
-                self.link_to(&deployment.id)
-            },
+            link: None,
+            commands,
             recipients,
             addresses: draft.addresses,
             note: draft.note,
@@ -423,6 +442,7 @@ impl Service {
             error: None,
             reason: draft.reason,
             link: None,
+            commands: vec![format!("sluice status {environment}")],
             recipients: self.recipients(&draft.roles, &draft.people),
             addresses: draft.addresses,
             note: draft.note,
@@ -447,17 +467,6 @@ impl Service {
             .channels
             .iter()
             .any(|c| c.route.wants(kind, environment, risk))
-    }
-
-    fn link_to(&self, deployment_id: &str) -> Option<String> {
-        let base = self.config.settings.server.public_url.as_deref()?;
-        if base.is_empty() {
-            return None;
-        }
-        Some(format!(
-            "{}/api/v1/deployments/{deployment_id}",
-            base.trim_end_matches('/')
-        ))
     }
 
     /// The users holding any of `roles`, and those named in `people`, once each.
@@ -784,7 +793,8 @@ impl Service {
             deadline: None,
             error: None,
             reason: Some(format!("a test message sent by {}", caller.name)),
-            link: self.config.settings.server.public_url.clone(),
+            link: None,
+            commands: vec!["sluice notifications".into()],
             recipients: self.recipients(&[], &[caller.name.to_string()]),
             addresses: Vec::new(),
             note: None,

@@ -26,7 +26,79 @@ impl Service {
                 views.push(self.deployment_view(d, &migration, &approvals)?);
             }
         }
-        Ok(MigrationView::new(migration, views))
+        let kept = self
+            .store
+            .migration_versions(&mut conn, &migration.id)
+            .await?;
+        let trail = self.review_trail(&mut conn, &migration.id).await?;
+        for view in &mut views {
+            view.rejection = trail.rejections.get(&view.id).cloned();
+        }
+        let checksum = migration.checksum.clone();
+        let mut view = MigrationView::new(migration, views);
+        view.previous_versions = trail.previous_versions(kept, &checksum);
+        Ok(view)
+    }
+
+    /// What the audit trail says of a migration's reviews: the checksums approved and applied
+    /// in each environment, the checksums amendments replaced, and each rejection.
+    async fn review_trail(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        migration_id: &str,
+    ) -> Result<ReviewTrail> {
+        let records = self
+            .store
+            .audit(
+                conn,
+                &AuditFilter {
+                    migration_id: Some(migration_id.to_owned()),
+                    limit: 100_000,
+                    ..AuditFilter::default()
+                },
+            )
+            .await?;
+        let mut trail = ReviewTrail::default();
+        for record in records {
+            let detail: serde_json::Value =
+                serde_json::from_str(&record.detail).unwrap_or_default();
+            let text = |key: &str| detail.get(key).and_then(|v| v.as_str()).map(str::to_owned);
+            let environment = record.environment.clone().unwrap_or_default();
+            match record.action.as_str() {
+                "approval_recorded" | "applied" => {
+                    if let Some(checksum) = text("checksum") {
+                        let places = trail.seen.entry(checksum).or_default();
+                        let list = if record.action == "applied" {
+                            &mut places.1
+                        } else {
+                            &mut places.0
+                        };
+                        if !list.contains(&environment) {
+                            list.push(environment);
+                        }
+                    }
+                }
+                "amended" => {
+                    if let Some(old) = text("old_checksum") {
+                        trail.replaced.push((old, record.at, record.actor.clone()));
+                    }
+                }
+                "rejected" => {
+                    if let Some(deployment) = record.deployment_id.clone() {
+                        trail.rejections.insert(
+                            deployment,
+                            RejectionView {
+                                by: record.actor.clone(),
+                                reason: text("comment").unwrap_or_default(),
+                                at: format_millis(record.at),
+                            },
+                        );
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(trail)
     }
 
     pub async fn list_migrations(
@@ -90,6 +162,13 @@ impl Service {
             .map(ReviewView::from)
             .collect();
         view.review_owed = view.reviews.iter().any(|r| r.reviewer.is_none());
+        if d.state == DeploymentState::Rejected {
+            view.rejection = self
+                .review_trail(&mut conn, &d.migration_id)
+                .await?
+                .rejections
+                .remove(id);
+        }
         self.attach_checks(&mut conn, std::slice::from_mut(&mut view))
             .await?;
         view.log = Some(
@@ -202,5 +281,66 @@ pub fn newest_first(order: Option<&str>) -> Result<bool> {
         Some(other) => Err(ServiceError::Invalid(format!(
             "order: \"{other}\" is neither asc nor desc"
         ))),
+    }
+}
+
+/// A migration's reviews as its audit trail records them (`Service::review_trail`).
+#[derive(Default)]
+struct ReviewTrail {
+    /// Per checksum: the environments where an approval of it was recorded, and where it
+    /// was applied.
+    seen: BTreeMap<String, (Vec<String>, Vec<String>)>,
+    /// The checksums amendments replaced, oldest first: (checksum, when, by whom).
+    replaced: Vec<(String, i64, String)>,
+    /// Per deployment id: its rejection.
+    rejections: BTreeMap<String, RejectionView>,
+}
+
+impl ReviewTrail {
+    /// The versions amendments replaced, newest first, with their scripts where they are kept
+    /// (`kept`, newest first) and where each was approved or applied; not `current`.
+    fn previous_versions(
+        mut self,
+        kept: Vec<crate::store::MigrationVersionRow>,
+        current: &str,
+    ) -> Vec<MigrationVersionView> {
+        let mut versions: Vec<MigrationVersionView> = Vec::new();
+        let mut place = |checksum: &str| self.seen.remove(checksum).unwrap_or_default();
+        for row in kept.into_iter().filter(|r| r.checksum != current) {
+            let (approved_in, applied_in) = place(&row.checksum);
+            versions.push(MigrationVersionView {
+                checksum: row.checksum,
+                up_sql: Some(row.up_sql),
+                down_sql: row.down_sql,
+                replaced_at: format_millis(row.replaced_at),
+                replaced_by: row.replaced_by,
+                approved_in,
+                applied_in,
+            });
+        }
+        // Replaced before the scripts of replaced versions were kept: the checksum only.
+        let mut unkept: Vec<MigrationVersionView> = Vec::new();
+        for (checksum, at, by) in std::mem::take(&mut self.replaced).into_iter().rev() {
+            if checksum == current
+                || versions
+                    .iter()
+                    .chain(&unkept)
+                    .any(|v| v.checksum == checksum)
+            {
+                continue;
+            }
+            let (approved_in, applied_in) = place(&checksum);
+            unkept.push(MigrationVersionView {
+                checksum,
+                up_sql: None,
+                down_sql: None,
+                replaced_at: format_millis(at),
+                replaced_by: by,
+                approved_in,
+                applied_in,
+            });
+        }
+        versions.extend(unkept);
+        versions
     }
 }

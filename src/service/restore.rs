@@ -183,7 +183,7 @@ impl Service {
             )
             .await?;
         match session.schema_snapshot().await {
-            Ok(snapshot) => self.record_snapshot(env.name.as_str(), &snapshot).await?,
+            Ok(snapshot) => self.reset_reference(env.name.as_str(), &snapshot).await?,
             Err(e) => {
                 tracing::warn!(environment = %env.name, error = %e, "cannot read the schema after the {verb}")
             }
@@ -450,7 +450,7 @@ impl Service {
                 .reconcile(caller, env, &history, None, None, RECONCILE)
                 .await?;
             if let Ok(snapshot) = session.schema_snapshot().await {
-                self.record_snapshot(env.name.as_str(), &snapshot).await?;
+                self.reset_reference(env.name.as_str(), &snapshot).await?;
             }
             Ok(changed)
         }

@@ -35,7 +35,7 @@ impl Service {
             &caller.name,
             &super::approvals::authors_of(&migration)?,
             env.name.as_str(),
-            env.auto_approve,
+            env.authors_act_alone(),
             "test the rollback of",
         )?;
         if !allowed {

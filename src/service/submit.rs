@@ -164,8 +164,8 @@ impl Service {
             ),
             None => None,
         };
-        text::field("description", &request.description, text::DESCRIPTION)?;
-        text::field("ticket", &request.ticket, text::TICKET)?;
+        text::line("description", &request.description, text::DESCRIPTION)?;
+        text::line("ticket", &request.ticket, text::TICKET)?;
         text::field(
             "estimated_duration",
             &request.estimated_duration,
@@ -335,6 +335,7 @@ impl Service {
                 version: 0,
                 out_of_order: false,
                 trace_context: crate::telemetry::traces::current_traceparent(),
+                undo_sql: None,
             });
         }
         // One "submitted" for the migration, then an approval request per environment that
@@ -450,7 +451,7 @@ impl Service {
         domain::authz::may_change_own_or_operate(
             &caller.name,
             &caller.roles,
-            &migration.author,
+            &super::approvals::authors_of(&migration)?,
             "every environment",
             false,
             "amend",
@@ -475,17 +476,55 @@ impl Service {
             .store
             .deployments_of_migration(&mut tx, &migration.id)
             .await?;
-        if let Some(d) = deployments.iter().find(|d| {
-            matches!(
+        // Amending is allowed while no environment past the first of the promotion order has
+        // applied the migration; there, an applied old version is rolled back by its own down
+        // script before the new one is applied.
+        let first = self.config.environments.first().map(|e| e.name.as_str());
+        for d in &deployments {
+            let partly = d.state == DeploymentState::Failed && d.transactional == Some(false);
+            let moving = matches!(
                 d.state,
-                DeploymentState::Running | DeploymentState::Applied | DeploymentState::RollingBack
-            ) || (d.state == DeploymentState::Failed && d.transactional == Some(false))
-        }) {
-            return Err(ServiceError::Conflict(format!(
-                "{} is {} in {}: a migration that has touched a target cannot be changed; submit a new one",
-                migration.id, d.state, d.environment
-            )));
+                DeploymentState::Running | DeploymentState::RollingBack
+            );
+            if moving {
+                return Err(ServiceError::Conflict(format!(
+                    "{} is {} in {} now; amend it once that has finished",
+                    migration.id, d.state, d.environment
+                )));
+            }
+            let touched = d.state == DeploymentState::Applied || partly;
+            if touched && Some(d.environment.as_str()) != first {
+                return Err(ServiceError::Conflict(format!(
+                    "{} is {} in {}: a migration that has reached an environment past {} cannot be changed; submit a new one",
+                    migration.id,
+                    d.state,
+                    d.environment,
+                    first.unwrap_or("the first")
+                )));
+            }
+            if partly {
+                return Err(ServiceError::Conflict(format!(
+                    "{} failed part-way in {} (statements of it are applied); roll it back there first (sluice rollback {} {}), then amend it",
+                    migration.id, d.environment, d.environment, migration.id
+                )));
+            }
+            if d.state == DeploymentState::Applied
+                && migration
+                    .down_sql
+                    .as_deref()
+                    .is_none_or(|sql| sql.trim().is_empty())
+            {
+                return Err(ServiceError::Conflict(format!(
+                    "{} is applied in {} and the version applied there has no down_sql: nothing can undo it to apply the amended one; submit a new migration instead",
+                    migration.id, d.environment
+                )));
+            }
         }
+        let old_down_sql = migration.down_sql.clone();
+        // The version replaced is kept: approvers are shown what changed since they read it.
+        self.store
+            .keep_migration_version(&mut tx, &migration, at, caller.name.as_str())
+            .await?;
         let old_checksum = std::mem::replace(&mut migration.checksum, checksum.clone());
         // Whoever writes a version of the scripts is one of their authors from now on.
         if !migration.authors.iter().any(|a| a == caller.name.as_str()) {
@@ -497,7 +536,7 @@ impl Service {
         migration.effective_risk = effective.as_str().into();
         migration.updated_at = at;
         self.store
-            .update_migration_scripts(&mut tx, &migration)
+            .update_migration_scripts(&mut tx, &migration, &old_checksum)
             .await?;
         self.store
             .insert_audit(
@@ -524,25 +563,39 @@ impl Service {
                 continue; // finished deployments (rejected, cancelled, ...) stay as they are
             }
             let env = self.environment(&d.environment)?;
-            let policy = self.config.matrix.policy(&env.name, effective);
             d.effective_risk = effective.as_str().into();
-            d.emergency_reason = None;
-            d.error = None;
-            d.deadline_at = approval_deadline(policy, at);
-            // Every approval given before an amendment is void, whatever checksum the scripts
-            // take later (amending back to an approved version does not revive them).
-            let voided = self.store.delete_approvals(&mut tx, &d.id).await?;
             let reason = "the migration's scripts changed";
-            if self
+            if d.state == DeploymentState::Applied {
+                // The version applied here is undone by its own down script; once that has
+                // succeeded the deployment goes back to approval for the amended version.
+                d.undo_sql = old_down_sql.clone();
+                self.commit_change(
+                    &mut tx,
+                    &mut d,
+                    at,
+                    Change {
+                        event: DeploymentEvent::Amend,
+                        actor: caller.name.as_str(),
+                        action: "rollback_requested",
+                        detail: serde_json::json!({
+                            "reason": format!("{reason}: the applied version is rolled back, then the amended one applied"),
+                            "checksum": checksum,
+                        }),
+                        events: Vec::new(),
+                    },
+                )
+                .await?;
+                wake.push(d.environment.clone());
+            } else if self
                 .reopen_for_approval(
                     &mut tx,
                     &mut d,
                     env,
                     at,
                     caller.name.as_str(),
+                    DeploymentEvent::Amend,
                     reason,
                     &checksum,
-                    &voided,
                 )
                 .await?
             {
@@ -560,9 +613,11 @@ impl Service {
 }
 
 impl Service {
-    /// Sends a deployment whose approvals were just deleted (`voided`) back to awaiting
-    /// approval, audited with `reason`; re-approves it at once where the environment approves
-    /// itself. Whether it was re-approved (its worker should be woken).
+    /// Sends a deployment back to awaiting approval (`event`: an amendment, a drift, a retry
+    /// after a rollback), audited with `reason`: the transition voids its approvals and its
+    /// emergency standing and sets a new deadline (the one place that does, for every cause).
+    /// Re-approves it at once where the environment approves itself. Whether it was
+    /// re-approved (its worker should be woken).
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn reopen_for_approval(
         &self,
@@ -571,35 +626,74 @@ impl Service {
         env: &EnvironmentConfig,
         at: i64,
         actor: &str,
+        event: DeploymentEvent,
         reason: &str,
         checksum: &str,
-        voided: &[ApprovalRow],
     ) -> Result<bool> {
         self.commit_change(
             tx,
             d,
             at,
             Change {
-                event: DeploymentEvent::Amend,
+                event,
                 actor,
                 action: "approvals_voided",
                 detail: serde_json::json!({
                     "reason": reason,
                     "checksum": checksum,
-                    "voided": voided.iter().map(|a| serde_json::json!({
-                        "approver": a.approver, "role": a.role, "checksum": a.checksum,
-                    })).collect::<Vec<_>>(),
                 }),
                 events: Vec::new(),
             },
         )
         .await?;
-        if env.auto_approve {
+        if d.state == DeploymentState::AwaitingApproval && env.auto_approve {
             self.advance_approved(tx, d, env, at, "sluice", "auto_approved")
                 .await?;
             return Ok(true);
         }
         Ok(false)
+    }
+}
+
+impl Service {
+    /// The deployments of an environment whose old version an amendment had rolled back
+    /// (rolled back, with the down script it kept): each goes back to approval for the
+    /// amended version. The worker calls it after a round that rolled something back; a
+    /// crash in between leaves them rolled back, where `retry` does the same.
+    pub async fn reopen_amended(&self, environment: &str) -> Result<usize> {
+        let env = self.environment(environment)?;
+        let at = self.now();
+        let mut tx = self.store.begin().await?;
+        let rolled_back = self
+            .store
+            .deployments_in_states(&mut tx, env.name.as_str(), &[DeploymentState::RolledBack])
+            .await?;
+        let mut changed = Vec::new();
+        let mut wake = false;
+        for mut d in rolled_back.into_iter().filter(|d| d.undo_sql.is_some()) {
+            let Some(migration) = self.store.migration(&mut tx, &d.migration_id).await? else {
+                continue;
+            };
+            wake |= self
+                .reopen_for_approval(
+                    &mut tx,
+                    &mut d,
+                    env,
+                    at,
+                    "sluice",
+                    DeploymentEvent::Amend,
+                    "the version applied before the amendment is rolled back; the amended one is applied next",
+                    &migration.checksum,
+                )
+                .await?;
+            changed.push(d);
+        }
+        tx.commit().await?;
+        self.publish(&changed);
+        if wake {
+            self.signals.wake(env.name.as_str());
+        }
+        Ok(changed.len())
     }
 }
 

@@ -13,8 +13,35 @@ pub struct ApprovalView {
     pub role: String,
     pub comment: String,
     pub approved_at: String,
+    /// The checksum of the scripts the approver approved.
+    pub checksum: String,
     /// False when the migration changed after this approval: it no longer counts.
     pub current: bool,
+}
+
+/// Why a deployment was rejected, and by whom (from the audit trail).
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
+pub struct RejectionView {
+    pub by: String,
+    pub reason: String,
+    pub at: String,
+}
+
+/// A version of a migration's scripts that an amendment replaced, and where it was approved
+/// or applied: what an approver compares the scripts with.
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
+pub struct MigrationVersionView {
+    pub checksum: String,
+    /// The scripts of that version; null when it was replaced before Sluice kept the scripts of
+    /// replaced versions (only its checksum is known, from the audit trail).
+    pub up_sql: Option<String>,
+    pub down_sql: Option<String>,
+    pub replaced_at: String,
+    pub replaced_by: String,
+    /// Environments where an approval of this version was recorded.
+    pub approved_in: Vec<String>,
+    /// Environments where this version was applied.
+    pub applied_in: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
@@ -107,6 +134,10 @@ pub struct DeploymentView {
     /// how many of its statements are applied. A rollback undoes them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub statements_applied: Option<i64>,
+    /// Who rejected it and why (a rejected deployment, in the migration and single-deployment
+    /// views).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejection: Option<RejectionView>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
@@ -163,6 +194,7 @@ impl DeploymentView {
                     role: a.role.clone(),
                     comment: a.comment.clone(),
                     approved_at: format_millis(a.approved_at),
+                    checksum: a.checksum.clone(),
                     current: a.checksum == migration.checksum,
                 })
                 .collect(),
@@ -194,6 +226,7 @@ impl DeploymentView {
             dry_run: None,
             rollback_test: None,
             statements_applied: super::lifecycle::partly_applied(d),
+            rejection: None,
         }
     }
 }
@@ -216,6 +249,10 @@ pub struct MigrationView {
     pub down_sql: Option<String>,
     /// One per environment, in promotion order.
     pub deployments: Vec<DeploymentView>,
+    /// The versions of the scripts amendments replaced, newest first (the single-migration
+    /// view; absent when the scripts never changed).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub previous_versions: Vec<MigrationVersionView>,
 }
 
 impl MigrationView {
@@ -236,6 +273,7 @@ impl MigrationView {
             up_sql: m.up_sql,
             down_sql: m.down_sql,
             deployments,
+            previous_versions: Vec::new(),
         }
     }
 }

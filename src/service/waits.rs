@@ -228,11 +228,10 @@ impl Service {
                                 })
                                 .and_then(|v| v.needs.clone())
                         }
-                        state => Some(format!(
-                            "{} must be applied in {environment} first, and it is {} there",
-                            view.migration_id,
-                            state.map_or("absent", |s| s.as_str())
-                        )),
+                        // Ended there, or rolled back: the blocker says the way on.
+                        _ => blocker
+                            .as_ref()
+                            .map(|b| format!("{} {b}", view.migration_id)),
                     },
                 },
                 _ => None,

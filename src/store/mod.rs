@@ -62,6 +62,14 @@ const SQLITE_SCHEMA: &[(i64, &str)] = &[
         8,
         include_str!("../../migrations/sqlite/0008_rollback_tests.sql"),
     ),
+    (
+        9,
+        include_str!("../../migrations/sqlite/0009_migration_versions.sql"),
+    ),
+    (
+        10,
+        include_str!("../../migrations/sqlite/0010_undo_sql.sql"),
+    ),
 ];
 const POSTGRES_SCHEMA: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
@@ -92,6 +100,14 @@ const POSTGRES_SCHEMA: &[(i64, &str)] = &[
     (
         8,
         include_str!("../../migrations/postgres/0008_rollback_tests.sql"),
+    ),
+    (
+        9,
+        include_str!("../../migrations/postgres/0009_migration_versions.sql"),
+    ),
+    (
+        10,
+        include_str!("../../migrations/postgres/0010_undo_sql.sql"),
     ),
 ];
 
@@ -191,6 +207,9 @@ pub struct DeploymentRow {
     pub out_of_order: bool,
     /// The W3C traceparent of the API call that submitted or released it (traces on).
     pub trace_context: Option<String>,
+    /// The down script of the version applied here, kept by an amendment: the worker rolls
+    /// that version back with it, then the deployment goes back to approval (schema v10).
+    pub undo_sql: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -201,6 +220,16 @@ pub struct ApprovalRow {
     pub comment: String,
     pub checksum: String,
     pub approved_at: i64,
+}
+
+/// A version of a migration's scripts that an amendment replaced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MigrationVersionRow {
+    pub checksum: String,
+    pub up_sql: String,
+    pub down_sql: Option<String>,
+    pub replaced_at: i64,
+    pub replaced_by: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -252,7 +281,7 @@ pub struct AuditFilter {
 }
 
 const MIGRATION_COLUMNS: &str = "id, seq, kind, description, declared_risk, effective_risk, findings, author, ticket, estimated_duration, up_sql, down_sql, depends_on, checksum, submitted_at, updated_at, authors";
-const DEPLOYMENT_COLUMNS: &str = "id, migration_id, seq, environment, state, effective_risk, emergency_reason, deadline_at, error, last_action, started_at, finished_at, execution_ms, transactional, created_at, updated_at, version, out_of_order, trace_context";
+const DEPLOYMENT_COLUMNS: &str = "id, migration_id, seq, environment, state, effective_risk, emergency_reason, deadline_at, error, last_action, started_at, finished_at, execution_ms, transactional, created_at, updated_at, version, out_of_order, trace_context, undo_sql";
 
 fn migration_from_row(row: &AnyRow) -> Result<MigrationRow, StoreError> {
     let depends_on: String = row.try_get("depends_on")?;
@@ -304,6 +333,7 @@ fn deployment_from_row(row: &AnyRow) -> Result<DeploymentRow, StoreError> {
         version: row.try_get("version")?,
         out_of_order: out_of_order != 0,
         trace_context: row.try_get("trace_context")?,
+        undo_sql: row.try_get("undo_sql")?,
     })
 }
 
@@ -473,13 +503,17 @@ impl Store {
         Ok(())
     }
 
+    /// Writes a migration's new scripts on condition that it still has the scripts it was
+    /// read with (`old_checksum`): of two amendments at once one wins, the other is a
+    /// conflict, and no author is lost.
     pub async fn update_migration_scripts(
         &self,
         tx: &mut Tx,
         m: &MigrationRow,
+        old_checksum: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE migrations SET up_sql = $2, down_sql = $3, checksum = $4, findings = $5, effective_risk = $6, updated_at = $7, authors = $8 WHERE id = $1",
+        let done = sqlx::query(
+            "UPDATE migrations SET up_sql = $2, down_sql = $3, checksum = $4, findings = $5, effective_risk = $6, updated_at = $7, authors = $8 WHERE id = $1 AND checksum = $9",
         )
         .bind(&m.id)
         .bind(&m.up_sql)
@@ -489,9 +523,64 @@ impl Store {
         .bind(&m.effective_risk)
         .bind(m.updated_at)
         .bind(serde_json::to_string(&m.authors).unwrap_or_else(|_| "[]".into()))
+        .bind(old_checksum)
+        .execute(&mut **tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Err(StoreError::Conflict(format!(
+                "migration {} was amended by someone else while this amendment was being handled; nothing was changed: read it again (sluice show {}) and amend that version",
+                m.id, m.id
+            )));
+        }
+        Ok(())
+    }
+
+    /// Keeps the scripts of a version an amendment replaces (`m` as it was before).
+    pub async fn keep_migration_version(
+        &self,
+        tx: &mut Tx,
+        m: &MigrationRow,
+        replaced_at: i64,
+        replaced_by: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO migration_versions (migration_id, checksum, up_sql, down_sql, replaced_at, replaced_by) VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (migration_id, checksum) DO UPDATE SET replaced_at = excluded.replaced_at, replaced_by = excluded.replaced_by",
+        )
+        .bind(&m.id)
+        .bind(&m.checksum)
+        .bind(&m.up_sql)
+        .bind(&m.down_sql)
+        .bind(replaced_at)
+        .bind(replaced_by)
         .execute(&mut **tx)
         .await?;
         Ok(())
+    }
+
+    /// The versions of a migration's scripts that amendments replaced, newest first.
+    pub async fn migration_versions(
+        &self,
+        conn: &mut AnyConnection,
+        migration_id: &str,
+    ) -> Result<Vec<MigrationVersionRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT checksum, up_sql, down_sql, replaced_at, replaced_by FROM migration_versions WHERE migration_id = $1 ORDER BY replaced_at DESC",
+        )
+        .bind(migration_id)
+        .fetch_all(conn)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(MigrationVersionRow {
+                    checksum: row.try_get("checksum")?,
+                    up_sql: row.try_get("up_sql")?,
+                    down_sql: row.try_get("down_sql")?,
+                    replaced_at: row.try_get("replaced_at")?,
+                    replaced_by: row.try_get("replaced_by")?,
+                })
+            })
+            .collect()
     }
 
     pub async fn migration(
@@ -554,7 +643,7 @@ impl Store {
         d: &DeploymentRow,
     ) -> Result<(), StoreError> {
         sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO deployments ({DEPLOYMENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
+            "INSERT INTO deployments ({DEPLOYMENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
         )))
         .bind(&d.id)
         .bind(&d.migration_id)
@@ -575,6 +664,7 @@ impl Store {
         .bind(d.version)
         .bind(i64::from(d.out_of_order))
         .bind(&d.trace_context)
+        .bind(&d.undo_sql)
         .execute(&mut **tx)
         .await?;
         Ok(())
@@ -589,7 +679,7 @@ impl Store {
         d: &mut DeploymentRow,
     ) -> Result<(), StoreError> {
         let done = sqlx::query(
-            "UPDATE deployments SET state = $2, emergency_reason = $3, deadline_at = $4, error = $5, last_action = $6, started_at = $7, finished_at = $8, execution_ms = $9, transactional = $10, updated_at = $11, effective_risk = $12, out_of_order = $14, trace_context = $15, version = version + 1 WHERE id = $1 AND version = $13",
+            "UPDATE deployments SET state = $2, emergency_reason = $3, deadline_at = $4, error = $5, last_action = $6, started_at = $7, finished_at = $8, execution_ms = $9, transactional = $10, updated_at = $11, effective_risk = $12, out_of_order = $14, trace_context = $15, undo_sql = $16, version = version + 1 WHERE id = $1 AND version = $13",
         )
         .bind(&d.id)
         .bind(d.state.as_str())
@@ -606,6 +696,7 @@ impl Store {
         .bind(d.version)
         .bind(i64::from(d.out_of_order))
         .bind(&d.trace_context)
+        .bind(&d.undo_sql)
         .execute(conn)
         .await?;
         if done.rows_affected() != 1 {

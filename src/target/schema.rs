@@ -35,6 +35,22 @@ impl SchemaSnapshot {
         hex::encode(hasher.finalize())
     }
 
+    /// Carries into `self` what changed from `before` to `after` (objects added, changed or
+    /// removed), leaving every other object as it is: a reference moved on by Sluice's own
+    /// changes only.
+    pub fn carry(&mut self, before: &SchemaSnapshot, after: &SchemaSnapshot) {
+        for object in before.0.keys() {
+            if !after.0.contains_key(object) {
+                self.0.remove(object);
+            }
+        }
+        for (object, definition_after) in &after.0 {
+            if before.0.get(object) != Some(definition_after) {
+                self.0.insert(object.clone(), definition_after.clone());
+            }
+        }
+    }
+
     /// What changed from `self` (the reference) to `live`.
     pub fn differences(&self, live: &SchemaSnapshot) -> Vec<SchemaDifference> {
         let mut out = Vec::new();
@@ -169,6 +185,32 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         )
+    }
+
+    #[test]
+    fn carry_moves_the_reference_by_the_rounds_own_changes_only() {
+        // The reference; by hand someone added column h; then a round added table u and
+        // dropped column t.b.
+        let mut reference = snapshot(&[("column public.t.b", "text"), ("table public.t", "")]);
+        let before = snapshot(&[
+            ("column public.t.b", "text"),
+            ("column public.t.h", "int"),
+            ("table public.t", ""),
+        ]);
+        let after = snapshot(&[
+            ("column public.t.h", "int"),
+            ("table public.t", ""),
+            ("table public.u", ""),
+        ]);
+        reference.carry(&before, &after);
+        assert_eq!(
+            reference,
+            snapshot(&[("table public.t", ""), ("table public.u", "")])
+        );
+        // Only the hand change differs.
+        let differences = reference.differences(&after);
+        assert_eq!(differences.len(), 1);
+        assert_eq!(differences[0].object, "column public.t.h");
     }
 
     #[test]

@@ -224,11 +224,24 @@ async fn the_seed_quick_start_through_the_cli() {
         "{}",
         impostor.stderr
     );
+    // Without a terminal an approval names the checksum of the scripts read.
+    let checksum = app.deployment(&format!("{id}@staging")).await["checksum"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let first = sluice(
         &app,
         Some("ops1"),
         &dir,
-        &["approve", &id, "data_ops", "ops1", "lgtm"],
+        &[
+            "approve",
+            &id,
+            "data_ops",
+            "ops1",
+            "lgtm",
+            "--checksum",
+            &checksum,
+        ],
     )
     .await;
     ok(&first);
@@ -241,7 +254,15 @@ async fn the_seed_quick_start_through_the_cli() {
         &app,
         Some("ops2"),
         &dir,
-        &["approve", &id, "data_ops", "ops2", "ship it"],
+        &[
+            "approve",
+            &id,
+            "data_ops",
+            "ops2",
+            "ship it",
+            "--checksum",
+            &checksum,
+        ],
     )
     .await);
     app.wait_for_state(&format!("{id}@staging"), &["applied"])
@@ -1345,7 +1366,7 @@ async fn json_output_is_json_for_errors_and_empty_migrations_too() {
     assert_eq!(failed.code, 1);
     let error: serde_json::Value =
         serde_json::from_str(&failed.stdout).unwrap_or_else(|e| panic!("{e}: {}", failed.stdout));
-    assert_eq!(error["error"]["code"], "failed");
+    assert_eq!(error["error"]["code"], "not_found");
     assert_eq!(error["error"]["exit_code"], 1);
     assert!(
         error["error"]["message"]
@@ -1450,6 +1471,7 @@ async fn pending_lists_what_awaits_the_callers_approval() {
         "{list}"
     );
     assert_eq!(list[0]["you_can_approve_as"], serde_json::json!(["dba"]));
+    let checksum = list[0]["checksum"].as_str().unwrap().to_owned();
     ok(&sluice(
         &app,
         Some("ops1"),
@@ -1462,6 +1484,8 @@ async fn pending_lists_what_awaits_the_callers_approval() {
             "ok",
             "--environment",
             "staging",
+            "--checksum",
+            &checksum,
         ],
     )
     .await);

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 /// Where `cli` differs from `rest`: a key missing or extra, null against a value, another
 /// scalar. Paths like `deployments[2].error`.
-fn differences(path: &str, rest: &Value, cli: &Value, out: &mut Vec<String>) {
+pub(crate) fn differences(path: &str, rest: &Value, cli: &Value, out: &mut Vec<String>) {
     match (rest, cli) {
         (Value::Object(r), Value::Object(c)) => {
             for (k, rv) in r {

@@ -195,9 +195,13 @@ async fn drift_made_with_psql_is_found_recorded_voids_approvals_and_is_accepted(
     let (_, drift) = app
         .get("dev", "/api/v1/environments/development/drift")
         .await;
-    assert_eq!(
-        drift["drifted"], false,
-        "the reference is the applied schema: {drift}"
+    // The reference moved on by what Sluice applied (the table later) and nothing else:
+    // `drift` and status agree on the three hand changes (issue 19; it said "clean" before).
+    assert_eq!(drift["drifted"], true, "{drift}");
+    assert_eq!(drift["difference_count"], 3, "{drift}");
+    assert!(
+        !drift.to_string().contains("public.later"),
+        "what Sluice applied is not drift: {drift}"
     );
 
     // Unknown environment; a runner at work.
@@ -298,5 +302,63 @@ async fn the_scheduler_finds_drift_on_its_own() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert_eq!(status["drift"]["difference_count"], 2, "{status}");
+    app.stop().await;
+}
+
+/// Issue 19: once drift is found, a worker round that applies something afterwards must not
+/// fold the hand change into the reference: `drift` and status keep agreeing (drifted, the
+/// hand change listed), and what Sluice applied is not reported as drift.
+#[tokio::test]
+async fn an_apply_after_drift_keeps_the_drift_open_and_lists_only_the_hand_change() {
+    let app = manual(Backend::Postgres).await;
+    let first = app
+        .submit(
+            "dev",
+            migration("base", "low", "CREATE TABLE base (id int);", None),
+        )
+        .await;
+    app.run_worker("development").await;
+    assert_eq!(
+        app.deployment(&format!("{first}@development")).await["state"],
+        "applied"
+    );
+    let dev_db = app.targets["development"].client().await;
+    dev_db
+        .batch_execute("ALTER TABLE base ADD COLUMN by_hand text")
+        .await
+        .unwrap();
+    // The next migration: the worker notes the drift first, then applies it.
+    let second = app
+        .submit(
+            "dev",
+            migration("later", "low", "CREATE TABLE later (id int);", None),
+        )
+        .await;
+    app.run_worker("development").await;
+    assert_eq!(
+        app.deployment(&format!("{second}@development")).await["state"],
+        "applied"
+    );
+    let (status, drift) = app
+        .get("dev", "/api/v1/environments/development/drift")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{drift}");
+    assert_eq!(drift["drifted"], true, "{drift}");
+    assert_eq!(
+        changes(&drift),
+        [("column public.base.by_hand".to_owned(), "added".to_owned())],
+        "{drift}"
+    );
+    let (_, status) = app.get("dev", "/api/v1/environments/development").await;
+    assert!(
+        status["drift"].is_object(),
+        "status shows the drift: {status}"
+    );
+    // A third round with nothing to apply records no new drift and keeps the same one.
+    app.run_worker("development").await;
+    let (_, again) = app
+        .get("dev", "/api/v1/environments/development/drift")
+        .await;
+    assert_eq!(changes(&again), changes(&drift));
     app.stop().await;
 }

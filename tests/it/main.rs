@@ -4,11 +4,14 @@
 mod api_errors;
 mod binary;
 mod cli;
+mod cli_approve;
 mod cli_confirm;
 mod cli_context;
+mod cli_edges;
 mod cli_json;
 mod drift;
 mod dry_run;
+mod flow;
 mod grpc;
 mod harness;
 mod interrupted;

@@ -519,17 +519,26 @@ async fn two_daemons_on_one_store_deliver_each_event_once() {
     let second = sluice::start(app.config.clone(), sluice::StartOptions::default())
         .await
         .unwrap();
+    let mut ids = Vec::new();
     for n in 0..8 {
-        app.submit(
-            "dev",
-            migration(
-                &format!("twice {n}"),
-                "low",
-                &format!("CREATE TABLE twice_{n} (id int);"),
-                None,
-            ),
-        )
-        .await;
+        ids.push(
+            app.submit(
+                "dev",
+                migration(
+                    &format!("twice {n}"),
+                    "low",
+                    &format!("CREATE TABLE twice_{n} (id int);"),
+                    None,
+                ),
+            )
+            .await,
+        );
+    }
+    // Wait for the conditions, not for a count that timing can change: every migration
+    // applied in development (its last events written), then nothing left to send.
+    for id in &ids {
+        app.wait_for_state(&format!("{id}@development"), &["applied"])
+            .await;
     }
     wait_until_nothing_pending(&app).await;
     let store = &app.service().store;
@@ -1314,6 +1323,7 @@ fn event(
             error: None,
             reason: Some(format!("reason {n}")),
             link: None,
+            commands: Vec::new(),
             recipients: Vec::new(),
             addresses: Vec::new(),
             note: None,

@@ -635,7 +635,8 @@ async fn a_removed_user_loses_access_even_when_the_file_keeps_its_old_mtime() {
 
 /// What approvers see of a migration's analysis: the rollback script linted too (dropping a
 /// column the up script did not create makes it high risk), `-- sluice:ignore` with its reason
-/// (the finding stays, the risk does not rise), rule, line, column and fix over REST and gRPC.
+/// (the finding stays and still counts: an author's ignore never lowers the tier), rule, line,
+/// column and fix over REST and gRPC.
 #[tokio::test]
 async fn findings_show_rule_position_fix_ignores_and_the_rollback_script() {
     let app = spawn_app().await;
@@ -675,7 +676,8 @@ async fn findings_show_rule_position_fix_ignores_and_the_rollback_script() {
             ),
         )
         .await;
-    assert_eq!(m["effective_risk"], "low", "{m}");
+    // The author's ignore is shown, and does not lower the tier (issue 19).
+    assert_eq!(m["effective_risk"], "high", "{m}");
     let finding = &m["findings"][0];
     assert_eq!(finding["rule"], "sluice-unguarded-delete");
     assert_eq!(

@@ -144,40 +144,15 @@ pub(super) async fn remote(
                 Some(e) => e,
                 None => awaiting_environment(client, &migration_id, Some(&role)).await?,
             };
-            let checksum = match checksum {
-                Some(c) => c,
-                None => {
-                    let shown = current_checksum(client, &migration_id).await?;
-                    if output == Output::Table {
-                        println!("approving {migration_id} with the checksum {shown}");
-                    }
-                    shown
-                }
-            };
-            let request = client.request(pb::ApproveRequest {
-                deployment_id: format!("{migration_id}@{environment}"),
+            let args = super::review::ApproveArgs {
+                migration_id,
                 role,
+                approver,
                 comment,
+                environment,
                 checksum,
-            })?;
-            let deployment = client
-                .inner
-                .approve(request)
-                .await
-                .map_err(|s| client.failed(s))?
-                .into_inner();
-            match output {
-                Output::Json => print_json(&deployment),
-                Output::Table => {
-                    println!("{}: {}", deployment.id, deployment.state);
-                    if !deployment.missing_roles.is_empty()
-                        || deployment.additional_approvals_needed > 0
-                    {
-                        println!("  still needed: {}", still_needed(&deployment));
-                    }
-                    Ok(())
-                }
-            }
+            };
+            super::review::approve(client, args, output, yes).await
         }
         Command::Reject {
             migration_id,
@@ -291,13 +266,21 @@ pub(super) async fn remote(
             migration_id,
             environment,
         } => {
+            // By default the first environment, in promotion order, whose schema does not
+            // hold the migration yet (where it is applied, up cannot run on the copy).
             let environment = match environment {
                 Some(environment) => environment,
-                None => environment_names(client)
+                None => migration_of(client, &migration_id)
                     .await?
-                    .into_iter()
-                    .next()
-                    .ok_or_else(|| Failure::operation("the daemon has no environment"))?,
+                    .deployments
+                    .iter()
+                    .find(|d| !matches!(d.state.as_str(), "applied" | "running" | "rolling_back"))
+                    .map(|d| d.environment.clone())
+                    .ok_or_else(|| {
+                        Failure::usage(format!(
+                            "{migration_id} is applied in every environment: name the one whose schema the test copies (sluice test-rollback {migration_id} ENVIRONMENT)"
+                        ))
+                    })?,
             };
             let request = client.request(pb::DeploymentActionRequest {
                 deployment_id: format!("{migration_id}@{environment}"),
@@ -414,10 +397,9 @@ pub(super) async fn remote(
                         let size = b
                             .size_bytes
                             .map_or("gone".to_owned(), |s| format!("{s} bytes"));
-                        let before = if b.preceded.is_empty() {
-                            String::new()
-                        } else {
-                            format!(", before {}", b.preceded)
+                        let before = match &b.preceded {
+                            Some(preceded) => format!(", before {preceded}"),
+                            None => String::new(),
                         };
                         println!("{}  {}  {size}{before}", b.taken_at, b.file);
                     }
@@ -522,9 +504,14 @@ pub(super) async fn remote(
         } => watch(client, &environment, migration_id, output).await,
         Command::Show {
             migration_id,
+            sql: false,
+            diff: false,
             environment,
             log,
         } => super::render::show(client, &migration_id, environment.as_deref(), log, output).await,
+        Command::Show {
+            migration_id, diff, ..
+        } => super::review::show_scripts(client, &migration_id, diff, output).await,
         Command::Pending => pending(client, output).await,
         Command::Whoami => {
             let me = who_am_i(client).await?;
@@ -930,11 +917,6 @@ async fn rollback_plan(
     Ok(plan)
 }
 
-/// The checksum of a migration's scripts as the daemon has them now.
-pub(super) async fn current_checksum(client: &mut Client, migration_id: &str) -> CliResult<String> {
-    Ok(migration_of(client, migration_id).await?.checksum)
-}
-
 /// The first environment, in promotion order, where the migration awaits approval (and, with
 /// a role, where that role can still sign).
 pub(super) async fn awaiting_environment(
@@ -1037,7 +1019,7 @@ fn audit_detail(detail: &str) -> String {
             .join(" "),
         _ => detail.to_owned(),
     };
-    let flat = printable(&text).replace('\n', " ");
+    let flat = printable(&text.replace('\n', " "));
     if flat.chars().count() > 100 {
         format!("{}...", flat.chars().take(97).collect::<String>())
     } else {
@@ -1053,4 +1035,84 @@ async fn who_am_i(client: &mut Client) -> CliResult<pb::WhoAmIResponse> {
         .await
         .map_err(|s| client.failed(s))?
         .into_inner())
+}
+
+/// A migration id where the environment goes and the environment where the id goes (`sluice
+/// retry 003_... development`) is a usage error naming the order, said before any connection
+/// (the daemon would answer "unknown environment", exit 1).
+pub(in crate::cli) fn arguments_in_order(command: &Command) -> CliResult {
+    let is_id = |s: &str| s.parse::<crate::domain::MigrationId>().is_ok();
+    // (the command's words, its argument order, the value in the environment's place, the
+    // value in the migration id's place)
+    let (name, environment_first, environment, migration_id) = match command {
+        Command::Retry {
+            environment,
+            migration_id,
+        }
+        | Command::Cancel {
+            environment,
+            migration_id,
+            ..
+        }
+        | Command::Rollback {
+            environment,
+            migration_id,
+            ..
+        } => (
+            command_name(command),
+            true,
+            environment.as_str(),
+            migration_id.as_str(),
+        ),
+        Command::Watch {
+            environment,
+            migration_id: Some(migration_id),
+        } => ("watch", true, environment.as_str(), migration_id.as_str()),
+        Command::Show {
+            migration_id,
+            environment: Some(environment),
+            ..
+        } => ("show", false, environment.as_str(), migration_id.as_str()),
+        Command::TestRollback {
+            migration_id,
+            environment: Some(environment),
+        } => (
+            "test-rollback",
+            false,
+            environment.as_str(),
+            migration_id.as_str(),
+        ),
+        Command::Review {
+            migration_id,
+            environment,
+            ..
+        } => ("review", false, environment.as_str(), migration_id.as_str()),
+        _ => return Ok(()),
+    };
+    if !is_id(environment) || is_id(migration_id) {
+        return Ok(());
+    }
+    // Swapped: what was typed as the id is the environment, and the other way round.
+    let (order, fixed) = if environment_first {
+        (
+            "ENVIRONMENT MIGRATION_ID",
+            format!("{migration_id} {environment}"),
+        )
+    } else {
+        (
+            "MIGRATION_ID ENVIRONMENT",
+            format!("{environment} {migration_id}"),
+        )
+    };
+    Err(Failure::usage(format!(
+        "sluice {name} takes {order}; the two came the other way round: sluice {name} {fixed} ..."
+    )))
+}
+
+fn command_name(command: &Command) -> &'static str {
+    match command {
+        Command::Retry { .. } => "retry",
+        Command::Cancel { .. } => "cancel",
+        _ => "rollback",
+    }
 }

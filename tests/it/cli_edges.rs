@@ -1,0 +1,230 @@
+//! The CLI's small edges found by trying it as a new user (issue 19): multi-line errors shown
+//! as lines, a closed pipe, an address without a scheme, swapped arguments, JSON errors with the
+//! API's code, JSON fields in REST's forms, and test-rollback's default environment.
+
+use crate::cli::{ok, sluice};
+use crate::harness::{TestApp, migration, spawn_app};
+
+/// Submits `up` (with a rollback) as dev over REST and waits for development to end.
+async fn submitted(app: &TestApp, up: &str, down: Option<&str>, end: &[&str]) -> String {
+    let id = app.submit("dev", migration("edges", "low", up, down)).await;
+    app.wait_for_state(&format!("{id}@development"), end).await;
+    id
+}
+
+#[tokio::test]
+async fn show_prints_a_multi_line_error_as_lines() {
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let id = submitted(
+        &app,
+        "UPDATE nowhere SET x = 1 WHERE id = 1;",
+        None,
+        &["failed"],
+    )
+    .await;
+    let error = app.deployment(&format!("{id}@development")).await["error"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        error.contains('\n'),
+        "the case needs a multi-line error: {error}"
+    );
+    let shown = sluice(&app, Some("dev"), dir.path(), &["show", &id]).await;
+    ok(&shown);
+    assert!(!shown.stdout.contains("\\u{a}"), "{}", shown.stdout);
+    let first = error.lines().next().unwrap();
+    assert!(shown.stdout.contains(first), "{}", shown.stdout);
+}
+
+/// `sluice status | head`: the reader went away; the CLI ends quietly instead of panicking.
+#[tokio::test]
+async fn a_closed_pipe_ends_the_cli_quietly() {
+    let app = spawn_app().await;
+    let addr = format!("http://{}", app.running.as_ref().unwrap().grpc_addr);
+    let token = app.token("dev").to_owned();
+    let (code, stderr) = tokio::task::spawn_blocking(move || {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["status"])
+            .env("SLUICE_ADDR", addr)
+            .env("SLUICE_TOKEN", token)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reading end closes before the CLI has anything to print.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[tokio::test]
+async fn an_address_without_a_scheme_is_read_as_http() {
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let grpc = app.running.as_ref().unwrap().grpc_addr.to_string();
+    let run = sluice(
+        &app,
+        Some("dev"),
+        dir.path(),
+        &["--server", &grpc, "whoami"],
+    )
+    .await;
+    ok(&run);
+    assert!(
+        run.stdout.contains(&format!("http://{grpc}")),
+        "{}",
+        run.stdout
+    );
+}
+
+#[tokio::test]
+async fn swapped_arguments_are_a_usage_error_naming_the_order() {
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let id = "001_20240101_000000_swapped";
+    for args in [
+        vec!["retry", id, "development"],
+        vec!["--yes", "cancel", id, "development"],
+        vec!["--yes", "rollback", id, "development"],
+        vec!["watch", id, "development"],
+        vec!["show", "development", id],
+        vec!["review", "development", id, "ok"],
+    ] {
+        let run = sluice(&app, Some("lead"), dir.path(), &args).await;
+        assert_eq!(run.code, 2, "{args:?}: {}{}", run.stdout, run.stderr);
+        assert!(
+            run.stderr.contains("the other way round"),
+            "{args:?}: {}",
+            run.stderr
+        );
+    }
+}
+
+/// `-o json` errors have one shape, with the API's code for what the daemon refused.
+#[tokio::test]
+async fn json_errors_carry_the_apis_code() {
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let error = |run: &crate::cli::Run| -> serde_json::Value {
+        let v: serde_json::Value = serde_json::from_str(&run.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}{}", run.stdout, run.stderr));
+        assert_eq!(v["error"]["exit_code"], run.code, "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{v}"
+        );
+        v["error"]["code"].clone()
+    };
+    let missing = sluice(
+        &app,
+        Some("dev"),
+        dir.path(),
+        &["-o", "json", "show", "001_20240101_000000_nope"],
+    )
+    .await;
+    assert_eq!(error(&missing), "not_found");
+    let forbidden = sluice(
+        &app,
+        Some("dev"),
+        dir.path(),
+        &["-o", "json", "lock", "production", "mine"],
+    )
+    .await;
+    assert_eq!(error(&forbidden), "forbidden");
+    let unlocked = sluice(
+        &app,
+        Some("lead"),
+        dir.path(),
+        &["-o", "json", "unlock", "staging"],
+    )
+    .await;
+    assert_eq!(error(&unlocked), "conflict");
+    let usage = sluice(
+        &app,
+        Some("dev"),
+        dir.path(),
+        &["-o", "json", "audit", "--since", "soon"],
+    )
+    .await;
+    assert_eq!(error(&usage), "invalid");
+    let away = sluice(
+        &app,
+        Some("dev"),
+        dir.path(),
+        &["-o", "json", "--server", "http://127.0.0.1:1", "whoami"],
+    )
+    .await;
+    assert_eq!(error(&away), "unavailable");
+}
+
+/// JSON in REST's forms: a backup that preceded nothing has `preceded: null` (not ""), and a
+/// watch event's state is `"state"` (not `"State"`).
+#[tokio::test]
+async fn backups_and_watch_events_in_rests_json_forms() {
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    ok(&sluice(&app, Some("lead"), dir.path(), &["backup", "staging"]).await);
+    let cli = sluice(
+        &app,
+        Some("lead"),
+        dir.path(),
+        &["-o", "json", "backups", "staging"],
+    )
+    .await;
+    ok(&cli);
+    let cli: serde_json::Value = serde_json::from_str(&cli.stdout).unwrap();
+    let (status, rest) = app
+        .get("lead", "/api/v1/environments/staging/backups")
+        .await;
+    assert_eq!(status, 200, "{rest}");
+    let mut found = Vec::new();
+    crate::cli_json::differences("backups", &rest, &cli, &mut found);
+    assert!(found.is_empty(), "{}", found.join("\n"));
+
+    let id = submitted(&app, "CREATE TABLE watched (id int);", None, &["applied"]).await;
+    let watched = sluice(
+        &app,
+        Some("dev"),
+        dir.path(),
+        &["-o", "json", "watch", "development", &id],
+    )
+    .await;
+    ok(&watched);
+    let first: serde_json::Value =
+        serde_json::from_str(watched.stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(first["event"]["state"], "applied", "{}", watched.stdout);
+}
+
+/// Without an environment, test-rollback takes the first one where the migration is not
+/// applied (development applied it at once, where the test can only fail).
+#[tokio::test]
+async fn test_rollback_defaults_to_the_first_environment_not_applied() {
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let id = submitted(
+        &app,
+        "CREATE TABLE tried (id int);",
+        Some("DROP TABLE tried;"),
+        &["applied"],
+    )
+    .await;
+    let run = sluice(&app, Some("ops1"), dir.path(), &["test-rollback", &id]).await;
+    ok(&run);
+    assert!(
+        run.stdout.contains(&format!("{id}@staging")),
+        "{}",
+        run.stdout
+    );
+}
