@@ -8,6 +8,7 @@ use serde_json::json;
 
 const LOCKERS: usize = 40;
 const UNLOCKERS: usize = 20;
+const ROUNDS: usize = 4;
 
 async fn audit_actions(app: &TestApp, action: &str) -> usize {
     let (status, audit) = app
@@ -22,76 +23,79 @@ async fn audit_actions(app: &TestApp, action: &str) -> usize {
         .count()
 }
 
-/// Many lock requests at once, then many unlocks at once, over real HTTP.
+/// Many lock requests at once, then many unlocks at once, over real HTTP, a few times.
 async fn one_lock_and_one_unlock_win(backend: Backend) {
     let app = spawn_app_with(AppOptions {
         backend,
         ..AppOptions::default()
     })
     .await;
-    let locks = futures_util::future::join_all((0..LOCKERS).map(|i| {
-        let user = if i % 2 == 0 { "lead" } else { "admin" };
-        let app = &app;
-        async move {
-            let (status, body) = app
-                .post(
-                    user,
-                    "/api/v1/environments/staging/lock",
-                    json!({"reason": format!("incident {i}")}),
-                )
-                .await;
-            (user, i, status, body)
-        }
-    }))
-    .await;
-    let winners: Vec<_> = locks
-        .iter()
-        .filter(|(_, _, status, _)| *status == StatusCode::OK)
-        .collect();
-    assert_eq!(winners.len(), 1, "exactly one lock wins: {locks:#?}");
-    let (holder, number, _, body) = winners[0];
-    assert_eq!(body["lock"]["locked_by"], *holder, "{body}");
-    assert_eq!(
-        body["lock"]["reason"],
-        format!("incident {number}"),
-        "{body}"
-    );
-    for (_, _, status, body) in &locks {
-        if *status == StatusCode::OK {
-            continue;
-        }
-        assert_eq!(*status, StatusCode::CONFLICT, "{body}");
-        let message = body["error"]["message"].as_str().unwrap_or_default();
-        assert!(
-            message.contains(&format!("locked by {holder}"))
-                && message.contains(&format!("incident {number}")),
-            "the refusal names who holds the lock and why: {message}"
+    // Several rounds: a race that one round misses, another finds.
+    for round in 1..=ROUNDS {
+        let locks = futures_util::future::join_all((0..LOCKERS).map(|i| {
+            let user = if i % 2 == 0 { "lead" } else { "admin" };
+            let app = &app;
+            async move {
+                let (status, body) = app
+                    .post(
+                        user,
+                        "/api/v1/environments/staging/lock",
+                        json!({"reason": format!("incident {round}.{i}")}),
+                    )
+                    .await;
+                (user, i, status, body)
+            }
+        }))
+        .await;
+        let winners: Vec<_> = locks
+            .iter()
+            .filter(|(_, _, status, _)| *status == StatusCode::OK)
+            .collect();
+        assert_eq!(winners.len(), 1, "exactly one lock wins: {locks:#?}");
+        let (holder, number, _, body) = winners[0];
+        assert_eq!(body["lock"]["locked_by"], *holder, "{body}");
+        assert_eq!(
+            body["lock"]["reason"],
+            format!("incident {round}.{number}"),
+            "{body}"
         );
-    }
-    assert_eq!(audit_actions(&app, "environment_locked").await, 1);
-
-    let unlocks = futures_util::future::join_all((0..UNLOCKERS).map(|i| {
-        let user = if i % 2 == 0 { "lead" } else { "admin" };
-        let app = &app;
-        async move { app.delete(user, "/api/v1/environments/staging/lock").await }
-    }))
-    .await;
-    let ok = unlocks
-        .iter()
-        .filter(|(status, _)| *status == StatusCode::OK)
-        .count();
-    assert_eq!(ok, 1, "exactly one unlock wins: {unlocks:#?}");
-    for (status, body) in &unlocks {
-        assert!(
-            *status == StatusCode::OK || *status == StatusCode::CONFLICT,
-            "{status} {body}"
-        );
-        if *status == StatusCode::CONFLICT {
+        for (_, _, status, body) in &locks {
+            if *status == StatusCode::OK {
+                continue;
+            }
+            assert_eq!(*status, StatusCode::CONFLICT, "{body}");
             let message = body["error"]["message"].as_str().unwrap_or_default();
-            assert!(message.contains("not locked"), "{message}");
+            assert!(
+                message.contains(&format!("locked by {holder}"))
+                    && message.contains(&format!("incident {round}.{number}")),
+                "the refusal names who holds the lock and why: {message}"
+            );
         }
+        assert_eq!(audit_actions(&app, "environment_locked").await, round);
+
+        let unlocks = futures_util::future::join_all((0..UNLOCKERS).map(|i| {
+            let user = if i % 2 == 0 { "lead" } else { "admin" };
+            let app = &app;
+            async move { app.delete(user, "/api/v1/environments/staging/lock").await }
+        }))
+        .await;
+        let ok = unlocks
+            .iter()
+            .filter(|(status, _)| *status == StatusCode::OK)
+            .count();
+        assert_eq!(ok, 1, "exactly one unlock wins: {unlocks:#?}");
+        for (status, body) in &unlocks {
+            assert!(
+                *status == StatusCode::OK || *status == StatusCode::CONFLICT,
+                "{status} {body}"
+            );
+            if *status == StatusCode::CONFLICT {
+                let message = body["error"]["message"].as_str().unwrap_or_default();
+                assert!(message.contains("not locked"), "{message}");
+            }
+        }
+        assert_eq!(audit_actions(&app, "environment_unlocked").await, round);
     }
-    assert_eq!(audit_actions(&app, "environment_unlocked").await, 1);
     let (_, status) = app.get("dev", "/api/v1/environments/staging").await;
     assert!(status["lock"].is_null(), "{status}");
     app.stop().await;
