@@ -131,11 +131,14 @@ impl Worker {
         TargetSettings::for_environment(&self.environment)
     }
 
+    /// Whether the environment's lock stops new deployments (the service's one lock check).
     async fn locked(&self) -> Result<bool, ServiceError> {
-        let store = &self.service.store;
-        let mut conn = store.conn().await?;
-        Ok(store
-            .lock(&mut conn, self.environment.name.as_str())
+        let mut conn = self.service.store.conn().await?;
+        let env = self.environment.name.as_str();
+        let work = crate::domain::lock::Work::Start;
+        Ok(self
+            .service
+            .lock_stopping(&mut conn, env, work)
             .await?
             .is_some())
     }

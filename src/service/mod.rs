@@ -20,13 +20,13 @@ mod rollback_test;
 mod signals;
 mod submit;
 mod views;
+mod waits;
 
 pub use backups::BackupView;
 pub use baseline::BaselineResult;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use drift::{DriftView, RecordedDrift};
 pub use dry_run::{CheckView, DryRunView, RollbackTestView, database_name};
-pub use environments::Settled;
 pub use events::{EventBus, EventKind};
 pub use notifications::{ChannelView, Notice, NotificationView, TestResult};
 pub use queries::{newest_first, parse_time};
@@ -35,6 +35,7 @@ pub use restore::RestoreResult;
 pub use signals::WorkerSignals;
 pub use submit::{AmendRequest, BatchItemError, BatchResult, SubmitRequest};
 pub use views::*;
+pub use waits::{RETRY_AFTER_SECONDS, Settled, WAIT_DEFAULT_SECONDS, WAIT_MAX_SECONDS, WaitPermit};
 
 // A helper of one use-case group that another group needs too.
 use approvals::approval_records;
@@ -70,6 +71,9 @@ pub enum ServiceError {
     Conflict(String),
     #[error("{0}")]
     Unavailable(String),
+    /// Too many callers hold what this call would hold (waits): try again later.
+    #[error("{0}")]
+    Busy(String),
     #[error(transparent)]
     Unexpected(#[from] anyhow::Error),
 }
@@ -116,6 +120,8 @@ pub struct Service {
     /// The users of users.yml: loaded at start, replaced by `reload_users` (SIGHUP or a change
     /// of the file) without a restart.
     users: Arc<std::sync::RwLock<Arc<Vec<crate::config::User>>>>,
+    /// One permit per REST `migrate?wait=true` waiting (`server.max_migrate_waiters`).
+    waiters: Arc<tokio::sync::Semaphore>,
 }
 
 pub fn millis(t: DateTime<Utc>) -> i64 {
@@ -274,12 +280,16 @@ impl Service {
     pub fn new(config: Arc<Config>, store: Store, clock: Arc<dyn Clock>) -> Service {
         let signals = Arc::new(WorkerSignals::new(&config));
         let users = Arc::new(std::sync::RwLock::new(Arc::new(config.users.clone())));
+        let waiters = Arc::new(tokio::sync::Semaphore::new(
+            config.settings.server.max_migrate_waiters.max(1),
+        ));
         Service {
             config,
             store,
             clock,
             signals,
             users,
+            waiters,
         }
     }
 
