@@ -128,9 +128,7 @@ impl Service {
                 .deployments_of_migration(&mut tx, &migration.id)
                 .await?
             {
-                let Some(later_env) = later
-                    .iter()
-                    .find(|e| e.name.as_str() == other.environment)
+                let Some(later_env) = later.iter().find(|e| e.name.as_str() == other.environment)
                 else {
                     continue;
                 };
