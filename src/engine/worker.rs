@@ -14,7 +14,7 @@ use crate::service::notifications::events_column;
 use crate::service::{LogView, Service, ServiceError, check_script, format_millis, millis};
 use crate::store::{AuditRow, DeploymentRow, LogRow, MigrationRow};
 use crate::target::{self, RunReport, Script, TargetSettings};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -536,78 +536,24 @@ impl Worker {
         }
 
         // Applies: the longest run of queued deployments, in id order, that may start now.
-        let env_name = self.environment.name.as_str();
-        let previous = self
-            .service
-            .config
-            .previous_environment(&self.environment.name);
         let store = &self.service.store;
-        let queued_ids: Vec<String> = open
-            .iter()
-            .filter(|d| d.state == DeploymentState::Queued)
-            .map(|d| d.migration_id.clone())
-            .collect();
-        if queued_ids.is_empty() {
+        if !open.iter().any(|d| d.state == DeploymentState::Queued) {
             return Ok(Outcome::Worked {
                 applied: 0,
                 rolled_back,
                 failed: None,
             });
         }
-        let (previous_states, dependency_states) = {
+        // The one planner (status asks it too), fed by the one builder of its inputs: id
+        // order, dependencies, promotion order, freeze windows, and emergencies going ahead of
+        // deployments that are merely waiting.
+        let plan = {
             let mut conn = store.conn().await?;
-            let previous_states: HashMap<String, DeploymentState> = match previous {
-                Some(p) => store
-                    .states_in_environment(&mut conn, p.name.as_str(), &queued_ids)
-                    .await?
-                    .into_iter()
-                    .collect(),
-                None => HashMap::new(),
-            };
-            let dependencies: Vec<String> = queued_ids
-                .iter()
-                .filter_map(|id| migrations.get(id))
-                .flat_map(|m| m.depends_on.iter().cloned())
-                .collect::<HashSet<_>>()
-                .into_iter()
-                .collect();
-            let dependency_states: HashMap<String, DeploymentState> = store
-                .states_in_environment(&mut conn, env_name, &dependencies)
+            self.service
+                .queue_inputs(&mut conn, &self.environment, open, migrations)
                 .await?
-                .into_iter()
-                .collect();
-            (previous_states, dependency_states)
+                .plan(open, migrations)
         };
-        let frozen =
-            domain::freeze::describe(&self.environment.freeze_windows, self.service.clock.now());
-        // The one planner (status asks it too): id order, dependencies, promotion order, freeze
-        // windows, and emergencies going ahead of deployments that are merely waiting.
-        let entries: Vec<domain::queue::QueueEntry<'_>> = open
-            .iter()
-            .map(|d| {
-                let queued = d.state == DeploymentState::Queued;
-                domain::queue::QueueEntry {
-                    migration_id: d.migration_id.as_str(),
-                    state: d.state,
-                    emergency: d.emergency_reason.is_some(),
-                    dependencies: match migrations.get(&d.migration_id) {
-                        Some(m) if queued => m
-                            .depends_on
-                            .iter()
-                            .map(|dep| (dep.as_str(), dependency_states.get(dep).copied()))
-                            .collect(),
-                        _ => Vec::new(),
-                    },
-                    previous_environment: previous.map(|p| {
-                        (
-                            p.name.as_str(),
-                            previous_states.get(&d.migration_id).copied(),
-                        )
-                    }),
-                }
-            })
-            .collect();
-        let plan = domain::queue::plan(&entries, frozen);
         let batch: Vec<usize> = plan
             .iter()
             .enumerate()

@@ -240,17 +240,6 @@ impl Service {
             .into_iter()
             .map(|m| (m.id.clone(), m))
             .collect();
-        let previous_states: HashMap<String, DeploymentState> =
-            match self.config.previous_environment(&env.name) {
-                Some(prev) => self
-                    .store
-                    .states_in_environment(&mut conn, prev.name.as_str(), &ids)
-                    .await?
-                    .into_iter()
-                    .collect(),
-                None => HashMap::new(),
-            };
-        let frozen = domain::freeze::describe(&env.freeze_windows, self.clock.now());
         // One query for the approvals of the whole queue, however long it is.
         let open_ids: Vec<String> = open.iter().map(|d| d.id.clone()).collect();
         let mut approvals_by_deployment: HashMap<String, Vec<ApprovalRow>> = HashMap::new();
@@ -260,47 +249,13 @@ impl Service {
                 .or_default()
                 .push(approval);
         }
-        // And one for the dependencies of everything that could start.
-        let dependencies: Vec<String> = open
-            .iter()
-            .filter(|d| matches!(d.state, DeploymentState::Queued | DeploymentState::Approved))
-            .filter_map(|d| migrations.get(&d.migration_id))
-            .flat_map(|m| m.depends_on.iter().cloned())
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let dependency_states: HashMap<String, DeploymentState> = self
-            .store
-            .states_in_environment(&mut conn, env.name.as_str(), &dependencies)
-            .await?
-            .into_iter()
-            .collect();
-        let previous = self.config.previous_environment(&env.name);
-        // The worker's own planner: what status says is what the worker will do.
-        let entries: Vec<domain::queue::QueueEntry<'_>> = open
-            .iter()
-            .map(|d| domain::queue::QueueEntry {
-                migration_id: d.migration_id.as_str(),
-                state: d.state,
-                emergency: d.emergency_reason.is_some(),
-                dependencies: migrations
-                    .get(&d.migration_id)
-                    .map(|m| {
-                        m.depends_on
-                            .iter()
-                            .map(|dep| (dep.as_str(), dependency_states.get(dep).copied()))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-                previous_environment: previous.map(|p| {
-                    (
-                        p.name.as_str(),
-                        previous_states.get(&d.migration_id).copied(),
-                    )
-                }),
-            })
-            .collect();
-        let plan = domain::queue::plan(&entries, frozen.clone());
+        // The worker's own planner, fed by the one builder of its inputs: what status says is
+        // what the worker will do.
+        let inputs = self
+            .queue_inputs(&mut conn, env, &open, &migrations)
+            .await?;
+        let frozen = inputs.frozen.clone();
+        let plan = inputs.plan(&open, &migrations);
         let mut queue = Vec::new();
         let mut blockers = Vec::new();
         for (d, planned) in open.iter().zip(plan) {
