@@ -228,3 +228,44 @@ async fn test_rollback_defaults_to_the_first_environment_not_applied() {
         run.stdout
     );
 }
+
+/// Issue 19: a migration cancelled in development is withdrawn from every later environment,
+/// so no approver is asked for it any more: `pending` lists it before the cancel and nowhere
+/// after.
+#[tokio::test]
+async fn pending_no_longer_lists_a_migration_cancelled_in_development() {
+    let app = crate::harness::spawn_app_with(crate::harness::AppOptions {
+        background_workers: false,
+        ..crate::harness::AppOptions::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let id = app
+        .submit(
+            "dev",
+            migration("withdrawn", "low", "CREATE TABLE withdrawn (id int);", None),
+        )
+        .await;
+    // Staging waits for data_ops, production for data_ops_lead and dba.
+    for approver in ["ops1", "lead", "dba"] {
+        let run = sluice(&app, Some(approver), dir.path(), &["pending"]).await;
+        ok(&run);
+        assert!(run.stdout.contains(&id), "{approver}: {}", run.stdout);
+    }
+    ok(&sluice(
+        &app,
+        Some("dev"),
+        dir.path(),
+        &["cancel", "development", &id, "not needed", "--yes"],
+    )
+    .await);
+    for approver in ["ops1", "lead", "dba"] {
+        let run = sluice(&app, Some(approver), dir.path(), &["pending"]).await;
+        ok(&run);
+        assert!(!run.stdout.contains(&id), "{approver}: {}", run.stdout);
+        let json = sluice(&app, Some(approver), dir.path(), &["pending", "-o", "json"]).await;
+        ok(&json);
+        assert_eq!(json.stdout.trim(), "[]", "{approver}");
+    }
+    app.stop().await;
+}
