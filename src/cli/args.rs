@@ -112,7 +112,7 @@ pub(super) enum Command {
     },
     /// Release every approved deployment of an environment to its worker.
     #[command(
-        after_help = "Examples:\n  sluice migrate development --wait\n  sluice migrate production --wait --yes        # the last environment asks first\n  sluice migrate staging --backup --wait\n  sluice migrate production --force --emergency \"Critical security fix\""
+        after_help = "Examples:\n  sluice migrate development --wait\n  sluice migrate production --wait --yes        # the last environment asks first\n  sluice migrate staging --backup --wait\n  sluice migrate production --force --emergency \"Critical security fix\" --migration 003_20261125_101500_add_index"
     )]
     Migrate {
         /// The environment (development, staging, production, ...).
@@ -125,7 +125,8 @@ pub(super) enum Command {
         /// `migrate --backup`).
         #[arg(long)]
         backup: bool,
-        /// With --emergency: approve everything awaiting approval there without the full set.
+        /// With --emergency: approve one migration awaiting approval there without its full
+        /// set of approvals (the one --migration names, or the only one waiting).
         #[arg(long, requires = "emergency")]
         force: bool,
         /// The reason for an emergency override (needs --force; asked at a terminal when
@@ -138,6 +139,15 @@ pub(super) enum Command {
             default_missing_value = ""
         )]
         emergency: Option<String>,
+        /// The migration the emergency is about (needed when more than one awaits approval
+        /// in the environment: one emergency never carries others along).
+        #[arg(
+            long = "migration",
+            value_name = "ID",
+            requires = "emergency",
+            add = ArgValueCandidates::new(completion::migrations)
+        )]
+        migration: Option<String>,
     },
     /// An environment's queue, pending approvals, lock and last applied migration; without an
     /// environment, a line for each.

@@ -269,3 +269,65 @@ async fn pending_no_longer_lists_a_migration_cancelled_in_development() {
     }
     app.stop().await;
 }
+
+/// Issue 19: `migrate ENV --force --emergency` overrode every deployment awaiting approval in
+/// the environment. Now it overrides the one `--migration` names; with several waiting and none
+/// named it refuses (exit 2) and prints the command for each, overriding nothing.
+#[tokio::test]
+async fn an_emergency_migrate_overrides_only_the_migration_it_names() {
+    let app = crate::harness::spawn_app_with(crate::harness::AppOptions {
+        background_workers: false,
+        ..crate::harness::AppOptions::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let urgent = app
+        .submit(
+            "dev",
+            migration("urgent", "low", "CREATE TABLE urgent (id int);", None),
+        )
+        .await;
+    let other = app
+        .submit(
+            "dev",
+            migration("other", "low", "CREATE TABLE other (id int);", None),
+        )
+        .await;
+    let forced = |extra: &'static [&'static str]| {
+        let mut args = vec![
+            "migrate",
+            "production",
+            "--force",
+            "--emergency",
+            "outage",
+            "--yes",
+        ];
+        args.extend_from_slice(extra);
+        args
+    };
+    let refused = sluice(&app, Some("lead"), dir.path(), &forced(&[])).await;
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    for id in [&urgent, &other] {
+        assert!(
+            refused.stderr.contains(&format!(
+                "sluice migrate production --force --emergency outage --migration {id}"
+            )),
+            "{}",
+            refused.stderr
+        );
+    }
+    for id in [&urgent, &other] {
+        let d = app.deployment(&format!("{id}@production")).await;
+        assert_eq!(d["state"], "awaiting_approval", "nothing overridden: {d}");
+    }
+    let args = [forced(&[]), vec!["--migration", urgent.as_str()]].concat();
+    let run = sluice(&app, Some("lead"), dir.path(), &args).await;
+    ok(&run);
+    let d = app.deployment(&format!("{urgent}@production")).await;
+    assert_eq!(d["emergency_reason"], "outage", "{d}");
+    assert_ne!(d["state"], "awaiting_approval", "{d}");
+    let d = app.deployment(&format!("{other}@production")).await;
+    assert_eq!(d["state"], "awaiting_approval", "not carried along: {d}");
+    assert!(d["emergency_reason"].is_null(), "{d}");
+    app.stop().await;
+}
