@@ -337,7 +337,7 @@ pub(super) enum Command {
     },
     /// Write a new migration script and its rollback from a template.
     #[command(
-        after_help = "Examples:\n  sluice new                     # asks for each field at a terminal\n  sluice new --type SCHEMA_CHANGE --description \"Add user preferences\" --risk LOW --duration 5m --ticket PROJ-123"
+        after_help = "Examples:\n  sluice new                     # asks for each field at a terminal\n  sluice new --type SCHEMA_CHANGE --description \"Add user preferences\" --risk LOW --duration 5m --ticket PROJ-123\n  sluice new --dialect postgres --description \"Backfill emails\" --type DATA_MIGRATION --ticket PROJ-124"
     )]
     New(NewArgs),
     /// Submit migration scripts (with the metadata `new` wrote in their header).
@@ -631,7 +631,7 @@ pub(super) struct NewArgs {
     /// Estimated duration, e.g. 5m.
     #[arg(long)]
     pub(super) duration: Option<String>,
-    /// Default: $USER.
+    /// Default: the token's user when the daemon answers (`sluice whoami`), else $USER.
     #[arg(long)]
     pub(super) author: Option<String>,
     /// The ticket or issue the change is for (PROJ-123).
@@ -640,4 +640,8 @@ pub(super) struct NewArgs {
     /// The folder holding scripts/ and rollbacks/.
     #[arg(long, default_value = ".")]
     pub(super) dir: PathBuf,
+    /// The SQL the template is written in [default: the daemon's environments' when it
+    /// answers, else sqlite, as the shipped environments.yml targets SQLite files].
+    #[arg(long, value_enum)]
+    pub(super) dialect: Option<scripts::TemplateDialect>,
 }

@@ -331,3 +331,86 @@ async fn an_emergency_migrate_overrides_only_the_migration_it_names() {
     assert!(d["emergency_reason"].is_null(), "{d}");
     app.stop().await;
 }
+
+/// `sluice new` as a script runs it: no terminal, $USER set, a token only when given.
+async fn new_without_a_terminal(
+    app: &TestApp,
+    dir: &std::path::Path,
+    user: Option<&str>,
+    args: &[&str],
+) -> crate::cli::Run {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
+    command
+        .arg("new")
+        .args(args)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .env("USER", "from-user-variable")
+        .env(
+            "SLUICE_ADDR",
+            format!("http://{}", app.running.as_ref().unwrap().grpc_addr),
+        )
+        .env_remove("SLUICE_TOKEN")
+        .env_remove("SLUICE_CONTEXT");
+    if let Some(user) = user {
+        command.env("SLUICE_TOKEN", app.token(user));
+    }
+    let output = command.output().await.unwrap();
+    crate::cli::Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Issue 19: `new` reported one missing flag at a time, took the author from $USER even with a
+/// token, and wrote PostgreSQL-only templates for the SQLite targets of the shipped config.
+#[tokio::test]
+async fn new_names_every_missing_flag_and_follows_the_token_and_the_targets() {
+    let app = spawn_app().await; // PostgreSQL targets
+    let dir = tempfile::tempdir().unwrap();
+    // Every missing or invalid flag in one usage error; nothing written.
+    let refused = new_without_a_terminal(
+        &app,
+        dir.path(),
+        None,
+        &["--risk", "HUGE", "--duration", "soon"],
+    )
+    .await;
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    for flag in ["--description", "--ticket", "--risk", "--duration"] {
+        assert!(refused.stderr.contains(flag), "{flag}: {}", refused.stderr);
+    }
+    assert!(refused.stderr.contains("4 flags"), "{}", refused.stderr);
+    assert!(!dir.path().join("scripts").exists());
+
+    let created = |run: &crate::cli::Run| {
+        ok(run);
+        let script = run
+            .stdout
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("created "))
+            .unwrap();
+        std::fs::read_to_string(dir.path().join(script)).unwrap()
+    };
+    let flags = ["--description", "Add prefs", "--ticket", "T-1"];
+    // With a token: the author is the token's user, the template the targets' (PostgreSQL).
+    let run = new_without_a_terminal(&app, dir.path(), Some("dev"), &flags).await;
+    let text = created(&run);
+    assert!(text.contains("-- Author: dev\n"), "{text}");
+    assert!(text.contains("BIGSERIAL"), "{text}");
+    assert!(run.stdout.contains("postgres"), "{}", run.stdout);
+    // Offline (no token): $USER and SQLite, as the shipped environments.yml targets.
+    let run = new_without_a_terminal(&app, dir.path(), None, &flags).await;
+    let text = created(&run);
+    assert!(text.contains("-- Author: from-user-variable\n"), "{text}");
+    assert!(text.contains("id INTEGER PRIMARY KEY"), "{text}");
+    assert!(!text.contains("BIGSERIAL"), "{text}");
+    // --dialect and --author win over the daemon's answers.
+    let with = [&flags[..], &["--dialect", "mysql", "--author", "carol"]].concat();
+    let text = created(&new_without_a_terminal(&app, dir.path(), Some("dev"), &with).await);
+    assert!(text.contains("-- Author: carol\n"), "{text}");
+    assert!(text.contains("AUTO_INCREMENT"), "{text}");
+    app.stop().await;
+}
