@@ -1,6 +1,7 @@
 //! The CLI's small edges found by trying it as a new user (issue 19): multi-line errors shown
 //! as lines, a closed pipe, an address without a scheme, swapped arguments, JSON errors with the
-//! API's code, JSON fields in REST's forms, and test-rollback's default environment.
+//! API's code, JSON fields in REST's forms, test-rollback's default environment, `new`'s flags,
+//! author and templates, `pending` after a cancel, and an emergency `migrate` naming its migration.
 
 use crate::cli::{ok, sluice};
 use crate::harness::{TestApp, migration, spawn_app};
