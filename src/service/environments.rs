@@ -272,8 +272,15 @@ impl Service {
                 ));
             }
             if view.blocked_by.is_none() && d.state == DeploymentState::Approved {
+                // With auto_apply on, an approved deployment that is not queued was put back
+                // by a restore or a reset (applied again only when someone asks).
+                let why = if env.auto_apply {
+                    "auto_apply applies new approvals only; this one was put back to approved by a restore or a reset"
+                } else {
+                    "auto_apply is off"
+                };
                 view.blocked_by = Some(format!(
-                    "approved; waits for `migrate {}` (auto_apply is off)",
+                    "approved; waits for `migrate {}` ({why})",
                     env.name
                 ));
             }
