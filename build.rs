@@ -20,6 +20,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // ... with the REST API's shape: what REST leaves out when absent, this leaves out too
         // (tests/it/cli_json.rs compares the two).
         .field_attribute("sluice.v1.Deployment.blocked_by", SKIP_NONE)
+        .field_attribute("sluice.v1.Deployment.needs", SKIP_NONE)
         .field_attribute("sluice.v1.Deployment.dry_run", SKIP_NONE)
         .field_attribute("sluice.v1.Deployment.rollback_test", SKIP_NONE)
         .field_attribute("sluice.v1.Deployment.statements_applied", SKIP_NONE)

@@ -35,6 +35,7 @@ impl From<ServiceError> for Status {
             ServiceError::Invalid(m) => Status::invalid_argument(m),
             ServiceError::Conflict(m) => Status::failed_precondition(m),
             ServiceError::Unavailable(m) => Status::unavailable(m),
+            ServiceError::Busy(m) => Status::resource_exhausted(m),
             ServiceError::Unexpected(inner) => {
                 tracing::error!(error = ?inner, "unexpected error");
                 Status::internal("internal error; the daemon's log has the details")
@@ -199,6 +200,7 @@ fn deployment(v: DeploymentView) -> pb::Deployment {
         emergency_reason: v.emergency_reason,
         error: v.error,
         blocked_by: v.blocked_by,
+        needs: v.needs,
         started_at: v.started_at,
         finished_at: v.finished_at,
         execution_ms: v.execution_ms,

@@ -137,6 +137,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
             ServiceError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ServiceError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ServiceError::Busy(_) => (StatusCode::TOO_MANY_REQUESTS, "busy"),
             ServiceError::Unexpected(inner) => {
                 tracing::error!(error = ?inner, "unexpected error");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
@@ -192,6 +193,12 @@ impl IntoResponse for ApiError {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from(crate::service::RETRY_AFTER_SECONDS),
             );
         }
         response
@@ -660,14 +667,17 @@ async fn unlock(
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 struct MigrateQuery {
+    /// Answer once nothing released can move on by itself: all finished, or what someone must
+    /// do (approvals, a retry or cancel of a failure, an unlock, a freeze window's end).
     #[serde(default)]
     wait: bool,
+    /// The longest the wait lasts (default 600, at most 3600).
     #[serde(default = "default_wait")]
     timeout_seconds: u64,
 }
 
 fn default_wait() -> u64 {
-    600
+    crate::service::WAIT_DEFAULT_SECONDS
 }
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
@@ -677,8 +687,9 @@ struct MigrateResponse {
     /// With `wait=true`: whether everything queued finished before the timeout.
     #[serde(skip_serializing_if = "Option::is_none")]
     settled: Option<bool>,
-    /// With `wait=true`: why the wait ended before everything finished (the queue halted or
-    /// locked, a freeze, deployments waiting for something; or the timeout).
+    /// With `wait=true`: why the wait ended before everything finished: for each deployment
+    /// left, what someone must do (approvals by whom, a retry or cancel of the failure that
+    /// halts the queue, an unlock, a freeze window's end); or the timeout.
     #[serde(skip_serializing_if = "Option::is_none")]
     stopped: Option<String>,
     /// With `wait=true`: the environment once settled.
@@ -686,15 +697,21 @@ struct MigrateResponse {
     status: Option<crate::service::EnvironmentStatus>,
 }
 
-#[utoipa::path(post, path = "/api/v1/environments/{env}/migrate", tag = "environments", params(("env" = String, Path, description = "the environment name"), MigrateQuery), responses((status = 202, description = "released to the worker", body = MigrateResponse), (status = 200, description = "wait=true: settled, or why it stopped", body = MigrateResponse), (status = "4XX", description = "refused: the message names what was wrong; nothing changed", body = ErrorBody), (status = 503, description = "a database Sluice needs does not answer", body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/api/v1/environments/{env}/migrate", tag = "environments", params(("env" = String, Path, description = "the environment name"), MigrateQuery), responses((status = 202, description = "released to the worker", body = MigrateResponse), (status = 200, description = "wait=true: settled, or what someone must do for the rest to move on", body = MigrateResponse), (status = 429, description = "wait=true: server.max_migrate_waiters waits are in progress; nothing was released; Retry-After says when to try again", body = ErrorBody), (status = "4XX", description = "refused: the message names what was wrong; nothing changed", body = ErrorBody), (status = 503, description = "a database Sluice needs does not answer", body = ErrorBody)), security(("bearer" = [])))]
 async fn migrate(
     State(service): State<Service>,
     Authenticated(caller): Authenticated,
     Path(env): Path<String>,
     Query(query): Query<MigrateQuery>,
 ) -> Result<(StatusCode, Json<MigrateResponse>), ApiError> {
+    // A place among the waiters first: a caller refused for too many waiters released nothing.
+    let permit = if query.wait {
+        Some(service.wait_permit()?)
+    } else {
+        None
+    };
     let result = service.migrate(&caller, &env).await?;
-    if !query.wait {
+    let Some(permit) = permit else {
         return Ok((
             StatusCode::ACCEPTED,
             Json(MigrateResponse {
@@ -704,10 +721,14 @@ async fn migrate(
                 status: None,
             }),
         ));
-    }
-    let timeout = Duration::from_secs(query.timeout_seconds.clamp(1, 3600));
+    };
+    let timeout = Duration::from_secs(
+        query
+            .timeout_seconds
+            .clamp(1, crate::service::WAIT_MAX_SECONDS),
+    );
     let settled = service
-        .wait_settled(&result.environment, &result.queued, timeout)
+        .wait_settled(&permit, &result.environment, &result.queued, timeout)
         .await?;
     let stopped = match settled {
         crate::service::Settled::Done => None,

@@ -112,7 +112,7 @@ pub(super) enum Command {
     },
     /// Release every approved deployment of an environment to its worker.
     #[command(
-        after_help = "Examples:\n  sluice migrate development --wait\n  sluice migrate production --wait --yes        # the last environment asks first\n  sluice migrate staging --backup --wait\n  sluice migrate production --force --emergency \"Critical security fix\""
+        after_help = "Examples:\n  sluice migrate development --wait\n  sluice migrate production --wait --yes        # the last environment asks first\n  sluice migrate staging --backup --wait\n  sluice migrate production --force --emergency \"Critical security fix\" --migration 003_20261125_101500_add_index"
     )]
     Migrate {
         /// The environment (development, staging, production, ...).
@@ -125,7 +125,8 @@ pub(super) enum Command {
         /// `migrate --backup`).
         #[arg(long)]
         backup: bool,
-        /// With --emergency: approve everything awaiting approval there without the full set.
+        /// With --emergency: approve one migration awaiting approval there without its full
+        /// set of approvals (the one --migration names, or the only one waiting).
         #[arg(long, requires = "emergency")]
         force: bool,
         /// The reason for an emergency override (needs --force; asked at a terminal when
@@ -138,6 +139,15 @@ pub(super) enum Command {
             default_missing_value = ""
         )]
         emergency: Option<String>,
+        /// The migration the emergency is about (needed when more than one awaits approval
+        /// in the environment: one emergency never carries others along).
+        #[arg(
+            long = "migration",
+            value_name = "ID",
+            requires = "emergency",
+            add = ArgValueCandidates::new(completion::migrations)
+        )]
+        migration: Option<String>,
     },
     /// An environment's queue, pending approvals, lock and last applied migration; without an
     /// environment, a line for each.
@@ -327,7 +337,7 @@ pub(super) enum Command {
     },
     /// Write a new migration script and its rollback from a template.
     #[command(
-        after_help = "Examples:\n  sluice new                     # asks for each field at a terminal\n  sluice new --type SCHEMA_CHANGE --description \"Add user preferences\" --risk LOW --duration 5m --ticket PROJ-123"
+        after_help = "Examples:\n  sluice new                     # asks for each field at a terminal\n  sluice new --type SCHEMA_CHANGE --description \"Add user preferences\" --risk LOW --duration 5m --ticket PROJ-123\n  sluice new --dialect postgres --description \"Backfill emails\" --type DATA_MIGRATION --ticket PROJ-124"
     )]
     New(NewArgs),
     /// Submit migration scripts (with the metadata `new` wrote in their header).
@@ -621,7 +631,7 @@ pub(super) struct NewArgs {
     /// Estimated duration, e.g. 5m.
     #[arg(long)]
     pub(super) duration: Option<String>,
-    /// Default: $USER.
+    /// Default: the token's user when the daemon answers (`sluice whoami`), else $USER.
     #[arg(long)]
     pub(super) author: Option<String>,
     /// The ticket or issue the change is for (PROJ-123).
@@ -630,4 +640,8 @@ pub(super) struct NewArgs {
     /// The folder holding scripts/ and rollbacks/.
     #[arg(long, default_value = ".")]
     pub(super) dir: PathBuf,
+    /// The SQL the template is written in [default: the daemon's environments' when it
+    /// answers, else sqlite, as the shipped environments.yml targets SQLite files].
+    #[arg(long, value_enum)]
+    pub(super) dialect: Option<scripts::TemplateDialect>,
 }

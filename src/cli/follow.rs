@@ -285,7 +285,14 @@ pub(super) fn resting(state: &str) -> bool {
 }
 
 /// Shows progress (a bar per deployment at a terminal, plain lines otherwise) until every
-/// deployment rests. Returns each one's final state and error.
+/// deployment rests, or until none of those left can move on without someone acting (the
+/// daemon's `needs` in environment status says so, and what is needed). Returns each one's
+/// final state and error ("blocked" and what is needed for those that stopped).
+///
+/// The worker claims a run of deployments in one commit (all "running") and applies them one
+/// after another in queue order; after a failure it puts the rest back in the queue. So a
+/// deployment is shown running only once it is the first unfinished one of the run, never after
+/// a failure in it.
 pub(super) async fn follow_stream(
     client: &mut Client,
     environment: &str,
@@ -310,7 +317,7 @@ pub(super) async fn follow_stream(
             progress.insert(id.clone(), bar);
         }
     }
-    let mut seen_running: HashSet<String> = HashSet::new();
+    let mut run = Run::default();
     // Deployments that finished before the watch began produce no event: read them once.
     for id in ids {
         let request = client.request(pb::GetDeploymentRequest { id: id.clone() })?;
@@ -322,27 +329,34 @@ pub(super) async fn follow_stream(
             .into_inner();
         if resting(&d.state) {
             outcomes.insert(id.clone(), (d.state.clone(), d.error.text().to_owned()));
-            if let Some(bar) = progress.get(id) {
-                bar.finish_with_message(d.state.clone());
-            } else {
-                say(output, format!("{id}: {}", d.state));
-            }
-        } else {
-            if d.state == "running" {
-                seen_running.insert(id.clone());
-            }
-            // Where it is now (running already, say), not the "queued" the bar began with.
-            if let Some(bar) = progress.get(id) {
-                bar.set_message(d.state.clone());
-            }
+            show(&progress, output, id, &d.state, true);
+        } else if d.state == "running" {
+            run.claimed.insert(id.clone());
+        } else if d.state != "queued" {
+            show(&progress, output, id, &d.state, false);
         }
     }
-    // A queue that is halted or locked will not move: say so instead of waiting forever.
-    if let Some(reason) = stuck(client, environment, ids).await? {
+    run.show_first(ids, &outcomes, &progress, output);
+    // Nothing that can move without someone: say so instead of waiting forever.
+    if let Some(reason) = stuck(client, environment, ids, &mut outcomes).await? {
         give_up(ids, &mut outcomes, &progress, &reason, output);
     }
+    let mut look_again = tokio::time::Instant::now() + LOOK_AGAIN;
     while outcomes.len() < ids.len() {
-        let Some(event) = events.next().await else {
+        // Locks and changes in earlier environments send no event here: look again now and
+        // then as well.
+        let next = tokio::select! {
+            next = events.next() => Some(next),
+            _ = tokio::time::sleep_until(look_again) => None,
+        };
+        let Some(next) = next else {
+            look_again = tokio::time::Instant::now() + LOOK_AGAIN;
+            if let Some(reason) = stuck(client, environment, ids, &mut outcomes).await? {
+                give_up(ids, &mut outcomes, &progress, &reason, output);
+            }
+            continue;
+        };
+        let Some(event) = next else {
             return Err(Failure {
                 code: 3,
                 message: "the daemon closed the watch stream before the deployments finished"
@@ -351,81 +365,148 @@ pub(super) async fn follow_stream(
             });
         };
         let event = event.map_err(|s| client.failed(s))?;
-        let state_is = |wanted_state: &str| matches!(&event.event, Some(pb::deployment_event::Event::State(s)) if s == wanted_state);
-        let (halting, requeued, running) =
-            (state_is("failed"), state_is("queued"), state_is("running"));
-        if !wanted.contains(&event.deployment_id) || outcomes.contains_key(&event.deployment_id) {
-            if halting {
-                let reason = format!("the queue is halted by {}", event.deployment_id);
-                give_up(ids, &mut outcomes, &progress, &reason, output);
-            }
-            continue;
-        }
-        if running {
-            seen_running.insert(event.deployment_id.clone());
-        }
-        // Back in the queue after running: the environment was locked or the daemon is stopping.
-        if requeued
-            && seen_running.contains(&event.deployment_id)
-            && let Some(reason) = stuck(client, environment, ids).await?
-        {
-            give_up(ids, &mut outcomes, &progress, &reason, output);
-            continue;
-        }
-        let bar = progress.get(&event.deployment_id);
+        let id = event.deployment_id.clone();
+        let mine = wanted.contains(&id) && !outcomes.contains_key(&id);
         match event.event {
             Some(pb::deployment_event::Event::State(state)) => {
-                if resting(&state) {
-                    outcomes.insert(
-                        event.deployment_id.clone(),
-                        (state.clone(), event.error.text().to_owned()),
-                    );
+                if mine {
+                    match state.as_str() {
+                        "running" => {
+                            run.claimed.insert(id.clone());
+                        }
+                        "queued" => {
+                            run.claimed.remove(&id);
+                            if run.shown.remove(&id) {
+                                show(&progress, output, &id, &state, false);
+                            }
+                        }
+                        _ => {
+                            if state == "failed" {
+                                // The worker stops the run: the rest go back to the queue.
+                                run.claimed.clear();
+                            }
+                            run.claimed.remove(&id);
+                            let rests = resting(&state);
+                            if rests {
+                                outcomes.insert(
+                                    id.clone(),
+                                    (state.clone(), event.error.text().to_owned()),
+                                );
+                            }
+                            show(&progress, output, &id, &state, rests);
+                        }
+                    }
+                    run.show_first(ids, &outcomes, &progress, output);
                 }
-                match bar {
-                    Some(bar) if resting(&state) => bar.finish_with_message(state),
-                    Some(bar) => bar.set_message(state),
-                    None => say(output, format!("{}: {state}", event.deployment_id)),
+                // A change that may leave the rest with nothing that moves on by itself.
+                if !mine || !matches!(state.as_str(), "running" | "applied" | "rolled_back") {
+                    look_again = tokio::time::Instant::now() + LOOK_AGAIN;
+                    if let Some(reason) = stuck(client, environment, ids, &mut outcomes).await? {
+                        give_up(ids, &mut outcomes, &progress, &reason, output);
+                    }
                 }
             }
-            Some(pb::deployment_event::Event::Log(line)) => match bar {
-                Some(bar) => {
-                    bar.set_message(format!("{}: {}", line.level, printable(&line.message)))
+            Some(pb::deployment_event::Event::Log(line)) if mine => {
+                // Its statements produce lines: it runs (its state event may come later).
+                if run.claimed.contains(&id) && run.shown.insert(id.clone()) {
+                    show(&progress, output, &id, "running", false);
                 }
-                None => say(
-                    output,
-                    format!(
-                        "{}: {}: {}",
-                        event.deployment_id,
-                        line.level,
-                        printable(&line.message)
+                match progress.get(&id) {
+                    Some(bar) => {
+                        bar.set_message(format!("{}: {}", line.level, printable(&line.message)))
+                    }
+                    None => say(
+                        output,
+                        format!("{id}: {}: {}", line.level, printable(&line.message)),
                     ),
-                ),
-            },
-            Some(pb::deployment_event::Event::Missed(_)) | None => {}
+                }
+            }
+            _ => {}
         }
     }
     Ok(outcomes)
 }
 
-/// Why the environment's queue cannot move (a failure outside `ids`, a lock), if it cannot.
+/// How often a wait looks at the environment's status without an event.
+const LOOK_AGAIN: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The deployments of the run the worker claimed, and which of them were shown running.
+#[derive(Default)]
+struct Run {
+    claimed: HashSet<String>,
+    shown: HashSet<String>,
+}
+
+impl Run {
+    /// Shows the first unfinished claimed deployment (in queue order) as running.
+    fn show_first(
+        &mut self,
+        ids: &[String],
+        outcomes: &BTreeMap<String, (String, String)>,
+        progress: &BTreeMap<String, indicatif::ProgressBar>,
+        output: Output,
+    ) {
+        let first = ids
+            .iter()
+            .find(|id| self.claimed.contains(*id) && !outcomes.contains_key(*id));
+        if let Some(id) = first
+            && self.shown.insert(id.clone())
+        {
+            show(progress, output, id, "running", false);
+        }
+    }
+}
+
+/// A deployment's new state, on its bar or as a line.
+fn show(
+    progress: &BTreeMap<String, indicatif::ProgressBar>,
+    output: Output,
+    id: &str,
+    state: &str,
+    rests: bool,
+) {
+    match progress.get(id) {
+        Some(bar) if rests => bar.finish_with_message(state.to_owned()),
+        Some(bar) => bar.set_message(state.to_owned()),
+        None => say(output, format!("{id}: {state}")),
+    }
+}
+
+/// Whether none of `ids` still open can move on without someone acting, and what is needed
+/// (the daemon's decision: each deployment's `needs` in environment status). Failures found
+/// there are outcomes, recorded in `outcomes` (their event may not have arrived yet).
 pub(super) async fn stuck(
     client: &mut Client,
     environment: &str,
     ids: &[String],
+    outcomes: &mut BTreeMap<String, (String, String)>,
 ) -> CliResult<Option<String>> {
     let status = environment_status(client, environment).await?;
-    if let Some(lock) = &status.lock {
-        return Ok(Some(format!(
-            "{environment} is locked by {}: {}",
-            lock.locked_by, lock.reason
-        )));
+    let mut needs: Vec<String> = Vec::new();
+    let mut failed = Vec::new();
+    for d in status.queue.iter().filter(|d| ids.contains(&d.id)) {
+        if outcomes.contains_key(&d.id) {
+            continue;
+        }
+        if d.state == "failed" {
+            failed.push((d.id.clone(), d.error.text().to_owned()));
+            continue;
+        }
+        match &d.needs {
+            None => return Ok(None),
+            Some(what) => {
+                let what = printable(what);
+                if !needs.contains(&what) {
+                    needs.push(what);
+                }
+            }
+        }
     }
-    if let Some(halted_by) = &status.halted_by
-        && !ids.contains(halted_by)
-    {
-        return Ok(Some(halted_reason(client, environment, halted_by).await));
+    // Nothing moves on by itself: the failures are outcomes now, whatever the stream says.
+    for (id, error) in failed {
+        outcomes.insert(id, ("failed".into(), error));
     }
-    Ok(None)
+    Ok(Some(needs.join("; ")).filter(|_| !needs.is_empty()))
 }
 
 /// A progress line: on stdout for people, on stderr when stdout is one JSON document.

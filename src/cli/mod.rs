@@ -283,7 +283,9 @@ async fn run(cli: Cli) -> CliResult {
         } => new_token(&user, &roles, add_to.as_deref(), output),
         Command::Completions { shell } => completion::print_hook(shell),
         Command::Validate { scripts, dialect } => validate(&scripts, dialect.into(), format),
-        Command::New(args) => new_migration(args, output),
+        Command::New(args) => {
+            new_migration(args, (cli.server, cli.token, cli.context), output).await
+        }
         Command::Context { name } => context::command(name, output),
         mut command => {
             // What the user must still say comes before any connection: an emergency's reason.

@@ -173,7 +173,7 @@ pub(super) async fn show_scripts(
 }
 
 /// A word for a shell: quoted when it holds anything but plain characters.
-fn shell_word(word: &str) -> String {
+pub(super) fn shell_word(word: &str) -> String {
     let plain = !word.is_empty()
         && word
             .chars()

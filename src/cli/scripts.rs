@@ -217,6 +217,45 @@ pub fn rollback_path(script: &Path, header: &Header) -> PathBuf {
     }
 }
 
+/// The SQL a new migration's template is written in: the targets' (a PostgreSQL-only
+/// template would not run on the SQLite files the shipped environments.yml targets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TemplateDialect {
+    Postgres,
+    Mysql,
+    Sqlite,
+}
+
+impl TemplateDialect {
+    /// The dialect of a target database from its URL's scheme (as the daemon shows it).
+    pub fn of_url(url: &str) -> Option<TemplateDialect> {
+        let scheme = url.split_once("://")?.0.to_ascii_lowercase();
+        match scheme.as_str() {
+            "postgres" | "postgresql" => Some(TemplateDialect::Postgres),
+            "mysql" | "mariadb" => Some(TemplateDialect::Mysql),
+            "sqlite" => Some(TemplateDialect::Sqlite),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TemplateDialect::Postgres => "postgres",
+            TemplateDialect::Mysql => "mysql",
+            TemplateDialect::Sqlite => "sqlite",
+        }
+    }
+
+    /// How `validate` reads scripts of this dialect.
+    pub fn lint(self) -> crate::lint::Dialect {
+        match self {
+            TemplateDialect::Postgres => crate::lint::Dialect::Postgres,
+            TemplateDialect::Mysql => crate::lint::Dialect::MySql,
+            TemplateDialect::Sqlite => crate::lint::Dialect::Sqlite,
+        }
+    }
+}
+
 /// What `new` needs to write a migration.
 pub struct NewMigration {
     pub kind: MigrationKind,
@@ -225,6 +264,7 @@ pub struct NewMigration {
     pub duration: String,
     pub author: String,
     pub ticket: String,
+    pub dialect: TemplateDialect,
 }
 
 /// Writes scripts/NNN_YYYYMMDD_HHMMSS_slug.sql and rollbacks/..._rollback.sql under `root`,
@@ -264,11 +304,7 @@ pub fn write_new(
     let _ = writeln!(header, "-- Ticket: {}", spec.ticket);
     let _ = writeln!(header, "-- Depends-On:");
     let _ = writeln!(header, "-- Rollback: {rollback_relative}");
-    let body = match spec.kind {
-        MigrationKind::SchemaChange => SCHEMA_TEMPLATE,
-        MigrationKind::DataMigration => DATA_TEMPLATE,
-        MigrationKind::Hotfix => HOTFIX_TEMPLATE,
-    };
+    let body = template(spec.kind, spec.dialect);
     std::fs::write(&script_path, format!("{header}\n{body}"))?;
     std::fs::write(
         &rollback_path,
@@ -279,31 +315,70 @@ pub fn write_new(
     Ok((script_path, rollback_path))
 }
 
+/// The example a new script starts from, in its targets' dialect.
+fn template(kind: MigrationKind, dialect: TemplateDialect) -> &'static str {
+    use TemplateDialect::*;
+    match (kind, dialect) {
+        (MigrationKind::SchemaChange, Postgres) => SCHEMA_TEMPLATE,
+        (MigrationKind::SchemaChange, Mysql) => SCHEMA_TEMPLATE_MYSQL,
+        (MigrationKind::SchemaChange, Sqlite) => SCHEMA_TEMPLATE_SQLITE,
+        (MigrationKind::DataMigration, Postgres) => DATA_TEMPLATE,
+        (MigrationKind::DataMigration, Mysql | Sqlite) => DATA_TEMPLATE_PLAIN,
+        (MigrationKind::Hotfix, Postgres | Sqlite) => HOTFIX_TEMPLATE,
+        (MigrationKind::Hotfix, Mysql) => HOTFIX_TEMPLATE_MYSQL,
+    }
+}
+
 const SCHEMA_TEMPLATE: &str = "-- Schema change. Sluice runs the script in one transaction (no BEGIN/COMMIT needed)\n\
 -- unless a statement cannot run in one (CREATE INDEX CONCURRENTLY, VACUUM, ...).\n\
 CREATE TABLE example_table (\n    id BIGSERIAL PRIMARY KEY,\n    created_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP\n);\n";
 
+const SCHEMA_TEMPLATE_MYSQL: &str = "-- Schema change. MySQL and MariaDB commit each DDL statement as it runs (no transaction\n\
+-- holds the script): keep each statement one change that can stand on its own.\n\
+CREATE TABLE example_table (\n    id BIGINT AUTO_INCREMENT PRIMARY KEY,\n    created_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP\n);\n";
+
+const SCHEMA_TEMPLATE_SQLITE: &str = "-- Schema change. Sluice runs the script in one transaction (no BEGIN/COMMIT needed).\n\
+-- SQLite: INTEGER PRIMARY KEY is the row id; times are TEXT (CURRENT_TIMESTAMP is UTC).\n\
+CREATE TABLE example_table (\n    id INTEGER PRIMARY KEY,\n    created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP\n);\n";
+
 const DATA_TEMPLATE: &str = "-- Data migration in batches, reporting progress (RAISE NOTICE lines reach the deployment log).\n\
 DO $$\nDECLARE\n    batch_size INTEGER := 1000;\n    processed INTEGER := 0;\n    total INTEGER;\nBEGIN\n    SELECT COUNT(*) INTO total FROM legacy_table;\n    WHILE processed < total LOOP\n        INSERT INTO new_table (column1, column2)\n        SELECT old_column1, old_column2\n        FROM legacy_table\n        ORDER BY id\n        LIMIT batch_size OFFSET processed;\n\n        processed := processed + batch_size;\n        RAISE NOTICE 'Processed % of % records', LEAST(processed, total), total;\n    END LOOP;\nEND $$;\n";
+
+/// MySQL and SQLite have no anonymous procedural block: the copy is one statement.
+const DATA_TEMPLATE_PLAIN: &str = "-- Data migration: copy the rows in one statement (no procedural block here); split a copy\n\
+-- too large for one run into several migrations, each a range of ids.\n\
+INSERT INTO new_table (column1, column2)\nSELECT old_column1, old_column2\nFROM legacy_table\nWHERE id BETWEEN 1 AND 100000;\n";
 
 const HOTFIX_TEMPLATE: &str = "-- Hotfix: the smallest change that fixes the problem, guarded so it touches only bad rows.\n\
 UPDATE configuration\nSET value = 'fixed_value'\nWHERE key = 'problematic_setting'\n  AND value = 'problematic_value';\n";
 
+/// `key` is a reserved word in MySQL: quoted.
+const HOTFIX_TEMPLATE_MYSQL: &str = "-- Hotfix: the smallest change that fixes the problem, guarded so it touches only bad rows.\n\
+UPDATE configuration\nSET value = 'fixed_value'\nWHERE `key` = 'problematic_setting'\n  AND value = 'problematic_value';\n";
+
 /// The line where a template's example statement, left as `sluice new` wrote it, begins.
 fn template_left(text: &str) -> Option<usize> {
-    [SCHEMA_TEMPLATE, DATA_TEMPLATE, HOTFIX_TEMPLATE]
-        .iter()
-        .filter_map(|template| {
-            // The template's statements, without its leading comment lines.
-            let body: String = template
-                .lines()
-                .skip_while(|l| l.starts_with("--"))
-                .collect::<Vec<_>>()
-                .join("\n");
-            text.find(&body)
-        })
-        .map(|offset| text[..offset].matches('\n').count() + 1)
-        .min()
+    [
+        SCHEMA_TEMPLATE,
+        SCHEMA_TEMPLATE_MYSQL,
+        SCHEMA_TEMPLATE_SQLITE,
+        DATA_TEMPLATE,
+        DATA_TEMPLATE_PLAIN,
+        HOTFIX_TEMPLATE,
+        HOTFIX_TEMPLATE_MYSQL,
+    ]
+    .iter()
+    .filter_map(|template| {
+        // The template's statements, without its leading comment lines.
+        let body: String = template
+            .lines()
+            .skip_while(|l| l.starts_with("--"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        text.find(&body)
+    })
+    .map(|offset| text[..offset].matches('\n').count() + 1)
+    .min()
 }
 
 const ROLLBACK_TEMPLATE: &str = "DROP TABLE IF EXISTS example_table;\n";
@@ -385,7 +460,7 @@ pub fn validate_file(path: &Path, dialect: crate::lint::Dialect) -> Vec<Problem>
     match crate::lint::split_statements_for(&text, dialect) {
         Err(e) => problems.push(at(e.line, e.message)),
         Ok(statements) => {
-            for (line, problem) in crate::lint::transaction_control_problems(&statements) {
+            for (line, problem) in crate::lint::script_problems(&statements, dialect) {
                 problems.push(at(line, problem));
             }
             // The rollback script is linted with it (its own problems under its own path).
@@ -396,7 +471,15 @@ pub fn validate_file(path: &Path, dialect: crate::lint::Dialect) -> Vec<Problem>
                 .and_then(|p| {
                     let text = std::fs::read_to_string(&p).ok()?;
                     match crate::lint::split_statements_for(&text, dialect) {
-                        Ok(statements) => Some((p, text, statements)),
+                        Ok(statements) => {
+                            // Submission checks the rollback script the same way.
+                            for (line, problem) in
+                                crate::lint::script_problems(&statements, dialect)
+                            {
+                                problems.push(Problem::new(&p, line, problem));
+                            }
+                            Some((p, text, statements))
+                        }
                         Err(e) => {
                             problems.push(Problem::new(&p, e.line, e.message));
                             None
@@ -473,6 +556,7 @@ mod tests {
             duration: "5m".into(),
             author: "john.doe".into(),
             ticket: "PROJ-123".into(),
+            dialect: TemplateDialect::Postgres,
         };
         let (first, _) = write_new(&root, &spec, "20261125_101500").unwrap();
         let (second, rollback) = write_new(&root, &spec, "20261125_101501").unwrap();
@@ -509,6 +593,69 @@ mod tests {
         let problems = validate_file(&second, crate::lint::Dialect::Postgres);
         assert!(problems.iter().all(|p| !p.counts()), "{problems:?}");
         let _ = std::fs::remove_dir_all(&root);
+    }
+
+    /// Issue 19: the template a newcomer gets runs on their targets. For each dialect and
+    /// kind, `validate` in that dialect finds nothing but the template's example and rollback
+    /// left in place (no syntax error, nothing the dialect lacks), and nothing PostgreSQL-only
+    /// reaches SQLite or MySQL.
+    #[test]
+    fn each_dialect_gets_a_template_its_database_reads() {
+        use TemplateDialect::*;
+        for dialect in [Postgres, Mysql, Sqlite] {
+            for kind in [
+                MigrationKind::SchemaChange,
+                MigrationKind::DataMigration,
+                MigrationKind::Hotfix,
+            ] {
+                let root = std::env::temp_dir().join(format!(
+                    "sluice-template-{}-{}-{kind:?}",
+                    std::process::id(),
+                    dialect.as_str()
+                ));
+                let _ = std::fs::remove_dir_all(&root);
+                let spec = NewMigration {
+                    kind,
+                    description: "Template check".into(),
+                    risk: Risk::Low,
+                    duration: "5m".into(),
+                    author: "john.doe".into(),
+                    ticket: "PROJ-1".into(),
+                    dialect,
+                };
+                let (script, _) = write_new(&root, &spec, "20261125_101500").unwrap();
+                let text = std::fs::read_to_string(&script).unwrap();
+                if dialect != Postgres {
+                    for postgres_only in ["CONCURRENTLY", "timestamptz", "BIGSERIAL", "DO $$"] {
+                        assert!(
+                            !text.contains(postgres_only),
+                            "{dialect:?} {kind:?}: {postgres_only}"
+                        );
+                    }
+                }
+                let problems: Vec<String> = validate_file(&script, dialect.lint())
+                    .iter()
+                    .filter(|p| p.counts() && p.rule.is_none())
+                    .map(|p| p.to_string())
+                    .collect();
+                assert_eq!(problems.len(), 2, "{dialect:?} {kind:?}: {problems:?}");
+                assert!(
+                    problems.iter().all(|p| p.contains("template's")),
+                    "{dialect:?} {kind:?}: {problems:?}"
+                );
+                let _ = std::fs::remove_dir_all(&root);
+            }
+        }
+        assert_eq!(
+            TemplateDialect::of_url("sqlite://data/development.db"),
+            Some(Sqlite)
+        );
+        assert_eq!(
+            TemplateDialect::of_url("postgresql://u:***@h/db"),
+            Some(Postgres)
+        );
+        assert_eq!(TemplateDialect::of_url("mariadb://h/db"), Some(Mysql));
+        assert_eq!(TemplateDialect::of_url("host=x dbname=y"), None);
     }
 
     #[test]

@@ -195,6 +195,10 @@ pub struct ServerSettings {
     /// How many gRPC watch streams may be open at once (each holds a task and a subscription).
     #[serde(default = "default_max_watch_streams")]
     pub max_watch_streams: usize,
+    /// How many REST `migrate?wait=true` calls may wait at once; more are refused with 429 and
+    /// `Retry-After` before anything is released.
+    #[serde(default = "default_max_migrate_waiters")]
+    pub max_migrate_waiters: usize,
     /// Where people reach this Sluice (the dashboard or API), for links in notifications.
     #[serde(default)]
     pub public_url: Option<String>,
@@ -221,6 +225,7 @@ impl Default for ServerSettings {
             grpc_addr: default_grpc_addr(),
             shutdown_grace_seconds: default_grace(),
             max_watch_streams: default_max_watch_streams(),
+            max_migrate_waiters: default_max_migrate_waiters(),
             public_url: None,
             metrics_addr: None,
         }
@@ -229,6 +234,10 @@ impl Default for ServerSettings {
 
 fn default_max_watch_streams() -> usize {
     256
+}
+
+fn default_max_migrate_waiters() -> usize {
+    64
 }
 
 fn default_rest_addr() -> String {

@@ -6,6 +6,7 @@
 pub mod authz;
 pub mod freeze;
 mod ids;
+pub mod lock;
 pub mod notice;
 mod policy;
 pub mod queue;
@@ -228,43 +229,108 @@ pub fn checksum(up_sql: &str, down_sql: Option<&str>) -> String {
 
 /// Why a deployment may not start yet, given the facts the worker gathered. Returns `None` when
 /// it may start. Pure: the caller supplies every fact.
-pub fn start_blocker(facts: &StartFacts<'_>) -> Option<String> {
-    if let Some(earlier) = facts.earlier_unfinished {
-        return Some(format!(
-            "waits for {} ({}) which comes first in this environment",
-            earlier.0, earlier.1
-        ));
+pub fn start_blocker(facts: &StartFacts<'_>) -> Option<Blocker> {
+    if let Some((migration_id, state)) = facts.earlier_unfinished {
+        return Some(Blocker::Earlier {
+            migration_id: migration_id.to_owned(),
+            state,
+        });
     }
     if let Some((dependency, state)) = facts.unapplied_dependency {
-        return Some(format!(
-            "depends on {dependency}, which is {state} in this environment"
-        ));
+        return Some(Blocker::Dependency {
+            migration_id: dependency.to_owned(),
+            state: Some(state),
+        });
     }
     if !facts.emergency
         && let Some((window, until)) = &facts.frozen
     {
-        return Some(format!(
-            "the environment is in the freeze window {window} until {until}; only an emergency override starts now"
-        ));
+        return Some(Blocker::Frozen {
+            window: window.clone(),
+            until: until.clone(),
+        });
     }
     if !facts.emergency
         && let Some((previous_env, state)) = facts.previous_environment
         && state != Some(DeploymentState::Applied)
     {
-        let way_on = match state {
-            Some(DeploymentState::RolledBack) => {
-                "; retry it there or amend the migration, or cancel it here"
-            }
-            Some(DeploymentState::Failed) => "; retry, roll back or cancel it there",
-            None => "; it has no deployment there",
-            _ => "",
-        };
-        let state = state.map_or("absent", |s| s.as_str());
-        return Some(format!(
-            "must be applied in {previous_env} first (it is {state} there{way_on})"
-        ));
+        return Some(Blocker::PreviousEnvironment {
+            environment: previous_env.to_owned(),
+            state,
+        });
     }
     None
+}
+
+/// Why a queued or approved deployment does not start, as a fact (its `Display` is what
+/// status says). The service follows it to decide whether the deployment can still move on
+/// without someone acting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Blocker {
+    /// An earlier migration of this environment is not finished.
+    Earlier {
+        migration_id: String,
+        state: DeploymentState,
+    },
+    /// A dependency is not applied in this environment (`None`: it has no deployment here).
+    Dependency {
+        migration_id: String,
+        state: Option<DeploymentState>,
+    },
+    /// A freeze window holds until `until`.
+    Frozen { window: String, until: String },
+    /// Not applied in the previous environment of the promotion order (`None`: absent there).
+    PreviousEnvironment {
+        environment: String,
+        state: Option<DeploymentState>,
+    },
+}
+
+impl std::fmt::Display for Blocker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Blocker::Earlier {
+                migration_id,
+                state,
+            } => write!(
+                f,
+                "waits for {migration_id} ({state}) which comes first in this environment"
+            ),
+            Blocker::Dependency {
+                migration_id,
+                state: None,
+            } => write!(
+                f,
+                "depends on {migration_id}, which has no deployment in this environment"
+            ),
+            Blocker::Dependency {
+                migration_id,
+                state: Some(state),
+            } => write!(
+                f,
+                "depends on {migration_id}, which is {state} in this environment"
+            ),
+            Blocker::Frozen { window, until } => write!(
+                f,
+                "the environment is in the freeze window {window} until {until}; only an emergency override starts now"
+            ),
+            Blocker::PreviousEnvironment { environment, state } => {
+                let way_on = match state {
+                    Some(DeploymentState::RolledBack) => {
+                        "; retry it there or amend the migration, or cancel it here"
+                    }
+                    Some(DeploymentState::Failed) => "; retry, roll back or cancel it there",
+                    None => "; it has no deployment there",
+                    _ => "",
+                };
+                write!(
+                    f,
+                    "must be applied in {environment} first (it is {} there{way_on})",
+                    state.map_or("absent", |s| s.as_str())
+                )
+            }
+        }
+    }
 }
 
 /// The facts that decide whether a queued deployment may start.
@@ -336,7 +402,7 @@ mod tests {
             emergency: false,
         };
         assert_eq!(
-            start_blocker(&facts).unwrap(),
+            start_blocker(&facts).unwrap().to_string(),
             "must be applied in staging first (it is awaiting_approval there)"
         );
         let emergency = StartFacts {

@@ -8,7 +8,7 @@
 //! on (it is then recorded as applied out of order). A failed, running or rolling-back
 //! deployment halts the queue for everyone, emergencies included.
 
-use super::{DeploymentState, StartFacts, start_blocker};
+use super::{Blocker, DeploymentState, StartFacts, start_blocker};
 use std::collections::HashSet;
 
 /// What the planner needs to know of one open deployment.
@@ -31,6 +31,8 @@ pub struct Planned {
     pub start: bool,
     /// Why it does not start (queued or approved entries only).
     pub blocked_by: Option<String>,
+    /// The same, as a fact: what it waits for.
+    pub blocker: Option<Blocker>,
     /// Starts ahead of earlier deployments that are waiting (an emergency override).
     pub out_of_order: bool,
     /// The earlier deployments it goes ahead of.
@@ -50,6 +52,7 @@ pub fn plan(entries: &[QueueEntry<'_>], frozen: Option<(String, String)>) -> Vec
             planned.push(Planned {
                 start: false,
                 blocked_by: None,
+                blocker: None,
                 out_of_order: false,
                 ahead_of: Vec::new(),
             });
@@ -63,7 +66,7 @@ pub fn plan(entries: &[QueueEntry<'_>], frozen: Option<(String, String)>) -> Vec
                 waiting.first().copied()
             })
             .map(|i| (entries[i].migration_id, entries[i].state));
-        let mut blocked_by = None;
+        let mut blocker = None;
         if matches!(
             entry.state,
             DeploymentState::Queued | DeploymentState::Approved
@@ -75,10 +78,11 @@ pub fn plan(entries: &[QueueEntry<'_>], frozen: Option<(String, String)>) -> Vec
                     !starting.contains(dependency) && *state != Some(DeploymentState::Applied)
                 })
                 .map(|(dependency, state)| (*dependency, *state));
-            blocked_by = match unapplied {
-                Some((dependency, None)) => Some(format!(
-                    "depends on {dependency}, which has no deployment in this environment"
-                )),
+            blocker = match unapplied {
+                Some((dependency, None)) => Some(Blocker::Dependency {
+                    migration_id: dependency.to_owned(),
+                    state: None,
+                }),
                 Some((dependency, Some(state))) => start_blocker(&StartFacts {
                     frozen: None,
                     earlier_unfinished: None,
@@ -96,14 +100,16 @@ pub fn plan(entries: &[QueueEntry<'_>], frozen: Option<(String, String)>) -> Vec
             };
             // An earlier deployment in the way comes first in what status says.
             if let Some((id, state)) = earlier
-                && blocked_by.is_some()
+                && blocker.is_some()
             {
-                blocked_by = Some(format!(
-                    "waits for {id} ({state}) which comes first in this environment"
-                ));
+                blocker = Some(Blocker::Earlier {
+                    migration_id: id.to_owned(),
+                    state,
+                });
             }
         }
-        let start = entry.state == DeploymentState::Queued && blocked_by.is_none();
+        let blocked_by = blocker.as_ref().map(ToString::to_string);
+        let start = entry.state == DeploymentState::Queued && blocker.is_none();
         if start {
             starting.insert(entry.migration_id);
             let ahead_of: Vec<String> = waiting
@@ -113,6 +119,7 @@ pub fn plan(entries: &[QueueEntry<'_>], frozen: Option<(String, String)>) -> Vec
             planned.push(Planned {
                 start,
                 blocked_by,
+                blocker,
                 out_of_order: !ahead_of.is_empty(),
                 ahead_of,
             });
@@ -127,6 +134,7 @@ pub fn plan(entries: &[QueueEntry<'_>], frozen: Option<(String, String)>) -> Vec
         planned.push(Planned {
             start,
             blocked_by,
+            blocker,
             out_of_order: false,
             ahead_of: Vec::new(),
         });
@@ -167,6 +175,45 @@ mod tests {
             plan[2].blocked_by.as_deref(),
             Some("waits for 002 (awaiting_approval) which comes first in this environment")
         );
+    }
+
+    #[test]
+    fn each_wait_is_given_as_a_fact_and_said_as_before() {
+        let mut unapproved_before = entry("002", S::Queued, false);
+        unapproved_before.previous_environment = Some(("staging", Some(S::AwaitingApproval)));
+        let plan_ = plan(
+            &[
+                entry("001", S::Failed, false),
+                entry("003", S::Queued, false),
+            ],
+            None,
+        );
+        assert_eq!(
+            plan_[1].blocker,
+            Some(Blocker::Earlier {
+                migration_id: "001".into(),
+                state: S::Failed
+            })
+        );
+        assert_eq!(
+            plan_[1].blocked_by,
+            plan_[1].blocker.as_ref().map(ToString::to_string)
+        );
+        let plan_ = plan(&[unapproved_before], None);
+        assert_eq!(
+            plan_[0].blocker,
+            Some(Blocker::PreviousEnvironment {
+                environment: "staging".into(),
+                state: Some(S::AwaitingApproval)
+            })
+        );
+        assert_eq!(
+            plan_[0].blocked_by.as_deref(),
+            Some("must be applied in staging first (it is awaiting_approval there)")
+        );
+        let plan_ = plan(&[entry("001", S::Queued, false)], freeze());
+        assert!(matches!(plan_[0].blocker, Some(Blocker::Frozen { .. })));
+        assert!(!plan_[0].start);
     }
 
     #[test]

@@ -11,6 +11,33 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// The longest a worker waits between rounds while its target cannot be reached.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// How long a worker waits after a round with `outcome` before the next (a wake-up comes
+/// sooner), and the backoff it carries on: at once after something moved (more may be ready),
+/// the poll interval when nothing could, and while the target cannot be reached (or the round
+/// failed) a wait that doubles from twice the poll interval up to `MAX_BACKOFF`, so that an
+/// unreachable target is not knocked on every second. `backoff` starts at the poll interval.
+fn next_wait(
+    outcome: &Result<Outcome, crate::service::ServiceError>,
+    backoff: Duration,
+    poll: Duration,
+) -> (Duration, Duration) {
+    match outcome {
+        Ok(Outcome::TargetUnavailable(_)) | Err(_) => {
+            let backoff = (backoff * 2).min(MAX_BACKOFF);
+            (backoff, backoff)
+        }
+        Ok(Outcome::Worked {
+            applied,
+            rolled_back,
+            failed,
+        }) if *applied + *rolled_back > 0 || failed.is_some() => (Duration::ZERO, poll),
+        Ok(_) => (poll, poll),
+    }
+}
+
 pub struct Engine {
     tracker: TaskTracker,
     cancel: CancellationToken,
@@ -36,22 +63,8 @@ impl Engine {
                             crate::service::millis(worker.service().clock.now()),
                         );
                     }
-                    let wait = match &outcome {
-                        // Something moved: look again at once, more may be ready.
-                        Ok(Outcome::Worked {
-                            applied,
-                            rolled_back,
-                            failed,
-                        }) if *applied + *rolled_back > 0 || failed.is_some() => Duration::ZERO,
-                        Ok(Outcome::TargetUnavailable(_)) | Err(_) => {
-                            backoff = (backoff * 2).min(Duration::from_secs(60));
-                            backoff
-                        }
-                        Ok(_) => poll,
-                    };
-                    if !matches!(outcome, Ok(Outcome::TargetUnavailable(_)) | Err(_)) {
-                        backoff = poll;
-                    }
+                    let wait;
+                    (wait, backoff) = next_wait(&outcome, backoff, poll);
                     if let Err(e) = &outcome {
                         tracing::error!(environment = %worker.environment().name, error = %e, "worker round failed");
                     }
@@ -154,5 +167,35 @@ impl Engine {
         {
             tracing::warn!("background work did not stop within the grace period");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_target_is_tried_again_after_a_wait_that_doubles_to_a_minute() {
+        let poll = Duration::from_secs(1);
+        let unavailable = Ok(Outcome::TargetUnavailable("connection refused".into()));
+        let mut backoff = poll;
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            let wait;
+            (wait, backoff) = next_wait(&unavailable, backoff, poll);
+            waits.push(wait.as_secs());
+        }
+        assert_eq!(waits, [2, 4, 8, 16, 32, 60, 60, 60]);
+        // Reached again: back to the poll interval, and the next outage starts over.
+        let (wait, backoff) = next_wait(&Ok(Outcome::Idle), backoff, poll);
+        assert_eq!((wait, backoff), (poll, poll));
+        assert_eq!(next_wait(&unavailable, backoff, poll).0, 2 * poll);
+        // A round that moved something looks again at once.
+        let worked = Ok(Outcome::Worked {
+            applied: 0,
+            rolled_back: 0,
+            failed: Some("V1@development".into()),
+        });
+        assert_eq!(next_wait(&worked, backoff, poll).0, Duration::ZERO);
     }
 }

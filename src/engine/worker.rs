@@ -14,7 +14,7 @@ use crate::service::notifications::events_column;
 use crate::service::{LogView, Service, ServiceError, check_script, format_millis, millis};
 use crate::store::{AuditRow, DeploymentRow, LogRow, MigrationRow};
 use crate::target::{self, RunReport, Script, TargetSettings};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -39,6 +39,16 @@ pub enum Outcome {
         rolled_back: usize,
         failed: Option<String>,
     },
+}
+
+/// What became of a deployment whose apply ended in an error (`Worker::after_apply_error`).
+enum AfterError {
+    /// The target records it as applied after all (how we know).
+    Applied(&'static str),
+    /// The script's failure, with its reason.
+    Failed(String),
+    /// The target cannot be reached: try again later.
+    Unreachable(String),
 }
 
 /// A deployment's outcome on its way to the state store.
@@ -121,11 +131,14 @@ impl Worker {
         TargetSettings::for_environment(&self.environment)
     }
 
+    /// Whether the environment's lock stops new deployments (the service's one lock check).
     async fn locked(&self) -> Result<bool, ServiceError> {
-        let store = &self.service.store;
-        let mut conn = store.conn().await?;
-        Ok(store
-            .lock(&mut conn, self.environment.name.as_str())
+        let mut conn = self.service.store.conn().await?;
+        let env = self.environment.name.as_str();
+        let work = crate::domain::lock::Work::Start;
+        Ok(self
+            .service
+            .lock_stopping(&mut conn, env, work)
             .await?
             .is_some())
     }
@@ -261,18 +274,46 @@ impl Worker {
             };
             let entry = history.get(&d.migration_id);
             let applied_here = entry.is_some_and(|e| e.success && e.checksum == m.checksum);
+            // Every statement of a script run statement by statement is recorded as done, but
+            // its runner stopped before the row said "applied": progress n of n is applied.
+            // A deployment already failed that way (the final history write refused, or a
+            // daemon before this rule) is applied too: nothing is left to run.
+            let completed_here = (d.state == DeploymentState::Running
+                || (d.state == DeploymentState::Failed
+                    && d.last_action.as_deref() == Some("apply")))
+                && entry.is_some_and(|e| e.all_statements_done() && e.checksum == m.checksum);
             match d.state {
-                DeploymentState::Running | DeploymentState::Queued if applied_here => {
+                DeploymentState::Running | DeploymentState::Queued | DeploymentState::Failed
+                    if (applied_here && d.state != DeploymentState::Failed) || completed_here =>
+                {
+                    if completed_here && let Err(e) = session.mark_complete(&d.migration_id).await {
+                        return Ok(Outcome::TargetUnavailable(e.to_string()));
+                    }
+                    if d.state == DeploymentState::Failed {
+                        d.state = d.state.on(DeploymentEvent::Retry)?;
+                    }
                     if d.state == DeploymentState::Queued {
                         d.state = d.state.on(DeploymentEvent::Start)?;
                     }
                     d.state = d.state.on(DeploymentEvent::Succeed)?;
+                    d.error = None;
+                    d.transactional = entry.map(|e| e.transactional).or(d.transactional);
+                    d.last_action = Some("apply".into());
                     d.finished_at = Some(self.now());
                     d.updated_at = self.now();
                     let audit = self.audit(
                         d,
                         "applied",
-                        serde_json::json!({"reconciled": "the target's sluice_schema_history records it as applied"}),
+                        if completed_here {
+                            serde_json::json!({
+                                "reconciled": "the script's last statement ran, but its runner stopped (or its history write failed) before recording it as applied; the target's sluice_schema_history records every statement as done",
+                                "statements_done": entry.and_then(|e| e.statements_done),
+                                "statements_total": entry.and_then(|e| e.statements_total),
+                                "checksum": m.checksum,
+                            })
+                        } else {
+                            serde_json::json!({"reconciled": "the target's sluice_schema_history records it as applied"})
+                        },
                     );
                     reconciled.push((index, audit));
                 }
@@ -495,78 +536,24 @@ impl Worker {
         }
 
         // Applies: the longest run of queued deployments, in id order, that may start now.
-        let env_name = self.environment.name.as_str();
-        let previous = self
-            .service
-            .config
-            .previous_environment(&self.environment.name);
         let store = &self.service.store;
-        let queued_ids: Vec<String> = open
-            .iter()
-            .filter(|d| d.state == DeploymentState::Queued)
-            .map(|d| d.migration_id.clone())
-            .collect();
-        if queued_ids.is_empty() {
+        if !open.iter().any(|d| d.state == DeploymentState::Queued) {
             return Ok(Outcome::Worked {
                 applied: 0,
                 rolled_back,
                 failed: None,
             });
         }
-        let (previous_states, dependency_states) = {
+        // The one planner (status asks it too), fed by the one builder of its inputs: id
+        // order, dependencies, promotion order, freeze windows, and emergencies going ahead of
+        // deployments that are merely waiting.
+        let plan = {
             let mut conn = store.conn().await?;
-            let previous_states: HashMap<String, DeploymentState> = match previous {
-                Some(p) => store
-                    .states_in_environment(&mut conn, p.name.as_str(), &queued_ids)
-                    .await?
-                    .into_iter()
-                    .collect(),
-                None => HashMap::new(),
-            };
-            let dependencies: Vec<String> = queued_ids
-                .iter()
-                .filter_map(|id| migrations.get(id))
-                .flat_map(|m| m.depends_on.iter().cloned())
-                .collect::<HashSet<_>>()
-                .into_iter()
-                .collect();
-            let dependency_states: HashMap<String, DeploymentState> = store
-                .states_in_environment(&mut conn, env_name, &dependencies)
+            self.service
+                .queue_inputs(&mut conn, &self.environment, open, migrations)
                 .await?
-                .into_iter()
-                .collect();
-            (previous_states, dependency_states)
+                .plan(open, migrations)
         };
-        let frozen =
-            domain::freeze::describe(&self.environment.freeze_windows, self.service.clock.now());
-        // The one planner (status asks it too): id order, dependencies, promotion order, freeze
-        // windows, and emergencies going ahead of deployments that are merely waiting.
-        let entries: Vec<domain::queue::QueueEntry<'_>> = open
-            .iter()
-            .map(|d| {
-                let queued = d.state == DeploymentState::Queued;
-                domain::queue::QueueEntry {
-                    migration_id: d.migration_id.as_str(),
-                    state: d.state,
-                    emergency: d.emergency_reason.is_some(),
-                    dependencies: match migrations.get(&d.migration_id) {
-                        Some(m) if queued => m
-                            .depends_on
-                            .iter()
-                            .map(|dep| (dep.as_str(), dependency_states.get(dep).copied()))
-                            .collect(),
-                        _ => Vec::new(),
-                    },
-                    previous_environment: previous.map(|p| {
-                        (
-                            p.name.as_str(),
-                            previous_states.get(&d.migration_id).copied(),
-                        )
-                    }),
-                }
-            })
-            .collect();
-        let plan = domain::queue::plan(&entries, frozen);
         let batch: Vec<usize> = plan
             .iter()
             .enumerate()
@@ -661,6 +648,7 @@ impl Worker {
 
         let mut applied = 0;
         let mut failed = None;
+        let mut unreachable: Option<String> = None;
         let mut stop_reason: Option<&str> = None;
         // The lock is read from the store at most every LOCK_CHECK_INTERVAL (another replica
         // may have set it), and at once when this daemon locked the environment.
@@ -670,7 +658,7 @@ impl Worker {
             .lock_generation(self.environment.name.as_str());
         let mut seen_generation = generation.load(std::sync::atomic::Ordering::SeqCst);
         let mut last_lock_check = std::time::Instant::now();
-        for (position, &index) in claimed.iter().enumerate() {
+        for &index in &claimed {
             if stop_reason.is_none() {
                 if self.cancel.is_cancelled() {
                     stop_reason = Some("the daemon is shutting down");
@@ -750,45 +738,63 @@ impl Worker {
                     Err(_) => "interrupted",
                 },
             );
+            let in_steps = !session.runs_in_one_transaction(&script);
             let report = match result {
                 Ok(report) => report,
-                Err(e) if !session.runs_in_one_transaction(&script) => {
-                    // The connection broke while a script ran statement by statement: part
-                    // of it may be applied. Never start it again from the top: halt, and let
-                    // someone resume it (retry) from what the target's history records.
-                    tracing::warn!(deployment = %d.id, error = %e, "target error while applying statement by statement");
-                    d.state = d.state.on(DeploymentEvent::Fail)?;
-                    d.transactional = Some(false);
-                    d.last_action = Some("apply".into());
-                    d.finished_at = Some(self.now());
-                    d.updated_at = self.now();
-                    d.error = Some(format!(
-                        "interrupted: the target connection failed while the script ran statement by statement ({e}); the statements before the interruption stay applied and the target's sluice_schema_history records how many. Retry resumes after them; or roll back, or cancel"
-                    ));
-                    failed = Some(d.id.clone());
-                    let audit = self.audit(
-                        d,
-                        "failed",
-                        serde_json::json!({"error": d.error, "checksum": m.checksum}),
-                    );
-                    send(sender, d.clone(), Vec::new(), vec![audit]).await?;
-                    stop_reason = Some("the target connection failed");
-                    continue;
-                }
                 Err(e) => {
-                    // The connection broke: whether the commit happened is unknown, so the
-                    // deployment goes back to the queue and the next run reconciles it from
-                    // the history table.
                     tracing::warn!(deployment = %d.id, error = %e, "target error while applying");
-                    d.state = d.state.on(DeploymentEvent::Requeue)?;
-                    d.updated_at = self.now();
-                    let audit =
-                        self.audit(d, "requeued", serde_json::json!({"reason": e.to_string()}));
-                    send(sender, d.clone(), Vec::new(), vec![audit]).await?;
-                    stop_reason = Some("the target connection failed");
-                    if position + 1 == claimed.len() {
-                        break;
+                    match self.after_apply_error(session, e, m, in_steps).await {
+                        AfterError::Applied(how) => {
+                            d.state = d.state.on(DeploymentEvent::Succeed)?;
+                            d.error = None;
+                            d.transactional = Some(!in_steps);
+                            d.last_action = Some("apply".into());
+                            d.finished_at = Some(self.now());
+                            d.updated_at = self.now();
+                            applied += 1;
+                            let audit = self.audit(
+                                d,
+                                "applied",
+                                serde_json::json!({"reconciled": how, "checksum": m.checksum}),
+                            );
+                            send(sender, d.clone(), Vec::new(), vec![audit]).await?;
+                        }
+                        AfterError::Failed(message) => {
+                            d.state = d.state.on(DeploymentEvent::Fail)?;
+                            d.transactional = Some(!in_steps);
+                            d.last_action = Some("apply".into());
+                            d.finished_at = Some(self.now());
+                            d.updated_at = self.now();
+                            d.error = Some(message);
+                            failed = Some(d.id.clone());
+                            let audit = self.audit(
+                                d,
+                                "failed",
+                                serde_json::json!({"error": d.error, "checksum": m.checksum}),
+                            );
+                            send(sender, d.clone(), Vec::new(), vec![audit]).await?;
+                        }
+                        AfterError::Unreachable(message) => {
+                            // Nothing of it committed (the history does not have it, or could
+                            // not be read: the next round reconciles from it). It goes back
+                            // to the queue; the round reports the target unavailable, so the
+                            // worker backs off and status shows why.
+                            d.state = d.state.on(DeploymentEvent::Requeue)?;
+                            d.updated_at = self.now();
+                            let audit = self.audit(
+                                d,
+                                "requeued",
+                                serde_json::json!({"reason": format!("the target became unreachable while the script ran: {message}")}),
+                            );
+                            send(sender, d.clone(), Vec::new(), vec![audit]).await?;
+                            unreachable = Some(message);
+                        }
                     }
+                    if unreachable.is_some() {
+                        stop_reason = Some("the target became unreachable");
+                    }
+                    // Failed: the next one stops for "an earlier deployment failed"; applied
+                    // after all: the run goes on.
                     continue;
                 }
             };
@@ -828,10 +834,87 @@ impl Worker {
             };
             send(sender, d.clone(), logs, vec![audit]).await?;
         }
+        if let Some(message) = unreachable
+            && applied == 0
+            && rolled_back == 0
+        {
+            return Ok(Outcome::TargetUnavailable(message));
+        }
         Ok(Outcome::Worked {
             applied,
             rolled_back,
             failed,
+        })
+    }
+
+    /// What became of a deployment whose apply ended in an error instead of a report. A
+    /// refusal on a session that still works (Sluice's history write after the script dropped
+    /// or altered the table) is the script's failure. A lost session is looked into with a new
+    /// one: if the target cannot be reached, the deployment is retried later (with backoff);
+    /// if it can, the target's history decides: applied if it records the script as applied
+    /// (or every statement of it done), otherwise the script's failure: the session ended
+    /// while its statement ran (`pg_terminate_backend` of its own backend, a statement that
+    /// leaves the protocol out of step) with the target up. A script run statement by
+    /// statement that is cut off part-way halts as interrupted, as it always has.
+    async fn after_apply_error(
+        &self,
+        session: &mut target::TargetSession,
+        error: target::TargetError,
+        m: &MigrationRow,
+        in_steps: bool,
+    ) -> AfterError {
+        let interrupted = |e: &dyn std::fmt::Display| {
+            format!(
+                "interrupted while the script ran statement by statement ({e}); the statements before the interruption stay applied and the target's sluice_schema_history records how many. Retry resumes after them; or roll back, or cancel"
+            )
+        };
+        if !error.session_lost() {
+            return AfterError::Failed(if in_steps {
+                interrupted(&error)
+            } else {
+                format!("{error}")
+            });
+        }
+        let fresh = match target::open(&self.settings(), &self.owner).await {
+            Ok(fresh) => fresh,
+            Err(reopen) => {
+                return if in_steps {
+                    AfterError::Failed(interrupted(&error))
+                } else {
+                    AfterError::Unreachable(format!("{error}; reconnecting: {reopen}"))
+                };
+            }
+        };
+        std::mem::replace(session, fresh).close().await;
+        let entry = match session.history().await {
+            Ok(history) => history.get(&m.id).cloned(),
+            Err(e) => {
+                return if in_steps {
+                    AfterError::Failed(interrupted(&error))
+                } else {
+                    AfterError::Unreachable(format!("{error}; reading its history: {e}"))
+                };
+            }
+        };
+        let ours = entry.as_ref().filter(|e| e.checksum == m.checksum);
+        if ours.is_some_and(|e| e.success) {
+            return AfterError::Applied(
+                "the session ended after the script's commit; the target's sluice_schema_history records it as applied",
+            );
+        }
+        if ours.is_some_and(|e| e.all_statements_done())
+            && session.mark_complete(&m.id).await.is_ok()
+        {
+            return AfterError::Applied(
+                "the session ended after the script's last statement; the target's sluice_schema_history records every statement as done",
+            );
+        }
+        AfterError::Failed(if in_steps {
+            interrupted(&error)
+        } else {
+            format!(
+                "{error}\n  the target is reachable, so the script is taken as the cause (a statement that ends its own session, or that Sluice cannot run); its transaction never committed, nothing of it is applied"
+            )
         })
     }
 

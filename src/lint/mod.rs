@@ -109,6 +109,165 @@ pub fn transaction_control_problems(statements: &[Statement]) -> Vec<(usize, Str
     problems
 }
 
+/// Every reason a script cannot be run as written, statement by statement with its line:
+/// transaction control (`transaction_control_problems`) and statements Sluice cannot run or
+/// must not let run (`unrunnable_problems`). The one check behind `sluice validate`, submission
+/// and the worker's last look before it applies.
+pub fn script_problems(statements: &[Statement], dialect: Dialect) -> Vec<(usize, String)> {
+    let mut problems = transaction_control_problems(statements);
+    problems.extend(unrunnable_problems(statements, dialect));
+    problems.sort_by_key(|(line, _)| *line);
+    problems
+}
+
+/// The table in every target where Sluice records what is applied (`target`'s history).
+pub const HISTORY_TABLE: &str = "sluice_schema_history";
+
+/// Statements Sluice cannot run, or must not let a migration run: `COPY ... FROM STDIN` /
+/// `TO STDOUT` (the rows would come from, or go to, a client that has none to give: the server
+/// waits for them, or the connection is left in copy mode), MySQL's `LOAD DATA|XML LOCAL
+/// INFILE` (a file on the client's machine, which Sluice never sends), and any write to
+/// Sluice's own history table (the record of what is applied; a script that drops or edits it
+/// makes every later apply and rollback wrong). Read from tokens, so that comments, strings
+/// and quoted names do not mislead; what is hidden in dynamic SQL is found when it runs.
+pub fn unrunnable_problems(statements: &[Statement], dialect: Dialect) -> Vec<(usize, String)> {
+    statements
+        .iter()
+        .filter_map(|statement| {
+            let words = significant_words(&statement.text, dialect)?;
+            unrunnable_reason(&words)
+                .or_else(|| do_block_reason(&statement.text, &words, dialect))
+                .map(|reason| {
+                    (
+                        statement.line,
+                        format!("\"{}\" {reason}", excerpt(&statement.text)),
+                    )
+                })
+        })
+        .collect()
+}
+
+/// A statement's tokens as words (lower-cased, quotes removed) and punctuation, without
+/// comments and literals; `None` when it does not tokenize (the splitter or the server says
+/// why).
+fn significant_words(text: &str, dialect: Dialect) -> Option<Vec<String>> {
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    let tokens = match dialect {
+        Dialect::MySql => Tokenizer::new(&sqlparser::dialect::MySqlDialect {}, text).tokenize(),
+        Dialect::Sqlite => Tokenizer::new(&sqlparser::dialect::SQLiteDialect {}, text).tokenize(),
+        Dialect::Postgres | Dialect::Both => {
+            Tokenizer::new(&sqlparser::dialect::PostgreSqlDialect {}, text).tokenize()
+        }
+    }
+    .ok()?;
+    Some(
+        tokens
+            .into_iter()
+            .filter_map(|token| match token {
+                Token::Word(word) => Some(word.value.to_lowercase()),
+                Token::Period => Some(".".into()),
+                Token::Comma => Some(",".into()),
+                Token::LParen => Some("(".into()),
+                Token::RParen => Some(")".into()),
+                Token::SemiColon => Some(";".into()),
+                Token::Whitespace(_) => None,
+                _ => Some(String::new()),
+            })
+            .collect(),
+    )
+}
+
+/// A PostgreSQL `DO` block's body is statements too: each of them (split at `;` and after
+/// BEGIN, THEN, ELSE, LOOP) is held to `unrunnable_reason`. What it builds as text and runs
+/// with EXECUTE is found when it runs.
+fn do_block_reason(text: &str, words: &[String], dialect: Dialect) -> Option<String> {
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    if words.first().map(String::as_str) != Some("do") || dialect == Dialect::MySql {
+        return None;
+    }
+    let tokens = Tokenizer::new(&sqlparser::dialect::PostgreSqlDialect {}, text)
+        .tokenize()
+        .ok()?;
+    let body = tokens.into_iter().find_map(|token| match token {
+        Token::DollarQuotedString(body) => Some(body.value),
+        Token::SingleQuotedString(body) => Some(body),
+        _ => None,
+    })?;
+    let body_words = significant_words(&body, Dialect::Postgres)?;
+    body_words
+        .split(|w| matches!(w.as_str(), ";" | "begin" | "then" | "else" | "loop"))
+        .find_map(|part| {
+            let start = part.iter().position(|w| !w.is_empty())?;
+            unrunnable_reason(&part[start..])
+        })
+}
+
+/// Why a statement (as `significant_words`) cannot run in a migration, if it cannot.
+fn unrunnable_reason(words: &[String]) -> Option<String> {
+    let word = |i: usize| words.get(i).map(String::as_str).unwrap_or("");
+    let follows = |first: &str, second: &str| {
+        words
+            .windows(2)
+            .any(|pair| pair[0] == first && pair[1] == second)
+    };
+    match word(0) {
+        "copy" if follows("from", "stdin") => {
+            return Some(
+                "cannot run in a migration: COPY ... FROM STDIN reads its rows from the client, and Sluice has none to send (the server would wait for them). Write the rows as INSERT statements, or COPY from a file the database server can read".into(),
+            );
+        }
+        "copy" if follows("to", "stdout") => {
+            return Some(
+                "cannot run in a migration: COPY ... TO STDOUT sends its rows to the client, and Sluice does not read them. Use COPY ... TO a file on the database server, or leave the export out of the migration".into(),
+            );
+        }
+        "load" if follows("local", "infile") => {
+            return Some(
+                "cannot run in a migration: LOAD ... LOCAL INFILE reads a file on the client's machine, and Sluice sends none. Use LOAD DATA INFILE with a file on the database server, or INSERT statements".into(),
+            );
+        }
+        _ => {}
+    }
+    let history_write = (0..words.len())
+        .filter(|&i| words[i] == HISTORY_TABLE)
+        .any(|i| {
+            // Where the name starts, a qualifier (`public.` or `db.`) included.
+            let start = if i >= 2 && words[i - 1] == "." {
+                i - 2
+            } else {
+                i
+            };
+            let mut before = start;
+            while before > 0
+                && matches!(
+                    word(before - 1),
+                    "only" | "ignore" | "low_priority" | "high_priority" | "delayed" | "quick"
+                )
+            {
+                before -= 1;
+            }
+            let previous = if before > 0 { word(before - 1) } else { "" };
+            let verb = word(0);
+            matches!(verb, "drop" | "alter" | "truncate" | "rename")
+                || (verb == "copy" && start == 1 && words.iter().any(|w| w == "from"))
+                || previous == "into"
+                || previous == "update"
+                || (previous == "from" && before >= 2 && {
+                    let mut head = before - 1;
+                    while head > 0 && matches!(word(head - 1), "low_priority" | "quick" | "ignore")
+                    {
+                        head -= 1;
+                    }
+                    head > 0 && word(head - 1) == "delete"
+                })
+        });
+    history_write.then(|| {
+        format!(
+            "changes {HISTORY_TABLE}, Sluice's own record of what is applied to this database: a migration must not write to it (Sluice keeps it; to undo a migration roll it back, to record one applied by hand use baseline)"
+        )
+    })
+}
+
 fn excerpt(text: &str) -> String {
     let mut short: String = text.chars().take(60).collect();
     if short.len() < text.len() {
@@ -1986,6 +2145,159 @@ END $$;
 
     fn problems(sql: &str) -> Vec<(usize, String)> {
         transaction_control_problems(&split_statements(sql).unwrap())
+    }
+
+    fn unrunnable(sql: &str, dialect: Dialect) -> Vec<(usize, String)> {
+        unrunnable_problems(&split_statements_for(sql, dialect).unwrap(), dialect)
+    }
+
+    #[test]
+    fn statements_sluice_cannot_run_are_refused_with_their_line() {
+        let found = unrunnable(
+            "CREATE TABLE t (n int);\nCOPY t FROM STDIN;\ncopy t (n) from stdin with (format csv);\nCOPY (SELECT 1) TO STDOUT;\nCOPY t FROM '/srv/t.csv';\n",
+            Dialect::Postgres,
+        );
+        assert_eq!(
+            found.iter().map(|(line, _)| *line).collect::<Vec<_>>(),
+            [2, 3, 4],
+            "{found:?}"
+        );
+        assert!(
+            found[0].1.starts_with("\"COPY t FROM STDIN\" cannot run in a migration: COPY ... FROM STDIN reads its rows from the client"),
+            "{found:?}"
+        );
+        let found = unrunnable(
+            "CREATE TABLE t (n int);\nLOAD DATA LOCAL INFILE '/tmp/t.csv' INTO TABLE t;\nLOAD DATA INFILE '/srv/t.csv' INTO TABLE t;\n",
+            Dialect::MySql,
+        );
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].0, 2);
+        assert!(
+            found[0]
+                .1
+                .contains("LOCAL INFILE reads a file on the client's machine")
+        );
+        // Words in strings and comments are not statements.
+        assert!(
+            unrunnable(
+                "INSERT INTO notes VALUES ('COPY t FROM STDIN'); -- COPY t FROM STDIN\n",
+                Dialect::Postgres
+            )
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn writes_to_the_history_table_are_refused_and_reads_are_not() {
+        for (sql, dialect) in [
+            ("DROP TABLE sluice_schema_history;", Dialect::Postgres),
+            (
+                "DROP TABLE IF EXISTS a, public.sluice_schema_history;",
+                Dialect::Postgres,
+            ),
+            (
+                "ALTER TABLE sluice_schema_history ADD COLUMN x int;",
+                Dialect::Postgres,
+            ),
+            ("TRUNCATE sluice_schema_history;", Dialect::Postgres),
+            (
+                "TRUNCATE TABLE ONLY \"sluice_schema_history\";",
+                Dialect::Postgres,
+            ),
+            (
+                "DELETE FROM sluice_schema_history WHERE migration_id = 'x';",
+                Dialect::Postgres,
+            ),
+            (
+                "UPDATE ONLY public.sluice_schema_history SET success = true;",
+                Dialect::Postgres,
+            ),
+            (
+                "INSERT INTO sluice_schema_history (migration_id) VALUES ('x');",
+                Dialect::Postgres,
+            ),
+            (
+                "WITH gone AS (DELETE FROM sluice_schema_history RETURNING 1) SELECT count(*) FROM gone;",
+                Dialect::Postgres,
+            ),
+            (
+                "COPY sluice_schema_history FROM '/tmp/h.csv';",
+                Dialect::Postgres,
+            ),
+            (
+                "DELETE LOW_PRIORITY FROM `sluice_schema_history`;",
+                Dialect::MySql,
+            ),
+            (
+                "REPLACE INTO app.sluice_schema_history (migration_id) VALUES ('x');",
+                Dialect::MySql,
+            ),
+            (
+                "RENAME TABLE sluice_schema_history TO old_history;",
+                Dialect::MySql,
+            ),
+            (
+                "UPDATE IGNORE sluice_schema_history SET success = 0;",
+                Dialect::MySql,
+            ),
+            ("drop table sluice_schema_history;", Dialect::Sqlite),
+            (
+                "DO $$ BEGIN DELETE FROM sluice_schema_history; END $$;",
+                Dialect::Postgres,
+            ),
+            (
+                "DO $body$\nBEGIN\n  IF true THEN\n    DROP TABLE sluice_schema_history;\n  END IF;\nEND\n$body$;",
+                Dialect::Postgres,
+            ),
+        ] {
+            let found = unrunnable(sql, dialect);
+            assert_eq!(found.len(), 1, "{sql}: {found:?}");
+            assert!(
+                found[0].1.contains(
+                    "changes sluice_schema_history, Sluice's own record of what is applied"
+                ),
+                "{sql}: {found:?}"
+            );
+        }
+        for (sql, dialect) in [
+            ("SELECT * FROM sluice_schema_history;", Dialect::Postgres),
+            (
+                "INSERT INTO report SELECT migration_id FROM sluice_schema_history;",
+                Dialect::Postgres,
+            ),
+            (
+                "DELETE FROM t WHERE id IN (SELECT 1 FROM sluice_schema_history);",
+                Dialect::Postgres,
+            ),
+            (
+                "CREATE VIEW applied AS SELECT * FROM sluice_schema_history;",
+                Dialect::Postgres,
+            ),
+            (
+                "INSERT INTO notes VALUES ('DROP TABLE sluice_schema_history');",
+                Dialect::Postgres,
+            ),
+            ("DROP TABLE sluice_schema_history_copy;", Dialect::Postgres),
+            ("SELECT * FROM `sluice_schema_history`;", Dialect::MySql),
+            (
+                "DO $$ BEGIN PERFORM count(*) FROM sluice_schema_history; RAISE NOTICE 'DROP TABLE sluice_schema_history'; END $$;",
+                Dialect::Postgres,
+            ),
+        ] {
+            assert!(unrunnable(sql, dialect).is_empty(), "{sql}");
+        }
+    }
+
+    #[test]
+    fn script_problems_hold_transaction_control_and_unrunnable_statements_in_line_order() {
+        let statements =
+            split_statements("CREATE TABLE t (n int);\nCOPY t FROM STDIN;\nROLLBACK;\n").unwrap();
+        let found = script_problems(&statements, Dialect::Postgres);
+        assert_eq!(
+            found.iter().map(|(line, _)| *line).collect::<Vec<_>>(),
+            [2, 3],
+            "{found:?}"
+        );
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Environments: lock, unlock, migrate, and status (through the one queue planner).
 
 use super::*;
+use crate::domain::lock::Work;
+use sqlx::AnyConnection;
 
 pub(super) fn locked_error(env: &EnvironmentConfig, lock: &LockRow, prefix: &str) -> ServiceError {
     ServiceError::Conflict(format!(
@@ -13,6 +15,21 @@ pub(super) fn locked_error(env: &EnvironmentConfig, lock: &LockRow, prefix: &str
 }
 
 impl Service {
+    /// The environment's lock, if it stops `work` there: the domain's one lock rule
+    /// (`domain::lock::lock_stops`) fed with the stored lock. Everything that asks whether a
+    /// lock is in the way (migrate, the waits, the worker) asks here.
+    pub async fn lock_stopping(
+        &self,
+        conn: &mut AnyConnection,
+        environment: &str,
+        work: Work,
+    ) -> Result<Option<LockRow>> {
+        let lock = self.store.lock(conn, environment).await?;
+        let stops =
+            domain::lock::lock_stops(lock.as_ref().map(Into::into).as_ref(), work).is_some();
+        Ok(lock.filter(|_| stops))
+    }
+
     pub async fn lock_environment(
         &self,
         caller: &Caller,
@@ -29,20 +46,24 @@ impl Service {
         }
         let at = self.now();
         let mut tx = self.store.begin().await?;
-        if let Some(lock) = self.store.lock(&mut tx, env.name.as_str()).await? {
-            return Err(locked_error(env, &lock, "already "));
+        let lock = LockRow {
+            environment: env.name.to_string(),
+            locked_by: caller.name.to_string(),
+            reason: reason.trim().into(),
+            locked_at: at,
+        };
+        // One conditional insert: of concurrent lock requests exactly one takes the lock; the
+        // others read the lock that won (committed by then) and are told who holds it.
+        if !self.store.insert_lock(&mut tx, &lock).await? {
+            let held = self.store.lock(&mut tx, env.name.as_str()).await?;
+            return Err(match held {
+                Some(held) => locked_error(env, &held, "already "),
+                None => ServiceError::Conflict(format!(
+                    "{} was locked and unlocked by someone else while you asked; look at `sluice status {}` and lock again if it is still needed",
+                    env.name, env.name
+                )),
+            });
         }
-        self.store
-            .insert_lock(
-                &mut tx,
-                &LockRow {
-                    environment: env.name.to_string(),
-                    locked_by: caller.name.to_string(),
-                    reason: reason.trim().into(),
-                    locked_at: at,
-                },
-            )
-            .await?;
         let mut entry = audit(
             at,
             caller.name.as_str(),
@@ -65,6 +86,7 @@ impl Service {
         self.signals
             .lock_generation(env.name.as_str())
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.signals.lock_changed();
         self.environment_status(environment).await
     }
 
@@ -87,13 +109,18 @@ impl Service {
         }
         let at = self.now();
         let mut tx = self.store.begin().await?;
-        let Some(lock) = self.store.lock(&mut tx, env.name.as_str()).await? else {
+        // One conditional delete: of concurrent unlocks exactly one removes the lock (and
+        // writes the audit record); the others find nothing to remove.
+        let Some(lock) = self
+            .store
+            .delete_lock(&mut tx, env.name.as_str(), None)
+            .await?
+        else {
             return Err(ServiceError::Conflict(format!(
                 "{} is not locked",
                 env.name
             )));
         };
-        self.store.delete_lock(&mut tx, env.name.as_str()).await?;
         let mut entry = audit(
             at,
             caller.name.as_str(),
@@ -119,6 +146,7 @@ impl Service {
         tx.commit().await?;
         self.events_written();
         self.signals.wake(env.name.as_str());
+        self.signals.lock_changed();
         self.environment_status(environment).await
     }
 
@@ -129,7 +157,10 @@ impl Service {
         self.require_operator(caller, env, "migrate")?;
         let at = self.now();
         let mut tx = self.store.begin().await?;
-        if let Some(lock) = self.store.lock(&mut tx, env.name.as_str()).await? {
+        if let Some(lock) = self
+            .lock_stopping(&mut tx, env.name.as_str(), Work::Release)
+            .await?
+        {
             return Err(locked_error(env, &lock, ""));
         }
         let mut approved = self
@@ -182,91 +213,6 @@ impl Service {
             queued: queued.into_iter().map(|d| d.id).collect(),
         })
     }
-
-    /// Waits until none of the given deployments of `environment` is queued, running or rolling
-    /// back; or until nothing more can happen to those still queued (the queue is halted or
-    /// locked, a freeze holds, they wait for something: the reason is returned); or until the
-    /// timeout passes. One query per poll, however many deployments are waited for; the
-    /// planner is asked at most every 200 ms, once none of them runs.
-    pub async fn wait_settled(
-        &self,
-        environment: &str,
-        ids: &[String],
-        timeout: std::time::Duration,
-    ) -> Result<Settled> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let wanted: std::collections::HashSet<&String> = ids.iter().collect();
-        let mut next_look = tokio::time::Instant::now();
-        loop {
-            let busy = {
-                let mut conn = self.store.conn().await?;
-                self.store
-                    .deployments_in_states(
-                        &mut conn,
-                        environment,
-                        &[
-                            DeploymentState::Queued,
-                            DeploymentState::Running,
-                            DeploymentState::RollingBack,
-                        ],
-                    )
-                    .await?
-            };
-            let mine: Vec<&DeploymentRow> =
-                busy.iter().filter(|d| wanted.contains(&d.id)).collect();
-            if mine.is_empty() {
-                return Ok(Settled::Done);
-            }
-            let now = tokio::time::Instant::now();
-            if mine.iter().all(|d| d.state == DeploymentState::Queued) && now >= next_look {
-                next_look = now + std::time::Duration::from_millis(200);
-                if let Some(reason) = self.stuck(environment, &mine).await? {
-                    return Ok(Settled::Stopped(reason));
-                }
-            }
-            if now >= deadline {
-                return Ok(Settled::TimedOut);
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Why none of these queued deployments can start now, if none can.
-    async fn stuck(&self, environment: &str, queued: &[&DeploymentRow]) -> Result<Option<String>> {
-        let status = self.environment_status(environment).await?;
-        if let Some(failed) = &status.halted_by {
-            return Ok(Some(format!(
-                "the queue is halted by the failed deployment {failed} (retry, roll back or cancel it)"
-            )));
-        }
-        if let Some(lock) = &status.lock {
-            return Ok(Some(format!(
-                "{environment} is locked by {}: {}",
-                lock.locked_by, lock.reason
-            )));
-        }
-        let mut reasons = Vec::new();
-        for d in queued {
-            match status.queue.iter().find(|q| q.id == d.id) {
-                Some(view) => match &view.blocked_by {
-                    Some(why) => reasons.push(format!("{}: {why}", d.id)),
-                    None => return Ok(None),
-                },
-                None => return Ok(None),
-            }
-        }
-        Ok(Some(reasons.join("; ")))
-    }
-}
-
-/// How a wait for released deployments ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Settled {
-    /// None of them is queued, running or rolling back any more.
-    Done,
-    /// Those still queued cannot start now, for this reason.
-    Stopped(String),
-    TimedOut,
 }
 
 impl Service {
@@ -294,17 +240,6 @@ impl Service {
             .into_iter()
             .map(|m| (m.id.clone(), m))
             .collect();
-        let previous_states: HashMap<String, DeploymentState> =
-            match self.config.previous_environment(&env.name) {
-                Some(prev) => self
-                    .store
-                    .states_in_environment(&mut conn, prev.name.as_str(), &ids)
-                    .await?
-                    .into_iter()
-                    .collect(),
-                None => HashMap::new(),
-            };
-        let frozen = domain::freeze::describe(&env.freeze_windows, self.clock.now());
         // One query for the approvals of the whole queue, however long it is.
         let open_ids: Vec<String> = open.iter().map(|d| d.id.clone()).collect();
         let mut approvals_by_deployment: HashMap<String, Vec<ApprovalRow>> = HashMap::new();
@@ -314,48 +249,15 @@ impl Service {
                 .or_default()
                 .push(approval);
         }
-        // And one for the dependencies of everything that could start.
-        let dependencies: Vec<String> = open
-            .iter()
-            .filter(|d| matches!(d.state, DeploymentState::Queued | DeploymentState::Approved))
-            .filter_map(|d| migrations.get(&d.migration_id))
-            .flat_map(|m| m.depends_on.iter().cloned())
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let dependency_states: HashMap<String, DeploymentState> = self
-            .store
-            .states_in_environment(&mut conn, env.name.as_str(), &dependencies)
-            .await?
-            .into_iter()
-            .collect();
-        let previous = self.config.previous_environment(&env.name);
-        // The worker's own planner: what status says is what the worker will do.
-        let entries: Vec<domain::queue::QueueEntry<'_>> = open
-            .iter()
-            .map(|d| domain::queue::QueueEntry {
-                migration_id: d.migration_id.as_str(),
-                state: d.state,
-                emergency: d.emergency_reason.is_some(),
-                dependencies: migrations
-                    .get(&d.migration_id)
-                    .map(|m| {
-                        m.depends_on
-                            .iter()
-                            .map(|dep| (dep.as_str(), dependency_states.get(dep).copied()))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-                previous_environment: previous.map(|p| {
-                    (
-                        p.name.as_str(),
-                        previous_states.get(&d.migration_id).copied(),
-                    )
-                }),
-            })
-            .collect();
-        let plan = domain::queue::plan(&entries, frozen.clone());
+        // The worker's own planner, fed by the one builder of its inputs: what status says is
+        // what the worker will do.
+        let inputs = self
+            .queue_inputs(&mut conn, env, &open, &migrations)
+            .await?;
+        let frozen = inputs.frozen.clone();
+        let plan = inputs.plan(&open, &migrations);
         let mut queue = Vec::new();
+        let mut blockers = Vec::new();
         for (d, planned) in open.iter().zip(plan) {
             let Some(m) = migrations.get(&d.migration_id) else {
                 continue;
@@ -370,8 +272,15 @@ impl Service {
                 ));
             }
             if view.blocked_by.is_none() && d.state == DeploymentState::Approved {
+                // With auto_apply on, an approved deployment that is not queued was put back
+                // by a restore or a reset (applied again only when someone asks).
+                let why = if env.auto_apply {
+                    "auto_apply applies new approvals only; this one was put back to approved by a restore or a reset"
+                } else {
+                    "auto_apply is off"
+                };
                 view.blocked_by = Some(format!(
-                    "approved; waits for `migrate {}` (auto_apply is off)",
+                    "approved; waits for `migrate {}` ({why})",
                     env.name
                 ));
             }
@@ -391,7 +300,10 @@ impl Service {
                 ));
             }
             queue.push(view);
+            blockers.push(planned.blocker);
         }
+        self.fill_needs(env, lock.as_ref(), &mut queue, &blockers)
+            .await?;
         self.attach_checks(&mut conn, &mut queue).await?;
         let last = self
             .store

@@ -54,7 +54,11 @@ impl Service {
                 &mut tx,
                 env,
                 &migration.id,
-                caller.name.as_str(),
+                Some((
+                    caller,
+                    &super::approvals::authors_of(&migration)?,
+                    "rejecting",
+                )),
                 &cause,
                 at,
             )
@@ -121,7 +125,7 @@ impl Service {
                 &mut tx,
                 env,
                 &migration.id,
-                caller.name.as_str(),
+                Some((caller, &authors, "cancelling")),
                 &cause,
                 at,
             )
@@ -146,10 +150,11 @@ impl Service {
         tx: &mut Tx,
         env: &EnvironmentConfig,
         migration_id: &str,
-        actor: &str,
+        by: Option<(&Caller, &[UserName], &str)>,
         cause: &str,
         at: i64,
     ) -> Result<Vec<DeploymentRow>> {
+        let actor = by.map_or("sluice", |(caller, _, _)| caller.name.as_str());
         let later: Vec<&EnvironmentConfig> = self
             .config
             .environments
@@ -167,10 +172,31 @@ impl Service {
             .deployments_of_migration(tx, migration_id)
             .await?
         {
-            if !later.iter().any(|e| e.name.as_str() == other.environment)
-                || other.state.on(DeploymentEvent::Cancel).is_err()
-            {
+            let Some(later_env) = later.iter().find(|e| e.name.as_str() == other.environment)
+            else {
                 continue;
+            };
+            if other.state.on(DeploymentEvent::Cancel).is_err() {
+                continue;
+            }
+            // Withdrawing is cancelling there too: a developer who may cancel (or reject)
+            // anything in development (it approves itself) may not reach production through
+            // it. An expiry is the daemon's own (no caller).
+            if let Some((caller, authors, doing)) = by {
+                domain::authz::may_change_own_or_operate(
+                    &caller.name,
+                    &caller.roles,
+                    authors,
+                    later_env.name.as_str(),
+                    later_env.auto_approve,
+                    "cancel",
+                )
+                .map_err(|e| {
+                    ServiceError::Forbidden(format!(
+                        "{doing} {migration_id} in {} withdraws it from {} too, where {e}",
+                        env.name, later_env.name
+                    ))
+                })?;
             }
             self.commit_change(
                 tx,
@@ -379,7 +405,7 @@ impl Service {
                         deadline.as_deref().unwrap_or("-")
                     );
                     let withdrawn = self
-                        .withdraw_from_later(&mut tx, env, &d.migration_id, "sluice", &cause, at)
+                        .withdraw_from_later(&mut tx, env, &d.migration_id, None, &cause, at)
                         .await?;
                     expired.push(d);
                     withdrawn_later.extend(withdrawn);

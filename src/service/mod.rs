@@ -14,27 +14,30 @@ pub mod events;
 mod lifecycle;
 pub mod notifications;
 mod queries;
+mod queue_inputs;
 mod reminders;
 mod restore;
 mod rollback_test;
 mod signals;
 mod submit;
 mod views;
+mod waits;
 
 pub use backups::BackupView;
 pub use baseline::BaselineResult;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use drift::{DriftView, RecordedDrift};
 pub use dry_run::{CheckView, DryRunView, RollbackTestView, database_name};
-pub use environments::Settled;
 pub use events::{EventBus, EventKind};
 pub use notifications::{ChannelView, Notice, NotificationView, TestResult};
 pub use queries::{newest_first, parse_time};
+pub use queue_inputs::QueueInputs;
 pub use reminders::ScheduledRound;
 pub use restore::RestoreResult;
 pub use signals::WorkerSignals;
 pub use submit::{AmendRequest, BatchItemError, BatchResult, SubmitRequest};
 pub use views::*;
+pub use waits::{RETRY_AFTER_SECONDS, Settled, WAIT_DEFAULT_SECONDS, WAIT_MAX_SECONDS, WaitPermit};
 
 // A helper of one use-case group that another group needs too.
 use approvals::approval_records;
@@ -70,6 +73,9 @@ pub enum ServiceError {
     Conflict(String),
     #[error("{0}")]
     Unavailable(String),
+    /// Too many callers hold what this call would hold (waits): try again later.
+    #[error("{0}")]
+    Busy(String),
     #[error(transparent)]
     Unexpected(#[from] anyhow::Error),
 }
@@ -116,6 +122,8 @@ pub struct Service {
     /// The users of users.yml: loaded at start, replaced by `reload_users` (SIGHUP or a change
     /// of the file) without a restart.
     users: Arc<std::sync::RwLock<Arc<Vec<crate::config::User>>>>,
+    /// One permit per REST `migrate?wait=true` waiting (`server.max_migrate_waiters`).
+    waiters: Arc<tokio::sync::Semaphore>,
 }
 
 pub fn millis(t: DateTime<Utc>) -> i64 {
@@ -159,7 +167,9 @@ pub fn check_script(
     // no-op: applied, it is recorded; as a down script it means "nothing to undo".
     let statements = lint::split_statements_for(sql, dialect)
         .map_err(|e| ServiceError::Invalid(format!("{field}: {e}")))?;
-    if let Some((line, problem)) = lint::transaction_control_problems(&statements)
+    // Transaction control, statements Sluice cannot run (COPY FROM STDIN, LOAD DATA LOCAL
+    // INFILE) and writes to its history table: the same check as `sluice validate`.
+    if let Some((line, problem)) = lint::script_problems(&statements, dialect)
         .into_iter()
         .next()
     {
@@ -315,12 +325,16 @@ impl Service {
     pub fn new(config: Arc<Config>, store: Store, clock: Arc<dyn Clock>) -> Service {
         let signals = Arc::new(WorkerSignals::new(&config));
         let users = Arc::new(std::sync::RwLock::new(Arc::new(config.users.clone())));
+        let waiters = Arc::new(tokio::sync::Semaphore::new(
+            config.settings.server.max_migrate_waiters.max(1),
+        ));
         Service {
             config,
             store,
             clock,
             signals,
             users,
+            waiters,
         }
     }
 

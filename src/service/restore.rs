@@ -228,9 +228,6 @@ impl Service {
                 d.migration_id, d.state, env.name
             )));
         }
-        if self.store.lock(&mut tx, env.name.as_str()).await?.is_some() {
-            return Ok(None);
-        }
         let what = match backup {
             Some(file) => format!(
                 "restore from {} in progress",
@@ -244,7 +241,11 @@ impl Service {
             reason: what.clone(),
             locked_at: at,
         };
-        self.store.insert_lock(&mut tx, &lock).await?;
+        // Conditional: a lock already there (or one taken at the same moment) is left as it
+        // was.
+        if !self.store.insert_lock(&mut tx, &lock).await? {
+            return Ok(None);
+        }
         let mut entry = audit(
             at,
             caller.name.as_str(),
@@ -259,6 +260,7 @@ impl Service {
         self.signals
             .lock_generation(env.name.as_str())
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.signals.lock_changed();
         Ok(Some(lock))
     }
 
@@ -266,11 +268,15 @@ impl Service {
     async fn release_lock(&self, env: &EnvironmentConfig, lock: &LockRow, why: &str) {
         let released = async {
             let mut tx = self.store.begin().await?;
-            let current = self.store.lock(&mut tx, env.name.as_str()).await?;
-            if current.as_ref() != Some(lock) {
+            // Only if it is still that lock, in one conditional delete.
+            if self
+                .store
+                .delete_lock(&mut tx, env.name.as_str(), Some(lock))
+                .await?
+                .is_none()
+            {
                 return Ok::<_, ServiceError>(());
             }
-            self.store.delete_lock(&mut tx, env.name.as_str()).await?;
             let mut entry = audit(
                 self.now(),
                 lock.locked_by.as_str(),
@@ -282,6 +288,7 @@ impl Service {
             entry.environment = Some(env.name.to_string());
             self.store.insert_audit(&mut tx, &entry).await?;
             tx.commit().await?;
+            self.signals.lock_changed();
             Ok(())
         };
         if let Err(e) = released.await {

@@ -24,6 +24,9 @@ pub struct WorkerSignals {
     pub fan_out: Arc<Notify>,
     /// Wakes the notifier when rows are written to the outbox.
     pub outbox: Arc<Notify>,
+    /// Bumped when an environment's lock is taken or removed through this daemon (such a change
+    /// carries no deployment event), for the waits.
+    lock_changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl WorkerSignals {
@@ -45,7 +48,18 @@ impl WorkerSignals {
             lock_waits: Mutex::default(),
             fan_out: Arc::new(Notify::new()),
             outbox: Arc::new(Notify::new()),
+            lock_changes: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Tells the waits that an environment was locked or unlocked.
+    pub fn lock_changed(&self) {
+        self.lock_changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Sees every later `lock_changed`.
+    pub fn lock_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.lock_changes.subscribe()
     }
 
     /// Notes that `environment`'s worker finished a round at `at` (ms).

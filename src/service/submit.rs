@@ -508,6 +508,14 @@ impl Service {
                     migration.id, d.environment, d.environment, migration.id
                 )));
             }
+            if d.state == DeploymentState::Applied {
+                // The amendment rolls the applied version back there: where the environment
+                // takes approvals, that is an operator's decision, not an author's alone.
+                let env = self.environment(&d.environment)?;
+                if !env.auto_approve {
+                    self.require_operator(caller, env, "roll back (to amend)")?;
+                }
+            }
             if d.state == DeploymentState::Applied
                 && migration
                     .down_sql

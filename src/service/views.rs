@@ -99,6 +99,12 @@ pub struct DeploymentView {
     /// Why a queued or approved deployment does not start yet (environment status only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub blocked_by: Option<String>,
+    /// Environment status only: set when nothing lets this deployment move on without someone
+    /// acting, saying who must do what (approvals by whom, a retry or cancel of the failed
+    /// deployment that halts the queue, an unlock, the end of a freeze window). Absent while it
+    /// moves on by itself. `migrate --wait` and REST `migrate?wait=true` end on it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub needs: Option<String>,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
     pub execution_ms: Option<i64>,
@@ -206,6 +212,7 @@ impl DeploymentView {
             emergency_reason: d.emergency_reason.clone(),
             error: d.error.clone(),
             blocked_by: None,
+            needs: None,
             started_at: d.started_at.map(format_millis),
             finished_at: d.finished_at.map(format_millis),
             execution_ms: d.execution_ms,

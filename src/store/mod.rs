@@ -975,20 +975,16 @@ impl Store {
         .bind(environment)
         .fetch_optional(conn)
         .await?;
-        row.map(|row| {
-            Ok(LockRow {
-                environment: row.try_get("environment")?,
-                locked_by: row.try_get("locked_by")?,
-                reason: row.try_get("reason")?,
-                locked_at: row.try_get("locked_at")?,
-            })
-        })
-        .transpose()
+        row.map(|row| lock_row(&row)).transpose()
     }
 
-    pub async fn insert_lock(&self, tx: &mut Tx, lock: &LockRow) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO environment_locks (environment, locked_by, reason, locked_at) VALUES ($1, $2, $3, $4)",
+    /// Locks an environment unless it is locked already: one conditional statement, so that of
+    /// two concurrent lock requests exactly one inserts (the other gets `false`, never a unique
+    /// violation).
+    pub async fn insert_lock(&self, tx: &mut Tx, lock: &LockRow) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO environment_locks (environment, locked_by, reason, locked_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (environment) DO NOTHING",
         )
         .bind(&lock.environment)
         .bind(&lock.locked_by)
@@ -996,15 +992,42 @@ impl Store {
         .bind(lock.locked_at)
         .execute(&mut **tx)
         .await?;
-        Ok(())
+        Ok(done.rows_affected() > 0)
     }
 
-    pub async fn delete_lock(&self, tx: &mut Tx, environment: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM environment_locks WHERE environment = $1")
-            .bind(environment)
-            .execute(&mut **tx)
-            .await?;
-        Ok(done.rows_affected() > 0)
+    /// Removes an environment's lock (only if it is still `expected`, when given) and returns
+    /// the lock removed: of two concurrent unlocks exactly one gets it back.
+    pub async fn delete_lock(
+        &self,
+        tx: &mut Tx,
+        environment: &str,
+        expected: Option<&LockRow>,
+    ) -> Result<Option<LockRow>, StoreError> {
+        let row = match expected {
+            None => {
+                sqlx::query(
+                    "DELETE FROM environment_locks WHERE environment = $1 \
+                     RETURNING environment, locked_by, reason, locked_at",
+                )
+                .bind(environment)
+                .fetch_optional(&mut **tx)
+                .await?
+            }
+            Some(lock) => {
+                sqlx::query(
+                    "DELETE FROM environment_locks WHERE environment = $1 AND locked_by = $2 \
+                     AND reason = $3 AND locked_at = $4 \
+                     RETURNING environment, locked_by, reason, locked_at",
+                )
+                .bind(environment)
+                .bind(&lock.locked_by)
+                .bind(&lock.reason)
+                .bind(lock.locked_at)
+                .fetch_optional(&mut **tx)
+                .await?
+            }
+        };
+        row.map(|row| lock_row(&row)).transpose()
     }
 
     /// Replaces an environment's reference schema (a drift found before stays recorded).
@@ -1367,4 +1390,23 @@ fn prepare_sqlite_path(url: &str) -> Result<(), StoreError> {
         })?;
     }
     Ok(())
+}
+
+fn lock_row(row: &AnyRow) -> Result<LockRow, StoreError> {
+    Ok(LockRow {
+        environment: row.try_get("environment")?,
+        locked_by: row.try_get("locked_by")?,
+        reason: row.try_get("reason")?,
+        locked_at: row.try_get("locked_at")?,
+    })
+}
+
+impl From<&LockRow> for crate::domain::lock::EnvironmentLock {
+    fn from(row: &LockRow) -> Self {
+        crate::domain::lock::EnvironmentLock {
+            locked_by: row.locked_by.clone(),
+            reason: row.reason.clone(),
+            locked_at: row.locked_at,
+        }
+    }
 }

@@ -134,8 +134,26 @@ pub enum TargetError {
         "another runner holds the migration lock on {url}; nothing was applied (it is released when that runner finishes)"
     )]
     Busy { url: String },
+    /// The target answered and refused something Sluice itself sent (its history write, the
+    /// end of a transaction): the session still works.
     #[error("target {url}: {message}")]
     Database { url: String, message: String },
+    /// The session ended or can no longer be used (the connection closed, the server ended the
+    /// session, the protocol went out of step). Whether the target is unreachable or the
+    /// script itself ended its session only a new connection tells (the worker tries one).
+    #[error("the session with target {url} ended: {message}")]
+    Session { url: String, message: String },
+}
+
+impl TargetError {
+    /// Whether the session ended or the target could not be reached (as opposed to a refusal
+    /// on a session that still works).
+    pub fn session_lost(&self) -> bool {
+        matches!(
+            self,
+            TargetError::Connect { .. } | TargetError::Session { .. }
+        )
+    }
 }
 
 /// What another migration tool's own history table on the target says is applied.
@@ -317,6 +335,18 @@ impl HistoryEntry {
         !self.success && self.error.as_deref() == Some(IN_PROGRESS)
     }
 
+    /// A script run statement by statement whose every statement is recorded as done, but
+    /// whose runner stopped before the row said so (a crash between the last statement and the
+    /// final history write): it is applied. Progress n of n is applied.
+    pub fn all_statements_done(&self) -> bool {
+        !self.success
+            && !self.transactional
+            && matches!(
+                (self.statements_done, self.statements_total),
+                (Some(done), Some(total)) if done >= total
+            )
+    }
+
     /// "interrupted after statement k of n", for status and the audit.
     pub fn describe_interruption(&self) -> String {
         let done = self.statements_done.unwrap_or(0);
@@ -453,6 +483,17 @@ impl TargetSession {
             TargetSession::Postgres(s) => s.rollback(script).await,
             TargetSession::Sqlite(s) => s.rollback(script).await,
             TargetSession::MySql(s) => s.rollback(script).await,
+        }
+    }
+
+    /// Marks as applied the history row of a script run statement by statement whose every
+    /// statement is recorded as done (`HistoryEntry::all_statements_done`).
+    pub async fn mark_complete(&mut self, migration_id: &str) -> Result<(), TargetError> {
+        use steps::StepDriver;
+        match self {
+            TargetSession::Postgres(s) => s.mark_complete(migration_id).await,
+            TargetSession::Sqlite(s) => s.mark_complete(migration_id).await,
+            TargetSession::MySql(s) => s.mark_complete(migration_id).await,
         }
     }
 

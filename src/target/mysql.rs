@@ -185,9 +185,16 @@ impl MySqlSession {
     }
 
     fn error(&self, e: sqlx::Error) -> TargetError {
-        TargetError::Database {
-            url: self.url.clone(),
-            message: e.to_string(),
+        match e {
+            sqlx::Error::Database(_) => TargetError::Database {
+                url: self.url.clone(),
+                message: e.to_string(),
+            },
+            // I/O, a protocol out of step, a closed connection: the session is gone.
+            other => TargetError::Session {
+                url: self.url.clone(),
+                message: other.to_string(),
+            },
         }
     }
 
@@ -538,12 +545,39 @@ impl MySqlSession {
         let execution_ms = started.elapsed().as_millis() as i64;
         match &failure {
             None => {
-                self.record(script, execution_ms, true, true, None, total, total)
-                    .await?;
-                self.exec("COMMIT".into()).await?;
+                let recorded = match self
+                    .record(script, execution_ms, true, true, None, total, total)
+                    .await
+                {
+                    Ok(()) => self.exec("COMMIT".into()).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = recorded {
+                    let _ = self.exec("ROLLBACK".into()).await;
+                    return Err(match e {
+                        TargetError::Database { url, message } => TargetError::Database {
+                            url,
+                            message: format!(
+                                "the script ran, but Sluice could not record it in sluice_schema_history ({message}); its transaction was rolled back"
+                            ),
+                        },
+                        other => other,
+                    });
+                }
             }
             Some(message) => {
-                self.exec("ROLLBACK".into()).await?;
+                if let Err(e) = self.exec("ROLLBACK".into()).await {
+                    return Err(match e {
+                        TargetError::Session {
+                            url,
+                            message: ended,
+                        } => TargetError::Session {
+                            url,
+                            message: format!("{message}\n  the session ended with it: {ended}"),
+                        },
+                        other => other,
+                    });
+                }
                 script.emit(
                     &mut log,
                     LogLine::info("rolled back: nothing of it is applied"),
@@ -833,6 +867,17 @@ impl super::steps::StepDriver for MySqlSession {
             .execute(&mut self.conn)
             .await
             .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    async fn mark_complete(&mut self, migration_id: &str) -> Result<(), TargetError> {
+        sqlx::query(
+            "UPDATE sluice_schema_history SET success = TRUE, error = NULL WHERE migration_id = ? AND NOT success AND statements_done IS NOT NULL AND statements_total IS NOT NULL AND statements_done >= statements_total",
+        )
+        .bind(migration_id)
+        .execute(&mut self.conn)
+        .await
+        .map_err(|e| self.error(e))?;
         Ok(())
     }
 }

@@ -246,9 +246,17 @@ impl PgSession {
     }
 
     fn error(&self, e: tokio_postgres::Error) -> TargetError {
-        TargetError::Database {
-            url: self.url.clone(),
-            message: pg_message(&e),
+        let message = pg_message(&e);
+        if session_ended(&e) {
+            TargetError::Session {
+                url: self.url.clone(),
+                message,
+            }
+        } else {
+            TargetError::Database {
+                url: self.url.clone(),
+                message,
+            }
         }
     }
 
@@ -602,14 +610,42 @@ impl PgSession {
                     ),
                     self.client.batch_execute("COMMIT")
                 );
-                recorded?;
-                committed.map_err(|e| self.error(e))?;
+                let ended = match (recorded, committed) {
+                    (Ok(()), Ok(())) => None,
+                    (Err(e), _) => Some(e),
+                    (Ok(()), Err(e)) => Some(self.error(e)),
+                };
+                if let Some(e) = ended {
+                    // Whatever the script did that made the history write fail (a dropped or
+                    // altered sluice_schema_history), none of it stays: the transaction goes.
+                    let _ = self.client.batch_execute("ROLLBACK").await;
+                    return Err(match e {
+                        TargetError::Database { url, message } => TargetError::Database {
+                            url,
+                            message: format!(
+                                "the script ran, but Sluice could not record it in {} ({message}); its transaction was rolled back, nothing of it is applied",
+                                self.history
+                            ),
+                        },
+                        other => other,
+                    });
+                }
             }
             Some(message) => {
-                self.client
-                    .batch_execute("ROLLBACK")
-                    .await
-                    .map_err(|e| self.error(e))?;
+                if let Err(e) = self.client.batch_execute("ROLLBACK").await {
+                    // The statement that failed took the session with it (it ended its own
+                    // backend, or left the protocol out of step): say which statement.
+                    return Err(match self.error(e) {
+                        TargetError::Session {
+                            url,
+                            message: ended,
+                        } => TargetError::Session {
+                            url,
+                            message: format!("{message}\n  the session ended with it: {ended}"),
+                        },
+                        other => other,
+                    });
+                }
                 script.emit(
                     &mut log,
                     LogLine::info("rolled back: nothing of it is applied"),
@@ -877,6 +913,20 @@ impl super::steps::StepDriver for PgSession {
         Ok(())
     }
 
+    async fn mark_complete(&mut self, migration_id: &str) -> Result<(), TargetError> {
+        self.client
+            .execute(
+                &format!(
+                    "UPDATE {} SET success = true, error = NULL WHERE migration_id = $1 AND NOT success AND statements_done IS NOT NULL AND statements_total IS NOT NULL AND statements_done >= statements_total",
+                    self.history
+                ),
+                &[&migration_id],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
     fn drain(&mut self, script: &Script<'_>, log: &mut LogBuffer) {
         self.drain_notices(script, log);
     }
@@ -1073,6 +1123,17 @@ pub(super) fn pg_program(
         command.env("PGDATABASE", dbname);
     }
     Ok(command)
+}
+
+/// Whether an error means the session is gone or unusable: the connection closed, an error
+/// that is not the server's answer to a statement (I/O, a message out of protocol), or a FATAL
+/// one (the server ends the session after it).
+fn session_ended(e: &tokio_postgres::Error) -> bool {
+    e.is_closed()
+        || match e.as_db_error() {
+            None => true,
+            Some(db) => matches!(db.severity(), "FATAL" | "PANIC"),
+        }
 }
 
 /// The server's message with its SQLSTATE, detail and hint.

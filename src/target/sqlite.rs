@@ -256,17 +256,35 @@ impl SqliteSession {
         let execution_ms = started.elapsed().as_millis() as i64;
         match &failure {
             None => {
-                self.record(
-                    script,
-                    execution_ms,
-                    true,
-                    true,
-                    None,
-                    Some(total),
-                    Some(total),
-                )
-                .await?;
-                self.exec("COMMIT").await?;
+                let recorded = match self
+                    .record(
+                        script,
+                        execution_ms,
+                        true,
+                        true,
+                        None,
+                        Some(total),
+                        Some(total),
+                    )
+                    .await
+                {
+                    Ok(()) => self.exec("COMMIT").await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = recorded {
+                    // Whatever the script did that made the history write fail (a dropped or
+                    // altered sluice_schema_history), none of it stays.
+                    let _ = self.exec("ROLLBACK").await;
+                    return Err(match e {
+                        TargetError::Database { url, message } => TargetError::Database {
+                            url,
+                            message: format!(
+                                "the script ran, but Sluice could not record it in sluice_schema_history ({message}); its transaction was rolled back, nothing of it is applied"
+                            ),
+                        },
+                        other => other,
+                    });
+                }
             }
             Some(message) => {
                 self.exec("ROLLBACK").await?;
@@ -620,6 +638,17 @@ impl super::steps::StepDriver for SqliteSession {
             .execute(&mut self.conn)
             .await
             .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    async fn mark_complete(&mut self, migration_id: &str) -> Result<(), TargetError> {
+        sqlx::query(
+            "UPDATE sluice_schema_history SET success = 1, error = NULL WHERE migration_id = $1 AND success = 0 AND statements_done IS NOT NULL AND statements_total IS NOT NULL AND statements_done >= statements_total",
+        )
+        .bind(migration_id)
+        .execute(&mut self.conn)
+        .await
+        .map_err(|e| self.error(e))?;
         Ok(())
     }
 }

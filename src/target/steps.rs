@@ -61,6 +61,9 @@ pub(super) trait StepDriver {
     ) -> Result<(), TargetError>;
     /// Removes the migration's history row: it is no longer applied.
     async fn remove_history(&mut self, migration_id: &str) -> Result<(), TargetError>;
+    /// Marks as applied a row whose every statement is recorded as done but whose runner
+    /// stopped before saying so (`HistoryEntry::all_statements_done`); nothing else.
+    async fn mark_complete(&mut self, migration_id: &str) -> Result<(), TargetError>;
 }
 
 /// Applies a script statement by statement through `driver`; see the module's documentation.

@@ -1,6 +1,7 @@
 //! The CLI's small edges found by trying it as a new user (issue 19): multi-line errors shown
 //! as lines, a closed pipe, an address without a scheme, swapped arguments, JSON errors with the
-//! API's code, JSON fields in REST's forms, and test-rollback's default environment.
+//! API's code, JSON fields in REST's forms, test-rollback's default environment, `new`'s flags,
+//! author and templates, `pending` after a cancel, and an emergency `migrate` naming its migration.
 
 use crate::cli::{ok, sluice};
 use crate::harness::{TestApp, migration, spawn_app};
@@ -227,4 +228,190 @@ async fn test_rollback_defaults_to_the_first_environment_not_applied() {
         "{}",
         run.stdout
     );
+}
+
+/// Issue 19: a migration cancelled in development is withdrawn from every later environment,
+/// so no approver is asked for it any more: `pending` lists it before the cancel and nowhere
+/// after.
+#[tokio::test]
+async fn pending_no_longer_lists_a_migration_cancelled_in_development() {
+    let app = crate::harness::spawn_app_with(crate::harness::AppOptions {
+        background_workers: false,
+        ..crate::harness::AppOptions::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let id = app
+        .submit(
+            "dev",
+            migration("withdrawn", "low", "CREATE TABLE withdrawn (id int);", None),
+        )
+        .await;
+    // Staging waits for data_ops, production for data_ops_lead and dba.
+    for approver in ["ops1", "lead", "dba"] {
+        let run = sluice(&app, Some(approver), dir.path(), &["pending"]).await;
+        ok(&run);
+        assert!(run.stdout.contains(&id), "{approver}: {}", run.stdout);
+    }
+    ok(&sluice(
+        &app,
+        Some("dev"),
+        dir.path(),
+        &["cancel", "development", &id, "not needed", "--yes"],
+    )
+    .await);
+    for approver in ["ops1", "lead", "dba"] {
+        let run = sluice(&app, Some(approver), dir.path(), &["pending"]).await;
+        ok(&run);
+        assert!(!run.stdout.contains(&id), "{approver}: {}", run.stdout);
+        let json = sluice(&app, Some(approver), dir.path(), &["pending", "-o", "json"]).await;
+        ok(&json);
+        assert_eq!(json.stdout.trim(), "[]", "{approver}");
+    }
+    app.stop().await;
+}
+
+/// Issue 19: `migrate ENV --force --emergency` overrode every deployment awaiting approval in
+/// the environment. Now it overrides the one `--migration` names; with several waiting and none
+/// named it refuses (exit 2) and prints the command for each, overriding nothing.
+#[tokio::test]
+async fn an_emergency_migrate_overrides_only_the_migration_it_names() {
+    let app = crate::harness::spawn_app_with(crate::harness::AppOptions {
+        background_workers: false,
+        ..crate::harness::AppOptions::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let urgent = app
+        .submit(
+            "dev",
+            migration("urgent", "low", "CREATE TABLE urgent (id int);", None),
+        )
+        .await;
+    let other = app
+        .submit(
+            "dev",
+            migration("other", "low", "CREATE TABLE other (id int);", None),
+        )
+        .await;
+    let forced = |extra: &'static [&'static str]| {
+        let mut args = vec![
+            "migrate",
+            "production",
+            "--force",
+            "--emergency",
+            "outage",
+            "--yes",
+        ];
+        args.extend_from_slice(extra);
+        args
+    };
+    let refused = sluice(&app, Some("lead"), dir.path(), &forced(&[])).await;
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    for id in [&urgent, &other] {
+        assert!(
+            refused.stderr.contains(&format!(
+                "sluice migrate production --force --emergency outage --migration {id}"
+            )),
+            "{}",
+            refused.stderr
+        );
+    }
+    for id in [&urgent, &other] {
+        let d = app.deployment(&format!("{id}@production")).await;
+        assert_eq!(d["state"], "awaiting_approval", "nothing overridden: {d}");
+    }
+    let args = [forced(&[]), vec!["--migration", urgent.as_str()]].concat();
+    let run = sluice(&app, Some("lead"), dir.path(), &args).await;
+    ok(&run);
+    let d = app.deployment(&format!("{urgent}@production")).await;
+    assert_eq!(d["emergency_reason"], "outage", "{d}");
+    assert_ne!(d["state"], "awaiting_approval", "{d}");
+    let d = app.deployment(&format!("{other}@production")).await;
+    assert_eq!(d["state"], "awaiting_approval", "not carried along: {d}");
+    assert!(d["emergency_reason"].is_null(), "{d}");
+    app.stop().await;
+}
+
+/// `sluice new` as a script runs it: no terminal, $USER set, a token only when given.
+async fn new_without_a_terminal(
+    app: &TestApp,
+    dir: &std::path::Path,
+    user: Option<&str>,
+    args: &[&str],
+) -> crate::cli::Run {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
+    command
+        .arg("new")
+        .args(args)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .env("USER", "from-user-variable")
+        .env(
+            "SLUICE_ADDR",
+            format!("http://{}", app.running.as_ref().unwrap().grpc_addr),
+        )
+        .env_remove("SLUICE_TOKEN")
+        .env_remove("SLUICE_CONTEXT");
+    if let Some(user) = user {
+        command.env("SLUICE_TOKEN", app.token(user));
+    }
+    let output = command.output().await.unwrap();
+    crate::cli::Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Issue 19: `new` reported one missing flag at a time, took the author from $USER even with a
+/// token, and wrote PostgreSQL-only templates for the SQLite targets of the shipped config.
+#[tokio::test]
+async fn new_names_every_missing_flag_and_follows_the_token_and_the_targets() {
+    let app = spawn_app().await; // PostgreSQL targets
+    let dir = tempfile::tempdir().unwrap();
+    // Every missing or invalid flag in one usage error; nothing written.
+    let refused = new_without_a_terminal(
+        &app,
+        dir.path(),
+        None,
+        &["--risk", "HUGE", "--duration", "soon"],
+    )
+    .await;
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    for flag in ["--description", "--ticket", "--risk", "--duration"] {
+        assert!(refused.stderr.contains(flag), "{flag}: {}", refused.stderr);
+    }
+    assert!(refused.stderr.contains("4 flags"), "{}", refused.stderr);
+    assert!(!dir.path().join("scripts").exists());
+
+    let created = |run: &crate::cli::Run| {
+        ok(run);
+        let script = run
+            .stdout
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("created "))
+            .unwrap();
+        std::fs::read_to_string(dir.path().join(script)).unwrap()
+    };
+    let flags = ["--description", "Add prefs", "--ticket", "T-1"];
+    // With a token: the author is the token's user, the template the targets' (PostgreSQL).
+    let run = new_without_a_terminal(&app, dir.path(), Some("dev"), &flags).await;
+    let text = created(&run);
+    assert!(text.contains("-- Author: dev\n"), "{text}");
+    assert!(text.contains("BIGSERIAL"), "{text}");
+    assert!(run.stdout.contains("postgres"), "{}", run.stdout);
+    // Offline (no token): $USER and SQLite, as the shipped environments.yml targets.
+    let run = new_without_a_terminal(&app, dir.path(), None, &flags).await;
+    let text = created(&run);
+    assert!(text.contains("-- Author: from-user-variable\n"), "{text}");
+    assert!(text.contains("id INTEGER PRIMARY KEY"), "{text}");
+    assert!(!text.contains("BIGSERIAL"), "{text}");
+    // --dialect and --author win over the daemon's answers.
+    let with = [&flags[..], &["--dialect", "mysql", "--author", "carol"]].concat();
+    let text = created(&new_without_a_terminal(&app, dir.path(), Some("dev"), &with).await);
+    assert!(text.contains("-- Author: carol\n"), "{text}");
+    assert!(text.contains("AUTO_INCREMENT"), "{text}");
+    app.stop().await;
 }

@@ -627,3 +627,44 @@ async fn an_amendment_voids_the_approvals_of_deployments_that_have_ended() {
     assert!(audit.to_string().contains("approvals_voided"), "{audit}");
     app.stop().await;
 }
+
+/// A developer may cancel anything in development (it approves itself), but the withdrawal
+/// from later environments is a cancel there too: someone else's migration is not withdrawn
+/// from production by a developer through development.
+#[tokio::test]
+async fn a_developer_cannot_withdraw_someone_elses_migration_from_production_through_development() {
+    let app = manual_app().await;
+    let id = app
+        .submit(
+            "dev",
+            migration("not yours", "low", "CREATE TABLE not_yours (id int);", None),
+        )
+        .await;
+    let (status, value) = app
+        .post(
+            "dev2",
+            &format!("/api/v1/deployments/{id}@development/cancel"),
+            json!({"reason": "mine now"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{value}");
+    assert!(
+        value.to_string().contains("withdraws it from staging too"),
+        "{value}"
+    );
+    for environment in ["development", "staging", "production"] {
+        let d = app.deployment(&format!("{id}@{environment}")).await;
+        assert_ne!(d["state"], "cancelled", "nothing changed: {d}");
+    }
+    // Its author may.
+    let (status, value) = app
+        .post(
+            "dev",
+            &format!("/api/v1/deployments/{id}@development/cancel"),
+            json!({"reason": "withdrawn by its author"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{value}");
+    assert_eq!(state(&app, &format!("{id}@production")).await, "cancelled");
+    app.stop().await;
+}

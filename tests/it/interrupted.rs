@@ -34,7 +34,7 @@ fn development_round_in_background(
 }
 
 /// Waits (bounded) until the target shows a statement containing `text` running.
-async fn wait_for_running_pg(client: &tokio_postgres::Client, text: &str) -> i32 {
+pub(crate) async fn wait_for_running_pg(client: &tokio_postgres::Client, text: &str) -> i32 {
     for _ in 0..400 {
         let row = client
             .query_opt(
@@ -185,6 +185,355 @@ async fn a_killed_mariadb_connection_halts_a_ddl_script_and_retry_resumes() {
         .get(0);
     assert_eq!(rows, 1);
     assert!(app.table_exists("development", "second_t").await);
+    app.stop().await;
+}
+
+/// What the target's history says of `migration_id` on MariaDB: (success, statements_done).
+async fn mariadb_history(
+    admin: &mut sqlx::mysql::MySqlConnection,
+    migration_id: &str,
+) -> (bool, i64) {
+    use sqlx::Row;
+    let row = sqlx::query(
+        "SELECT success, statements_done FROM sluice_schema_history WHERE migration_id = ?",
+    )
+    .bind(migration_id)
+    .fetch_one(admin)
+    .await
+    .unwrap();
+    (row.get::<bool, _>(0), row.get::<i64, _>(1))
+}
+
+/// MariaDB (issue 19, item 9): the daemon dies right after the last statement of a script run
+/// statement by statement, before the history row says applied. Simulated: a trigger holds the
+/// final history write, the worker's round is dropped and its connection killed, so the target
+/// records 2 of 2 statements done and the store still says running. The next round's reconcile
+/// marks it applied (and the history row with it). Before, it failed as "interrupted after
+/// statement 2 of 2 ... retry resumes at statement 3", halting the queue.
+#[tokio::test]
+async fn a_mariadb_script_cut_off_after_its_last_statement_is_applied() {
+    use sqlx::Row;
+    let app = spawn_app_with(AppOptions {
+        backend: Backend::MySqlTargets,
+        background_workers: false,
+        ..AppOptions::default()
+    })
+    .await;
+    // A first migration makes the history table.
+    let first = app
+        .submit(
+            "dev",
+            migration("first", "low", "CREATE TABLE before_t (id int);", None),
+        )
+        .await;
+    app.run_worker("development").await;
+    assert_eq!(
+        app.deployment(&format!("{first}@development")).await["state"],
+        "applied"
+    );
+    let mut admin = app.mysql_targets["development"].connect().await;
+    sqlx::raw_sql(
+        "CREATE TRIGGER hold_success BEFORE UPDATE ON sluice_schema_history FOR EACH ROW SET @held = IF(NEW.success, SLEEP(60), 0)",
+    )
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let id = app
+        .submit(
+            "dev",
+            migration(
+                "two ddl",
+                "low",
+                "CREATE TABLE one_t (id int);\nCREATE TABLE two_t (id int);\n",
+                None,
+            ),
+        )
+        .await;
+    let behind = app
+        .submit(
+            "dev",
+            migration("behind", "low", "CREATE TABLE behind_t (id int);", None),
+        )
+        .await;
+    let deployment = format!("{id}@development");
+    let worker = development_round_in_background(&app);
+    let mut held = None;
+    for _ in 0..400 {
+        let row = sqlx::query(
+            "SELECT id FROM information_schema.processlist WHERE state = 'User sleep' AND info LIKE 'SET @held%'",
+        )
+        .fetch_optional(&mut admin)
+        .await
+        .unwrap();
+        if let Some(row) = row {
+            held = Some(row.get::<i64, _>(0));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let held = held.expect("the final history write never started");
+    // The daemon dies: its round stops where it is, and its connection goes.
+    worker.abort();
+    let _ = worker.await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("KILL CONNECTION {held}")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    sqlx::raw_sql("DROP TRIGGER hold_success")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(app.deployment(&deployment).await["state"], "running");
+    assert_eq!(mariadb_history(&mut admin, &id).await, (false, 2));
+    assert!(app.table_exists("development", "two_t").await);
+
+    app.run_worker("development").await;
+    let d = app.deployment(&deployment).await;
+    assert_eq!(d["state"], "applied", "{d}");
+    assert_eq!(mariadb_history(&mut admin, &id).await, (true, 2));
+    // The queue behind it moves on.
+    app.run_worker("development").await;
+    let d = app.deployment(&format!("{behind}@development")).await;
+    assert_eq!(d["state"], "applied", "{d}");
+    app.stop().await;
+}
+
+/// What the target's history says of `migration_id` on PostgreSQL: (success, statements_done).
+async fn pg_history(client: &tokio_postgres::Client, migration_id: &str) -> (bool, i64) {
+    let row = client
+        .query_one(
+            "SELECT success, statements_done FROM sluice_schema_history WHERE migration_id = $1",
+            &[&migration_id],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+/// MariaDB, the same cut while the daemon lives: the worker's session is killed during the
+/// final history write, after the last statement. The worker looks with a new session, finds 2
+/// of 2 statements done, and the deployment is applied in that round (before, it failed as
+/// "interrupted: the target connection failed ...").
+#[tokio::test]
+async fn a_mariadb_session_killed_after_the_last_statement_leaves_it_applied() {
+    use sqlx::Row;
+    let app = spawn_app_with(AppOptions {
+        backend: Backend::MySqlTargets,
+        background_workers: false,
+        ..AppOptions::default()
+    })
+    .await;
+    let first = app
+        .submit(
+            "dev",
+            migration("first", "low", "CREATE TABLE before_t (id int);", None),
+        )
+        .await;
+    app.run_worker("development").await;
+    assert_eq!(
+        app.deployment(&format!("{first}@development")).await["state"],
+        "applied"
+    );
+    let mut admin = app.mysql_targets["development"].connect().await;
+    sqlx::raw_sql(
+        // Only the worker's own final write (it sets applied_at), not the one that marks the
+        // row complete afterwards.
+        "CREATE TRIGGER hold_success BEFORE UPDATE ON sluice_schema_history FOR EACH ROW SET @held = IF(NEW.success AND NEW.applied_at <> OLD.applied_at, SLEEP(60), 0)",
+    )
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let id = app
+        .submit(
+            "dev",
+            migration(
+                "two ddl",
+                "low",
+                "CREATE TABLE one_t (id int);\nCREATE TABLE two_t (id int);\n",
+                None,
+            ),
+        )
+        .await;
+    let deployment = format!("{id}@development");
+    let worker = development_round_in_background(&app);
+    let mut held = None;
+    for _ in 0..400 {
+        let row = sqlx::query(
+            "SELECT id FROM information_schema.processlist WHERE state = 'User sleep' AND info LIKE 'SET @held%'",
+        )
+        .fetch_optional(&mut admin)
+        .await
+        .unwrap();
+        if let Some(row) = row {
+            held = Some(row.get::<i64, _>(0));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let held = held.expect("the final history write never started");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("KILL CONNECTION {held}")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    worker
+        .await
+        .unwrap()
+        .expect("the round ends without an error");
+    sqlx::raw_sql("DROP TRIGGER hold_success")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let d = app.deployment(&deployment).await;
+    assert_eq!(d["state"], "applied", "{d}");
+    assert_eq!(mariadb_history(&mut admin, &id).await, (true, 2));
+    app.stop().await;
+}
+
+/// MariaDB: a deployment already failed although the target records every statement of it as
+/// done (here the final history write was refused, by a trigger the test then drops; a daemon
+/// before this fix left the same after a crash) is applied by the next round's reconcile: no
+/// retry needed, and the queue behind it moves. Before, it stayed failed as "interrupted after
+/// statement 2 of 2", halting the queue.
+#[tokio::test]
+async fn a_failed_mariadb_deployment_with_every_statement_done_is_reconciled_as_applied() {
+    let app = spawn_app_with(AppOptions {
+        backend: Backend::MySqlTargets,
+        background_workers: false,
+        ..AppOptions::default()
+    })
+    .await;
+    let first = app
+        .submit(
+            "dev",
+            migration("first", "low", "CREATE TABLE before_t (id int);", None),
+        )
+        .await;
+    app.run_worker("development").await;
+    assert_eq!(
+        app.deployment(&format!("{first}@development")).await["state"],
+        "applied"
+    );
+    let mut admin = app.mysql_targets["development"].connect().await;
+    sqlx::raw_sql(
+        "CREATE TRIGGER refuse_success BEFORE UPDATE ON sluice_schema_history FOR EACH ROW BEGIN IF NEW.success AND NEW.applied_at <> OLD.applied_at THEN SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'refused by the test'; END IF; END",
+    )
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let id = app
+        .submit(
+            "dev",
+            migration(
+                "two ddl",
+                "low",
+                "CREATE TABLE one_t (id int);\nCREATE TABLE two_t (id int);\n",
+                None,
+            ),
+        )
+        .await;
+    let behind = app
+        .submit(
+            "dev",
+            migration("behind", "low", "CREATE TABLE behind_t (id int);", None),
+        )
+        .await;
+    let deployment = format!("{id}@development");
+    app.run_worker("development").await;
+    let d = app.deployment(&deployment).await;
+    assert_eq!(d["state"], "failed", "{d}");
+    assert_eq!(mariadb_history(&mut admin, &id).await, (false, 2));
+    sqlx::raw_sql("DROP TRIGGER refuse_success")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+
+    app.run_worker("development").await;
+    let d = app.deployment(&deployment).await;
+    assert_eq!(d["state"], "applied", "{d}");
+    assert!(d["error"].is_null(), "{d}");
+    assert_eq!(mariadb_history(&mut admin, &id).await, (true, 2));
+    app.run_worker("development").await;
+    let d = app.deployment(&format!("{behind}@development")).await;
+    assert_eq!(d["state"], "applied", "{d}");
+    app.stop().await;
+}
+
+/// PostgreSQL, the same as above: a script with CREATE INDEX CONCURRENTLY, its final history
+/// write held by a trigger while the worker's round is dropped and its backend terminated.
+/// The target records 2 of 2 statements done: the next round marks it applied.
+#[tokio::test]
+async fn a_postgres_script_cut_off_after_its_last_statement_is_applied() {
+    let app = spawn_app_with(AppOptions {
+        background_workers: false,
+        ..AppOptions::default()
+    })
+    .await;
+    let target = app.targets["development"].client().await;
+    let first = app
+        .submit(
+            "dev",
+            migration("first", "low", "CREATE TABLE counter (n int);", None),
+        )
+        .await;
+    app.run_worker("development").await;
+    assert_eq!(
+        app.deployment(&format!("{first}@development")).await["state"],
+        "applied"
+    );
+    target
+        .batch_execute(
+            "CREATE FUNCTION hold_success() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN IF NEW.success THEN PERFORM pg_sleep(60); END IF; RETURN NEW; END $$;
+             CREATE TRIGGER hold_success BEFORE UPDATE ON sluice_schema_history FOR EACH ROW EXECUTE FUNCTION hold_success();",
+        )
+        .await
+        .unwrap();
+    let id = app
+        .submit(
+            "dev",
+            migration(
+                "index steps",
+                "low",
+                "INSERT INTO counter VALUES (1);\nCREATE INDEX CONCURRENTLY counter_n ON counter (n);\n",
+                None,
+            ),
+        )
+        .await;
+    let deployment = format!("{id}@development");
+    let worker = development_round_in_background(&app);
+    let mut held = None;
+    for _ in 0..400 {
+        let row = target
+            .query_opt(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event = 'PgSleep' AND query LIKE 'INSERT INTO%sluice_schema_history%'",
+                &[],
+            )
+            .await
+            .unwrap();
+        if let Some(row) = row {
+            held = Some(row.get::<_, i32>(0));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let held = held.expect("the final history write never started");
+    worker.abort();
+    let _ = worker.await;
+    target
+        .execute("SELECT pg_terminate_backend($1)", &[&held])
+        .await
+        .unwrap();
+    target
+        .batch_execute("DROP TRIGGER hold_success ON sluice_schema_history")
+        .await
+        .unwrap();
+    assert_eq!(app.deployment(&deployment).await["state"], "running");
+    assert_eq!(pg_history(&target, &id).await, (false, 2));
+
+    app.run_worker("development").await;
+    let d = app.deployment(&deployment).await;
+    assert_eq!(d["state"], "applied", "{d}");
+    assert_eq!(pg_history(&target, &id).await, (true, 2));
+    assert_eq!(counter_rows(&target).await, 1);
     app.stop().await;
 }
 

@@ -1550,3 +1550,73 @@ async fn a_failure_tells_the_channels_that_list_it_that_the_queue_is_halted() {
     assert!(!kinds.contains(&"queue_halted"), "{kinds:?}");
     app.stop().await;
 }
+
+/// Issue 19: `sluice notify test CHANNEL` reaches the channel it names and no other: with two
+/// webhooks and a Slack channel on one receiver (a path each), each test message arrives once,
+/// on its channel's path, shaped as that channel's type.
+#[tokio::test]
+async fn notify_test_reaches_the_named_channel_and_no_other() {
+    use crate::cli::{ok, sluice};
+    let http = Receiver::start().await;
+    let second_hook = "/hook-two";
+    let app = spawn_with(
+        format!(
+            "{FAST_DELIVERY}{}  audit2:\n    type: webhook\n    url: {}\n    secret: other-key\n",
+            channels(&http, None),
+            http.url(second_hook)
+        ),
+        AppOptions::default(),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let tests_on = |path: &str| {
+        http.requests()
+            .into_iter()
+            .filter(|r| r.header("x-sluice-event") == "test" && r.path == path)
+            .count()
+    };
+    let tests_in_all = || {
+        http.requests()
+            .into_iter()
+            .filter(|r| r.header("x-sluice-event") == "test")
+            .count()
+    };
+    for (channel, path, sent) in [
+        ("audit2", second_hook, 1),
+        ("chat", SLACK, 2),
+        ("audit", HOOK, 3),
+    ] {
+        let run = sluice(&app, Some("lead"), dir.path(), &["notify", "test", channel]).await;
+        ok(&run);
+        assert!(
+            run.stdout.contains(&format!("{channel}: delivered")),
+            "{}",
+            run.stdout
+        );
+        assert_eq!(tests_on(path), 1, "{channel} on {path}");
+        assert_eq!(
+            tests_in_all(),
+            sent,
+            "{channel}: only its own URL is called"
+        );
+    }
+    // Each arrived in its channel's shape: Slack's text, the webhook's signed event.
+    let slack = http
+        .requests()
+        .into_iter()
+        .find(|r| r.path == SLACK && r.header("x-sluice-event") == "test")
+        .unwrap();
+    assert!(slack.json["text"].is_string(), "{}", slack.json);
+    let hook = http
+        .requests()
+        .into_iter()
+        .find(|r| r.path == HOOK && r.header("x-sluice-event") == "test")
+        .unwrap();
+    assert_eq!(hook.json["kind"], "test", "{}", hook.json);
+    assert!(
+        hook.header("x-sluice-signature").starts_with("sha256="),
+        "{:?}",
+        hook.headers
+    );
+    app.stop().await;
+}

@@ -188,6 +188,19 @@ async fn a_backup_taken_before_a_destructive_migration_brings_the_data_back() {
     );
     let (_, status_view) = app.get("lead", "/api/v1/environments/staging").await;
     assert!(status_view["lock"].is_null(), "{status_view}");
+    // Staging applies automatically, yet this one waits: status says why (it said
+    // "auto_apply is off", which is false here).
+    let waiting = status_view["queue"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["migration_id"] == destructive.as_str())
+        .unwrap_or_else(|| panic!("{status_view}"));
+    let why = waiting["blocked_by"].as_str().unwrap();
+    assert!(
+        why.contains("migrate staging") && why.contains("put back to approved by a restore"),
+        "{why}"
+    );
     assert_eq!(app.run_worker("staging").await, Outcome::Idle);
     let (_, drift) = app.get("lead", "/api/v1/environments/staging/drift").await;
     assert_eq!(drift["drifted"], false, "{drift}");

@@ -1179,3 +1179,99 @@ async fn a_baseline_interrupted_between_its_two_writes_completes_when_asked_agai
     assert_eq!(rows, 1);
     app.stop().await;
 }
+
+/// Statements Sluice cannot run (COPY ... FROM STDIN, LOAD DATA LOCAL INFILE) and writes to its
+/// own history table are refused before they reach a worker: by `sluice validate` and at
+/// submission (REST and the CLI), naming the script, the line and why (issue 19, item 8; before,
+/// they were accepted, and the worker retried them every second as a target error).
+#[tokio::test]
+async fn scripts_sluice_cannot_run_or_that_write_its_history_are_refused_at_validate_and_submit() {
+    let app = spawn_app().await;
+    for (up_sql, line, why) in [
+        (
+            "CREATE TABLE loaded (n int);\nCOPY loaded FROM STDIN;\n",
+            2,
+            "\"COPY loaded FROM STDIN\" cannot run in a migration: COPY ... FROM STDIN reads its rows from the client",
+        ),
+        (
+            "-- tidy up\nDROP TABLE sluice_schema_history;\n",
+            2,
+            "\"DROP TABLE sluice_schema_history\" changes sluice_schema_history, Sluice's own record of what is applied",
+        ),
+        (
+            "CREATE TABLE t (n int);\n\nDELETE FROM public.sluice_schema_history\n  WHERE migration_id = 'x';\n",
+            3,
+            "changes sluice_schema_history",
+        ),
+    ] {
+        let (status, body) = app
+            .post(
+                "dev",
+                "/api/v1/migrations",
+                migration("refused", "low", up_sql, None),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{up_sql}: {body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(&format!("up_sql: line {line}: ")) && message.contains(why),
+            "{up_sql}: {body}"
+        );
+    }
+    // A rollback script is held to the same rule.
+    let (status, body) = app
+        .post(
+            "dev",
+            "/api/v1/migrations",
+            migration(
+                "refused down",
+                "low",
+                "CREATE TABLE t (n int);",
+                Some("DROP TABLE t;\nTRUNCATE sluice_schema_history;"),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body["error"]["message"].as_str().is_some_and(
+            |m| m.starts_with("down_sql: line 2: \"TRUNCATE sluice_schema_history\" changes")
+        ),
+        "{body}"
+    );
+
+    // `sluice validate`, offline, says the same of a file and of its rollback script.
+    let dir = std::env::temp_dir().join(format!("sluice-unrunnable-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("scripts")).unwrap();
+    std::fs::create_dir_all(dir.join("rollbacks")).unwrap();
+    let file = dir.join("scripts/001_20240101_000000_load.sql");
+    std::fs::write(
+        &file,
+        "-- Migration: 001_20240101_000000_load\n-- Type: DATA_MIGRATION\n-- Description: load rows\n-- Risk: LOW\n-- Estimated-Duration: 1m\n-- Ticket: T-1\nCREATE TABLE loaded (n int);\nCOPY loaded FROM STDIN;\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("rollbacks/001_20240101_000000_load_rollback.sql"),
+        "DROP TABLE loaded;\nDELETE FROM sluice_schema_history WHERE migration_id = '001_20240101_000000_load';\n",
+    )
+    .unwrap();
+    let run = crate::cli::sluice(&app, None, &dir, &["validate", file.to_str().unwrap()]).await;
+    assert_eq!(run.code, 1, "{} {}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains("001_20240101_000000_load.sql:8")
+            && run
+                .stdout
+                .contains("COPY ... FROM STDIN reads its rows from the client"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains("001_20240101_000000_load_rollback.sql:2")
+            && run.stdout.contains("changes sluice_schema_history"),
+        "{}",
+        run.stdout
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    app.stop().await;
+}

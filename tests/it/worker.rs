@@ -1284,3 +1284,313 @@ async fn old_backups_are_removed_beyond_the_retention() {
     assert_eq!(files, 2);
     app.stop().await;
 }
+
+/// The audit actions written about one deployment, oldest first.
+async fn audit_actions(app: &crate::harness::TestApp, deployment: &str) -> Vec<String> {
+    let (_, audit) = app.get("admin", "/api/v1/audit?limit=1000").await;
+    let mut actions: Vec<(i64, String)> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["deployment_id"] == deployment)
+        .map(|a| {
+            (
+                a["id"].as_i64().unwrap_or(0),
+                a["action"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    actions.sort();
+    actions.into_iter().map(|(_, action)| action).collect()
+}
+
+/// Issue 19, item 8: a script that ends its own session (pg_terminate_backend of its own
+/// backend) fails with its reason, naming the statement, and halts the queue like any failure.
+/// Before, the lost connection was taken for the target's: the deployment went back to the
+/// queue with no error, was tried again every second, and wrote a `requeued` record each time.
+#[tokio::test]
+async fn a_script_that_ends_its_own_session_fails_with_its_reason_and_halts_the_queue() {
+    let app = manual_app().await;
+    let suicide = app
+        .submit(
+            "dev",
+            migration(
+                "ends its session",
+                "low",
+                "CREATE TABLE before_end (id int);\nSELECT pg_terminate_backend(pg_backend_pid());\n",
+                None,
+            ),
+        )
+        .await;
+    let behind = app
+        .submit(
+            "dev",
+            migration("behind", "low", "CREATE TABLE behind_end (id int);", None),
+        )
+        .await;
+    let deployment = format!("{suicide}@development");
+    let outcome = app.run_worker("development").await;
+    assert_eq!(
+        outcome,
+        Outcome::Worked {
+            applied: 0,
+            rolled_back: 0,
+            failed: Some(deployment.clone())
+        }
+    );
+    let d = app.deployment(&deployment).await;
+    assert_eq!(d["state"], "failed", "{d}");
+    let error = d["error"].as_str().unwrap();
+    assert!(
+        error.contains("statement 2 (line 2)")
+            && error.contains("terminating connection due to administrator command"),
+        "{error}"
+    );
+    assert!(!app.table_exists("development", "before_end").await);
+    // The queue is halted by it, and nothing more is written about it.
+    for _ in 0..2 {
+        assert_eq!(app.run_worker("development").await, Outcome::Blocked);
+    }
+    assert_eq!(
+        app.deployment(&format!("{behind}@development")).await["state"],
+        "queued"
+    );
+    let (_, status) = app.get("dev", "/api/v1/environments/development").await;
+    assert!(status["target_error"].is_null(), "{status}");
+    assert_eq!(
+        audit_actions(&app, &deployment).await,
+        ["auto_approved", "queued", "started", "failed"],
+        "{deployment}"
+    );
+    app.stop().await;
+}
+
+/// A script that drops Sluice's history table where the checks cannot see it (dynamic SQL)
+/// fails with the reason: its transaction is rolled back, the table is still there, the queue
+/// halts. Before, the failed history write was taken for the target's error and retried every
+/// second for ever.
+#[tokio::test]
+async fn a_script_that_drops_the_history_table_fails_with_its_reason() {
+    let app = manual_app().await;
+    let id = app
+        .submit(
+            "dev",
+            migration(
+                "drops the history",
+                "low",
+                "CREATE TABLE before_drop (id int);\nDO $$ BEGIN EXECUTE 'DROP TABLE sluice_' || 'schema_history'; END $$;\n",
+                None,
+            ),
+        )
+        .await;
+    let deployment = format!("{id}@development");
+    let outcome = app.run_worker("development").await;
+    assert_eq!(
+        outcome,
+        Outcome::Worked {
+            applied: 0,
+            rolled_back: 0,
+            failed: Some(deployment.clone())
+        }
+    );
+    let d = app.deployment(&deployment).await;
+    assert_eq!(d["state"], "failed", "{d}");
+    let error = d["error"].as_str().unwrap();
+    assert!(
+        error.contains("sluice_schema_history") && error.contains("does not exist"),
+        "{error}"
+    );
+    assert!(!app.table_exists("development", "before_drop").await);
+    assert!(
+        app.table_exists("development", "sluice_schema_history")
+            .await
+    );
+    assert_eq!(app.run_worker("development").await, Outcome::Idle);
+    assert_eq!(
+        audit_actions(&app, &deployment).await,
+        ["auto_approved", "queued", "started", "failed"]
+    );
+    app.stop().await;
+}
+
+/// A plain TCP proxy to the local PostgreSQL that a test can cut: every connection through it
+/// ends and new ones are refused, as when a target becomes unreachable.
+struct CuttableProxy {
+    port: u16,
+    tasks: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl CuttableProxy {
+    async fn start() -> CuttableProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let tasks: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> =
+            Default::default();
+        let held = tasks.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let task = tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect("127.0.0.1:5432").await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                held.lock().unwrap().push(task);
+            }
+        });
+        CuttableProxy {
+            port,
+            tasks,
+            accept,
+        }
+    }
+
+    /// Ends every connection and refuses new ones.
+    fn cut(&self) {
+        self.accept.abort();
+        for task in self.tasks.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+/// Issue 19, item 8: the target becomes unreachable while a script runs. The deployment goes
+/// back to the queue with no error of its own (nothing of it committed), the round says the
+/// target is unavailable (so the worker backs off) and status shows the target error; further
+/// rounds while it stays unreachable write nothing. Once it is back, the script applies. Before,
+/// the round counted as work done: no target error, and the worker tried again every second.
+#[tokio::test]
+async fn a_target_lost_mid_apply_is_retried_later_and_shown_without_a_record_per_retry() {
+    let app = manual_app().await;
+    let id = app
+        .submit(
+            "dev",
+            migration(
+                "slow",
+                "low",
+                "CREATE TABLE after_cut (id int);\nSELECT pg_sleep(3);\n",
+                None,
+            ),
+        )
+        .await;
+    let deployment = format!("{id}@development");
+    let proxy = CuttableProxy::start().await;
+    let mut environment = app.config.environments[0].clone();
+    let url = environment
+        .url
+        .expose()
+        .replace(":5432/", &format!(":{}/", proxy.port));
+    assert_ne!(
+        url,
+        environment.url.expose(),
+        "the test expects port 5432 in {url}"
+    );
+    environment.url = sluice::config::Secret::new(url);
+    let worker = sluice::engine::Worker::new(
+        app.service().clone(),
+        environment,
+        tokio_util::sync::CancellationToken::new(),
+    );
+    let target = app.targets["development"].client().await;
+    let round = tokio::spawn(async move {
+        let outcome = worker.run_once().await;
+        (worker, outcome)
+    });
+    crate::interrupted::wait_for_running_pg(&target, "pg_sleep").await;
+    proxy.cut();
+    let (worker, outcome) = round.await.unwrap();
+    match outcome.unwrap() {
+        Outcome::TargetUnavailable(message) => assert!(!message.is_empty()),
+        other => panic!("expected the target to be unavailable, got {other:?}"),
+    }
+    let d = app.deployment(&deployment).await;
+    assert_eq!(d["state"], "queued", "{d}");
+    assert!(d["error"].is_null(), "{d}");
+    let (_, status) = app.get("dev", "/api/v1/environments/development").await;
+    assert!(status["target_error"].is_string(), "{status}");
+    let written = audit_actions(&app, &deployment).await;
+    assert_eq!(written, ["auto_approved", "queued", "started", "requeued"]);
+    // While it stays unreachable, rounds write nothing.
+    for _ in 0..3 {
+        assert!(matches!(
+            worker.run_once().await.unwrap(),
+            Outcome::TargetUnavailable(_)
+        ));
+    }
+    assert_eq!(audit_actions(&app, &deployment).await, written);
+    // The backend the cut left behind holds the runner lock until its sleep ends.
+    target
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() AND application_name LIKE 'sluice%'",
+            &[],
+        )
+        .await
+        .unwrap();
+    app.run_worker("development").await;
+    assert_eq!(app.deployment(&deployment).await["state"], "applied");
+    let (_, status) = app.get("dev", "/api/v1/environments/development").await;
+    assert!(status["target_error"].is_null(), "{status}");
+    app.stop().await;
+}
+
+/// SQLite: when Sluice's history write after a script fails (here a trigger the test puts on
+/// the history table refuses it), the script's transaction is rolled back at once: the
+/// deployment fails with the reason, and the schema Sluice keeps as the drift reference is the
+/// database's, not the uncommitted script's (before, the transaction stayed open until the
+/// round ended and the reference taken in it held the script's table: the next round found
+/// drift that never was).
+#[tokio::test]
+async fn a_refused_history_write_on_sqlite_rolls_the_script_back_before_anything_else() {
+    use sqlx::ConnectOptions;
+    let app = spawn_app_with(AppOptions {
+        backend: crate::harness::Backend::Sqlite,
+        background_workers: false,
+        ..AppOptions::default()
+    })
+    .await;
+    let first = app
+        .submit(
+            "dev",
+            migration("first", "low", "CREATE TABLE first_t (id int);", None),
+        )
+        .await;
+    app.run_worker("development").await;
+    assert_eq!(
+        app.deployment(&format!("{first}@development")).await["state"],
+        "applied"
+    );
+    let file = app.sqlite_dir.as_ref().unwrap().join("development.db");
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&file)
+        .connect()
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "CREATE TRIGGER refuse_success BEFORE INSERT ON sluice_schema_history WHEN NEW.success = 1 BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    drop(conn);
+    let id = app
+        .submit(
+            "dev",
+            migration("refused", "low", "CREATE TABLE never_t (id int);", None),
+        )
+        .await;
+    let deployment = format!("{id}@development");
+    app.run_worker("development").await;
+    let d = app.deployment(&deployment).await;
+    assert_eq!(d["state"], "failed", "{d}");
+    assert!(
+        d["error"].as_str().unwrap().contains("refused by the test"),
+        "{d}"
+    );
+    assert!(!app.table_exists("development", "never_t").await);
+    app.run_worker("development").await;
+    let (_, drift) = app
+        .get("dev", "/api/v1/environments/development/drift")
+        .await;
+    assert_eq!(drift["drifted"], false, "{drift}");
+    app.stop().await;
+}

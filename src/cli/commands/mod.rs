@@ -21,13 +21,24 @@ pub(super) async fn remote(
             backup,
             force: _,
             emergency,
+            migration,
         } => {
+            // The emergency override is given here, to the one deployment it is about, through
+            // the per-deployment override; `migrate` then releases what is approved as any
+            // release does (the plan was confirmed with the override).
+            let confirmed = match &emergency {
+                Some(reason) => {
+                    override_one(client, &environment, migration.as_deref(), reason, yes).await?;
+                    true
+                }
+                None => yes,
+            };
             let how = MigrateHow {
                 wait,
                 backup,
-                emergency,
+                emergency: None,
                 output,
-                yes,
+                yes: confirmed,
             };
             migrate(client, &environment, how).await
         }
@@ -1114,5 +1125,150 @@ fn command_name(command: &Command) -> &'static str {
         Command::Retry { .. } => "retry",
         Command::Cancel { .. } => "cancel",
         _ => "rollback",
+    }
+}
+
+/// The deployment `migrate ENV --force --emergency` overrides: the one of `migration`, or the
+/// only one awaiting approval in the environment. Several waiting and none named is a usage
+/// error listing them, with the command for each: one emergency never carries others along.
+fn emergency_target<'a>(
+    waiting: &'a [pb::Deployment],
+    environment: &str,
+    migration: Option<&str>,
+    reason: &str,
+) -> CliResult<&'a pb::Deployment> {
+    let command_for = |d: &pb::Deployment| {
+        format!(
+            "  sluice migrate {environment} --force --emergency {} --migration {}",
+            super::review::shell_word(reason),
+            d.migration_id
+        )
+    };
+    match migration {
+        Some(id) => waiting.iter().find(|d| d.migration_id == id).ok_or_else(|| {
+            let listed: Vec<&str> = waiting.iter().map(|d| d.migration_id.as_str()).collect();
+            Failure::operation(format!(
+                "{id} does not await approval in {environment}, so there is nothing to override (awaiting approval there: {})",
+                if listed.is_empty() {
+                    "none".to_owned()
+                } else {
+                    listed.join(", ")
+                }
+            ))
+        }),
+        None => match waiting {
+            [] => Err(Failure::operation(format!(
+                "nothing awaits approval in {environment}: an emergency override needs a deployment awaiting approval (release what is approved with `sluice migrate {environment}`)"
+            ))),
+            [only] => Ok(only),
+            several => {
+                let commands: Vec<String> = several.iter().map(command_for).collect();
+                Err(Failure::usage(format!(
+                    "{} migrations await approval in {environment}; an emergency overrides one: name it with --migration, one of:\n{}",
+                    several.len(),
+                    commands.join("\n")
+                )))
+            }
+        },
+    }
+}
+
+/// Overrides the approvals of one deployment awaiting approval in `environment` (the emergency
+/// `migrate --force` is about), after the environment's name is typed back.
+async fn override_one(
+    client: &mut Client,
+    environment: &str,
+    migration: Option<&str>,
+    reason: &str,
+    yes: bool,
+) -> CliResult {
+    let status = environment_status(client, environment).await?;
+    let target = emergency_target(&status.pending_approvals, environment, migration, reason)?;
+    let mut plan = format!(
+        "emergency override in {environment} ({reason}): this one is approved without its full set of approvals, your override recorded as an approval, a review owed afterwards:\n  {} (missing: {})",
+        target.id,
+        still_needed(target)
+    );
+    let approved: Vec<&pb::Deployment> = status
+        .queue
+        .iter()
+        .filter(|d| d.state == "approved")
+        .chain(std::iter::once(target))
+        .collect();
+    plan.push_str(&format!("\nthen apply to {environment}, in this order:"));
+    for d in approved {
+        plan.push_str(&format!(
+            "\n  {} ({} risk)",
+            d.migration_id, d.effective_risk
+        ));
+    }
+    confirm_typed(yes, &plan, environment)?;
+    let request = client.request(pb::DeploymentActionRequest {
+        deployment_id: target.id.clone(),
+        reason: reason.to_owned(),
+    })?;
+    client
+        .inner
+        .emergency_override(request)
+        .await
+        .map_err(|s| client.failed(s))?;
+    eprintln!(
+        "{}: emergency override ({reason}); a review is owed",
+        target.id
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiting(ids: &[&str]) -> Vec<pb::Deployment> {
+        ids.iter()
+            .map(|id| pb::Deployment {
+                id: format!("{id}@production"),
+                migration_id: (*id).to_owned(),
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_emergency_overrides_the_named_migration_or_the_only_one_waiting() {
+        let two = waiting(&["001_a", "002_b"]);
+        let target = emergency_target(&two, "production", Some("002_b"), "outage").unwrap();
+        assert_eq!(target.id, "002_b@production");
+        let one = waiting(&["001_a"]);
+        let target = emergency_target(&one, "production", None, "outage").unwrap();
+        assert_eq!(target.id, "001_a@production");
+    }
+
+    #[test]
+    fn several_waiting_and_none_named_is_a_usage_error_with_a_command_for_each() {
+        let two = waiting(&["001_a", "002_b"]);
+        let refused = emergency_target(&two, "production", None, "db on fire").unwrap_err();
+        assert_eq!(refused.code, 2);
+        for id in ["001_a", "002_b"] {
+            let command = format!(
+                "sluice migrate production --force --emergency 'db on fire' --migration {id}"
+            );
+            assert!(refused.message.contains(&command), "{}", refused.message);
+            // The command shown parses as given.
+            let words = shell_words::split(command.trim()).unwrap();
+            assert!(Cli::try_parse_from(&words).is_ok(), "{command}");
+        }
+        let absent = emergency_target(&two, "production", Some("003_c"), "x").unwrap_err();
+        assert_eq!(absent.code, 1);
+        assert!(
+            absent.message.contains("003_c does not await approval")
+                && absent.message.contains("001_a, 002_b"),
+            "{}",
+            absent.message
+        );
+        let none = emergency_target(&[], "production", None, "x").unwrap_err();
+        assert!(
+            none.message
+                .contains("nothing awaits approval in production")
+        );
     }
 }
