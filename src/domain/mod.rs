@@ -242,13 +242,8 @@ pub fn start_blocker(facts: &StartFacts<'_>) -> Option<Blocker> {
             state: Some(state),
         });
     }
-    if !facts.emergency
-        && let Some((window, until)) = &facts.frozen
-    {
-        return Some(Blocker::Frozen {
-            window: window.clone(),
-            until: until.clone(),
-        });
+    if let Some((window, until)) = freeze::stops(facts.frozen.clone(), facts.emergency) {
+        return Some(Blocker::Frozen { window, until });
     }
     if !facts.emergency
         && let Some((previous_env, state)) = facts.previous_environment

@@ -664,12 +664,14 @@ impl Worker {
                     stop_reason = Some("the daemon is shutting down");
                 } else if failed.is_some() {
                     stop_reason = Some("an earlier deployment failed");
-                } else if open[index].emergency_reason.is_none()
-                    && domain::freeze::frozen(
+                } else if domain::freeze::stops(
+                    domain::freeze::describe(
                         &self.environment.freeze_windows,
                         self.service.clock.now(),
-                    )
-                    .is_some()
+                    ),
+                    open[index].emergency_reason.is_some(),
+                )
+                .is_some()
                 {
                     stop_reason = Some("a freeze window began");
                 } else {
