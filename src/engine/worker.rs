@@ -9,7 +9,7 @@
 //! store, the next run reconciles from it.
 
 use crate::config::EnvironmentConfig;
-use crate::domain::{self, DeploymentEvent, DeploymentState};
+use crate::domain::{self, DeploymentEvent, DeploymentState, LastAction};
 use crate::service::notifications::events_column;
 use crate::service::{LogView, Service, ServiceError, check_script, format_millis, millis};
 use crate::store::{AuditRow, DeploymentRow, LogRow, MigrationRow};
@@ -277,7 +277,7 @@ impl Worker {
             // daemon before this rule) is applied too: nothing is left to run.
             let completed_here = (d.state == DeploymentState::Running
                 || (d.state == DeploymentState::Failed
-                    && d.last_action.as_deref() == Some("apply")))
+                    && d.last_action == Some(LastAction::Apply)))
                 && entry.is_some_and(|e| e.all_statements_done() && e.checksum == m.checksum);
             match d.state {
                 DeploymentState::Running | DeploymentState::Queued | DeploymentState::Failed
@@ -295,7 +295,7 @@ impl Worker {
                     d.state = d.state.on(DeploymentEvent::Succeed)?;
                     d.error = None;
                     d.transactional = entry.map(|e| e.transactional).or(d.transactional);
-                    d.last_action = Some("apply".into());
+                    d.last_action = Some(LastAction::Apply);
                     d.finished_at = Some(self.now());
                     d.updated_at = self.now();
                     let audit = self.audit(
@@ -323,7 +323,7 @@ impl Worker {
                     let entry = entry.expect("checked above");
                     d.state = d.state.on(DeploymentEvent::Fail)?;
                     d.transactional = Some(false);
-                    d.last_action = Some("apply".into());
+                    d.last_action = Some(LastAction::Apply);
                     d.finished_at = Some(self.now());
                     d.updated_at = self.now();
                     d.error = Some(if entry.interrupted() {
@@ -369,7 +369,7 @@ impl Worker {
                         d.migration_id,
                         entry.map(|e| e.checksum.as_str()).unwrap_or("")
                     ));
-                    d.last_action = Some("apply".into());
+                    d.last_action = Some(LastAction::Apply);
                     d.updated_at = self.now();
                     let audit = self.audit(d, "failed", serde_json::json!({"error": d.error}));
                     reconciled.push((index, audit));
@@ -507,7 +507,7 @@ impl Worker {
             };
             d.finished_at = Some(self.now());
             d.updated_at = self.now();
-            d.last_action = Some("rollback".into());
+            d.last_action = Some(LastAction::Rollback);
             let audit = match &error {
                 None => {
                     d.state = d.state.on(DeploymentEvent::RollbackSucceeded)?;
@@ -752,7 +752,7 @@ impl Worker {
                 Err(e) => {
                     d.state = d.state.on(DeploymentEvent::Fail)?;
                     d.error = Some(e.to_string());
-                    d.last_action = Some("apply".into());
+                    d.last_action = Some(LastAction::Apply);
                     d.finished_at = Some(self.now());
                     failed = Some(d.id.clone());
                     let audit = self.audit(d, "failed", serde_json::json!({"error": d.error}));
@@ -799,7 +799,7 @@ impl Worker {
                             d.state = d.state.on(DeploymentEvent::Succeed)?;
                             d.error = None;
                             d.transactional = Some(!in_steps);
-                            d.last_action = Some("apply".into());
+                            d.last_action = Some(LastAction::Apply);
                             d.finished_at = Some(self.now());
                             d.updated_at = self.now();
                             applied += 1;
@@ -813,7 +813,7 @@ impl Worker {
                         AfterError::Failed(message) => {
                             d.state = d.state.on(DeploymentEvent::Fail)?;
                             d.transactional = Some(!in_steps);
-                            d.last_action = Some("apply".into());
+                            d.last_action = Some(LastAction::Apply);
                             d.finished_at = Some(self.now());
                             d.updated_at = self.now();
                             d.error = Some(message);
@@ -858,7 +858,7 @@ impl Worker {
             d.transactional = Some(report.transactional);
             d.finished_at = Some(self.now());
             d.updated_at = self.now();
-            d.last_action = Some("apply".into());
+            d.last_action = Some(LastAction::Apply);
             let audit = match &report.error {
                 None => {
                     d.state = d.state.on(DeploymentEvent::Succeed)?;

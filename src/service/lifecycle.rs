@@ -184,7 +184,9 @@ impl Service {
                 )
                 .await?
             }
-            DeploymentState::Failed if deployment.last_action.as_deref() == Some("rollback") => {
+            DeploymentState::Failed
+                if deployment.last_action == Some(domain::LastAction::Rollback) =>
+            {
                 return Err(ServiceError::Conflict(format!(
                     "deployment {deployment_id} failed while rolling back; request the rollback again (sluice rollback {} {}) or cancel it",
                     deployment.environment, deployment.migration_id
@@ -261,9 +263,10 @@ impl Service {
         if let Some(other) = failed.iter().find(|d| {
             d.id != deployment.id
                 && d.seq > deployment.seq
-                && (d.last_action.as_deref() == Some("rollback") || partly_applied(d).is_some())
+                && (d.last_action == Some(domain::LastAction::Rollback)
+                    || partly_applied(d).is_some())
         }) {
-            let what = if other.last_action.as_deref() == Some("rollback") {
+            let what = if other.last_action == Some(domain::LastAction::Rollback) {
                 "its rollback failed"
             } else {
                 "it stopped part-way"

@@ -8,7 +8,7 @@ mod notifications;
 
 pub use notifications::{ChannelStats, DeliveryRecord, DeliveryResult, OutboxRow, ReviewRow};
 
-use crate::domain::DeploymentState;
+use crate::domain::{DeploymentState, LastAction};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Connection, Row};
 use std::str::FromStr;
@@ -194,7 +194,8 @@ pub struct DeploymentRow {
     pub emergency_reason: Option<String>,
     pub deadline_at: Option<i64>,
     pub error: Option<String>,
-    pub last_action: Option<String>,
+    /// What the worker last ran for it on its target (None before the first run).
+    pub last_action: Option<LastAction>,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
     pub execution_ms: Option<i64>,
@@ -313,6 +314,7 @@ fn deployment_from_row(row: &AnyRow) -> Result<DeploymentRow, StoreError> {
     let state: String = row.try_get("state")?;
     let transactional: Option<i64> = row.try_get("transactional")?;
     let out_of_order: i64 = row.try_get("out_of_order")?;
+    let last_action: Option<String> = row.try_get("last_action")?;
     Ok(DeploymentRow {
         id: row.try_get("id")?,
         migration_id: row.try_get("migration_id")?,
@@ -323,7 +325,11 @@ fn deployment_from_row(row: &AnyRow) -> Result<DeploymentRow, StoreError> {
         emergency_reason: row.try_get("emergency_reason")?,
         deadline_at: row.try_get("deadline_at")?,
         error: row.try_get("error")?,
-        last_action: row.try_get("last_action")?,
+        last_action: last_action
+            .as_deref()
+            .map(LastAction::from_str)
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("deployments.last_action: {e}")))?,
         started_at: row.try_get("started_at")?,
         finished_at: row.try_get("finished_at")?,
         execution_ms: row.try_get("execution_ms")?,
@@ -654,7 +660,7 @@ impl Store {
         .bind(&d.emergency_reason)
         .bind(d.deadline_at)
         .bind(&d.error)
-        .bind(&d.last_action)
+        .bind(d.last_action.map(LastAction::as_str))
         .bind(d.started_at)
         .bind(d.finished_at)
         .bind(d.execution_ms)
@@ -686,7 +692,7 @@ impl Store {
         .bind(&d.emergency_reason)
         .bind(d.deadline_at)
         .bind(&d.error)
-        .bind(&d.last_action)
+        .bind(d.last_action.map(LastAction::as_str))
         .bind(d.started_at)
         .bind(d.finished_at)
         .bind(d.execution_ms)
@@ -1367,4 +1373,52 @@ fn prepare_sqlite_path(url: &str) -> Result<(), StoreError> {
         })?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store in memory holding one migration and one deployment of it (failed, as left by a
+    /// statement-by-statement apply), written with raw SQL so that a test can store what the
+    /// daemon never would.
+    async fn store_with_deployment(last_action: &str) -> Store {
+        let store = Store::connect("sqlite::memory:", 1).await.expect("store");
+        let mut conn = store.conn().await.expect("connection");
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "INSERT INTO migrations (id, seq, kind, description, declared_risk, effective_risk, findings, author, ticket, estimated_duration, up_sql, depends_on, checksum, submitted_at, updated_at) \
+             VALUES ('m1', 1, 'schema', 'd', 'low', 'low', '[]', 'dev', '', '', 'SELECT 1;', '[]', 'c', 0, 0); \
+             INSERT INTO deployments (id, migration_id, seq, environment, state, effective_risk, error, last_action, transactional, created_at, updated_at) \
+             VALUES ('m1@dev', 'm1', 1, 'dev', 'failed', 'low', 'boom', '{last_action}', 0, 0, 0);"
+        )))
+        .execute(&mut *conn)
+        .await
+        .expect("rows");
+        drop(conn);
+        store
+    }
+
+    #[tokio::test]
+    async fn last_action_is_decoded_into_its_enum() {
+        let store = store_with_deployment("rollback").await;
+        let mut conn = store.conn().await.expect("connection");
+        let d = store.deployment(&mut conn, "m1@dev", false).await;
+        assert_eq!(
+            d.expect("readable").expect("present").last_action,
+            Some(LastAction::Rollback)
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unknown_last_action_is_a_corrupt_row_not_none() {
+        let store = store_with_deployment("rolled_back").await;
+        let mut conn = store.conn().await.expect("connection");
+        match store.deployment(&mut conn, "m1@dev", false).await {
+            Err(StoreError::Corrupt(message)) => {
+                assert!(message.contains("deployments.last_action"), "{message}");
+                assert!(message.contains("rolled_back"), "{message}");
+            }
+            other => panic!("expected a corrupt row, got {other:?}"),
+        }
+    }
 }
