@@ -296,6 +296,7 @@ impl Worker {
                     d.error = None;
                     d.transactional = entry.map(|e| e.transactional).or(d.transactional);
                     d.last_action = Some(LastAction::Apply);
+                    d.applied_statements = None;
                     d.finished_at = Some(self.now());
                     d.updated_at = self.now();
                     let audit = self.audit(
@@ -324,6 +325,7 @@ impl Worker {
                     d.state = d.state.on(DeploymentEvent::Fail)?;
                     d.transactional = Some(false);
                     d.last_action = Some(LastAction::Apply);
+                    d.applied_statements = Some(entry.applied_statements());
                     d.finished_at = Some(self.now());
                     d.updated_at = self.now();
                     d.error = Some(if entry.interrupted() {
@@ -370,6 +372,7 @@ impl Worker {
                         entry.map(|e| e.checksum.as_str()).unwrap_or("")
                     ));
                     d.last_action = Some(LastAction::Apply);
+                    d.applied_statements = None;
                     d.updated_at = self.now();
                     let audit = self.audit(d, "failed", serde_json::json!({"error": d.error}));
                     reconciled.push((index, audit));
@@ -508,6 +511,8 @@ impl Worker {
             d.finished_at = Some(self.now());
             d.updated_at = self.now();
             d.last_action = Some(LastAction::Rollback);
+            // Whatever the rollback left, it is not part of an apply that stopped part-way.
+            d.applied_statements = None;
             let audit = match &error {
                 None => {
                     d.state = d.state.on(DeploymentEvent::RollbackSucceeded)?;
@@ -753,6 +758,7 @@ impl Worker {
                     d.state = d.state.on(DeploymentEvent::Fail)?;
                     d.error = Some(e.to_string());
                     d.last_action = Some(LastAction::Apply);
+                    d.applied_statements = None;
                     d.finished_at = Some(self.now());
                     failed = Some(d.id.clone());
                     let audit = self.audit(d, "failed", serde_json::json!({"error": d.error}));
@@ -800,6 +806,7 @@ impl Worker {
                             d.error = None;
                             d.transactional = Some(!in_steps);
                             d.last_action = Some(LastAction::Apply);
+                            d.applied_statements = None;
                             d.finished_at = Some(self.now());
                             d.updated_at = self.now();
                             applied += 1;
@@ -814,6 +821,7 @@ impl Worker {
                             d.state = d.state.on(DeploymentEvent::Fail)?;
                             d.transactional = Some(!in_steps);
                             d.last_action = Some(LastAction::Apply);
+                            d.applied_statements = None;
                             d.finished_at = Some(self.now());
                             d.updated_at = self.now();
                             d.error = Some(message);
@@ -859,6 +867,7 @@ impl Worker {
             d.finished_at = Some(self.now());
             d.updated_at = self.now();
             d.last_action = Some(LastAction::Apply);
+            d.applied_statements = report.statements_applied;
             let audit = match &report.error {
                 None => {
                     d.state = d.state.on(DeploymentEvent::Succeed)?;

@@ -353,7 +353,8 @@ impl Service {
 }
 
 /// How many statements of a deployment that ran statement by statement and stopped part-way
-/// are applied (failed or cancelled since), as its error says; None when none is.
+/// are applied (failed or cancelled since), as the worker recorded with its error
+/// (`DeploymentRow::applied_statements`); None when none is.
 pub(super) fn partly_applied(d: &DeploymentRow) -> Option<i64> {
     if d.transactional != Some(false)
         || !matches!(
@@ -363,20 +364,5 @@ pub(super) fn partly_applied(d: &DeploymentRow) -> Option<i64> {
     {
         return None;
     }
-    let error = d.error.as_deref()?;
-    let number = |rest: &str| -> Option<i64> {
-        rest.chars()
-            .take_while(char::is_ascii_digit)
-            .collect::<String>()
-            .parse()
-            .ok()
-    };
-    let done = if let Some(rest) = error.strip_prefix("interrupted after statement ") {
-        number(rest)?
-    } else if let Some(rest) = error.strip_prefix("statement ") {
-        number(rest)? - 1
-    } else {
-        return None;
-    };
-    (done > 0).then_some(done)
+    d.applied_statements.filter(|&done| done > 0)
 }

@@ -336,6 +336,7 @@ impl Service {
                 out_of_order: false,
                 trace_context: crate::telemetry::traces::current_traceparent(),
                 undo_sql: None,
+                applied_statements: None,
             });
         }
         // One "submitted" for the migration, then an approval request per environment that
