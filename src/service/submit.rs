@@ -868,7 +868,7 @@ impl Service {
                 .iter()
                 .map(|d| self.deployment_view(d, &done.migration, &[]))
                 .collect::<Result<Vec<_>>>()?;
-            created.push(MigrationView::new(done.migration, views));
+            created.push(MigrationView::new(done.migration, views)?);
         }
         Ok(Ok(BatchResult { created, unchanged }))
     }
