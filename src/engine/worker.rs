@@ -45,8 +45,10 @@ pub enum Outcome {
 enum AfterError {
     /// The target records it as applied after all (how we know).
     Applied(&'static str),
-    /// The script's failure, with its reason.
-    Failed(String),
+    /// The script's failure, with its reason, and for a script run statement by statement
+    /// how many of its statements the target's history records as applied, when it could be
+    /// read.
+    Failed(String, Option<i64>),
     /// The target cannot be reached: try again later.
     Unreachable(String),
 }
@@ -817,11 +819,11 @@ impl Worker {
                             );
                             send(sender, d.clone(), Vec::new(), vec![audit]).await?;
                         }
-                        AfterError::Failed(message) => {
+                        AfterError::Failed(message, applied_statements) => {
                             d.state = d.state.on(DeploymentEvent::Fail)?;
                             d.transactional = Some(!in_steps);
                             d.last_action = Some(LastAction::Apply);
-                            d.applied_statements = None;
+                            d.applied_statements = applied_statements;
                             d.finished_at = Some(self.now());
                             d.updated_at = self.now();
                             d.error = Some(message);
@@ -929,17 +931,20 @@ impl Worker {
             )
         };
         if !error.session_lost() {
-            return AfterError::Failed(if in_steps {
-                interrupted(&error)
-            } else {
-                format!("{error}")
-            });
+            return AfterError::Failed(
+                if in_steps {
+                    interrupted(&error)
+                } else {
+                    format!("{error}")
+                },
+                None,
+            );
         }
         let fresh = match target::open(&self.settings(), &self.owner).await {
             Ok(fresh) => fresh,
             Err(reopen) => {
                 return if in_steps {
-                    AfterError::Failed(interrupted(&error))
+                    AfterError::Failed(interrupted(&error), None)
                 } else {
                     AfterError::Unreachable(format!("{error}; reconnecting: {reopen}"))
                 };
@@ -950,7 +955,7 @@ impl Worker {
             Ok(history) => history.get(&m.id).cloned(),
             Err(e) => {
                 return if in_steps {
-                    AfterError::Failed(interrupted(&error))
+                    AfterError::Failed(interrupted(&error), None)
                 } else {
                     AfterError::Unreachable(format!("{error}; reading its history: {e}"))
                 };
@@ -969,13 +974,20 @@ impl Worker {
                 "the session ended after the script's last statement; the target's sluice_schema_history records every statement as done",
             );
         }
-        AfterError::Failed(if in_steps {
-            interrupted(&error)
-        } else {
-            format!(
-                "{error}\n  the target is reachable, so the script is taken as the cause (a statement that ends its own session, or that Sluice cannot run); its transaction never committed, nothing of it is applied"
+        if in_steps {
+            // The fresh session read the history: the count of statements applied is known.
+            AfterError::Failed(
+                interrupted(&error),
+                ours.map(target::HistoryEntry::applied_statements),
             )
-        })
+        } else {
+            AfterError::Failed(
+                format!(
+                    "{error}\n  the target is reachable, so the script is taken as the cause (a statement that ends its own session, or that Sluice cannot run); its transaction never committed, nothing of it is applied"
+                ),
+                None,
+            )
+        }
     }
 
     /// Takes the backup the environment asks for before it changes: the file's path, or `None`
