@@ -15,7 +15,9 @@ pub mod text;
 
 pub use ids::{EnvironmentName, MigrationId, UserName, slugify, version_parts};
 pub use policy::{ApprovalPolicy, ApprovalRecord, ApprovalRequest, PolicyProgress, check_approval};
-pub use state::{DeploymentEvent, DeploymentState, Effect, InvalidTransition, Transition, WayOnBy};
+pub use state::{
+    DeploymentEvent, DeploymentState, Effect, InvalidTransition, LastAction, Transition, WayOnBy,
+};
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
