@@ -4,6 +4,7 @@
 
 use crate::auth::Caller;
 use crate::domain::{DeploymentState, Role};
+use crate::lint;
 use crate::service::{
     self, AuditView, DeploymentView, EnvironmentStatus, EventKind, MigrationSummary, MigrationView,
     Service, ServiceError,
@@ -241,26 +242,21 @@ fn deployment(v: DeploymentView) -> pb::Deployment {
     }
 }
 
+fn finding(f: lint::Finding) -> pb::Finding {
+    pb::Finding {
+        line: i64::try_from(f.line).unwrap_or(i64::MAX),
+        risk: f.risk.as_str().into(),
+        message: f.message,
+        rule: f.rule,
+        column: i64::try_from(f.column).unwrap_or(i64::MAX),
+        fix: f.fix.unwrap_or_default(),
+        script: f.script.unwrap_or_default(),
+        ignored: f.ignored.unwrap_or_default(),
+    }
+}
+
 fn migration(v: MigrationView) -> pb::Migration {
-    let findings = v
-        .findings
-        .as_array()
-        .map(|items| {
-            items
-                .iter()
-                .map(|f| pb::Finding {
-                    line: f["line"].as_i64().unwrap_or(0),
-                    risk: f["risk"].as_str().unwrap_or("").into(),
-                    message: f["message"].as_str().unwrap_or("").into(),
-                    rule: f["rule"].as_str().unwrap_or("").into(),
-                    column: f["column"].as_i64().unwrap_or(0),
-                    fix: f["fix"].as_str().unwrap_or("").into(),
-                    script: f["script"].as_str().unwrap_or("").into(),
-                    ignored: f["ignored"].as_str().unwrap_or("").into(),
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let findings = v.findings.into_iter().map(finding).collect();
     pb::Migration {
         id: v.id,
         kind: v.kind,

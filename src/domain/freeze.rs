@@ -156,9 +156,24 @@ pub fn describe(windows: &[FreezeWindow], now: DateTime<Utc>) -> Option<(String,
     })
 }
 
+/// The one freeze rule: a freeze window in force (`in_force`, as `describe` gives it) stops
+/// every deployment from starting, except an emergency override. The planner, `migrate` and
+/// the worker between two migrations all ask it.
+pub fn stops(in_force: Option<(String, String)>, emergency: bool) -> Option<(String, String)> {
+    in_force.filter(|_| !emergency)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_freeze_stops_all_but_an_emergency() {
+        let window = Some(("weekend".to_owned(), "2026-12-07T00:00:00Z".to_owned()));
+        assert_eq!(stops(window.clone(), false), window);
+        assert_eq!(stops(window, true), None);
+        assert_eq!(stops(None, false), None);
+    }
 
     fn at(text: &str) -> DateTime<Utc> {
         text.parse().unwrap()

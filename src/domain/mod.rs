@@ -15,7 +15,9 @@ pub mod text;
 
 pub use ids::{EnvironmentName, MigrationId, UserName, slugify, version_parts};
 pub use policy::{ApprovalPolicy, ApprovalRecord, ApprovalRequest, PolicyProgress, check_approval};
-pub use state::{DeploymentEvent, DeploymentState, Effect, InvalidTransition, Transition, WayOnBy};
+pub use state::{
+    DeploymentEvent, DeploymentState, Effect, InvalidTransition, LastAction, Transition, WayOnBy,
+};
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -242,13 +244,8 @@ pub fn start_blocker(facts: &StartFacts<'_>) -> Option<Blocker> {
             state: Some(state),
         });
     }
-    if !facts.emergency
-        && let Some((window, until)) = &facts.frozen
-    {
-        return Some(Blocker::Frozen {
-            window: window.clone(),
-            until: until.clone(),
-        });
+    if let Some((window, until)) = freeze::stops(facts.frozen.clone(), facts.emergency) {
+        return Some(Blocker::Frozen { window, until });
     }
     if !facts.emergency
         && let Some((previous_env, state)) = facts.previous_environment

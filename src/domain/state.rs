@@ -356,8 +356,53 @@ impl FromStr for DeploymentState {
     }
 }
 
+/// What the worker last did to a deployment on its target: applied its script, or ran its
+/// rollback. A failure means "the apply failed" or "the rollback failed" by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LastAction {
+    Apply,
+    Rollback,
+}
+
+impl LastAction {
+    pub const ALL: [LastAction; 2] = [LastAction::Apply, LastAction::Rollback];
+
+    /// How the store spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LastAction::Apply => "apply",
+            LastAction::Rollback => "rollback",
+        }
+    }
+}
+
+impl fmt::Display for LastAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for LastAction {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        LastAction::ALL
+            .into_iter()
+            .find(|a| a.as_str() == s)
+            .ok_or_else(|| format!("unknown last action \"{s}\""))
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn last_action_round_trips_and_refuses_unknown_words() {
+        for a in LastAction::ALL {
+            assert_eq!(a.as_str().parse::<LastAction>(), Ok(a));
+        }
+        assert!("Apply".parse::<LastAction>().is_err());
+        assert!("".parse::<LastAction>().is_err());
+    }
+
     use super::*;
     use DeploymentEvent as E;
     use DeploymentState as S;

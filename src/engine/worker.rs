@@ -9,7 +9,7 @@
 //! store, the next run reconciles from it.
 
 use crate::config::EnvironmentConfig;
-use crate::domain::{self, DeploymentEvent, DeploymentState};
+use crate::domain::{self, DeploymentEvent, DeploymentState, LastAction};
 use crate::service::notifications::events_column;
 use crate::service::{LogView, Service, ServiceError, check_script, format_millis, millis};
 use crate::store::{AuditRow, DeploymentRow, LogRow, MigrationRow};
@@ -45,8 +45,10 @@ pub enum Outcome {
 enum AfterError {
     /// The target records it as applied after all (how we know).
     Applied(&'static str),
-    /// The script's failure, with its reason.
-    Failed(String),
+    /// The script's failure, with its reason, and for a script run statement by statement
+    /// how many of its statements the target's history records as applied, when it could be
+    /// read.
+    Failed(String, Option<i64>),
     /// The target cannot be reached: try again later.
     Unreachable(String),
 }
@@ -280,7 +282,7 @@ impl Worker {
             // daemon before this rule) is applied too: nothing is left to run.
             let completed_here = (d.state == DeploymentState::Running
                 || (d.state == DeploymentState::Failed
-                    && d.last_action.as_deref() == Some("apply")))
+                    && d.last_action == Some(LastAction::Apply)))
                 && entry.is_some_and(|e| e.all_statements_done() && e.checksum == m.checksum);
             match d.state {
                 DeploymentState::Running | DeploymentState::Queued | DeploymentState::Failed
@@ -298,7 +300,8 @@ impl Worker {
                     d.state = d.state.on(DeploymentEvent::Succeed)?;
                     d.error = None;
                     d.transactional = entry.map(|e| e.transactional).or(d.transactional);
-                    d.last_action = Some("apply".into());
+                    d.last_action = Some(LastAction::Apply);
+                    d.applied_statements = None;
                     d.finished_at = Some(self.now());
                     d.updated_at = self.now();
                     let audit = self.audit(
@@ -326,7 +329,8 @@ impl Worker {
                     let entry = entry.expect("checked above");
                     d.state = d.state.on(DeploymentEvent::Fail)?;
                     d.transactional = Some(false);
-                    d.last_action = Some("apply".into());
+                    d.last_action = Some(LastAction::Apply);
+                    d.applied_statements = Some(entry.applied_statements());
                     d.finished_at = Some(self.now());
                     d.updated_at = self.now();
                     d.error = Some(if entry.interrupted() {
@@ -372,7 +376,8 @@ impl Worker {
                         d.migration_id,
                         entry.map(|e| e.checksum.as_str()).unwrap_or("")
                     ));
-                    d.last_action = Some("apply".into());
+                    d.last_action = Some(LastAction::Apply);
+                    d.applied_statements = None;
                     d.updated_at = self.now();
                     let audit = self.audit(d, "failed", serde_json::json!({"error": d.error}));
                     reconciled.push((index, audit));
@@ -510,7 +515,9 @@ impl Worker {
             };
             d.finished_at = Some(self.now());
             d.updated_at = self.now();
-            d.last_action = Some("rollback".into());
+            d.last_action = Some(LastAction::Rollback);
+            // Whatever the rollback left, it is not part of an apply that stopped part-way.
+            d.applied_statements = None;
             let audit = match &error {
                 None => {
                     d.state = d.state.on(DeploymentEvent::RollbackSucceeded)?;
@@ -664,12 +671,14 @@ impl Worker {
                     stop_reason = Some("the daemon is shutting down");
                 } else if failed.is_some() {
                     stop_reason = Some("an earlier deployment failed");
-                } else if open[index].emergency_reason.is_none()
-                    && domain::freeze::frozen(
+                } else if domain::freeze::stops(
+                    domain::freeze::describe(
                         &self.environment.freeze_windows,
                         self.service.clock.now(),
-                    )
-                    .is_some()
+                    ),
+                    open[index].emergency_reason.is_some(),
+                )
+                .is_some()
                 {
                     stop_reason = Some("a freeze window began");
                 } else {
@@ -701,7 +710,8 @@ impl Worker {
                 Err(e) => {
                     d.state = d.state.on(DeploymentEvent::Fail)?;
                     d.error = Some(e.to_string());
-                    d.last_action = Some("apply".into());
+                    d.last_action = Some(LastAction::Apply);
+                    d.applied_statements = None;
                     d.finished_at = Some(self.now());
                     failed = Some(d.id.clone());
                     let audit = self.audit(d, "failed", serde_json::json!({"error": d.error}));
@@ -748,7 +758,8 @@ impl Worker {
                             d.state = d.state.on(DeploymentEvent::Succeed)?;
                             d.error = None;
                             d.transactional = Some(!in_steps);
-                            d.last_action = Some("apply".into());
+                            d.last_action = Some(LastAction::Apply);
+                            d.applied_statements = None;
                             d.finished_at = Some(self.now());
                             d.updated_at = self.now();
                             applied += 1;
@@ -759,10 +770,11 @@ impl Worker {
                             );
                             send(sender, d.clone(), Vec::new(), vec![audit]).await?;
                         }
-                        AfterError::Failed(message) => {
+                        AfterError::Failed(message, applied_statements) => {
                             d.state = d.state.on(DeploymentEvent::Fail)?;
                             d.transactional = Some(!in_steps);
-                            d.last_action = Some("apply".into());
+                            d.last_action = Some(LastAction::Apply);
+                            d.applied_statements = applied_statements;
                             d.finished_at = Some(self.now());
                             d.updated_at = self.now();
                             d.error = Some(message);
@@ -807,7 +819,8 @@ impl Worker {
             d.transactional = Some(report.transactional);
             d.finished_at = Some(self.now());
             d.updated_at = self.now();
-            d.last_action = Some("apply".into());
+            d.last_action = Some(LastAction::Apply);
+            d.applied_statements = report.statements_applied;
             let audit = match &report.error {
                 None => {
                     d.state = d.state.on(DeploymentEvent::Succeed)?;
@@ -869,17 +882,20 @@ impl Worker {
             )
         };
         if !error.session_lost() {
-            return AfterError::Failed(if in_steps {
-                interrupted(&error)
-            } else {
-                format!("{error}")
-            });
+            return AfterError::Failed(
+                if in_steps {
+                    interrupted(&error)
+                } else {
+                    format!("{error}")
+                },
+                None,
+            );
         }
         let fresh = match target::open(&self.settings(), &self.owner).await {
             Ok(fresh) => fresh,
             Err(reopen) => {
                 return if in_steps {
-                    AfterError::Failed(interrupted(&error))
+                    AfterError::Failed(interrupted(&error), None)
                 } else {
                     AfterError::Unreachable(format!("{error}; reconnecting: {reopen}"))
                 };
@@ -890,7 +906,7 @@ impl Worker {
             Ok(history) => history.get(&m.id).cloned(),
             Err(e) => {
                 return if in_steps {
-                    AfterError::Failed(interrupted(&error))
+                    AfterError::Failed(interrupted(&error), None)
                 } else {
                     AfterError::Unreachable(format!("{error}; reading its history: {e}"))
                 };
@@ -909,13 +925,20 @@ impl Worker {
                 "the session ended after the script's last statement; the target's sluice_schema_history records every statement as done",
             );
         }
-        AfterError::Failed(if in_steps {
-            interrupted(&error)
-        } else {
-            format!(
-                "{error}\n  the target is reachable, so the script is taken as the cause (a statement that ends its own session, or that Sluice cannot run); its transaction never committed, nothing of it is applied"
+        if in_steps {
+            // The fresh session read the history: the count of statements applied is known.
+            AfterError::Failed(
+                interrupted(&error),
+                ours.map(target::HistoryEntry::applied_statements),
             )
-        })
+        } else {
+            AfterError::Failed(
+                format!(
+                    "{error}\n  the target is reachable, so the script is taken as the cause (a statement that ends its own session, or that Sluice cannot run); its transaction never committed, nothing of it is applied"
+                ),
+                None,
+            )
+        }
     }
 
     /// Takes the backup the environment asks for before it changes: the file's path, or `None`

@@ -1208,13 +1208,18 @@ fn added_enum_value(text: &str) -> Option<String> {
 }
 
 /// A reason the analysis raises a migration's risk.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+///
+/// A migration row keeps its findings as this struct's JSON; `MigrationView` decodes them once.
+/// Findings stored before columns and rule ids existed read as column 0 and rule "".
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Finding {
     pub line: usize,
     /// 1-based, in characters.
+    #[serde(default)]
     pub column: usize,
     pub risk: Risk,
     /// The squawk rule that found it (e.g. `ban-drop-column`), or Sluice's own (`sluice-...`).
+    #[serde(default)]
     pub rule: String,
     pub message: String,
     /// The safer way to do it, when there is one.

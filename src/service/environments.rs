@@ -170,8 +170,11 @@ impl Service {
         if let Some((window, until)) =
             domain::freeze::describe(&env.freeze_windows, self.clock.now())
         {
-            // Only emergency overrides start inside a freeze window.
-            approved.retain(|d| d.emergency_reason.is_some());
+            // Only emergency overrides start inside a freeze window (the one freeze rule).
+            let in_force = Some((window.clone(), until.clone()));
+            approved.retain(|d| {
+                domain::freeze::stops(in_force.clone(), d.emergency_reason.is_some()).is_none()
+            });
             if approved.is_empty() {
                 return Err(ServiceError::Conflict(format!(
                     "{} is in the freeze window {window} until {until}; only an emergency override (sluice migrate {} --force --emergency \"<reason>\") starts now",

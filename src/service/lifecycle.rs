@@ -243,7 +243,9 @@ impl Service {
                 )
                 .await?
             }
-            DeploymentState::Failed if deployment.last_action.as_deref() == Some("rollback") => {
+            DeploymentState::Failed
+                if deployment.last_action == Some(domain::LastAction::Rollback) =>
+            {
                 return Err(ServiceError::Conflict(format!(
                     "deployment {deployment_id} failed while rolling back; request the rollback again (sluice rollback {} {}) or cancel it",
                     deployment.environment, deployment.migration_id
@@ -320,9 +322,10 @@ impl Service {
         if let Some(other) = failed.iter().find(|d| {
             d.id != deployment.id
                 && d.seq > deployment.seq
-                && (d.last_action.as_deref() == Some("rollback") || partly_applied(d).is_some())
+                && (d.last_action == Some(domain::LastAction::Rollback)
+                    || partly_applied(d).is_some())
         }) {
-            let what = if other.last_action.as_deref() == Some("rollback") {
+            let what = if other.last_action == Some(domain::LastAction::Rollback) {
                 "its rollback failed"
             } else {
                 "it stopped part-way"
@@ -427,7 +430,8 @@ impl Service {
 }
 
 /// How many statements of a deployment that ran statement by statement and stopped part-way
-/// are applied (failed or cancelled since), as its error says; None when none is.
+/// are applied (failed or cancelled since), as the worker recorded with its error
+/// (`DeploymentRow::applied_statements`); None when none is.
 pub(super) fn partly_applied(d: &DeploymentRow) -> Option<i64> {
     if d.transactional != Some(false)
         || !matches!(
@@ -437,20 +441,5 @@ pub(super) fn partly_applied(d: &DeploymentRow) -> Option<i64> {
     {
         return None;
     }
-    let error = d.error.as_deref()?;
-    let number = |rest: &str| -> Option<i64> {
-        rest.chars()
-            .take_while(char::is_ascii_digit)
-            .collect::<String>()
-            .parse()
-            .ok()
-    };
-    let done = if let Some(rest) = error.strip_prefix("interrupted after statement ") {
-        number(rest)?
-    } else if let Some(rest) = error.strip_prefix("statement ") {
-        number(rest)? - 1
-    } else {
-        return None;
-    };
-    (done > 0).then_some(done)
+    d.applied_statements.filter(|&done| done > 0)
 }

@@ -216,7 +216,9 @@ impl Service {
             deployment.emergency_reason = None;
         }
         if transition.has(domain::Effect::ClearError) {
+            // The count of statements applied goes with the error that describes it.
             deployment.error = None;
+            deployment.applied_statements = None;
         }
         if transition.to == DeploymentState::AwaitingApproval {
             // Whatever version an amendment had to undo is undone by now.

@@ -342,18 +342,12 @@ impl Service {
         ) {
             recipients.retain(|r| !authors.contains(&r.name));
         }
-        let findings: Vec<serde_json::Value> =
+        // A notice goes out even when the findings cannot be read (the views report that).
+        let findings: Vec<crate::lint::Finding> =
             serde_json::from_str(&migration.findings).unwrap_or_default();
         let why = findings
             .iter()
-            .filter_map(|f| {
-                let message = f.get("message").and_then(|m| m.as_str())?;
-                let line = f.get("line").and_then(|l| l.as_u64());
-                Some(match line {
-                    Some(line) => format!("line {line}: {message}"),
-                    None => message.to_owned(),
-                })
-            })
+            .map(|f| format!("line {}: {}", f.line, f.message))
             .collect();
         let whole = draft.whole_migration;
         let commands = match environment.filter(|_| !whole) {

@@ -35,7 +35,7 @@ impl Service {
             view.rejection = trail.rejections.get(&view.id).cloned();
         }
         let checksum = migration.checksum.clone();
-        let mut view = MigrationView::new(migration, views);
+        let mut view = MigrationView::new(migration, views)?;
         view.previous_versions = trail.previous_versions(kept, &checksum);
         Ok(view)
     }

@@ -336,6 +336,7 @@ impl Service {
                 out_of_order: false,
                 trace_context: crate::telemetry::traces::current_traceparent(),
                 undo_sql: None,
+                applied_statements: None,
             });
         }
         // One "submitted" for the migration, then an approval request per environment that
@@ -888,7 +889,7 @@ impl Service {
                 .iter()
                 .map(|d| self.deployment_view(d, &done.migration, &[]))
                 .collect::<Result<Vec<_>>>()?;
-            created.push(MigrationView::new(done.migration, views));
+            created.push(MigrationView::new(done.migration, views)?);
         }
         Ok(Ok(BatchResult { created, unchanged }))
     }

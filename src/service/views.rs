@@ -3,7 +3,10 @@
 use super::format_millis;
 use crate::config::EnvironmentConfig;
 use crate::domain::{ApprovalPolicy, DeploymentState, PolicyProgress, Role};
-use crate::store::{ApprovalRow, AuditRow, DeploymentRow, LockRow, LogRow, MigrationRow};
+use crate::lint;
+use crate::store::{
+    ApprovalRow, AuditRow, DeploymentRow, LockRow, LogRow, MigrationRow, StoreError,
+};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -238,7 +241,7 @@ pub struct MigrationView {
     pub description: String,
     pub declared_risk: String,
     pub effective_risk: String,
-    pub findings: serde_json::Value,
+    pub findings: Vec<lint::Finding>,
     pub author: String,
     pub ticket: String,
     pub estimated_duration: String,
@@ -256,9 +259,16 @@ pub struct MigrationView {
 }
 
 impl MigrationView {
-    pub fn new(m: MigrationRow, deployments: Vec<DeploymentView>) -> MigrationView {
-        MigrationView {
-            findings: serde_json::from_str(&m.findings).unwrap_or(serde_json::Value::Null),
+    /// The view of a migration row; its findings (JSON text in the row) are decoded here, once:
+    /// text that is not a list of findings is a corrupt row, not an empty list.
+    pub fn new(
+        m: MigrationRow,
+        deployments: Vec<DeploymentView>,
+    ) -> Result<MigrationView, StoreError> {
+        let findings = serde_json::from_str(&m.findings)
+            .map_err(|e| StoreError::Corrupt(format!("migrations.findings of {}: {e}", m.id)))?;
+        Ok(MigrationView {
+            findings,
             id: m.id,
             kind: m.kind,
             description: m.description,
@@ -274,7 +284,7 @@ impl MigrationView {
             down_sql: m.down_sql,
             deployments,
             previous_versions: Vec::new(),
-        }
+        })
     }
 }
 

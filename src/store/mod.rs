@@ -8,7 +8,7 @@ mod notifications;
 
 pub use notifications::{ChannelStats, DeliveryRecord, DeliveryResult, OutboxRow, ReviewRow};
 
-use crate::domain::DeploymentState;
+use crate::domain::{DeploymentState, LastAction};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Connection, Row};
 use std::str::FromStr;
@@ -70,6 +70,10 @@ const SQLITE_SCHEMA: &[(i64, &str)] = &[
         10,
         include_str!("../../migrations/sqlite/0010_undo_sql.sql"),
     ),
+    (
+        11,
+        include_str!("../../migrations/sqlite/0011_applied_statements.sql"),
+    ),
 ];
 const POSTGRES_SCHEMA: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
@@ -108,6 +112,10 @@ const POSTGRES_SCHEMA: &[(i64, &str)] = &[
     (
         10,
         include_str!("../../migrations/postgres/0010_undo_sql.sql"),
+    ),
+    (
+        11,
+        include_str!("../../migrations/postgres/0011_applied_statements.sql"),
     ),
 ];
 
@@ -194,7 +202,8 @@ pub struct DeploymentRow {
     pub emergency_reason: Option<String>,
     pub deadline_at: Option<i64>,
     pub error: Option<String>,
-    pub last_action: Option<String>,
+    /// What the worker last ran for it on its target (None before the first run).
+    pub last_action: Option<LastAction>,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
     pub execution_ms: Option<i64>,
@@ -210,6 +219,11 @@ pub struct DeploymentRow {
     /// The down script of the version applied here, kept by an amendment: the worker rolls
     /// that version back with it, then the deployment goes back to approval (schema v10).
     pub undo_sql: Option<String>,
+    /// For a script run statement by statement that stopped part-way (failed, or cancelled
+    /// since): how many of its statements are applied on the target. Written by the worker
+    /// with the error that describes it, cleared with that error (schema v11); the error text
+    /// is for people, this is what the service reads (`lifecycle::partly_applied`).
+    pub applied_statements: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -281,7 +295,7 @@ pub struct AuditFilter {
 }
 
 const MIGRATION_COLUMNS: &str = "id, seq, kind, description, declared_risk, effective_risk, findings, author, ticket, estimated_duration, up_sql, down_sql, depends_on, checksum, submitted_at, updated_at, authors";
-const DEPLOYMENT_COLUMNS: &str = "id, migration_id, seq, environment, state, effective_risk, emergency_reason, deadline_at, error, last_action, started_at, finished_at, execution_ms, transactional, created_at, updated_at, version, out_of_order, trace_context, undo_sql";
+const DEPLOYMENT_COLUMNS: &str = "id, migration_id, seq, environment, state, effective_risk, emergency_reason, deadline_at, error, last_action, started_at, finished_at, execution_ms, transactional, created_at, updated_at, version, out_of_order, trace_context, undo_sql, applied_statements";
 
 fn migration_from_row(row: &AnyRow) -> Result<MigrationRow, StoreError> {
     let depends_on: String = row.try_get("depends_on")?;
@@ -313,6 +327,7 @@ fn deployment_from_row(row: &AnyRow) -> Result<DeploymentRow, StoreError> {
     let state: String = row.try_get("state")?;
     let transactional: Option<i64> = row.try_get("transactional")?;
     let out_of_order: i64 = row.try_get("out_of_order")?;
+    let last_action: Option<String> = row.try_get("last_action")?;
     Ok(DeploymentRow {
         id: row.try_get("id")?,
         migration_id: row.try_get("migration_id")?,
@@ -323,7 +338,11 @@ fn deployment_from_row(row: &AnyRow) -> Result<DeploymentRow, StoreError> {
         emergency_reason: row.try_get("emergency_reason")?,
         deadline_at: row.try_get("deadline_at")?,
         error: row.try_get("error")?,
-        last_action: row.try_get("last_action")?,
+        last_action: last_action
+            .as_deref()
+            .map(LastAction::from_str)
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("deployments.last_action: {e}")))?,
         started_at: row.try_get("started_at")?,
         finished_at: row.try_get("finished_at")?,
         execution_ms: row.try_get("execution_ms")?,
@@ -334,6 +353,7 @@ fn deployment_from_row(row: &AnyRow) -> Result<DeploymentRow, StoreError> {
         out_of_order: out_of_order != 0,
         trace_context: row.try_get("trace_context")?,
         undo_sql: row.try_get("undo_sql")?,
+        applied_statements: row.try_get("applied_statements")?,
     })
 }
 
@@ -643,7 +663,7 @@ impl Store {
         d: &DeploymentRow,
     ) -> Result<(), StoreError> {
         sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO deployments ({DEPLOYMENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
+            "INSERT INTO deployments ({DEPLOYMENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)"
         )))
         .bind(&d.id)
         .bind(&d.migration_id)
@@ -654,7 +674,7 @@ impl Store {
         .bind(&d.emergency_reason)
         .bind(d.deadline_at)
         .bind(&d.error)
-        .bind(&d.last_action)
+        .bind(d.last_action.map(LastAction::as_str))
         .bind(d.started_at)
         .bind(d.finished_at)
         .bind(d.execution_ms)
@@ -665,6 +685,7 @@ impl Store {
         .bind(i64::from(d.out_of_order))
         .bind(&d.trace_context)
         .bind(&d.undo_sql)
+        .bind(d.applied_statements)
         .execute(&mut **tx)
         .await?;
         Ok(())
@@ -679,14 +700,14 @@ impl Store {
         d: &mut DeploymentRow,
     ) -> Result<(), StoreError> {
         let done = sqlx::query(
-            "UPDATE deployments SET state = $2, emergency_reason = $3, deadline_at = $4, error = $5, last_action = $6, started_at = $7, finished_at = $8, execution_ms = $9, transactional = $10, updated_at = $11, effective_risk = $12, out_of_order = $14, trace_context = $15, undo_sql = $16, version = version + 1 WHERE id = $1 AND version = $13",
+            "UPDATE deployments SET state = $2, emergency_reason = $3, deadline_at = $4, error = $5, last_action = $6, started_at = $7, finished_at = $8, execution_ms = $9, transactional = $10, updated_at = $11, effective_risk = $12, out_of_order = $14, trace_context = $15, undo_sql = $16, applied_statements = $17, version = version + 1 WHERE id = $1 AND version = $13",
         )
         .bind(&d.id)
         .bind(d.state.as_str())
         .bind(&d.emergency_reason)
         .bind(d.deadline_at)
         .bind(&d.error)
-        .bind(&d.last_action)
+        .bind(d.last_action.map(LastAction::as_str))
         .bind(d.started_at)
         .bind(d.finished_at)
         .bind(d.execution_ms)
@@ -697,6 +718,7 @@ impl Store {
         .bind(i64::from(d.out_of_order))
         .bind(&d.trace_context)
         .bind(&d.undo_sql)
+        .bind(d.applied_statements)
         .execute(conn)
         .await?;
         if done.rows_affected() != 1 {
@@ -1407,6 +1429,142 @@ impl From<&LockRow> for crate::domain::lock::EnvironmentLock {
             locked_by: row.locked_by.clone(),
             reason: row.reason.clone(),
             locked_at: row.locked_at,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store in memory holding one migration and one deployment of it (failed, as left by a
+    /// statement-by-statement apply), written with raw SQL so that a test can store what the
+    /// daemon never would.
+    async fn store_with_deployment(last_action: &str) -> Store {
+        let store = Store::connect("sqlite::memory:", 1).await.expect("store");
+        let mut conn = store.conn().await.expect("connection");
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "INSERT INTO migrations (id, seq, kind, description, declared_risk, effective_risk, findings, author, ticket, estimated_duration, up_sql, depends_on, checksum, submitted_at, updated_at) \
+             VALUES ('m1', 1, 'schema', 'd', 'low', 'low', '[]', 'dev', '', '', 'SELECT 1;', '[]', 'c', 0, 0); \
+             INSERT INTO deployments (id, migration_id, seq, environment, state, effective_risk, error, last_action, transactional, created_at, updated_at) \
+             VALUES ('m1@dev', 'm1', 1, 'dev', 'failed', 'low', 'boom', '{last_action}', 0, 0, 0);"
+        )))
+        .execute(&mut *conn)
+        .await
+        .expect("rows");
+        drop(conn);
+        store
+    }
+
+    /// A store at schema v10 (before `applied_statements`) holding deployments as an older
+    /// daemon wrote them is brought to v11: the count is taken from their error text.
+    #[tokio::test]
+    async fn schema_v11_backfills_applied_statements_from_the_error_text() {
+        let path = std::env::temp_dir().join(format!(
+            "sluice-v11-{}-{}.db",
+            std::process::id(),
+            chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
+        ));
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        sqlx::any::install_default_drivers();
+        let mut conn = AnyConnection::connect(&url).await.expect("connect");
+        sqlx::raw_sql(
+            "CREATE TABLE sluice_store_schema (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+        )
+        .execute(&mut conn)
+        .await
+        .expect("schema table");
+        for (version, sql) in SQLITE_SCHEMA.iter().filter(|(v, _)| *v <= 10) {
+            sqlx::raw_sql(*sql)
+                .execute(&mut conn)
+                .await
+                .expect("old step");
+            sqlx::query("INSERT INTO sluice_store_schema (version, applied_at) VALUES ($1, 0)")
+                .bind(*version)
+                .execute(&mut conn)
+                .await
+                .expect("old version");
+        }
+        let rows = [
+            (
+                "a",
+                "failed",
+                0,
+                "interrupted after statement 2 of 3 (statement 3 may have been cut off part-way: check it); statements 1 to 2 stay applied.",
+            ),
+            (
+                "b",
+                "cancelled",
+                0,
+                "statement 4 (line 9): boom\n  in: ALTER TABLE t",
+            ),
+            ("c", "failed", 1, "statement 4 (line 9): boom"),
+            (
+                "d",
+                "failed",
+                0,
+                "rollback failed: statement 2 (line 2): boom",
+            ),
+            ("e", "queued", 0, "interrupted after statement 2 of 3"),
+        ];
+        sqlx::raw_sql(
+            "INSERT INTO migrations (id, seq, kind, description, declared_risk, effective_risk, findings, author, ticket, estimated_duration, up_sql, depends_on, checksum, submitted_at, updated_at) \
+             VALUES ('m1', 1, 'schema', 'd', 'low', 'low', '[]', 'dev', '', '', 'SELECT 1;', '[]', 'c', 0, 0)",
+        )
+        .execute(&mut conn)
+        .await
+        .expect("migration");
+        for (seq, (id, state, transactional, error)) in rows.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO deployments (id, migration_id, seq, environment, state, effective_risk, error, last_action, transactional, created_at, updated_at) \
+                 VALUES ($1, 'm1', $2, 'dev', $3, 'low', $4, 'apply', $5, 0, 0)",
+            )
+            .bind(*id)
+            .bind(seq as i64)
+            .bind(*state)
+            .bind(*error)
+            .bind(*transactional)
+            .execute(&mut conn)
+            .await
+            .expect("deployment");
+        }
+        conn.close().await.expect("close");
+
+        let store = Store::connect(&url, 1).await.expect("upgraded");
+        let mut conn = store.conn().await.expect("connection");
+        let mut counts = Vec::new();
+        for (id, ..) in rows {
+            let d = store.deployment(&mut conn, id, false).await;
+            counts.push(d.expect("readable").expect("present").applied_statements);
+        }
+        drop(conn);
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+        assert_eq!(counts, [Some(2), Some(3), None, None, None]);
+    }
+
+    #[tokio::test]
+    async fn last_action_is_decoded_into_its_enum() {
+        let store = store_with_deployment("rollback").await;
+        let mut conn = store.conn().await.expect("connection");
+        let d = store.deployment(&mut conn, "m1@dev", false).await;
+        assert_eq!(
+            d.expect("readable").expect("present").last_action,
+            Some(LastAction::Rollback)
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unknown_last_action_is_a_corrupt_row_not_none() {
+        let store = store_with_deployment("rolled_back").await;
+        let mut conn = store.conn().await.expect("connection");
+        match store.deployment(&mut conn, "m1@dev", false).await {
+            Err(StoreError::Corrupt(message)) => {
+                assert!(message.contains("deployments.last_action"), "{message}");
+                assert!(message.contains("rolled_back"), "{message}");
+            }
+            other => panic!("expected a corrupt row, got {other:?}"),
         }
     }
 }

@@ -298,6 +298,9 @@ pub struct RunReport {
     pub log: Vec<LogLine>,
     /// `None` on success; otherwise what went wrong, naming the statement and line.
     pub error: Option<String>,
+    /// A script run statement by statement that failed: how many of its statements
+    /// (BEGIN/COMMIT wrappers not counted) stay applied. `None` otherwise.
+    pub statements_applied: Option<i64>,
 }
 
 /// What the history table says about one migration.

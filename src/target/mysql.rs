@@ -591,6 +591,7 @@ impl MySqlSession {
             transactional: true,
             log: log.into_lines(),
             error: failure,
+            statements_applied: None,
         })
     }
 
@@ -617,6 +618,7 @@ impl MySqlSession {
             transactional: true,
             log: log.into_lines(),
             error: failure,
+            statements_applied: None,
         })
     }
 

@@ -668,6 +668,7 @@ impl PgSession {
             transactional: true,
             log: log.into_lines(),
             error: failure,
+            statements_applied: None,
         })
     }
 
@@ -719,6 +720,7 @@ impl PgSession {
             transactional: true,
             log: log.into_lines(),
             error: failure,
+            statements_applied: None,
         })
     }
 

@@ -309,6 +309,7 @@ impl SqliteSession {
             transactional: true,
             log: log.into_lines(),
             error: failure,
+            statements_applied: None,
         })
     }
 
@@ -335,6 +336,7 @@ impl SqliteSession {
             transactional: true,
             log: log.into_lines(),
             error: failure,
+            statements_applied: None,
         })
     }
 

@@ -86,6 +86,7 @@ pub(super) async fn apply_in_steps<D: StepDriver>(
                 transactional: false,
                 log: log.into_lines(),
                 error: Some(message),
+                statements_applied: None,
             });
         }
     };
@@ -143,6 +144,7 @@ pub(super) async fn apply_in_steps<D: StepDriver>(
         execution_ms,
         transactional: false,
         log: log.into_lines(),
+        statements_applied: failure.is_some().then_some(done),
         error: failure,
     })
 }
@@ -220,5 +222,6 @@ pub(super) async fn rollback_in_steps<D: StepDriver>(
         transactional: false,
         log: log.into_lines(),
         error: failure,
+        statements_applied: None,
     })
 }

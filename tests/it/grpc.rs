@@ -487,3 +487,69 @@ async fn grpcurl_1_8_works_through_reflection() {
     assert!(ok && out.contains("\"dba\""), "{out}{err}");
     app.stop().await;
 }
+
+/// gRPC findings are the typed findings the REST view shows (decoded once from the migration
+/// row), field for field; a findings column that is not a list of findings is a corrupt row,
+/// reported, not an empty list.
+#[tokio::test]
+async fn grpc_findings_are_the_typed_findings_of_the_view() {
+    let app = spawn_app().await;
+    let id = app
+        .submit(
+            "dev",
+            migration(
+                "findings parity",
+                "high",
+                "CREATE TABLE fp (id int, c int);\nALTER TABLE fp DROP COLUMN c;\n-- sluice:ignore ban-drop-column checked: nothing reads c\nALTER TABLE fp DROP COLUMN id;",
+                Some("DROP TABLE fp;"),
+            ),
+        )
+        .await;
+    let (status, rest) = app.get("dev", &format!("/api/v1/migrations/{id}")).await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{rest}");
+    let rest_findings = rest["findings"].as_array().unwrap().clone();
+    assert!(!rest_findings.is_empty(), "{rest}");
+    let mut client = app.grpc().await;
+    let grpc = client
+        .get_migration(app.grpc_request("dev", pb::GetMigrationRequest { id: id.clone() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(grpc.findings.len(), rest_findings.len());
+    for (g, r) in grpc.findings.iter().zip(&rest_findings) {
+        assert_eq!(json!(g.line), r["line"], "{r}");
+        assert_eq!(json!(g.column), r["column"], "{r}");
+        assert!(g.column > 0, "{r}");
+        assert_eq!(g.risk, r["risk"].as_str().unwrap(), "{r}");
+        assert_eq!(g.rule, r["rule"].as_str().unwrap(), "{r}");
+        assert!(!g.rule.is_empty(), "{r}");
+        assert_eq!(g.message, r["message"].as_str().unwrap(), "{r}");
+        assert_eq!(g.fix, r["fix"].as_str().unwrap_or(""), "{r}");
+        assert_eq!(g.script, r["script"].as_str().unwrap_or(""), "{r}");
+        assert_eq!(g.ignored, r["ignored"].as_str().unwrap_or(""), "{r}");
+    }
+    assert!(
+        grpc.findings
+            .iter()
+            .any(|f| f.ignored == "checked: nothing reads c"),
+        "{:?}",
+        grpc.findings
+    );
+
+    let store = app.store.as_ref().unwrap().client().await;
+    store
+        .execute(
+            "UPDATE migrations SET findings = '{\"not\": \"a list\"}' WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let (status, body) = app.get("dev", &format!("/api/v1/migrations/{id}")).await;
+    assert_eq!(status, reqwest::StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    let error = client
+        .get_migration(app.grpc_request("dev", pb::GetMigrationRequest { id }))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::Internal, "{error:?}");
+    app.stop().await;
+}

@@ -82,6 +82,8 @@ async fn a_cut_connection_halts_a_non_transactional_script_and_retry_resumes_aft
     assert_eq!(d["state"], "failed", "{d}");
     let error = d["error"].as_str().unwrap();
     assert!(error.starts_with("interrupted"), "{d}");
+    // The count comes from the target's history, read on a fresh session after the cut.
+    assert_eq!(d["statements_applied"], 1, "{d}");
     assert_eq!(counter_rows(&target).await, 1);
     // Another round does not touch it: the failure halts the queue.
     app.run_worker("development").await;

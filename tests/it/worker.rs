@@ -1152,6 +1152,138 @@ async fn a_cancelled_partial_apply_is_shown_and_can_be_rolled_back_by_a_lead() {
     app.stop().await;
 }
 
+/// How much of a script run statement by statement is applied is a typed fact of the store
+/// (`applied_statements`), not something read back out of the error text: text edited by hand
+/// does not change it; a row written by a daemon before the column existed (the count only in
+/// its error) gets it from the schema step's backfill; a retry clears it with the error.
+#[tokio::test]
+async fn a_partial_apply_is_known_by_its_column_not_its_error_text() {
+    let app = manual_app().await;
+    let id = app
+        .submit(
+            "dev",
+            migration(
+                "typed_half",
+                "low",
+                "CREATE TABLE typed_a (id int);\nCREATE INDEX CONCURRENTLY typed_a_id ON typed_a (id);\nALTER TABLE missing ADD COLUMN x int;",
+                Some("DROP TABLE IF EXISTS typed_a;"),
+            ),
+        )
+        .await;
+    let deployment = format!("{id}@development");
+    app.run_worker("development").await;
+    let d = app.deployment(&deployment).await;
+    assert_eq!(d["state"], "failed", "{d}");
+    assert_eq!(d["statements_applied"], 2, "{d}");
+    let store = app.store.as_ref().unwrap().client().await;
+    let stored: Option<i64> = store
+        .query_one(
+            "SELECT applied_statements FROM deployments WHERE id = $1",
+            &[&deployment],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, Some(2));
+
+    // Someone rewords the error: the deployment is still partly applied.
+    store
+        .execute(
+            "UPDATE deployments SET error = 'reworded: something went wrong' WHERE id = $1",
+            &[&deployment],
+        )
+        .await
+        .unwrap();
+    let d = app.deployment(&deployment).await;
+    assert_eq!(d["statements_applied"], 2, "{d}");
+    let (status, body) = app
+        .post(
+            "dev",
+            &format!("/api/v1/deployments/{deployment}/cancel"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, env) = app.get("dev", "/api/v1/environments/development").await;
+    assert_eq!(env["partly_applied"][0]["id"], deployment.as_str(), "{env}");
+    assert_eq!(env["partly_applied"][0]["statements_applied"], 2, "{env}");
+
+    // A row as an older daemon left it: no count, the count in the error text. The schema
+    // step's backfill (the UPDATE of 0011) recognises both wordings the worker wrote.
+    let migration_sql = include_str!("../../migrations/postgres/0011_applied_statements.sql");
+    let backfill = &migration_sql[migration_sql.find("UPDATE deployments").unwrap()..];
+    for (error, expected) in [
+        (
+            "interrupted after statement 2 of 3 (statement 3 may have been cut off part-way: check it); statements 1 to 2 stay applied.",
+            Some(2),
+        ),
+        (
+            "statement 3 (line 3): relation \"missing\" does not exist\n  in: ALTER TABLE missing ADD COLUMN x int",
+            Some(2),
+        ),
+        ("reworded: something went wrong", None),
+    ] {
+        store
+            .execute(
+                "UPDATE deployments SET applied_statements = NULL, error = $2 WHERE id = $1",
+                &[&deployment, &error],
+            )
+            .await
+            .unwrap();
+        store.batch_execute(backfill).await.unwrap();
+        let stored: Option<i64> = store
+            .query_one(
+                "SELECT applied_statements FROM deployments WHERE id = $1",
+                &[&deployment],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(stored, expected, "{error}");
+    }
+    app.stop().await;
+}
+
+/// A failed statement-by-statement apply that is retried loses its count with its error (the
+/// retry resumes; the next outcome writes both again).
+#[tokio::test]
+async fn a_retry_clears_the_count_of_applied_statements_with_the_error() {
+    let app = manual_app().await;
+    let id = app
+        .submit(
+            "dev",
+            migration(
+                "typed_retry",
+                "low",
+                "CREATE TABLE typed_r (id int);\nCREATE INDEX CONCURRENTLY typed_r_id ON typed_r (id);\nALTER TABLE typed_r_missing ADD COLUMN x int;",
+                Some("DROP TABLE IF EXISTS typed_r;"),
+            ),
+        )
+        .await;
+    let deployment = format!("{id}@development");
+    app.run_worker("development").await;
+    assert_eq!(app.deployment(&deployment).await["statements_applied"], 2);
+    let (status, body) = app
+        .post(
+            "dev",
+            &format!("/api/v1/deployments/{deployment}/retry"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let store = app.store.as_ref().unwrap().client().await;
+    let row = store
+        .query_one(
+            "SELECT applied_statements, error FROM deployments WHERE id = $1",
+            &[&deployment],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, Option<i64>>(0), None);
+    assert_eq!(row.get::<_, Option<String>>(1), None);
+    app.stop().await;
+}
+
 /// A script with no SQL (empty, or comments only, common in real migration folders) is a
 /// no-op: applied and recorded; an empty down script means "nothing to undo" and rolls back as
 /// a no-op, while a missing one cannot be undone.
