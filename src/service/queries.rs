@@ -30,7 +30,19 @@ impl Service {
             .store
             .migration_versions(&mut conn, &migration.id)
             .await?;
-        let trail = self.review_trail(&mut conn, &migration.id).await?;
+        // The audit trail says where replaced versions were approved or applied, and why a
+        // deployment was rejected: read it only when there is one of those to tell (a fresh
+        // migration, as every submission answers, has neither; this read cost submissions
+        // about a third of their throughput).
+        let trail = if kept.is_empty()
+            && !deployments
+                .iter()
+                .any(|d| d.state == DeploymentState::Rejected)
+        {
+            ReviewTrail::default()
+        } else {
+            self.review_trail(&mut conn, &migration.id).await?
+        };
         for view in &mut views {
             view.rejection = trail.rejections.get(&view.id).cloned();
         }
