@@ -215,6 +215,13 @@ pub(super) fn print_status(status: &pb::EnvironmentStatus, verbose: bool) {
             line.push_str(&format!(" {}", printable(d.blocked_by.text())));
         }
         println!("{line}");
+        // What someone must do before it moves on (the daemon's one decision), where the
+        // line above does not already say it.
+        if let Some(needs) = d.needs.as_deref().filter(|n| !n.is_empty())
+            && d.state != "awaiting_approval"
+        {
+            println!("      to move on: {}", printable(needs));
+        }
         if verbose {
             for a in &d.approvals {
                 println!(

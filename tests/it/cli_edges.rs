@@ -415,3 +415,40 @@ async fn new_names_every_missing_flag_and_follows_the_token_and_the_targets() {
     assert!(text.contains("AUTO_INCREMENT"), "{text}");
     app.stop().await;
 }
+
+/// `sluice status ENV` says what someone must do before a waiting deployment moves on (the
+/// daemon's `needs`): here a later migration waits behind a failure halting the queue.
+#[tokio::test]
+async fn status_says_what_a_waiting_deployment_needs_to_move_on() {
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let failed = submitted(
+        &app,
+        "UPDATE nowhere SET x = 1 WHERE id = 1;",
+        None,
+        &["failed"],
+    )
+    .await;
+    let later = app
+        .submit(
+            "dev",
+            migration("behind it", "low", "CREATE TABLE behind (id int);", None),
+        )
+        .await;
+    let (_, status) = app.get("dev", "/api/v1/environments/development").await;
+    let needs = status["queue"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["migration_id"] == later.as_str())
+        .and_then(|d| d["needs"].as_str())
+        .unwrap_or_else(|| panic!("the daemon names what is needed: {status}"))
+        .to_owned();
+    let shown = sluice(&app, Some("dev"), dir.path(), &["status", "development"]).await;
+    ok(&shown);
+    assert!(
+        shown.stdout.contains(&format!("to move on: {needs}")) && needs.contains(&failed),
+        "{}",
+        shown.stdout
+    );
+}
