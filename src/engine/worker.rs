@@ -65,6 +65,8 @@ pub struct Worker {
     environment: EnvironmentConfig,
     owner: String,
     cancel: CancellationToken,
+    /// Whether this worker has looked, once, for amendments a dead daemon left half done.
+    recovered: std::sync::atomic::AtomicBool,
 }
 
 impl Worker {
@@ -82,6 +84,7 @@ impl Worker {
             environment,
             owner,
             cancel,
+            recovered: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -162,6 +165,15 @@ impl Worker {
     pub async fn run_once(&self) -> Result<Outcome, ServiceError> {
         let store = &self.service.store;
         let env_name = self.environment.name.as_str();
+        // A daemon killed between an amendment's rollback and its reopening left the
+        // deployment rolled back with the down script it kept: the first round of a new
+        // worker finishes that (after a round that rolls back, the round itself does).
+        if !self
+            .recovered
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            self.service.reopen_amended(env_name).await?;
+        }
         // A lock stops new deployments, not rollbacks: undoing a change is what an incident
         // often locks an environment for.
         let locked = self.locked().await?;

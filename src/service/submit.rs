@@ -680,8 +680,8 @@ impl Service {
 impl Service {
     /// The deployments of an environment whose old version an amendment had rolled back
     /// (rolled back, with the down script it kept): each goes back to approval for the
-    /// amended version. The worker calls it after a round that rolled something back; a
-    /// crash in between leaves them rolled back, where `retry` does the same.
+    /// amended version. The worker calls it after a round that rolled something back, and a
+    /// new worker on its first round (a daemon killed in between left them rolled back).
     pub async fn reopen_amended(&self, environment: &str) -> Result<usize> {
         let env = self.environment(environment)?;
         let at = self.now();

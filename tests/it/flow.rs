@@ -668,3 +668,117 @@ async fn a_developer_cannot_withdraw_someone_elses_migration_from_production_thr
     assert_eq!(state(&app, &format!("{id}@production")).await, "cancelled");
     app.stop().await;
 }
+
+/// A daemon killed between the two writes of an amendment's undo (the rollback of the old
+/// version recorded, the reopening for the new one not yet): the next worker (a restarted
+/// daemon) reopens it and applies the amended version; nothing is run twice.
+#[tokio::test]
+async fn an_amendment_interrupted_between_its_rollback_and_its_reopening_completes_after_a_restart()
+{
+    let app = manual_app().await;
+    let id = app
+        .submit(
+            "dev",
+            migration(
+                "crash amend",
+                "low",
+                "CREATE TABLE crash_old (id int);",
+                Some("DROP TABLE crash_old;"),
+            ),
+        )
+        .await;
+    app.run_worker("development").await;
+    let (status, value) = app
+        .request(
+            reqwest::Method::PUT,
+            Some("dev"),
+            &format!("/api/v1/migrations/{id}"),
+            Some(json!({"up_sql": "CREATE TABLE crash_new (id int);", "down_sql": "DROP TABLE crash_new;", "reason": "x"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{value}");
+    // What a worker killed right after recording the rollback leaves: the target rolled back
+    // (table and history row gone), the deployment rolled_back with the kept down script.
+    app.targets["development"]
+        .client()
+        .await
+        .batch_execute(&format!(
+            "DROP TABLE crash_old; DELETE FROM sluice_schema_history WHERE migration_id = '{id}'"
+        ))
+        .await
+        .unwrap();
+    app.store
+        .as_ref()
+        .unwrap()
+        .client()
+        .await
+        .execute(
+            "UPDATE deployments SET state = 'rolled_back', version = version + 1 WHERE id = $1",
+            &[&format!("{id}@development")],
+        )
+        .await
+        .unwrap();
+    // The restarted daemon's worker: reopened, re-approved, queued, then applied.
+    app.run_worker("development").await;
+    app.run_worker("development").await;
+    assert_eq!(state(&app, &format!("{id}@development")).await, "applied");
+    assert!(app.table_exists("development", "crash_new").await);
+    assert!(!app.table_exists("development", "crash_old").await);
+    app.stop().await;
+}
+
+/// Two retries of one rolled-back deployment at once: one reopens it, the other is refused;
+/// one audit record of the reopening.
+#[tokio::test]
+async fn two_retries_of_a_rolled_back_deployment_at_once_end_coherently() {
+    let app = manual_app().await;
+    let id = app
+        .submit(
+            "dev",
+            migration(
+                "retried twice",
+                "low",
+                "CREATE TABLE twice_retried (id int);",
+                Some("DROP TABLE twice_retried;"),
+            ),
+        )
+        .await;
+    app.run_worker("development").await;
+    approve_staging(&app, &id).await;
+    app.run_worker("staging").await;
+    let deployment = format!("{id}@staging");
+    let (status, value) = app
+        .post(
+            "ops1",
+            &format!("/api/v1/deployments/{deployment}/rollback"),
+            json!({"reason": "undo"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{value}");
+    app.run_worker("staging").await;
+    assert_eq!(state(&app, &deployment).await, "rolled_back");
+    let path = format!("/api/v1/deployments/{deployment}/retry");
+    let ((a, va), (b, vb)) = tokio::join!(
+        app.post("ops1", &path, json!({})),
+        app.post("ops2", &path, json!({}))
+    );
+    let mut statuses = [a, b];
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [StatusCode::OK, StatusCode::CONFLICT],
+        "{va} {vb}"
+    );
+    assert_eq!(state(&app, &deployment).await, "awaiting_approval");
+    let (_, audit) = app
+        .get("admin", "/api/v1/audit?environment=staging&limit=1000")
+        .await;
+    let reopenings = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == "approvals_voided" && r["deployment_id"] == deployment.as_str())
+        .count();
+    assert_eq!(reopenings, 1, "{audit}");
+    app.stop().await;
+}
