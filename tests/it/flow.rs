@@ -782,3 +782,76 @@ async fn two_retries_of_a_rolled_back_deployment_at_once_end_coherently() {
     assert_eq!(reopenings, 1, "{audit}");
     app.stop().await;
 }
+
+/// Hostile author: where the first environment takes approvals, amending a migration applied
+/// there would roll it back and run new SQL there on the author's word alone: refused (403),
+/// nothing changed; an operator may.
+#[tokio::test]
+async fn an_author_alone_cannot_amend_what_a_reviewed_first_environment_applied() {
+    let app = spawn_app_with(AppOptions {
+        background_workers: false,
+        edit_environments: Some(|text| {
+            text.replacen(
+                "auto_approve: true          # deployments here need no approval",
+                "auto_approve: false",
+                1,
+            )
+            .replacen(
+                "allow_self_approval: true   # the author may approve their own migration here",
+                "allow_self_approval: false",
+                1,
+            )
+        }),
+        ..AppOptions::default()
+    })
+    .await;
+    let id = app
+        .submit(
+            "dev",
+            migration(
+                "reviewed first",
+                "low",
+                "CREATE TABLE reviewed (id int);",
+                Some("DROP TABLE reviewed;"),
+            ),
+        )
+        .await;
+    app.approve("dev2", &format!("{id}@development"), "developer")
+        .await;
+    let (status, body) = app
+        .post(
+            "ops1",
+            "/api/v1/environments/development/migrate",
+            json!({}),
+        )
+        .await;
+    assert!(status.is_success(), "{body}");
+    app.run_worker("development").await;
+    assert_eq!(state(&app, &format!("{id}@development")).await, "applied");
+    let amend = |user: &'static str| {
+        let app = &app;
+        let id = id.clone();
+        async move {
+            app.request(
+                reqwest::Method::PUT,
+                Some(user),
+                &format!("/api/v1/migrations/{id}"),
+                Some(json!({"up_sql": "DROP TABLE reviewed; CREATE TABLE other (id int);", "down_sql": "DROP TABLE other;", "reason": "sneak"})),
+            )
+            .await
+        }
+    };
+    let (status, value) = amend("dev").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{value}");
+    let d = app.deployment(&format!("{id}@development")).await;
+    assert_eq!(d["state"], "applied", "{d}");
+    app.run_worker("development").await;
+    assert!(app.table_exists("development", "reviewed").await);
+    let (status, value) = amend("ops1").await;
+    assert_eq!(status, StatusCode::OK, "{value}");
+    assert_eq!(
+        state(&app, &format!("{id}@development")).await,
+        "rolling_back"
+    );
+    app.stop().await;
+}
